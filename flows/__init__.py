@@ -1,0 +1,1 @@
+"""Prefect flows of graftline, their parameter models and the command-line entry point."""

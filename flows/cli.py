@@ -1,0 +1,150 @@
+"""`graftline` on the command line.
+
+    graftline run                                 the embedded demo, end to end
+    graftline run --train data.csv --eval other=other.csv --backbone minilm-l6
+    graftline run --config params.yaml --set finetune.epochs=2
+
+Errors in the input print one line (`graftline: error: ...`) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="The transfer-learning lifecycle, orchestrated and tracked.")
+
+
+@app.callback()
+def _main() -> None:
+    """graftline: validate, fine-tune, evaluate, distil and register text classifiers."""
+
+
+@app.command()
+def run(
+    config: Optional[Path] = typer.Option(None, help="YAML or JSON file of flow parameters (data/validation/finetune/distill/registry)."),
+    train: Optional[str] = typer.Option(None, help="Training data (CSV, JSONL, Parquet; path or fsspec URL)."),
+    validation: Optional[str] = typer.Option(None, help="Validation data; carved from --train when absent."),
+    test: Optional[str] = typer.Option(None, help="Test data; carved from --train when absent."),
+    eval_set: list[str] = typer.Option([], "--eval", help="Extra evaluation set NAME=PATH (repeatable)."),
+    text_column: Optional[str] = typer.Option(None, help="Text column name."),
+    label_column: Optional[str] = typer.Option(None, help="Label column name."),
+    backbone: Optional[str] = typer.Option(None, help="Backbone: packaged name, local folder or hub id."),
+    strategy: Optional[str] = typer.Option(None, help="full | linear-probe."),
+    epochs: Optional[int] = typer.Option(None, help="Fine-tuning epochs."),
+    student: Optional[str] = typer.Option(None, help="Distillation student (e.g. teacher-layers:3)."),
+    no_distill: bool = typer.Option(False, "--no-distill", help="Skip distillation."),
+    model_name: Optional[str] = typer.Option(None, help="Registered model name."),
+    validation_mode: Optional[str] = typer.Option(None, help="fail | warn."),
+    set_: list[str] = typer.Option([], "--set", help="Any parameter as dotted.path=value (repeatable)."),
+) -> None:
+    """Run the whole lifecycle; with no options, on the embedded demo data."""
+    _quiet_defaults()
+    overrides = {
+        "data.train_path": train, "data.validation_path": validation, "data.test_path": test,
+        "data.text_column": text_column, "data.label_column": label_column,
+        "finetune.backbone": backbone, "finetune.strategy": strategy, "finetune.epochs": epochs,
+        "distill.student": student, "distill.enabled": False if no_distill else None,
+        "registry.model_name": model_name, "validation.mode": validation_mode,
+    }
+    try:
+        params = build_params(config, overrides, eval_set, set_)
+        from graftline.flows.lifecycle import transfer
+
+        summary = transfer(**{k: getattr(params, k) for k in type(params).model_fields})
+    except Exception as exc:
+        _exit_on_user_error(exc)
+        raise
+    _print_summary(summary)
+
+
+def build_params(config: Path | None, overrides: dict, eval_sets: list[str], assignments: list[str]):
+    """Merge a config file, the named options and `--set` assignments into TransferParams."""
+    import yaml
+
+    from graftline.flows.params import TransferParams
+    from graftline.tasks.errors import GraftlineError
+
+    values: dict = {}
+    if config is not None:
+        if not config.is_file():
+            raise GraftlineError(f"{config}: config file not found")
+        values = yaml.safe_load(config.read_text()) or {}
+        if not isinstance(values, dict):
+            raise GraftlineError(f"{config}: expected a mapping of parameter groups")
+    pairs = [a.split("=", 1) for a in assignments]
+    if any(len(p) != 2 for p in pairs):
+        raise GraftlineError("--set expects dotted.path=value")
+    for path, value in [*[(k, v) for k, v in overrides.items() if v is not None], *((k, yaml.safe_load(v)) for k, v in pairs)]:
+        _assign(values, path, value)
+    if eval_sets:
+        pairs = [e.split("=", 1) for e in eval_sets]
+        if any(len(p) != 2 or not all(p) for p in pairs):
+            raise GraftlineError("--eval expects NAME=PATH")
+        _assign(values, "data.eval_sets", dict(pairs))
+    elif "train_path" in values.get("data", {}) and "eval_sets" not in values.get("data", {}):
+        _assign(values, "data.eval_sets", {})  # the demo's second domain only goes with the demo data
+    return TransferParams.model_validate(values)
+
+
+def _assign(values: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    node = values
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def _exit_on_user_error(exc: Exception) -> None:
+    """Bad input ends with one line and status 2; anything else is a bug and keeps its traceback."""
+    from pydantic import ValidationError
+
+    from graftline.tasks.errors import GraftlineError
+
+    if isinstance(exc, GraftlineError):
+        message = str(exc)
+    elif isinstance(exc, ValidationError):
+        message = "invalid parameters: " + "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+        )
+    else:
+        return
+    print(f"graftline: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _print_summary(summary: dict) -> None:
+    print("\n== metrics ==")
+    for role, metrics in summary["metrics"].items():
+        for key, value in metrics.items():
+            print(f"  {role:8s} {key:36s} {value:10.4f}")
+    print("\n== registered ==")
+    for r in summary["registered"]:
+        print(f"  {r['name']} v{r['version']}  aliases: {', '.join(r['aliases'])}  ({r['reason']})")
+    print(f"\nMLflow run {summary['mlflow_run_id']} in experiment {summary['experiment']!r}")
+    print(f"open the MLflow UI:  {summary['ui_command']}")
+
+
+def _quiet_defaults() -> None:
+    """No telemetry and no hub chatter unless the user asked for them (set before the imports)."""
+    for key, value in {
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }.items():
+        os.environ.setdefault(key, value)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Flow parameters as pydantic models: Prefect renders them as a validated form in its UI.
+
+Defaults run the embedded demo: ticket routing on customer messages about electronics, with
+messages about home goods as a second domain to measure cross-domain transfer.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEMO_TRAIN = "demo:electronics"
+DEMO_EVAL_SETS = {"home": "demo:home"}
+RESERVED_SPLITS = {"train", "validation", "test"}
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silent default
+
+
+class DataParams(_Params):
+    train_path: str = Field(
+        DEMO_TRAIN,
+        description="Training data: a local path or fsspec URL to CSV, JSONL or Parquet "
+        "(`demo:electronics` and `demo:home` are the embedded demo files).",
+    )
+    validation_path: str | None = Field(None, description="Validation file; carved from the training data when empty.")
+    test_path: str | None = Field(None, description="Test file; carved from the training data when empty.")
+    text_column: str = Field("text", min_length=1, description="Column holding the text.")
+    label_column: str = Field("label", min_length=1, description="Column holding the class name.")
+    format: Literal["auto", "csv", "jsonl", "parquet"] = Field("auto", description="File format; auto reads the suffix.")
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of the data held out for validation.")
+    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Share of the data held out for testing.")
+    split_seed: int = Field(13, description="Seed of the stratified split.")
+    eval_sets: dict[str, str] = Field(
+        default_factory=lambda: dict(DEMO_EVAL_SETS),
+        description="Extra evaluation sets, name -> path, same columns (e.g. another domain); "
+        "each is reported under its own name.",
+    )
+
+    @field_validator("eval_sets")
+    @classmethod
+    def _names_are_free(cls, value: dict[str, str]) -> dict[str, str]:
+        taken = RESERVED_SPLITS & set(value)
+        if taken:
+            raise ValueError(f"evaluation set names {sorted(taken)} are reserved for the main splits")
+        return value
+
+
+class ValidationParams(_Params):
+    mode: Literal["fail", "warn"] = Field("fail", description="fail: stop before training; warn: record and continue.")
+    min_text_chars: int = Field(1, ge=0, description="Shortest acceptable text, in characters.")
+    max_text_chars: int = Field(5000, ge=1, description="Longest acceptable text, in characters.")
+    max_duplicate_fraction: float = Field(0.05, ge=0, le=1, description="Largest share of repeated texts within a split.")
+    max_overlap_fraction: float = Field(0.01, ge=0, le=1, description="Largest share of test/eval texts also in train (leakage).")
+    min_examples_per_class: int = Field(5, ge=1, description="Fewest training rows a class may have.")
+    max_class_ratio: float = Field(20.0, ge=1, description="Largest allowed ratio of biggest to smallest training class.")
+
+
+class FinetuneParams(_Params):
+    backbone: str = Field("minilm-l6", description="Packaged backbone name, local folder, or Hugging Face hub id.")
+    strategy: Literal["full", "linear-probe"] = Field("full", description="full: train every weight; linear-probe: frozen backbone.")
+    epochs: int = Field(4, ge=1, le=100, description="Most epochs; early stopping may end sooner.")
+    batch_size: int = Field(16, ge=1, le=4096)
+    learning_rate: float = Field(8e-5, gt=0, le=1, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps spent warming the learning rate up.")
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens per text; longer texts are truncated.")
+    patience: int = Field(2, ge=1, description="Epochs without better validation macro-F1 before stopping.")
+    seed: int = Field(13)
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA (bf16 autocast) when present, else CPU.")
+    trust_remote_code: bool = Field(False, description="Run model code shipped with a hub backbone. Off by default.")
+
+
+class DistillParams(_Params):
+    enabled: bool = Field(True, description="Distil the fine-tuned teacher into a smaller student.")
+    student: str = Field(
+        "teacher-layers:3",
+        description="`teacher-layers:N` (copy of the teacher keeping N evenly spaced layers), "
+        "`teacher-layers:0,2,4`, or a backbone name/folder/hub id.",
+    )
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of hard-label cross-entropy; 1 - alpha goes to the teacher's soft labels.")
+    temperature: float = Field(2.0, gt=0, le=20, description="Softmax temperature of the soft labels.")
+    epochs: int = Field(4, ge=1, le=100)
+    batch_size: int = Field(16, ge=1, le=4096)
+    learning_rate: float = Field(1e-4, gt=0, le=1)
+
+
+class RegistryParams(_Params):
+    model_name: str = Field(
+        "graftline-demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Registered model name; the student registers as `<name>-student`.",
+    )
+    experiment: str = Field("graftline", min_length=1, description="MLflow experiment of the runs.")
+    promotion_metric: Literal["macro_f1", "accuracy"] = Field("macro_f1", description="Test metric that decides the champion.")
+    promotion_margin: float = Field(0.0, ge=0, le=1, description="How much a challenger must beat the champion by.")
+
+
+class TransferParams(_Params):
+    """All parameters of the lifecycle flow, grouped by step."""
+
+    data: DataParams = Field(default_factory=DataParams)
+    validation: ValidationParams = Field(default_factory=ValidationParams)
+    finetune: FinetuneParams = Field(default_factory=FinetuneParams)
+    distill: DistillParams = Field(default_factory=DistillParams)
+    registry: RegistryParams = Field(default_factory=RegistryParams)

@@ -1,0 +1,272 @@
+"""Prefect tasks: thin shells around the step functions in graftline.tasks.
+
+Each shell opens its step's nested MLflow run (under an explicit parent id), calls the plain step
+function, and logs what it returned. Inputs are in-memory objects handed from step to step, so
+Prefect's input hashing is off (NO_CACHE) until results are persisted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from graftline.flows.params import DataParams, DistillParams, FinetuneParams, RegistryParams, ValidationParams
+from graftline.tasks import backbones, tracking
+from graftline.tasks.data import Splits, load_splits
+from graftline.tasks.errors import DataError, GraftlineError, ValidationFailed
+from graftline.tasks.evaluate import Evaluation, cpu_throughput, evaluate_model, plot_confusion
+from graftline.tasks.training import TrainConfig
+from graftline.tasks.validate import ValidationReport, ValidationThresholds, validate_splits
+
+STEP = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+@dataclass
+class TrainedModel:
+    """A fine-tuned or distilled classifier: its folder, its logged MLflow model, its scores."""
+
+    role: str  # teacher | student
+    model_dir: Path
+    model_uri: str
+    run_id: str
+    parameters: int
+    evaluations: dict[str, Evaluation] = field(default_factory=dict)
+    report: dict[str, float] = field(default_factory=dict)  # role-specific numbers (retention, speedup)
+
+
+@task(name="ingest", **STEP)
+def ingest(params: DataParams, parent_run_id: str) -> Splits:
+    import mlflow
+
+    with tracking.step_run("ingest", parent_run_id) as run:
+        tracking.log_params(params.model_dump(exclude={"eval_sets"}), "data.")
+        splits = load_splits(
+            params.train_path, params.text_column, params.label_column,
+            validation=params.validation_path, test=params.test_path, extra=params.eval_sets,
+            validation_fraction=params.validation_fraction, test_fraction=params.test_fraction,
+            seed=params.split_seed, fmt=params.format,
+        )
+        mlflow.log_params({f"data.eval_set.{name}": split.source for name, split in splits.extra.items()})
+        mlflow.log_metrics({f"{s.name}_rows": len(s.frame) for s in [splits.train, splits.validation, *splits.evaluation_sets().values()]})
+        mlflow.log_dict({"labels": splits.labels}, "labels.json")
+        mlflow.set_tag("data_digest", splits.digest)
+        for run_id in (run.info.run_id, parent_run_id):
+            tracking.log_datasets(run_id, splits)
+    get_run_logger().info("data: %d train / %d validation / %d test rows, labels %s, digest %s",
+                          len(splits.train.frame), len(splits.validation.frame), len(splits.test.frame), splits.labels, splits.digest)
+    return splits
+
+
+@task(name="validate", **STEP)
+def validate(splits: Splits, params: ValidationParams, parent_run_id: str, work_dir: Path) -> ValidationReport:
+    import mlflow
+
+    with tracking.step_run("validate", parent_run_id):
+        tracking.log_params(params.model_dump(), "validation.")
+        thresholds = ValidationThresholds(**params.model_dump(exclude={"mode"}))
+        report = validate_splits(splits, thresholds, work_dir / "validation")
+        mlflow.log_metrics({**report.statistics, "failed_expectations": len(report.failures)})
+        mlflow.log_artifact(str(work_dir / "validation" / "gx_results.json"), "validation")
+        if report.docs_dir:
+            mlflow.log_artifacts(str(report.docs_dir), "validation/data_docs")
+        mlflow.log_text("\n".join(report.failures) or "all expectations met\n", "validation/failures.txt")
+        mlflow.set_tag("validation.success", str(report.success).lower())
+    if not report.success:
+        message = f"data validation failed ({len(report.failures)} expectation(s)): {report.summary()}"
+        if params.mode == "fail":
+            raise ValidationFailed(message)
+        get_run_logger().warning("%s; continuing because validation.mode is 'warn'", message)
+    return report
+
+
+@task(name="select", **STEP)
+def select(finetune: FinetuneParams, distill: DistillParams, parent_run_id: str) -> str:
+    """Resolve and describe the backbone (fixed by the parameters for now); fail fast if unknown."""
+    import mlflow
+
+    from graftline.tasks.distill import student_layers
+
+    with tracking.step_run("select", parent_run_id):
+        config = backbones.load_config(finetune.backbone, finetune.trust_remote_code)
+        mlflow.log_params({"backbone": finetune.backbone, **_describe(config, "backbone.")})
+        if distill.enabled:
+            kept = student_layers(distill.student, config.num_hidden_layers)
+            if kept is None:
+                student = backbones.load_config(distill.student, finetune.trust_remote_code)
+                mlflow.log_params(_describe(student, "student."))
+            mlflow.log_param("student", distill.student)
+        mlflow.set_tag("graftline.selection", "fixed by the finetune.backbone parameter")
+    return finetune.backbone
+
+
+@task(name="finetune", **STEP)
+def finetune(splits: Splits, params: FinetuneParams, parent_run_id: str, work_dir: Path) -> TrainedModel:
+    import mlflow
+
+    from graftline.tasks.finetune import FinetuneConfig
+    from graftline.tasks.finetune import finetune as run_finetune
+    from graftline.tasks.registry import log_classifier
+
+    with tracking.step_run("finetune", parent_run_id) as run:
+        tracking.log_params(params.model_dump(), "finetune.")
+        config = FinetuneConfig(
+            backbone=params.backbone, strategy=params.strategy, max_length=params.max_length,
+            train=_train_config(params, params.epochs, params.batch_size, params.learning_rate),
+            trust_remote_code=params.trust_remote_code,
+        )
+        result = run_finetune(splits, config, work_dir / "teacher", on_epoch=tracking.log_epoch)
+        mlflow.log_metrics({
+            "best_epoch": result.training.best_epoch,
+            "best_val_macro_f1": result.training.best_val_macro_f1,
+            "parameters": result.parameters,
+            "trainable_parameters": result.trainable_parameters,
+        })
+        mlflow.set_tags({"device": result.training.device, "stopped_early": str(result.training.stopped_early)})
+        info = log_classifier(result.model_dir, _input_example(splits))
+    get_run_logger().info("teacher: best validation macro-F1 %.4f at epoch %d on %s",
+                          result.training.best_val_macro_f1, result.training.best_epoch, result.training.device)
+    return TrainedModel("teacher", result.model_dir, info.model_uri, run.info.run_id, result.parameters)
+
+
+@task(name="evaluate", **STEP)
+def evaluate(model: TrainedModel, splits: Splits, params: FinetuneParams, parent_run_id: str, work_dir: Path) -> dict[str, Evaluation]:
+    with tracking.step_run("evaluate", parent_run_id):
+        return _evaluate_and_log(model, splits, params, work_dir / "evaluate")
+
+
+@task(name="distill", **STEP)
+def distill(teacher: TrainedModel, splits: Splits, params: DistillParams, finetune_params: FinetuneParams,
+            parent_run_id: str, work_dir: Path) -> TrainedModel:
+    import mlflow
+
+    from graftline.tasks.distill import DistillConfig
+    from graftline.tasks.distill import distill as run_distill
+    from graftline.tasks.registry import log_classifier
+
+    with tracking.step_run("distill", parent_run_id) as run:
+        tracking.log_params(params.model_dump(), "distill.")
+        config = DistillConfig(
+            student=params.student, alpha=params.alpha, temperature=params.temperature,
+            max_length=finetune_params.max_length,
+            train=_train_config(finetune_params, params.epochs, params.batch_size, params.learning_rate),
+            trust_remote_code=finetune_params.trust_remote_code,
+        )
+        result = run_distill(teacher.model_dir, splits, config, work_dir / "student", on_epoch=tracking.log_epoch)
+        if result.kept_layers is not None:
+            mlflow.log_param("distill.kept_layers", ",".join(map(str, result.kept_layers)))
+        student = TrainedModel("student", result.model_dir, "", run.info.run_id, result.student_parameters)
+        student.evaluations = _evaluate_and_log(student, splits, finetune_params, work_dir / "distill")
+        student.report = _distillation_report(teacher, student, splits, finetune_params.max_length)
+        mlflow.log_metrics({**student.report, "best_val_macro_f1": result.training.best_val_macro_f1})
+        student.model_uri = log_classifier(result.model_dir, _input_example(splits)).model_uri
+    get_run_logger().info("student: %s parameters (%.2fx the teacher), test accuracy retention %.3f, CPU speedup %.2fx",
+                          f"{result.student_parameters:,}", student.report["parameter_ratio"],
+                          student.report["test_accuracy_retention"], student.report["cpu_speedup"])
+    return student
+
+
+@task(name="register", **STEP)
+def register(models: list[TrainedModel], splits: Splits, params: RegistryParams, parent_run_id: str,
+             tags: dict[str, str]) -> list[dict]:
+    """Register teacher as `<name>` and student as `<name>-student`; all or nothing."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from graftline.tasks.registry import Candidate, register_all
+
+    client = MlflowClient()
+    with tracking.step_run("register", parent_run_id):
+        tracking.log_params(params.model_dump(), "registry.")
+        candidates = []
+        for model in models:
+            name = params.model_name if model.role == "teacher" else f"{params.model_name}-{model.role}"
+            test = model.evaluations["test"]
+            candidate = Candidate(
+                name=name, model_uri=model.model_uri, score=getattr(test, params.promotion_metric),
+                tags={**tags, "graftline.role": model.role, "training_run_id": model.run_id,
+                      "test_accuracy": f"{test.accuracy:.4f}", "test_macro_f1": f"{test.macro_f1:.4f}"},
+            )
+            _score_champion(client, candidate, splits, params.promotion_metric)
+            candidates.append(candidate)
+        registrations = register_all(client, candidates, params.promotion_metric, params.promotion_margin)
+        for model, reg in zip(models, registrations):
+            mlflow.log_metric(f"{model.role}_challenger_{params.promotion_metric}", reg.decision.challenger_score)
+            if reg.decision.champion_score is not None:
+                mlflow.log_metric(f"{model.role}_champion_{params.promotion_metric}", reg.decision.champion_score)
+            mlflow.set_tags({f"{model.role}.version": reg.version, f"{model.role}.promoted": str(reg.decision.promote).lower(),
+                             f"{model.role}.decision": reg.decision.reason})
+            get_run_logger().info("%s v%s -> %s (%s)", reg.name, reg.version, ", ".join(reg.aliases), reg.decision.reason)
+        return [dict(name=r.name, version=r.version, aliases=r.aliases, **asdict(r.decision)) for r in registrations]
+
+
+def _score_champion(client, candidate, splits: Splits, metric: str) -> None:
+    """Re-evaluate the current champion on this run's test set (tags are not trusted)."""
+    from graftline.tasks.registry import champion_version, load_version
+
+    version = champion_version(client, candidate.name)
+    if version is None:
+        return
+    candidate.champion_version = version
+    try:
+        model, tokenizer = load_version(candidate.name, version)
+    except Exception as exc:  # a champion that cannot load is a registry problem the user must see
+        raise GraftlineError(f"champion {candidate.name} v{version} cannot be loaded for comparison: {exc}") from exc
+    try:
+        candidate.champion_score = getattr(evaluate_model(model, tokenizer, splits.test), metric)
+    except DataError as exc:
+        candidate.champion_note = f"not comparable on this test set ({exc})"
+
+
+def _evaluate_and_log(model: TrainedModel, splits: Splits, params: FinetuneParams, out_dir: Path) -> dict[str, Evaluation]:
+    import mlflow
+
+    classifier = backbones.load_classifier(str(model.model_dir))
+    tokenizer = backbones.load_tokenizer(str(model.model_dir))
+    evaluations = {}
+    for name, split in splits.evaluation_sets().items():
+        result = evaluate_model(classifier, tokenizer, split, params.max_length, device=params.device)
+        evaluations[name] = result
+        mlflow.log_metrics(result.metrics())
+        mlflow.log_artifact(str(plot_confusion(result, out_dir / f"{name}_confusion.png",
+                                               f"{model.role} on {name}: accuracy {result.accuracy:.3f}")), "evaluation")
+        mlflow.log_dict(asdict(result), f"evaluation/{name}_report.json")
+        if name != "test":  # cross-domain: how much is lost moving away from the training domain
+            mlflow.log_metric(f"{name}_accuracy_gap_vs_test", evaluations["test"].accuracy - result.accuracy)
+    return evaluations
+
+
+def _distillation_report(teacher: TrainedModel, student: TrainedModel, splits: Splits, max_length: int) -> dict[str, float]:
+    report = {"parameter_ratio": student.parameters / teacher.parameters}
+    for name, s in student.evaluations.items():
+        t = teacher.evaluations[name]
+        report[f"{name}_accuracy_retention"] = s.accuracy / t.accuracy if t.accuracy else 0.0
+        report[f"{name}_macro_f1_retention"] = s.macro_f1 / t.macro_f1 if t.macro_f1 else 0.0
+    texts = splits.test.frame["text"].tolist()
+    speeds = {}
+    for model in (teacher, student):
+        classifier = backbones.load_classifier(str(model.model_dir))
+        speeds[model.role] = cpu_throughput(classifier, backbones.load_tokenizer(str(model.model_dir)), texts, 32, max_length)
+    report["teacher_cpu_examples_per_second"] = speeds["teacher"]
+    report["student_cpu_examples_per_second"] = speeds["student"]
+    report["cpu_speedup"] = speeds["student"] / speeds["teacher"]
+    return report
+
+
+def _train_config(params: FinetuneParams, epochs: int, batch_size: int, learning_rate: float) -> TrainConfig:
+    return TrainConfig(
+        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, weight_decay=params.weight_decay,
+        warmup_ratio=params.warmup_ratio, patience=params.patience, seed=params.seed, device=params.device,
+    )
+
+
+def _input_example(splits: Splits) -> list[str]:
+    return splits.train.frame["text"].head(2).tolist()
+
+
+def _describe(config, prefix: str) -> dict[str, object]:
+    keys = ("model_type", "num_hidden_layers", "hidden_size", "vocab_size", "max_position_embeddings")
+    return {prefix + k: getattr(config, k) for k in keys if hasattr(config, k)}
+

@@ -1,0 +1,1 @@
+"""The lifecycle steps of graftline as plain, typed functions (no Prefect, no MLflow inside)."""

@@ -1,0 +1,119 @@
+"""Evaluation: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix, throughput."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from graftline.tasks.data import Split
+from graftline.tasks.training import encode, predict_logits, resolve_device
+
+
+@dataclass
+class Evaluation:
+    name: str
+    rows: int
+    accuracy: float
+    macro_f1: float
+    per_class: dict[str, dict[str, float]]  # label -> precision, recall, f1, support
+    confusion: list[list[int]]  # rows: true label, columns: predicted label (label order)
+    labels: list[str]
+    examples_per_second: float
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metric names for MLflow, prefixed by the evaluation set's name."""
+        out = {
+            f"{self.name}_accuracy": self.accuracy,
+            f"{self.name}_macro_f1": self.macro_f1,
+            f"{self.name}_examples_per_second": self.examples_per_second,
+        }
+        for label, scores in self.per_class.items():
+            for metric in ("precision", "recall", "f1"):
+                out[f"{self.name}_{_metric_safe(label)}_{metric}"] = scores[metric]
+        return out
+
+
+def evaluate_model(
+    model, tokenizer, split: Split, max_length: int = 128, batch_size: int = 64, device: str = "auto"
+) -> Evaluation:
+    """Score a classifier on one labeled split; rows with labels the model lacks are an error."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    from graftline.tasks.backbones import labels_of
+    from graftline.tasks.data import encode_labels
+
+    labels = labels_of(model)
+    truth = encode_labels(split.frame["label"], labels, split.name)
+    encoded = encode(tokenizer, split.frame["text"].tolist(), truth, max_length)
+    model.to(resolve_device(device))
+    started = time.perf_counter()
+    predictions = predict_logits(model, encoded, batch_size, tokenizer.pad_token_id).argmax(-1)
+    seconds = time.perf_counter() - started
+    ids = list(range(len(labels)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, predictions, labels=ids, zero_division=0
+    )
+    return Evaluation(
+        name=split.name,
+        rows=len(truth),
+        accuracy=float(accuracy_score(truth, predictions)),
+        macro_f1=float(f1_score(truth, predictions, labels=ids, average="macro", zero_division=0)),
+        per_class={
+            label: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, label in enumerate(labels)
+        },
+        confusion=confusion_matrix(truth, predictions, labels=ids).tolist(),
+        labels=labels,
+        examples_per_second=len(truth) / seconds if seconds > 0 else float("inf"),
+    )
+
+
+def plot_confusion(evaluation: Evaluation, path: Path, title: str | None = None) -> Path:
+    """Confusion-matrix picture: counts in each cell, rows normalised for the colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(evaluation.confusion)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = 1.2 + 0.7 * len(evaluation.labels)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    ticks = range(len(evaluation.labels))
+    ax.set_xticks(ticks, evaluation.labels, rotation=45, ha="right")
+    ax.set_yticks(ticks, evaluation.labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), count in np.ndenumerate(counts):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black")
+    ax.set_title(title or f"{evaluation.name}: accuracy {evaluation.accuracy:.3f}, macro-F1 {evaluation.macro_f1:.3f}")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of true label")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _metric_safe(label: str) -> str:
+    """MLflow metric names allow letters, digits, _ - . / and spaces; replace anything else."""
+    return "".join(c if c.isalnum() or c in "_-." else "_" for c in label)
+
+
+def cpu_throughput(model, tokenizer, texts: list[str], batch_size: int = 32, max_length: int = 128) -> float:
+    """Examples per second of batched inference on the CPU (one warm-up pass, then timed)."""
+    encoded = encode(tokenizer, texts, [0] * len(texts), max_length)
+    model.to("cpu")
+    predict_logits(model, encoded, batch_size, tokenizer.pad_token_id, "cpu")  # warm-up
+    started = time.perf_counter()
+    predict_logits(model, encoded, batch_size, tokenizer.pad_token_id, "cpu")
+    return len(texts) / (time.perf_counter() - started)

@@ -1,0 +1,132 @@
+"""MLflow tracking helpers: the one place that configures the store and opens runs.
+
+Default store: `./graftline-runs/mlflow.db` (sqlite) with artifacts in `./graftline-runs/artifacts`
+(GRAFTLINE_HOME moves both). MLFLOW_TRACKING_URI, when set, wins; GRAFTLINE_ARTIFACT_ROOT then sets
+the artifact location of experiments graftline creates (a server store usually serves its own).
+Runs are opened with explicit parent ids, never by relying on MLflow's per-thread active run,
+so steps work the same whichever thread Prefect runs them on.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "credential")
+
+
+@dataclass(frozen=True)
+class Tracking:
+    uri: str
+    experiment_id: str
+    experiment_name: str
+    artifact_root: str | None
+
+    def ui_command(self) -> str:
+        if self.uri.startswith(("http://", "https://", "databricks")):
+            return f"open {self.uri}"
+        root = f" --default-artifact-root {self.artifact_root}" if self.artifact_root else ""
+        return f"mlflow ui --backend-store-uri {self.uri}{root} --host 127.0.0.1 --port 5000"
+
+
+def configure(experiment_name: str) -> Tracking:
+    """Point MLflow at the store (default: local sqlite + artifact folder) and the experiment."""
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    artifact_root = os.environ.get("GRAFTLINE_ARTIFACT_ROOT")
+    if not uri:
+        home = Path(os.environ.get("GRAFTLINE_HOME", "graftline-runs")).expanduser().resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{home / 'mlflow.db'}"
+        artifact_root = artifact_root or (home / "artifacts").as_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        location = f"{artifact_root.rstrip('/')}/{experiment_name}" if artifact_root else None
+        experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return Tracking(uri, experiment_id, experiment_name, artifact_root)
+
+
+@contextmanager
+def lifecycle_run(name: str, tags: dict[str, str] | None = None):
+    """The parent run of one lifecycle; nested under a run the caller already has open."""
+    import mlflow
+
+    with mlflow.start_run(run_name=name, nested=mlflow.active_run() is not None, tags=tags) as run:
+        yield run
+
+
+@contextmanager
+def step_run(name: str, parent_run_id: str):
+    """A nested run for one lifecycle step under an explicit parent."""
+    import mlflow
+
+    with mlflow.start_run(run_name=name, parent_run_id=parent_run_id, nested=True, tags={"graftline.step": name}) as run:
+        yield run
+
+
+def log_params(params: dict, prefix: str = "") -> None:
+    """Log flat parameters; nested dicts become dotted names; secrets are never logged."""
+    import mlflow
+
+    mlflow.log_params({k: v for k, v in _flatten(params, prefix).items() if not _is_secret(k)})
+
+
+def log_epoch(record, prefix: str = "") -> None:
+    """Per-epoch training metrics, stepped by epoch so MLflow draws curves."""
+    import mlflow
+
+    values = {k: v for k, v in vars(record).items() if k != "epoch"}
+    mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in values.items()}, step=record.epoch)
+
+
+def git_commit() -> str:
+    """The commit of the code that ran (with `-dirty` when it has uncommitted changes)."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("GRAFTLINE_GIT_COMMIT", "unknown")
+    return commit + ("-dirty" if dirty else "")
+
+
+def _flatten(params: dict, prefix: str) -> dict[str, object]:
+    out = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _is_secret(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in SECRET_WORDS)
+
+
+def log_datasets(run_id: str, splits) -> None:
+    """Record every split as an MLflow dataset input (name, source, digest, schema) of `run_id`."""
+    import mlflow
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.tracking import MlflowClient
+
+    inputs = []
+    for split in [splits.train, splits.validation, *splits.evaluation_sets().values()]:
+        dataset = mlflow.data.from_pandas(split.frame, source=split.source, name=split.name, targets="label")
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split.name)]))
+    MlflowClient().log_inputs(run_id, datasets=inputs)
