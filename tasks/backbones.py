@@ -98,7 +98,7 @@ def load_classifier(spec: str, labels: list[str] | None = None, trust_remote_cod
             dtype=torch.float32,
             **kwargs,
         )
-    except (OSError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # OSError, ValueError, SafetensorError, ...: all mean unusable weights
         raise BackboneError(f"backbone {spec!r}: cannot load weights ({_first_line(exc)})") from exc
     return model
 

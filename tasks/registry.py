@@ -147,10 +147,15 @@ def pip_requirements() -> list[str]:
 
 def log_classifier(model_dir: Path, input_example: list[str]):
     """Log a saved classifier folder with the transformers flavor (safetensors, signature, example)."""
+    import logging
+
     import mlflow.transformers
     from transformers import pipeline
 
     from graftline.tasks.backbones import load_classifier, load_tokenizer
+
+    # A local folder has no hub model card or licence to fetch; MLflow warns about both.
+    logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
 
     classifier = pipeline(
         "text-classification", model=load_classifier(str(model_dir)), tokenizer=load_tokenizer(str(model_dir))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,8 @@ def log_datasets(run_id: str, splits) -> None:
 
     inputs = []
     for split in [splits.train, splits.validation, *splits.evaluation_sets().values()]:
-        dataset = mlflow.data.from_pandas(split.frame, source=split.source, name=split.name, targets="label")
+        with warnings.catch_warnings():  # MLflow registers its local source twice and warns about it
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            dataset = mlflow.data.from_pandas(split.frame, source=split.source, name=split.name, targets="label")
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split.name)]))
     MlflowClient().log_inputs(run_id, datasets=inputs)

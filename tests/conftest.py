@@ -1,0 +1,103 @@
+"""Shared fixtures. The environment is set here, before anything imports MLflow or Prefect,
+because both read their telemetry and offline switches at import time."""
+
+import os
+
+os.environ.update(
+    HF_HUB_OFFLINE="1",  # nothing may reach a model hub from a test
+    MLFLOW_DISABLE_TELEMETRY="true",
+    DO_NOT_TRACK="true",
+    PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90",
+    TRANSFORMERS_VERBOSITY="error",
+    HF_HUB_DISABLE_PROGRESS_BARS="1",
+    TOKENIZERS_PARALLELISM="false",
+)
+
+import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT built from config (random weights) with MiniLM's real tokenizer.
+
+    Small enough to fine-tune in a second on the CPU; random weights, so tests assert behaviour
+    (loss falls, layers copy, files appear), not pretrained quality.
+    """
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from graftline.tasks.backbones import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = load_tokenizer("minilm-l6")
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory):
+    """One sqlite MLflow store for the session (creating its tables costs ~7 s), explicit artifacts."""
+    root = tmp_path_factory.mktemp("mlflow")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    os.environ["GRAFTLINE_ARTIFACT_ROOT"] = (root / "artifacts").as_uri()
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    yield root
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A fresh registered-model / experiment name, so tests sharing the store never collide."""
+    return f"t-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A real, temporary Prefect API for the whole session (startup ~8 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def toy_frame(n_per_class: int = 40, seed: int = 0) -> pd.DataFrame:
+    """Separable two-class data: each class has its own vocabulary."""
+    import random
+
+    rng = random.Random(seed)
+    words = {
+        "good": ["great", "love", "excellent", "happy", "perfect", "wonderful", "fantastic", "nice"],
+        "bad": ["broken", "awful", "terrible", "refund", "angry", "useless", "cracked", "late"],
+    }
+    rows = []
+    for label, vocab in words.items():
+        for i in range(n_per_class):
+            rows.append((" ".join(rng.choices(vocab, k=5)) + f" {label[0]}{i}", label))
+    rng.shuffle(rows)
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+@pytest.fixture
+def toy_splits():
+    from graftline.tasks.data import Split, Splits
+
+    return Splits(
+        train=Split("train", toy_frame(40, 0), "toy"),
+        validation=Split("validation", toy_frame(10, 1), "toy"),
+        test=Split("test", toy_frame(10, 2), "toy"),
+    )

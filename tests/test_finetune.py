@@ -1,0 +1,98 @@
+"""Fine-tuning on a tiny random BERT: it learns, strategies freeze what they should, files are safe."""
+
+import json
+
+import pytest
+import torch
+
+from graftline.tasks import backbones
+from graftline.tasks.errors import BackboneError
+from graftline.tasks.finetune import FinetuneConfig, apply_strategy, encode_split, finetune
+from graftline.tasks.training import TrainConfig, predict_logits
+
+
+def accuracy(model_dir, split):
+    model = backbones.load_classifier(str(model_dir))
+    tokenizer = backbones.load_tokenizer(str(model_dir))
+    encoded = encode_split(tokenizer, split, backbones.labels_of(model), 32)
+    return float((predict_logits(model, encoded, 64, tokenizer.pad_token_id).argmax(-1) == encoded.labels).mean())
+
+
+def test_full_finetuning_learns_a_separable_task(tiny_backbone, toy_splits, tmp_path):
+    config = FinetuneConfig(backbone=str(tiny_backbone), max_length=32,
+                            train=TrainConfig(epochs=6, batch_size=8, learning_rate=3e-3, patience=6))
+    epochs = []
+    result = finetune(toy_splits, config, tmp_path / "model", on_epoch=epochs.append)
+    assert [e.epoch for e in epochs] == list(range(1, 7))
+    assert epochs[-1].train_loss < epochs[0].train_loss
+    assert result.training.best_val_macro_f1 >= 0.9
+    assert accuracy(result.model_dir, toy_splits.test) >= 0.9
+    assert result.trainable_parameters == result.parameters
+
+
+def test_saved_model_is_safetensors_with_label_names(tiny_backbone, toy_splits, tmp_path):
+    config = FinetuneConfig(backbone=str(tiny_backbone), max_length=32, train=TrainConfig(epochs=1))
+    result = finetune(toy_splits, config, tmp_path / "model")
+    files = {p.name for p in result.model_dir.iterdir()}
+    assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+    saved = json.loads((result.model_dir / "config.json").read_text())
+    assert saved["id2label"] == {"0": "bad", "1": "good"}
+
+
+def test_linear_probe_leaves_the_encoder_untouched(tiny_backbone, toy_splits, tmp_path):
+    before = backbones.load_classifier(str(tiny_backbone), ["bad", "good"])
+    config = FinetuneConfig(backbone=str(tiny_backbone), strategy="linear-probe", max_length=32,
+                            train=TrainConfig(epochs=2, learning_rate=1e-2))
+    result = finetune(toy_splits, config, tmp_path / "probe")
+    after = backbones.load_classifier(str(result.model_dir))
+    old, new = before.state_dict(), after.state_dict()
+    encoder = [k for k in old if k.startswith("bert.") and ".pooler." not in k]
+    assert encoder and all(torch.equal(old[k], new[k]) for k in encoder)
+    assert not torch.equal(old["classifier.weight"], new["classifier.weight"])
+    assert result.trainable_parameters < result.parameters / 2
+
+
+def test_apply_strategy_rejects_unknown(tiny_backbone):
+    with pytest.raises(ValueError, match="unknown strategy"):
+        apply_strategy(backbones.load_classifier(str(tiny_backbone), ["a", "b"]), "half")
+
+
+def test_early_stopping_restores_the_best_epoch(tiny_backbone, toy_splits, tmp_path):
+    # A learning rate this high diverges after the first epochs; patience 1 stops at the first miss.
+    config = FinetuneConfig(backbone=str(tiny_backbone), max_length=32,
+                            train=TrainConfig(epochs=8, learning_rate=3e-3, patience=1, warmup_ratio=0))
+    history = []
+    result = finetune(toy_splits, config, tmp_path / "m", on_epoch=history.append)
+    best = max(history, key=lambda r: r.val_macro_f1)
+    assert result.training.best_epoch == best.epoch
+    if result.training.stopped_early:
+        assert history[-1].val_macro_f1 <= best.val_macro_f1
+
+
+def test_unknown_backbone_is_one_clear_error(tmp_path):
+    with pytest.raises(BackboneError, match="unknown backbone 'no-such-org/no-such-model'"):
+        backbones.load_config("no-such-org/no-such-model")
+    with pytest.raises(BackboneError, match="no such folder"):
+        backbones.load_config(str(tmp_path / "missing"))
+
+
+def test_corrupt_weights_are_refused(tiny_backbone, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_backbone, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(BackboneError, match="cannot load weights"):
+        backbones.load_classifier(str(broken), ["a", "b"])
+
+
+def test_pickled_weights_are_never_loaded(tiny_backbone, tmp_path):
+    import shutil
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_backbone, pickled)
+    model = backbones.load_classifier(str(tiny_backbone), ["a", "b"])
+    (pickled / "model.safetensors").unlink()
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    with pytest.raises(BackboneError, match="cannot load weights"):
+        backbones.load_classifier(str(pickled), ["a", "b"])
