@@ -67,7 +67,7 @@ def champion_version(client, name: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(name, CHAMPION).version
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException:
         return None  # no such model, or no champion alias
 
@@ -91,7 +91,7 @@ def register_all(client, candidates: list[Candidate], metric: str, margin: float
     try:
         registrations = []
         for candidate in candidates:
-            version = mlflow.register_model(candidate.model_uri, candidate.name, tags=candidate.tags).version
+            version = str(mlflow.register_model(candidate.model_uri, candidate.name, tags=candidate.tags).version)
             created.append((candidate.name, version))
             decision = decide(candidate, metric, margin)
             registrations.append(Registration(candidate.name, version, [], decision))
@@ -103,17 +103,18 @@ def register_all(client, candidates: list[Candidate], metric: str, margin: float
             registration.aliases = aliases
         return registrations
     except (Exception, KeyboardInterrupt):
-        _undo(client, created, existing, previous, MlflowException)
+        new_models = {c.name for c in candidates} - existing  # register_model may create the model, then fail
+        _undo(client, created, new_models, previous, MlflowException)
         raise
 
 
-def _undo(client, created, existing, previous, error_type) -> None:
+def _undo(client, created, new_models, previous, error_type) -> None:
     for name, version in reversed(created):
         try:
             client.delete_model_version(name, version)
         except error_type:
             pass
-    for name in {n for n, _ in created} - existing:
+    for name in new_models:
         try:
             client.delete_registered_model(name)
         except error_type:
@@ -134,7 +135,7 @@ def _model_exists(client, name: str) -> bool:
 
 
 def _aliases(client, name: str) -> dict[str, str]:
-    return dict(client.get_registered_model(name).aliases)
+    return {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}
 
 
 def pip_requirements() -> list[str]:

@@ -130,6 +130,7 @@ def log_datasets(run_id: str, splits) -> None:
     for split in [splits.train, splits.validation, *splits.evaluation_sets().values()]:
         with warnings.catch_warnings():  # MLflow registers its local source twice and warns about it
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            warnings.filterwarnings("ignore", message="Starting with pandas version 4.0")  # MLflow's digest code
             dataset = mlflow.data.from_pandas(split.frame, source=split.source, name=split.name, targets="label")
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split.name)]))
     MlflowClient().log_inputs(run_id, datasets=inputs)

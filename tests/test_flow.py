@@ -1,0 +1,110 @@
+"""The real lifecycle flow on a real (temporary) Prefect API and a real sqlite MLflow store.
+
+The backbone is the tiny random BERT, so numbers are not judged here, only what is recorded.
+"""
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from graftline.flows.lifecycle import transfer
+from graftline.flows.params import DataParams, DistillParams, FinetuneParams, RegistryParams, ValidationParams
+from graftline.tasks.data import resolve_source
+from graftline.tasks.errors import ValidationFailed
+
+STEPS = {"ingest", "validate", "select", "finetune", "evaluate", "distill", "register"}
+
+
+@pytest.fixture
+def run_flow(prefect_harness, mlflow_store, tiny_backbone, unique_name):
+    def run(data=None, validation=None, margin=0.0):
+        return transfer(
+            data=data or DataParams(),
+            validation=validation or ValidationParams(),
+            finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=2, max_length=32, learning_rate=3e-3),
+            distill=DistillParams(student="teacher-layers:1", epochs=1, learning_rate=3e-3),
+            registry=RegistryParams(model_name=unique_name, experiment=unique_name, promotion_margin=margin),
+        )
+    return run
+
+
+def runs_by_name(client, experiment_name):
+    experiment = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return runs
+
+
+def test_the_lifecycle_tracks_every_step_and_registers_champions(run_flow, unique_name):
+    summary = run_flow()
+    client = MlflowClient()
+    runs = runs_by_name(client, unique_name)
+    parent = next(r for r in runs if r.info.run_id == summary["mlflow_run_id"])
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == STEPS
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+    # datasets with digests on the parent run
+    inputs = {d.dataset.name: d.dataset.digest for d in parent.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "validation", "test", "home"} and all(inputs.values())
+    # per-epoch curves and evaluation on both domains
+    history = client.get_metric_history(children["finetune"].info.run_id, "train_loss")
+    assert [m.step for m in history] == [1, 2]
+    evaluate = children["evaluate"].data.metrics
+    assert {"test_accuracy", "test_macro_f1", "home_accuracy", "home_macro_f1", "test_examples_per_second"} <= set(evaluate)
+    evaluation_files = {f.path for f in client.list_artifacts(children["evaluate"].info.run_id, "evaluation")}
+    assert "evaluation/test_confusion.png" in evaluation_files and "evaluation/home_confusion.png" in evaluation_files
+    validation_files = {f.path for f in client.list_artifacts(children["validate"].info.run_id, "validation")}
+    assert {"validation/gx_results.json", "validation/data_docs", "validation/failures.txt"} <= validation_files
+    distill = children["distill"].data.metrics
+    assert distill["parameter_ratio"] < 1 and distill["cpu_speedup"] > 0 and "test_accuracy_retention" in distill
+    # registry: both models, champion on first registration, lineage tags
+    for name in (unique_name, f"{unique_name}-student"):
+        version = client.get_model_version_by_alias(name, "champion")
+        assert str(version.version) == "1"
+        assert str(client.get_model_version_by_alias(name, "challenger").version) == "1"
+        assert version.tags["data_digest"] == summary["data_digest"]
+        assert version.tags["prefect_flow_run_id"] and version.tags["git_commit"]
+    assert summary["ui_command"].startswith("mlflow ui --backend-store-uri sqlite:///")
+
+
+def test_a_challenger_must_beat_the_champion_on_the_same_test_set(run_flow, unique_name):
+    run_flow()
+    summary = run_flow(margin=1.0)  # nothing can beat the champion by a whole point
+    client = MlflowClient()
+    for name in (unique_name, f"{unique_name}-student"):
+        assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+        assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
+    register = client.get_run(next(
+        r.info.run_id for r in runs_by_name(client, unique_name)
+        if r.info.run_name == "register" and r.data.tags["mlflow.parentRunId"] == summary["mlflow_run_id"]
+    ))
+    assert {"teacher_champion_macro_f1", "teacher_challenger_macro_f1", "student_champion_macro_f1"} <= set(register.data.metrics)
+    assert "does not beat" in register.data.tags["teacher.decision"]
+
+
+@pytest.fixture
+def duplicated_data(tmp_path):
+    frame = pd.read_csv(resolve_source("demo:electronics"))
+    frame = pd.concat([frame, frame.head(60)], ignore_index=True)  # 60 repeated rows: ~14% duplicates
+    path = tmp_path / "dup.csv"
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def test_failed_validation_stops_before_training_and_registers_nothing(run_flow, unique_name, duplicated_data):
+    with pytest.raises(ValidationFailed, match=r"data validation failed .*proportion_of_unique_values"):
+        run_flow(data=DataParams(train_path=duplicated_data, eval_sets={}))
+    client = MlflowClient()
+    runs = runs_by_name(client, unique_name)
+    assert {r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags} == {"ingest", "validate"}
+    assert next(r for r in runs if "mlflow.parentRunId" not in r.data.tags).info.status == "FAILED"
+    assert not client.search_registered_models(f"name='{unique_name}'")
+
+
+def test_warn_mode_records_the_failure_and_continues(run_flow, unique_name, duplicated_data):
+    summary = run_flow(data=DataParams(train_path=duplicated_data, eval_sets={}), validation=ValidationParams(mode="warn"))
+    client = MlflowClient()
+    validate = next(r for r in runs_by_name(client, unique_name) if r.info.run_name == "validate")
+    assert validate.data.tags["validation.success"] == "false"
+    assert validate.data.metrics["failed_expectations"] >= 1
+    assert [r["version"] for r in summary["registered"]] == ["1", "1"]
