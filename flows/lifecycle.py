@@ -8,6 +8,7 @@ work folder, logged to MLflow by their step, and registered only after every ste
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,21 @@ from prefect import flow, get_run_logger
 from graftline.flows import steps
 from graftline.flows.params import DataParams, DistillParams, FinetuneParams, RegistryParams, TransferParams, ValidationParams
 from graftline.tasks import tracking
+from graftline.tasks.errors import GraftlineError
+
+
+class _BadInputWithoutTraceback(logging.Filter):
+    """Prefect logs a failed run's exception with its traceback. For bad input (GraftlineError)
+    the message already says everything, and a 60-line traceback would bury it; bugs keep theirs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], GraftlineError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _logger in ("prefect.flow_runs", "prefect.task_runs"):
+    logging.getLogger(_logger).addFilter(_BadInputWithoutTraceback())
 
 
 @flow(name="transfer", log_prints=True, persist_result=False)

@@ -18,7 +18,8 @@ import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
+import prefect  # noqa: E402, F401  -- binds Prefect's log handler to pytest's session-long stderr,
+import pytest  # noqa: E402         # not to a per-test capsys stream that is closed afterwards
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
