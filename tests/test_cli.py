@@ -81,3 +81,12 @@ def test_bad_input_is_one_line_and_exit_2(case, files, prefect_harness, mlflow_s
     assert last.startswith("graftline: error: ")
     assert pd.Series([last]).str.contains(pattern).all(), last
     assert not MlflowClient().search_registered_models(f"name='{unique_name}'")
+
+
+def test_the_documented_parameter_file_is_exactly_the_defaults():
+    from pathlib import Path
+
+    from graftline.flows.params import TransferParams
+
+    documented = build_params(Path(__file__).parents[1] / "deployments" / "transfer.params.yaml", {}, [], [])
+    assert documented == TransferParams()

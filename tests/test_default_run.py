@@ -29,7 +29,7 @@ def test_default_run_ends_with_champions_and_the_ui_command(tmp_path):
     store = tmp_path / "graftline-runs" / "mlflow.db"
     assert f"mlflow ui --backend-store-uri sqlite:///{store}" in out
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}", registry_uri=f"sqlite:///{store}")
     champion = client.get_model_version_by_alias("graftline-demo", "champion")
     accuracy = float(champion.tags["test_accuracy"])
     assert accuracy > 0.8, "a pretrained MiniLM should route the demo tickets well above chance (0.25)"
