@@ -125,7 +125,8 @@ def _print_summary(summary: dict) -> None:
     print("\n== registered ==")
     for r in summary["registered"]:
         print(f"  {r['name']} v{r['version']}  aliases: {', '.join(r['aliases'])}  ({r['reason']})")
-    print(f"\nMLflow run {summary['mlflow_run_id']} in experiment {summary['experiment']!r}")
+    print(f"\nbackbone: {summary['backbone']}")
+    print(f"MLflow run {summary['mlflow_run_id']} in experiment {summary['experiment']!r}")
     print(f"open the MLflow UI:  {summary['ui_command']}")
 
 
@@ -140,6 +141,60 @@ def _quiet_defaults() -> None:
         "TOKENIZERS_PARALLELISM": "false",
     }.items():
         os.environ.setdefault(key, value)
+
+
+zoo = typer.Typer(no_args_is_help=True, help="The backbone catalog: packaged pretrained backbones that load offline.")
+app.add_typer(zoo, name="zoo")
+
+
+@zoo.command("list")
+def zoo_list() -> None:
+    """Every catalog backbone: kind, whether it is installed, size, licence."""
+    from graftline.tasks import catalog
+
+    print(f"{'name':20s} {'kind':6s} {'installed':10s} {'params':>12s} {'layers':>6s} {'width':>6s}  {'licence':34s} summary")
+    for entry in catalog.CATALOG.values():
+        facts = {}
+        if catalog.installed(entry):
+            try:
+                facts = catalog.describe(entry.name)
+            except Exception as exc:  # a broken install is reported, not fatal for the listing
+                facts = {"summary": f"(unusable: {exc})"}
+        print(f"{entry.name:20s} {entry.kind:6s} {'yes' if catalog.installed(entry) else 'no':10s} "
+              f"{facts.get('parameters', ''):>12} {facts.get('layers') or '':>6} {facts.get('width') or '':>6}  "
+              f"{entry.licence:34s} {facts.get('summary', entry.summary)}")
+
+
+@zoo.command("install")
+def zoo_install(
+    names: list[str] = typer.Argument(None, help="Catalog names; none: every entry."),
+    force: bool = typer.Option(False, "--force", help="Reinstall and rebuild even when present."),
+) -> None:
+    """pip-install (no deps, hash-checked), materialise into the cache, verify, describe."""
+    from graftline.tasks import catalog
+
+    try:
+        for name in names or list(catalog.CATALOG):
+            catalog.install(name, force=force)
+            facts = catalog.describe(name)
+            print(f"{name}: {facts['parameters']:,} parameters, {facts['layers']} x {facts['width']}, "
+                  f"tokenizer {facts['tokenizer']}, verified, in {facts['folder']}")
+    except Exception as exc:
+        _exit_on_user_error(exc)
+        raise
+
+
+@zoo.command("verify")
+def zoo_verify(names: list[str] = typer.Argument(None, help="Catalog names; none: every installed entry.")) -> None:
+    """Re-hash materialised weights against the catalog; exit 2 on any mismatch."""
+    from graftline.tasks import catalog
+
+    try:
+        for name in names or [e.name for e in catalog.CATALOG.values() if catalog.installed(e)]:
+            print(f"{name}: sha256 {catalog.verify(name)} ok")
+    except Exception as exc:
+        _exit_on_user_error(exc)
+        raise
 
 
 def main() -> None:

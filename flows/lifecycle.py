@@ -1,6 +1,7 @@
 """The transfer lifecycle as one Prefect flow:
 
-    ingest -> validate (GX) -> select backbone -> fine-tune -> evaluate -> distill -> register
+    ingest -> validate (GX) -> select backbone (fixed, or `auto` by transferability score)
+           -> fine-tune -> evaluate -> distill -> register
 
 One parent MLflow run per flow run, one nested run per step. Models are written to a temporary
 work folder, logged to MLflow by their step, and registered only after every step succeeded.
@@ -15,7 +16,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from graftline.flows import steps
-from graftline.flows.params import DataParams, DistillParams, FinetuneParams, RegistryParams, TransferParams, ValidationParams
+from graftline.flows.params import (
+    DataParams, DistillParams, FinetuneParams, RegistryParams, SelectParams, TransferParams, ValidationParams,
+)
 from graftline.tasks import tracking
 from graftline.tasks.errors import GraftlineError
 
@@ -38,6 +41,7 @@ for _logger in ("prefect.flow_runs", "prefect.task_runs"):
 def transfer(
     data: DataParams = DataParams(),
     validation: ValidationParams = ValidationParams(),
+    select: SelectParams = SelectParams(),
     finetune: FinetuneParams = FinetuneParams(),
     distill: DistillParams = DistillParams(),
     registry: RegistryParams = RegistryParams(),
@@ -45,7 +49,7 @@ def transfer(
     """Validate, fine-tune, evaluate, distil and register one text classifier; returns a summary."""
     from prefect.runtime import flow_run
 
-    params = TransferParams(data=data, validation=validation, finetune=finetune, distill=distill, registry=registry)
+    params = TransferParams(data=data, validation=validation, select=select, finetune=finetune, distill=distill, registry=registry)
     store = tracking.configure(registry.experiment)
     flow_run_id = str(flow_run.id or "")
     run_tags = {"prefect_flow_run_id": flow_run_id, "git_commit": tracking.git_commit(), "graftline.flow": "transfer"}
@@ -57,7 +61,8 @@ def transfer(
 
         splits = steps.ingest(data, parent_id)
         steps.validate(splits, validation, parent_id, work_dir)
-        steps.select(finetune, distill, parent_id)
+        backbone = steps.select(splits, finetune, distill, select, parent_id, work_dir)
+        finetune = finetune.model_copy(update={"backbone": backbone})
         teacher = steps.finetune(splits, finetune, parent_id, work_dir)
         teacher.evaluations = steps.evaluate(teacher, splits, finetune, parent_id, work_dir)
         models = [teacher]
@@ -66,6 +71,7 @@ def transfer(
         registrations = steps.register(models, splits, registry, parent_id, {**run_tags, "data_digest": splits.digest})
 
         summary = _summary(models, registrations, store, parent_id, splits.digest)
+        summary["backbone"] = backbone
         _log_summary(summary)
     get_run_logger().info("registered: %s", ", ".join(f"{r['name']} v{r['version']} {r['aliases']}" for r in registrations))
     return summary

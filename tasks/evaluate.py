@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from graftline.tasks.data import Split
+from graftline.tasks.tracking import metric_safe
 from graftline.tasks.training import encode, predict_logits, resolve_device
 
 
@@ -32,7 +33,7 @@ class Evaluation:
         }
         for label, scores in self.per_class.items():
             for metric in ("precision", "recall", "f1"):
-                out[f"{self.name}_{_metric_safe(label)}_{metric}"] = scores[metric]
+                out[f"{self.name}_{metric_safe(label)}_{metric}"] = scores[metric]
         return out
 
 
@@ -102,11 +103,6 @@ def plot_confusion(evaluation: Evaluation, path: Path, title: str | None = None)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def _metric_safe(label: str) -> str:
-    """MLflow metric names allow letters, digits, _ - . / and spaces; replace anything else."""
-    return "".join(c if c.isalnum() or c in "_-." else "_" for c in label)
 
 
 def cpu_throughput(model, tokenizer, texts: list[str], batch_size: int = 32, max_length: int = 128) -> float:

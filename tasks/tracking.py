@@ -89,6 +89,11 @@ def log_epoch(record, prefix: str = "") -> None:
     mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in values.items()}, step=record.epoch)
 
 
+def metric_safe(name: str) -> str:
+    """MLflow names allow letters, digits, _ - . / and spaces; anything else becomes _."""
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
+
+
 def git_commit() -> str:
     """The commit of the code that ran (with `-dirty` when it has uncommitted changes)."""
     here = Path(__file__).resolve().parent

@@ -102,3 +102,21 @@ def toy_splits():
         validation=Split("validation", toy_frame(10, 1), "toy"),
         test=Split("test", toy_frame(10, 2), "toy"),
     )
+
+
+@pytest.fixture(scope="session")
+def dead_backbone(tiny_backbone, tmp_path_factory):
+    """The tiny BERT with every weight zeroed: its features are constant, so it transfers nothing."""
+    import torch
+    from transformers import BertModel
+
+    from graftline.tasks.backbones import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("dead-bert")
+    model = BertModel.from_pretrained(tiny_backbone)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+    model.save_pretrained(folder, safe_serialization=True)
+    load_tokenizer(str(tiny_backbone)).save_pretrained(folder)
+    return folder

@@ -3,6 +3,8 @@
 The backbone is the tiny random BERT, so numbers are not judged here, only what is recorded.
 """
 
+import math
+
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -108,3 +110,26 @@ def test_warn_mode_records_the_failure_and_continues(run_flow, unique_name, dupl
     assert validate.data.tags["validation.success"] == "false"
     assert validate.data.metrics["failed_expectations"] >= 1
     assert [r["version"] for r in summary["registered"]] == ["1", "1"]
+
+
+def test_auto_backbone_chooses_by_transferability_inside_the_flow(prefect_harness, mlflow_store, tiny_backbone,
+                                                                   dead_backbone, unique_name):
+    from graftline.flows.params import SelectParams
+
+    summary = transfer(
+        data=DataParams(eval_sets={}),
+        select=SelectParams(candidates=[str(dead_backbone), str(tiny_backbone)], sample_size=200),
+        finetune=FinetuneParams(backbone="auto", epochs=1, max_length=32, learning_rate=3e-3),
+        distill=DistillParams(enabled=False),
+        registry=RegistryParams(model_name=unique_name, experiment=unique_name),
+    )
+    assert summary["backbone"] == str(tiny_backbone)
+    client = MlflowClient()
+    runs = {r.info.run_name: r for r in runs_by_name(client, unique_name)}
+    select = runs["select"]
+    assert select.data.tags["graftline.selection"].startswith(f"{tiny_backbone}: highest logme")
+    dead = select.data.metrics[f"{dead_backbone.name}_logme"]
+    assert math.isnan(dead) or dead < select.data.metrics[f"{tiny_backbone.name}_logme"]  # constant features: NaN
+    files = {f.path for f in client.list_artifacts(select.info.run_id, "selection")}
+    assert {"selection/leaderboard.csv", "selection/leaderboard.json", "selection/leaderboard.png"} <= files
+    assert runs["finetune"].data.params["finetune.backbone"] == str(tiny_backbone)

@@ -1,0 +1,130 @@
+"""Does transferability-based selection pick the backbone that fine-tunes best, and how much faster?
+
+For each task from ../shared/data: score every text candidate with LogME, H-score and kNN on a
+stratified sample of the training data (graftline's selection step), then brute force: fine-tune
+every candidate with the same budget (same rows, epochs, batch size, learning rate, max length)
+and measure test accuracy. Reports per task Kendall's tau between each score and the fine-tuned
+accuracy, whether the top-ranked backbone was the best (or within 0.5 points of it), and the wall
+time of selection against brute force.
+
+    .venv/bin/python bench/selection.py                     # all four tasks, ~30-40 min on 2 CPU cores
+    .venv/bin/python bench/selection.py --tasks sst2 trec   # a subset
+Results also go to bench/results/selection.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import pandas as pd  # noqa: E402
+from scipy.stats import kendalltau  # noqa: E402
+
+from graftline.tasks import backbones  # noqa: E402
+from graftline.tasks.data import Split, Splits, read_table, stratified_split  # noqa: E402
+from graftline.tasks.evaluate import evaluate_model  # noqa: E402
+from graftline.tasks.finetune import FinetuneConfig, finetune  # noqa: E402
+from graftline.tasks.select import METHODS, SelectConfig, select_backbone, stratified_sample  # noqa: E402
+from graftline.tasks.training import TrainConfig  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CANDIDATES = ("minilm-l3", "minilm-l6", "mpnet-base")
+TRAIN_ROWS, VALIDATION_ROWS, TEST_ROWS, SEED = 2000, 200, 1000, 13
+BUDGET = TrainConfig(epochs=1, batch_size=16, learning_rate=8e-5, patience=1, seed=SEED)  # the same for all
+MAX_LENGTH = 64
+
+
+def task_splits(name: str) -> Splits:
+    """A train pool, a small validation set for early stopping, and a test set per task."""
+    folder = DATA / name
+    if name == "sst2":
+        pool, test = read_table(str(folder / "train.csv"), "text", "label"), read_table(str(folder / "dev.csv"), "text", "label")
+    elif name in ("trec", "ag_news"):
+        pool, test = read_table(str(folder / "train.csv"), "text", "label"), read_table(str(folder / "test.csv"), "text", "label")
+    else:  # sms_spam ships one file
+        pool = read_table(str(folder / "all.csv"), "text", "label")
+        pool, test = stratified_split(pool, 0.3, SEED, name)
+    pool = pool.drop_duplicates("text")
+    test = test[~test["text"].isin(pool["text"])]
+    train = stratified_sample(pool, TRAIN_ROWS + VALIDATION_ROWS, SEED)
+    train, validation = stratified_split(train, VALIDATION_ROWS / len(train), SEED, name)
+    test = stratified_sample(test, TEST_ROWS, SEED)
+    return Splits(Split("train", train.reset_index(drop=True), name), Split("validation", validation.reset_index(drop=True), name),
+                  Split("test", test, name))
+
+
+def run_task(name: str) -> dict:
+    splits = task_splits(name)
+    selection = select_backbone(splits.train.frame, SelectConfig(candidates=CANDIDATES, sample_size=1000, max_length=MAX_LENGTH))
+    scores = {r.backbone: r.scores for r in selection.leaderboard}
+    accuracy, brute_seconds = {}, 0.0
+    for backbone in CANDIDATES:
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            result = finetune(splits, FinetuneConfig(backbone=backbone, max_length=MAX_LENGTH, train=BUDGET), Path(tmp) / "m")
+            model = backbones.load_classifier(str(result.model_dir))
+            accuracy[backbone] = evaluate_model(model, backbones.load_tokenizer(str(result.model_dir)), splits.test, MAX_LENGTH).accuracy
+        brute_seconds += time.perf_counter() - started
+        print(f"  {name}: {backbone} fine-tuned to accuracy {accuracy[backbone]:.4f}", file=sys.stderr, flush=True)
+    best = max(accuracy.values())
+    report = {"task": name, "train_rows": len(splits.train.frame), "test_rows": len(splits.test.frame),
+              "accuracy": accuracy, "scores": scores, "selection_seconds": selection.seconds,
+              "brute_force_seconds": brute_seconds}
+    for method in METHODS:
+        ordered = [scores[b][method] for b in CANDIDATES]
+        top = max(CANDIDATES, key=lambda b: scores[b][method])
+        report[method] = {"tau": kendalltau(ordered, [accuracy[b] for b in CANDIDATES]).statistic, "top": top,
+                          "top_ok": accuracy[top] >= best - 0.005}
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["sst2", "trec", "ag_news", "sms_spam"])
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"{DATA} not found: the benchmark needs the shared datasets")
+    reports = [run_task(name) for name in args.tasks]
+    out = Path(__file__).parent / "results" / "selection.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(reports, indent=1))
+    print_table(reports)
+
+
+def print_table(reports: list[dict]) -> None:
+    rows = []
+    for r in reports:
+        row = {"task": r["task"], **{f"acc {b}": f"{r['accuracy'][b]:.4f}" for b in CANDIDATES}}
+        for method in METHODS:
+            row[f"{method} tau"] = f"{r[method]['tau']:+.2f}"
+            row[f"{method} top"] = f"{r[method]['top']}{'' if r[method]['top_ok'] else ' (miss)'}"
+        row["select s"] = f"{r['selection_seconds']:.0f}"
+        row["brute s"] = f"{r['brute_force_seconds']:.0f}"
+        row["speedup"] = f"{r['brute_force_seconds'] / r['selection_seconds']:.1f}x"
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    print(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
+    for method in METHODS:
+        hits = sum(r[method]["top_ok"] for r in reports)
+        print(f"{method}: top pick best or within 0.5 points on {hits} of {len(reports)} tasks")
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Backbone selection from transferability scores, without fine-tuning every candidate.
+
+For each candidate backbone: embed a stratified sample of the training split with the frozen
+backbone (mean-pooled token states, of the last layer or averaged over all layers), score how well
+those features explain the labels, and measure what the backbone costs (parameters, latency per
+example). The estimators are transformer-ranker's maintained implementations:
+
+- `logme`  LogME, the log maximum evidence of a Bayesian linear model on the features
+           (You et al., 2021); higher is better, comparable across backbones on one dataset;
+- `hscore` regularised (Ledoit-Wolf shrinkage) H-score;
+- `knn`    leave-one-out k-nearest-neighbour accuracy on the sample.
+
+`choose` picks the best-scoring candidate within the budget (max parameters, max ms per example).
+Limits: the score ranks backbones for fine-tuning with the same recipe; it says nothing about a
+backbone whose tokenizer truncates the user's texts differently, and a few hundred examples per
+class are needed for stable scores.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from graftline.tasks import backbones
+from graftline.tasks.errors import GraftlineError
+
+Method = Literal["logme", "hscore", "knn"]
+Pooling = Literal["last", "layer-mean"]
+METHODS: tuple[Method, ...] = ("logme", "hscore", "knn")
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    candidates: tuple[str, ...] = ("minilm-l3", "minilm-l6")
+    method: Method = "logme"
+    sample_size: int = 1000  # training rows embedded per candidate (stratified)
+    pooling: Pooling = "layer-mean"
+    max_length: int = 128
+    batch_size: int = 32
+    max_parameters: int | None = None  # budget: candidates above it are scored but never chosen
+    max_ms_per_example: float | None = None  # budget on CPU latency per example
+    seed: int = 13
+    device: str = "auto"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class CandidateReport:
+    backbone: str
+    parameters: int
+    layers: int | None
+    width: int | None
+    scores: dict[str, float]
+    cpu_ms_per_example: float
+    gpu_ms_per_example: float | None
+    seconds: float  # embedding + scoring
+    within_budget: bool = True
+    chosen: bool = False
+
+
+@dataclass
+class Selection:
+    choice: str
+    reason: str
+    method: Method
+    leaderboard: list[CandidateReport] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def table(self) -> pd.DataFrame:
+        rows = [{**{k: v for k, v in asdict(r).items() if k != "scores"}, **r.scores} for r in self.leaderboard]
+        return pd.DataFrame(rows).sort_values(self.method, ascending=False, na_position="last").reset_index(drop=True)
+
+
+def stratified_sample(frame: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
+    """At most `size` rows keeping each label's share (every label keeps at least one row)."""
+    if len(frame) <= size:
+        return frame.reset_index(drop=True)
+    share = size / len(frame)
+    parts = [g.sample(max(1, round(len(g) * share)), random_state=seed) for _, g in frame.groupby("label", sort=True)]
+    return pd.concat(parts).sample(frac=1, random_state=seed).reset_index(drop=True)
+
+
+@torch.no_grad()
+def embed(encoder, tokenizer, texts: list[str], max_length: int, batch_size: int, pooling: Pooling,
+          device: torch.device) -> np.ndarray:
+    """Mean-pooled token states (padding excluded) of the last layer or of all layers averaged."""
+    encoder.to(device).eval()
+    # Sorting by length keeps padding low; the original order is restored at the end.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = tokenizer([texts[i] for i in rows], truncation=True, max_length=max_length, padding=True,
+                          return_tensors="pt").to(device)
+        outputs = encoder(**batch, output_hidden_states=pooling == "layer-mean")
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        states = outputs.hidden_states[1:] if pooling == "layer-mean" else (outputs.last_hidden_state,)
+        pooled = torch.stack([(h.float() * mask).sum(1) / mask.sum(1) for h in states]).mean(0)
+        out[rows] = pooled.cpu().numpy()
+    return out
+
+
+def score_features(features: np.ndarray, labels: np.ndarray, method: Method) -> float:
+    """Transferability of `features` for `labels` by transformer-ranker's estimator."""
+    from transformer_ranker.estimators import HScore, LogME, NearestNeighbors
+
+    if not np.isfinite(features).all() or np.ptp(features, axis=0).max() < 1e-8:
+        return float("nan")  # constant or broken features carry no information (and break H-score)
+    estimator = {"logme": LogME, "hscore": HScore, "knn": NearestNeighbors}[method]()
+    try:
+        return float(estimator.fit(embeddings=torch.from_numpy(features), labels=torch.from_numpy(labels)))
+    except torch.linalg.LinAlgError:
+        return float("nan")
+
+
+def _rank_key(method: Method):
+    """Sort key: the score, with NaN (unscorable features) below everything."""
+    return lambda report: report.scores[method] if np.isfinite(report.scores[method]) else -np.inf
+
+
+def rank_backbones(texts: list[str], labels: np.ndarray, config: SelectConfig) -> list[CandidateReport]:
+    device = _device(config.device)
+    reports = []
+    for spec in config.candidates:
+        started = time.perf_counter()
+        encoder = backbones.load_encoder(spec, config.trust_remote_code)
+        tokenizer = backbones.load_tokenizer(spec, config.trust_remote_code)
+        timed = time.perf_counter()
+        features = embed(encoder, tokenizer, texts, config.max_length, config.batch_size, config.pooling, device)
+        ms = (time.perf_counter() - timed) * 1000 / len(texts)
+        cpu_ms, gpu_ms = (ms, None) if device.type == "cpu" else (_cpu_ms(encoder, tokenizer, texts, config), ms)
+        scores = {method: score_features(features, labels, method) for method in METHODS}
+        reports.append(CandidateReport(
+            backbone=spec, parameters=backbones.count_parameters(encoder),
+            layers=getattr(encoder.config, "num_hidden_layers", None), width=getattr(encoder.config, "hidden_size", None),
+            scores=scores, cpu_ms_per_example=cpu_ms, gpu_ms_per_example=gpu_ms,
+            seconds=time.perf_counter() - started,
+        ))
+    return reports
+
+
+def choose(reports: list[CandidateReport], config: SelectConfig) -> Selection:
+    """The best `config.method` score among the candidates within the budget."""
+    for report in reports:
+        report.within_budget = (config.max_parameters is None or report.parameters <= config.max_parameters) and (
+            config.max_ms_per_example is None or report.cpu_ms_per_example <= config.max_ms_per_example)
+    affordable = [r for r in reports if r.within_budget]
+    if not affordable:
+        raise GraftlineError(
+            f"no candidate backbone fits the budget (max_parameters={config.max_parameters}, "
+            f"max_ms_per_example={config.max_ms_per_example}): "
+            + ", ".join(f"{r.backbone} {r.parameters:,} params {r.cpu_ms_per_example:.1f} ms" for r in reports)
+        )
+    best = max(affordable, key=_rank_key(config.method))
+    best.chosen = True
+    ranked = sorted(reports, key=_rank_key(config.method), reverse=True)
+    runner_up = next((r for r in ranked if r is not best), None)
+    reason = f"highest {config.method} {best.scores[config.method]:.4f} within budget"
+    if runner_up is not None:
+        reason += f" (next: {runner_up.backbone} {runner_up.scores[config.method]:.4f})"
+    over = [r.backbone for r in ranked if not r.within_budget]
+    if over:
+        reason += f"; over budget: {', '.join(over)}"
+    return Selection(best.backbone, reason, config.method, reports)
+
+
+def select_backbone(frame: pd.DataFrame, config: SelectConfig) -> Selection:
+    """Sample, embed, score and choose: the whole selection step for one training split."""
+    if len(config.candidates) == 0:
+        raise GraftlineError("backbone 'auto' needs at least one candidate in select.candidates")
+    started = time.perf_counter()
+    sample = stratified_sample(frame, config.sample_size, config.seed)
+    label_names = sorted(sample["label"].unique())
+    labels = sample["label"].map({name: i for i, name in enumerate(label_names)}).to_numpy(np.int64)
+    selection = choose(rank_backbones(sample["text"].tolist(), labels, config), config)
+    selection.seconds = time.perf_counter() - started
+    return selection
+
+
+def plot_leaderboard(selection: Selection, path: Path) -> Path:
+    """Bars of the deciding score per candidate (chosen one highlighted) beside CPU latency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = selection.table()
+    colours = ["tab:green" if c else ("tab:blue" if b else "tab:gray") for c, b in zip(table["chosen"], table["within_budget"])]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 1.2 + 0.5 * len(table)), sharey=True)
+    left.barh(table["backbone"], table[selection.method], color=colours)
+    left.set_xlabel(f"{selection.method} (higher transfers better)")
+    right.barh(table["backbone"], table["cpu_ms_per_example"], color=colours)
+    right.set_xlabel("CPU ms per example")
+    left.invert_yaxis()
+    fig.suptitle(f"backbone selection: {selection.choice} (green); grey = over budget")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _device(requested: str) -> torch.device:
+    from graftline.tasks.training import resolve_device
+
+    return resolve_device(requested)
+
+
+def _cpu_ms(encoder, tokenizer, texts: list[str], config: SelectConfig) -> float:
+    """CPU latency on a small slice when the scores were computed on a GPU."""
+    subset = texts[:64]
+    started = time.perf_counter()
+    embed(encoder, tokenizer, subset, config.max_length, config.batch_size, config.pooling, torch.device("cpu"))
+    return (time.perf_counter() - started) * 1000 / len(subset)
