@@ -9,7 +9,8 @@ time of selection against brute force.
 
     .venv/bin/python bench/selection.py                     # all four tasks, ~30-40 min on 2 CPU cores
     .venv/bin/python bench/selection.py --tasks sst2 trec   # a subset
-Results also go to bench/results/selection.json.
+Results also go to bench/results/selection.json (tasks run separately accumulate there, and the
+table covers all of them).
 """
 
 from __future__ import annotations
@@ -93,11 +94,14 @@ def main() -> None:
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"{DATA} not found: the benchmark needs the shared datasets")
-    reports = [run_task(name) for name in args.tasks]
     out = Path(__file__).parent / "results" / "selection.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(reports, indent=1))
-    print_table(reports)
+    # Tasks run separately accumulate: a rerun of a task replaces its earlier result.
+    stored = {r["task"]: r for r in (json.loads(out.read_text()) if out.is_file() else [])}
+    for name in args.tasks:
+        stored[name] = run_task(name)
+        out.write_text(json.dumps(list(stored.values()), indent=1))
+    print_table(list(stored.values()))
 
 
 def print_table(reports: list[dict]) -> None:

@@ -40,7 +40,7 @@ def load_config(spec: str, trust_remote_code: bool = False):
     except (OSError, ValueError) as exc:
         known = ", ".join(name for name, entry in catalog.CATALOG.items() if entry.text)
         raise BackboneError(
-            f"unknown backbone {spec!r}: not a packaged backbone ({known}), not a local folder, "
+            f"unknown backbone {spec!r}: not a catalog backbone ({known}), not a local folder, "
             f"and not loadable from the hub ({_first_line(exc)})"
         ) from exc
 
