@@ -108,7 +108,7 @@ def select(splits: Splits, finetune: FinetuneParams, distill: DistillParams, par
 def _select_by_score(splits: Splits, finetune: FinetuneParams, params: SelectParams, work_dir: Path) -> str:
     import mlflow
 
-    from graftline.tasks.select import SelectConfig, plot_leaderboard, select_backbone
+    from graftline.tasks.selection import SelectConfig, plot_leaderboard, select_backbone
 
     tracking.log_params(params.model_dump(exclude={"candidates"}), "select.")
     mlflow.log_param("select.candidates", ", ".join(params.candidates))

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from graftline.tasks.errors import GraftlineError
-from graftline.tasks.select import METHODS, CandidateReport, SelectConfig, choose, score_features, stratified_sample
+from graftline.tasks.selection import METHODS, CandidateReport, SelectConfig, choose, score_features, stratified_sample
 
 
 def synthetic(separation: float, seed: int = 0, n: int = 300, dims: int = 32):

@@ -1,5 +1,8 @@
 """Backbone selection from transferability scores, without fine-tuning every candidate.
 
+(Named selection.py, not select.py: a module called `select` shadows the standard library's
+wherever its folder lands on sys.path.)
+
 For each candidate backbone: embed a stratified sample of the training split with the frozen
 backbone (mean-pooled token states, of the last layer or averaged over all layers), score how well
 those features explain the labels, and measure what the backbone costs (parameters, latency per
