@@ -119,3 +119,14 @@ def test_class_with_one_row_cannot_be_stratified(tmp_path):
 def test_labels_unknown_to_the_model_are_named():
     with pytest.raises(DataError, match=r"test: label\(s\) 'spam' do not occur in the training labels"):
         encode_labels(pd.Series(["ham", "spam"]), ["eggs", "ham"], "test")
+
+
+def test_fsspec_urls_are_read_like_paths(frame):
+    import fsspec
+
+    with fsspec.open("memory://graftline-test/data.csv", "w") as handle:
+        frame.to_csv(handle, index=False)
+    splits = load_splits("memory://graftline-test/data.csv", "message", "team")
+    assert len(splits.train.frame) + len(splits.validation.frame) + len(splits.test.frame) == len(frame)
+    with pytest.raises(DataError, match="memory://graftline-test/nope.csv: file not found"):
+        load_splits("memory://graftline-test/nope.csv")
