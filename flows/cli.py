@@ -125,6 +125,8 @@ def _print_summary(summary: dict) -> None:
     print("\n== registered ==")
     for r in summary["registered"]:
         print(f"  {r['name']} v{r['version']}  aliases: {', '.join(r['aliases'])}  ({r['reason']})")
+    for role, reason in summary.get("not_registered", {}).items():
+        print(f"  {role} not registered: {reason}")
     print(f"\nbackbone: {summary['backbone']}")
     print(f"MLflow run {summary['mlflow_run_id']} in experiment {summary['experiment']!r}")
     print(f"open the MLflow UI:  {summary['ui_command']}")

@@ -68,10 +68,12 @@ def transfer(
         models = [teacher]
         if distill.enabled:
             models.append(steps.distill(teacher, splits, distill, finetune, parent_id, work_dir))
-        registrations = steps.register(models, splits, registry, parent_id, {**run_tags, "data_digest": splits.digest})
+        gated = [m for m in models if m.gate_failure is None]
+        registrations = steps.register(gated, splits, registry, parent_id, {**run_tags, "data_digest": splits.digest})
 
         summary = _summary(models, registrations, store, parent_id, splits.digest)
         summary["backbone"] = backbone
+        summary["not_registered"] = {m.role: m.gate_failure for m in models if m.gate_failure}
         _log_summary(summary)
     get_run_logger().info("registered: %s", ", ".join(f"{r['name']} v{r['version']} {r['aliases']}" for r in registrations))
     return summary

@@ -102,6 +102,10 @@ class DistillParams(_Params):
     epochs: int = Field(4, ge=1, le=100)
     batch_size: int = Field(16, ge=1, le=4096)
     learning_rate: float = Field(1e-4, gt=0, le=1)
+    retention_floor: float = Field(
+        0.97, ge=0, le=1,
+        description="Register the student only if it keeps this share of the teacher's test accuracy and macro-F1.",
+    )
 
 
 class RegistryParams(_Params):

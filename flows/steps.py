@@ -35,6 +35,7 @@ class TrainedModel:
     parameters: int
     evaluations: dict[str, Evaluation] = field(default_factory=dict)
     report: dict[str, float] = field(default_factory=dict)  # role-specific numbers (retention, speedup)
+    gate_failure: str | None = None  # why it may not be registered; None: it may
 
 
 @task(name="ingest", **STEP)
@@ -172,7 +173,7 @@ def distill(teacher: TrainedModel, splits: Splits, params: DistillParams, finetu
             parent_run_id: str, work_dir: Path) -> TrainedModel:
     import mlflow
 
-    from graftline.tasks.distill import DistillConfig
+    from graftline.tasks.distill import DistillConfig, retention_gate
     from graftline.tasks.distill import distill as run_distill
     from graftline.tasks.registry import log_classifier
 
@@ -190,11 +191,17 @@ def distill(teacher: TrainedModel, splits: Splits, params: DistillParams, finetu
         student = TrainedModel("student", result.model_dir, "", run.info.run_id, result.student_parameters)
         student.evaluations = _evaluate_and_log(student, splits, finetune_params, work_dir / "distill")
         student.report = _distillation_report(teacher, student, splits, finetune_params.max_length)
-        mlflow.log_metrics({**student.report, "best_val_macro_f1": result.training.best_val_macro_f1})
+        student.gate_failure = retention_gate(student.report, params.retention_floor)
+        mlflow.log_metrics({**student.report, "best_val_macro_f1": result.training.best_val_macro_f1,
+                            "retention_gate_passed": float(student.gate_failure is None)})
+        mlflow.set_tag("graftline.gate", student.gate_failure or f"passed (floor {params.retention_floor})")
         student.model_uri = log_classifier(result.model_dir, _input_example(splits)).model_uri
-    get_run_logger().info("student: %s parameters (%.2fx the teacher), test accuracy retention %.3f, CPU speedup %.2fx",
-                          f"{result.student_parameters:,}", student.report["parameter_ratio"],
-                          student.report["test_accuracy_retention"], student.report["cpu_speedup"])
+    logger = get_run_logger()
+    logger.info("student: %s parameters (%.2fx the teacher), test accuracy retention %.3f, CPU speedup %.2fx",
+                f"{result.student_parameters:,}", student.report["parameter_ratio"],
+                student.report["test_accuracy_retention"], student.report["cpu_speedup"])
+    if student.gate_failure:
+        logger.warning("student will not be registered: %s", student.gate_failure)
     return student
 
 

@@ -9,7 +9,8 @@ Students:
 - `teacher-layers:0,2,4`  the same with the layers named;
 - any backbone name (catalog, folder or hub id) with a new head; its own tokenizer is fine, because
   teacher logits are computed once, on the teacher's tokenisation, before the student trains.
-Not supported yet: hidden-state distillation, unlabeled transfer data (issue 4).
+A student registers only when it keeps `retention_floor` of the teacher's test accuracy and
+macro-F1 (`retention_gate`). Not supported yet: hidden-state distillation, unlabeled transfer data.
 """
 
 from __future__ import annotations
@@ -113,6 +114,14 @@ def distill(
         teacher_parameters=backbones.count_parameters(teacher),
         kept_layers=kept,
     )
+
+
+def retention_gate(report: dict[str, float], floor: float) -> str | None:
+    """None when the student keeps at least `floor` of the teacher's test accuracy and macro-F1,
+    else the reason it failed (which is logged, and keeps the student out of the registry)."""
+    short = [f"{metric} retention {report[f'test_{metric}_retention']:.4f}" for metric in ("accuracy", "macro_f1")
+             if report[f"test_{metric}_retention"] < floor]
+    return f"{' and '.join(short)} below the floor {floor}" if short else None
 
 
 def student_layers(spec: str, teacher_layers: int) -> list[int] | None:

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from graftline.tasks import backbones
-from graftline.tasks.distill import DistillConfig, distill, distillation_loss, make_layer_student, student_layers
+from graftline.tasks.distill import (
+    DistillConfig, distill, distillation_loss, make_layer_student, retention_gate, student_layers,
+)
 from graftline.tasks.errors import BackboneError
 from graftline.tasks.evaluate import evaluate_model, plot_confusion
 from graftline.tasks.finetune import FinetuneConfig, finetune
@@ -87,3 +89,10 @@ def test_evaluation_numbers_agree_with_sklearn(tiny_backbone, toy_splits, tmp_pa
     assert set(evaluation.metrics()) >= {"test_accuracy", "test_macro_f1", "test_good_recall", "test_bad_f1"}
     picture = plot_confusion(evaluation, tmp_path / "cm.png")
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_retention_gate():
+    report = {"test_accuracy_retention": 0.98, "test_macro_f1_retention": 0.96}
+    assert retention_gate(report, 0.95) is None
+    assert retention_gate(report, 0.97) == "macro_f1 retention 0.9600 below the floor 0.97"
+    assert retention_gate(report, 0.99) == "accuracy retention 0.9800 and macro_f1 retention 0.9600 below the floor 0.99"

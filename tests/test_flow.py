@@ -19,12 +19,13 @@ STEPS = {"ingest", "validate", "select", "finetune", "evaluate", "distill", "reg
 
 @pytest.fixture
 def run_flow(prefect_harness, mlflow_store, tiny_backbone, unique_name):
-    def run(data=None, validation=None, margin=0.0):
+    def run(data=None, validation=None, margin=0.0, distill=None):
+        # Random tiny models: the retention gate is off unless a test turns it on.
         return transfer(
             data=data or DataParams(),
             validation=validation or ValidationParams(),
             finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=2, max_length=32, learning_rate=3e-3),
-            distill=DistillParams(student="teacher-layers:1", epochs=1, learning_rate=3e-3),
+            distill=distill or DistillParams(student="teacher-layers:1", epochs=1, learning_rate=3e-3, retention_floor=0.0),
             registry=RegistryParams(model_name=unique_name, experiment=unique_name, promotion_margin=margin),
         )
     return run
@@ -133,3 +134,15 @@ def test_auto_backbone_chooses_by_transferability_inside_the_flow(prefect_harnes
     files = {f.path for f in client.list_artifacts(select.info.run_id, "selection")}
     assert {"selection/leaderboard.csv", "selection/leaderboard.json", "selection/leaderboard.png"} <= files
     assert runs["finetune"].data.params["finetune.backbone"] == str(tiny_backbone)
+
+
+def test_a_student_below_the_retention_floor_is_not_registered(run_flow, unique_name):
+    # One untrained layer of the teacher (learning rate ~0) cannot keep all of its accuracy.
+    summary = run_flow(distill=DistillParams(student="teacher-layers:1", epochs=1, learning_rate=1e-12, retention_floor=1.0))
+    assert [r["name"] for r in summary["registered"]] == [unique_name]
+    assert "below the floor 1.0" in summary["not_registered"]["student"]
+    client = MlflowClient()
+    assert not client.search_registered_models(f"name='{unique_name}-student'")
+    distill = next(r for r in runs_by_name(client, unique_name) if r.info.run_name == "distill")
+    assert distill.data.metrics["retention_gate_passed"] == 0.0
+    assert "below the floor" in distill.data.tags["graftline.gate"]
