@@ -27,7 +27,7 @@ from graftline.tasks import backbones
 from graftline.tasks.data import Splits
 from graftline.tasks.errors import BackboneError
 from graftline.tasks.finetune import encode_split, save_model
-from graftline.tasks.training import EpochRecord, TrainConfig, TrainResult, predict_logits, train
+from graftline.tasks.training import EpochRecord, TrainConfig, TrainResult, predict_logits, seed_everything, train
 
 LAYER_PREFIX = "teacher-layers:"
 
@@ -92,6 +92,7 @@ def distill(
     teacher.to("cpu")
 
     kept = student_layers(config.student, teacher.config.num_hidden_layers)
+    seed_everything(config.train.seed)  # a catalog student's new head is initialised from this seed
     if kept is not None:
         student, tokenizer = make_layer_student(teacher, kept), teacher_tokenizer
     else:

@@ -17,7 +17,7 @@ from typing import Callable, Literal
 
 from graftline.tasks import backbones
 from graftline.tasks.data import Splits, encode_labels
-from graftline.tasks.training import EpochRecord, TrainConfig, TrainResult, encode, train
+from graftline.tasks.training import EpochRecord, TrainConfig, TrainResult, encode, seed_everything, train
 
 Strategy = Literal["full", "linear-probe"]
 
@@ -49,6 +49,7 @@ def finetune(
     """Fine-tune `config.backbone` on `splits.train`, early-stopping on `splits.validation`."""
     labels = splits.labels
     tokenizer = backbones.load_tokenizer(config.backbone, config.trust_remote_code)
+    seed_everything(config.train.seed)  # the new classification head is initialised from this seed
     model = backbones.load_classifier(config.backbone, labels, config.trust_remote_code)
     apply_strategy(model, config.strategy)
 

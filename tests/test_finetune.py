@@ -96,3 +96,18 @@ def test_pickled_weights_are_never_loaded(tiny_backbone, tmp_path):
     torch.save(model.state_dict(), pickled / "pytorch_model.bin")
     with pytest.raises(BackboneError, match="cannot load weights"):
         backbones.load_classifier(str(pickled), ["a", "b"])
+
+
+def test_same_seed_gives_identical_weights_whatever_ran_before(tiny_backbone, toy_splits, tmp_path):
+    # The new head is initialised from the run's seed, not from whatever the process's RNG was left at.
+    from safetensors.torch import load_file
+
+    config = FinetuneConfig(backbone=str(tiny_backbone), max_length=32, train=TrainConfig(epochs=1, batch_size=8))
+    weights = []
+    for i, rng_state in enumerate((1, 999)):
+        torch.manual_seed(rng_state)
+        torch.rand(7)
+        result = finetune(toy_splits, config, tmp_path / f"model{i}")
+        weights.append(load_file(result.model_dir / "model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
