@@ -1,7 +1,8 @@
 """The transfer lifecycle as one Prefect flow:
 
     ingest -> validate (GX) -> select backbone (fixed, or `auto` by transferability score)
-           -> fine-tune -> evaluate -> distill -> register
+           -> fine-tune -> evaluate -> distill (retention gate) -> export (ONNX, INT8, parity, latency)
+           -> register
 
 One parent MLflow run per flow run, one nested run per step. Models are written to a temporary
 work folder, logged to MLflow by their step, and registered only after every step succeeded.
@@ -17,7 +18,8 @@ from prefect import flow, get_run_logger
 
 from graftline.flows import steps
 from graftline.flows.params import (
-    DataParams, DistillParams, FinetuneParams, RegistryParams, SelectParams, TransferParams, ValidationParams,
+    DataParams, DistillParams, ExportParams, FinetuneParams, RegistryParams, SelectParams, TransferParams,
+    ValidationParams,
 )
 from graftline.tasks import tracking
 from graftline.tasks.errors import GraftlineError
@@ -44,12 +46,14 @@ def transfer(
     select: SelectParams = SelectParams(),
     finetune: FinetuneParams = FinetuneParams(),
     distill: DistillParams = DistillParams(),
+    export: ExportParams = ExportParams(),
     registry: RegistryParams = RegistryParams(),
 ) -> dict:
-    """Validate, fine-tune, evaluate, distil and register one text classifier; returns a summary."""
+    """Validate, fine-tune, evaluate, distil, export and register one text classifier; returns a summary."""
     from prefect.runtime import flow_run
 
-    params = TransferParams(data=data, validation=validation, select=select, finetune=finetune, distill=distill, registry=registry)
+    params = TransferParams(data=data, validation=validation, select=select, finetune=finetune, distill=distill,
+                            export=export, registry=registry)
     store = tracking.configure(registry.experiment)
     flow_run_id = str(flow_run.id or "")
     run_tags = {"prefect_flow_run_id": flow_run_id, "git_commit": tracking.git_commit(), "graftline.flow": "transfer"}
@@ -59,7 +63,7 @@ def transfer(
         work_dir, parent_id = Path(tmp), parent.info.run_id
         tracking.log_params(params.model_dump(exclude={"data": {"eval_sets"}}))
 
-        splits = steps.ingest(data, parent_id)
+        splits = steps.ingest(data, distill, parent_id)
         steps.validate(splits, validation, parent_id, work_dir)
         backbone = steps.select(splits, finetune, distill, select, parent_id, work_dir)
         finetune = finetune.model_copy(update={"backbone": backbone})
@@ -69,10 +73,15 @@ def transfer(
         if distill.enabled:
             models.append(steps.distill(teacher, splits, distill, finetune, parent_id, work_dir))
         gated = [m for m in models if m.gate_failure is None]
+        exported = {}
+        if export.enabled and gated:
+            exported = steps.export(gated[-1], teacher, splits, export, finetune.max_length, parent_id, work_dir)
         registrations = steps.register(gated, splits, registry, parent_id, {**run_tags, "data_digest": splits.digest})
 
         summary = _summary(models, registrations, store, parent_id, splits.digest)
         summary["backbone"] = backbone
+        if exported:
+            summary["metrics"]["export"] = exported
         summary["not_registered"] = {m.role: m.gate_failure for m in models if m.gate_failure}
         _log_summary(summary)
     get_run_logger().info("registered: %s", ", ".join(f"{r['name']} v{r['version']} {r['aliases']}" for r in registrations))

@@ -99,12 +99,34 @@ class DistillParams(_Params):
     )
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of hard-label cross-entropy; 1 - alpha goes to the teacher's soft labels.")
     temperature: float = Field(2.0, gt=0, le=20, description="Softmax temperature of the soft labels.")
+    hidden_weight: float = Field(
+        0.0, ge=0, le=100,
+        description="Weight of hidden-state distillation (student layers' pooled states against the teacher's, "
+        "through a learned projection when widths differ); 0 turns it off.",
+    )
+    unlabeled_paths: list[str] = Field(
+        default_factory=list,
+        description="Unlabeled text files (CSV/JSONL/Parquet, e.g. the target domain's) added as distillation data, soft labels only.",
+    )
+    unlabeled_text_column: str = Field("text", min_length=1, description="Text column of the unlabeled files.")
+    augment_copies: int = Field(
+        0, ge=0, le=10, description="Noisy copies of each training text (word dropout, a swap) added as soft-label-only rows.",
+    )
     epochs: int = Field(4, ge=1, le=100)
     batch_size: int = Field(16, ge=1, le=4096)
     learning_rate: float = Field(1e-4, gt=0, le=1)
     retention_floor: float = Field(
         0.97, ge=0, le=1,
         description="Register the student only if it keeps this share of the teacher's test accuracy and macro-F1.",
+    )
+
+
+class ExportParams(_Params):
+    enabled: bool = Field(True, description="Export the served model (the student, or the teacher without distillation) to ONNX and time it.")
+    quantize: bool = Field(True, description="Also write a dynamically INT8-quantised ONNX model.")
+    min_agreement: float = Field(
+        0.97, ge=0, le=1,
+        description="Share of test predictions an exported model must share with the torch model; below it the file is not logged.",
     )
 
 
@@ -126,4 +148,5 @@ class TransferParams(_Params):
     select: SelectParams = Field(default_factory=SelectParams)
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     distill: DistillParams = Field(default_factory=DistillParams)
+    export: ExportParams = Field(default_factory=ExportParams)
     registry: RegistryParams = Field(default_factory=RegistryParams)

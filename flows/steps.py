@@ -13,9 +13,11 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from graftline.flows.params import DataParams, DistillParams, FinetuneParams, RegistryParams, SelectParams, ValidationParams
+from graftline.flows.params import (
+    DataParams, DistillParams, ExportParams, FinetuneParams, RegistryParams, SelectParams, ValidationParams,
+)
 from graftline.tasks import backbones, tracking
-from graftline.tasks.data import Splits, load_splits
+from graftline.tasks.data import Splits, load_splits, read_texts
 from graftline.tasks.errors import DataError, GraftlineError, ValidationFailed
 from graftline.tasks.evaluate import Evaluation, cpu_throughput, evaluate_model, plot_confusion
 from graftline.tasks.training import TrainConfig
@@ -36,10 +38,12 @@ class TrainedModel:
     evaluations: dict[str, Evaluation] = field(default_factory=dict)
     report: dict[str, float] = field(default_factory=dict)  # role-specific numbers (retention, speedup)
     gate_failure: str | None = None  # why it may not be registered; None: it may
+    export_run_id: str | None = None  # the run holding its ONNX files, when it was exported
 
 
 @task(name="ingest", **STEP)
-def ingest(params: DataParams, parent_run_id: str) -> Splits:
+def ingest(params: DataParams, distill: DistillParams, parent_run_id: str) -> Splits:
+    """Read the splits, and the distillation step's unlabeled texts (so a bad path fails before training)."""
     import mlflow
 
     with tracking.step_run("ingest", parent_run_id) as run:
@@ -51,6 +55,9 @@ def ingest(params: DataParams, parent_run_id: str) -> Splits:
             seed=params.split_seed, fmt=params.format,
         )
         mlflow.log_params({f"data.eval_set.{name}": split.source for name, split in splits.extra.items()})
+        if distill.enabled:
+            splits.unlabeled = [t for path in distill.unlabeled_paths for t in read_texts(path, distill.unlabeled_text_column)]
+            mlflow.log_metric("unlabeled_rows", len(splits.unlabeled))
         mlflow.log_metrics({f"{s.name}_rows": len(s.frame) for s in [splits.train, splits.validation, *splits.evaluation_sets().values()]})
         mlflow.log_dict({"labels": splits.labels}, "labels.json")
         mlflow.set_tag("data_digest", splits.digest)
@@ -181,6 +188,7 @@ def distill(teacher: TrainedModel, splits: Splits, params: DistillParams, finetu
         tracking.log_params(params.model_dump(), "distill.")
         config = DistillConfig(
             student=params.student, alpha=params.alpha, temperature=params.temperature,
+            hidden_weight=params.hidden_weight, augment_copies=params.augment_copies,
             max_length=finetune_params.max_length,
             train=_train_config(finetune_params, params.epochs, params.batch_size, params.learning_rate),
             trust_remote_code=finetune_params.trust_remote_code,
@@ -188,6 +196,9 @@ def distill(teacher: TrainedModel, splits: Splits, params: DistillParams, finetu
         result = run_distill(teacher.model_dir, splits, config, work_dir / "student", on_epoch=tracking.log_epoch)
         if result.kept_layers is not None:
             mlflow.log_param("distill.kept_layers", ",".join(map(str, result.kept_layers)))
+        if result.layer_map:
+            mlflow.log_param("distill.layer_map", ", ".join(f"{s}->{t}" for s, t in result.layer_map))
+        mlflow.log_metric("transfer_rows", result.transfer_rows)
         student = TrainedModel("student", result.model_dir, "", run.info.run_id, result.student_parameters)
         student.evaluations = _evaluate_and_log(student, splits, finetune_params, work_dir / "distill")
         student.report = _distillation_report(teacher, student, splits, finetune_params.max_length)
@@ -203,6 +214,40 @@ def distill(teacher: TrainedModel, splits: Splits, params: DistillParams, finetu
     if student.gate_failure:
         logger.warning("student will not be registered: %s", student.gate_failure)
     return student
+
+
+@task(name="export", **STEP)
+def export(served: TrainedModel, teacher: TrainedModel, splits: Splits, params: ExportParams, max_length: int,
+           parent_run_id: str, work_dir: Path) -> dict[str, float]:
+    """ONNX (and INT8) export of the served model, parity on the test set, CPU latency of all."""
+    import mlflow
+    import pandas as pd
+
+    from graftline.tasks.export import ExportConfig, export_and_measure, plot_tradeoff
+
+    with tracking.step_run("export", parent_run_id) as run:
+        tracking.log_params(params.model_dump(), "export.")
+        config = ExportConfig(quantize=params.quantize, min_agreement=params.min_agreement, max_length=max_length)
+        compared = teacher.model_dir if served is not teacher else None
+        report = export_and_measure(served.model_dir, compared, splits.test, config, work_dir / "export")
+        metrics = report.metrics()
+        mlflow.log_metrics(metrics)
+        mlflow.log_table(pd.DataFrame(report.table()), "export/latency.json")
+        mlflow.log_artifact(str(plot_tradeoff(report, work_dir / "export" / "tradeoff.png",
+                                              f"{served.role} export: accuracy against CPU latency")), "export")
+        for row in report.rows:
+            if row.file and row.passed:
+                mlflow.log_artifact(row.file, "export")
+        failures = report.failures()
+        mlflow.set_tag("graftline.export", "; ".join(failures) + " (not logged)" if failures else "parity passed")
+    served.export_run_id = run.info.run_id
+    logger = get_run_logger()
+    for row in report.rows:
+        logger.info("%-18s accuracy %.4f  batch 1: %.2f ms  batch 32: %.0f examples/s  %.1f MB%s", row.name, row.accuracy,
+                    row.ms_batch_1, row.examples_per_second_batch_32, row.size_mb, "" if row.passed else "  PARITY FAILED")
+    for failure in failures:
+        logger.warning("export parity failed: %s; the file is not logged", failure)
+    return {k: v for k, v in metrics.items() if k.endswith(("speedup_batch_32", "speedup_batch_1", "_agreement", "accuracy_drop"))}
 
 
 @task(name="register", **STEP)
@@ -224,6 +269,7 @@ def register(models: list[TrainedModel], splits: Splits, params: RegistryParams,
             candidate = Candidate(
                 name=name, model_uri=model.model_uri, score=getattr(test, params.promotion_metric),
                 tags={**tags, "graftline.role": model.role, "training_run_id": model.run_id,
+                      **({"export_run_id": model.export_run_id} if model.export_run_id else {}),
                       "test_accuracy": f"{test.accuracy:.4f}", "test_macro_f1": f"{test.macro_f1:.4f}"},
             )
             _score_champion(client, candidate, splits, params.promotion_metric)

@@ -44,6 +44,7 @@ class Splits:
     validation: Split
     test: Split
     extra: dict[str, Split] = field(default_factory=dict)  # other domains, evaluated under their names
+    unlabeled: list[str] = field(default_factory=list)  # texts only the teacher labels (distillation data)
 
     @property
     def labels(self) -> list[str]:
@@ -59,8 +60,9 @@ class Splits:
         return {"test": self.test, **self.extra}
 
 
-def read_table(source: str, text_column: str, label_column: str, fmt: str = "auto") -> pd.DataFrame:
-    """Read one file into a frame with string columns `text` and `label`."""
+def read_table(source: str, text_column: str, label_column: str | None, fmt: str = "auto") -> pd.DataFrame:
+    """Read one file into a frame with string columns `text` and `label` (`text` only when
+    `label_column` is None: unlabeled data)."""
     fmt = _format_of(source) if fmt == "auto" else fmt
     _require_exists(source)
     try:
@@ -73,7 +75,8 @@ def read_table(source: str, text_column: str, label_column: str, fmt: str = "aut
     except Exception as exc:  # each reader raises its own family of errors
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"cannot read {source} as {fmt}: {reason}") from exc
-    missing = [c for c in (text_column, label_column) if c not in frame.columns]
+    columns = [text_column] + ([label_column] if label_column else [])
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(
             f"{source}: missing column(s) {', '.join(map(repr, missing))}; "
@@ -81,11 +84,21 @@ def read_table(source: str, text_column: str, label_column: str, fmt: str = "aut
         )
     if frame.empty:
         raise DataError(f"{source}: the dataset is empty")
-    out = frame[[text_column, label_column]].rename(columns={text_column: "text", label_column: "label"})
-    # Labels are names: 1 and "1" are the same class. Nulls stay null for validation to report.
-    out["label"] = out["label"].map(lambda v: v if pd.isna(v) else str(v).strip())
+    out = frame[columns].rename(columns={text_column: "text", label_column: "label"})
+    if label_column:
+        # Labels are names: 1 and "1" are the same class. Nulls stay null for validation to report.
+        out["label"] = out["label"].map(lambda v: v if pd.isna(v) else str(v).strip())
     out["text"] = out["text"].map(lambda v: v if pd.isna(v) else str(v))
     return out.reset_index(drop=True)
+
+
+def read_texts(source: str, text_column: str = "text", fmt: str = "auto") -> list[str]:
+    """The non-blank texts of an unlabeled file (any label column is ignored)."""
+    frame = read_table(resolve_source(source), text_column, None, fmt)
+    texts = [t for t in frame["text"].dropna() if t.strip()]
+    if not texts:
+        raise DataError(f"{source}: no non-blank texts in column {text_column!r}")
+    return texts
 
 
 def load_splits(

@@ -1,33 +1,46 @@
 """Knowledge distillation of a fine-tuned teacher into a smaller student.
 
 Loss: alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher/T) || softmax(student/T))
-(Hinton et al. 2015; the T^2 keeps soft-target gradients on the scale of the hard ones).
+(Hinton et al. 2015; the T^2 keeps soft-target gradients on the scale of the hard ones), plus, when
+`hidden_weight` > 0, hidden_weight * MSE between the student's and the teacher's mean-pooled layer
+states (student layer j matched to teacher layer (j+1)*Lt/Ls - 1, as TinyBERT's uniform mapping),
+through a learned linear projection when their widths differ. Pooled states, not token states, so
+a student with its own tokenizer can be matched too.
 
 Students:
 - `teacher-layers:N`  a copy of the teacher keeping N of its layers, evenly spaced from the first
   (6 -> 3 keeps 0, 2, 4, as DistilBERT did), including the teacher's fine-tuned head;
 - `teacher-layers:0,2,4`  the same with the layers named;
 - any backbone name (catalog, folder or hub id) with a new head; its own tokenizer is fine, because
-  teacher logits are computed once, on the teacher's tokenisation, before the student trains.
+  teacher targets are computed once, on the teacher's tokenisation, before the student trains.
+
+Transfer data: unlabeled texts (e.g. from the target domain) and augmented copies of the training
+texts are added to the training rows with soft labels only (their cross-entropy term is masked out).
 A student registers only when it keeps `retention_floor` of the teacher's test accuracy and
-macro-F1 (`retention_gate`). Not supported yet: hidden-state distillation, unlabeled transfer data.
+macro-F1 (`retention_gate`).
 """
 
 from __future__ import annotations
 
 import copy
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from graftline.tasks import backbones
-from graftline.tasks.data import Splits
+from graftline.tasks.data import Splits, encode_labels
 from graftline.tasks.errors import BackboneError
 from graftline.tasks.finetune import encode_split, save_model
-from graftline.tasks.training import EpochRecord, TrainConfig, TrainResult, predict_logits, seed_everything, train
+from graftline.tasks.training import (
+    EpochRecord, TrainConfig, TrainResult, autocast, batches, encode, model_inputs, seed_everything, train,
+)
+
+UNLABELED = -100  # label id of transfer rows: soft targets only, no cross-entropy
 
 LAYER_PREFIX = "teacher-layers:"
 
@@ -37,6 +50,8 @@ class DistillConfig:
     student: str = "teacher-layers:3"
     alpha: float = 0.5  # weight of the hard-label cross-entropy
     temperature: float = 2.0
+    hidden_weight: float = 0.0  # weight of the pooled hidden-state loss; 0 turns it off
+    augment_copies: int = 0  # noisy copies of each training text added as soft-label-only rows
     max_length: int = 128
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4))
     trust_remote_code: bool = False
@@ -49,6 +64,8 @@ class DistillResult:
     student_parameters: int
     teacher_parameters: int
     kept_layers: list[int] | None
+    transfer_rows: int = 0  # unlabeled + augmented rows trained on soft labels only
+    layer_map: list[tuple[int, int]] = field(default_factory=list)  # (student layer, teacher layer) of the hidden loss
 
     @property
     def parameter_ratio(self) -> float:
@@ -62,8 +79,10 @@ def distillation_loss(
     alpha: float,
     temperature: float,
 ) -> torch.Tensor:
+    """Rows labelled UNLABELED contribute only to the soft term."""
     student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
-    hard = F.cross_entropy(student_logits, labels)
+    labeled = (labels != UNLABELED).sum().clamp(min=1)  # stays on the device: no host sync
+    hard = F.cross_entropy(student_logits, labels, ignore_index=UNLABELED, reduction="sum") / labeled
     soft = F.kl_div(
         F.log_softmax(student_logits / temperature, dim=-1),
         F.log_softmax(teacher_logits / temperature, dim=-1),
@@ -84,13 +103,6 @@ def distill(
     teacher_tokenizer = backbones.load_tokenizer(str(teacher_dir))
     labels = backbones.labels_of(teacher)
 
-    # Soft targets once, in eval mode (no dropout), on the teacher's own tokenisation.
-    teacher_train = encode_split(teacher_tokenizer, splits.train, labels, config.max_length)
-    device = "cuda" if config.train.device != "cpu" and torch.cuda.is_available() else "cpu"
-    teacher.to(device)
-    soft_targets = predict_logits(teacher, teacher_train, config.train.eval_batch_size, teacher_tokenizer.pad_token_id)
-    teacher.to("cpu")
-
     kept = student_layers(config.student, teacher.config.num_hidden_layers)
     seed_everything(config.train.seed)  # a catalog student's new head is initialised from this seed
     if kept is not None:
@@ -99,22 +111,116 @@ def distill(
         tokenizer = backbones.load_tokenizer(config.student, config.trust_remote_code)
         student = backbones.load_classifier(config.student, labels, config.trust_remote_code)
 
-    train_split = encode_split(tokenizer, splits.train, labels, config.max_length)
-    train_split.extras["teacher_logits"] = soft_targets
+    # Training rows: the labeled split, then transfer rows that only the teacher labels.
+    transfer = splits.unlabeled + augment(splits.train.frame["text"].tolist(), config.augment_copies, config.train.seed)
+    texts = splits.train.frame["text"].tolist() + transfer
+    ids = encode_labels(splits.train.frame["label"], labels, "train") + [UNLABELED] * len(transfer)
+    layer_map = uniform_layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers) if config.hidden_weight > 0 else []
+
+    # Teacher targets once, in eval mode (no dropout), on the teacher's own tokenisation.
+    device = "cuda" if config.train.device != "cpu" and torch.cuda.is_available() else "cpu"
+    teacher.to(device)
+    soft, pooled = teacher_targets(teacher, encode(teacher_tokenizer, texts, ids, config.max_length),
+                                   config.train.eval_batch_size, teacher_tokenizer.pad_token_id, [t for _, t in layer_map])
+    teacher.to("cpu")
+
+    train_split = encode(tokenizer, texts, ids, config.max_length)
+    train_split.extras["teacher_logits"] = soft
     val_split = encode_split(tokenizer, splits.validation, labels, config.max_length)
+    model = student
+    if layer_map:
+        train_split.extras["teacher_hidden"] = pooled
+        model = HiddenStateStudent(student, [s for s, _ in layer_map], teacher.config.hidden_size)
 
-    def loss(logits, batch):
-        return distillation_loss(logits, batch["teacher_logits"], batch["labels"], config.alpha, config.temperature)
+    def loss(outputs, batch):
+        value = distillation_loss(outputs.logits, batch["teacher_logits"], batch["labels"], config.alpha, config.temperature)
+        if layer_map:
+            value = value + config.hidden_weight * F.mse_loss(outputs.pooled_hidden.float(), batch["teacher_hidden"])
+        return value
 
-    result = train(student, train_split, val_split, config.train, tokenizer.pad_token_id, loss, on_epoch)
-    save_model(student, tokenizer, out_dir)
+    result = train(model, train_split, val_split, config.train, tokenizer.pad_token_id, loss, on_epoch)
+    save_model(student, tokenizer, out_dir)  # the projections were for training only
     return DistillResult(
         model_dir=out_dir,
         training=result,
         student_parameters=backbones.count_parameters(student),
         teacher_parameters=backbones.count_parameters(teacher),
         kept_layers=kept,
+        transfer_rows=len(transfer),
+        layer_map=layer_map,
     )
+
+
+@dataclass
+class StudentOutput:
+    logits: torch.Tensor
+    pooled_hidden: torch.Tensor  # (batch, matched layers, teacher width)
+
+
+class HiddenStateStudent(torch.nn.Module):
+    """A student that also returns its matched layers' mean-pooled states, projected to the
+    teacher's width (a learned linear map when the widths differ). Only `student` is kept."""
+
+    def __init__(self, student, layers: list[int], teacher_width: int):
+        super().__init__()
+        self.student, self.layers = student, layers
+        width = student.config.hidden_size
+        self.projections = torch.nn.ModuleList(
+            torch.nn.Identity() if width == teacher_width else torch.nn.Linear(width, teacher_width) for _ in layers
+        )
+
+    @property
+    def config(self):
+        return self.student.config
+
+    def forward(self, **inputs) -> StudentOutput:
+        out = self.student(**inputs, output_hidden_states=True)
+        mask = inputs["attention_mask"]
+        # hidden_states[0] is the embedding output, so layer i's output is hidden_states[i + 1]
+        pooled = [project(mean_pool(out.hidden_states[i + 1], mask)) for project, i in zip(self.projections, self.layers)]
+        return StudentOutput(out.logits, torch.stack(pooled, dim=1))
+
+
+@torch.no_grad()
+def teacher_targets(teacher, split, batch_size: int, pad_id: int, layers: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The teacher's logits for every row and, for `layers`, its mean-pooled layer outputs."""
+    device = next(teacher.parameters()).device
+    teacher.eval()
+    logits, pooled = [], []
+    for batch in batches(split, batch_size, pad_id):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with autocast(device):
+            out = teacher(**model_inputs(batch), output_hidden_states=bool(layers))
+        logits.append(out.logits.float().cpu())
+        if layers:
+            pooled.append(torch.stack([mean_pool(out.hidden_states[i + 1], batch["attention_mask"]) for i in layers], 1).float().cpu())
+    return torch.cat(logits).numpy(), torch.cat(pooled).numpy() if layers else None
+
+
+def mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.unsqueeze(-1).to(states.dtype)
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+    """Student layer j learns from teacher layer (j+1)*Lt/Ls - 1: the last from the last."""
+    return [(j, round((j + 1) * teacher_layers / student_layers) - 1) for j in range(student_layers)]
+
+
+def augment(texts: list[str], copies: int, seed: int) -> list[str]:
+    """`copies` noisy variants of every text: each word dropped with probability 0.1 and one
+    neighbouring pair swapped. Inputs for the teacher to label, never labels themselves."""
+    rng = random.Random(seed)
+    out = []
+    for text in texts:
+        words = text.split()
+        for _ in range(copies):
+            kept = [w for w in words if rng.random() > 0.1] or words[:1]
+            if len(kept) > 2:
+                i = rng.randrange(len(kept) - 1)
+                kept[i], kept[i + 1] = kept[i + 1], kept[i]
+            out.append(" ".join(kept))
+    return out
 
 
 def retention_gate(report: dict[str, float], floor: float) -> str | None:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+# The loss sees the model's whole output (logits, and hidden states when the model returns them).
+LossFn = Callable[[object, dict[str, torch.Tensor]], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,8 @@ def batches(
         yield batch
 
 
-def cross_entropy(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
+def cross_entropy(outputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(outputs.logits.float(), batch["labels"])
 
 
 def train(
@@ -141,9 +142,9 @@ def train(
         loss_sum = torch.zeros((), device=device)
         for batch in batches(train_split, config.batch_size, pad_id, order):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with _autocast(device):
-                logits = model(**_model_inputs(batch)).logits
-            loss = loss_fn(logits, batch)
+            with autocast(device):
+                outputs = model(**model_inputs(batch))
+            loss = loss_fn(outputs, batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
@@ -184,8 +185,8 @@ def predict_logits(model, split: EncodedSplit, batch_size: int, pad_id: int, dev
     out = []
     for batch in batches(split, batch_size, pad_id):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with _autocast(device):
-            out.append(model(**_model_inputs(batch)).logits.float().cpu())
+        with autocast(device):
+            out.append(model(**model_inputs(batch)).logits.float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, model.config.num_labels), dtype=np.float32)
 
 
@@ -218,11 +219,11 @@ def _optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=config.learning_rate)
 
 
-def _model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
     # bf16 autocast on GPUs only: on these CPUs it is slower for small models and changes numerics.
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)

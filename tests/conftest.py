@@ -31,16 +31,25 @@ def tiny_backbone(tmp_path_factory) -> Path:
     Small enough to fine-tune in a second on the CPU; random weights, so tests assert behaviour
     (loss falls, layers copy, files appear), not pretrained quality.
     """
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), width=32, layers=2)
+
+
+@pytest.fixture(scope="session")
+def narrow_backbone(tmp_path_factory) -> Path:
+    """A 1-layer, 16-wide BERT: a student whose width differs from the tiny teacher's."""
+    return build_tiny_bert(tmp_path_factory.mktemp("narrow-bert"), width=16, layers=1)
+
+
+def build_tiny_bert(folder: Path, width: int, layers: int) -> Path:
     import torch
     from transformers import BertConfig, BertModel
 
     from graftline.tasks.backbones import load_tokenizer
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = load_tokenizer("minilm-l6")
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=128,
+        vocab_size=tokenizer.vocab_size, hidden_size=width, num_hidden_layers=layers, num_attention_heads=4,
+        intermediate_size=2 * width, max_position_embeddings=128,
     )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder, safe_serialization=True)

@@ -8,7 +8,8 @@ import torch
 
 from graftline.tasks import backbones
 from graftline.tasks.distill import (
-    DistillConfig, distill, distillation_loss, make_layer_student, retention_gate, student_layers,
+    UNLABELED, DistillConfig, HiddenStateStudent, augment, distill, distillation_loss, make_layer_student,
+    mean_pool, retention_gate, student_layers, uniform_layer_map,
 )
 from graftline.tasks.errors import BackboneError
 from graftline.tasks.evaluate import evaluate_model, plot_confusion
@@ -27,6 +28,30 @@ def test_distillation_loss_matches_a_hand_computed_value():
     kl = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
     expected = alpha * ce + (1 - alpha) * t**2 * kl
     assert distillation_loss(student, teacher, labels, alpha, t).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_unlabeled_rows_only_feed_the_soft_term():
+    student, teacher = torch.tensor([[2.0, 0.0], [0.5, 1.0]]), torch.tensor([[0.0, 2.0], [1.0, -1.0]])
+    alpha, t = 0.3, 2.0
+    mixed = distillation_loss(student, teacher, torch.tensor([0, UNLABELED]), alpha, t)
+    hard = torch.nn.functional.cross_entropy(student[:1], torch.tensor([0]))  # the labeled row only
+    soft = distillation_loss(student, teacher, torch.tensor([0, 0]), 0.0, t) / t**2  # both rows
+    assert mixed.item() == pytest.approx((alpha * hard + (1 - alpha) * t**2 * soft).item(), rel=1e-6)
+    only_unlabeled = distillation_loss(student, teacher, torch.tensor([UNLABELED, UNLABELED]), alpha, t)
+    assert torch.isfinite(only_unlabeled) and only_unlabeled.item() == pytest.approx(((1 - alpha) * t**2 * soft).item(), rel=1e-6)
+
+
+def test_uniform_layer_map_ends_on_the_teachers_last_layer():
+    assert uniform_layer_map(3, 6) == [(0, 1), (1, 3), (2, 5)]
+    assert uniform_layer_map(3, 12) == [(0, 3), (1, 7), (2, 11)]
+    assert uniform_layer_map(2, 2) == [(0, 0), (1, 1)]
+
+
+def test_augmented_copies_are_noisy_variants_and_reproducible():
+    texts = ["the screen cracked after two days of use", "fast delivery and great price"]
+    copies = augment(texts, 3, seed=1)
+    assert len(copies) == 6 and copies == augment(texts, 3, seed=1)
+    assert all(c != texts[i // 3] and set(c.split()) <= set(texts[i // 3].split()) for i, c in enumerate(copies))
 
 
 def test_pure_soft_loss_is_zero_when_student_equals_teacher():
@@ -68,6 +93,70 @@ def test_distillation_produces_a_smaller_student_that_learned(tiny_backbone, toy
     assert student.config.num_hidden_layers == 1
     evaluation = evaluate_model(student, backbones.load_tokenizer(str(result.model_dir)), toy_splits.test, 32)
     assert evaluation.accuracy >= 0.8
+
+
+@pytest.fixture
+def toy_teacher(tiny_backbone, toy_splits, tmp_path):
+    config = FinetuneConfig(backbone=str(tiny_backbone), max_length=32, train=TrainConfig(epochs=5, learning_rate=3e-3))
+    return finetune(toy_splits, config, tmp_path / "teacher").model_dir
+
+
+def pooled_layer_distance(student_dir, teacher_dir, split, student_layer, teacher_layer) -> float:
+    """Mean squared distance between a student layer's and a teacher layer's mean-pooled states."""
+    tokenizer = backbones.load_tokenizer(str(teacher_dir))
+    batch = tokenizer(split.frame["text"].tolist(), padding=True, return_tensors="pt")
+    states = []
+    for folder, layer in ((student_dir, student_layer), (teacher_dir, teacher_layer)):
+        model = backbones.load_classifier(str(folder)).eval()
+        with torch.no_grad():
+            hidden = model(**batch, output_hidden_states=True).hidden_states[layer + 1]
+        states.append(mean_pool(hidden, batch["attention_mask"]))
+    return float(((states[0] - states[1]) ** 2).mean())
+
+
+def test_hidden_state_loss_pulls_the_student_towards_the_teachers_layer(toy_teacher, toy_splits, tmp_path):
+    distances = {}
+    for weight in (0.0, 10.0):
+        config = DistillConfig(student="teacher-layers:1", max_length=32, hidden_weight=weight,
+                               train=TrainConfig(epochs=3, learning_rate=3e-3, patience=3))
+        result = distill(toy_teacher, toy_splits, config, tmp_path / f"s{weight}")
+        assert result.layer_map == ([(0, 1)] if weight else [])
+        distances[weight] = pooled_layer_distance(result.model_dir, toy_teacher, toy_splits.test, 0, 1)
+    assert distances[10.0] < 0.5 * distances[0.0]
+
+
+def test_a_narrower_student_learns_through_a_projection_from_unlabeled_and_augmented_text(
+        toy_teacher, toy_splits, narrow_backbone, tmp_path):
+    from safetensors import safe_open
+
+    unlabeled = toy_frame_texts()
+    toy_splits.unlabeled = unlabeled
+    config = DistillConfig(student=str(narrow_backbone), max_length=32, hidden_weight=1.0, augment_copies=1,
+                           train=TrainConfig(epochs=6, learning_rate=3e-3, patience=6))
+    result = distill(toy_teacher, toy_splits, config, tmp_path / "s")
+    assert result.transfer_rows == len(unlabeled) + len(toy_splits.train.frame)
+    assert result.layer_map == [(0, 1)]
+    with safe_open(str(result.model_dir / "model.safetensors"), "pt") as saved:
+        assert not any("projection" in key for key in saved.keys())  # training-only parts are not saved
+    student = backbones.load_classifier(str(result.model_dir))
+    assert student.config.hidden_size == 16
+    evaluation = evaluate_model(student, backbones.load_tokenizer(str(result.model_dir)), toy_splits.test, 32)
+    assert evaluation.accuracy >= 0.8
+
+
+def test_hidden_state_student_projects_to_the_teachers_width(narrow_backbone):
+    student = backbones.load_classifier(str(narrow_backbone), ["a", "b"])
+    wrapped = HiddenStateStudent(student, [0], teacher_width=32)
+    batch = backbones.load_tokenizer(str(narrow_backbone))(["one text", "another longer text"], padding=True, return_tensors="pt")
+    out = wrapped(**batch)
+    assert out.logits.shape == (2, 2) and out.pooled_hidden.shape == (2, 1, 32)
+    assert sum(p.numel() for p in wrapped.projections.parameters()) == 16 * 32 + 32
+
+
+def toy_frame_texts() -> list[str]:
+    from tests.conftest import toy_frame
+
+    return toy_frame(20, seed=7)["text"].tolist()
 
 
 def test_evaluation_numbers_agree_with_sklearn(tiny_backbone, toy_splits, tmp_path):

@@ -10,23 +10,26 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from graftline.flows.lifecycle import transfer
-from graftline.flows.params import DataParams, DistillParams, FinetuneParams, RegistryParams, ValidationParams
+from graftline.flows.params import (
+    DataParams, DistillParams, ExportParams, FinetuneParams, RegistryParams, ValidationParams,
+)
 from graftline.tasks.data import resolve_source
 from graftline.tasks.errors import ValidationFailed
 from tests.conftest import toy_frame
 
-STEPS = {"ingest", "validate", "select", "finetune", "evaluate", "distill", "register"}
+STEPS = {"ingest", "validate", "select", "finetune", "evaluate", "distill", "export", "register"}
 
 
 @pytest.fixture
 def run_flow(prefect_harness, mlflow_store, tiny_backbone, unique_name):
-    def run(data=None, validation=None, margin=0.0, distill=None, epochs=2):
+    def run(data=None, validation=None, margin=0.0, distill=None, epochs=2, export=False):
         # Random tiny models: the retention gate is off unless a test turns it on.
         return transfer(
             data=data or DataParams(),
             validation=validation or ValidationParams(),
             finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=epochs, patience=epochs, max_length=32, learning_rate=3e-3),
             distill=distill or DistillParams(student="teacher-layers:1", epochs=1, learning_rate=3e-3, retention_floor=0.0),
+            export=ExportParams(enabled=export),  # ~5 s: only where a test looks at it
             registry=RegistryParams(model_name=unique_name, experiment=unique_name, promotion_margin=margin),
         )
     return run
@@ -39,7 +42,7 @@ def runs_by_name(client, experiment_name):
 
 
 def test_the_lifecycle_tracks_every_step_and_registers_champions(run_flow, unique_name):
-    summary = run_flow()
+    summary = run_flow(export=True)
     client = MlflowClient()
     runs = runs_by_name(client, unique_name)
     parent = next(r for r in runs if r.info.run_id == summary["mlflow_run_id"])
@@ -61,6 +64,15 @@ def test_the_lifecycle_tracks_every_step_and_registers_champions(run_flow, uniqu
     assert {"validation/gx_results.json", "validation/data_docs", "validation/failures.txt"} <= validation_files
     distill = children["distill"].data.metrics
     assert distill["parameter_ratio"] < 1 and distill["cpu_speedup"] > 0 and "test_accuracy_retention" in distill
+    # the student exported to ONNX and INT8, checked and timed beside teacher and torch student
+    export = children["export"]
+    export_files = {f.path for f in client.list_artifacts(export.info.run_id, "export")}
+    assert {"export/model.onnx", "export/model.int8.onnx", "export/tradeoff.png", "export/latency.json"} <= export_files
+    assert export.data.metrics["student_onnx_agreement"] == 1.0 and export.data.metrics["student_onnx_int8_speedup_batch_32"] > 0
+    assert export.data.tags["graftline.export"] == "parity passed"
+    assert summary["metrics"]["export"]["student_onnx_int8_speedup_batch_32"] > 0
+    student = client.get_model_version_by_alias(f"{unique_name}-student", "champion")
+    assert student.tags["export_run_id"] == export.info.run_id
     # registry: both models, champion on first registration, lineage tags
     for name in (unique_name, f"{unique_name}-student"):
         version = client.get_model_version_by_alias(name, "champion")
@@ -144,7 +156,7 @@ def test_a_student_below_the_retention_floor_is_not_registered(run_flow, unique_
         toy_frame(rows, seed).to_csv(tmp_path / f"{split}.csv", index=False)
     data = DataParams(train_path=str(tmp_path / "train.csv"), validation_path=str(tmp_path / "validation.csv"),
                       test_path=str(tmp_path / "test.csv"), eval_sets={})
-    summary = run_flow(data=data, epochs=6, distill=DistillParams(student=str(dead_backbone), epochs=1))
+    summary = run_flow(data=data, epochs=6, distill=DistillParams(student=str(dead_backbone), epochs=1), export=True)
     assert summary["metrics"]["teacher"]["test_accuracy"] >= 0.9
     assert [r["name"] for r in summary["registered"]] == [unique_name]
     assert "below the floor 0.97" in summary["not_registered"]["student"]
@@ -153,3 +165,6 @@ def test_a_student_below_the_retention_floor_is_not_registered(run_flow, unique_
     distill = next(r for r in runs_by_name(client, unique_name) if r.info.run_name == "distill")
     assert distill.data.metrics["retention_gate_passed"] == 0.0
     assert "below the floor" in distill.data.tags["graftline.gate"]
+    # what is served is the teacher, so the teacher is exported
+    export = next(r for r in runs_by_name(client, unique_name) if r.info.run_name == "export")
+    assert "teacher_onnx_int8_agreement" in export.data.metrics and "student_onnx_agreement" not in export.data.metrics

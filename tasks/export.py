@@ -1,0 +1,257 @@
+"""ONNX export of a classifier, dynamic INT8 quantisation, a parity check and CPU latency.
+
+- `export_onnx`: torch.onnx's dynamo exporter, dynamic batch and sequence axes, inputs
+  `input_ids` + `attention_mask`, output `logits`, weights inside the one .onnx file.
+- `quantize_int8`: onnxruntime's dynamic quantisation (int8 weights, activations quantised at run
+  time): no calibration data needed.
+- `parity`: an exported model must predict the same class as the torch model on the test set for
+  at least `min_agreement` of the rows; its accuracy and the largest logit difference are reported.
+- `latency`: every model (teacher, student in torch fp32, ONNX fp32, ONNX INT8) timed on the same
+  texts, tokenisation included, at batch 1 (median milliseconds per call) and batch 32 (examples
+  per second), with the same number of CPU threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from graftline.tasks import backbones
+from graftline.tasks.data import Split, encode_labels
+from graftline.tasks.errors import GraftlineError
+
+INPUTS = ("input_ids", "attention_mask")
+BATCH_SIZES = (1, 32)
+
+Predict = Callable[[list[str]], np.ndarray]  # texts -> logits
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    quantize: bool = True
+    min_agreement: float = 0.97  # share of test predictions an export must share with torch
+    max_length: int = 128
+    latency_rows: int = 256  # test texts used for timing (all of them when fewer)
+
+
+@dataclass
+class Measured:
+    """One model as served: its accuracy, agreement with the torch model, and speed."""
+
+    name: str  # teacher | student | student-onnx | student-onnx-int8
+    accuracy: float
+    agreement: float  # share of test predictions equal to the torch model's (1.0 for torch itself)
+    max_logit_diff: float
+    ms_batch_1: float  # median milliseconds per single-text call
+    examples_per_second_batch_32: float
+    size_mb: float
+    file: str | None = None  # the exported file, for ONNX rows
+    passed: bool = True  # parity met; a failed export is reported but not logged as a model file
+
+
+@dataclass
+class ExportReport:
+    served: str  # the torch model that was exported: student, or teacher without distillation
+    rows: list[Measured] = field(default_factory=list)  # teacher first
+
+    def row(self, name: str) -> Measured | None:
+        return next((r for r in self.rows if r.name == name), None)
+
+    def failures(self) -> list[str]:
+        return [f"{r.name} agrees with torch on {r.agreement:.4f} of the test set" for r in self.rows if not r.passed]
+
+    def metrics(self) -> dict[str, float]:
+        """Flat MLflow metrics per model; speed-ups against the teacher (torch fp32) at batch 32
+        and batch 1; for exports, the accuracy drop against the torch model they came from."""
+        teacher, served = self.rows[0], self.row(self.served)
+        out = {}
+        for r in self.rows:
+            key = r.name.replace("-", "_")
+            out |= {
+                f"{key}_test_accuracy": r.accuracy, f"{key}_ms_batch_1": r.ms_batch_1,
+                f"{key}_examples_per_second_batch_32": r.examples_per_second_batch_32, f"{key}_size_mb": r.size_mb,
+            }
+            if r is not teacher:
+                out[f"{key}_speedup_batch_32"] = r.examples_per_second_batch_32 / teacher.examples_per_second_batch_32
+                out[f"{key}_speedup_batch_1"] = teacher.ms_batch_1 / r.ms_batch_1
+            if r.file is not None:
+                out |= {f"{key}_agreement": r.agreement, f"{key}_max_logit_diff": r.max_logit_diff,
+                        f"{key}_accuracy_drop": served.accuracy - r.accuracy, f"{key}_parity_passed": float(r.passed)}
+        return out
+
+    def table(self) -> list[dict]:
+        return [asdict(r) for r in self.rows]
+
+
+def export_and_measure(model_dir: Path, teacher_dir: Path | None, test: Split, config: ExportConfig, out_dir: Path) -> ExportReport:
+    """Export the served model `model_dir` to ONNX (and INT8), check parity on `test`, time everything.
+
+    The served model is the student, compared with `teacher_dir` for speed; or, without
+    distillation, the teacher itself (`teacher_dir` None)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    served = "student" if teacher_dir is not None else "teacher"
+    model = backbones.load_classifier(str(model_dir)).eval()
+    tokenizer = backbones.load_tokenizer(str(model_dir))
+    texts = test.frame["text"].tolist()
+    if not texts:
+        raise GraftlineError(f"{test.name}: no rows to check the exported model's parity on")
+    truth = np.asarray(encode_labels(test.frame["label"], backbones.labels_of(model), test.name))
+
+    exported = {f"{served}-onnx": export_onnx(model, tokenizer, out_dir / "model.onnx")}
+    if config.quantize:
+        exported[f"{served}-onnx-int8"] = quantize_int8(exported[f"{served}-onnx"], out_dir / "model.int8.onnx")
+
+    models: dict[str, tuple[Predict, Path]] = {}  # name -> (predict, weights file)
+    if teacher_dir is not None:
+        teacher = backbones.load_classifier(str(teacher_dir)).eval()
+        models["teacher"] = (torch_predictor(teacher, backbones.load_tokenizer(str(teacher_dir)), config.max_length),
+                             teacher_dir / "model.safetensors")
+    models[served] = (torch_predictor(model, tokenizer, config.max_length), model_dir / "model.safetensors")
+    for name, path in exported.items():
+        models[name] = (onnx_predictor(path, tokenizer, config.max_length), path)
+
+    reference = predict_in_batches(models[served][0], texts)  # what every export must reproduce
+    report = ExportReport(served)
+    for name, (predict, weights) in models.items():
+        logits = predict_in_batches(predict, texts)
+        is_export = name in exported
+        agreement = float((logits.argmax(-1) == reference.argmax(-1)).mean())
+        speed = latency(predict, texts[: config.latency_rows])
+        report.rows.append(Measured(
+            name=name, accuracy=float((logits.argmax(-1) == truth).mean()), agreement=agreement,
+            max_logit_diff=float(np.abs(logits - reference).max()) if name != "teacher" or served == "teacher" else float("nan"),
+            ms_batch_1=speed[1], examples_per_second_batch_32=speed[32], size_mb=weights.stat().st_size / 2**20,
+            file=str(weights) if is_export else None, passed=not is_export or agreement >= config.min_agreement,
+        ))
+    return report
+
+
+def export_onnx(model, tokenizer, path: Path) -> Path:
+    """The classifier as one ONNX file with dynamic batch and sequence axes."""
+    wrapped = _LogitsOnly(model).eval()
+    example = tokenizer(["an example input", "a second, somewhat longer example input"], padding=True, return_tensors="pt")
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    try:
+        with _quiet("torch.onnx", "onnxscript"):
+            torch.onnx.export(
+                wrapped, tuple(example[k] for k in INPUTS), str(path), input_names=list(INPUTS), output_names=["logits"],
+                dynamic_shapes=tuple({0: batch, 1: sequence} for _ in INPUTS), dynamo=True, external_data=False,
+                verbose=False,
+            )
+    except Exception as exc:
+        raise GraftlineError(f"ONNX export of {type(model).__name__} failed: {str(exc).splitlines()[0]}") from exc
+    return path
+
+
+def quantize_int8(onnx_path: Path, path: Path) -> Path:
+    """Dynamic INT8 quantisation: weights stored as int8, activations quantised per call."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet("root"):  # onnxruntime suggests its pre-processing through the root logger
+        quantize_dynamic(str(onnx_path), str(path), weight_type=QuantType.QInt8)
+    return path
+
+
+def torch_predictor(model, tokenizer, max_length: int) -> Predict:
+    threads = torch.get_num_threads()
+
+    @torch.inference_mode()
+    def predict(texts: list[str]) -> np.ndarray:
+        torch.set_num_threads(threads)
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return model(**{k: batch[k] for k in INPUTS}).logits.float().numpy()
+
+    return predict
+
+
+def onnx_predictor(path: Path, tokenizer, max_length: int) -> Predict:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the same CPU threads as torch gets
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def predict(texts: list[str]) -> np.ndarray:
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+        return session.run(["logits"], {k: batch[k].astype(np.int64) for k in INPUTS})[0]
+
+    return predict
+
+
+def predict_in_batches(predict: Predict, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    return np.concatenate([predict(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)])
+
+
+def latency(predict: Predict, texts: list[str]) -> dict[int, float]:
+    """{1: median ms per single-text call, 32: examples per second in batches of 32}."""
+    predict(texts[:32])  # warm-up: first-call allocations and graph preparation
+    singles = []
+    for text in texts[:64]:
+        started = time.perf_counter()
+        predict([text])
+        singles.append((time.perf_counter() - started) * 1000)
+    rows = texts if len(texts) >= 128 else (texts * (128 // len(texts) + 1))[:128]  # enough work to time
+    started = time.perf_counter()
+    for i in range(0, len(rows), 32):
+        predict(rows[i : i + 32])
+    return {1: statistics.median(singles), 32: len(rows) / (time.perf_counter() - started)}
+
+
+def plot_tradeoff(report: ExportReport, path: Path, title: str = "accuracy against CPU latency") -> Path:
+    """Test accuracy against milliseconds per example at batch 32, one point per served model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in report.rows:
+        ms = 1000 / r.examples_per_second_batch_32
+        ax.scatter(ms, r.accuracy, s=40 + 4 * r.size_mb, alpha=0.7, marker="o" if r.passed else "x")
+        ax.annotate(f"{r.name}\n{r.size_mb:.0f} MB", (ms, r.accuracy), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("CPU ms per example (batch 32, tokenisation included)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+class _LogitsOnly(torch.nn.Module):
+    """The exported graph: (input_ids, attention_mask) -> logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+@contextmanager
+def _quiet(*loggers: str):
+    """Silence chatty exporters for the duration of a call."""
+    import warnings
+
+    saved = {name: logging.getLogger(None if name == "root" else name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(None if name == "root" else name).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(None if name == "root" else name).setLevel(level)

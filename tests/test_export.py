@@ -1,0 +1,83 @@
+"""ONNX export, INT8 quantisation and the parity check, on the tiny BERT (no downloads)."""
+
+import math
+
+import numpy as np
+import onnx
+import pytest
+
+from graftline.tasks import backbones
+from graftline.tasks.export import (
+    ExportConfig, export_and_measure, export_onnx, onnx_predictor, plot_tradeoff, predict_in_batches, quantize_int8,
+    torch_predictor,
+)
+from graftline.tasks.finetune import FinetuneConfig, finetune
+from graftline.tasks.training import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_backbone, tmp_path_factory):
+    """A teacher and a 1-layer copy of it that learned the toy task (a stand-in for a student)."""
+    from tests.conftest import toy_frame
+    from graftline.tasks.data import Split, Splits
+
+    splits = Splits(Split("train", toy_frame(40, 0), "toy"), Split("validation", toy_frame(10, 1), "toy"),
+                    Split("test", toy_frame(30, 2), "toy"))
+    root = tmp_path_factory.mktemp("export")
+    teacher = finetune(splits, FinetuneConfig(backbone=str(tiny_backbone), max_length=32,
+                                              train=TrainConfig(epochs=5, learning_rate=3e-3)), root / "teacher")
+    from graftline.tasks.distill import DistillConfig, distill
+
+    student = distill(teacher.model_dir, splits, DistillConfig(student="teacher-layers:1", max_length=32,
+                                                               train=TrainConfig(epochs=3, learning_rate=3e-3)), root / "student")
+    return teacher.model_dir, student.model_dir, splits
+
+
+def test_onnx_export_computes_what_torch_computes(trained, tmp_path):
+    _, student_dir, splits = trained
+    model, tokenizer = backbones.load_classifier(str(student_dir)).eval(), backbones.load_tokenizer(str(student_dir))
+    path = export_onnx(model, tokenizer, tmp_path / "model.onnx")
+    graph = onnx.load(str(path))
+    assert [i.name for i in graph.graph.input] == ["input_ids", "attention_mask"]
+    assert [o.name for o in graph.graph.output] == ["logits"]
+    texts = splits.test.frame["text"].tolist() + ["x", "a much longer text than the export example ever had " * 3]
+    for batch in (1, 7, 64):  # dynamic batch and sequence axes
+        ours = predict_in_batches(torch_predictor(model, tokenizer, 32), texts, batch)
+        theirs = predict_in_batches(onnx_predictor(path, tokenizer, 32), texts, batch)
+        assert np.abs(ours - theirs).max() < 1e-4
+
+
+def test_int8_model_is_smaller_and_agrees(trained, tmp_path):
+    _, student_dir, splits = trained
+    model, tokenizer = backbones.load_classifier(str(student_dir)).eval(), backbones.load_tokenizer(str(student_dir))
+    fp32 = export_onnx(model, tokenizer, tmp_path / "model.onnx")
+    int8 = quantize_int8(fp32, tmp_path / "model.int8.onnx")
+    assert int8.stat().st_size < 0.5 * fp32.stat().st_size
+    assert any(node.op_type in ("MatMulInteger", "DynamicQuantizeLinear") for node in onnx.load(str(int8)).graph.node)
+    texts = splits.test.frame["text"].tolist()
+    ours = predict_in_batches(torch_predictor(model, tokenizer, 32), texts).argmax(-1)
+    theirs = predict_in_batches(onnx_predictor(int8, tokenizer, 32), texts).argmax(-1)
+    assert (ours == theirs).mean() >= 0.9
+
+
+def test_export_report_measures_every_served_model(trained, tmp_path):
+    teacher_dir, student_dir, splits = trained
+    report = export_and_measure(student_dir, teacher_dir, splits.test, ExportConfig(max_length=32), tmp_path)
+    assert [r.name for r in report.rows] == ["teacher", "student", "student-onnx", "student-onnx-int8"]
+    student, onnx_fp32 = report.row("student"), report.row("student-onnx")
+    assert onnx_fp32.agreement == 1.0 and onnx_fp32.passed and onnx_fp32.accuracy == student.accuracy
+    assert all(r.ms_batch_1 > 0 and r.examples_per_second_batch_32 > 0 for r in report.rows)
+    metrics = report.metrics()
+    assert metrics["student_onnx_parity_passed"] == 1.0 and metrics["student_onnx_accuracy_drop"] == 0.0
+    assert math.isclose(metrics["student_onnx_int8_speedup_batch_32"],
+                        report.row("student-onnx-int8").examples_per_second_batch_32 / report.row("teacher").examples_per_second_batch_32)
+    assert plot_tradeoff(report, tmp_path / "tradeoff.png").stat().st_size > 0
+
+
+def test_an_export_that_disagrees_fails_parity(trained, tmp_path):
+    teacher_dir, _, splits = trained
+    # An agreement floor above 1 cannot be met: the report must say the export failed, not pass it.
+    report = export_and_measure(teacher_dir, None, splits.test, ExportConfig(max_length=32, min_agreement=1.01), tmp_path)
+    assert [r.name for r in report.rows] == ["teacher", "teacher-onnx", "teacher-onnx-int8"]
+    assert not report.row("teacher-onnx").passed and report.row("teacher").passed
+    assert "teacher-onnx agrees with torch on 1.0000" in report.failures()[0]
