@@ -19,7 +19,7 @@ from graftline.flows.params import (
 from graftline.tasks import backbones, tracking
 from graftline.tasks.data import Splits, load_splits, read_texts
 from graftline.tasks.errors import DataError, GraftlineError, ValidationFailed
-from graftline.tasks.evaluate import Evaluation, cpu_throughput, evaluate_model, plot_confusion
+from graftline.tasks.evaluate import Evaluation, evaluate_model, plot_confusion
 from graftline.tasks.training import TrainConfig
 from graftline.tasks.validate import ValidationReport, ValidationThresholds, validate_splits
 
@@ -327,11 +327,14 @@ def _distillation_report(teacher: TrainedModel, student: TrainedModel, splits: S
         t = teacher.evaluations[name]
         report[f"{name}_accuracy_retention"] = s.accuracy / t.accuracy if t.accuracy else 0.0
         report[f"{name}_macro_f1_retention"] = s.macro_f1 / t.macro_f1 if t.macro_f1 else 0.0
+    from graftline.tasks.export import latency, torch_predictor
+
     texts = splits.test.frame["text"].tolist()
     speeds = {}
     for model in (teacher, student):
-        classifier = backbones.load_classifier(str(model.model_dir))
-        speeds[model.role] = cpu_throughput(classifier, backbones.load_tokenizer(str(model.model_dir)), texts, 32, max_length)
+        classifier = backbones.load_classifier(str(model.model_dir)).eval()
+        predict = torch_predictor(classifier, backbones.load_tokenizer(str(model.model_dir)), max_length)
+        speeds[model.role] = latency(predict, texts)[32]
     report["teacher_cpu_examples_per_second"] = speeds["teacher"]
     report["student_cpu_examples_per_second"] = speeds["student"]
     report["cpu_speedup"] = speeds["student"] / speeds["teacher"]

@@ -103,13 +103,3 @@ def plot_confusion(evaluation: Evaluation, path: Path, title: str | None = None)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def cpu_throughput(model, tokenizer, texts: list[str], batch_size: int = 32, max_length: int = 128) -> float:
-    """Examples per second of batched inference on the CPU (one warm-up pass, then timed)."""
-    encoded = encode(tokenizer, texts, [0] * len(texts), max_length)
-    model.to("cpu")
-    predict_logits(model, encoded, batch_size, tokenizer.pad_token_id, "cpu")  # warm-up
-    started = time.perf_counter()
-    predict_logits(model, encoded, batch_size, tokenizer.pad_token_id, "cpu")
-    return len(texts) / (time.perf_counter() - started)

@@ -4,8 +4,9 @@
   `input_ids` + `attention_mask`, output `logits`, weights inside the one .onnx file.
 - `quantize_int8`: onnxruntime's dynamic quantisation (int8 weights, activations quantised at run
   time): no calibration data needed.
-- `parity`: an exported model must predict the same class as the torch model on the test set for
-  at least `min_agreement` of the rows; its accuracy and the largest logit difference are reported.
+- parity (in `export_and_measure`): an export must predict the same class as the torch model on
+  the test set for at least `min_agreement` of the rows; its accuracy and largest logit difference
+  are reported.
 - `latency`: every model (teacher, student in torch fp32, ONNX fp32, ONNX INT8) timed on the same
   texts, tokenisation included, at batch 1 (median milliseconds per call) and batch 32 (examples
   per second), with the same number of CPU threads.
@@ -29,7 +30,6 @@ from graftline.tasks.data import Split, encode_labels
 from graftline.tasks.errors import GraftlineError
 
 INPUTS = ("input_ids", "attention_mask")
-BATCH_SIZES = (1, 32)
 
 Predict = Callable[[list[str]], np.ndarray]  # texts -> logits
 

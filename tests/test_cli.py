@@ -61,6 +61,10 @@ CASES = {
                                  r"test: column_values_to_be_in_set\(label\) 3 of 10 rows fail, e.g. 'spam'"),
     "unknown backbone": (["--train", "{train}", "--backbone", "no-such-org/no-such-model"],
                          r"unknown backbone 'no-such-org/no-such-model'"),
+    "missing unlabeled distillation file": (["--train", "{train}", "--set", "distill.unlabeled_paths=[{missing}]"],
+                                            r"missing\.csv: file not found"),
+    "unlabeled file without its text column": (["--train", "{train}", "--set", "distill.unlabeled_paths=[{columns}]"],
+                                               r"columns\.csv: missing column\(s\) 'text'"),
     "invalid parameter": (["--train", "{train}", "--set", "finetune.epochs=0"],
                           r"invalid parameters: finetune.epochs: Input should be greater than or equal to 1"),
 }
