@@ -125,8 +125,12 @@ class ExportParams(_Params):
     enabled: bool = Field(True, description="Export the served model (the student, or the teacher without distillation) to ONNX and time it.")
     quantize: bool = Field(True, description="Also write a dynamically INT8-quantised ONNX model.")
     min_agreement: float = Field(
-        0.97, ge=0, le=1,
+        0.95, ge=0, le=1,
         description="Share of test predictions an exported model must share with the torch model; below it the file is not logged.",
+    )
+    max_accuracy_drop: float = Field(
+        0.02, ge=0, le=1,
+        description="Test accuracy an exported model may lose against the torch model; beyond it the file is not logged.",
     )
 
 

@@ -227,7 +227,8 @@ def export(served: TrainedModel, teacher: TrainedModel, splits: Splits, params: 
 
     with tracking.step_run("export", parent_run_id) as run:
         tracking.log_params(params.model_dump(), "export.")
-        config = ExportConfig(quantize=params.quantize, min_agreement=params.min_agreement, max_length=max_length)
+        config = ExportConfig(quantize=params.quantize, min_agreement=params.min_agreement,
+                              max_accuracy_drop=params.max_accuracy_drop, max_length=max_length)
         compared = teacher.model_dir if served is not teacher else None
         report = export_and_measure(served.model_dir, compared, splits.test, config, work_dir / "export")
         metrics = report.metrics()

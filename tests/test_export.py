@@ -74,10 +74,24 @@ def test_export_report_measures_every_served_model(trained, tmp_path):
     assert plot_tradeoff(report, tmp_path / "tradeoff.png").stat().st_size > 0
 
 
+def test_an_export_that_loses_accuracy_fails_parity(trained, tmp_path, monkeypatch):
+    # Stand-in for a broken export (mocked: a real one is hard to produce on purpose): the ONNX
+    # model's logits come back reversed, so it predicts the other class.
+    import graftline.tasks.export as export
+
+    real = export.onnx_predictor
+    monkeypatch.setattr(export, "onnx_predictor", lambda *a: (lambda texts, p=real(*a): -p(texts)))
+    teacher_dir, student_dir, splits = trained
+    report = export_and_measure(student_dir, teacher_dir, splits.test, ExportConfig(max_length=32), tmp_path)
+    for name in ("student-onnx", "student-onnx-int8"):
+        assert not report.row(name).passed and report.row(name).agreement < 0.5
+    assert report.metrics()["student_onnx_parity_passed"] == 0.0 and len(report.failures()) == 2
+
+
 def test_an_export_that_disagrees_fails_parity(trained, tmp_path):
     teacher_dir, _, splits = trained
     # An agreement floor above 1 cannot be met: the report must say the export failed, not pass it.
     report = export_and_measure(teacher_dir, None, splits.test, ExportConfig(max_length=32, min_agreement=1.01), tmp_path)
     assert [r.name for r in report.rows] == ["teacher", "teacher-onnx", "teacher-onnx-int8"]
     assert not report.row("teacher-onnx").passed and report.row("teacher").passed
-    assert "teacher-onnx agrees with torch on 1.0000" in report.failures()[0]
+    assert report.failures()[0].startswith("teacher-onnx agrees with torch on 1.0000 of the test set")
