@@ -2,7 +2,7 @@
 
     ingest -> validate (GX) -> select backbone (fixed, or `auto` by transferability score)
            -> fine-tune -> evaluate -> distill (retention gate) -> export (ONNX, INT8, parity, latency)
-           -> register
+           -> register (alias `candidate`) and promote (to `registry.promote_to`, behind the gates)
 
 One parent MLflow run per flow run, one nested run per step. Models are written to a temporary
 work folder, logged to MLflow by their step, and registered only after every step succeeded.
@@ -63,8 +63,8 @@ def transfer(
         work_dir, parent_id = Path(tmp), parent.info.run_id
         tracking.log_params(params.model_dump(exclude={"data": {"eval_sets"}}))
 
-        splits = steps.ingest(data, distill, parent_id)
-        steps.validate(splits, validation, parent_id, work_dir)
+        splits, ingest_run_id = steps.ingest(data, distill, parent_id, work_dir)
+        report = steps.validate(splits, validation, parent_id, work_dir)
         backbone = steps.select(splits, finetune, distill, select, parent_id, work_dir)
         finetune = finetune.model_copy(update={"backbone": backbone})
         teacher = steps.finetune(splits, finetune, parent_id, work_dir)
@@ -76,7 +76,10 @@ def transfer(
         exported = {}
         if export.enabled and gated:
             exported = steps.export(gated[-1], teacher, splits, export, finetune.max_length, parent_id, work_dir)
-        registrations = steps.register(gated, splits, registry, parent_id, {**run_tags, "data_digest": splits.digest})
+        version_tags = {**run_tags, "data_digest": splits.digest, "ingest_run_id": ingest_run_id,
+                        "validation_success": str(report.success).lower()}
+        triggered_by = f"transfer flow run {flow_run.name or 'local'} ({flow_run_id or 'no id'})"
+        registrations = steps.register(gated, splits, registry, parent_id, version_tags, triggered_by)
 
         summary = _summary(models, registrations, store, parent_id, splits.digest)
         summary["backbone"] = backbone

@@ -134,14 +134,36 @@ class ExportParams(_Params):
     )
 
 
+class GateParams(_Params):
+    """What a version must show before `staging` or `production` moves to it (see README: Promotion)."""
+
+    metric: Literal["macro_f1", "accuracy"] = Field("macro_f1", description="Score the regression gate compares.")
+    min_improvement: float = Field(
+        0.0, ge=-1, le=1,
+        description="Required gain over the version holding the alias, on every evaluation set; 0: must not regress.",
+    )
+    min_accuracy: float = Field(0.0, ge=0, le=1, description="Absolute minimum test accuracy.")
+    min_macro_f1: float = Field(0.0, ge=0, le=1, description="Absolute minimum test macro-F1.")
+    retention_floor: float = Field(0.97, ge=0, le=1, description="Students: share of their teacher's test accuracy and macro-F1.")
+    require_validation: bool = Field(True, description="Refuse versions whose data validation did not pass.")
+
+    def to_gates(self):
+        from graftline.tasks.promotion import Gates
+
+        return Gates(**self.model_dump())
+
+
 class RegistryParams(_Params):
     model_name: str = Field(
         "graftline-demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="Registered model name; the student registers as `<name>-student`.",
     )
     experiment: str = Field("graftline", min_length=1, description="MLflow experiment of the runs.")
-    promotion_metric: Literal["macro_f1", "accuracy"] = Field("macro_f1", description="Test metric that decides the champion.")
-    promotion_margin: float = Field(0.0, ge=0, le=1, description="How much a challenger must beat the champion by.")
+    promote_to: Literal["none", "staging", "production"] = Field(
+        "production",
+        description="After registering (alias `candidate`), promote each new version to this stage if its gates pass.",
+    )
+    gates: GateParams = Field(default_factory=lambda: GateParams(), description="The promotion gates.")
 
 
 class TransferParams(_Params):

@@ -18,12 +18,13 @@ from graftline.flows.params import (
 )
 from graftline.tasks import backbones, tracking
 from graftline.tasks.data import Splits, load_splits, read_texts
-from graftline.tasks.errors import DataError, GraftlineError, ValidationFailed
+from graftline.tasks.errors import ValidationFailed
 from graftline.tasks.evaluate import Evaluation, evaluate_model, plot_confusion
 from graftline.tasks.training import TrainConfig
 from graftline.tasks.validate import ValidationReport, ValidationThresholds, validate_splits
 
 STEP = dict(cache_policy=NO_CACHE, persist_result=False)
+EVALUATION_SETS = "evaluation_sets"  # artifact folder of the ingest run: <name>.parquet per evaluation set
 
 
 @dataclass
@@ -42,8 +43,10 @@ class TrainedModel:
 
 
 @task(name="ingest", **STEP)
-def ingest(params: DataParams, distill: DistillParams, parent_run_id: str) -> Splits:
-    """Read the splits, and the distillation step's unlabeled texts (so a bad path fails before training)."""
+def ingest(params: DataParams, distill: DistillParams, parent_run_id: str, work_dir: Path) -> tuple[Splits, str]:
+    """Read the splits, and the distillation step's unlabeled texts (so a bad path fails before
+    training). The evaluation sets are kept as Parquet files in the run: promotions re-evaluate
+    versions on them later. Returns the splits and the ingest run's id."""
     import mlflow
 
     with tracking.step_run("ingest", parent_run_id) as run:
@@ -63,9 +66,14 @@ def ingest(params: DataParams, distill: DistillParams, parent_run_id: str) -> Sp
         mlflow.set_tag("data_digest", splits.digest)
         for run_id in (run.info.run_id, parent_run_id):
             tracking.log_datasets(run_id, splits)
+        for name, split in splits.evaluation_sets().items():
+            path = work_dir / "evaluation_sets" / f"{name}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            split.frame[["text", "label"]].to_parquet(path, index=False)
+            mlflow.log_artifact(str(path), EVALUATION_SETS)
     get_run_logger().info("data: %d train / %d validation / %d test rows, labels %s, digest %s",
                           len(splits.train.frame), len(splits.validation.frame), len(splits.test.frame), splits.labels, splits.digest)
-    return splits
+    return splits, run.info.run_id
 
 
 @task(name="validate", **STEP)
@@ -253,55 +261,46 @@ def export(served: TrainedModel, teacher: TrainedModel, splits: Splits, params: 
 
 @task(name="register", **STEP)
 def register(models: list[TrainedModel], splits: Splits, params: RegistryParams, parent_run_id: str,
-             tags: dict[str, str]) -> list[dict]:
-    """Register teacher as `<name>` and student as `<name>-student`; all or nothing."""
+             tags: dict[str, str], triggered_by: str) -> list[dict]:
+    """Register teacher as `<name>` and student as `<name>-student` (all or nothing, alias
+    `candidate`), then promote each to `registry.promote_to` if its gates pass."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from graftline.tasks.promotion import PromotionError, promote
     from graftline.tasks.registry import Candidate, register_all
 
     client = MlflowClient()
+    logger = get_run_logger()
     with tracking.step_run("register", parent_run_id):
         tracking.log_params(params.model_dump(), "registry.")
-        candidates = []
-        for model in models:
-            name = params.model_name if model.role == "teacher" else f"{params.model_name}-{model.role}"
-            test = model.evaluations["test"]
-            candidate = Candidate(
-                name=name, model_uri=model.model_uri, score=getattr(test, params.promotion_metric),
-                tags={**tags, "graftline.role": model.role, "training_run_id": model.run_id,
-                      **({"export_run_id": model.export_run_id} if model.export_run_id else {}),
-                      "test_accuracy": f"{test.accuracy:.4f}", "test_macro_f1": f"{test.macro_f1:.4f}"},
-            )
-            _score_champion(client, candidate, splits, params.promotion_metric)
-            candidates.append(candidate)
-        registrations = register_all(client, candidates, params.promotion_metric, params.promotion_margin)
+        names = {m.role: params.model_name if m.role == "teacher" else f"{params.model_name}-{m.role}" for m in models}
+        candidates = [Candidate(
+            name=names[m.role], model_uri=m.model_uri, teacher=names["teacher"] if m.role == "student" else None,
+            tags={**tags, "graftline.role": m.role, "training_run_id": m.run_id,
+                  **({"export_run_id": m.export_run_id} if m.export_run_id else {}),
+                  "test_accuracy": f"{m.evaluations['test'].accuracy:.4f}", "test_macro_f1": f"{m.evaluations['test'].macro_f1:.4f}"},
+        ) for m in models]
+        registrations = register_all(client, candidates)
+        results = []
         for model, reg in zip(models, registrations):
-            mlflow.log_metric(f"{model.role}_challenger_{params.promotion_metric}", reg.decision.challenger_score)
-            if reg.decision.champion_score is not None:
-                mlflow.log_metric(f"{model.role}_champion_{params.promotion_metric}", reg.decision.champion_score)
-            mlflow.set_tags({f"{model.role}.version": reg.version, f"{model.role}.promoted": str(reg.decision.promote).lower(),
-                             f"{model.role}.decision": reg.decision.reason})
-            get_run_logger().info("%s v%s -> %s (%s)", reg.name, reg.version, ", ".join(reg.aliases), reg.decision.reason)
-        return [dict(name=r.name, version=r.version, aliases=r.aliases, **asdict(r.decision)) for r in registrations]
-
-
-def _score_champion(client, candidate, splits: Splits, metric: str) -> None:
-    """Re-evaluate the current champion on this run's test set (tags are not trusted)."""
-    from graftline.tasks.registry import champion_version, load_version
-
-    version = champion_version(client, candidate.name)
-    if version is None:
-        return
-    candidate.champion_version = version
-    try:
-        model, tokenizer = load_version(candidate.name, version)
-    except Exception as exc:  # a champion that cannot load is a registry problem the user must see
-        raise GraftlineError(f"champion {candidate.name} v{version} cannot be loaded for comparison: {exc}") from exc
-    try:
-        candidate.champion_score = getattr(evaluate_model(model, tokenizer, splits.test), metric)
-    except DataError as exc:
-        candidate.champion_note = f"not comparable on this test set ({exc})"
+            result = dict(name=reg.name, version=reg.version, aliases=list(reg.aliases), promoted=False, reason="registered as candidate")
+            if params.promote_to != "none":
+                gates = params.gates.to_gates()
+                try:
+                    outcome = promote(client, reg.name, params.promote_to, splits.evaluation_sets(), gates, triggered_by,
+                                      version=reg.version, experiment=params.experiment)
+                except PromotionError as exc:
+                    result["reason"] = f"not promoted: {exc}"
+                else:
+                    result.update(promoted=outcome.moved, reason=outcome.reason, promotion_run_id=outcome.run_id)
+                    if outcome.moved:
+                        result["aliases"].append(params.promote_to)
+            mlflow.set_tags({f"{model.role}.version": reg.version, f"{model.role}.promoted": str(result["promoted"]).lower(),
+                             f"{model.role}.decision": result["reason"][:5000]})
+            logger.info("%s v%s -> %s (%s)", reg.name, reg.version, ", ".join(result["aliases"]), result["reason"])
+            results.append(result)
+        return results
 
 
 def _evaluate_and_log(model: TrainedModel, splits: Splits, params: FinetuneParams, out_dir: Path) -> dict[str, Evaluation]:

@@ -1,10 +1,8 @@
-"""The MLflow Model Registry side of the lifecycle: log, register, alias, decide, undo.
+"""The MLflow Model Registry side of the lifecycle: log, register, undo.
 
-Vocabulary (aliases; MLflow stages are deprecated): every new version gets `challenger`; it also
-gets `champion` when the model has no champion yet, or when it beats the champion on the *same*
-test set (the champion is re-evaluated on the current data, never trusted from its tags) by more
-than the configured margin. Registration is all-or-nothing: on any error the versions created so
-far are deleted and the aliases restored.
+Every version registers with alias `candidate`; moving `staging` and `production` is the job of
+`promotion` (gates, lock, history). Registration is all-or-nothing: on any error the versions
+created so far are deleted and the aliases restored.
 """
 
 from __future__ import annotations
@@ -12,18 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-
-
-@dataclass(frozen=True)
-class Decision:
-    promote: bool
-    reason: str
-    metric: str
-    challenger_score: float
-    champion_score: float | None = None
-    champion_version: str | None = None
+from graftline.tasks.promotion import CANDIDATE
 
 
 @dataclass
@@ -31,45 +18,16 @@ class Registration:
     name: str
     version: str
     aliases: list[str]
-    decision: Decision
 
 
 @dataclass
 class Candidate:
-    """A logged model waiting to be registered, with its score on the current test set."""
+    """A logged model waiting to be registered."""
 
     name: str
     model_uri: str
-    score: float
     tags: dict[str, str] = field(default_factory=dict)
-    champion_score: float | None = None  # the current champion's score on the same test set
-    champion_version: str | None = None
-    champion_note: str | None = None  # why the champion could not be scored, if it could not
-
-
-def decide(candidate: Candidate, metric: str, margin: float) -> Decision:
-    """Champion or not: pure rule, logged with both scores."""
-    common = dict(metric=metric, challenger_score=candidate.score, champion_version=candidate.champion_version)
-    if candidate.champion_version is None:
-        return Decision(True, "no champion yet", **common)
-    if candidate.champion_score is None:
-        return Decision(False, f"champion v{candidate.champion_version} kept: {candidate.champion_note}", **common)
-    gain = candidate.score - candidate.champion_score
-    verdict = (
-        f"{metric} {candidate.score:.4f} vs champion v{candidate.champion_version} "
-        f"{candidate.champion_score:.4f} on the same test set (margin {margin})"
-    )
-    promote = gain > margin
-    return Decision(promote, ("beats " if promote else "does not beat ") + verdict, champion_score=candidate.champion_score, **common)
-
-
-def champion_version(client, name: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
-        return None  # no such model, or no champion alias
+    teacher: str | None = None  # the candidate (by name) whose new version is this one's teacher
 
 
 def load_version(name: str, version: str):
@@ -80,8 +38,8 @@ def load_version(name: str, version: str):
     return components["model"], components["tokenizer"]
 
 
-def register_all(client, candidates: list[Candidate], metric: str, margin: float) -> list[Registration]:
-    """Register every candidate and move aliases, or change nothing at all."""
+def register_all(client, candidates: list[Candidate]) -> list[Registration]:
+    """Register every candidate with alias `candidate`, or change nothing at all."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -89,19 +47,15 @@ def register_all(client, candidates: list[Candidate], metric: str, margin: float
     previous = {c.name: _aliases(client, c.name) for c in candidates if c.name in existing}
     created: list[tuple[str, str]] = []
     try:
-        registrations = []
+        versions = {}
         for candidate in candidates:
-            version = str(mlflow.register_model(candidate.model_uri, candidate.name, tags=candidate.tags).version)
-            created.append((candidate.name, version))
-            decision = decide(candidate, metric, margin)
-            registrations.append(Registration(candidate.name, version, [], decision))
-        for registration in registrations:
-            aliases = [CHALLENGER] + ([CHAMPION] if registration.decision.promote else [])
-            for alias in aliases:
-                client.set_registered_model_alias(registration.name, alias, registration.version)
-            client.set_model_version_tag(registration.name, registration.version, "graftline.decision", registration.decision.reason)
-            registration.aliases = aliases
-        return registrations
+            versions[candidate.name] = str(mlflow.register_model(candidate.model_uri, candidate.name, tags=candidate.tags).version)
+            created.append((candidate.name, versions[candidate.name]))
+        for candidate in candidates:
+            if candidate.teacher:
+                client.set_model_version_tag(candidate.name, versions[candidate.name], "teacher_version", versions[candidate.teacher])
+            client.set_registered_model_alias(candidate.name, CANDIDATE, versions[candidate.name])
+        return [Registration(c.name, versions[c.name], [CANDIDATE]) for c in candidates]
     except (Exception, KeyboardInterrupt):
         new_models = {c.name for c in candidates} - existing  # register_model may create the model, then fail
         _undo(client, created, new_models, previous, MlflowException)

@@ -11,10 +11,11 @@ from mlflow.tracking import MlflowClient
 
 from graftline.flows.lifecycle import transfer
 from graftline.flows.params import (
-    DataParams, DistillParams, ExportParams, FinetuneParams, RegistryParams, ValidationParams,
+    DataParams, DistillParams, ExportParams, FinetuneParams, GateParams, RegistryParams, ValidationParams,
 )
 from graftline.tasks.data import resolve_source
 from graftline.tasks.errors import ValidationFailed
+from graftline.tasks.promotion import history
 from tests.conftest import toy_frame
 
 STEPS = {"ingest", "validate", "select", "finetune", "evaluate", "distill", "export", "register"}
@@ -22,7 +23,7 @@ STEPS = {"ingest", "validate", "select", "finetune", "evaluate", "distill", "exp
 
 @pytest.fixture
 def run_flow(prefect_harness, mlflow_store, tiny_backbone, unique_name):
-    def run(data=None, validation=None, margin=0.0, distill=None, epochs=2, export=False):
+    def run(data=None, validation=None, min_improvement=0.0, distill=None, epochs=2, export=False):
         # Random tiny models: the retention gate is off unless a test turns it on.
         return transfer(
             data=data or DataParams(),
@@ -30,7 +31,8 @@ def run_flow(prefect_harness, mlflow_store, tiny_backbone, unique_name):
             finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=epochs, patience=epochs, max_length=32, learning_rate=3e-3),
             distill=distill or DistillParams(student="teacher-layers:1", epochs=1, learning_rate=3e-3, retention_floor=0.0),
             export=ExportParams(enabled=export),  # ~5 s: only where a test looks at it
-            registry=RegistryParams(model_name=unique_name, experiment=unique_name, promotion_margin=margin),
+            registry=RegistryParams(model_name=unique_name, experiment=unique_name,
+                                    gates=GateParams(min_improvement=min_improvement)),
         )
     return run
 
@@ -41,7 +43,7 @@ def runs_by_name(client, experiment_name):
     return runs
 
 
-def test_the_lifecycle_tracks_every_step_and_registers_champions(run_flow, unique_name):
+def test_the_lifecycle_tracks_every_step_and_promotes_first_versions(run_flow, unique_name):
     summary = run_flow(export=True)
     client = MlflowClient()
     runs = runs_by_name(client, unique_name)
@@ -54,8 +56,8 @@ def test_the_lifecycle_tracks_every_step_and_registers_champions(run_flow, uniqu
     inputs = {d.dataset.name: d.dataset.digest for d in parent.inputs.dataset_inputs}
     assert set(inputs) == {"train", "validation", "test", "home"} and all(inputs.values())
     # per-epoch curves and evaluation on both domains
-    history = client.get_metric_history(children["finetune"].info.run_id, "train_loss")
-    assert [m.step for m in history] == [1, 2]
+    curve = client.get_metric_history(children["finetune"].info.run_id, "train_loss")
+    assert [m.step for m in curve] == [1, 2]
     evaluate = children["evaluate"].data.metrics
     assert {"test_accuracy", "test_macro_f1", "home_accuracy", "home_macro_f1", "test_examples_per_second"} <= set(evaluate)
     evaluation_files = {f.path for f in client.list_artifacts(children["evaluate"].info.run_id, "evaluation")}
@@ -71,31 +73,41 @@ def test_the_lifecycle_tracks_every_step_and_registers_champions(run_flow, uniqu
     assert export.data.metrics["student_onnx_agreement"] == 1.0 and export.data.metrics["student_onnx_int8_speedup_batch_32"] > 0
     assert export.data.tags["graftline.export"] == "parity passed"
     assert summary["metrics"]["export"]["student_onnx_int8_speedup_batch_32"] > 0
-    student = client.get_model_version_by_alias(f"{unique_name}-student", "champion")
+    student = client.get_model_version_by_alias(f"{unique_name}-student", "production")
     assert student.tags["export_run_id"] == export.info.run_id
-    # registry: both models, champion on first registration, lineage tags
+    # registry: both models, candidate and (first version, gates passed) production, lineage tags
     for name in (unique_name, f"{unique_name}-student"):
-        version = client.get_model_version_by_alias(name, "champion")
+        version = client.get_model_version_by_alias(name, "production")
         assert str(version.version) == "1"
-        assert str(client.get_model_version_by_alias(name, "challenger").version) == "1"
+        assert str(client.get_model_version_by_alias(name, "candidate").version) == "1"
         assert version.tags["data_digest"] == summary["data_digest"]
         assert version.tags["prefect_flow_run_id"] and version.tags["git_commit"]
+        assert version.tags["validation_success"] == "true"
+        ingest = client.get_run(version.tags["ingest_run_id"])
+        assert {f.path for f in client.list_artifacts(ingest.info.run_id, "evaluation_sets")} == {
+            "evaluation_sets/test.parquet", "evaluation_sets/home.parquet"}
+        [record] = history(client, name)
+        assert record["to_version"] == "1" and record["triggered_by"].startswith("transfer flow run ")
+    student = client.get_model_version(f"{unique_name}-student", "1")
+    assert student.tags["teacher_version"] == "1"
     assert summary["ui_command"].startswith("mlflow ui --backend-store-uri sqlite:///")
 
 
-def test_a_challenger_must_beat_the_champion_on_the_same_test_set(run_flow, unique_name):
+def test_a_new_version_must_pass_the_gates_against_production_on_the_same_sets(run_flow, unique_name):
     run_flow()
-    summary = run_flow(margin=1.0)  # nothing can beat the champion by a whole point
+    summary = run_flow(min_improvement=1.0)  # nothing can beat production by a whole point
     client = MlflowClient()
     for name in (unique_name, f"{unique_name}-student"):
-        assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
-        assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
+        assert str(client.get_model_version_by_alias(name, "production").version) == "1"
+        assert str(client.get_model_version_by_alias(name, "candidate").version) == "2"
+    assert [r["aliases"] for r in summary["registered"]] == [["candidate"], ["candidate"]]
     register = client.get_run(next(
         r.info.run_id for r in runs_by_name(client, unique_name)
         if r.info.run_name == "register" and r.data.tags["mlflow.parentRunId"] == summary["mlflow_run_id"]
     ))
-    assert {"teacher_champion_macro_f1", "teacher_challenger_macro_f1", "student_champion_macro_f1"} <= set(register.data.metrics)
-    assert "does not beat" in register.data.tags["teacher.decision"]
+    assert register.data.tags["teacher.decision"].startswith("refused: regression: test macro_f1")
+    attempt = client.get_run(summary["registered"][0]["promotion_run_id"])  # re-evaluated: both versions scored
+    assert {"v1_test_macro_f1", "v2_test_macro_f1", "v1_home_macro_f1"} <= set(attempt.data.metrics)
 
 
 @pytest.fixture

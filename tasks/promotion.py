@@ -1,0 +1,321 @@
+"""Registry stages as aliases, moved only behind gates, with a history and a way back.
+
+Stages (MLflow's own stages are deprecated): every registered version gets `candidate`; `promote`
+moves `staging` or `production` to a version when its gates pass:
+
+1. validation   the version's data validation passed (version tag `validation_success`);
+2. thresholds   its test accuracy and macro-F1 meet the absolute minimums;
+3. regression   on every evaluation set, its score minus that of the version now holding the alias
+                is at least `min_improvement` (0: must not regress) -- both re-evaluated here on the
+                same sets, never trusted from tags;
+4. retention    for a student: at least `retention_floor` of its teacher's test accuracy and
+                macro-F1, the teacher re-evaluated too.
+
+Every move (promotion or rollback) runs under a registry lock, so two racing promotions of one
+model leave one consistent state; it appends a history record (who or what triggered it, from
+which version to which, the gate numbers) to the registered model as a tag, and every attempt is
+an MLflow run. `rollback` returns an alias to the version that held it before the last promotion
+that has not been rolled back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from graftline.tasks.errors import GraftlineError
+
+CANDIDATE, STAGING, PRODUCTION = "candidate", "staging", "production"
+STAGES = (CANDIDATE, STAGING, PRODUCTION)
+PROMOTABLE = (STAGING, PRODUCTION)
+BELOW = {STAGING: CANDIDATE, PRODUCTION: STAGING}  # where a promotion takes its version by default
+HISTORY_PREFIX = "graftline.history."
+LOCK_SUFFIX = ".graftline-lock"
+STUDENT_SUFFIX = "-student"
+
+
+class PromotionError(GraftlineError):
+    """A promotion or rollback that cannot be carried out (not a failed gate: that is an outcome)."""
+
+
+@dataclass(frozen=True)
+class Gates:
+    metric: str = "macro_f1"  # the score the regression gate compares
+    min_accuracy: float = 0.0
+    min_macro_f1: float = 0.0
+    min_improvement: float = 0.0  # over the current holder, per evaluation set; negative tolerates a regression
+    retention_floor: float = 0.97
+    require_validation: bool = True
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class Outcome:
+    model: str
+    alias: str
+    version: str
+    previous: str | None  # the version that held the alias before
+    moved: bool
+    action: str  # promote | rollback
+    checks: list[Check] = field(default_factory=list)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)  # "v3" -> {"test_macro_f1": ...}
+    run_id: str | None = None
+
+    @property
+    def reason(self) -> str:
+        failed = [f"{c.name}: {c.detail}" for c in self.checks if not c.passed]
+        if failed:
+            return "refused: " + "; ".join(failed)
+        return "; ".join(c.detail for c in self.checks) or self.action
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "reason": self.reason}
+
+
+# -- reading the registry -----------------------------------------------------------------------
+
+def alias_holder(client, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def history(client, name: str) -> list[dict]:
+    """The model's history records, oldest first."""
+    model = _registered_model(client, name)
+    records = [json.loads(v) for k, v in sorted(model.tags.items()) if k.startswith(HISTORY_PREFIX)]
+    return records
+
+
+def previous_holder(records: list[dict], alias: str) -> str | None:
+    """Who held `alias` before its latest promotion that has not been rolled back."""
+    stack: list[str | None] = []
+    for record in records:
+        if record["alias"] != alias:
+            continue
+        if record["action"] == "promote":
+            stack.append(record["from_version"])
+        elif record["action"] == "rollback" and stack:
+            stack.pop()
+    return stack[-1] if stack else None
+
+
+# -- gates --------------------------------------------------------------------------------------
+
+def check_gates(client, name: str, version: str, alias: str, eval_sets: dict, gates: Gates,
+                max_length: int = 128) -> tuple[list[Check], dict[str, dict[str, float]]]:
+    """The four gates of a promotion of `name` v`version` to `alias`, with every score they used."""
+    from graftline.tasks.errors import DataError
+
+    tags = client.get_model_version(name, version).tags
+    checks, scores = [], {}
+    if gates.require_validation:
+        state = tags.get("validation_success")
+        checks.append(Check("validation", state == "true",
+                            "data validation passed" if state == "true" else f"data validation {'failed' if state else 'not recorded'}"))
+    scores[f"v{version}"] = mine = _scores(name, version, eval_sets, max_length)
+    low = [f"test {m} {mine[f'test_{m}']:.4f} < {floor}" for m, floor in (("accuracy", gates.min_accuracy), ("macro_f1", gates.min_macro_f1))
+           if mine[f"test_{m}"] < floor]
+    checks.append(Check("thresholds", not low, "; ".join(low) or
+                        f"test accuracy {mine['test_accuracy']:.4f} >= {gates.min_accuracy}, macro-F1 {mine['test_macro_f1']:.4f} >= {gates.min_macro_f1}"))
+
+    holder = alias_holder(client, name, alias)
+    if holder is None:
+        checks.append(Check("regression", True, f"no version holds {alias} yet"))
+    else:
+        try:
+            theirs = scores[f"v{holder}"] = _scores(name, holder, eval_sets, max_length)
+        except DataError as exc:
+            checks.append(Check("regression", False, f"v{holder} cannot be scored on these sets ({exc})"))
+        else:
+            short = [f"{s} {gates.metric} {mine[f'{s}_{gates.metric}']:.4f} vs v{holder} {theirs[f'{s}_{gates.metric}']:.4f}"
+                     for s in eval_sets if mine[f"{s}_{gates.metric}"] - theirs[f"{s}_{gates.metric}"] < gates.min_improvement]
+            checks.append(Check("regression", not short, "; ".join(short) + f" (min improvement {gates.min_improvement})" if short else
+                                f"{gates.metric} >= v{holder} + {gates.min_improvement} on {', '.join(eval_sets)}"))
+
+    if tags.get("graftline.role") == "student":
+        teacher_name, teacher_version = name.removesuffix(STUDENT_SUFFIX), tags.get("teacher_version")
+        if not teacher_version:
+            checks.append(Check("retention", False, "no teacher_version tag to measure retention against"))
+        else:
+            teacher = scores[f"teacher v{teacher_version}"] = _scores(teacher_name, teacher_version, {"test": eval_sets["test"]}, max_length)
+            ratios = {m: mine[f"test_{m}"] / teacher[f"test_{m}"] if teacher[f"test_{m}"] else 0.0 for m in ("accuracy", "macro_f1")}
+            short = [f"{m} retention {r:.4f}" for m, r in ratios.items() if r < gates.retention_floor]
+            checks.append(Check("retention", not short, (" and ".join(short) + f" below {gates.retention_floor}") if short else
+                                f"keeps {min(ratios.values()):.4f} of {teacher_name} v{teacher_version} (floor {gates.retention_floor})"))
+    return checks, scores
+
+
+def _scores(name: str, version: str, eval_sets: dict, max_length: int) -> dict[str, float]:
+    from graftline.tasks.evaluate import evaluate_model
+    from graftline.tasks.registry import load_version
+
+    model, tokenizer = load_version(name, version)
+    out = {}
+    for set_name, split in eval_sets.items():
+        result = evaluate_model(model, tokenizer, split, max_length)
+        out[f"{set_name}_accuracy"], out[f"{set_name}_macro_f1"] = result.accuracy, result.macro_f1
+    return out
+
+
+# -- moving aliases -----------------------------------------------------------------------------
+
+def promote(client, name: str, alias: str, eval_sets: dict, gates: Gates, triggered_by: str,
+            version: str | None = None, experiment: str = "graftline", max_length: int = 128,
+            lock_wait: float = 60.0) -> Outcome:
+    """Move `alias` to `version` (default: the holder of the stage below) if its gates pass."""
+    if alias not in PROMOTABLE:
+        raise PromotionError(f"cannot promote to {alias!r}: the stages are {', '.join(PROMOTABLE)}")
+    _registered_model(client, name)
+    if version is None:
+        version = alias_holder(client, name, BELOW[alias])
+        if version is None:
+            raise PromotionError(f"{name}: no version holds {BELOW[alias]!r} to promote to {alias}")
+    _require_version(client, name, version)
+    with registry_lock(client, name, triggered_by, lock_wait):
+        previous = alias_holder(client, name, alias)
+        outcome = Outcome(name, alias, version, previous, moved=False, action="promote")
+        if previous == version:
+            outcome.checks = [Check("already", False, f"v{version} already holds {alias}")]
+        else:
+            outcome.checks, outcome.scores = check_gates(client, name, version, alias, eval_sets, gates, max_length)
+            if all(c.passed for c in outcome.checks):
+                client.set_registered_model_alias(name, alias, version)
+                outcome.moved = True
+        outcome.run_id = _log_run(outcome, triggered_by, experiment)
+        if outcome.moved:
+            _append_history(client, outcome, triggered_by)
+    return outcome
+
+
+def rollback(client, name: str, alias: str, triggered_by: str, experiment: str = "graftline",
+             lock_wait: float = 60.0) -> Outcome:
+    """Return `alias` to the version that held it before its last (not rolled back) promotion."""
+    if alias not in PROMOTABLE:
+        raise PromotionError(f"cannot roll back {alias!r}: the stages are {', '.join(PROMOTABLE)}")
+    _registered_model(client, name)
+    with registry_lock(client, name, triggered_by, lock_wait):
+        current = alias_holder(client, name, alias)
+        target = previous_holder(history(client, name), alias)
+        if current is None:
+            raise PromotionError(f"{name}: no version holds {alias}; nothing to roll back")
+        if target is None:
+            raise PromotionError(f"{name}: {alias} v{current} has no previous holder in the history to return to")
+        _require_version(client, name, target)
+        client.set_registered_model_alias(name, alias, target)
+        outcome = Outcome(name, alias, target, current, moved=True, action="rollback",
+                          checks=[Check("rollback", True, f"{alias} returned from v{current} to v{target}")])
+        outcome.run_id = _log_run(outcome, triggered_by, experiment)
+        _append_history(client, outcome, triggered_by)
+    return outcome
+
+
+@contextmanager
+def registry_lock(client, name: str, owner: str, wait: float = 60.0, stale_after: float = 900.0):
+    """One writer per registered model. Creating a registered model is atomic in MLflow's store (its
+    name is unique), so the lock is a registered model named `<name>.graftline-lock`; a lock older
+    than `stale_after` seconds (a crashed holder) is broken."""
+    from mlflow.exceptions import MlflowException
+
+    lock = name + LOCK_SUFFIX
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            client.create_registered_model(lock, tags={"owner": owner, "since": str(time.time())},
+                                           description=f"held while graftline moves an alias of {name}")
+            break
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+            holder = _lock_tags(client, lock)
+            if holder and time.time() - float(holder.get("since", "0")) > stale_after:
+                _delete_quietly(client, lock)
+                continue
+            if time.monotonic() > deadline:
+                raise PromotionError(f"{name}: another promotion holds the registry lock "
+                                     f"({holder.get('owner', '?') if holder else '?'}); try again") from None
+            time.sleep(0.5)
+    try:
+        yield
+    finally:
+        _delete_quietly(client, lock)
+
+
+def _append_history(client, outcome: Outcome, triggered_by: str) -> None:
+    records = history(client, outcome.model)
+    record = {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "action": outcome.action, "alias": outcome.alias,
+        "from_version": outcome.previous, "to_version": outcome.version,
+        "triggered_by": triggered_by, "run_id": outcome.run_id,
+        "gates": {c.name: c.detail for c in outcome.checks},
+        "scores": {v: {k: round(x, 4) for k, x in s.items()} for v, s in outcome.scores.items()},
+    }
+    client.set_registered_model_tag(outcome.model, f"{HISTORY_PREFIX}{len(records) + 1:05d}", json.dumps(record))
+
+
+def _log_run(outcome: Outcome, triggered_by: str, experiment: str) -> str:
+    """Every attempt is an MLflow run: the gate numbers, the decision, who asked."""
+    import mlflow
+
+    from graftline.tasks import tracking
+
+    tracking.configure(experiment)
+    title = f"{outcome.action} {outcome.model} v{outcome.version} -> {outcome.alias}"
+    with mlflow.start_run(run_name=title, nested=mlflow.active_run() is not None,
+                          tags={"graftline.step": outcome.action, "graftline.model": outcome.model}) as run:
+        mlflow.log_params({"model": outcome.model, "alias": outcome.alias, "version": outcome.version,
+                           "previous_version": outcome.previous, "triggered_by": triggered_by})
+        mlflow.log_metrics({f"{v.replace(' ', '_')}_{k}": x for v, s in outcome.scores.items() for k, x in s.items()})
+        mlflow.log_metric("moved", float(outcome.moved))
+        mlflow.set_tag("graftline.decision", outcome.reason)
+        mlflow.log_dict(outcome.as_dict(), "promotion.json")
+        return run.info.run_id
+
+
+def _registered_model(client, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException:
+        raise PromotionError(f"no registered model named {name!r}") from None
+
+
+def _require_version(client, name: str, version: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version(name, version)
+    except MlflowException:
+        raise PromotionError(f"{name} has no version {version}") from None
+
+
+def _lock_tags(client, lock: str) -> dict | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(client.get_registered_model(lock).tags)
+    except MlflowException:
+        return None
+
+
+def _delete_quietly(client, lock: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.delete_registered_model(lock)
+    except MlflowException:
+        pass

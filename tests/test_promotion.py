@@ -1,0 +1,189 @@
+"""Promotion gates, history, rollback and the registry lock, on a real (sqlite) MLflow store with
+tiny registered models: a `good` one fine-tuned on the toy task and a `random` one that was not."""
+
+import json
+import threading
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from graftline.tasks import tracking
+from graftline.tasks.data import Split
+from graftline.tasks.finetune import FinetuneConfig, finetune
+from graftline.tasks.promotion import (
+    CANDIDATE, PRODUCTION, STAGING, Gates, PromotionError, history, previous_holder, promote, registry_lock, rollback,
+)
+from graftline.tasks.registry import Candidate, log_classifier, register_all
+from graftline.tasks.training import TrainConfig
+from tests.conftest import toy_frame
+
+
+@pytest.fixture(scope="module")
+def model_uris(mlflow_store, tiny_backbone, tmp_path_factory):
+    """Logged MLflow models: `good` (learned the toy task) and `random` (untrained head)."""
+    from tests.conftest import toy_frame as frame
+    from graftline.tasks.data import Splits
+
+    tracking.configure("promotion-tests")
+    root = tmp_path_factory.mktemp("promotion")
+    splits = Splits(Split("train", frame(40, 0), "toy"), Split("validation", frame(10, 1), "toy"), Split("test", frame(10, 2), "toy"))
+    uris = {}
+    for name, epochs, lr in (("good", 6, 3e-3), ("random", 1, 1e-12)):
+        result = finetune(splits, FinetuneConfig(backbone=str(tiny_backbone), max_length=32,
+                                                 train=TrainConfig(epochs=epochs, learning_rate=lr, patience=6)), root / name)
+        with mlflow.start_run(run_name=name):
+            uris[name] = log_classifier(result.model_dir, ["hello"]).model_uri
+    return uris
+
+
+@pytest.fixture
+def eval_sets():
+    return {"test": Split("test", toy_frame(15, 5), "toy"), "other": Split("other", toy_frame(10, 6), "toy")}
+
+
+@pytest.fixture
+def register(model_uris, unique_name):
+    client = MlflowClient()
+
+    def register_(kind: str, name: str = unique_name, validation: str = "true", **tags) -> str:
+        candidate = Candidate(name, model_uris[kind], {"validation_success": validation, **tags})
+        return register_all(client, [candidate])[0].version
+    return register_
+
+
+def holder(client, name, alias):
+    return str(client.get_model_version_by_alias(name, alias).version)
+
+
+def test_a_first_promotion_passes_and_is_recorded(register, unique_name, eval_sets):
+    client = MlflowClient()
+    version = register("good")
+    outcome = promote(client, unique_name, STAGING, eval_sets, Gates(min_accuracy=0.8), "test-suite", experiment=unique_name)
+    assert outcome.moved and outcome.version == version and outcome.previous is None
+    assert holder(client, unique_name, STAGING) == version
+    assert {c.name for c in outcome.checks} == {"validation", "thresholds", "regression"}
+    [record] = history(client, unique_name)
+    assert record["action"] == "promote" and record["to_version"] == version and record["from_version"] is None
+    assert record["triggered_by"] == "test-suite" and record["scores"][f"v{version}"]["test_accuracy"] >= 0.8
+    run = client.get_run(outcome.run_id)
+    assert run.data.params["triggered_by"] == "test-suite" and run.data.metrics["moved"] == 1.0
+
+
+def test_a_regression_on_the_same_evaluation_sets_is_refused(register, unique_name, eval_sets):
+    client = MlflowClient()
+    good = register("good")
+    promote(client, unique_name, PRODUCTION, eval_sets, Gates(), "t", version=good, experiment=unique_name)
+    worse = register("random")
+    outcome = promote(client, unique_name, PRODUCTION, eval_sets, Gates(), "t", version=worse, experiment=unique_name)
+    assert not outcome.moved and holder(client, unique_name, PRODUCTION) == good
+    assert outcome.reason.startswith("refused: regression: test macro_f1")
+    # both versions were re-evaluated here, on the same sets
+    assert set(outcome.scores) == {f"v{worse}", f"v{good}"} and "other_macro_f1" in outcome.scores[f"v{good}"]
+    assert len(history(client, unique_name)) == 1  # a refused attempt moves nothing, so no record...
+    assert client.get_run(outcome.run_id).data.metrics["moved"] == 0.0  # ...but it is a run
+
+
+def test_thresholds_and_failed_validation_are_refused(register, unique_name, eval_sets):
+    client = MlflowClient()
+    unvalidated = register("good", validation="false")
+    outcome = promote(client, unique_name, STAGING, eval_sets, Gates(min_macro_f1=1.01), "t", experiment=unique_name)
+    assert not outcome.moved
+    failed = {c.name for c in outcome.checks if not c.passed}
+    assert failed == {"validation", "thresholds"} and outcome.version == unvalidated
+
+
+def test_a_student_must_keep_its_teachers_score(register, unique_name, eval_sets):
+    client = MlflowClient()
+    teacher = register("good")
+    student_name = f"{unique_name}-student"
+    weak = register("random", name=student_name, **{"graftline.role": "student", "teacher_version": teacher})
+    outcome = promote(client, student_name, STAGING, eval_sets, Gates(), "t", experiment=unique_name)
+    assert not outcome.moved and "retention" in outcome.reason and f"teacher v{teacher}" in outcome.scores
+    strong = register("good", name=student_name, **{"graftline.role": "student", "teacher_version": teacher})
+    outcome = promote(client, student_name, STAGING, eval_sets, Gates(), "t", version=strong, experiment=unique_name)
+    assert outcome.moved and weak != strong
+
+
+def test_rollback_returns_the_alias_to_its_previous_holders(register, unique_name, eval_sets):
+    client = MlflowClient()
+    v1, v2 = register("good"), register("good")
+    gates = Gates(min_improvement=-1)  # equal models: accept
+    promote(client, unique_name, PRODUCTION, eval_sets, gates, "t", version=v1, experiment=unique_name)
+    promote(client, unique_name, PRODUCTION, eval_sets, gates, "t", version=v2, experiment=unique_name)
+    outcome = rollback(client, unique_name, PRODUCTION, "on-call", experiment=unique_name)
+    assert outcome.moved and (outcome.previous, outcome.version) == (v2, v1) and holder(client, unique_name, PRODUCTION) == v1
+    records = history(client, unique_name)
+    assert [r["action"] for r in records] == ["promote", "promote", "rollback"] and records[-1]["triggered_by"] == "on-call"
+    with pytest.raises(PromotionError, match="no previous holder"):
+        rollback(client, unique_name, PRODUCTION, "on-call", experiment=unique_name)  # v1 had nobody before it
+    assert holder(client, unique_name, PRODUCTION) == v1
+
+
+def test_previous_holder_unwinds_promotions_and_rollbacks():
+    def rec(action, old, new):
+        return {"action": action, "alias": PRODUCTION, "from_version": old, "to_version": new}
+    records = [rec("promote", None, "1"), rec("promote", "1", "2"), rec("promote", "2", "3"), rec("rollback", "3", "2")]
+    assert previous_holder(records, PRODUCTION) == "1"
+    assert previous_holder(records + [rec("rollback", "2", "1")], PRODUCTION) is None
+    assert previous_holder(records, STAGING) is None
+
+
+def test_racing_promotions_leave_one_consistent_state(register, unique_name, eval_sets):
+    client = MlflowClient()
+    versions = [register("good") for _ in range(3)]
+    gates = Gates(min_improvement=-1)
+    errors = []
+
+    def go(version):
+        try:
+            promote(MlflowClient(), unique_name, STAGING, eval_sets, gates, f"racer {version}", version=version,
+                    experiment=unique_name)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(v,)) for v in versions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    records = history(client, unique_name)
+    # serialised: each move starts from the version the previous move left, and the last one holds
+    assert [r["from_version"] for r in records] == [None] + [r["to_version"] for r in records[:-1]]
+    assert holder(client, unique_name, STAGING) == records[-1]["to_version"]
+    assert sorted(r["to_version"] for r in records) == sorted(versions)
+    assert not client.search_registered_models(f"name='{unique_name}.graftline-lock'")
+
+
+def test_a_held_lock_makes_others_wait_then_fail(register, unique_name):
+    client = MlflowClient()
+    register("good")
+    with registry_lock(client, unique_name, "first"):
+        with pytest.raises(PromotionError, match=r"another promotion holds the registry lock \(first\)"):
+            with registry_lock(client, unique_name, "second", wait=1.0):
+                pass
+    with registry_lock(client, unique_name, "third", wait=1.0):  # released: free again
+        pass
+
+
+def test_a_stale_lock_is_broken(register, unique_name):
+    client = MlflowClient()
+    register("good")
+    client.create_registered_model(f"{unique_name}.graftline-lock", tags={"owner": "crashed", "since": "0"})
+    with registry_lock(client, unique_name, "next", wait=1.0):
+        pass
+
+
+def test_promotion_errors_are_clear(register, unique_name, eval_sets):
+    client = MlflowClient()
+    with pytest.raises(PromotionError, match="no registered model named 'nope'"):
+        promote(client, "nope", STAGING, eval_sets, Gates(), "t")
+    register("good")
+    with pytest.raises(PromotionError, match="no version holds 'staging' to promote to production"):
+        promote(client, unique_name, PRODUCTION, eval_sets, Gates(), "t")
+    with pytest.raises(PromotionError, match="has no version 9"):
+        promote(client, unique_name, STAGING, eval_sets, Gates(), "t", version="9")
+    with pytest.raises(PromotionError, match="cannot promote to 'candidate'"):
+        promote(client, unique_name, CANDIDATE, eval_sets, Gates(), "t")
+    assert json.dumps(history(client, unique_name)) == "[]"
