@@ -3,8 +3,12 @@
     graftline run                                 the embedded demo, end to end
     graftline run --train data.csv --eval other=other.csv --backbone minilm-l6
     graftline run --config params.yaml --set finetune.epochs=2
+    graftline promote graftline-demo --to production
+    graftline rollback graftline-demo --alias production
+    graftline history graftline-demo
 
-Errors in the input print one line (`graftline: error: ...`) and exit with status 2.
+Errors in the input print one line (`graftline: error: ...`) and exit with status 2; a promotion
+refused by its gates exits with status 1.
 """
 
 from __future__ import annotations
@@ -143,6 +147,117 @@ def _quiet_defaults() -> None:
         "TOKENIZERS_PARALLELISM": "false",
     }.items():
         os.environ.setdefault(key, value)
+
+
+@app.command()
+def promote(
+    model_name: str = typer.Argument(..., help="Registered model (students: <name>-student)."),
+    to: str = typer.Option("staging", help="staging | production."),
+    version: Optional[str] = typer.Option(None, help="Version to promote; default: the holder of the stage below."),
+    eval_set: list[str] = typer.Option([], "--eval", help="Evaluation set NAME=PATH (repeatable, needs test=...); "
+                                       "default: the version's own, logged at ingest."),
+    set_: list[str] = typer.Option([], "--set", help="Gate or other parameter as dotted.path=value, e.g. gates.min_accuracy=0.9."),
+) -> None:
+    """Move an alias to a version if its gates pass (the `promote` flow); exit 1 when refused."""
+    _quiet_defaults()
+    try:
+        values: dict = {"model_name": model_name, "to": to, "version": version}
+        if eval_set:
+            values["eval_sets"] = dict(_pairs(eval_set, "--eval expects NAME=PATH"))
+        params = _with_assignments(values, set_, "PromoteParams")
+        from graftline.flows.operations import promote as promote_flow
+
+        outcome = promote_flow(params, triggered_by=_cli_user("graftline promote"))
+    except Exception as exc:
+        _exit_on_user_error(exc)
+        raise
+    _print_outcome(outcome)
+    raise SystemExit(0 if outcome["moved"] else 1)
+
+
+@app.command()
+def rollback(
+    model_name: str = typer.Argument(..., help="Registered model."),
+    alias: str = typer.Option("production", help="staging | production."),
+    experiment: str = typer.Option("graftline", help="MLflow experiment of the rollback run."),
+) -> None:
+    """Return an alias to the version that held it before its last promotion (the `rollback` flow)."""
+    _quiet_defaults()
+    try:
+        if alias not in ("staging", "production"):
+            from graftline.tasks.errors import GraftlineError
+
+            raise GraftlineError(f"cannot roll back {alias!r}: the stages are staging, production")
+        from graftline.flows.operations import rollback as rollback_flow
+
+        outcome = rollback_flow(model_name, alias, experiment, triggered_by=_cli_user("graftline rollback"))
+    except Exception as exc:
+        _exit_on_user_error(exc)
+        raise
+    _print_outcome(outcome)
+
+
+@app.command()
+def history(model_name: str = typer.Argument(..., help="Registered model.")) -> None:
+    """Every alias move of a model, oldest first, and who holds each stage now."""
+    _quiet_defaults()
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from graftline.tasks import promotion, tracking
+
+        tracking.configure("graftline")
+        client = MlflowClient()
+        records = promotion.history(client, model_name)
+        holders = {a: promotion.alias_holder(client, model_name, a) for a in promotion.STAGES}
+    except Exception as exc:
+        _exit_on_user_error(exc)
+        raise
+    print(f"{model_name}: " + ", ".join(f"{a} v{v}" if v else f"{a} -" for a, v in holders.items()))
+    for r in records:
+        print(f"  {r['time']}  {r['action']:8s} {r['alias']:10s} v{r['from_version'] or '-'} -> v{r['to_version']}  "
+              f"by {r['triggered_by']}  (run {r['run_id']})")
+        for gate, detail in r["gates"].items():
+            print(f"      {gate}: {detail}")
+    if not records:
+        print("  no promotions or rollbacks yet")
+
+
+def _print_outcome(outcome: dict) -> None:
+    verb = {"promote": "promoted", "rollback": "rolled back"}[outcome["action"]]
+    if outcome["moved"]:
+        print(f"{outcome['model']}: {outcome['alias']} {verb} from v{outcome['previous'] or '-'} to v{outcome['version']}")
+    else:
+        print(f"{outcome['model']} v{outcome['version']} not promoted to {outcome['alias']}")
+    for check in outcome["checks"]:
+        print(f"  {'ok' if check['passed'] else 'FAILED':6s} {check['name']}: {check['detail']}")
+    print(f"MLflow run {outcome['run_id']}")
+
+
+def _pairs(items: list[str], message: str) -> list[tuple[str, str]]:
+    from graftline.tasks.errors import GraftlineError
+
+    pairs = [i.split("=", 1) for i in items]
+    if any(len(p) != 2 or not all(p) for p in pairs):
+        raise GraftlineError(message)
+    return [(k, v) for k, v in pairs]
+
+
+def _with_assignments(values: dict, assignments: list[str], model: str):
+    import yaml
+
+    from graftline.flows import params
+
+    for path, value in _pairs(assignments, "--set expects dotted.path=value"):
+        _assign(values, path, yaml.safe_load(value))
+    return getattr(params, model).model_validate(values)
+
+
+def _cli_user(command: str) -> str:
+    import getpass
+    import socket
+
+    return f"{command} ({getpass.getuser()}@{socket.gethostname()})"
 
 
 zoo = typer.Typer(no_args_is_help=True, help="The backbone catalog: packaged pretrained backbones that load offline.")

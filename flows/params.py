@@ -176,3 +176,20 @@ class TransferParams(_Params):
     distill: DistillParams = Field(default_factory=DistillParams)
     export: ExportParams = Field(default_factory=ExportParams)
     registry: RegistryParams = Field(default_factory=RegistryParams)
+
+
+class PromoteParams(_Params):
+    model_name: str = Field("graftline-demo", min_length=1, description="Registered model to promote (students: `<name>-student`).")
+    to: Literal["staging", "production"] = Field("staging", description="The alias to move.")
+    version: str | None = Field(
+        None, pattern=r"^[0-9]+$",
+        description="Version to promote; empty: the holder of the stage below (candidate -> staging -> production).",
+    )
+    gates: GateParams = Field(default_factory=GateParams, description="What the version must show.")
+    eval_sets: dict[str, str] = Field(
+        default_factory=dict,
+        description="Evaluation sets name -> path (needs a `test` entry); empty: the version's own, logged at ingest.",
+    )
+    text_column: str = Field("text", min_length=1, description="Text column of the eval_sets files.")
+    label_column: str = Field("label", min_length=1, description="Label column of the eval_sets files.")
+    experiment: str = Field("graftline", min_length=1, description="MLflow experiment of the promotion runs.")

@@ -180,3 +180,29 @@ def test_a_student_below_the_retention_floor_is_not_registered(run_flow, unique_
     # what is served is the teacher, so the teacher is exported
     export = next(r for r in runs_by_name(client, unique_name) if r.info.run_name == "export")
     assert "teacher_onnx_int8_agreement" in export.data.metrics and "student_onnx_agreement" not in export.data.metrics
+
+
+def test_retrain_proposes_for_staging_then_promote_and_rollback_flows_move_production(run_flow, unique_name, tiny_backbone):
+    from graftline.flows.operations import promote, retrain, rollback
+    from graftline.flows.params import PromoteParams
+
+    run_flow()  # v1: candidate and production
+    retrain(
+        finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=2, max_length=32, learning_rate=3e-3),
+        distill=DistillParams(enabled=False), export=ExportParams(enabled=False),
+        registry=RegistryParams(model_name=unique_name, experiment=unique_name), auto_promote=True,
+    )
+    client = MlflowClient()
+    aliases = {a: str(v) for a, v in client.get_registered_model(unique_name).aliases.items()}
+    assert aliases == {"candidate": "2", "staging": "2", "production": "1"}
+
+    # production takes staging's holder, re-evaluated on v2's own evaluation sets (logged at ingest)
+    outcome = promote(PromoteParams(model_name=unique_name, to="production", experiment=unique_name))
+    assert outcome["moved"] and (outcome["previous"], outcome["version"]) == ("1", "2")
+    assert set(outcome["scores"]["v2"]) == {"test_accuracy", "test_macro_f1", "home_accuracy", "home_macro_f1"}
+    assert outcome["scores"]["v1"]  # the holder was re-evaluated on the same sets
+    assert " flow run " in history(client, unique_name)[-1]["triggered_by"]
+
+    back = rollback(unique_name, "production", unique_name)
+    assert back["moved"] and back["version"] == "1"
+    assert str(client.get_model_version_by_alias(unique_name, "production").version) == "1"

@@ -2,6 +2,7 @@
 tiny registered models: a `good` one fine-tuned on the toy task and a `random` one that was not."""
 
 import json
+import re
 import threading
 
 import mlflow
@@ -187,3 +188,45 @@ def test_promotion_errors_are_clear(register, unique_name, eval_sets):
     with pytest.raises(PromotionError, match="cannot promote to 'candidate'"):
         promote(client, unique_name, CANDIDATE, eval_sets, Gates(), "t")
     assert json.dumps(history(client, unique_name)) == "[]"
+
+
+# -- the same through the command line (in-process, as the console script calls it) and the flows --
+
+def cli(*args) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    from graftline.flows.cli import app
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.raises(SystemExit) as exited, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        app(list(args), standalone_mode=True)
+    return exited.value.code or 0, out.getvalue(), err.getvalue()
+
+
+def test_promote_rollback_and_history_on_the_command_line(prefect_harness, register, unique_name, tmp_path):
+    path = tmp_path / "test.csv"
+    toy_frame(15, 5).to_csv(path, index=False)
+    v1, v2 = register("good"), register("random")
+    code, out, _ = cli("promote", unique_name, "--to", "staging", "--version", v1, "--eval", f"test={path}",
+                       "--set", f"experiment={unique_name}")
+    assert code == 0 and f"{unique_name}: staging promoted from v- to v{v1}" in out
+    code, out, _ = cli("promote", unique_name, "--to", "staging", "--eval", f"test={path}", "--set", f"experiment={unique_name}")
+    assert code == 1 and f"{unique_name} v{v2} not promoted to staging" in out and "FAILED regression" in out
+    code, out, _ = cli("promote", unique_name, "--to", "production", "--eval", f"test={path}", "--set", f"experiment={unique_name}")
+    assert code == 0 and f"production promoted from v- to v{v1}" in out  # production takes staging's holder
+    code, out, _ = cli("history", unique_name)
+    assert code == 0 and f"staging v{v1}, production v{v1}" in out
+    assert len(re.findall(r"promote\s+(staging|production)\s+v- -> v1", out)) == 2
+    assert "by graftline promote (" in out
+    code, _, err = cli("rollback", unique_name, "--alias", "production")
+    assert code == 2 and "production v1 has no previous holder" in err.strip().splitlines()[-1]
+
+
+def test_command_line_errors_are_one_line(prefect_harness, register, unique_name):
+    code, _, err = cli("promote", "no-such-model", "--to", "staging")
+    assert code == 2 and err.strip().splitlines()[-1] == "graftline: error: no registered model named 'no-such-model'"
+    code, _, err = cli("promote", unique_name, "--to", "candidate")
+    assert code == 2 and "invalid parameters: to:" in err
+    code, _, err = cli("history", "no-such-model")
+    assert code == 2 and "no registered model named 'no-such-model'" in err
