@@ -223,6 +223,49 @@ def history(model_name: str = typer.Argument(..., help="Registered model.")) -> 
         print("  no promotions or rollbacks yet")
 
 
+@app.command()
+def up(
+    home: Path = typer.Option(Path("graftline-platform"), help="Folder of the servers' databases, artifacts, logs and state."),
+    host: str = typer.Option("127.0.0.1", help="Address the servers bind to (127.0.0.1: this machine only)."),
+    prefect_port: int = typer.Option(4200, help="Prefect server (API and UI) port."),
+    mlflow_port: int = typer.Option(5000, help="MLflow tracking server (and UI) port."),
+    backend_store_uri: Optional[str] = typer.Option(None, help="MLflow backend store; default sqlite in HOME "
+                                                    "(e.g. postgresql://user@db/mlflow)."),
+    artifacts_destination: Optional[str] = typer.Option(None, help="MLflow artifact root; default HOME/artifacts "
+                                                        "(e.g. s3://bucket/mlflow)."),
+    work_pool: str = typer.Option("graftline", help="Process work pool the worker polls."),
+    retrain_cron: Optional[str] = typer.Option(None, help="Schedule of the retrain deployment (default: 0 2 * * *)."),
+    params: Optional[Path] = typer.Option(None, help="YAML of the transfer/retrain deployments' default parameters."),
+) -> None:
+    """Start Prefect and MLflow servers and a worker, register the deployments (idempotent)."""
+    _quiet_defaults()
+    try:
+        from graftline.flows import servers
+
+        platform = servers.up(home, host, prefect_port, mlflow_port, backend_store_uri, artifacts_destination,
+                              work_pool, retrain_cron, params)
+    except Exception as exc:
+        _exit_on_user_error(exc)
+        raise
+    print(f"Prefect UI:  {platform.prefect_url}")
+    print(f"MLflow UI:   {platform.mlflow_url}")
+    print(f"deployments: transfer, retrain, promote, rollback on work pool {platform.work_pool!r}")
+    print("point graftline and other clients at them with:")
+    for key, value in platform.env().items():
+        print(f"  export {key}={value}")
+    print(f"stop with:   graftline down --home {home}")
+
+
+@app.command()
+def down(home: Path = typer.Option(Path("graftline-platform"), help="The folder given to `graftline up`.")) -> None:
+    """Stop exactly what `graftline up` started."""
+    from graftline.flows import servers
+
+    platform = servers.down(home)
+    print("nothing was running" if platform is None else
+          f"stopped {', '.join(f'{name} (pid {pid})' for name, pid in platform.pids.items())}")
+
+
 def _print_outcome(outcome: dict) -> None:
     verb = {"promote": "promoted", "rollback": "rolled back"}[outcome["action"]]
     if outcome["moved"]:

@@ -52,8 +52,11 @@ def transfer(
     """Validate, fine-tune, evaluate, distil, export and register one text classifier; returns a summary."""
     from prefect.runtime import flow_run
 
-    params = TransferParams(data=data, validation=validation, select=select, finetune=finetune, distill=distill,
-                            export=export, registry=registry)
+    params = TransferParams.model_validate(with_deployment_defaults(TransferParams(
+        data=data, validation=validation, select=select, finetune=finetune, distill=distill, export=export,
+        registry=registry).model_dump()))
+    data, validation, select, finetune, distill, export, registry = (
+        params.data, params.validation, params.select, params.finetune, params.distill, params.export, params.registry)
     store = tracking.configure(registry.experiment)
     flow_run_id = str(flow_run.id or "")
     run_tags = {"prefect_flow_run_id": flow_run_id, "git_commit": tracking.git_commit(), "graftline.flow": "transfer"}
@@ -89,6 +92,36 @@ def transfer(
         _log_summary(summary)
     get_run_logger().info("registered: %s", ", ".join(f"{r['name']} v{r['version']} {r['aliases']}" for r in registrations))
     return summary
+
+
+def with_deployment_defaults(values: dict) -> dict:
+    """`values` with the deployment's defaults merged in at every depth.
+
+    Prefect merges a run's parameters into its deployment's at the top level only: a run started
+    with `{"finetune": {"epochs": 1}}` would get a `finetune` of model defaults, silently losing the
+    deployment's backbone. Here the run's parameters as sent (the raw values stored with the run)
+    are merged into the deployment's, recursively, and take precedence over `values` (the same
+    parameters after pydantic filled the gaps with model defaults). Outside a deployment run,
+    `values` are returned as they are."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    run = context.flow_run if context else None
+    if run is None or run.deployment_id is None or run.parent_task_run_id is not None:
+        return values  # not a deployment run, or a subflow (its parent merged already)
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployed = client.read_deployment(run.deployment_id).parameters or {}
+    sent = {k: v for k, v in (run.parameters or {}).items() if k in values}
+    return _deep_merge(values, _deep_merge({k: v for k, v in deployed.items() if k in values}, sent))
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
 
 
 def _summary(models, registrations, store, parent_id: str, digest: str) -> dict:

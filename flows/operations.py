@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 
 from graftline.flows.params import (
     DataParams, DistillParams, ExportParams, FinetuneParams, PromoteParams, RegistryParams, SelectParams,
-    ValidationParams,
+    TransferParams, ValidationParams,
 )
 from graftline.tasks import tracking
 
@@ -69,11 +69,13 @@ def retrain(
     """The whole lifecycle on the data as it is now (paths are read at run time, so new data is
     picked up); new versions become `candidate`, and `staging` too when `auto_promote` is on and
     the gates pass."""
-    from graftline.flows.lifecycle import transfer
+    from graftline.flows.lifecycle import transfer, with_deployment_defaults
 
-    registry = registry.model_copy(update={"promote_to": "staging" if auto_promote else "none"})
-    return transfer(data=data, validation=validation, select=select, finetune=finetune, distill=distill,
-                    export=export, registry=registry)
+    given = TransferParams(data=data, validation=validation, select=select, finetune=finetune, distill=distill,
+                           export=export, registry=registry).model_dump()
+    params = TransferParams.model_validate(with_deployment_defaults(given))
+    params.registry.promote_to = "staging" if auto_promote else "none"
+    return transfer(**{group: getattr(params, group) for group in TransferParams.model_fields})
 
 
 def _eval_sets(client, params: PromoteParams, version: str | None) -> dict:

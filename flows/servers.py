@@ -1,0 +1,212 @@
+"""`graftline up` / `graftline down`: the local platform on 127.0.0.1.
+
+`up` starts a Prefect server, an MLflow tracking server (sqlite backend and a local artifact folder
+by default; any backend store URI and artifact destination MLflow accepts, e.g. PostgreSQL and S3),
+and a worker on a process work pool; registers the deployments; prints the two UI addresses. What
+it started is written to `<home>/platform.json`; running `up` again finds it healthy and only
+re-registers the deployments. `down` stops exactly the processes that file names, and removes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from graftline.tasks.errors import GraftlineError
+
+STATE_FILE = "platform.json"
+
+
+@dataclass
+class Platform:
+    home: str
+    host: str
+    prefect_port: int
+    mlflow_port: int
+    work_pool: str
+    pids: dict[str, int] = field(default_factory=dict)  # prefect | mlflow | worker -> process id
+    retrain_cron: str | None = None  # what the deployments were registered with, reused by a later `up`
+    params_file: str | None = None
+
+    @property
+    def prefect_url(self) -> str:
+        return f"http://{self.host}:{self.prefect_port}"
+
+    @property
+    def prefect_api_url(self) -> str:
+        return f"{self.prefect_url}/api"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{self.host}:{self.mlflow_port}"
+
+    def env(self) -> dict[str, str]:
+        """What a client (or the worker) needs to talk to this platform."""
+        return {"PREFECT_API_URL": self.prefect_api_url, "MLFLOW_TRACKING_URI": self.mlflow_url}
+
+
+def up(home: Path, host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_port: int = 5000,
+       backend_store_uri: str | None = None, artifacts_destination: str | None = None,
+       work_pool: str = "graftline", retrain_cron: str | None = None, params_file: Path | None = None,
+       timeout: float = 120.0) -> Platform:
+    """Start what is not running yet, wait until healthy, register the deployments."""
+    home = home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    platform = load(home)
+    if platform is not None and not all(_alive(pid) for pid in platform.pids.values()):
+        stop(platform)  # half-dead from an earlier run: start clean
+        platform = None
+    if platform is None:
+        platform = Platform(str(home), host, prefect_port, mlflow_port, work_pool)
+        for port in (prefect_port, mlflow_port):
+            if _healthy(f"http://{host}:{port}/"):
+                raise GraftlineError(f"port {port} on {host} is already in use by another program; choose another")
+        try:
+            _start_all(platform, backend_store_uri, artifacts_destination, timeout)
+        except BaseException:
+            stop(platform)
+            raise
+    # A later `up` without them keeps what the deployments were registered with.
+    platform.retrain_cron = retrain_cron or platform.retrain_cron
+    platform.params_file = str(params_file.resolve()) if params_file else platform.params_file
+    save(platform)
+    _deploy(platform)
+    return platform
+
+
+def down(home: Path, timeout: float = 30.0) -> Platform | None:
+    """Stop what `up` started (and nothing else); None when nothing was running."""
+    platform = load(home.resolve())
+    if platform is None:
+        return None
+    stop(platform, timeout)
+    (Path(platform.home) / STATE_FILE).unlink(missing_ok=True)
+    return platform
+
+
+def load(home: Path) -> Platform | None:
+    path = home / STATE_FILE
+    return Platform(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def save(platform: Platform) -> None:
+    (Path(platform.home) / STATE_FILE).write_text(json.dumps(asdict(platform), indent=1))
+
+
+def stop(platform: Platform, timeout: float = 30.0) -> None:
+    """SIGTERM each process group `up` started (worker first), then SIGKILL what is left."""
+    for name in ("worker", "mlflow", "prefect"):
+        pid = platform.pids.get(name)
+        if pid and _alive(pid):
+            _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in platform.pids.values()):
+        time.sleep(0.2)
+    for pid in platform.pids.values():
+        if _alive(pid):
+            _signal_group(pid, signal.SIGKILL)  # an idle worker may need a second signal
+    for pid in platform.pids.values():
+        _reap(pid)
+
+
+def _start_all(platform: Platform, backend_store_uri: str | None, artifacts_destination: str | None, timeout: float) -> None:
+    home = Path(platform.home)
+    logs = home / "logs"
+    logs.mkdir(exist_ok=True)
+    bin_dir = Path(sys.executable).parent
+    base_env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    base_env.pop("PREFECT_API_URL", None)
+    platform.pids["prefect"] = _spawn(
+        [str(bin_dir / "prefect"), "server", "start", "--host", platform.host, "--port", str(platform.prefect_port)],
+        base_env, logs / "prefect.log", home)
+    store = backend_store_uri or f"sqlite:///{home / 'mlflow.db'}"
+    artifacts = artifacts_destination or (home / "artifacts").as_uri()
+    platform.pids["mlflow"] = _spawn(
+        [str(bin_dir / "mlflow"), "server", "--backend-store-uri", store, "--artifacts-destination", artifacts,
+         "--host", platform.host, "--port", str(platform.mlflow_port), "--workers", "1"],
+        base_env, logs / "mlflow.log", home)
+    _wait(f"{platform.prefect_api_url}/health", timeout, "Prefect server", logs / "prefect.log")
+    _wait(f"{platform.mlflow_url}/health", timeout, "MLflow server", logs / "mlflow.log")
+
+    client_env = {**base_env, **platform.env()}
+    subprocess.run([str(bin_dir / "prefect"), "work-pool", "create", platform.work_pool, "--type", "process", "--overwrite"],
+                   env=client_env, check=True, capture_output=True, timeout=timeout)
+    flows_dir = home / "flow-runs"  # flow runs start here: their relative paths land in the platform's home
+    flows_dir.mkdir(exist_ok=True)
+    platform.pids["worker"] = _spawn(
+        [str(bin_dir / "prefect"), "worker", "start", "--pool", platform.work_pool, "--type", "process",
+         "--name", f"graftline-{platform.prefect_port}", "--install-policy", "never"],
+        client_env, logs / "worker.log", flows_dir)
+
+
+def _deploy(platform: Platform) -> None:
+    """Register the deployments in a child process pointed at this platform's API."""
+    args = [sys.executable, "-m", "graftline.flows.deploy_cli", "--pool", platform.work_pool]
+    if platform.retrain_cron:
+        args += ["--cron", platform.retrain_cron]
+    if platform.params_file:
+        args += ["--params", platform.params_file]
+    done = subprocess.run(args, env={**os.environ, **platform.env()}, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise GraftlineError(f"registering the deployments failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+
+
+def _spawn(args: list[str], env: dict, log: Path, cwd: Path) -> int:
+    with open(log, "ab") as out:
+        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                                   start_new_session=True)  # its own process group: `down` stops all of it
+    return process.pid
+
+
+def _wait(url: str, timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _healthy(url):
+            return
+        time.sleep(0.5)
+    tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
+    raise GraftlineError(f"{what} did not become healthy at {url} within {timeout:.0f} s; last log line: {tail}")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status < 500
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of this process is not alive
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited == 0
+    except ChildProcessError:
+        return True
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

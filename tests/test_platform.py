@@ -1,0 +1,133 @@
+"""End to end against real servers: `graftline up` starts a Prefect server, an MLflow server and a
+process worker on free localhost ports and registers the deployments; runs go through the Prefect
+API and the worker; what they register is read back from the MLflow server. The fixture stops
+everything it started, also when a test fails."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+TRAIN = 120  # seconds a tiny lifecycle may take on the worker (imports included) before the test gives up
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory, tiny_backbone):
+    from graftline.flows import servers
+
+    home = tmp_path_factory.mktemp("platform")
+    params = home / "params.yaml"  # the deployments' defaults: a tiny backbone, so runs take seconds
+    params.write_text(yaml.safe_dump({
+        "finetune": {"backbone": str(tiny_backbone), "epochs": 2, "max_length": 32, "learning_rate": 3e-3},
+        "distill": {"student": "teacher-layers:1", "epochs": 1, "retention_floor": 0.0},
+        "export": {"enabled": False},
+        "registry": {"model_name": "platform-demo", "experiment": "platform", "gates": {"retention_floor": 0.0}},
+    }))
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    started = servers.up(home, prefect_port=free_port(), mlflow_port=free_port(), params_file=params)
+    try:
+        # Prefect reads its settings once per process: point this one at the new server explicitly.
+        with temporary_settings({PREFECT_API_URL: started.prefect_api_url}):
+            yield started
+    finally:
+        servers.down(home)
+
+
+def run(deployment: str, parameters: dict):
+    from prefect.deployments import run_deployment
+
+    return run_deployment(deployment, parameters=parameters, timeout=TRAIN * 3)
+
+
+def client(platform):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=platform.mlflow_url, registry_uri=platform.mlflow_url)
+
+
+def aliases(platform, name):
+    return {a: str(v) for a, v in client(platform).get_registered_model(name).aliases.items()}
+
+
+def test_servers_bind_to_localhost_and_up_is_idempotent(platform):
+    from graftline.flows import servers
+
+    assert platform.host == "127.0.0.1" and set(platform.pids) == {"prefect", "mlflow", "worker"}
+    again = servers.up(Path(platform.home), prefect_port=platform.prefect_port, mlflow_port=platform.mlflow_port)
+    assert again.pids == platform.pids  # nothing new started
+
+
+def test_transfer_through_the_api_keeps_the_deployments_nested_defaults(platform):
+    # Only finetune.epochs is sent: Prefect alone would replace the deployment's whole `finetune`
+    # (backbone included) with model defaults; graftline merges the deployment's values back.
+    flow_run = run("transfer/transfer", {"finetune": {"epochs": 1}})
+    assert flow_run.state.is_completed(), flow_run.state.message
+    mlflow = client(platform)
+    version = mlflow.get_model_version_by_alias("platform-demo", "production")
+    training = mlflow.get_run(version.tags["training_run_id"])
+    assert training.data.params["finetune.epochs"] == "1"  # the run's value
+    assert training.data.params["finetune.backbone"].endswith("tiny-bert0")  # the deployment's value, kept
+    assert version.tags["prefect_flow_run_id"] == str(flow_run.id)
+    assert aliases(platform, "platform-demo") == {"candidate": "1", "production": "1"}
+    assert aliases(platform, "platform-demo-student") == {"candidate": "1", "production": "1"}
+
+
+def test_promote_with_a_failing_gate_then_roll_back(platform):
+    from graftline.tasks.promotion import history
+
+    second = run("transfer/transfer", {})  # same data and seed: an equal model, so production moves to v2
+    assert second.state.is_completed(), second.state.message
+    assert aliases(platform, "platform-demo") == {"candidate": "2", "production": "2"}
+
+    refused = run("promote/promote", {"params": {"model_name": "platform-demo", "to": "staging", "experiment": "platform",
+                                                 "gates": {"min_accuracy": 0.99}}})  # a tiny model is far from it
+    assert refused.state.is_completed()
+    assert "staging" not in aliases(platform, "platform-demo")  # the gate held
+
+    promoted = run("promote/promote", {"params": {"model_name": "platform-demo", "to": "staging", "experiment": "platform"}})
+    assert promoted.state.is_completed() and aliases(platform, "platform-demo")["staging"] == "2"
+
+    rolled = run("rollback/rollback", {"model_name": "platform-demo", "alias": "production", "experiment": "platform"})
+    assert rolled.state.is_completed(), rolled.state.message
+    assert aliases(platform, "platform-demo")["production"] == "1"
+    records = history(client(platform), "platform-demo")
+    assert [(r["action"], r["alias"], r["from_version"], r["to_version"]) for r in records] == [
+        ("promote", "production", None, "1"), ("promote", "production", "1", "2"),
+        ("promote", "staging", None, "2"), ("rollback", "production", "2", "1")]
+    assert "of deployment rollback" in records[-1]["triggered_by"]
+
+
+def test_the_command_line_talks_to_the_same_servers(platform):
+    env = {**os.environ, **platform.env()}
+    graftline = str(Path(sys.executable).parent / "graftline")
+    done = subprocess.run([graftline, "history", "platform-demo"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "candidate v2, staging v2, production v1" in done.stdout
+
+
+def test_down_stops_exactly_what_up_started(tmp_path):
+    from graftline.flows import servers
+
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        started = servers.up(tmp_path, prefect_port=free_port(), mlflow_port=free_port())
+        stopped = servers.down(tmp_path)
+        assert stopped.pids == started.pids
+        assert not any(servers._alive(pid) for pid in started.pids.values())
+        assert bystander.poll() is None  # not ours: untouched
+        assert servers.down(tmp_path) is None and not (tmp_path / "platform.json").exists()
+    finally:
+        bystander.kill()
