@@ -126,7 +126,8 @@ def _start_all(platform: Platform, backend_store_uri: str | None, artifacts_dest
     base_env.pop("PREFECT_API_URL", None)
     platform.pids["prefect"] = _spawn(
         [str(bin_dir / "prefect"), "server", "start", "--host", platform.host, "--port", str(platform.prefect_port)],
-        base_env, logs / "prefect.log", home)
+        {**base_env, "PREFECT_UI_API_URL": platform.prefect_api_url},  # the UI's browser side calls this
+        logs / "prefect.log", home)
     store = backend_store_uri or f"sqlite:///{home / 'mlflow.db'}"
     artifacts = artifacts_destination or (home / "artifacts").as_uri()
     platform.pids["mlflow"] = _spawn(

@@ -4,6 +4,7 @@ API and the worker; what they register is read back from the MLflow server. The 
 everything it started, also when a test fails."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -131,3 +132,58 @@ def test_down_stops_exactly_what_up_started(tmp_path):
         assert servers.down(tmp_path) is None and not (tmp_path / "platform.json").exists()
     finally:
         bystander.kill()
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package: never a downloaded browser
+BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]  # no calls home from a closed network
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium; .ci/run does)")
+def test_a_run_started_from_the_prefect_ui_form_uses_the_changed_value(platform):
+    import time
+    import uuid
+
+    from playwright.sync_api import sync_playwright
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    model_name = f"platform-ui-{uuid.uuid4().hex[:6]}"
+    shots = Path(os.environ.get("GRAFTLINE_TEST_ARTIFACTS", "test-artifacts"))
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{platform.prefect_url}/deployments", wait_until="networkidle")
+            page.locator('a[href^="/deployments/deployment/"]', has_text="transfer").click()  # the transfer deployment
+            page.wait_for_url("**/deployments/deployment/**")
+            page.get_by_role("button", name="Run", exact=True).click()
+            page.get_by_text("Custom run").first.click()  # the parameter form
+            page.wait_for_url("**/run**")
+            page.wait_for_load_state("networkidle")
+            page.wait_for_function("[...document.querySelectorAll('textarea')].some(t => t.value === 'platform-demo')")
+            name_box = next(el for el in page.locator("textarea").all() if el.input_value() == "platform-demo")
+            name_box.fill(model_name)  # registry.model_name: the one value changed
+            name_box.press("Tab")  # the form takes the value when the field loses focus
+            page.screenshot(path=str(shots / "prefect-ui-parameter-form.png"), full_page=True)
+            page.get_by_role("button", name="Submit").click()
+            page.wait_for_url(re.compile(r"/deployments/deployment/[^/]+\?tab=Runs$"))  # back on the deployment: submitted
+        finally:
+            browser.close()
+
+    with get_client(sync_client=True) as prefect:
+        deadline = time.monotonic() + TRAIN * 2
+        while True:  # the run whose parameters carry the value typed into the form
+            runs = [r for r in prefect.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=50)
+                    if (r.parameters.get("registry") or {}).get("model_name") == model_name]
+            if runs and runs[0].state.is_final():
+                break
+            assert time.monotonic() < deadline, f"the run started from the UI did not finish: {runs and runs[0].state}"
+            time.sleep(2)
+    flow_run = runs[0]
+    assert flow_run.state.is_completed(), flow_run.state.message
+    assert flow_run.parameters["registry"]["model_name"] == model_name
+    assert flow_run.parameters["finetune"]["backbone"].endswith("tiny-bert0")  # the form's other values stayed
+    version = client(platform).get_model_version_by_alias(model_name, "candidate")
+    assert version.tags["prefect_flow_run_id"] == str(flow_run.id)
