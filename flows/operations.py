@@ -20,6 +20,7 @@ from graftline.flows.params import (
     DataParams, DistillParams, ExportParams, FinetuneParams, PromoteParams, RegistryParams, SelectParams,
     TransferParams, ValidationParams,
 )
+from graftline.flows.steps import EVALUATION_SETS
 from graftline.tasks import tracking
 
 
@@ -99,8 +100,8 @@ def _eval_sets(client, params: PromoteParams, version: str | None) -> dict:
         return {}  # no such model or version: promotion.promote says which
     if not run_id:
         raise PromotionError(f"{params.model_name} v{version} has no ingest_run_id tag; pass eval_sets")
-    folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation_sets"))
-    return {p.stem: Split(p.stem, pd.read_parquet(p), f"runs:/{run_id}/evaluation_sets/{p.name}")
+    folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=EVALUATION_SETS))
+    return {p.stem: Split(p.stem, pd.read_parquet(p), f"runs:/{run_id}/{EVALUATION_SETS}/{p.name}")
             for p in sorted(folder.glob("*.parquet"), key=lambda p: (p.stem != "test", p.stem))}
 
 
