@@ -1,0 +1,137 @@
+"""graftline's training engine against the Hugging Face Trainer on the same model, data, hyper-parameters
+and number of steps (issue 6's baseline; the engine is not optimised yet).
+
+MiniLM-L6 on SST-2 from ../shared/data (a stratified training sample; the dev split scores all runs),
+batch 32, lr 5e-5, one epoch, max length 128, the same seed. Three runs in one process:
+- graftline: `tasks.finetune.finetune` (dynamic padding, AdamW with warmup and decay);
+- Trainer, defaults (padding to the longest row of each random batch);
+- Trainer at its best: length-grouped sampling (transformers 5 spells `group_by_length=True` as
+  `train_sampling_strategy="group_by_length"`), fused AdamW, bf16 autocast (these CPUs report
+  avx512_bf16). With torch >= 2.8 the Trainer's default optimiser is already fused AdamW.
+Reports training examples/s of each (training loop only, no evaluation), the ratios against both
+Trainer runs, padding share and dev accuracy.
+
+    .venv/bin/python bench/train.py                  # 4 000 rows, ~6 min on 2 cores
+    .venv/bin/python bench/train.py --rows 1000      # a quick look
+Results also go to bench/results/train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from graftline.tasks import backbones  # noqa: E402
+from graftline.tasks.data import Split, Splits, encode_labels, read_table  # noqa: E402
+from graftline.tasks.evaluate import evaluate_model  # noqa: E402
+from graftline.tasks.finetune import FinetuneConfig, finetune  # noqa: E402
+from graftline.tasks.selection import stratified_sample  # noqa: E402
+from graftline.tasks.training import TrainConfig  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
+BACKBONE, BATCH, LR, MAX_LENGTH, SEED = "minilm-l6", 32, 5e-5, 128, 13
+
+
+def splits(rows: int) -> Splits:
+    pool = read_table(str(DATA / "train.csv"), "text", "label").drop_duplicates("text")
+    dev = read_table(str(DATA / "dev.csv"), "text", "label")
+    train = stratified_sample(pool[~pool["text"].isin(dev["text"])], rows, SEED)
+    # the engine needs a validation split for early stopping; one epoch never stops early
+    return Splits(Split("train", train, "sst2"), Split("validation", dev.head(64), "sst2"), Split("test", dev, "sst2"))
+
+
+def run_graftline(data: Splits, out: Path) -> dict:
+    config = FinetuneConfig(backbone=BACKBONE, max_length=MAX_LENGTH,
+                            train=TrainConfig(epochs=1, batch_size=BATCH, learning_rate=LR, seed=SEED, patience=1))
+    result = finetune(data, config, out)
+    record = result.training.history[0]
+    model = backbones.load_classifier(str(out))
+    accuracy = evaluate_model(model, backbones.load_tokenizer(str(out)), data.test, MAX_LENGTH).accuracy
+    return {"run": "graftline", "examples_per_second": record.examples_per_second, "train_seconds": record.seconds,
+            "dev_accuracy": accuracy}
+
+
+def run_trainer(data: Splits, out: Path, best: bool) -> dict:
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    labels = data.labels
+    tokenizer = backbones.load_tokenizer(BACKBONE)
+    torch.manual_seed(SEED)
+    model = backbones.load_classifier(BACKBONE, labels)
+    encoded = tokenizer(data.train.frame["text"].tolist(), truncation=True, max_length=MAX_LENGTH)
+    ids = encode_labels(data.train.frame["label"], labels, "train")
+    rows = [{"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i], "labels": ids[i]}
+            for i in range(len(ids))]
+    args = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=BATCH, learning_rate=LR, num_train_epochs=1,
+        warmup_steps=0.1, weight_decay=0.01,  # transformers 5: a float below 1 is a share of the steps seed=SEED, report_to="none", save_strategy="no", logging_strategy="no",
+        eval_strategy="no", use_cpu=not torch.cuda.is_available(), dataloader_pin_memory=False,
+        **(dict(train_sampling_strategy="group_by_length", optim="adamw_torch_fused", bf16=True) if best else {}),
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=DataCollatorWithPadding(tokenizer))
+    metrics = trainer.train().metrics
+    model.eval()
+    accuracy = evaluate_model(model.float(), tokenizer, data.test, MAX_LENGTH).accuracy
+    return {"run": "trainer best" if best else "trainer defaults", "examples_per_second": metrics["train_samples_per_second"],
+            "train_seconds": metrics["train_runtime"], "dev_accuracy": accuracy}
+
+
+def padding_share(data: Splits, grouped: bool) -> float:
+    """Share of padded positions in the training batches (random order vs grouped by length)."""
+    tokenizer = backbones.load_tokenizer(BACKBONE)
+    lengths = np.array([len(x) for x in tokenizer(data.train.frame["text"].tolist(), truncation=True, max_length=MAX_LENGTH)["input_ids"]])
+    order = np.random.default_rng(SEED).permutation(len(lengths))
+    if grouped:  # the Trainer's scheme: megabatches of 50 batches, each sorted by length
+        mega = BATCH * 50
+        order = np.concatenate([sorted(order[i:i + mega], key=lambda j: -lengths[j]) for i in range(0, len(order), mega)])
+    padded = sum(lengths[order[i:i + BATCH]].max() * len(order[i:i + BATCH]) for i in range(0, len(order), BATCH))
+    return 1 - lengths.sum() / padded
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=4000)
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"{DATA} not found: the benchmark needs the shared datasets")
+    data = splits(args.rows)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="graftline-bench-") as tmp:
+        for name, call in (("graftline", lambda: run_graftline(data, Path(tmp) / "g")),
+                           ("trainer defaults", lambda: run_trainer(data, Path(tmp) / "t", best=False)),
+                           ("trainer best", lambda: run_trainer(data, Path(tmp) / "b", best=True))):
+            started = time.perf_counter()
+            results.append(call())
+            print(f"{name}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    by = {r["run"]: r for r in results}
+    for r in results:
+        r["x_trainer_defaults"] = r["examples_per_second"] / by["trainer defaults"]["examples_per_second"]
+        r["x_trainer_best"] = r["examples_per_second"] / by["trainer best"]["examples_per_second"]
+    report = {"rows": args.rows, "batch": BATCH, "max_length": MAX_LENGTH, "threads": torch.get_num_threads(),
+              "padding_random": padding_share(data, False), "padding_grouped": padding_share(data, True), "runs": results}
+    out = Path(__file__).parent / "results" / "train.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    table = pd.DataFrame(results)[["run", "examples_per_second", "x_trainer_defaults", "x_trainer_best", "train_seconds", "dev_accuracy"]]
+    try:
+        print(table.to_markdown(index=False, floatfmt=".3f"))
+    except ImportError:
+        print(table.to_string(index=False))
+    print(f"padding share: random batches {report['padding_random']:.1%}, grouped by length {report['padding_grouped']:.1%}")
+
+
+if __name__ == "__main__":
+    main()
