@@ -67,7 +67,7 @@ def ingest(params: DataParams, distill: DistillParams, parent_run_id: str, work_
         for run_id in (run.info.run_id, parent_run_id):
             tracking.log_datasets(run_id, splits)
         for name, split in splits.evaluation_sets().items():
-            path = work_dir / "evaluation_sets" / f"{name}.parquet"
+            path = work_dir / EVALUATION_SETS / f"{name}.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
             split.frame[["text", "label"]].to_parquet(path, index=False)
             mlflow.log_artifact(str(path), EVALUATION_SETS)
