@@ -53,15 +53,15 @@ def splits(rows: int) -> Splits:
     return Splits(Split("train", train, "sst2"), Split("validation", dev.head(64), "sst2"), Split("test", dev, "sst2"))
 
 
-def run_graftline(data: Splits, out: Path) -> dict:
-    config = FinetuneConfig(backbone=BACKBONE, max_length=MAX_LENGTH,
-                            train=TrainConfig(epochs=1, batch_size=BATCH, learning_rate=LR, seed=SEED, patience=1))
+def run_graftline(data: Splits, out: Path, precision: str) -> dict:
+    config = FinetuneConfig(backbone=BACKBONE, max_length=MAX_LENGTH, train=TrainConfig(
+        epochs=1, batch_size=BATCH, learning_rate=LR, seed=SEED, patience=1, precision=precision))
     result = finetune(data, config, out)
     record = result.training.history[0]
     model = backbones.load_classifier(str(out))
     accuracy = evaluate_model(model, backbones.load_tokenizer(str(out)), data.test, MAX_LENGTH).accuracy
-    return {"run": "graftline", "examples_per_second": record.examples_per_second, "train_seconds": record.seconds,
-            "dev_accuracy": accuracy}
+    return {"run": f"graftline {precision}", "examples_per_second": record.examples_per_second,
+            "tokens_per_second": record.tokens_per_second, "train_seconds": record.seconds, "dev_accuracy": accuracy}
 
 
 def run_trainer(data: Splits, out: Path, best: bool) -> dict:
@@ -77,8 +77,8 @@ def run_trainer(data: Splits, out: Path, best: bool) -> dict:
             for i in range(len(ids))]
     args = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=BATCH, learning_rate=LR, num_train_epochs=1,
-        warmup_steps=0.1, weight_decay=0.01,  # transformers 5: a float below 1 is a share of the steps seed=SEED, report_to="none", save_strategy="no", logging_strategy="no",
-        eval_strategy="no", use_cpu=not torch.cuda.is_available(), dataloader_pin_memory=False,
+        warmup_steps=0.1,  # transformers 5: a float below 1 is a share of the steps
+        weight_decay=0.01, seed=SEED, report_to="none", save_strategy="no", logging_strategy="no", eval_strategy="no", use_cpu=not torch.cuda.is_available(), dataloader_pin_memory=False,
         **(dict(train_sampling_strategy="group_by_length", optim="adamw_torch_fused", bf16=True) if best else {}),
     )
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=DataCollatorWithPadding(tokenizer))
@@ -110,7 +110,8 @@ def main() -> None:
     data = splits(args.rows)
     results = []
     with tempfile.TemporaryDirectory(prefix="graftline-bench-") as tmp:
-        for name, call in (("graftline", lambda: run_graftline(data, Path(tmp) / "g")),
+        for name, call in (("graftline fp32", lambda: run_graftline(data, Path(tmp) / "g", "fp32")),
+                           ("graftline bf16", lambda: run_graftline(data, Path(tmp) / "g16", "bf16")),
                            ("trainer defaults", lambda: run_trainer(data, Path(tmp) / "t", best=False)),
                            ("trainer best", lambda: run_trainer(data, Path(tmp) / "b", best=True))):
             started = time.perf_counter()

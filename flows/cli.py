@@ -3,6 +3,7 @@
     graftline run                                 the embedded demo, end to end
     graftline run --train data.csv --eval other=other.csv --backbone minilm-l6
     graftline run --config params.yaml --set finetune.epochs=2
+    graftline resume [RUN]                        continue a killed or failed run where it stopped
     graftline promote graftline-demo --to production
     graftline rollback graftline-demo --alias production
     graftline history graftline-demo
@@ -59,6 +60,28 @@ def run(
         params = build_params(config, overrides, eval_set, set_)
         from graftline.flows.lifecycle import transfer
 
+        summary = transfer(**{k: getattr(params, k) for k in type(params).model_fields})
+    except Exception as exc:
+        _exit_on_user_error(exc)
+        raise
+    _print_summary(summary)
+
+
+@app.command()
+def resume(
+    run_id: Optional[str] = typer.Argument(None, help="MLflow run id of the lifecycle (or its Prefect flow run id); "
+                                            "default: the newest one that did not finish."),
+) -> None:
+    """Resume a killed or failed lifecycle with its own parameters: the steps it completed are reused and
+    training continues from its last checkpoint."""
+    _quiet_defaults()
+    try:
+        from graftline.flows.lifecycle import transfer
+        from graftline.flows.resume import interrupted_run
+
+        params, old = interrupted_run(run_id)
+        print(f"resuming lifecycle run {old} with its own parameters", file=sys.stderr)
+        params.run.resumed_from = old
         summary = transfer(**{k: getattr(params, k) for k in type(params).model_fields})
     except Exception as exc:
         _exit_on_user_error(exc)
@@ -131,6 +154,8 @@ def _print_summary(summary: dict) -> None:
         print(f"  {r['name']} v{r['version']}  aliases: {', '.join(r['aliases'])}  ({r['reason']})")
     for role, reason in summary.get("not_registered", {}).items():
         print(f"  {role} not registered: {reason}")
+    if summary.get("reused_steps"):
+        print(f"\nreused from an identical earlier run: {', '.join(summary['reused_steps'])}")
     print(f"\nbackbone: {summary['backbone']}")
     print(f"MLflow run {summary['mlflow_run_id']} in experiment {summary['experiment']!r}")
     print(f"open the MLflow UI:  {summary['ui_command']}")

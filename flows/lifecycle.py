@@ -6,6 +6,11 @@
 
 One parent MLflow run per flow run, one nested run per step. Models are written to a temporary
 work folder, logged to MLflow by their step, and registered only after every step succeeded.
+
+Re-running a finished lifecycle reuses the expensive steps (select, finetune, evaluate, distill)
+whose data digest, parameters and code are unchanged, and says which (log line, parent-run tag
+`graftline.reused_steps`, summary). A crashed training step is retried and resumes from its last
+checkpoint; a killed run is resumed with `graftline resume <run>` (see flows.reuse).
 """
 
 from __future__ import annotations
@@ -16,9 +21,9 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from graftline.flows import steps
+from graftline.flows import reuse, steps
 from graftline.flows.params import (
-    DataParams, DistillParams, ExportParams, FinetuneParams, RegistryParams, SelectParams, TransferParams,
+    DataParams, DistillParams, ExportParams, FinetuneParams, RegistryParams, RunParams, SelectParams, TransferParams,
     ValidationParams,
 )
 from graftline.tasks import tracking
@@ -48,33 +53,55 @@ def transfer(
     distill: DistillParams = DistillParams(),
     export: ExportParams = ExportParams(),
     registry: RegistryParams = RegistryParams(),
+    run: RunParams = RunParams(),
 ) -> dict:
     """Validate, fine-tune, evaluate, distil, export and register one text classifier; returns a summary."""
     from prefect.runtime import flow_run
 
     params = TransferParams.model_validate(with_deployment_defaults(TransferParams(
         data=data, validation=validation, select=select, finetune=finetune, distill=distill, export=export,
-        registry=registry).model_dump()))
-    data, validation, select, finetune, distill, export, registry = (
-        params.data, params.validation, params.select, params.finetune, params.distill, params.export, params.registry)
+        registry=registry, run=run).model_dump()))
+    data, validation, select, finetune, distill, export, registry, run = (
+        params.data, params.validation, params.select, params.finetune, params.distill, params.export, params.registry,
+        params.run)
     store = tracking.configure(registry.experiment)
     flow_run_id = str(flow_run.id or "")
-    run_tags = {"prefect_flow_run_id": flow_run_id, "git_commit": tracking.git_commit(), "graftline.flow": "transfer"}
+    run_tags = {"prefect_flow_run_id": flow_run_id, "git_commit": tracking.git_commit(), "graftline.flow": "transfer",
+                **({"graftline.resumed_from": run.resumed_from} if run.resumed_from else {})}
+    reused: list[str] = []
+
+    def call(step, *args, reusable=True, retried=False):
+        """Run a step, reusing an identical earlier result when allowed; note what was reused."""
+        if reusable:
+            step = steps.reusable(step, run)
+        if retried:
+            step = steps.retrying(step, run)
+        state = step(*args, return_state=True)
+        if state.name == "Cached":
+            reused.append(step.name)
+            get_run_logger().info("%s: reused the result of an identical earlier run (same data, parameters and code)", step.name)
+        return state.result()
 
     with tempfile.TemporaryDirectory(prefix="graftline-") as tmp, \
             tracking.lifecycle_run(f"transfer-{flow_run.name or 'local'}", run_tags) as parent:
         work_dir, parent_id = Path(tmp), parent.info.run_id
+        get_run_logger().info("MLflow run %s (if this run is interrupted: graftline resume %s)", parent_id, parent_id)
         tracking.log_params(params.model_dump(exclude={"data": {"eval_sets"}}))
+        tracking.log_parameters_file(params)
 
         splits, ingest_run_id = steps.ingest(data, distill, parent_id, work_dir)
         report = steps.validate(splits, validation, parent_id, work_dir)
-        backbone = steps.select(splits, finetune, distill, select, parent_id, work_dir)
+        backbone = call(steps.select, splits, finetune, distill, select, parent_id, work_dir,
+                        reusable=finetune.backbone == "auto")
         finetune = finetune.model_copy(update={"backbone": backbone})
-        teacher = steps.finetune(splits, finetune, parent_id, work_dir)
-        teacher.evaluations = steps.evaluate(teacher, splits, finetune, parent_id, work_dir)
+        teacher = call(steps.finetune, splits, finetune, parent_id, work_dir, retried=True)
+        reuse.materialize(teacher, work_dir / "teacher")
+        teacher.evaluations = call(steps.evaluate, teacher, splits, finetune, parent_id, work_dir)
         models = [teacher]
         if distill.enabled:
-            models.append(steps.distill(teacher, splits, distill, finetune, parent_id, work_dir))
+            student = call(steps.distill, teacher, splits, distill, finetune, parent_id, work_dir, retried=True)
+            reuse.materialize(student, work_dir / "student")
+            models.append(student)
         gated = [m for m in models if m.gate_failure is None]
         exported = {}
         if export.enabled and gated:
@@ -89,6 +116,7 @@ def transfer(
         if exported:
             summary["metrics"]["export"] = exported
         summary["not_registered"] = {m.role: m.gate_failure for m in models if m.gate_failure}
+        summary["reused_steps"] = reused
         _log_summary(summary)
     get_run_logger().info("registered: %s", ", ".join(f"{r['name']} v{r['version']} {r['aliases']}" for r in registrations))
     return summary
@@ -149,3 +177,5 @@ def _log_summary(summary: dict) -> None:
     flat = {f"{role}_{k}": v for role, values in summary["metrics"].items() for k, v in values.items()}
     mlflow.log_metrics(flat)
     mlflow.log_dict(summary, "summary.json")
+    if summary["reused_steps"]:
+        mlflow.set_tag("graftline.reused_steps", ", ".join(summary["reused_steps"]))

@@ -17,7 +17,7 @@ from typing import Literal
 from prefect import flow, get_run_logger
 
 from graftline.flows.params import (
-    DataParams, DistillParams, ExportParams, FinetuneParams, PromoteParams, RegistryParams, SelectParams,
+    DataParams, DistillParams, ExportParams, FinetuneParams, PromoteParams, RegistryParams, RunParams, SelectParams,
     TransferParams, ValidationParams,
 )
 from graftline.flows.steps import EVALUATION_SETS
@@ -65,6 +65,7 @@ def retrain(
     distill: DistillParams = DistillParams(),
     export: ExportParams = ExportParams(),
     registry: RegistryParams = RegistryParams(promote_to="none"),
+    run: RunParams = RunParams(),
     auto_promote: bool = False,
 ) -> dict:
     """The whole lifecycle on the data as it is now (paths are read at run time, so new data is
@@ -73,7 +74,7 @@ def retrain(
     from graftline.flows.lifecycle import transfer, with_deployment_defaults
 
     given = TransferParams(data=data, validation=validation, select=select, finetune=finetune, distill=distill,
-                           export=export, registry=registry).model_dump()
+                           export=export, registry=registry, run=run).model_dump()
     params = TransferParams.model_validate(with_deployment_defaults(given))
     params.registry.promote_to = "staging" if auto_promote else "none"
     return transfer(**{group: getattr(params, group) for group in TransferParams.model_fields})

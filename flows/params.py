@@ -64,7 +64,8 @@ class FinetuneParams(_Params):
         description="Catalog backbone name, local folder, Hugging Face hub id, or `auto` to choose among "
         "select.candidates by transferability score.",
     )
-    strategy: Literal["full", "linear-probe"] = Field("full", description="full: train every weight; linear-probe: frozen backbone.")
+    strategy: Literal["full", "linear-probe", "lora"] = Field(
+        "full", description="full: train every weight; linear-probe: frozen backbone; lora: low-rank adapters (peft), merged before export.")
     epochs: int = Field(4, ge=1, le=100, description="Most epochs; early stopping may end sooner.")
     batch_size: int = Field(16, ge=1, le=4096)
     learning_rate: float = Field(8e-5, gt=0, le=1, description="Peak AdamW learning rate.")
@@ -75,6 +76,18 @@ class FinetuneParams(_Params):
     seed: int = Field(13)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA (bf16 autocast) when present, else CPU.")
     trust_remote_code: bool = Field(False, description="Run model code shipped with a hub backbone. Off by default.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on GPUs, fp32 on CPUs; bf16 also speeds up CPUs with bf16 units (avx512_bf16, AMX).")
+    group_by_length: Literal["auto", "on", "off"] = Field(
+        "auto", description="Batch texts of similar length together (less padding); auto: when random batches would be over 20% padding.")
+    grad_accumulation: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step (effective batch = batch_size x this).")
+    compile: bool = Field(False, description="torch.compile the model (pays a one-off compile; helps long GPU runs).")
+    layer_decay: float = Field(1.0, gt=0, le=1, description="Layer-wise learning-rate decay: each layer below the top trains at this factor of the one above.")
+    lora_rank: int = Field(8, ge=1, le=512, description="LoRA strategy: rank of the adapters.")
+    lora_alpha: int = Field(16, ge=1, le=4096, description="LoRA strategy: scaling numerator (updates are scaled by alpha / rank).")
+    lora_dropout: float = Field(0.1, ge=0, lt=1, description="LoRA strategy: dropout on the adapters' input.")
+    processes: int = Field(1, ge=1, le=64, description="Data-parallel processes (torchrun DDP): one per GPU, or CPU processes (gloo).")
+    checkpoint_every: int = Field(500, ge=0, description="Optimizer steps between resumable checkpoints (0: only at each epoch's end).")
 
 
 class SelectParams(_Params):
@@ -88,6 +101,16 @@ class SelectParams(_Params):
     pooling: Literal["last", "layer-mean"] = Field("layer-mean", description="Mean-pooled token states of the last layer, or averaged over layers.")
     max_parameters: int | None = Field(None, ge=1, description="Budget: never choose a backbone with more parameters.")
     max_ms_per_example: float | None = Field(None, gt=0, description="Budget: never choose a backbone slower than this on the CPU.")
+    runner: Literal["local", "dask"] = Field(
+        "local",
+        description="Where candidates are scored: local, one after the other in the flow's process; dask, each "
+        "candidate as its own task on a Dask cluster (needs prefect-dask, the `cluster` extra).",
+    )
+    dask_address: str | None = Field(
+        None, min_length=1,
+        description="runner dask: scheduler of an existing Dask cluster (e.g. tcp://dask-scheduler:8786); empty: a "
+        "temporary local cluster, one worker process per candidate up to the CPU count. Ignored by runner local.",
+    )
 
 
 class DistillParams(_Params):
@@ -166,6 +189,15 @@ class RegistryParams(_Params):
     gates: GateParams = Field(default_factory=lambda: GateParams(), description="The promotion gates.")
 
 
+class RunParams(_Params):
+    """How the lifecycle runs, as opposed to what it computes."""
+
+    reuse_steps: bool = Field(
+        True, description="Reuse the results of steps an identical earlier run completed (same data digest, parameters and code).")
+    retries: int = Field(1, ge=0, le=10, description="Retries of a crashed training step; a retry resumes from its last checkpoint.")
+    resumed_from: str | None = Field(None, description="MLflow run id of the killed run this one resumes (set by `graftline resume`).")
+
+
 class TransferParams(_Params):
     """All parameters of the lifecycle flow, grouped by step."""
 
@@ -176,6 +208,7 @@ class TransferParams(_Params):
     distill: DistillParams = Field(default_factory=DistillParams)
     export: ExportParams = Field(default_factory=ExportParams)
     registry: RegistryParams = Field(default_factory=RegistryParams)
+    run: RunParams = Field(default_factory=RunParams)
 
 
 class PromoteParams(_Params):

@@ -2,7 +2,9 @@
 
 Each shell opens its step's nested MLflow run (under an explicit parent id), calls the plain step
 function, and logs what it returned. Inputs are in-memory objects handed from step to step, so
-Prefect's input hashing is off (NO_CACHE) until results are persisted.
+Prefect's input hashing is off (NO_CACHE) by default; the lifecycle flow turns on reuse of the
+expensive steps with `reusable()` (cache keys from flows.reuse, results persisted) and resumable
+retries of the training steps with `retrying()`.
 """
 
 from __future__ import annotations
@@ -13,18 +15,40 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from graftline.flows import reuse
 from graftline.flows.params import (
-    DataParams, DistillParams, ExportParams, FinetuneParams, RegistryParams, SelectParams, ValidationParams,
+    DataParams, DistillParams, ExportParams, FinetuneParams, RegistryParams, RunParams, SelectParams, ValidationParams,
 )
 from graftline.tasks import backbones, tracking
 from graftline.tasks.data import Splits, load_splits, read_texts
-from graftline.tasks.errors import ValidationFailed
+from graftline.tasks.errors import GraftlineError, ValidationFailed
 from graftline.tasks.evaluate import Evaluation, evaluate_model, plot_confusion
 from graftline.tasks.training import TrainConfig
 from graftline.tasks.validate import ValidationReport, ValidationThresholds, validate_splits
 
 STEP = dict(cache_policy=NO_CACHE, persist_result=False)
 EVALUATION_SETS = "evaluation_sets"  # artifact folder of the ingest run: <name>.parquet per evaluation set
+
+
+def reusable(step, run: RunParams):
+    """`step` with its result persisted under <home>/prefect-results and reused by any later run with
+    the same fingerprint (flows.reuse); `run.reuse_steps` off recomputes and overwrites."""
+    from prefect.cache_policies import CachePolicy
+
+    return step.with_options(
+        cache_policy=CachePolicy.from_cache_key_fn(reuse.cache_key), persist_result=True,
+        result_storage=reuse.results_folder(), refresh_cache=not run.reuse_steps,  # a Path: a local folder
+    )
+
+
+def retrying(step, run: RunParams):
+    """`step` retried after a crash (a retry resumes from the step's last checkpoint); bad input
+    (GraftlineError) fails at once, because it would fail again."""
+    return step.with_options(retries=run.retries, retry_condition_fn=_worth_retrying)
+
+
+def _worth_retrying(task, task_run, state) -> bool:
+    return not isinstance(state.data, GraftlineError)
 
 
 @dataclass
@@ -133,7 +157,7 @@ def _select_by_score(splits: Splits, finetune: FinetuneParams, params: SelectPar
         pooling=params.pooling, max_length=finetune.max_length, max_parameters=params.max_parameters,
         max_ms_per_example=params.max_ms_per_example, seed=finetune.seed, device=finetune.device,
         trust_remote_code=finetune.trust_remote_code,
-    ))
+    ), _scorer(params))
     table = selection.table()
     for report in selection.leaderboard:
         name = tracking.metric_safe(_short_name(report.backbone))
@@ -148,11 +172,22 @@ def _select_by_score(splits: Splits, finetune: FinetuneParams, params: SelectPar
     return selection.choice
 
 
+def _scorer(params: SelectParams):
+    """Where the candidates are scored: one after the other here, or each as a task on Dask."""
+    from graftline.tasks.selection import score_candidates
+
+    if params.runner == "local":
+        return score_candidates
+    from graftline.flows.fanout import dask_scorer
+
+    return dask_scorer(params.dask_address)
+
+
 @task(name="finetune", **STEP)
 def finetune(splits: Splits, params: FinetuneParams, parent_run_id: str, work_dir: Path) -> TrainedModel:
     import mlflow
 
-    from graftline.tasks.finetune import FinetuneConfig
+    from graftline.tasks.finetune import FinetuneConfig, LoraConfig
     from graftline.tasks.finetune import finetune as run_finetune
     from graftline.tasks.registry import log_classifier
 
@@ -161,9 +196,12 @@ def finetune(splits: Splits, params: FinetuneParams, parent_run_id: str, work_di
         config = FinetuneConfig(
             backbone=params.backbone, strategy=params.strategy, max_length=params.max_length,
             train=_train_config(params, params.epochs, params.batch_size, params.learning_rate),
-            trust_remote_code=params.trust_remote_code,
+            trust_remote_code=params.trust_remote_code, processes=params.processes,
+            lora=LoraConfig(rank=params.lora_rank, alpha=params.lora_alpha, dropout=params.lora_dropout),
+            cache_dir=reuse.token_cache(), checkpoint_dir=reuse.checkpoint_folder("finetune", dict(splits=splits, params=params)),
         )
         result = run_finetune(splits, config, work_dir / "teacher", on_epoch=tracking.log_epoch)
+        _log_training(result.training)
         mlflow.log_metrics({
             "best_epoch": result.training.best_epoch,
             "best_val_macro_f1": result.training.best_val_macro_f1,
@@ -199,9 +237,12 @@ def distill(teacher: TrainedModel, splits: Splits, params: DistillParams, finetu
             hidden_weight=params.hidden_weight, augment_copies=params.augment_copies,
             max_length=finetune_params.max_length,
             train=_train_config(finetune_params, params.epochs, params.batch_size, params.learning_rate),
-            trust_remote_code=finetune_params.trust_remote_code,
+            trust_remote_code=finetune_params.trust_remote_code, cache_dir=reuse.token_cache(),
+            checkpoint_dir=reuse.checkpoint_folder("distill", dict(
+                teacher=teacher, splits=splits, params=params, finetune_params=finetune_params)),
         )
         result = run_distill(teacher.model_dir, splits, config, work_dir / "student", on_epoch=tracking.log_epoch)
+        _log_training(result.training)
         if result.kept_layers is not None:
             mlflow.log_param("distill.kept_layers", ",".join(map(str, result.kept_layers)))
         if result.layer_map:
@@ -345,7 +386,25 @@ def _train_config(params: FinetuneParams, epochs: int, batch_size: int, learning
     return TrainConfig(
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, weight_decay=params.weight_decay,
         warmup_ratio=params.warmup_ratio, patience=params.patience, seed=params.seed, device=params.device,
+        grad_accumulation=params.grad_accumulation, precision=params.precision, compile=params.compile,
+        group_by_length={"auto": None, "on": True, "off": False}[params.group_by_length],
+        layer_decay=params.layer_decay, checkpoint_every=params.checkpoint_every,
     )
+
+
+def _log_training(result) -> None:
+    """The loss of every optimizer step (a curve in MLflow) and where the run resumed, if it did."""
+    import mlflow
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    run_id, now = mlflow.active_run().info.run_id, tracking.now_ms()
+    losses = [Metric("train_step_loss", loss, now, step) for step, loss in enumerate(result.step_losses, start=1)]
+    for start in range(0, len(losses), 1000):
+        MlflowClient().log_batch(run_id, metrics=losses[start: start + 1000])
+    if result.resumed_from_step is not None:
+        mlflow.set_tag("graftline.resumed_from_step", str(result.resumed_from_step))
+        get_run_logger().info("training resumed from its checkpoint at step %d", result.resumed_from_step)
 
 
 def _input_example(splits: Splits) -> list[str]:

@@ -36,6 +36,7 @@ from graftline.tasks import backbones
 from graftline.tasks.data import Splits, encode_labels
 from graftline.tasks.errors import BackboneError
 from graftline.tasks.finetune import encode_split, save_model
+from graftline.tasks.checkpoints import Checkpoints
 from graftline.tasks.training import (
     EpochRecord, TrainConfig, TrainResult, autocast, batches, encode, model_inputs, seed_everything, train,
 )
@@ -55,6 +56,8 @@ class DistillConfig:
     max_length: int = 128
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4))
     trust_remote_code: bool = False
+    cache_dir: Path | None = None  # tokenisation cache
+    checkpoint_dir: Path | None = None  # resumable checkpoints; removed once the student is saved
 
 
 @dataclass
@@ -120,13 +123,13 @@ def distill(
     # Teacher targets once, in eval mode (no dropout), on the teacher's own tokenisation.
     device = "cuda" if config.train.device != "cpu" and torch.cuda.is_available() else "cpu"
     teacher.to(device)
-    soft, pooled = teacher_targets(teacher, encode(teacher_tokenizer, texts, ids, config.max_length),
+    soft, pooled = teacher_targets(teacher, encode(teacher_tokenizer, texts, ids, config.max_length, config.cache_dir),
                                    config.train.eval_batch_size, teacher_tokenizer.pad_token_id, [t for _, t in layer_map])
     teacher.to("cpu")
 
-    train_split = encode(tokenizer, texts, ids, config.max_length)
+    train_split = encode(tokenizer, texts, ids, config.max_length, config.cache_dir)
     train_split.extras["teacher_logits"] = soft
-    val_split = encode_split(tokenizer, splits.validation, labels, config.max_length)
+    val_split = encode_split(tokenizer, splits.validation, labels, config.max_length, config.cache_dir)
     model = student
     if layer_map:
         train_split.extras["teacher_hidden"] = pooled
@@ -138,8 +141,11 @@ def distill(
             value = value + config.hidden_weight * F.mse_loss(outputs.pooled_hidden.float(), batch["teacher_hidden"])
         return value
 
-    result = train(model, train_split, val_split, config.train, tokenizer.pad_token_id, loss, on_epoch)
+    result = train(model, train_split, val_split, config.train, tokenizer.pad_token_id, loss, on_epoch,
+                   checkpoint_dir=config.checkpoint_dir)
     save_model(student, tokenizer, out_dir)  # the projections were for training only
+    if config.checkpoint_dir is not None:
+        Checkpoints(config.checkpoint_dir).clear()
     return DistillResult(
         model_dir=out_dir,
         training=result,

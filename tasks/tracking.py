@@ -33,19 +33,38 @@ class Tracking:
         return f"mlflow ui --backend-store-uri {self.uri}{root} --host 127.0.0.1 --port 5000"
 
 
-def configure(experiment_name: str) -> Tracking:
-    """Point MLflow at the store (default: local sqlite + artifact folder) and the experiment."""
+def home() -> Path:
+    """graftline's own folder: the default MLflow store, reusable step results, checkpoints, caches."""
+    folder = Path(os.environ.get("GRAFTLINE_HOME", "graftline-runs")).expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def connect() -> tuple[str, str | None]:
+    """Point MLflow at the store; returns its URI and the artifact root graftline gives new experiments."""
     import mlflow
 
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     artifact_root = os.environ.get("GRAFTLINE_ARTIFACT_ROOT")
     if not uri:
-        home = Path(os.environ.get("GRAFTLINE_HOME", "graftline-runs")).expanduser().resolve()
-        home.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{home / 'mlflow.db'}"
-        artifact_root = artifact_root or (home / "artifacts").as_uri()
+        uri = f"sqlite:///{home() / 'mlflow.db'}"
+        artifact_root = artifact_root or (home() / "artifacts").as_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    return uri, artifact_root
+
+
+def configure(experiment_name: str) -> Tracking:
+    """Point MLflow at the store (default: local sqlite + artifact folder) and the experiment."""
+    import mlflow
+
+    uri, artifact_root = connect()
     experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is None:
         location = f"{artifact_root.rstrip('/')}/{experiment_name}" if artifact_root else None
@@ -81,11 +100,27 @@ def log_params(params: dict, prefix: str = "") -> None:
     mlflow.log_params({k: v for k, v in _flatten(params, prefix).items() if not _is_secret(k)})
 
 
+PARAMETERS_FILE = "parameters.json"  # a lifecycle's whole parameters, for `graftline resume`
+
+
+def log_parameters_file(params) -> None:
+    """The flow's parameters as one JSON artifact of the active run, secrets left out."""
+    import mlflow
+
+    mlflow.log_dict(_without_secrets(params.model_dump(mode="json")), PARAMETERS_FILE)
+
+
+def _without_secrets(values):
+    if isinstance(values, dict):
+        return {k: _without_secrets(v) for k, v in values.items() if not _is_secret(k)}
+    return values
+
+
 def log_epoch(record, prefix: str = "") -> None:
     """Per-epoch training metrics, stepped by epoch so MLflow draws curves."""
     import mlflow
 
-    values = {k: v for k, v in vars(record).items() if k != "epoch"}
+    values = {k: v for k, v in vars(record).items() if k != "epoch" and v is not None}
     mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in values.items()}, step=record.epoch)
 
 

@@ -1,31 +1,63 @@
 """The training engine shared by fine-tuning and distillation.
 
-Supports: AdamW with linear warmup and decay, dynamic padding (each batch padded to its own
-longest row), early stopping on validation macro-F1 with the best weights restored, seeded
-shuffling, CUDA with bf16 autocast when a GPU is present, CPU otherwise. The loss is injected,
-so fine-tuning (cross-entropy) and distillation (soft targets) share one loop.
-Not supported yet: gradient accumulation, checkpoints for resuming, multiple devices.
+One loop, with the loss injected (fine-tuning: cross-entropy; distillation: soft targets):
+
+- Speed. Rows are tokenised once (and cached on disk by text digest and tokenizer fingerprint),
+  kept unpadded, and batched by length: each epoch shuffles the rows, sorts them by length within
+  megabatches of 50 batches and shuffles the resulting batches, so a batch is padded only to its own
+  longest row (the scheme of the Trainer's `group_by_length`). The hot loop never waits on the
+  device: losses stay on it and are read once per epoch. AdamW is the fused kernel where the
+  parameters' device has one. bf16 autocast (default on GPUs, optional on CPUs with bf16 units),
+  TF32 matmuls on GPUs, pinned host memory and non-blocking copies, gradient accumulation and
+  optional `torch.compile`. Every epoch reports examples/s, tokens/s and, on GPUs with a known
+  peak, the model-FLOPs utilisation.
+- Resumability. With a checkpoint folder, the loop saves everything the next step depends on every
+  `checkpoint_every` optimizer steps and at each epoch's end (see tasks.checkpoints), and a new call
+  with the same folder continues from the newest checkpoint: same batches, same dropout masks, same
+  final weights as a run that was never interrupted.
+- Several processes. Under torch.distributed (torchrun; see tasks.distributed) the model is wrapped
+  in DistributedDataParallel and every global batch is split across the processes; losses are
+  weighted so the averaged gradient equals the single-process one.
+- Early stopping on validation macro-F1, with the best epoch's weights restored at the end.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import math
+import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
+from graftline.tasks.checkpoints import Checkpoints, LoopState
+
+log = logging.getLogger(__name__)
+
 # The loss sees the model's whole output (logits, and hidden states when the model returns them).
 LossFn = Callable[[object, dict[str, torch.Tensor]], torch.Tensor]
+Precision = Literal["auto", "fp32", "bf16"]
+MEGABATCH = 50  # batches sorted together by length; the Trainer's LengthGroupedSampler uses 50 too
+# Grouping by length makes batches less random (on data where length goes with the label, a batch
+# can end up nearly one class), so by default it is used only where it saves much: when random
+# batches would be more than this share padding.
+GROUPING_PAYS_ABOVE = 0.2
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 3
-    batch_size: int = 16
+    batch_size: int = 16  # rows per optimizer step and micro-batch, summed over processes
     learning_rate: float = 5e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1  # share of all steps spent ramping the learning rate up
@@ -34,18 +66,28 @@ class TrainConfig:
     seed: int = 13
     device: str = "auto"  # auto | cpu | cuda
     eval_batch_size: int = 64
+    grad_accumulation: int = 1  # micro-batches of `batch_size` rows per optimizer step
+    group_by_length: bool | None = None  # batch rows of similar length together; None: when it pays (see below)
+    precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False  # torch.compile the model (dynamic shapes); pays a compile once
+    layer_decay: float = 1.0  # layer-wise LR decay: layer i of L trains at lr * decay**(L + 1 - i)
+    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only at each epoch's end)
 
 
 @dataclass
 class EncodedSplit:
-    """Tokenised rows kept unpadded; batches are padded on the fly to their own longest row."""
+    """Token ids per row, unpadded; batches are padded on the fly to their own longest row."""
 
-    features: list[dict[str, list[int]]]
+    ids: list[np.ndarray]
     labels: np.ndarray
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. teacher logits per row
 
     def __len__(self) -> int:
-        return len(self.features)
+        return len(self.ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(row) for row in self.ids), dtype=np.int64, count=len(self.ids))
 
 
 @dataclass
@@ -57,6 +99,9 @@ class EpochRecord:
     learning_rate: float
     seconds: float
     examples_per_second: float
+    tokens_per_second: float  # real (unpadded) tokens
+    padding_share: float  # share of the processed positions that were padding
+    mfu: float | None = None  # model-FLOPs utilisation against the GPU's peak; None on CPUs
 
 
 @dataclass
@@ -66,44 +111,105 @@ class TrainResult:
     best_val_macro_f1: float
     device: str
     stopped_early: bool
+    step_losses: list[float] = field(default_factory=list)  # the mean loss of every optimizer step
+    resumed_from_step: int | None = None  # the checkpoint this call started from, if any
 
 
-def encode(tokenizer, texts: list[str], labels: list[int], max_length: int) -> EncodedSplit:
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
-    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
-    features = [{k: encoded[k][i] for k in keys} for i in range(len(texts))]
-    return EncodedSplit(features, np.asarray(labels, dtype=np.int64))
+# -- tokenisation -----------------------------------------------------------------------------
+
+def encode(tokenizer, texts: list[str], labels: list[int], max_length: int, cache_dir: Path | None = None) -> EncodedSplit:
+    """Tokenise `texts` (truncated to `max_length`), reusing the on-disk cache when given one.
+
+    The cache key is (digest of the texts, fingerprint of the tokenizer, max_length): a changed
+    vocabulary, normaliser or truncation length never reuses stale ids."""
+    texts = list(texts)
+    path = None
+    if cache_dir is not None:
+        key = _digest([tokenizer_fingerprint(tokenizer), str(max_length), *texts])
+        path = Path(cache_dir) / f"{key}.npz"
+        if path.is_file():
+            with np.load(path) as saved:
+                flat, offsets = saved["flat"], saved["offsets"]
+            log.info("tokenisation: %d rows from the cache (%s)", len(texts), path.name)
+            return EncodedSplit(np.split(flat, offsets[1:-1]), np.asarray(labels, dtype=np.int64))
+    ids = [np.asarray(row, dtype=np.int32) for row in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        offsets = np.concatenate([[0], np.cumsum([len(row) for row in ids])])
+        partial = path.with_suffix(".partial.npz")
+        np.savez(partial, flat=np.concatenate(ids) if ids else np.zeros(0, np.int32), offsets=offsets)
+        partial.replace(path)
+    return EncodedSplit(ids, np.asarray(labels, dtype=np.int64))
 
 
-def resolve_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        from graftline.tasks.errors import GraftlineError
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A digest of everything that decides a tokenizer's ids: its class and full serialised state."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return _digest([type(tokenizer).__name__, json.dumps(tokenizer.get_vocab(), sort_keys=True)])
+    state = json.loads(backend.to_str())
+    for per_call in ("truncation", "padding"):  # set by each call (max_length is part of the cache key)
+        state.pop(per_call, None)
+    return _digest([type(tokenizer).__name__, json.dumps(state, sort_keys=True)])
 
-        raise GraftlineError("device 'cuda' requested but no CUDA GPU is available")
-    return torch.device(requested)
+
+def _digest(parts: list[str]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\x1f")
+    return digest.hexdigest()[:24]
 
 
-def batches(
-    split: EncodedSplit, batch_size: int, pad_id: int, order: list[int] | None = None
-) -> Iterator[dict[str, torch.Tensor]]:
+# -- batching ---------------------------------------------------------------------------------
+
+def batch_plan(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool,
+               processes: int = 1) -> list[np.ndarray]:
+    """The row indices of every batch of one epoch: a pure function of its arguments, so a resumed
+    run rebuilds the same plan from (seed, epoch) alone."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    if group_by_length:
+        mega = batch_size * MEGABATCH
+        order = np.concatenate([chunk[np.argsort(-lengths[chunk], kind="stable")]
+                                for chunk in np.split(order, range(mega, len(order), mega))]) if len(order) else order
+    plan = np.split(order, range(batch_size, len(order), batch_size)) if len(order) else []
+    if processes > 1 and len(plan) > 1 and len(plan[-1]) < processes:
+        plan[-2:] = [np.concatenate(plan[-2:])]  # every process needs at least one row
+    if group_by_length:
+        plan = [plan[i] for i in rng.permutation(len(plan))]
+    return plan
+
+
+def padding_share(lengths: np.ndarray, plan: list[np.ndarray]) -> float:
+    """Share of padded positions when batches are padded to their longest row."""
+    positions = sum(int(lengths[rows].max()) * len(rows) for rows in plan)
+    return 1 - int(lengths.sum()) / positions if positions else 0.0
+
+
+def collate(split: EncodedSplit, rows: np.ndarray, pad_id: int, pin: bool = False) -> dict[str, torch.Tensor]:
+    """Rows `rows` padded to their own longest row."""
+    lengths = np.fromiter((len(split.ids[i]) for i in rows), dtype=np.int64, count=len(rows))
+    ids = np.full((len(rows), int(lengths.max(initial=1))), pad_id, dtype=np.int64)
+    for j, i in enumerate(rows):
+        ids[j, : lengths[j]] = split.ids[i]
+    batch = {
+        "input_ids": torch.from_numpy(ids),
+        "attention_mask": torch.from_numpy((np.arange(ids.shape[1]) < lengths[:, None]).astype(np.int64)),
+        "labels": torch.from_numpy(split.labels[rows]),
+        **{key: torch.from_numpy(values[rows]) for key, values in split.extras.items()},
+    }
+    return {k: v.pin_memory() for k, v in batch.items()} if pin else batch
+
+
+def batches(split: EncodedSplit, batch_size: int, pad_id: int, order=None) -> Iterator[dict[str, torch.Tensor]]:
     """Padded tensor batches in `order` (default: as stored)."""
-    order = order if order is not None else list(range(len(split)))
+    order = np.arange(len(split)) if order is None else np.asarray(order)
     for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        longest = max(len(split.features[i]["input_ids"]) for i in rows)
-        batch = {}
-        for key in split.features[rows[0]]:
-            fill = pad_id if key == "input_ids" else 0
-            batch[key] = torch.tensor(
-                [split.features[i][key] + [fill] * (longest - len(split.features[i][key])) for i in rows]
-            )
-        batch["labels"] = torch.from_numpy(split.labels[rows])
-        for key, values in split.extras.items():
-            batch[key] = torch.from_numpy(values[rows])
-        yield batch
+        yield collate(split, order[start: start + batch_size], pad_id)
 
+
+# -- the loop ---------------------------------------------------------------------------------
 
 def cross_entropy(outputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(outputs.logits.float(), batch["labels"])
@@ -117,77 +223,233 @@ def train(
     pad_id: int,
     loss_fn: LossFn = cross_entropy,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> TrainResult:
-    """Train `model` in place; on return it holds the weights of its best validation epoch."""
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
-    model.to(device)
-    optimizer = _optimizer(model, config)
-    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
+    """Train `model` in place; on return it holds the weights of its best validation epoch.
+
+    With `checkpoint_dir`, checkpoints go there and a call finding one there resumes from it."""
     from transformers import get_linear_schedule_with_warmup
 
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, int(config.warmup_ratio * total_steps), total_steps
-    )
-    shuffler = random.Random(config.seed)
-    history: list[EpochRecord] = []
-    best_f1, best_epoch, best_state, stale = -1.0, 0, None, 0
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        started = time.perf_counter()
-        order = list(range(len(train_split)))
-        shuffler.shuffle(order)
-        # Losses stay on the device and are summed once per epoch: no host sync per step.
-        loss_sum = torch.zeros((), device=device)
-        for batch in batches(train_split, config.batch_size, pad_id, order):
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with autocast(device):
-                outputs = model(**model_inputs(batch))
-            loss = loss_fn(outputs, batch)
-            loss.backward()
+    from graftline.tasks import distributed
+
+    rank, processes = distributed.rank_and_size()
+    seed_everything(config.seed)
+    device = distributed.device_for(resolve_device(config.device))
+    precision = resolve_precision(config.precision, device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    model.to(device)
+    ddp = distributed.wrap(model, device) if processes > 1 else None
+    net = ddp if ddp is not None else model
+    if config.compile:
+        net = torch.compile(net, dynamic=True)
+    optimizer = make_optimizer(model, config, device)
+
+    lengths = train_split.lengths
+    grouped = config.group_by_length
+    if grouped is None:
+        grouped = padding_share(lengths, batch_plan(lengths, config.batch_size, config.seed, 1, False)) > GROUPING_PAYS_ABOVE
+
+    def plan_of(epoch: int) -> list[np.ndarray]:
+        return batch_plan(lengths, config.batch_size, config.seed, epoch, grouped, processes)
+    accumulation = config.grad_accumulation
+    steps_per_epoch = math.ceil(len(plan_of(1)) / accumulation)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+
+    store = Checkpoints(checkpoint_dir) if checkpoint_dir is not None else None
+    state, best_state, resumed_from = LoopState(), None, None
+    if store is not None and store.latest() is not None:
+        state, best_state = store.load(model, optimizer, scheduler)
+        resumed_from = state.global_step
+        log.info("resuming from the checkpoint at step %d (epoch %d, step %d of %d)",
+                 state.global_step, state.epoch, state.step_in_epoch, steps_per_epoch)
+
+    def checkpoint() -> None:
+        if store is not None and rank == 0:
+            store.save(state, model, optimizer, scheduler, best_state)
+        distributed.barrier()
+
+    flops_per_token = training_flops_per_token(model)
+    peak = peak_flops(device, precision)
+    pin = device.type == "cuda"
+    while not state.done and state.epoch <= config.epochs:
+        net.train()
+        plan = plan_of(state.epoch)
+        groups = [plan[i: i + accumulation] for i in range(0, len(plan), accumulation)]
+        started, rows_seen, tokens_seen, positions_seen = time.perf_counter(), 0, 0, 0
+        # Losses stay on the device: no host sync per step. Summed per step (row-weighted).
+        step_sums = torch.zeros(len(groups), device=device)
+        for step in range(state.step_in_epoch, len(groups)):
+            group = groups[step]
+            group_rows = sum(len(rows) for rows in group)
+            for micro, rows in enumerate(group):
+                local = rows[rank::processes]
+                batch = {k: v.to(device, non_blocking=True) for k, v in collate(train_split, local, pad_id, pin).items()}
+                last = micro == len(group) - 1
+                with (ddp.no_sync() if ddp is not None and not last else nullcontext()), autocast(device, precision):
+                    outputs = net(**model_inputs(batch))
+                    loss = loss_fn(outputs, batch)
+                # Weighted so the gradient averaged over processes and summed over micro-batches is
+                # the mean over the step's rows, whatever their split.
+                (loss * (len(local) * processes / group_rows)).backward()
+                step_sums[step] += loss.detach() * len(local)
+                rows_seen += len(rows)
+                tokens_seen += int(lengths[rows].sum())
+                positions_seen += int(lengths[rows].max()) * len(rows)
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach() * len(batch["labels"])
+            state.step_in_epoch, state.global_step = step + 1, state.global_step + 1
+            if config.checkpoint_every and state.global_step % config.checkpoint_every == 0 and step + 1 < len(groups):
+                _close_steps(state, step_sums, groups)
+                checkpoint()
         seconds = time.perf_counter() - started
-        accuracy, macro_f1 = _score(model, val_split, config.eval_batch_size, pad_id, device)
+        _close_steps(state, step_sums, groups)
+        accuracy, macro_f1 = _score(model, val_split, config.eval_batch_size, pad_id, device, precision)
         record = EpochRecord(
-            epoch=epoch,
-            train_loss=float(loss_sum) / len(train_split),
+            epoch=state.epoch,
+            train_loss=state.epoch_loss_sum / len(train_split),
             val_accuracy=accuracy,
             val_macro_f1=macro_f1,
             learning_rate=scheduler.get_last_lr()[0],
             seconds=seconds,
-            examples_per_second=len(train_split) / seconds,
+            examples_per_second=rows_seen / seconds if seconds else 0.0,
+            tokens_per_second=tokens_seen / seconds if seconds else 0.0,
+            padding_share=1 - tokens_seen / positions_seen if positions_seen else 0.0,
+            mfu=flops_per_token * tokens_seen / seconds / peak if peak and seconds else None,
         )
-        history.append(record)
-        if on_epoch:
+        state.history.append(asdict(record))
+        if on_epoch and rank == 0:
             on_epoch(record)
-        if macro_f1 > best_f1:
-            best_f1, best_epoch, stale = macro_f1, epoch, 0
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        if macro_f1 > state.best_f1:
+            state.best_f1, state.best_epoch, state.stale = macro_f1, state.epoch, 0
+            best_state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
         else:
-            stale += 1
-            if stale >= config.patience:
-                break
+            state.stale += 1
+        state.done = state.stale >= config.patience or state.epoch == config.epochs
+        state.epoch, state.step_in_epoch, state.epoch_loss_sum = state.epoch + 1, 0, 0.0
+        checkpoint()
     if best_state is not None:
         model.load_state_dict(best_state)
-    stopped_early = len(history) < config.epochs
-    return TrainResult(history, best_epoch, best_f1, str(device), stopped_early)
+    history = [EpochRecord(**record) for record in state.history]
+    return TrainResult(history, state.best_epoch, state.best_f1, str(device), len(history) < config.epochs,
+                       state.step_losses, resumed_from)
 
+
+def _close_steps(state: LoopState, step_sums: torch.Tensor, groups: list) -> None:
+    """Move the losses of this epoch's steps taken since the last read from the device into
+    `state`: one host sync (and one all-reduce over processes) per call, not per step."""
+    from graftline.tasks import distributed
+
+    first = state.step_in_epoch - (state.global_step - len(state.step_losses))
+    sums = distributed.all_reduce_sum(step_sums[first: state.step_in_epoch].clone()).tolist()
+    for step, total in enumerate(sums, start=first):
+        state.step_losses.append(total / sum(len(rows) for rows in groups[step]))
+        state.epoch_loss_sum += total
+
+
+# -- optimiser, precision, throughput -----------------------------------------------------------
+
+def make_optimizer(model, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (fused kernel where the device has one). Biases and LayerNorm weights are not decayed;
+    with `layer_decay` < 1 every transformer layer gets its own learning rate."""
+    depth_of, layers = _layer_depths(model)
+    groups: dict[tuple[int, bool], list] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups.setdefault((depth_of(name), param.ndim >= 2), []).append(param)
+    param_groups = [
+        {"params": params, "weight_decay": config.weight_decay if decayed else 0.0,
+         "lr": config.learning_rate * config.layer_decay ** (layers + 1 - depth)}
+        for (depth, decayed), params in sorted(groups.items())
+    ]
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(param_groups, lr=config.learning_rate, fused=fused)
+
+
+def _layer_depths(model) -> tuple[Callable[[str], int], int]:
+    """Depth of a parameter: 0 for embeddings, i + 1 for transformer layer i, L + 1 for the rest
+    (pooler, classifier head)."""
+    pattern = re.compile(r"\.layers?\.(\d+)\.")
+    layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 0
+
+    def depth_of(name: str) -> int:
+        found = pattern.search(name)
+        if found:
+            return int(found.group(1)) + 1
+        return 0 if "embeddings" in name else layers + 1
+
+    return depth_of, layers
+
+
+def resolve_precision(requested: Precision, device: torch.device) -> Precision:
+    if requested == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return requested
+
+
+def autocast(device: torch.device, precision: Precision = "auto"):
+    """bf16 autocast when `precision` says so (auto: on GPUs only; on CPUs without bf16 units it is
+    slower and it changes numerics, so CPUs stay in fp32 unless asked)."""
+    device = torch.device(device)
+    if resolve_precision(precision, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def training_flops_per_token(model) -> float:
+    """Model FLOPs of one training token: 6 per non-embedding weight (forward 2, backward 4), the
+    usual estimate (Kaplan et al.); attention's sequence-length term is left out (short texts)."""
+    weights = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
+    return 6.0 * weights
+
+
+# Dense bf16 peak FLOP/s of common GPUs (vendor data sheets); GRAFTLINE_PEAK_FLOPS overrides.
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
+             "A6000": 155e12, "4090": 165e12, "V100": 125e12, "T4": 65e12}
+
+
+def peak_flops(device: torch.device, precision: Precision) -> float | None:
+    if device.type != "cuda":
+        return None
+    if os.environ.get("GRAFTLINE_PEAK_FLOPS"):
+        return float(os.environ["GRAFTLINE_PEAK_FLOPS"])
+    name = torch.cuda.get_device_name(device)
+    peak = next((flops for key, flops in PEAK_BF16.items() if key in name), None)
+    return peak if peak is None or precision == "bf16" else peak / 2  # TF32 runs at about half bf16
+
+
+# -- inference ----------------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict_logits(model, split: EncodedSplit, batch_size: int, pad_id: int, device=None) -> np.ndarray:
+def predict_logits(model, split: EncodedSplit, batch_size: int, pad_id: int, device=None,
+                   precision: Precision = "auto") -> np.ndarray:
+    """Logits for every row, in the split's order (computed longest-first, to pad little)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
+    order = np.argsort(-split.lengths, kind="stable")
     out = []
-    for batch in batches(split, batch_size, pad_id):
+    for batch in batches(split, batch_size, pad_id, order):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with autocast(device):
+        with autocast(device, precision):
             out.append(model(**model_inputs(batch)).logits.float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, model.config.num_labels), dtype=np.float32)
+    if not out:
+        return np.zeros((0, model.config.num_labels), dtype=np.float32)
+    logits = np.empty((len(split), out[0].shape[1]), dtype=np.float32)
+    logits[order] = torch.cat(out).numpy()
+    return logits
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        from graftline.tasks.errors import GraftlineError
+
+        raise GraftlineError("device 'cuda' requested but no CUDA GPU is available")
+    return torch.device(requested)
 
 
 def seed_everything(seed: int) -> None:
@@ -196,35 +458,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _score(model, split, batch_size, pad_id, device) -> tuple[float, float]:
+def _score(model, split, batch_size, pad_id, device, precision) -> tuple[float, float]:
     from sklearn.metrics import accuracy_score, f1_score
 
-    predictions = predict_logits(model, split, batch_size, pad_id, device).argmax(-1)
+    predictions = predict_logits(model, split, batch_size, pad_id, device, precision).argmax(-1)
     return (
         float(accuracy_score(split.labels, predictions)),
         float(f1_score(split.labels, predictions, average="macro")),
     )
 
 
-def _optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; biases and LayerNorm weights are not decayed (the usual BERT recipe)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=config.learning_rate)
-
-
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-
-
-def autocast(device: torch.device):
-    # bf16 autocast on GPUs only: on these CPUs it is slower for small models and changes numerics.
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)

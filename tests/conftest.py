@@ -40,7 +40,14 @@ def narrow_backbone(tmp_path_factory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("narrow-bert"), width=16, layers=1)
 
 
-def build_tiny_bert(folder: Path, width: int, layers: int) -> Path:
+@pytest.fixture(scope="session")
+def still_backbone(tmp_path_factory) -> Path:
+    """The tiny BERT without dropout: runs that split the same work differently (processes,
+    micro-batches) must agree to rounding, which random dropout masks would prevent."""
+    return build_tiny_bert(tmp_path_factory.mktemp("still-bert"), width=32, layers=2, dropout=0.0)
+
+
+def build_tiny_bert(folder: Path, width: int, layers: int, dropout: float = 0.1) -> Path:
     import torch
     from transformers import BertConfig, BertModel
 
@@ -50,11 +57,20 @@ def build_tiny_bert(folder: Path, width: int, layers: int) -> Path:
     config = BertConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=width, num_hidden_layers=layers, num_attention_heads=4,
         intermediate_size=2 * width, max_position_embeddings=128,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
     )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def graftline_home(tmp_path_factory) -> Path:
+    """graftline's folder (reused step results, checkpoints, token cache) for this session only."""
+    home = tmp_path_factory.mktemp("graftline-home")
+    os.environ["GRAFTLINE_HOME"] = str(home)
+    return home
 
 
 @pytest.fixture(scope="session")
