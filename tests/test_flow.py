@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from graftline.flows.lifecycle import transfer
 from graftline.flows.params import (
-    DataParams, DistillParams, ExportParams, FinetuneParams, GateParams, RegistryParams, ValidationParams,
+    DataParams, DistillParams, ExportParams, FinetuneParams, GateParams, RegistryParams, RunParams, ValidationParams,
 )
 from graftline.tasks.data import resolve_source
 from graftline.tasks.errors import ValidationFailed
@@ -23,16 +23,19 @@ STEPS = {"ingest", "validate", "select", "finetune", "evaluate", "distill", "exp
 
 @pytest.fixture
 def run_flow(prefect_harness, mlflow_store, tiny_backbone, unique_name):
-    def run(data=None, validation=None, min_improvement=0.0, distill=None, epochs=2, export=False):
-        # Random tiny models: the retention gate is off unless a test turns it on.
+    def run(data=None, validation=None, min_improvement=0.0, distill=None, epochs=2, export=False, reuse=False, seed=13):
+        # Random tiny models: the retention gate is off unless a test turns it on. Tests share one
+        # graftline home, so step reuse is off unless a test is about it.
         return transfer(
             data=data or DataParams(),
             validation=validation or ValidationParams(),
-            finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=epochs, patience=epochs, max_length=32, learning_rate=3e-3),
+            finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=epochs, patience=epochs, max_length=32,
+                                    learning_rate=3e-3, seed=seed),
             distill=distill or DistillParams(student="teacher-layers:1", epochs=1, learning_rate=3e-3, retention_floor=0.0),
             export=ExportParams(enabled=export),  # ~5 s: only where a test looks at it
             registry=RegistryParams(model_name=unique_name, experiment=unique_name,
                                     gates=GateParams(min_improvement=min_improvement)),
+            run=RunParams(reuse_steps=reuse),
         )
     return run
 
@@ -206,3 +209,26 @@ def test_retrain_proposes_for_staging_then_promote_and_rollback_flows_move_produ
     back = rollback(unique_name, "production", unique_name)
     assert back["moved"] and back["version"] == "1"
     assert str(client.get_model_version_by_alias(unique_name, "production").version) == "1"
+
+
+def test_an_identical_second_run_reuses_the_training_steps_and_says_so(run_flow, unique_name):
+    seed = int(unique_name[2:], 16) % 10_000  # no earlier test trained with these parameters
+    first = run_flow(reuse=True, seed=seed)
+    second = run_flow(reuse=True, seed=seed)
+    assert first["reused_steps"] == []
+    assert second["reused_steps"] == ["finetune", "evaluate", "distill"]
+    assert second["metrics"] == first["metrics"]
+
+    client = MlflowClient()
+    runs = runs_by_name(client, unique_name)
+    steps_of = {parent: {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent}
+                for parent in (first["mlflow_run_id"], second["mlflow_run_id"])}
+    assert steps_of[first["mlflow_run_id"]] == STEPS - {"export"}  # export is off in these runs
+    assert steps_of[second["mlflow_run_id"]] == STEPS - {"export", "finetune", "evaluate", "distill"}
+    assert client.get_run(second["mlflow_run_id"]).data.tags["graftline.reused_steps"] == "finetune, evaluate, distill"
+    # the second version is the first one's model, registered again with its training run
+    v1, v2 = (client.get_model_version(unique_name, v) for v in ("1", "2"))
+    assert v1.tags["training_run_id"] == v2.tags["training_run_id"]
+
+    assert run_flow(reuse=False, seed=seed)["reused_steps"] == []  # asked not to reuse
+    assert run_flow(reuse=True, seed=seed, epochs=3)["reused_steps"] == []  # another parameter: trains again
