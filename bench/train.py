@@ -1,19 +1,22 @@
 """graftline's training engine against the Hugging Face Trainer on the same model, data, hyper-parameters
-and number of steps (issue 6's baseline; the engine is not optimised yet).
+and number of steps.
 
-MiniLM-L6 on SST-2 from ../shared/data (a stratified training sample; the dev split scores all runs),
-batch 32, lr 5e-5, one epoch, max length 128, the same seed. Three runs in one process:
-- graftline: `tasks.finetune.finetune` (dynamic padding, AdamW with warmup and decay);
-- Trainer, defaults (padding to the longest row of each random batch);
+MiniLM-L6 (or --backbone) on SST-2 from ../shared/data (a stratified training sample; the dev split
+scores all runs), batch 32, lr 5e-5, one epoch, max length 128, the same seed. Four runs in one process:
+- graftline fp32: `tasks.finetune.finetune` with its defaults (on a CPU: fp32; batches grouped by
+  length because random ones would be mostly padding; fused AdamW);
+- graftline bf16: the same with bf16 autocast (`precision="bf16"`; the default on GPUs);
+- Trainer, defaults (padding to the longest row of each random batch; fp32);
 - Trainer at its best: length-grouped sampling (transformers 5 spells `group_by_length=True` as
   `train_sampling_strategy="group_by_length"`), fused AdamW, bf16 autocast (these CPUs report
   avx512_bf16). With torch >= 2.8 the Trainer's default optimiser is already fused AdamW.
-Reports training examples/s of each (training loop only, no evaluation), the ratios against both
-Trainer runs, padding share and dev accuracy.
+Reports training examples/s and tokens/s of each (training loop only, no evaluation), the ratios
+against both Trainer runs, graftline's model-FLOPs utilisation on a GPU, padding share and dev accuracy.
 
     .venv/bin/python bench/train.py                  # 4 000 rows, ~6 min on 2 cores
     .venv/bin/python bench/train.py --rows 1000      # a quick look
-Results also go to bench/results/train.json.
+    python bench/train.py --rows 20000 --batch 64 --backbone mpnet-base   # on a GPU (bench/gpu.sh)
+Results also go to bench/results/train[-<backbone>].json.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from graftline.tasks.selection import stratified_sample  # noqa: E402
 from graftline.tasks.training import TrainConfig  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
-BACKBONE, BATCH, LR, MAX_LENGTH, SEED = "minilm-l6", 32, 5e-5, 128, 13
+LR, MAX_LENGTH, SEED = 5e-5, 128, 13
+BACKBONE, BATCH = "minilm-l6", 32  # --backbone, --batch
 
 
 def splits(rows: int) -> Splits:
@@ -61,7 +65,8 @@ def run_graftline(data: Splits, out: Path, precision: str) -> dict:
     model = backbones.load_classifier(str(out))
     accuracy = evaluate_model(model, backbones.load_tokenizer(str(out)), data.test, MAX_LENGTH).accuracy
     return {"run": f"graftline {precision}", "examples_per_second": record.examples_per_second,
-            "tokens_per_second": record.tokens_per_second, "train_seconds": record.seconds, "dev_accuracy": accuracy}
+            "tokens_per_second": record.tokens_per_second, "mfu": record.mfu, "train_seconds": record.seconds,
+            "dev_accuracy": accuracy}
 
 
 def run_trainer(data: Splits, out: Path, best: bool) -> dict:
@@ -85,8 +90,10 @@ def run_trainer(data: Splits, out: Path, best: bool) -> dict:
     metrics = trainer.train().metrics
     model.eval()
     accuracy = evaluate_model(model.float(), tokenizer, data.test, MAX_LENGTH).accuracy
+    tokens = sum(len(row["input_ids"]) for row in rows)
     return {"run": "trainer best" if best else "trainer defaults", "examples_per_second": metrics["train_samples_per_second"],
-            "train_seconds": metrics["train_runtime"], "dev_accuracy": accuracy}
+            "tokens_per_second": tokens / metrics["train_runtime"], "train_seconds": metrics["train_runtime"],
+            "dev_accuracy": accuracy}
 
 
 def padding_share(data: Splits, grouped: bool) -> float:
@@ -102,9 +109,13 @@ def padding_share(data: Splits, grouped: bool) -> float:
 
 
 def main() -> None:
+    global BACKBONE, BATCH
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=4000)
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--backbone", default=BACKBONE)
     args = parser.parse_args()
+    BACKBONE, BATCH = args.backbone, args.batch
     if not DATA.is_dir():
         sys.exit(f"{DATA} not found: the benchmark needs the shared datasets")
     data = splits(args.rows)
@@ -121,12 +132,15 @@ def main() -> None:
     for r in results:
         r["x_trainer_defaults"] = r["examples_per_second"] / by["trainer defaults"]["examples_per_second"]
         r["x_trainer_best"] = r["examples_per_second"] / by["trainer best"]["examples_per_second"]
-    report = {"rows": args.rows, "batch": BATCH, "max_length": MAX_LENGTH, "threads": torch.get_num_threads(),
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+    report = {"backbone": BACKBONE, "device": device, "rows": args.rows, "batch": BATCH, "max_length": MAX_LENGTH,
               "padding_random": padding_share(data, False), "padding_grouped": padding_share(data, True), "runs": results}
-    out = Path(__file__).parent / "results" / "train.json"
+    out = Path(__file__).parent / "results" / ("train.json" if BACKBONE == "minilm-l6" else f"train-{BACKBONE}.json")
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
-    table = pd.DataFrame(results)[["run", "examples_per_second", "x_trainer_defaults", "x_trainer_best", "train_seconds", "dev_accuracy"]]
+    table = pd.DataFrame(results)[["run", "examples_per_second", "tokens_per_second", "x_trainer_defaults", "x_trainer_best",
+                                   "train_seconds", "dev_accuracy"] + (["mfu"] if torch.cuda.is_available() else [])]
+    print(f"{BACKBONE} on {device}, {args.rows} rows, batch {BATCH}")
     try:
         print(table.to_markdown(index=False, floatfmt=".3f"))
     except ImportError:

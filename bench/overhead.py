@@ -1,0 +1,108 @@
+"""What orchestration (Prefect) and tracking (MLflow) cost: the lifecycle flow against the same steps
+called as plain functions, on the default demo data and parameters.
+
+- flow: `transfer` with a warm Prefect API (the ephemeral server started by a trivial flow first;
+  its start-up is reported apart), step reuse off, registration on, promotion off (the plain path
+  has no registry to promote in);
+- plain: load, validate (GX), fine-tune, evaluate both domains with confusion plots, distil,
+  evaluate the student and time it against the teacher, export to ONNX + INT8 with parity and
+  latency: the same work, with no Prefect and no MLflow.
+Runs alternate (flow, plain, flow, plain, ...) so slow drifts of the machine hit both.
+
+    .venv/bin/python bench/overhead.py            # 2 rounds, ~6 min on 2 cores
+Results also go to bench/results/overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def plain(params, work: Path) -> None:
+    from graftline.flows.steps import _train_config
+    from graftline.tasks import backbones
+    from graftline.tasks.data import load_splits
+    from graftline.tasks.distill import DistillConfig, distill
+    from graftline.tasks.evaluate import evaluate_model, plot_confusion
+    from graftline.tasks.export import ExportConfig, export_and_measure, latency, plot_tradeoff, torch_predictor
+    from graftline.tasks.finetune import FinetuneConfig, finetune
+    from graftline.tasks.validate import ValidationThresholds, validate_splits
+
+    d, f, s = params.data, params.finetune, params.distill
+    splits = load_splits(d.train_path, d.text_column, d.label_column, validation=d.validation_path, test=d.test_path,
+                         extra=d.eval_sets, validation_fraction=d.validation_fraction, test_fraction=d.test_fraction,
+                         seed=d.split_seed, fmt=d.format)
+    validate_splits(splits, ValidationThresholds(**params.validation.model_dump(exclude={"mode"})), work / "validation")
+    teacher = finetune(splits, FinetuneConfig(backbone=f.backbone, strategy=f.strategy, max_length=f.max_length,
+                                              train=_train_config(f, f.epochs, f.batch_size, f.learning_rate)), work / "teacher")
+    student = distill(teacher.model_dir, splits, DistillConfig(
+        student=s.student, alpha=s.alpha, temperature=s.temperature, max_length=f.max_length,
+        train=_train_config(f, s.epochs, s.batch_size, s.learning_rate)), work / "student")
+    for folder in (teacher.model_dir, student.model_dir):
+        model, tokenizer = backbones.load_classifier(str(folder)), backbones.load_tokenizer(str(folder))
+        for name, split in splits.evaluation_sets().items():
+            plot_confusion(evaluate_model(model, tokenizer, split, f.max_length), work / f"{folder.name}-{name}.png")
+        latency(torch_predictor(model.eval(), tokenizer, f.max_length), splits.test.frame["text"].tolist())  # cpu_speedup
+    report = export_and_measure(student.model_dir, teacher.model_dir, splits.test,
+                                ExportConfig(max_length=f.max_length), work / "export")
+    plot_tradeoff(report, work / "tradeoff.png")
+
+
+def flow(params, name: str) -> None:
+    from graftline.flows.lifecycle import transfer
+
+    params = params.model_copy(deep=True)
+    params.registry.model_name, params.registry.promote_to, params.run.reuse_steps = name, "none", False
+    transfer(**{group: getattr(params, group) for group in type(params).model_fields})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="graftline-overhead-") as tmp:
+        os.environ["GRAFTLINE_HOME"] = str(Path(tmp) / "home")
+        from prefect import flow as prefect_flow
+
+        from graftline.flows.params import TransferParams
+
+        started = time.perf_counter()
+        prefect_flow(lambda: None, name="warm-up")()
+        cold_start = time.perf_counter() - started
+        params = TransferParams()
+        times: dict[str, list[float]] = {"flow": [], "plain": []}
+        for round_ in range(args.rounds):
+            for kind in ("flow", "plain"):
+                started = time.perf_counter()
+                flow(params, f"overhead-{round_}") if kind == "flow" else plain(params, Path(tmp) / f"plain-{round_}")
+                times[kind].append(time.perf_counter() - started)
+                print(f"round {round_ + 1} {kind}: {times[kind][-1]:.1f} s", file=sys.stderr, flush=True)
+    flow_s, plain_s = statistics.mean(times["flow"]), statistics.mean(times["plain"])
+    report = {"rounds": args.rounds, "flow_seconds": times["flow"], "plain_seconds": times["plain"],
+              "overhead": flow_s / plain_s - 1, "prefect_cold_start_seconds": cold_start}
+    out = Path(__file__).parent / "results" / "overhead.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print("| run | mean wall s | runs |\n|:--|--:|:--|")
+    print(f"| lifecycle flow (Prefect + MLflow) | {flow_s:.1f} | {', '.join(f'{t:.1f}' for t in times['flow'])} |")
+    print(f"| plain functions | {plain_s:.1f} | {', '.join(f'{t:.1f}' for t in times['plain'])} |")
+    print(f"overhead of orchestration and tracking: {report['overhead']:+.1%} "
+          f"(plus {cold_start:.1f} s once per process to start Prefect's ephemeral API)")
+
+
+if __name__ == "__main__":
+    main()
