@@ -1,9 +1,17 @@
 """Register graftline's deployments (transfer, retrain, promote, rollback) on the Prefect API in
-PREFECT_API_URL, on a process work pool. `graftline up` does this for you; run it yourself against
+PREFECT_API_URL. `graftline up` does this for you on its process work pool; run it yourself against
 another server:
 
     PREFECT_API_URL=http://prefect.internal:4200/api python deployments/deploy.py \
         --pool graftline --cron "0 2 * * *" --params deployments/transfer.params.yaml
+
+or onto a Kubernetes work pool whose jobs request a GPU (the pool is created or updated from the
+template; a worker in the cluster runs the jobs, see README: From laptop to cluster):
+
+    PREFECT_API_URL=http://prefect.internal:4200/api python deployments/deploy.py \
+        --pool graftline-k8s --pool-type kubernetes \
+        --job-template deployments/kubernetes-gpu-job-template.json \
+        --image registry.example.com/graftline:0.1.0 --mlflow-uri http://mlflow.mlops:5000
 """
 
 from graftline.flows.deploy_cli import main

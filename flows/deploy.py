@@ -7,21 +7,30 @@
     rollback  manual: return an alias to its previous holder
 
 Entrypoints are module paths (`graftline.flows.lifecycle.transfer`), so a worker runs the
-installed graftline, not a copy of a source folder.
+installed graftline, not a copy of a source folder: on a process pool the worker's own, on a
+Kubernetes pool the one inside the deployments' container image.
+
+Work pools: `graftline up` creates the process pool `graftline` for its local worker;
+`kubernetes_pool` creates or updates a Kubernetes pool from a base job template (the GPU template in
+deployments/), whose worker runs in the cluster (`prefect worker start --type kubernetes`).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+from graftline.tasks.errors import GraftlineError
 
 WORK_POOL = "graftline"
 RETRAIN_CRON = "0 2 * * *"  # 02:00 every night, in the server's time zone (UTC unless told)
 
 
-def build(retrain_cron: str = RETRAIN_CRON, params_file: Path | None = None) -> list:
+def build(retrain_cron: str = RETRAIN_CRON, params_file: Path | None = None, job_variables: dict | None = None) -> list:
     """The four RunnerDeployments. `params_file` (YAML, as deployments/transfer.params.yaml)
     gives transfer's and retrain's default parameters; every group is written out in full, so a
-    run that overrides one field keeps the deployment's other values (see lifecycle.transfer)."""
+    run that overrides one field keeps the deployment's other values (see lifecycle.transfer).
+    `job_variables` fill the work pool's base job template (a Kubernetes pool: `image`, ...)."""
     from prefect.types.entrypoint import EntrypointType
 
     from graftline.flows.lifecycle import transfer
@@ -30,7 +39,7 @@ def build(retrain_cron: str = RETRAIN_CRON, params_file: Path | None = None) -> 
 
     defaults = _transfer_defaults(params_file)
     retrain_defaults = {**defaults, "registry": {**defaults["registry"], "promote_to": "none"}, "auto_promote": False}
-    common = dict(entrypoint_type=EntrypointType.MODULE_PATH, tags=["graftline"])
+    common = dict(entrypoint_type=EntrypointType.MODULE_PATH, tags=["graftline"], job_variables=job_variables or {})
     return [
         transfer.to_deployment(name="transfer", parameters=defaults, description=TransferParams.__doc__, **common),
         retrain.to_deployment(name="retrain", cron=retrain_cron, parameters=retrain_defaults,
@@ -41,12 +50,43 @@ def build(retrain_cron: str = RETRAIN_CRON, params_file: Path | None = None) -> 
     ]
 
 
-def deploy_all(work_pool: str = WORK_POOL, retrain_cron: str = RETRAIN_CRON, params_file: Path | None = None) -> list[str]:
-    """Create or update the deployments on the Prefect API in PREFECT_API_URL; returns their ids."""
+def deploy_all(work_pool: str = WORK_POOL, retrain_cron: str = RETRAIN_CRON, params_file: Path | None = None,
+               job_variables: dict | None = None) -> list[str]:
+    """Create or update the deployments on the Prefect API in PREFECT_API_URL; returns their ids.
+    The image of a Kubernetes pool goes in `job_variables` (not prefect.deploy's `image`, which
+    would invent a tag for an untagged name): graftline never builds or pushes images."""
     from prefect import deploy
 
-    ids = deploy(*build(retrain_cron, params_file), work_pool_name=work_pool, print_next_steps_message=False)
+    ids = deploy(*build(retrain_cron, params_file, job_variables), work_pool_name=work_pool, print_next_steps_message=False)
     return [str(i) for i in ids]
+
+
+def kubernetes_pool(name: str, job_template: Path) -> None:
+    """Create the Kubernetes work pool `name` with `job_template` as its base job template, or
+    update an existing one to it. The Prefect server checks that every placeholder is declared;
+    prefect-kubernetes is needed only by the worker that turns flow runs into Jobs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    template = _read_template(job_template)
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_work_pool(name)
+        except ObjectNotFound:
+            existing = None
+        if existing is not None and existing.type != "kubernetes":  # Prefect would keep its type and swap the template
+            raise GraftlineError(f"work pool {name!r} exists with type {existing.type!r}, not 'kubernetes'; choose another pool name")
+        client.create_work_pool(WorkPoolCreate(name=name, type="kubernetes", base_job_template=template), overwrite=True)
+
+
+def _read_template(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GraftlineError(f"{path}: base job template not found") from None
+    except json.JSONDecodeError as exc:
+        raise GraftlineError(f"{path}: not a JSON base job template ({exc})") from None
 
 
 def _transfer_defaults(params_file: Path | None) -> dict:

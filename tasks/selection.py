@@ -13,7 +13,10 @@ example). The estimators are transformer-ranker's maintained implementations:
 - `hscore` regularised (Ledoit-Wolf shrinkage) H-score;
 - `knn`    leave-one-out k-nearest-neighbour accuracy on the sample.
 
-`choose` picks the best-scoring candidate within the budget (max parameters, max ms per example).
+`score_candidate` scores one candidate and logs nothing, so candidates can be scored one after the
+other here (`score_candidates`) or each in its own process (graftline.flows.fanout, on Dask) with the
+same result. `choose` picks the best-scoring candidate within the budget (max parameters, max ms per
+example).
 Limits: the score ranks backbones for fine-tuning with the same recipe; it says nothing about a
 backbone whose tokenizer truncates the user's texts differently, and a few hundred examples per
 class are needed for stable scores.
@@ -22,6 +25,7 @@ class are needed for stable scores.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -127,25 +131,35 @@ def _rank_key(method: Method):
     return lambda report: report.scores[method] if np.isfinite(report.scores[method]) else -np.inf
 
 
-def rank_backbones(texts: list[str], labels: np.ndarray, config: SelectConfig) -> list[CandidateReport]:
+def score_candidate(spec: str, texts: list[str], labels: np.ndarray, config: SelectConfig) -> CandidateReport:
+    """One candidate's report: load it, embed `texts`, score the features against `labels`, time it.
+
+    Self-contained (it loads its own backbone and returns plain data, logging nothing), so it can run
+    in another process or on another machine: the Dask fan-out ships exactly this call."""
     device = _device(config.device)
-    reports = []
-    for spec in config.candidates:
-        started = time.perf_counter()
-        encoder = backbones.load_encoder(spec, config.trust_remote_code)
-        tokenizer = backbones.load_tokenizer(spec, config.trust_remote_code)
-        timed = time.perf_counter()
-        features = embed(encoder, tokenizer, texts, config.max_length, config.batch_size, config.pooling, device)
-        ms = (time.perf_counter() - timed) * 1000 / len(texts)
-        cpu_ms, gpu_ms = (ms, None) if device.type == "cpu" else (_cpu_ms(encoder, tokenizer, texts, config), ms)
-        scores = {method: score_features(features, labels, method) for method in METHODS}
-        reports.append(CandidateReport(
-            backbone=spec, parameters=backbones.count_parameters(encoder),
-            layers=getattr(encoder.config, "num_hidden_layers", None), width=getattr(encoder.config, "hidden_size", None),
-            scores=scores, cpu_ms_per_example=cpu_ms, gpu_ms_per_example=gpu_ms,
-            seconds=time.perf_counter() - started,
-        ))
-    return reports
+    started = time.perf_counter()
+    encoder = backbones.load_encoder(spec, config.trust_remote_code)
+    tokenizer = backbones.load_tokenizer(spec, config.trust_remote_code)
+    timed = time.perf_counter()
+    features = embed(encoder, tokenizer, texts, config.max_length, config.batch_size, config.pooling, device)
+    ms = (time.perf_counter() - timed) * 1000 / len(texts)
+    cpu_ms, gpu_ms = (ms, None) if device.type == "cpu" else (_cpu_ms(encoder, tokenizer, texts, config), ms)
+    return CandidateReport(
+        backbone=spec, parameters=backbones.count_parameters(encoder),
+        layers=getattr(encoder.config, "num_hidden_layers", None), width=getattr(encoder.config, "hidden_size", None),
+        scores={method: score_features(features, labels, method) for method in METHODS},
+        cpu_ms_per_example=cpu_ms, gpu_ms_per_example=gpu_ms, seconds=time.perf_counter() - started,
+    )
+
+
+def score_candidates(texts: list[str], labels: np.ndarray, config: SelectConfig) -> list[CandidateReport]:
+    """Every candidate, one after the other, in this process (the default `ScoreAll`)."""
+    return [score_candidate(spec, texts, labels, config) for spec in config.candidates]
+
+
+# How the candidates get scored: in this process (`score_candidates`) or fanned out
+# (graftline.flows.fanout); whichever it is returns one report per candidate, in candidate order.
+ScoreAll = Callable[[list[str], np.ndarray, SelectConfig], list[CandidateReport]]
 
 
 def choose(reports: list[CandidateReport], config: SelectConfig) -> Selection:
@@ -173,15 +187,16 @@ def choose(reports: list[CandidateReport], config: SelectConfig) -> Selection:
     return Selection(best.backbone, reason, config.method, reports)
 
 
-def select_backbone(frame: pd.DataFrame, config: SelectConfig) -> Selection:
-    """Sample, embed, score and choose: the whole selection step for one training split."""
+def select_backbone(frame: pd.DataFrame, config: SelectConfig, score_all: ScoreAll = score_candidates) -> Selection:
+    """Sample, embed, score and choose: the whole selection step for one training split.
+    `score_all` decides where the candidates are scored; the sample and the choice are the same."""
     if len(config.candidates) == 0:
         raise GraftlineError("backbone 'auto' needs at least one candidate in select.candidates")
     started = time.perf_counter()
     sample = stratified_sample(frame, config.sample_size, config.seed)
     label_names = sorted(sample["label"].unique())
     labels = sample["label"].map({name: i for i, name in enumerate(label_names)}).to_numpy(np.int64)
-    selection = choose(rank_backbones(sample["text"].tolist(), labels, config), config)
+    selection = choose(score_all(sample["text"].tolist(), labels, config), config)
     selection.seconds = time.perf_counter() - started
     return selection
 

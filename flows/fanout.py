@@ -1,0 +1,75 @@
+"""Backbone scoring fanned out over Dask (`select.runner: dask`).
+
+Each candidate becomes one Prefect task run of `score_candidate`, mapped over the candidates on a
+prefect-dask `DaskTaskRunner`: a temporary local cluster (one single-threaded worker process per
+candidate, at most one per CPU core, listening on 127.0.0.1 only) or an existing cluster whose
+scheduler address the user gives. The select step gathers the reports and logs them: MLflow's
+active run belongs to the step's thread, so the fanned-out tasks log nothing.
+
+Limits: a worker is its own process. It must have graftline (and the catalog backbones) installed,
+and reads HF_HUB_OFFLINE, GRAFTLINE_CACHE, HF_HOME etc. from its own environment (a local
+cluster's workers inherit this process's; on a remote cluster set them on the workers).
+Latency is measured where a candidate ran: a local cluster's workers use one CPU thread each, so
+`cpu_ms_per_example` there is single-thread latency, higher than the in-process runner measures.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import unmapped
+
+from graftline.tasks import selection
+from graftline.tasks.errors import GraftlineError
+from graftline.tasks.selection import CandidateReport, ScoreAll, SelectConfig
+
+
+@task(name="score-candidate", task_run_name="score {spec}", cache_policy=NO_CACHE, persist_result=False)
+def score_candidate(spec: str, texts: list[str], labels: np.ndarray, config: SelectConfig) -> CandidateReport:
+    """The plain scoring function as a task: its own run in Prefect's UI, on whichever worker takes it."""
+    return selection.score_candidate(spec, texts, labels, config)
+
+
+def dask_scorer(address: str | None = None) -> ScoreAll:
+    """A `ScoreAll` for `select_backbone` that scores every candidate as its own task on Dask:
+    on the cluster whose scheduler is at `address` (e.g. tcp://dask-scheduler:8786), or on a
+    temporary local cluster started for the call and stopped after it."""
+
+    def score_on_dask(texts: list[str], labels: np.ndarray, config: SelectConfig) -> list[CandidateReport]:
+        with _task_runner(address, len(config.candidates)) as runner:
+            futures = runner.map(score_candidate, {
+                "spec": list(config.candidates), "texts": unmapped(texts), "labels": unmapped(labels),
+                "config": unmapped(config),
+            })
+            return [future.result() for future in futures]  # candidate order, whatever finished first
+
+    return score_on_dask
+
+
+def _task_runner(address: str | None, candidates: int):
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise GraftlineError("select.runner 'dask' needs prefect-dask: pip install 'graftline[cluster]'") from None
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs={
+        "n_workers": max(1, min(candidates, os.cpu_count() or 1)),
+        "threads_per_worker": 1,  # Dask also sets OMP_NUM_THREADS=1: torch takes one core per worker, no oversubscription
+        "processes": True,
+        "host": "127.0.0.1",
+        "dashboard_address": None,  # its HTTP endpoint then stays on 127.0.0.1 (the default ":8787" is every interface)
+        "env": {"PREFECT_API_URL": _api_url()},
+    })
+
+
+def _api_url() -> str:
+    """The Prefect API of this process. Without PREFECT_API_URL that is a temporary local server,
+    which each worker process would otherwise start again for itself (seconds each, on one sqlite file)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return str(client.api_url).rstrip("/")
