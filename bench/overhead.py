@@ -7,9 +7,11 @@ called as plain functions, on the default demo data and parameters.
 - plain: load, validate (GX), fine-tune, evaluate both domains with confusion plots, distil,
   evaluate the student and time it against the teacher, export to ONNX + INT8 with parity and
   latency: the same work, with no Prefect and no MLflow.
-Runs alternate (flow, plain, flow, plain, ...) so slow drifts of the machine hit both.
+One untimed run of each first (the first run in a process pays imports and warm-ups, about 10 s
+for the flow), then timed runs alternate (flow, plain, flow, plain, ...) so slow drifts of the
+machine hit both. Per step: the flow's step-run durations from MLflow against the plain stages.
 
-    .venv/bin/python bench/overhead.py            # 2 rounds, ~6 min on 2 cores
+    .venv/bin/python bench/overhead.py            # warm-up + 2 rounds, ~7 min on 2 cores
 Results also go to bench/results/overhead.json.
 """
 
@@ -32,7 +34,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
-def plain(params, work: Path) -> None:
+def plain(params, work: Path) -> dict[str, float]:
+    """The lifecycle's work without Prefect or MLflow; seconds per step, named as the flow's steps."""
     from graftline.flows.steps import _train_config
     from graftline.tasks import backbones
     from graftline.tasks.data import load_splits
@@ -43,31 +46,55 @@ def plain(params, work: Path) -> None:
     from graftline.tasks.validate import ValidationThresholds, validate_splits
 
     d, f, s = params.data, params.finetune, params.distill
-    splits = load_splits(d.train_path, d.text_column, d.label_column, validation=d.validation_path, test=d.test_path,
-                         extra=d.eval_sets, validation_fraction=d.validation_fraction, test_fraction=d.test_fraction,
-                         seed=d.split_seed, fmt=d.format)
-    validate_splits(splits, ValidationThresholds(**params.validation.model_dump(exclude={"mode"})), work / "validation")
-    teacher = finetune(splits, FinetuneConfig(backbone=f.backbone, strategy=f.strategy, max_length=f.max_length,
-                                              train=_train_config(f, f.epochs, f.batch_size, f.learning_rate)), work / "teacher")
-    student = distill(teacher.model_dir, splits, DistillConfig(
-        student=s.student, alpha=s.alpha, temperature=s.temperature, max_length=f.max_length,
-        train=_train_config(f, s.epochs, s.batch_size, s.learning_rate)), work / "student")
-    for folder in (teacher.model_dir, student.model_dir):
+    seconds, clock = {}, time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        seconds[step], clock = time.perf_counter() - clock, time.perf_counter()
+
+    def evaluate(folder: Path) -> None:
         model, tokenizer = backbones.load_classifier(str(folder)), backbones.load_tokenizer(str(folder))
         for name, split in splits.evaluation_sets().items():
             plot_confusion(evaluate_model(model, tokenizer, split, f.max_length), work / f"{folder.name}-{name}.png")
-        latency(torch_predictor(model.eval(), tokenizer, f.max_length), splits.test.frame["text"].tolist())  # cpu_speedup
+
+    splits = load_splits(d.train_path, d.text_column, d.label_column, validation=d.validation_path, test=d.test_path,
+                         extra=d.eval_sets, validation_fraction=d.validation_fraction, test_fraction=d.test_fraction,
+                         seed=d.split_seed, fmt=d.format)
+    lap("ingest")
+    validate_splits(splits, ValidationThresholds(**params.validation.model_dump(exclude={"mode"})), work / "validation")
+    lap("validate")
+    teacher = finetune(splits, FinetuneConfig(backbone=f.backbone, strategy=f.strategy, max_length=f.max_length,
+                                              train=_train_config(f, f.epochs, f.batch_size, f.learning_rate)), work / "teacher")
+    lap("finetune")
+    evaluate(teacher.model_dir)
+    lap("evaluate")
+    student = distill(teacher.model_dir, splits, DistillConfig(
+        student=s.student, alpha=s.alpha, temperature=s.temperature, max_length=f.max_length,
+        train=_train_config(f, s.epochs, s.batch_size, s.learning_rate)), work / "student")
+    evaluate(student.model_dir)
+    for folder in (teacher.model_dir, student.model_dir):  # the distill step's cpu_speedup
+        model, tokenizer = backbones.load_classifier(str(folder)).eval(), backbones.load_tokenizer(str(folder))
+        latency(torch_predictor(model, tokenizer, f.max_length), splits.test.frame["text"].tolist())
+    lap("distill")
     report = export_and_measure(student.model_dir, teacher.model_dir, splits.test,
                                 ExportConfig(max_length=f.max_length), work / "export")
     plot_tradeoff(report, work / "tradeoff.png")
+    lap("export")
+    return seconds
 
 
-def flow(params, name: str) -> None:
+def flow(params, name: str) -> dict[str, float]:
+    """The lifecycle flow; seconds per step, from its MLflow step runs."""
+    from mlflow.tracking import MlflowClient
+
     from graftline.flows.lifecycle import transfer
 
     params = params.model_copy(deep=True)
     params.registry.model_name, params.registry.promote_to, params.run.reuse_steps = name, "none", False
-    transfer(**{group: getattr(params, group) for group in type(params).model_fields})
+    parent = transfer(**{group: getattr(params, group) for group in type(params).model_fields})["mlflow_run_id"]
+    client = MlflowClient()
+    runs = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    return {run.info.run_name: (run.info.end_time - run.info.start_time) / 1000 for run in runs}
 
 
 def main() -> None:
@@ -84,22 +111,29 @@ def main() -> None:
         prefect_flow(lambda: None, name="warm-up")()
         cold_start = time.perf_counter() - started
         params = TransferParams()
-        times: dict[str, list[float]] = {"flow": [], "plain": []}
+        flow(params, "overhead-warm-up")
+        plain(params, Path(tmp) / "plain-warm-up")
+        walls: dict[str, list[float]] = {"flow": [], "plain": []}
+        steps: dict[str, list[dict]] = {"flow": [], "plain": []}
         for round_ in range(args.rounds):
             for kind in ("flow", "plain"):
                 started = time.perf_counter()
-                flow(params, f"overhead-{round_}") if kind == "flow" else plain(params, Path(tmp) / f"plain-{round_}")
-                times[kind].append(time.perf_counter() - started)
-                print(f"round {round_ + 1} {kind}: {times[kind][-1]:.1f} s", file=sys.stderr, flush=True)
-    flow_s, plain_s = statistics.mean(times["flow"]), statistics.mean(times["plain"])
-    report = {"rounds": args.rounds, "flow_seconds": times["flow"], "plain_seconds": times["plain"],
+                steps[kind].append(flow(params, f"overhead-{round_}") if kind == "flow" else plain(params, Path(tmp) / f"plain-{round_}"))
+                walls[kind].append(time.perf_counter() - started)
+                print(f"round {round_ + 1} {kind}: {walls[kind][-1]:.1f} s", file=sys.stderr, flush=True)
+    flow_s, plain_s = statistics.mean(walls["flow"]), statistics.mean(walls["plain"])
+    names = list(dict.fromkeys([*steps["plain"][0], *steps["flow"][0]]))
+    per_step = {name: {kind: statistics.mean(r.get(name, 0.0) for r in steps[kind]) for kind in steps} for name in names}
+    report = {"rounds": args.rounds, "flow_seconds": walls["flow"], "plain_seconds": walls["plain"], "per_step": per_step,
               "overhead": flow_s / plain_s - 1, "prefect_cold_start_seconds": cold_start}
     out = Path(__file__).parent / "results" / "overhead.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
-    print("| run | mean wall s | runs |\n|:--|--:|:--|")
-    print(f"| lifecycle flow (Prefect + MLflow) | {flow_s:.1f} | {', '.join(f'{t:.1f}' for t in times['flow'])} |")
-    print(f"| plain functions | {plain_s:.1f} | {', '.join(f'{t:.1f}' for t in times['plain'])} |")
+    print("| step | flow s (step run) | plain s | difference s |\n|:--|--:|--:|--:|")
+    for name, values in per_step.items():
+        print(f"| {name} | {values['flow']:.2f} | {values['plain']:.2f} | {values['flow'] - values['plain']:+.2f} |")
+    print(f"| **whole run (wall)** | {flow_s:.1f} ({', '.join(f'{t:.1f}' for t in walls['flow'])}) | "
+          f"{plain_s:.1f} ({', '.join(f'{t:.1f}' for t in walls['plain'])}) | {flow_s - plain_s:+.1f} |")
     print(f"overhead of orchestration and tracking: {report['overhead']:+.1%} "
           f"(plus {cold_start:.1f} s once per process to start Prefect's ephemeral API)")
 

@@ -28,6 +28,8 @@ from pydantic import BaseModel
 from graftline.tasks import tracking
 
 SKIPPED = ("parent_run_id", "work_dir")  # differ on every run and decide nothing about the result
+# Parameters that decide where or how often work happens, not what it computes.
+EXECUTION_ONLY = {"runner", "dask_address", "checkpoint_every"}
 
 
 def fingerprint(step: str, parameters: dict) -> str:
@@ -56,7 +58,7 @@ def _describe(value) -> str:
     if isinstance(value, TrainedModel):
         return f"model:{value.model_uri}"
     if isinstance(value, BaseModel):
-        return value.model_dump_json()
+        return value.model_dump_json(exclude=EXECUTION_ONLY & set(type(value).model_fields))
     return json.dumps(value, sort_keys=True, default=str)
 
 

@@ -6,8 +6,9 @@ DistributedDataParallel and splits every global batch across the processes. `lau
 processes with torchrun (`torch.distributed.run`): a step calls `finetune(...)` with
 `processes=N` and gets back the same result object as a single-process run; rank 0 writes the model.
 
-Beyond one machine, run torchrun on each node with `--nnodes`/`--rdzv-endpoint` (see README); the
-code path is the same.
+`launch` starts the processes on this machine (`--standalone`). The loop itself only asks
+torch.distributed for rank and world size, so it also runs under a multi-node torchrun launch; the
+lifecycle flow does not start one.
 """
 
 from __future__ import annotations

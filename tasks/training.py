@@ -265,72 +265,77 @@ def train(
         log.info("resuming from the checkpoint at step %d (epoch %d, step %d of %d)",
                  state.global_step, state.epoch, state.step_in_epoch, steps_per_epoch)
 
-    def checkpoint() -> None:
+    def checkpoint(best_is_model: bool = False) -> None:
         if store is not None and rank == 0:
-            store.save(state, model, optimizer, scheduler, best_state)
+            store.save(state, model, optimizer, scheduler, best_state, best_is_model)  # written in the background
         distributed.barrier()
 
     flops_per_token = training_flops_per_token(model)
     peak = peak_flops(device, precision)
     pin = device.type == "cuda"
-    while not state.done and state.epoch <= config.epochs:
-        net.train()
-        plan = plan_of(state.epoch)
-        groups = [plan[i: i + accumulation] for i in range(0, len(plan), accumulation)]
-        started, rows_seen, tokens_seen, positions_seen = time.perf_counter(), 0, 0, 0
-        # Losses stay on the device: no host sync per step. Summed per step (row-weighted).
-        step_sums = torch.zeros(len(groups), device=device)
-        for step in range(state.step_in_epoch, len(groups)):
-            group = groups[step]
-            group_rows = sum(len(rows) for rows in group)
-            for micro, rows in enumerate(group):
-                local = rows[rank::processes]
-                batch = {k: v.to(device, non_blocking=True) for k, v in collate(train_split, local, pad_id, pin).items()}
-                last = micro == len(group) - 1
-                with (ddp.no_sync() if ddp is not None and not last else nullcontext()), autocast(device, precision):
-                    outputs = net(**model_inputs(batch))
-                    loss = loss_fn(outputs, batch)
-                # Weighted so the gradient averaged over processes and summed over micro-batches is
-                # the mean over the step's rows, whatever their split.
-                (loss * (len(local) * processes / group_rows)).backward()
-                step_sums[step] += loss.detach() * len(local)
-                rows_seen += len(rows)
-                tokens_seen += int(lengths[rows].sum())
-                positions_seen += int(lengths[rows].max()) * len(rows)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step_in_epoch, state.global_step = step + 1, state.global_step + 1
-            if config.checkpoint_every and state.global_step % config.checkpoint_every == 0 and step + 1 < len(groups):
-                _close_steps(state, step_sums, groups)
-                checkpoint()
-        seconds = time.perf_counter() - started
-        _close_steps(state, step_sums, groups)
-        accuracy, macro_f1 = _score(model, val_split, config.eval_batch_size, pad_id, device, precision)
-        record = EpochRecord(
-            epoch=state.epoch,
-            train_loss=state.epoch_loss_sum / len(train_split),
-            val_accuracy=accuracy,
-            val_macro_f1=macro_f1,
-            learning_rate=scheduler.get_last_lr()[0],
-            seconds=seconds,
-            examples_per_second=rows_seen / seconds if seconds else 0.0,
-            tokens_per_second=tokens_seen / seconds if seconds else 0.0,
-            padding_share=1 - tokens_seen / positions_seen if positions_seen else 0.0,
-            mfu=flops_per_token * tokens_seen / seconds / peak if peak and seconds else None,
-        )
-        state.history.append(asdict(record))
-        if on_epoch and rank == 0:
-            on_epoch(record)
-        if macro_f1 > state.best_f1:
-            state.best_f1, state.best_epoch, state.stale = macro_f1, state.epoch, 0
-            best_state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-        else:
-            state.stale += 1
-        state.done = state.stale >= config.patience or state.epoch == config.epochs
-        state.epoch, state.step_in_epoch, state.epoch_loss_sum = state.epoch + 1, 0, 0.0
-        checkpoint()
+    try:
+        while not state.done and state.epoch <= config.epochs:
+            net.train()
+            plan = plan_of(state.epoch)
+            groups = [plan[i: i + accumulation] for i in range(0, len(plan), accumulation)]
+            started, rows_seen, tokens_seen, positions_seen = time.perf_counter(), 0, 0, 0
+            # Losses stay on the device: no host sync per step. Summed per step (row-weighted).
+            step_sums = torch.zeros(len(groups), device=device)
+            for step in range(state.step_in_epoch, len(groups)):
+                group = groups[step]
+                group_rows = sum(len(rows) for rows in group)
+                for micro, rows in enumerate(group):
+                    local = rows[rank::processes]
+                    batch = {k: v.to(device, non_blocking=True) for k, v in collate(train_split, local, pad_id, pin).items()}
+                    last = micro == len(group) - 1
+                    with (ddp.no_sync() if ddp is not None and not last else nullcontext()), autocast(device, precision):
+                        outputs = net(**model_inputs(batch))
+                        loss = loss_fn(outputs, batch)
+                    # Weighted so the gradient averaged over processes and summed over micro-batches is
+                    # the mean over the step's rows, whatever their split.
+                    (loss * (len(local) * processes / group_rows)).backward()
+                    step_sums[step] += loss.detach() * len(local)
+                    rows_seen += len(rows)
+                    tokens_seen += int(lengths[rows].sum())
+                    positions_seen += int(lengths[rows].max()) * len(rows)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step_in_epoch, state.global_step = step + 1, state.global_step + 1
+                if config.checkpoint_every and state.global_step % config.checkpoint_every == 0 and step + 1 < len(groups):
+                    _close_steps(state, step_sums, groups)
+                    checkpoint()
+            seconds = time.perf_counter() - started
+            _close_steps(state, step_sums, groups)
+            accuracy, macro_f1 = _score(model, val_split, config.eval_batch_size, pad_id, device, precision)
+            record = EpochRecord(
+                epoch=state.epoch,
+                train_loss=state.epoch_loss_sum / len(train_split),
+                val_accuracy=accuracy,
+                val_macro_f1=macro_f1,
+                learning_rate=scheduler.get_last_lr()[0],
+                seconds=seconds,
+                examples_per_second=rows_seen / seconds if seconds else 0.0,
+                tokens_per_second=tokens_seen / seconds if seconds else 0.0,
+                padding_share=1 - tokens_seen / positions_seen if positions_seen else 0.0,
+                mfu=flops_per_token * tokens_seen / seconds / peak if peak and seconds else None,
+            )
+            state.history.append(asdict(record))
+            if on_epoch and rank == 0:
+                on_epoch(record)
+            improved = macro_f1 > state.best_f1
+            if improved:
+                state.best_f1, state.best_epoch, state.stale = macro_f1, state.epoch, 0
+                best_state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+            else:
+                state.stale += 1
+            state.done = state.stale >= config.patience or state.epoch == config.epochs
+            state.epoch, state.step_in_epoch, state.epoch_loss_sum = state.epoch + 1, 0, 0.0
+            checkpoint(best_is_model=improved)
+    finally:
+        if store is not None:
+            store.wait()  # even after a crash: the last checkpoint lands whole before anyone reads it
     if best_state is not None:
         model.load_state_dict(best_state)
     history = [EpochRecord(**record) for record in state.history]
