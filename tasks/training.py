@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -228,119 +227,157 @@ def train(
     """Train `model` in place; on return it holds the weights of its best validation epoch.
 
     With `checkpoint_dir`, checkpoints go there and a call finding one there resumes from it."""
-    from transformers import get_linear_schedule_with_warmup
+    return _Loop(model, train_split, val_split, config, pad_id, loss_fn, on_epoch, checkpoint_dir).run()
 
-    from graftline.tasks import distributed
 
-    rank, processes = distributed.rank_and_size()
-    seed_everything(config.seed)
-    device = distributed.device_for(resolve_device(config.device))
-    precision = resolve_precision(config.precision, device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    model.to(device)
-    ddp = distributed.wrap(model, device) if processes > 1 else None
-    net = ddp if ddp is not None else model
-    if config.compile:
-        net = torch.compile(net, dynamic=True)
-    optimizer = make_optimizer(model, config, device)
+@dataclass
+class _Seen:
+    """What an epoch has processed, for its throughput numbers."""
 
-    lengths = train_split.lengths
-    grouped = config.group_by_length
-    if grouped is None:
-        grouped = padding_share(lengths, batch_plan(lengths, config.batch_size, config.seed, 1, False)) > GROUPING_PAYS_ABOVE
+    rows: int = 0
+    tokens: int = 0  # real tokens
+    positions: int = 0  # tokens plus padding
 
-    def plan_of(epoch: int) -> list[np.ndarray]:
-        return batch_plan(lengths, config.batch_size, config.seed, epoch, grouped, processes)
-    accumulation = config.grad_accumulation
-    steps_per_epoch = math.ceil(len(plan_of(1)) / accumulation)
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    def add(self, lengths: np.ndarray) -> None:
+        self.rows += len(lengths)
+        self.tokens += int(lengths.sum())
+        self.positions += int(lengths.max()) * len(lengths)
 
-    store = Checkpoints(checkpoint_dir) if checkpoint_dir is not None else None
-    state, best_state, resumed_from = LoopState(), None, None
-    if store is not None and store.latest() is not None:
-        state, best_state = store.load(model, optimizer, scheduler)
-        resumed_from = state.global_step
-        log.info("resuming from the checkpoint at step %d (epoch %d, step %d of %d)",
-                 state.global_step, state.epoch, state.step_in_epoch, steps_per_epoch)
 
-    def checkpoint(best_is_model: bool = False) -> None:
-        if store is not None and rank == 0:
-            store.save(state, model, optimizer, scheduler, best_state, best_is_model)  # written in the background
+class _Loop:
+    """One call of `train`: the set-up (device, wrapping, optimizer, schedule, a checkpoint to resume
+    from), then epochs of optimizer steps, each step one or more micro-batches split over processes."""
+
+    def __init__(self, model, train_split, val_split, config: TrainConfig, pad_id, loss_fn, on_epoch, checkpoint_dir):
+        from transformers import get_linear_schedule_with_warmup
+
+        from graftline.tasks import distributed
+
+        self.model, self.train_split, self.val_split, self.config = model, train_split, val_split, config
+        self.pad_id, self.loss_fn, self.on_epoch = pad_id, loss_fn, on_epoch
+        self.rank, self.processes = distributed.rank_and_size()
+        seed_everything(config.seed)
+        self.device = distributed.device_for(resolve_device(config.device))
+        self.precision = resolve_precision(config.precision, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        model.to(self.device)
+        self.ddp = distributed.wrap(model, self.device) if self.processes > 1 else None
+        self.net = self.ddp if self.ddp is not None else model
+        if config.compile:
+            self.net = torch.compile(self.net, dynamic=True)
+        self.optimizer = make_optimizer(model, config, self.device)
+
+        self.lengths = train_split.lengths
+        self.grouped = config.group_by_length
+        if self.grouped is None:
+            random_plan = batch_plan(self.lengths, config.batch_size, config.seed, 1, False)
+            self.grouped = padding_share(self.lengths, random_plan) > GROUPING_PAYS_ABOVE
+        total_steps = len(self.steps_of(1)) * config.epochs
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(config.warmup_ratio * total_steps), total_steps)
+
+        self.store = Checkpoints(checkpoint_dir) if checkpoint_dir is not None else None
+        self.state, self.best_state, self.resumed_from = LoopState(), None, None
+        if self.store is not None and self.store.latest() is not None:
+            self.state, self.best_state = self.store.load(model, self.optimizer, self.scheduler)
+            self.resumed_from = self.state.global_step
+            log.info("resuming from the checkpoint at step %d (epoch %d, step %d)",
+                     self.state.global_step, self.state.epoch, self.state.step_in_epoch)
+        self.flops_per_token = training_flops_per_token(model)
+        self.peak = peak_flops(self.device, self.precision)
+
+    def steps_of(self, epoch: int) -> list[list[np.ndarray]]:
+        """The optimizer steps of `epoch`, each a list of micro-batches (row indices)."""
+        config = self.config
+        plan = batch_plan(self.lengths, config.batch_size, config.seed, epoch, self.grouped, self.processes)
+        return [plan[i: i + config.grad_accumulation] for i in range(0, len(plan), config.grad_accumulation)]
+
+    def run(self) -> TrainResult:
+        try:
+            while not self.state.done and self.state.epoch <= self.config.epochs:
+                self._epoch()
+        finally:
+            if self.store is not None:
+                self.store.wait()  # even after a crash: the last checkpoint lands whole before anyone reads it
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        history = [EpochRecord(**record) for record in self.state.history]
+        return TrainResult(history, self.state.best_epoch, self.state.best_f1, str(self.device),
+                           len(history) < self.config.epochs, self.state.step_losses, self.resumed_from)
+
+    def _epoch(self) -> None:
+        state, every = self.state, self.config.checkpoint_every
+        self.net.train()
+        steps, seen = self.steps_of(state.epoch), _Seen()
+        # Losses stay on the device (one row-weighted sum per step): no host sync per step.
+        step_sums = torch.zeros(len(steps), device=self.device)
+        started = time.perf_counter()
+        for step in range(state.step_in_epoch, len(steps)):
+            self._step(steps[step], step_sums, step, seen)
+            state.step_in_epoch, state.global_step = step + 1, state.global_step + 1
+            if every and state.global_step % every == 0 and step + 1 < len(steps):
+                _close_steps(state, step_sums, steps)
+                self._checkpoint()
+        seconds = time.perf_counter() - started
+        _close_steps(state, step_sums, steps)
+        self._end_epoch(seconds, seen)
+
+    def _step(self, micro_batches: list[np.ndarray], step_sums: torch.Tensor, step: int, seen: _Seen) -> None:
+        """One optimizer step over `micro_batches`, each split across the processes."""
+        rows_in_step = sum(len(rows) for rows in micro_batches)
+        pin = self.device.type == "cuda"
+        for index, rows in enumerate(micro_batches):
+            local = rows[self.rank::self.processes]
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in collate(self.train_split, local, self.pad_id, pin).items()}
+            syncing = self.ddp is None or index == len(micro_batches) - 1  # DDP all-reduces on the last micro-batch
+            with (nullcontext() if syncing else self.ddp.no_sync()), autocast(self.device, self.precision):
+                loss = self.loss_fn(self.net(**model_inputs(batch)), batch)
+            # Weighted so that the gradient, averaged over processes and summed over micro-batches,
+            # is the mean over the step's rows however they were split.
+            (loss * (len(local) * self.processes / rows_in_step)).backward()
+            step_sums[step] += loss.detach() * len(local)
+            seen.add(self.lengths[rows])
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _end_epoch(self, seconds: float, seen: _Seen) -> None:
+        """Score on validation, record the epoch, keep the best weights, decide on stopping, checkpoint."""
+        state = self.state
+        accuracy, macro_f1 = _score(self.model, self.val_split, self.config.eval_batch_size, self.pad_id, self.device,
+                                    self.precision)
+        record = EpochRecord(
+            epoch=state.epoch,
+            train_loss=state.epoch_loss_sum / len(self.train_split),
+            val_accuracy=accuracy,
+            val_macro_f1=macro_f1,
+            learning_rate=self.scheduler.get_last_lr()[0],
+            seconds=seconds,
+            examples_per_second=seen.rows / seconds if seconds else 0.0,
+            tokens_per_second=seen.tokens / seconds if seconds else 0.0,
+            padding_share=1 - seen.tokens / seen.positions if seen.positions else 0.0,
+            mfu=self.flops_per_token * seen.tokens / seconds / self.peak if self.peak and seconds else None,
+        )
+        state.history.append(asdict(record))
+        if self.on_epoch and self.rank == 0:
+            self.on_epoch(record)
+        improved = macro_f1 > state.best_f1
+        if improved:
+            state.best_f1, state.best_epoch, state.stale = macro_f1, state.epoch, 0
+            self.best_state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.model.state_dict().items()}
+        else:
+            state.stale += 1
+        state.done = state.stale >= self.config.patience or state.epoch == self.config.epochs
+        state.epoch, state.step_in_epoch, state.epoch_loss_sum = state.epoch + 1, 0, 0.0
+        self._checkpoint(best_is_model=improved)
+
+    def _checkpoint(self, best_is_model: bool = False) -> None:
+        from graftline.tasks import distributed
+
+        if self.store is not None and self.rank == 0:  # written in the background
+            self.store.save(self.state, self.model, self.optimizer, self.scheduler, self.best_state, best_is_model)
         distributed.barrier()
-
-    flops_per_token = training_flops_per_token(model)
-    peak = peak_flops(device, precision)
-    pin = device.type == "cuda"
-    try:
-        while not state.done and state.epoch <= config.epochs:
-            net.train()
-            plan = plan_of(state.epoch)
-            groups = [plan[i: i + accumulation] for i in range(0, len(plan), accumulation)]
-            started, rows_seen, tokens_seen, positions_seen = time.perf_counter(), 0, 0, 0
-            # Losses stay on the device: no host sync per step. Summed per step (row-weighted).
-            step_sums = torch.zeros(len(groups), device=device)
-            for step in range(state.step_in_epoch, len(groups)):
-                group = groups[step]
-                group_rows = sum(len(rows) for rows in group)
-                for micro, rows in enumerate(group):
-                    local = rows[rank::processes]
-                    batch = {k: v.to(device, non_blocking=True) for k, v in collate(train_split, local, pad_id, pin).items()}
-                    last = micro == len(group) - 1
-                    with (ddp.no_sync() if ddp is not None and not last else nullcontext()), autocast(device, precision):
-                        outputs = net(**model_inputs(batch))
-                        loss = loss_fn(outputs, batch)
-                    # Weighted so the gradient averaged over processes and summed over micro-batches is
-                    # the mean over the step's rows, whatever their split.
-                    (loss * (len(local) * processes / group_rows)).backward()
-                    step_sums[step] += loss.detach() * len(local)
-                    rows_seen += len(rows)
-                    tokens_seen += int(lengths[rows].sum())
-                    positions_seen += int(lengths[rows].max()) * len(rows)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step_in_epoch, state.global_step = step + 1, state.global_step + 1
-                if config.checkpoint_every and state.global_step % config.checkpoint_every == 0 and step + 1 < len(groups):
-                    _close_steps(state, step_sums, groups)
-                    checkpoint()
-            seconds = time.perf_counter() - started
-            _close_steps(state, step_sums, groups)
-            accuracy, macro_f1 = _score(model, val_split, config.eval_batch_size, pad_id, device, precision)
-            record = EpochRecord(
-                epoch=state.epoch,
-                train_loss=state.epoch_loss_sum / len(train_split),
-                val_accuracy=accuracy,
-                val_macro_f1=macro_f1,
-                learning_rate=scheduler.get_last_lr()[0],
-                seconds=seconds,
-                examples_per_second=rows_seen / seconds if seconds else 0.0,
-                tokens_per_second=tokens_seen / seconds if seconds else 0.0,
-                padding_share=1 - tokens_seen / positions_seen if positions_seen else 0.0,
-                mfu=flops_per_token * tokens_seen / seconds / peak if peak and seconds else None,
-            )
-            state.history.append(asdict(record))
-            if on_epoch and rank == 0:
-                on_epoch(record)
-            improved = macro_f1 > state.best_f1
-            if improved:
-                state.best_f1, state.best_epoch, state.stale = macro_f1, state.epoch, 0
-                best_state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-            else:
-                state.stale += 1
-            state.done = state.stale >= config.patience or state.epoch == config.epochs
-            state.epoch, state.step_in_epoch, state.epoch_loss_sum = state.epoch + 1, 0, 0.0
-            checkpoint(best_is_model=improved)
-    finally:
-        if store is not None:
-            store.wait()  # even after a crash: the last checkpoint lands whole before anyone reads it
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    history = [EpochRecord(**record) for record in state.history]
-    return TrainResult(history, state.best_epoch, state.best_f1, str(device), len(history) < config.epochs,
-                       state.step_losses, resumed_from)
 
 
 def _close_steps(state: LoopState, step_sums: torch.Tensor, groups: list) -> None:
