@@ -33,7 +33,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
@@ -42,7 +41,8 @@ from graftline.tasks.data import Split, Splits, encode_labels, read_table  # noq
 from graftline.tasks.evaluate import evaluate_model  # noqa: E402
 from graftline.tasks.finetune import FinetuneConfig, finetune  # noqa: E402
 from graftline.tasks.selection import stratified_sample  # noqa: E402
-from graftline.tasks.training import TrainConfig  # noqa: E402
+from graftline.tasks.training import TrainConfig, batch_plan, encode  # noqa: E402
+from graftline.tasks.training import padding_share as training_padding_share  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 LR, MAX_LENGTH, SEED = 5e-5, 128, 13
@@ -97,15 +97,11 @@ def run_trainer(data: Splits, out: Path, best: bool) -> dict:
 
 
 def padding_share(data: Splits, grouped: bool) -> float:
-    """Share of padded positions in the training batches (random order vs grouped by length)."""
+    """Share of padded positions in the training batches (random order vs grouped by length; the
+    engine's grouping is the Trainer's scheme: megabatches of 50 batches, each sorted by length)."""
     tokenizer = backbones.load_tokenizer(BACKBONE)
-    lengths = np.array([len(x) for x in tokenizer(data.train.frame["text"].tolist(), truncation=True, max_length=MAX_LENGTH)["input_ids"]])
-    order = np.random.default_rng(SEED).permutation(len(lengths))
-    if grouped:  # the Trainer's scheme: megabatches of 50 batches, each sorted by length
-        mega = BATCH * 50
-        order = np.concatenate([sorted(order[i:i + mega], key=lambda j: -lengths[j]) for i in range(0, len(order), mega)])
-    padded = sum(lengths[order[i:i + BATCH]].max() * len(order[i:i + BATCH]) for i in range(0, len(order), BATCH))
-    return 1 - lengths.sum() / padded
+    lengths = encode(tokenizer, data.train.frame["text"].tolist(), [0] * len(data.train.frame), MAX_LENGTH).lengths
+    return training_padding_share(lengths, batch_plan(lengths, BATCH, SEED, 1, grouped))
 
 
 def main() -> None:

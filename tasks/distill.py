@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from graftline.tasks import backbones
+from graftline.tasks.checkpoints import Checkpoints
 from graftline.tasks.data import Splits, encode_labels
 from graftline.tasks.errors import BackboneError
 from graftline.tasks.finetune import encode_split, save_model
-from graftline.tasks.checkpoints import Checkpoints
 from graftline.tasks.training import (
     EpochRecord, TrainConfig, TrainResult, autocast, batches, encode, model_inputs, seed_everything, train,
 )

@@ -66,8 +66,9 @@ def finetune(
     """Fine-tune `config.backbone` on `splits.train`, early-stopping on `splits.validation`."""
     if config.processes > 1 and distributed.rank_and_size()[1] == 1:
         result = distributed.launch(finetune, (splits, config, out_dir), config.processes)
-        for record in result.training.history if on_epoch else ():
-            on_epoch(record)  # the processes cannot reach the caller's tracking run; replay here
+        if on_epoch:  # the processes cannot reach the caller's tracking run; replay their epochs here
+            for record in result.training.history:
+                on_epoch(record)
         return result
     labels = splits.labels
     tokenizer = backbones.load_tokenizer(config.backbone, config.trust_remote_code)
