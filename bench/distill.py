@@ -56,48 +56,76 @@ def sst2_splits(train_rows: int) -> Splits:
     pool = pool[~pool["text"].isin(test["text"])]
     sample = stratified_sample(pool, train_rows + VALIDATION_ROWS, SEED)
     train, validation = stratified_split(sample, VALIDATION_ROWS / len(sample), SEED, "sst2")
-    return Splits(Split("train", train.reset_index(drop=True), "sst2"),
-                  Split("validation", validation.reset_index(drop=True), "sst2"), Split("test", test, "sst2"))
+    return Splits(
+        Split("train", train.reset_index(drop=True), "sst2"),
+        Split("validation", validation.reset_index(drop=True), "sst2"),
+        Split("test", test, "sst2"),
+    )
 
 
 def run(teacher_spec: str, variants: dict[str, tuple[str, float, int]], train_rows: int) -> dict:
     splits = sst2_splits(train_rows)
-    report = {"teacher": teacher_spec, "train_rows": len(splits.train.frame), "test_rows": len(splits.test.frame),
-              "students": []}
+    report = {
+        "teacher": teacher_spec,
+        "train_rows": len(splits.train.frame),
+        "test_rows": len(splits.test.frame),
+        "students": [],
+    }
     with tempfile.TemporaryDirectory(prefix="graftline-bench-") as tmp:
         root = Path(tmp)
         started = time.perf_counter()
-        teacher = finetune(splits, FinetuneConfig(backbone=teacher_spec, max_length=MAX_LENGTH, train=TEACHER_BUDGET),
-                           root / "teacher")
+        teacher = finetune(
+            splits, FinetuneConfig(backbone=teacher_spec, max_length=MAX_LENGTH, train=TEACHER_BUDGET), root / "teacher"
+        )
         report["teacher_train_seconds"] = time.perf_counter() - started
         report["teacher_accuracy"] = _accuracy(teacher.model_dir, splits)
-        log(f"teacher {teacher_spec}: accuracy {report['teacher_accuracy']:.4f} in {report['teacher_train_seconds']:.0f} s")
+        log(
+            f"teacher {teacher_spec}: accuracy {report['teacher_accuracy']:.4f} in {report['teacher_train_seconds']:.0f} s"
+        )
         for i, (name, (student, hidden, copies)) in enumerate(variants.items()):
-            config = DistillConfig(student=student, hidden_weight=hidden, augment_copies=copies, max_length=MAX_LENGTH,
-                                   train=STUDENT_BUDGET)
+            config = DistillConfig(
+                student=student,
+                hidden_weight=hidden,
+                augment_copies=copies,
+                max_length=MAX_LENGTH,
+                train=STUDENT_BUDGET,
+            )
             started = time.perf_counter()
             result = distill(teacher.model_dir, splits, config, root / f"student{i}")
             seconds = time.perf_counter() - started
-            measured = export_and_measure(result.model_dir, teacher.model_dir, splits.test,
-                                          ExportConfig(max_length=MAX_LENGTH, latency_rows=len(splits.test.frame)),
-                                          root / f"export{i}")
+            measured = export_and_measure(
+                result.model_dir,
+                teacher.model_dir,
+                splits.test,
+                ExportConfig(max_length=MAX_LENGTH, latency_rows=len(splits.test.frame)),
+                root / f"export{i}",
+            )
             rows = {r.name: r for r in measured.rows}
             t, s, int8 = rows["teacher"], rows["student"], rows["student-onnx-int8"]
             entry = {
-                "student": name, "spec": student, "hidden_weight": hidden, "augment_copies": copies,
-                "distill_seconds": seconds, "parameter_ratio": result.parameter_ratio,
-                "accuracy": s.accuracy, "retention": s.accuracy / t.accuracy,
+                "student": name,
+                "spec": student,
+                "hidden_weight": hidden,
+                "augment_copies": copies,
+                "distill_seconds": seconds,
+                "parameter_ratio": result.parameter_ratio,
+                "accuracy": s.accuracy,
+                "retention": s.accuracy / t.accuracy,
                 "speedup_batch_32": s.examples_per_second_batch_32 / t.examples_per_second_batch_32,
                 "speedup_batch_1": t.ms_batch_1 / s.ms_batch_1,
-                "onnx_speedup_batch_32": rows["student-onnx"].examples_per_second_batch_32 / t.examples_per_second_batch_32,
-                "int8_accuracy": int8.accuracy, "int8_agreement": int8.agreement,
+                "onnx_speedup_batch_32": rows["student-onnx"].examples_per_second_batch_32
+                / t.examples_per_second_batch_32,
+                "int8_accuracy": int8.accuracy,
+                "int8_agreement": int8.agreement,
                 "int8_speedup_batch_32": int8.examples_per_second_batch_32 / t.examples_per_second_batch_32,
                 "int8_speedup_batch_1": t.ms_batch_1 / int8.ms_batch_1,
                 "latency": measured.table(),
             }
             report["students"].append(entry)
-            log(f"{name}: accuracy {s.accuracy:.4f} (retention {entry['retention']:.3f}), "
-                f"{entry['speedup_batch_32']:.2f}x torch, {entry['int8_speedup_batch_32']:.2f}x int8 at batch 32")
+            log(
+                f"{name}: accuracy {s.accuracy:.4f} (retention {entry['retention']:.3f}), "
+                f"{entry['speedup_batch_32']:.2f}x torch, {entry['int8_speedup_batch_32']:.2f}x int8 at batch 32"
+            )
     return report
 
 
@@ -107,16 +135,27 @@ def _accuracy(model_dir: Path, splits: Splits) -> float:
 
 
 def print_table(report: dict) -> None:
-    print(f"teacher {report['teacher']}: test accuracy {report['teacher_accuracy']:.4f} "
-          f"({report['train_rows']} training rows, {report['test_rows']} test rows)")
-    rows = [{
-        "student": s["student"], "params": f"{s['parameter_ratio']:.2f}", "accuracy": f"{s['accuracy']:.4f}",
-        "retention": f"{s['retention']:.3f}", "torch x (b32)": f"{s['speedup_batch_32']:.2f}",
-        "torch x (b1)": f"{s['speedup_batch_1']:.2f}", "onnx x (b32)": f"{s['onnx_speedup_batch_32']:.2f}",
-        "int8 x (b32)": f"{s['int8_speedup_batch_32']:.2f}", "int8 x (b1)": f"{s['int8_speedup_batch_1']:.2f}",
-        "int8 acc": f"{s['int8_accuracy']:.4f}", "int8 agree": f"{s['int8_agreement']:.3f}",
-        "distill s": f"{s['distill_seconds']:.0f}",
-    } for s in report["students"]]
+    print(
+        f"teacher {report['teacher']}: test accuracy {report['teacher_accuracy']:.4f} "
+        f"({report['train_rows']} training rows, {report['test_rows']} test rows)"
+    )
+    rows = [
+        {
+            "student": s["student"],
+            "params": f"{s['parameter_ratio']:.2f}",
+            "accuracy": f"{s['accuracy']:.4f}",
+            "retention": f"{s['retention']:.3f}",
+            "torch x (b32)": f"{s['speedup_batch_32']:.2f}",
+            "torch x (b1)": f"{s['speedup_batch_1']:.2f}",
+            "onnx x (b32)": f"{s['onnx_speedup_batch_32']:.2f}",
+            "int8 x (b32)": f"{s['int8_speedup_batch_32']:.2f}",
+            "int8 x (b1)": f"{s['int8_speedup_batch_1']:.2f}",
+            "int8 acc": f"{s['int8_accuracy']:.4f}",
+            "int8 agree": f"{s['int8_agreement']:.3f}",
+            "distill s": f"{s['distill_seconds']:.0f}",
+        }
+        for s in report["students"]
+    ]
     table = pd.DataFrame(rows)
     try:
         print(table.to_markdown(index=False))
@@ -124,7 +163,9 @@ def print_table(report: dict) -> None:
         print(table.to_string(index=False))
     for s in report["students"]:
         met = s["retention"] >= 0.97 and s["speedup_batch_32"] >= 2 and s["int8_speedup_batch_32"] >= 3
-        print(f"{s['student']}: retention >= 0.97, >= 2x torch and >= 3x int8 at batch 32: {'met' if met else 'not met'}")
+        print(
+            f"{s['student']}: retention >= 0.97, >= 2x torch and >= 3x int8 at batch 32: {'met' if met else 'not met'}"
+        )
 
 
 def log(message: str) -> None:
@@ -135,8 +176,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="minilm-l6")
     parser.add_argument("--train-rows", type=int, default=8000)
-    parser.add_argument("--students", nargs="+", help="student specs (logits + hidden + 1 augmented copy each); "
-                        "default: the three variants in VARIANTS")
+    parser.add_argument(
+        "--students",
+        nargs="+",
+        help="student specs (logits + hidden + 1 augmented copy each); default: the three variants in VARIANTS",
+    )
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"{DATA} not found: the benchmark needs the shared datasets")

@@ -57,27 +57,54 @@ def plain(params, work: Path) -> dict[str, float]:
         for name, split in splits.evaluation_sets().items():
             plot_confusion(evaluate_model(model, tokenizer, split, f.max_length), work / f"{folder.name}-{name}.png")
 
-    splits = load_splits(d.train_path, d.text_column, d.label_column, validation=d.validation_path, test=d.test_path,
-                         extra=d.eval_sets, validation_fraction=d.validation_fraction, test_fraction=d.test_fraction,
-                         seed=d.split_seed, fmt=d.format)
+    splits = load_splits(
+        d.train_path,
+        d.text_column,
+        d.label_column,
+        validation=d.validation_path,
+        test=d.test_path,
+        extra=d.eval_sets,
+        validation_fraction=d.validation_fraction,
+        test_fraction=d.test_fraction,
+        seed=d.split_seed,
+        fmt=d.format,
+    )
     lap("ingest")
     validate_splits(splits, ValidationThresholds(**params.validation.model_dump(exclude={"mode"})), work / "validation")
     lap("validate")
-    teacher = finetune(splits, FinetuneConfig(backbone=f.backbone, strategy=f.strategy, max_length=f.max_length,
-                                              train=_train_config(f, f.epochs, f.batch_size, f.learning_rate)), work / "teacher")
+    teacher = finetune(
+        splits,
+        FinetuneConfig(
+            backbone=f.backbone,
+            strategy=f.strategy,
+            max_length=f.max_length,
+            train=_train_config(f, f.epochs, f.batch_size, f.learning_rate),
+        ),
+        work / "teacher",
+    )
     lap("finetune")
     evaluate(teacher.model_dir)
     lap("evaluate")
-    student = distill(teacher.model_dir, splits, DistillConfig(
-        student=s.student, alpha=s.alpha, temperature=s.temperature, max_length=f.max_length,
-        train=_train_config(f, s.epochs, s.batch_size, s.learning_rate)), work / "student")
+    student = distill(
+        teacher.model_dir,
+        splits,
+        DistillConfig(
+            student=s.student,
+            alpha=s.alpha,
+            temperature=s.temperature,
+            max_length=f.max_length,
+            train=_train_config(f, s.epochs, s.batch_size, s.learning_rate),
+        ),
+        work / "student",
+    )
     evaluate(student.model_dir)
     for folder in (teacher.model_dir, student.model_dir):  # the distill step's cpu_speedup
         model, tokenizer = backbones.load_classifier(str(folder)).eval(), backbones.load_tokenizer(str(folder))
         latency(torch_predictor(model, tokenizer, f.max_length), splits.test.frame["text"].tolist())
     lap("distill")
-    report = export_and_measure(student.model_dir, teacher.model_dir, splits.test,
-                                ExportConfig(max_length=f.max_length), work / "export")
+    report = export_and_measure(
+        student.model_dir, teacher.model_dir, splits.test, ExportConfig(max_length=f.max_length), work / "export"
+    )
     plot_tradeoff(report, work / "tradeoff.png")
     lap("export")
     return seconds
@@ -118,24 +145,40 @@ def main() -> None:
         for round_ in range(args.rounds):
             for kind in ("flow", "plain"):
                 started = time.perf_counter()
-                steps[kind].append(flow(params, f"overhead-{round_}") if kind == "flow" else plain(params, Path(tmp) / f"plain-{round_}"))
+                steps[kind].append(
+                    flow(params, f"overhead-{round_}")
+                    if kind == "flow"
+                    else plain(params, Path(tmp) / f"plain-{round_}")
+                )
                 walls[kind].append(time.perf_counter() - started)
                 print(f"round {round_ + 1} {kind}: {walls[kind][-1]:.1f} s", file=sys.stderr, flush=True)
     flow_s, plain_s = statistics.mean(walls["flow"]), statistics.mean(walls["plain"])
     names = list(dict.fromkeys([*steps["plain"][0], *steps["flow"][0]]))
-    per_step = {name: {kind: statistics.mean(r.get(name, 0.0) for r in steps[kind]) for kind in steps} for name in names}
-    report = {"rounds": args.rounds, "flow_seconds": walls["flow"], "plain_seconds": walls["plain"], "per_step": per_step,
-              "overhead": flow_s / plain_s - 1, "prefect_cold_start_seconds": cold_start}
+    per_step = {
+        name: {kind: statistics.mean(r.get(name, 0.0) for r in steps[kind]) for kind in steps} for name in names
+    }
+    report = {
+        "rounds": args.rounds,
+        "flow_seconds": walls["flow"],
+        "plain_seconds": walls["plain"],
+        "per_step": per_step,
+        "overhead": flow_s / plain_s - 1,
+        "prefect_cold_start_seconds": cold_start,
+    }
     out = Path(__file__).parent / "results" / "overhead.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     print("| step | flow s (step run) | plain s | difference s |\n|:--|--:|--:|--:|")
     for name, values in per_step.items():
         print(f"| {name} | {values['flow']:.2f} | {values['plain']:.2f} | {values['flow'] - values['plain']:+.2f} |")
-    print(f"| **whole run (wall)** | {flow_s:.1f} ({', '.join(f'{t:.1f}' for t in walls['flow'])}) | "
-          f"{plain_s:.1f} ({', '.join(f'{t:.1f}' for t in walls['plain'])}) | {flow_s - plain_s:+.1f} |")
-    print(f"overhead of orchestration and tracking: {report['overhead']:+.1%} "
-          f"(plus {cold_start:.1f} s once per process to start Prefect's ephemeral API)")
+    print(
+        f"| **whole run (wall)** | {flow_s:.1f} ({', '.join(f'{t:.1f}' for t in walls['flow'])}) | "
+        f"{plain_s:.1f} ({', '.join(f'{t:.1f}' for t in walls['plain'])}) | {flow_s - plain_s:+.1f} |"
+    )
+    print(
+        f"overhead of orchestration and tracking: {report['overhead']:+.1%} "
+        f"(plus {cold_start:.1f} s once per process to start Prefect's ephemeral API)"
+    )
 
 
 if __name__ == "__main__":

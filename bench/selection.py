@@ -48,9 +48,15 @@ def task_splits(name: str) -> Splits:
     """A train pool, a small validation set for early stopping, and a test set per task."""
     folder = DATA / name
     if name == "sst2":
-        pool, test = read_table(str(folder / "train.csv"), "text", "label"), read_table(str(folder / "dev.csv"), "text", "label")
+        pool, test = (
+            read_table(str(folder / "train.csv"), "text", "label"),
+            read_table(str(folder / "dev.csv"), "text", "label"),
+        )
     elif name in ("trec", "ag_news"):
-        pool, test = read_table(str(folder / "train.csv"), "text", "label"), read_table(str(folder / "test.csv"), "text", "label")
+        pool, test = (
+            read_table(str(folder / "train.csv"), "text", "label"),
+            read_table(str(folder / "test.csv"), "text", "label"),
+        )
     else:  # sms_spam ships one file
         pool = read_table(str(folder / "all.csv"), "text", "label")
         pool, test = stratified_split(pool, 0.3, SEED, name)
@@ -59,32 +65,50 @@ def task_splits(name: str) -> Splits:
     train = stratified_sample(pool, TRAIN_ROWS + VALIDATION_ROWS, SEED)
     train, validation = stratified_split(train, VALIDATION_ROWS / len(train), SEED, name)
     test = stratified_sample(test, TEST_ROWS, SEED)
-    return Splits(Split("train", train.reset_index(drop=True), name), Split("validation", validation.reset_index(drop=True), name),
-                  Split("test", test, name))
+    return Splits(
+        Split("train", train.reset_index(drop=True), name),
+        Split("validation", validation.reset_index(drop=True), name),
+        Split("test", test, name),
+    )
 
 
 def run_task(name: str) -> dict:
     splits = task_splits(name)
-    selection = select_backbone(splits.train.frame, SelectConfig(candidates=CANDIDATES, sample_size=1000, max_length=MAX_LENGTH))
+    selection = select_backbone(
+        splits.train.frame, SelectConfig(candidates=CANDIDATES, sample_size=1000, max_length=MAX_LENGTH)
+    )
     scores = {r.backbone: r.scores for r in selection.leaderboard}
     accuracy, brute_seconds = {}, 0.0
     for backbone in CANDIDATES:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            result = finetune(splits, FinetuneConfig(backbone=backbone, max_length=MAX_LENGTH, train=BUDGET), Path(tmp) / "m")
+            result = finetune(
+                splits, FinetuneConfig(backbone=backbone, max_length=MAX_LENGTH, train=BUDGET), Path(tmp) / "m"
+            )
             model = backbones.load_classifier(str(result.model_dir))
-            accuracy[backbone] = evaluate_model(model, backbones.load_tokenizer(str(result.model_dir)), splits.test, MAX_LENGTH).accuracy
+            accuracy[backbone] = evaluate_model(
+                model, backbones.load_tokenizer(str(result.model_dir)), splits.test, MAX_LENGTH
+            ).accuracy
         brute_seconds += time.perf_counter() - started
         print(f"  {name}: {backbone} fine-tuned to accuracy {accuracy[backbone]:.4f}", file=sys.stderr, flush=True)
     best = max(accuracy.values())
-    report = {"task": name, "train_rows": len(splits.train.frame), "test_rows": len(splits.test.frame),
-              "accuracy": accuracy, "scores": scores, "selection_seconds": selection.seconds,
-              "brute_force_seconds": brute_seconds}
+    report = {
+        "task": name,
+        "train_rows": len(splits.train.frame),
+        "test_rows": len(splits.test.frame),
+        "accuracy": accuracy,
+        "scores": scores,
+        "selection_seconds": selection.seconds,
+        "brute_force_seconds": brute_seconds,
+    }
     for method in METHODS:
         ordered = [scores[b][method] for b in CANDIDATES]
         top = max(CANDIDATES, key=lambda b: scores[b][method])
-        report[method] = {"tau": kendalltau(ordered, [accuracy[b] for b in CANDIDATES]).statistic, "top": top,
-                          "top_ok": accuracy[top] >= best - 0.005}
+        report[method] = {
+            "tau": kendalltau(ordered, [accuracy[b] for b in CANDIDATES]).statistic,
+            "top": top,
+            "top_ok": accuracy[top] >= best - 0.005,
+        }
     return report
 
 
@@ -125,6 +149,7 @@ def print_table(reports: list[dict]) -> None:
 def _has_tabulate() -> bool:
     try:
         import tabulate  # noqa: F401
+
         return True
     except ImportError:
         return False

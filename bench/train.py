@@ -58,15 +58,23 @@ def splits(rows: int) -> Splits:
 
 
 def run_graftline(data: Splits, out: Path, precision: str) -> dict:
-    config = FinetuneConfig(backbone=BACKBONE, max_length=MAX_LENGTH, train=TrainConfig(
-        epochs=1, batch_size=BATCH, learning_rate=LR, seed=SEED, patience=1, precision=precision))
+    config = FinetuneConfig(
+        backbone=BACKBONE,
+        max_length=MAX_LENGTH,
+        train=TrainConfig(epochs=1, batch_size=BATCH, learning_rate=LR, seed=SEED, patience=1, precision=precision),
+    )
     result = finetune(data, config, out)
     record = result.training.history[0]
     model = backbones.load_classifier(str(out))
     accuracy = evaluate_model(model, backbones.load_tokenizer(str(out)), data.test, MAX_LENGTH).accuracy
-    return {"run": f"graftline {precision}", "examples_per_second": record.examples_per_second,
-            "tokens_per_second": record.tokens_per_second, "mfu": record.mfu, "train_seconds": record.seconds,
-            "dev_accuracy": accuracy}
+    return {
+        "run": f"graftline {precision}",
+        "examples_per_second": record.examples_per_second,
+        "tokens_per_second": record.tokens_per_second,
+        "mfu": record.mfu,
+        "train_seconds": record.seconds,
+        "dev_accuracy": accuracy,
+    }
 
 
 def run_trainer(data: Splits, out: Path, best: bool) -> dict:
@@ -78,12 +86,24 @@ def run_trainer(data: Splits, out: Path, best: bool) -> dict:
     model = backbones.load_classifier(BACKBONE, labels)
     encoded = tokenizer(data.train.frame["text"].tolist(), truncation=True, max_length=MAX_LENGTH)
     ids = encode_labels(data.train.frame["label"], labels, "train")
-    rows = [{"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i], "labels": ids[i]}
-            for i in range(len(ids))]
+    rows = [
+        {"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i], "labels": ids[i]}
+        for i in range(len(ids))
+    ]
     args = TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=BATCH, learning_rate=LR, num_train_epochs=1,
+        output_dir=str(out),
+        per_device_train_batch_size=BATCH,
+        learning_rate=LR,
+        num_train_epochs=1,
         warmup_steps=0.1,  # transformers 5: a float below 1 is a share of the steps
-        weight_decay=0.01, seed=SEED, report_to="none", save_strategy="no", logging_strategy="no", eval_strategy="no", use_cpu=not torch.cuda.is_available(), dataloader_pin_memory=False,
+        weight_decay=0.01,
+        seed=SEED,
+        report_to="none",
+        save_strategy="no",
+        logging_strategy="no",
+        eval_strategy="no",
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_pin_memory=False,
         **(dict(train_sampling_strategy="group_by_length", optim="adamw_torch_fused", bf16=True) if best else {}),
     )
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=DataCollatorWithPadding(tokenizer))
@@ -91,9 +111,13 @@ def run_trainer(data: Splits, out: Path, best: bool) -> dict:
     model.eval()
     accuracy = evaluate_model(model.float(), tokenizer, data.test, MAX_LENGTH).accuracy
     tokens = sum(len(row["input_ids"]) for row in rows)
-    return {"run": "trainer best" if best else "trainer defaults", "examples_per_second": metrics["train_samples_per_second"],
-            "tokens_per_second": tokens / metrics["train_runtime"], "train_seconds": metrics["train_runtime"],
-            "dev_accuracy": accuracy}
+    return {
+        "run": "trainer best" if best else "trainer defaults",
+        "examples_per_second": metrics["train_samples_per_second"],
+        "tokens_per_second": tokens / metrics["train_runtime"],
+        "train_seconds": metrics["train_runtime"],
+        "dev_accuracy": accuracy,
+    }
 
 
 def padding_share(data: Splits, grouped: bool) -> float:
@@ -117,10 +141,12 @@ def main() -> None:
     data = splits(args.rows)
     results = []
     with tempfile.TemporaryDirectory(prefix="graftline-bench-") as tmp:
-        for name, call in (("graftline fp32", lambda: run_graftline(data, Path(tmp) / "g", "fp32")),
-                           ("graftline bf16", lambda: run_graftline(data, Path(tmp) / "g16", "bf16")),
-                           ("trainer defaults", lambda: run_trainer(data, Path(tmp) / "t", best=False)),
-                           ("trainer best", lambda: run_trainer(data, Path(tmp) / "b", best=True))):
+        for name, call in (
+            ("graftline fp32", lambda: run_graftline(data, Path(tmp) / "g", "fp32")),
+            ("graftline bf16", lambda: run_graftline(data, Path(tmp) / "g16", "bf16")),
+            ("trainer defaults", lambda: run_trainer(data, Path(tmp) / "t", best=False)),
+            ("trainer best", lambda: run_trainer(data, Path(tmp) / "b", best=True)),
+        ):
             started = time.perf_counter()
             results.append(call())
             print(f"{name}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
@@ -129,19 +155,39 @@ def main() -> None:
         r["x_trainer_defaults"] = r["examples_per_second"] / by["trainer defaults"]["examples_per_second"]
         r["x_trainer_best"] = r["examples_per_second"] / by["trainer best"]["examples_per_second"]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
-    report = {"backbone": BACKBONE, "device": device, "rows": args.rows, "batch": BATCH, "max_length": MAX_LENGTH,
-              "padding_random": padding_share(data, False), "padding_grouped": padding_share(data, True), "runs": results}
+    report = {
+        "backbone": BACKBONE,
+        "device": device,
+        "rows": args.rows,
+        "batch": BATCH,
+        "max_length": MAX_LENGTH,
+        "padding_random": padding_share(data, False),
+        "padding_grouped": padding_share(data, True),
+        "runs": results,
+    }
     out = Path(__file__).parent / "results" / ("train.json" if BACKBONE == "minilm-l6" else f"train-{BACKBONE}.json")
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
-    table = pd.DataFrame(results)[["run", "examples_per_second", "tokens_per_second", "x_trainer_defaults", "x_trainer_best",
-                                   "train_seconds", "dev_accuracy"] + (["mfu"] if torch.cuda.is_available() else [])]
+    table = pd.DataFrame(results)[
+        [
+            "run",
+            "examples_per_second",
+            "tokens_per_second",
+            "x_trainer_defaults",
+            "x_trainer_best",
+            "train_seconds",
+            "dev_accuracy",
+        ]
+        + (["mfu"] if torch.cuda.is_available() else [])
+    ]
     print(f"{BACKBONE} on {device}, {args.rows} rows, batch {BATCH}")
     try:
         print(table.to_markdown(index=False, floatfmt=".3f"))
     except ImportError:
         print(table.to_string(index=False))
-    print(f"padding share: random batches {report['padding_random']:.1%}, grouped by length {report['padding_grouped']:.1%}")
+    print(
+        f"padding share: random batches {report['padding_random']:.1%}, grouped by length {report['padding_grouped']:.1%}"
+    )
 
 
 if __name__ == "__main__":

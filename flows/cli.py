@@ -17,11 +17,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="The transfer-learning lifecycle, orchestrated and tracked.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="The transfer-learning lifecycle, orchestrated and tracked.",
+)
 
 
 @app.callback()
@@ -31,30 +35,39 @@ def _main() -> None:
 
 @app.command()
 def run(
-    config: Optional[Path] = typer.Option(None, help="YAML or JSON file of flow parameters (data/validation/finetune/distill/registry)."),
-    train: Optional[str] = typer.Option(None, help="Training data (CSV, JSONL, Parquet; path or fsspec URL)."),
-    validation: Optional[str] = typer.Option(None, help="Validation data; carved from --train when absent."),
-    test: Optional[str] = typer.Option(None, help="Test data; carved from --train when absent."),
+    config: Path | None = typer.Option(
+        None, help="YAML or JSON file of flow parameters (data/validation/finetune/distill/registry)."
+    ),
+    train: str | None = typer.Option(None, help="Training data (CSV, JSONL, Parquet; path or fsspec URL)."),
+    validation: str | None = typer.Option(None, help="Validation data; carved from --train when absent."),
+    test: str | None = typer.Option(None, help="Test data; carved from --train when absent."),
     eval_set: list[str] = typer.Option([], "--eval", help="Extra evaluation set NAME=PATH (repeatable)."),
-    text_column: Optional[str] = typer.Option(None, help="Text column name."),
-    label_column: Optional[str] = typer.Option(None, help="Label column name."),
-    backbone: Optional[str] = typer.Option(None, help="Backbone: packaged name, local folder or hub id."),
-    strategy: Optional[str] = typer.Option(None, help="full | linear-probe."),
-    epochs: Optional[int] = typer.Option(None, help="Fine-tuning epochs."),
-    student: Optional[str] = typer.Option(None, help="Distillation student (e.g. teacher-layers:3)."),
+    text_column: str | None = typer.Option(None, help="Text column name."),
+    label_column: str | None = typer.Option(None, help="Label column name."),
+    backbone: str | None = typer.Option(None, help="Backbone: packaged name, local folder or hub id."),
+    strategy: str | None = typer.Option(None, help="full | linear-probe."),
+    epochs: int | None = typer.Option(None, help="Fine-tuning epochs."),
+    student: str | None = typer.Option(None, help="Distillation student (e.g. teacher-layers:3)."),
     no_distill: bool = typer.Option(False, "--no-distill", help="Skip distillation."),
-    model_name: Optional[str] = typer.Option(None, help="Registered model name."),
-    validation_mode: Optional[str] = typer.Option(None, help="fail | warn."),
+    model_name: str | None = typer.Option(None, help="Registered model name."),
+    validation_mode: str | None = typer.Option(None, help="fail | warn."),
     set_: list[str] = typer.Option([], "--set", help="Any parameter as dotted.path=value (repeatable)."),
 ) -> None:
     """Run the whole lifecycle; with no options, on the embedded demo data."""
     _quiet_defaults()
     overrides = {
-        "data.train_path": train, "data.validation_path": validation, "data.test_path": test,
-        "data.text_column": text_column, "data.label_column": label_column,
-        "finetune.backbone": backbone, "finetune.strategy": strategy, "finetune.epochs": epochs,
-        "distill.student": student, "distill.enabled": False if no_distill else None,
-        "registry.model_name": model_name, "validation.mode": validation_mode,
+        "data.train_path": train,
+        "data.validation_path": validation,
+        "data.test_path": test,
+        "data.text_column": text_column,
+        "data.label_column": label_column,
+        "finetune.backbone": backbone,
+        "finetune.strategy": strategy,
+        "finetune.epochs": epochs,
+        "distill.student": student,
+        "distill.enabled": False if no_distill else None,
+        "registry.model_name": model_name,
+        "validation.mode": validation_mode,
     }
     try:
         params = build_params(config, overrides, eval_set, set_)
@@ -69,8 +82,11 @@ def run(
 
 @app.command()
 def resume(
-    run_id: Optional[str] = typer.Argument(None, help="MLflow run id of the lifecycle (or its Prefect flow run id); "
-                                            "default: the newest one that did not finish."),
+    run_id: str | None = typer.Argument(
+        None,
+        help="MLflow run id of the lifecycle (or its Prefect flow run id); "
+        "default: the newest one that did not finish.",
+    ),
 ) -> None:
     """Resume a killed or failed lifecycle with its own parameters: the steps it completed are reused and
     training continues from its last checkpoint."""
@@ -106,7 +122,10 @@ def build_params(config: Path | None, overrides: dict, eval_sets: list[str], ass
     pairs = [a.split("=", 1) for a in assignments]
     if any(len(p) != 2 for p in pairs):
         raise GraftlineError("--set expects dotted.path=value")
-    for path, value in [*[(k, v) for k, v in overrides.items() if v is not None], *((k, yaml.safe_load(v)) for k, v in pairs)]:
+    for path, value in [
+        *[(k, v) for k, v in overrides.items() if v is not None],
+        *((k, yaml.safe_load(v)) for k, v in pairs),
+    ]:
         _assign(values, path, value)
     if eval_sets:
         pairs = [e.split("=", 1) for e in eval_sets]
@@ -178,10 +197,15 @@ def _quiet_defaults() -> None:
 def promote(
     model_name: str = typer.Argument(..., help="Registered model (students: <name>-student)."),
     to: str = typer.Option("staging", help="staging | production."),
-    version: Optional[str] = typer.Option(None, help="Version to promote; default: the holder of the stage below."),
-    eval_set: list[str] = typer.Option([], "--eval", help="Evaluation set NAME=PATH (repeatable, needs test=...); "
-                                       "default: the version's own, logged at ingest."),
-    set_: list[str] = typer.Option([], "--set", help="Gate or other parameter as dotted.path=value, e.g. gates.min_accuracy=0.9."),
+    version: str | None = typer.Option(None, help="Version to promote; default: the holder of the stage below."),
+    eval_set: list[str] = typer.Option(
+        [],
+        "--eval",
+        help="Evaluation set NAME=PATH (repeatable, needs test=...); default: the version's own, logged at ingest.",
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Gate or other parameter as dotted.path=value, e.g. gates.min_accuracy=0.9."
+    ),
 ) -> None:
     """Move an alias to a version if its gates pass (the `promote` flow); exit 1 when refused."""
     _quiet_defaults()
@@ -240,8 +264,10 @@ def history(model_name: str = typer.Argument(..., help="Registered model.")) -> 
         raise
     print(f"{model_name}: " + ", ".join(f"{a} v{v}" if v else f"{a} -" for a, v in holders.items()))
     for r in records:
-        print(f"  {r['time']}  {r['action']:8s} {r['alias']:10s} v{r['from_version'] or '-'} -> v{r['to_version']}  "
-              f"by {r['triggered_by']}  (run {r['run_id']})")
+        print(
+            f"  {r['time']}  {r['action']:8s} {r['alias']:10s} v{r['from_version'] or '-'} -> v{r['to_version']}  "
+            f"by {r['triggered_by']}  (run {r['run_id']})"
+        )
         for gate, detail in r["gates"].items():
             print(f"      {gate}: {detail}")
     if not records:
@@ -250,25 +276,38 @@ def history(model_name: str = typer.Argument(..., help="Registered model.")) -> 
 
 @app.command()
 def up(
-    home: Path = typer.Option(Path("graftline-platform"), help="Folder of the servers' databases, artifacts, logs and state."),
+    home: Path = typer.Option(
+        Path("graftline-platform"), help="Folder of the servers' databases, artifacts, logs and state."
+    ),
     host: str = typer.Option("127.0.0.1", help="Address the servers bind to (127.0.0.1: this machine only)."),
     prefect_port: int = typer.Option(4200, help="Prefect server (API and UI) port."),
     mlflow_port: int = typer.Option(5000, help="MLflow tracking server (and UI) port."),
-    backend_store_uri: Optional[str] = typer.Option(None, help="MLflow backend store; default sqlite in HOME "
-                                                    "(e.g. postgresql://user@db/mlflow)."),
-    artifacts_destination: Optional[str] = typer.Option(None, help="MLflow artifact root; default HOME/artifacts "
-                                                        "(e.g. s3://bucket/mlflow)."),
+    backend_store_uri: str | None = typer.Option(
+        None, help="MLflow backend store; default sqlite in HOME (e.g. postgresql://user@db/mlflow)."
+    ),
+    artifacts_destination: str | None = typer.Option(
+        None, help="MLflow artifact root; default HOME/artifacts (e.g. s3://bucket/mlflow)."
+    ),
     work_pool: str = typer.Option("graftline", help="Process work pool the worker polls."),
-    retrain_cron: Optional[str] = typer.Option(None, help="Schedule of the retrain deployment (default: 0 2 * * *)."),
-    params: Optional[Path] = typer.Option(None, help="YAML of the transfer/retrain deployments' default parameters."),
+    retrain_cron: str | None = typer.Option(None, help="Schedule of the retrain deployment (default: 0 2 * * *)."),
+    params: Path | None = typer.Option(None, help="YAML of the transfer/retrain deployments' default parameters."),
 ) -> None:
     """Start Prefect and MLflow servers and a worker, register the deployments (idempotent)."""
     _quiet_defaults()
     try:
         from graftline.flows import servers
 
-        platform = servers.up(home, host, prefect_port, mlflow_port, backend_store_uri, artifacts_destination,
-                              work_pool, retrain_cron, params)
+        platform = servers.up(
+            home,
+            host,
+            prefect_port,
+            mlflow_port,
+            backend_store_uri,
+            artifacts_destination,
+            work_pool,
+            retrain_cron,
+            params,
+        )
     except Exception as exc:
         _exit_on_user_error(exc)
         raise
@@ -287,14 +326,19 @@ def down(home: Path = typer.Option(Path("graftline-platform"), help="The folder 
     from graftline.flows import servers
 
     platform = servers.down(home)
-    print("nothing was running" if platform is None else
-          f"stopped {', '.join(f'{name} (pid {pid})' for name, pid in platform.pids.items())}")
+    print(
+        "nothing was running"
+        if platform is None
+        else f"stopped {', '.join(f'{name} (pid {pid})' for name, pid in platform.pids.items())}"
+    )
 
 
 def _print_outcome(outcome: dict) -> None:
     verb = {"promote": "promoted", "rollback": "rolled back"}[outcome["action"]]
     if outcome["moved"]:
-        print(f"{outcome['model']}: {outcome['alias']} {verb} from v{outcome['previous'] or '-'} to v{outcome['version']}")
+        print(
+            f"{outcome['model']}: {outcome['alias']} {verb} from v{outcome['previous'] or '-'} to v{outcome['version']}"
+        )
     else:
         print(f"{outcome['model']} v{outcome['version']} not promoted to {outcome['alias']}")
     for check in outcome["checks"]:
@@ -337,7 +381,9 @@ def zoo_list() -> None:
     """Every catalog backbone: kind, whether it is installed, size, licence."""
     from graftline.tasks import catalog
 
-    print(f"{'name':20s} {'kind':6s} {'installed':10s} {'params':>12s} {'layers':>6s} {'width':>6s}  {'licence':34s} summary")
+    print(
+        f"{'name':20s} {'kind':6s} {'installed':10s} {'params':>12s} {'layers':>6s} {'width':>6s}  {'licence':34s} summary"
+    )
     for entry in catalog.CATALOG.values():
         facts = {}
         if catalog.installed(entry):
@@ -345,9 +391,11 @@ def zoo_list() -> None:
                 facts = catalog.describe(entry.name)
             except Exception as exc:  # a broken install is reported, not fatal for the listing
                 facts = {"summary": f"(unusable: {exc})"}
-        print(f"{entry.name:20s} {entry.kind:6s} {'yes' if catalog.installed(entry) else 'no':10s} "
-              f"{facts.get('parameters', ''):>12} {facts.get('layers') or '':>6} {facts.get('width') or '':>6}  "
-              f"{entry.licence:34s} {facts.get('summary', entry.summary)}")
+        print(
+            f"{entry.name:20s} {entry.kind:6s} {'yes' if catalog.installed(entry) else 'no':10s} "
+            f"{facts.get('parameters', ''):>12} {facts.get('layers') or '':>6} {facts.get('width') or '':>6}  "
+            f"{entry.licence:34s} {facts.get('summary', entry.summary)}"
+        )
 
 
 @zoo.command("install")
@@ -362,8 +410,10 @@ def zoo_install(
         for name in names or list(catalog.CATALOG):
             catalog.install(name, force=force)
             facts = catalog.describe(name)
-            print(f"{name}: {facts['parameters']:,} parameters, {facts['layers']} x {facts['width']}, "
-                  f"tokenizer {facts['tokenizer']}, verified, in {facts['folder']}")
+            print(
+                f"{name}: {facts['parameters']:,} parameters, {facts['layers']} x {facts['width']}, "
+                f"tokenizer {facts['tokenizer']}, verified, in {facts['folder']}"
+            )
     except Exception as exc:
         _exit_on_user_error(exc)
         raise

@@ -42,22 +42,37 @@ def build(retrain_cron: str = RETRAIN_CRON, params_file: Path | None = None, job
     common = dict(entrypoint_type=EntrypointType.MODULE_PATH, tags=["graftline"], job_variables=job_variables or {})
     return [
         transfer.to_deployment(name="transfer", parameters=defaults, description=TransferParams.__doc__, **common),
-        retrain.to_deployment(name="retrain", cron=retrain_cron, parameters=retrain_defaults,
-                              description=f"Nightly retraining ({retrain_cron}); proposes its result for promotion.", **common),
-        promote.to_deployment(name="promote", parameters={"params": PromoteParams().model_dump(mode="json")},
-                              description="Move staging or production to a version behind the gates.", **common),
+        retrain.to_deployment(
+            name="retrain",
+            cron=retrain_cron,
+            parameters=retrain_defaults,
+            description=f"Nightly retraining ({retrain_cron}); proposes its result for promotion.",
+            **common,
+        ),
+        promote.to_deployment(
+            name="promote",
+            parameters={"params": PromoteParams().model_dump(mode="json")},
+            description="Move staging or production to a version behind the gates.",
+            **common,
+        ),
         rollback.to_deployment(name="rollback", description="Return an alias to its previous holder.", **common),
     ]
 
 
-def deploy_all(work_pool: str = WORK_POOL, retrain_cron: str = RETRAIN_CRON, params_file: Path | None = None,
-               job_variables: dict | None = None) -> list[str]:
+def deploy_all(
+    work_pool: str = WORK_POOL,
+    retrain_cron: str = RETRAIN_CRON,
+    params_file: Path | None = None,
+    job_variables: dict | None = None,
+) -> list[str]:
     """Create or update the deployments on the Prefect API in PREFECT_API_URL; returns their ids.
     The image of a Kubernetes pool goes in `job_variables` (not prefect.deploy's `image`, which
     would invent a tag for an untagged name): graftline never builds or pushes images."""
     from prefect import deploy
 
-    ids = deploy(*build(retrain_cron, params_file, job_variables), work_pool_name=work_pool, print_next_steps_message=False)
+    ids = deploy(
+        *build(retrain_cron, params_file, job_variables), work_pool_name=work_pool, print_next_steps_message=False
+    )
     return [str(i) for i in ids]
 
 
@@ -76,8 +91,12 @@ def kubernetes_pool(name: str, job_template: Path) -> None:
         except ObjectNotFound:
             existing = None
         if existing is not None and existing.type != "kubernetes":  # Prefect would keep its type and swap the template
-            raise GraftlineError(f"work pool {name!r} exists with type {existing.type!r}, not 'kubernetes'; choose another pool name")
-        client.create_work_pool(WorkPoolCreate(name=name, type="kubernetes", base_job_template=template), overwrite=True)
+            raise GraftlineError(
+                f"work pool {name!r} exists with type {existing.type!r}, not 'kubernetes'; choose another pool name"
+            )
+        client.create_work_pool(
+            WorkPoolCreate(name=name, type="kubernetes", base_job_template=template), overwrite=True
+        )
 
 
 def _read_template(path: Path) -> dict:

@@ -33,14 +33,24 @@ def main(argv: list[str] | None = None) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pool", default=WORK_POOL, help="work pool the deployments run on")
-    parser.add_argument("--pool-type", choices=["process", "kubernetes"], default="process",
-                        help="process: an existing pool (graftline up makes one); kubernetes: create or update it")
+    parser.add_argument(
+        "--pool-type",
+        choices=["process", "kubernetes"],
+        default="process",
+        help="process: an existing pool (graftline up makes one); kubernetes: create or update it",
+    )
     parser.add_argument("--cron", default=RETRAIN_CRON, help="schedule of the retrain deployment")
     parser.add_argument("--params", type=Path, help="YAML of transfer/retrain default parameters")
     kubernetes = parser.add_argument_group("kubernetes pools")
-    kubernetes.add_argument("--job-template", type=Path, help="base job template, e.g. deployments/kubernetes-gpu-job-template.json")
-    kubernetes.add_argument("--image", help="container image with graftline installed, e.g. registry.example.com/graftline:0.1.0")
-    kubernetes.add_argument("--mlflow-uri", help="MLflow tracking URI as seen from the cluster (default: the template's)")
+    kubernetes.add_argument(
+        "--job-template", type=Path, help="base job template, e.g. deployments/kubernetes-gpu-job-template.json"
+    )
+    kubernetes.add_argument(
+        "--image", help="container image with graftline installed, e.g. registry.example.com/graftline:0.1.0"
+    )
+    kubernetes.add_argument(
+        "--mlflow-uri", help="MLflow tracking URI as seen from the cluster (default: the template's)"
+    )
     return parser
 
 

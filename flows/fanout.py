@@ -40,10 +40,15 @@ def dask_scorer(address: str | None = None) -> ScoreAll:
 
     def score_on_dask(texts: list[str], labels: np.ndarray, config: SelectConfig) -> list[CandidateReport]:
         with _task_runner(address, len(config.candidates)) as runner:
-            futures = runner.map(score_candidate, {
-                "spec": list(config.candidates), "texts": unmapped(texts), "labels": unmapped(labels),
-                "config": unmapped(config),
-            })
+            futures = runner.map(
+                score_candidate,
+                {
+                    "spec": list(config.candidates),
+                    "texts": unmapped(texts),
+                    "labels": unmapped(labels),
+                    "config": unmapped(config),
+                },
+            )
             return [future.result() for future in futures]  # candidate order, whatever finished first
 
     return score_on_dask
@@ -56,14 +61,16 @@ def _task_runner(address: str | None, candidates: int):
         raise GraftlineError("select.runner 'dask' needs prefect-dask: pip install 'graftline[cluster]'") from None
     if address:
         return DaskTaskRunner(address=address)
-    return DaskTaskRunner(cluster_kwargs={
-        "n_workers": max(1, min(candidates, os.cpu_count() or 1)),
-        "threads_per_worker": 1,  # Dask also sets OMP_NUM_THREADS=1: torch takes one core per worker, no oversubscription
-        "processes": True,
-        "host": "127.0.0.1",
-        "dashboard_address": None,  # its HTTP endpoint then stays on 127.0.0.1 (the default ":8787" is every interface)
-        "env": {"PREFECT_API_URL": _api_url()},
-    })
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": max(1, min(candidates, os.cpu_count() or 1)),
+            "threads_per_worker": 1,  # Dask also sets OMP_NUM_THREADS=1: torch takes one core per worker, no oversubscription
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": None,  # its HTTP endpoint then stays on 127.0.0.1 (the default ":8787" is every interface)
+            "env": {"PREFECT_API_URL": _api_url()},
+        }
+    )
 
 
 def _api_url() -> str:

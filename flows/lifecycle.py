@@ -23,7 +23,14 @@ from prefect import flow, get_run_logger
 
 from graftline.flows import reuse, steps
 from graftline.flows.params import (
-    DataParams, DistillParams, ExportParams, FinetuneParams, RegistryParams, RunParams, SelectParams, TransferParams,
+    DataParams,
+    DistillParams,
+    ExportParams,
+    FinetuneParams,
+    RegistryParams,
+    RunParams,
+    SelectParams,
+    TransferParams,
     ValidationParams,
 )
 from graftline.tasks import tracking
@@ -58,16 +65,38 @@ def transfer(
     """Validate, fine-tune, evaluate, distil, export and register one text classifier; returns a summary."""
     from prefect.runtime import flow_run
 
-    params = TransferParams.model_validate(with_deployment_defaults(TransferParams(
-        data=data, validation=validation, select=select, finetune=finetune, distill=distill, export=export,
-        registry=registry, run=run).model_dump()))
+    params = TransferParams.model_validate(
+        with_deployment_defaults(
+            TransferParams(
+                data=data,
+                validation=validation,
+                select=select,
+                finetune=finetune,
+                distill=distill,
+                export=export,
+                registry=registry,
+                run=run,
+            ).model_dump()
+        )
+    )
     data, validation, select, finetune, distill, export, registry, run = (
-        params.data, params.validation, params.select, params.finetune, params.distill, params.export, params.registry,
-        params.run)
+        params.data,
+        params.validation,
+        params.select,
+        params.finetune,
+        params.distill,
+        params.export,
+        params.registry,
+        params.run,
+    )
     store = tracking.configure(registry.experiment)
     flow_run_id = str(flow_run.id or "")
-    run_tags = {"prefect_flow_run_id": flow_run_id, "git_commit": tracking.git_commit(), "graftline.flow": "transfer",
-                **({"graftline.resumed_from": run.resumed_from} if run.resumed_from else {})}
+    run_tags = {
+        "prefect_flow_run_id": flow_run_id,
+        "git_commit": tracking.git_commit(),
+        "graftline.flow": "transfer",
+        **({"graftline.resumed_from": run.resumed_from} if run.resumed_from else {}),
+    }
     reused: list[str] = []
 
     def call(step, *args, reusable=True, retried=False):
@@ -79,11 +108,15 @@ def transfer(
         state = step(*args, return_state=True)
         if state.name == "Cached":
             reused.append(step.name)
-            get_run_logger().info("%s: reused the result of an identical earlier run (same data, parameters and code)", step.name)
+            get_run_logger().info(
+                "%s: reused the result of an identical earlier run (same data, parameters and code)", step.name
+            )
         return state.result()
 
-    with tempfile.TemporaryDirectory(prefix="graftline-") as tmp, \
-            tracking.lifecycle_run(f"transfer-{flow_run.name or 'local'}", run_tags) as parent:
+    with (
+        tempfile.TemporaryDirectory(prefix="graftline-") as tmp,
+        tracking.lifecycle_run(f"transfer-{flow_run.name or 'local'}", run_tags) as parent,
+    ):
         work_dir, parent_id = Path(tmp), parent.info.run_id
         get_run_logger().info("MLflow run %s (if this run is interrupted: graftline resume %s)", parent_id, parent_id)
         tracking.log_params(params.model_dump(exclude={"data": {"eval_sets"}}))
@@ -91,8 +124,9 @@ def transfer(
 
         splits, ingest_run_id = steps.ingest(data, distill, parent_id, work_dir)
         report = steps.validate(splits, validation, parent_id, work_dir)
-        backbone = call(steps.select, splits, finetune, distill, select, parent_id, work_dir,
-                        reusable=finetune.backbone == "auto")
+        backbone = call(
+            steps.select, splits, finetune, distill, select, parent_id, work_dir, reusable=finetune.backbone == "auto"
+        )
         finetune = finetune.model_copy(update={"backbone": backbone})
         teacher = call(steps.finetune, splits, finetune, parent_id, work_dir, retried=True)
         reuse.materialize(teacher, work_dir / "teacher")
@@ -106,8 +140,12 @@ def transfer(
         exported = {}
         if export.enabled and gated:
             exported = steps.export(gated[-1], teacher, splits, export, finetune.max_length, parent_id, work_dir)
-        version_tags = {**run_tags, "data_digest": splits.digest, "ingest_run_id": ingest_run_id,
-                        "validation_success": str(report.success).lower()}
+        version_tags = {
+            **run_tags,
+            "data_digest": splits.digest,
+            "ingest_run_id": ingest_run_id,
+            "validation_success": str(report.success).lower(),
+        }
         triggered_by = f"transfer flow run {flow_run.name or 'local'} ({flow_run_id or 'no id'})"
         registrations = steps.register(gated, splits, registry, parent_id, version_tags, triggered_by)
 
@@ -118,7 +156,9 @@ def transfer(
         summary["not_registered"] = {m.role: m.gate_failure for m in models if m.gate_failure}
         summary["reused_steps"] = reused
         _log_summary(summary)
-    get_run_logger().info("registered: %s", ", ".join(f"{r['name']} v{r['version']} {r['aliases']}" for r in registrations))
+    get_run_logger().info(
+        "registered: %s", ", ".join(f"{r['name']} v{r['version']} {r['aliases']}" for r in registrations)
+    )
     return summary
 
 
@@ -148,7 +188,9 @@ def with_deployment_defaults(values: dict) -> dict:
 def _deep_merge(base: dict, override: dict) -> dict:
     merged = dict(base)
     for key, value in override.items():
-        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 
@@ -161,7 +203,11 @@ def _summary(models, registrations, store, parent_id: str, digest: str) -> dict:
         "data_digest": digest,
         "metrics": {
             model.role: {
-                **{f"{name}_{m}": getattr(e, m) for name, e in model.evaluations.items() for m in ("accuracy", "macro_f1")},
+                **{
+                    f"{name}_{m}": getattr(e, m)
+                    for name, e in model.evaluations.items()
+                    for m in ("accuracy", "macro_f1")
+                },
                 **model.report,
             }
             for model in models

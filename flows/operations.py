@@ -17,8 +17,16 @@ from typing import Literal
 from prefect import flow, get_run_logger
 
 from graftline.flows.params import (
-    DataParams, DistillParams, ExportParams, FinetuneParams, PromoteParams, RegistryParams, RunParams, SelectParams,
-    TransferParams, ValidationParams,
+    DataParams,
+    DistillParams,
+    ExportParams,
+    FinetuneParams,
+    PromoteParams,
+    RegistryParams,
+    RunParams,
+    SelectParams,
+    TransferParams,
+    ValidationParams,
 )
 from graftline.flows.steps import EVALUATION_SETS
 from graftline.tasks import tracking
@@ -35,16 +43,34 @@ def promote(params: PromoteParams = PromoteParams(), triggered_by: str | None = 
     client = MlflowClient()
     version = params.version or promotion.alias_holder(client, params.model_name, promotion.BELOW[params.to])
     eval_sets = _eval_sets(client, params, version)
-    outcome = promotion.promote(client, params.model_name, params.to, eval_sets, params.gates.to_gates(),
-                                triggered_by or _who(), version=version, experiment=params.experiment)
-    get_run_logger().info("%s %s v%s -> %s: %s", "moved" if outcome.moved else "not moved", outcome.model,
-                          outcome.version, outcome.alias, outcome.reason)
+    outcome = promotion.promote(
+        client,
+        params.model_name,
+        params.to,
+        eval_sets,
+        params.gates.to_gates(),
+        triggered_by or _who(),
+        version=version,
+        experiment=params.experiment,
+    )
+    get_run_logger().info(
+        "%s %s v%s -> %s: %s",
+        "moved" if outcome.moved else "not moved",
+        outcome.model,
+        outcome.version,
+        outcome.alias,
+        outcome.reason,
+    )
     return outcome.as_dict()
 
 
 @flow(name="rollback", log_prints=True, persist_result=False)
-def rollback(model_name: str = "graftline-demo", alias: Literal["staging", "production"] = "production",
-             experiment: str = "graftline", triggered_by: str | None = None) -> dict:
+def rollback(
+    model_name: str = "graftline-demo",
+    alias: Literal["staging", "production"] = "production",
+    experiment: str = "graftline",
+    triggered_by: str | None = None,
+) -> dict:
     """Return `alias` of `model_name` to the version that held it before its last promotion."""
     from mlflow.tracking import MlflowClient
 
@@ -73,8 +99,16 @@ def retrain(
     the gates pass."""
     from graftline.flows.lifecycle import transfer, with_deployment_defaults
 
-    given = TransferParams(data=data, validation=validation, select=select, finetune=finetune, distill=distill,
-                           export=export, registry=registry, run=run).model_dump()
+    given = TransferParams(
+        data=data,
+        validation=validation,
+        select=select,
+        finetune=finetune,
+        distill=distill,
+        export=export,
+        registry=registry,
+        run=run,
+    ).model_dump()
     params = TransferParams.model_validate(with_deployment_defaults(given))
     params.registry.promote_to = "staging" if auto_promote else "none"
     return transfer(**{group: getattr(params, group) for group in TransferParams.model_fields})
@@ -91,8 +125,10 @@ def _eval_sets(client, params: PromoteParams, version: str | None) -> dict:
     if params.eval_sets:
         if "test" not in params.eval_sets:
             raise PromotionError("eval_sets needs a 'test' entry (the thresholds and retention are measured on it)")
-        return {name: Split(name, read_table(resolve_source(path), params.text_column, params.label_column), path)
-                for name, path in params.eval_sets.items()}
+        return {
+            name: Split(name, read_table(resolve_source(path), params.text_column, params.label_column), path)
+            for name, path in params.eval_sets.items()
+        }
     if version is None:
         return {}  # promotion.promote reports what is missing
     try:
@@ -102,8 +138,10 @@ def _eval_sets(client, params: PromoteParams, version: str | None) -> dict:
     if not run_id:
         raise PromotionError(f"{params.model_name} v{version} has no ingest_run_id tag; pass eval_sets")
     folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=EVALUATION_SETS))
-    return {p.stem: Split(p.stem, pd.read_parquet(p), f"runs:/{run_id}/{EVALUATION_SETS}/{p.name}")
-            for p in sorted(folder.glob("*.parquet"), key=lambda p: (p.stem != "test", p.stem))}
+    return {
+        p.stem: Split(p.stem, pd.read_parquet(p), f"runs:/{run_id}/{EVALUATION_SETS}/{p.name}")
+        for p in sorted(folder.glob("*.parquet"), key=lambda p: (p.stem != "test", p.stem))
+    }
 
 
 def _who() -> str:

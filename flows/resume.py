@@ -29,7 +29,9 @@ def interrupted_run(run_id: str | None):
     client = MlflowClient()
     run = _find(client, run_id)
     if run.info.status == "FINISHED":
-        raise GraftlineError(f"run {run.info.run_id} finished; there is nothing to resume (run it again to reuse its steps)")
+        raise GraftlineError(
+            f"run {run.info.run_id} finished; there is nothing to resume (run it again to reuse its steps)"
+        )
     try:
         path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=tracking.PARAMETERS_FILE)
     except Exception as exc:
@@ -54,7 +56,9 @@ def _find(client, run_id: str | None):
     except Exception:
         runs = client.search_runs(experiments, f"{where} and tags.prefect_flow_run_id = '{run_id}'", max_results=1)
         if not runs:
-            raise GraftlineError(f"no lifecycle run {run_id!r} (neither an MLflow run id nor a Prefect flow run id)") from None
+            raise GraftlineError(
+                f"no lifecycle run {run_id!r} (neither an MLflow run id nor a Prefect flow run id)"
+            ) from None
         return runs[0]
 
 

@@ -36,8 +36,12 @@ def fingerprint(step: str, parameters: dict) -> str:
     import mlflow
 
     digest = hashlib.sha256()
-    for part in (step, code_version(), mlflow.get_tracking_uri(),
-                 *(f"{name}={_describe(value)}" for name, value in sorted(parameters.items()) if name not in SKIPPED)):
+    for part in (
+        step,
+        code_version(),
+        mlflow.get_tracking_uri(),
+        *(f"{name}={_describe(value)}" for name, value in sorted(parameters.items()) if name not in SKIPPED),
+    ):
         digest.update(part.encode())
         digest.update(b"\x1f")
     return digest.hexdigest()[:32]

@@ -52,10 +52,18 @@ class Platform:
         return {"PREFECT_API_URL": self.prefect_api_url, "MLFLOW_TRACKING_URI": self.mlflow_url}
 
 
-def up(home: Path, host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_port: int = 5000,
-       backend_store_uri: str | None = None, artifacts_destination: str | None = None,
-       work_pool: str = "graftline", retrain_cron: str | None = None, params_file: Path | None = None,
-       timeout: float = 120.0) -> Platform:
+def up(
+    home: Path,
+    host: str = "127.0.0.1",
+    prefect_port: int = 4200,
+    mlflow_port: int = 5000,
+    backend_store_uri: str | None = None,
+    artifacts_destination: str | None = None,
+    work_pool: str = "graftline",
+    retrain_cron: str | None = None,
+    params_file: Path | None = None,
+    timeout: float = 120.0,
+) -> Platform:
     """Start what is not running yet, wait until healthy, register the deployments."""
     home = home.resolve()
     home.mkdir(parents=True, exist_ok=True)
@@ -116,36 +124,79 @@ def stop(platform: Platform, timeout: float = 30.0) -> None:
         _reap(pid)
 
 
-def _start_all(platform: Platform, backend_store_uri: str | None, artifacts_destination: str | None, timeout: float) -> None:
+def _start_all(
+    platform: Platform, backend_store_uri: str | None, artifacts_destination: str | None, timeout: float
+) -> None:
     home = Path(platform.home)
     logs = home / "logs"
     logs.mkdir(exist_ok=True)
     bin_dir = Path(sys.executable).parent
-    base_env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    base_env = {
+        **os.environ,
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+    }
     base_env.pop("PREFECT_API_URL", None)
     platform.pids["prefect"] = _spawn(
         [str(bin_dir / "prefect"), "server", "start", "--host", platform.host, "--port", str(platform.prefect_port)],
         {**base_env, "PREFECT_UI_API_URL": platform.prefect_api_url},  # the UI's browser side calls this
-        logs / "prefect.log", home)
+        logs / "prefect.log",
+        home,
+    )
     store = backend_store_uri or f"sqlite:///{home / 'mlflow.db'}"
     artifacts = artifacts_destination or (home / "artifacts").as_uri()
     platform.pids["mlflow"] = _spawn(
-        [str(bin_dir / "mlflow"), "server", "--backend-store-uri", store, "--artifacts-destination", artifacts,
-         "--host", platform.host, "--port", str(platform.mlflow_port), "--workers", "1"],
-        base_env, logs / "mlflow.log", home)
+        [
+            str(bin_dir / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            store,
+            "--artifacts-destination",
+            artifacts,
+            "--host",
+            platform.host,
+            "--port",
+            str(platform.mlflow_port),
+            "--workers",
+            "1",
+        ],
+        base_env,
+        logs / "mlflow.log",
+        home,
+    )
     _wait(f"{platform.prefect_api_url}/health", timeout, "Prefect server", logs / "prefect.log")
     _wait(f"{platform.mlflow_url}/health", timeout, "MLflow server", logs / "mlflow.log")
 
     client_env = {**base_env, **platform.env()}
-    subprocess.run([str(bin_dir / "prefect"), "work-pool", "create", platform.work_pool, "--type", "process", "--overwrite"],
-                   env=client_env, check=True, capture_output=True, timeout=timeout)
+    subprocess.run(
+        [str(bin_dir / "prefect"), "work-pool", "create", platform.work_pool, "--type", "process", "--overwrite"],
+        env=client_env,
+        check=True,
+        capture_output=True,
+        timeout=timeout,
+    )
     flows_dir = home / "flow-runs"  # flow runs start here: their relative paths land in the platform's home
     flows_dir.mkdir(exist_ok=True)
     platform.pids["worker"] = _spawn(
-        [str(bin_dir / "prefect"), "worker", "start", "--pool", platform.work_pool, "--type", "process",
-         "--name", f"graftline-{platform.prefect_port}", "--install-policy", "never"],
-        client_env, logs / "worker.log", flows_dir)
+        [
+            str(bin_dir / "prefect"),
+            "worker",
+            "start",
+            "--pool",
+            platform.work_pool,
+            "--type",
+            "process",
+            "--name",
+            f"graftline-{platform.prefect_port}",
+            "--install-policy",
+            "never",
+        ],
+        client_env,
+        logs / "worker.log",
+        flows_dir,
+    )
 
 
 def _deploy(platform: Platform) -> None:
@@ -162,8 +213,9 @@ def _deploy(platform: Platform) -> None:
 
 def _spawn(args: list[str], env: dict, log: Path, cwd: Path) -> int:
     with open(log, "ab") as out:
-        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                                   start_new_session=True)  # its own process group: `down` stops all of it
+        process = subprocess.Popen(
+            args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
+        )  # its own process group: `down` stops all of it
     return process.pid
 
 

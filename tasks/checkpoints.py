@@ -65,16 +65,21 @@ class Checkpoints:
         path = self.folder / pointer.read_text().strip()
         return path if path.is_dir() else None
 
-    def save(self, state: LoopState, model, optimizer, scheduler, best_state: dict | None, best_is_model: bool = False) -> None:
+    def save(
+        self, state: LoopState, model, optimizer, scheduler, best_state: dict | None, best_is_model: bool = False
+    ) -> None:
         """Snapshot now, write in the background. `best_is_model`: the best weights are the model's
         current ones (the epoch just improved), so one file serves both."""
         self.wait()
         snapshot = {
             "name": f"step-{state.global_step:08d}",
             "model": _to_host(model.state_dict()),
-            "state": {"optimizer": _to_host(optimizer.state_dict()), "scheduler": scheduler.state_dict(),
-                      "torch_rng": torch.get_rng_state(),
-                      "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "state": {
+                "optimizer": _to_host(optimizer.state_dict()),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
             "loop": {**json.loads(json.dumps(vars(state))), "numpy_rng": _numpy_rng(), "python_rng": _python_rng()},
             "best": None if best_state is None or best_is_model else best_state,
             "best_is_model": best_is_model and best_state is not None,
@@ -109,7 +114,12 @@ class Checkpoints:
         best = snapshot["best"]
         if snapshot["best_is_model"]:
             os.link(partial / "model.safetensors", partial / "best.safetensors")
-        elif best is not None and self._written_best and self._written_best[0] == id(best) and self._written_best[1].is_file():
+        elif (
+            best is not None
+            and self._written_best
+            and self._written_best[0] == id(best)
+            and self._written_best[1].is_file()
+        ):
             os.link(self._written_best[1], partial / "best.safetensors")  # unchanged since the last checkpoint
         elif best is not None:
             save_file(best, str(partial / "best.safetensors"))

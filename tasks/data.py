@@ -139,9 +139,7 @@ def load_splits(
     return splits
 
 
-def stratified_split(
-    frame: pd.DataFrame, fraction: float, seed: int, source: str
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+def stratified_split(frame: pd.DataFrame, fraction: float, seed: int, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Seeded split keeping each label's share; every class keeps at least one row on each side."""
     from sklearn.model_selection import train_test_split
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -38,7 +38,15 @@ from graftline.tasks.data import Splits, encode_labels
 from graftline.tasks.errors import BackboneError
 from graftline.tasks.finetune import encode_split, save_model
 from graftline.tasks.training import (
-    EpochRecord, TrainConfig, TrainResult, autocast, batches, encode, model_inputs, seed_everything, train,
+    EpochRecord,
+    TrainConfig,
+    TrainResult,
+    autocast,
+    batches,
+    encode,
+    model_inputs,
+    seed_everything,
+    train,
 )
 
 UNLABELED = -100  # label id of transfer rows: soft targets only, no cross-entropy
@@ -118,13 +126,22 @@ def distill(
     transfer = splits.unlabeled + augment(splits.train.frame["text"].tolist(), config.augment_copies, config.train.seed)
     texts = splits.train.frame["text"].tolist() + transfer
     ids = encode_labels(splits.train.frame["label"], labels, "train") + [UNLABELED] * len(transfer)
-    layer_map = uniform_layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers) if config.hidden_weight > 0 else []
+    layer_map = (
+        uniform_layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
+        if config.hidden_weight > 0
+        else []
+    )
 
     # Teacher targets once, in eval mode (no dropout), on the teacher's own tokenisation.
     device = "cuda" if config.train.device != "cpu" and torch.cuda.is_available() else "cpu"
     teacher.to(device)
-    soft, pooled = teacher_targets(teacher, encode(teacher_tokenizer, texts, ids, config.max_length, config.cache_dir),
-                                   config.train.eval_batch_size, teacher_tokenizer.pad_token_id, [t for _, t in layer_map])
+    soft, pooled = teacher_targets(
+        teacher,
+        encode(teacher_tokenizer, texts, ids, config.max_length, config.cache_dir),
+        config.train.eval_batch_size,
+        teacher_tokenizer.pad_token_id,
+        [t for _, t in layer_map],
+    )
     teacher.to("cpu")
 
     train_split = encode(tokenizer, texts, ids, config.max_length, config.cache_dir)
@@ -136,13 +153,23 @@ def distill(
         model = HiddenStateStudent(student, [s for s, _ in layer_map], teacher.config.hidden_size)
 
     def loss(outputs, batch):
-        value = distillation_loss(outputs.logits, batch["teacher_logits"], batch["labels"], config.alpha, config.temperature)
+        value = distillation_loss(
+            outputs.logits, batch["teacher_logits"], batch["labels"], config.alpha, config.temperature
+        )
         if layer_map:
             value = value + config.hidden_weight * F.mse_loss(outputs.pooled_hidden.float(), batch["teacher_hidden"])
         return value
 
-    result = train(model, train_split, val_split, config.train, tokenizer.pad_token_id, loss, on_epoch,
-                   checkpoint_dir=config.checkpoint_dir)
+    result = train(
+        model,
+        train_split,
+        val_split,
+        config.train,
+        tokenizer.pad_token_id,
+        loss,
+        on_epoch,
+        checkpoint_dir=config.checkpoint_dir,
+    )
     save_model(student, tokenizer, out_dir)  # the projections were for training only
     if config.checkpoint_dir is not None:
         Checkpoints(config.checkpoint_dir).clear()
@@ -183,12 +210,16 @@ class HiddenStateStudent(torch.nn.Module):
         out = self.student(**inputs, output_hidden_states=True)
         mask = inputs["attention_mask"]
         # hidden_states[0] is the embedding output, so layer i's output is hidden_states[i + 1]
-        pooled = [project(mean_pool(out.hidden_states[i + 1], mask)) for project, i in zip(self.projections, self.layers)]
+        pooled = [
+            project(mean_pool(out.hidden_states[i + 1], mask)) for project, i in zip(self.projections, self.layers, strict=True)
+        ]
         return StudentOutput(out.logits, torch.stack(pooled, dim=1))
 
 
 @torch.no_grad()
-def teacher_targets(teacher, split, batch_size: int, pad_id: int, layers: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
+def teacher_targets(
+    teacher, split, batch_size: int, pad_id: int, layers: list[int]
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The teacher's logits for every row and, for `layers`, its mean-pooled layer outputs."""
     device = next(teacher.parameters()).device
     teacher.eval()
@@ -199,7 +230,11 @@ def teacher_targets(teacher, split, batch_size: int, pad_id: int, layers: list[i
             out = teacher(**model_inputs(batch), output_hidden_states=bool(layers))
         logits.append(out.logits.float().cpu())
         if layers:
-            pooled.append(torch.stack([mean_pool(out.hidden_states[i + 1], batch["attention_mask"]) for i in layers], 1).float().cpu())
+            pooled.append(
+                torch.stack([mean_pool(out.hidden_states[i + 1], batch["attention_mask"]) for i in layers], 1)
+                .float()
+                .cpu()
+            )
     return torch.cat(logits).numpy(), torch.cat(pooled).numpy() if layers else None
 
 
@@ -232,8 +267,11 @@ def augment(texts: list[str], copies: int, seed: int) -> list[str]:
 def retention_gate(report: dict[str, float], floor: float) -> str | None:
     """None when the student keeps at least `floor` of the teacher's test accuracy and macro-F1,
     else the reason it failed (which is logged, and keeps the student out of the registry)."""
-    short = [f"{metric} retention {report[f'test_{metric}_retention']:.4f}" for metric in ("accuracy", "macro_f1")
-             if report[f"test_{metric}_retention"] < floor]
+    short = [
+        f"{metric} retention {report[f'test_{metric}_retention']:.4f}"
+        for metric in ("accuracy", "macro_f1")
+        if report[f"test_{metric}_retention"] < floor
+    ]
     return f"{' and '.join(short)} below the floor {floor}" if short else None
 
 

@@ -64,9 +64,21 @@ def launch(function, args: tuple, processes: int, timeout: float | None = None):
     with tempfile.TemporaryDirectory(prefix="graftline-ddp-") as tmp:
         job, result = Path(tmp) / "job.pkl", Path(tmp) / "result.pkl"
         job.write_bytes(pickle.dumps((function, args)))
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-                   "-m", "graftline.tasks.distributed", str(job), str(result)]
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))}
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={processes}",
+            "-m",
+            "graftline.tasks.distributed",
+            str(job),
+            str(result),
+        ]
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes))),
+        }
         finished = subprocess.run(command, env=env, timeout=timeout, capture_output=True, text=True)
         if finished.returncode != 0 or not result.is_file():
             last = (finished.stderr.strip().splitlines() or ["no output"])[-1]

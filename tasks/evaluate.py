@@ -54,9 +54,7 @@ def evaluate_model(
     predictions = predict_logits(model, encoded, batch_size, tokenizer.pad_token_id).argmax(-1)
     seconds = time.perf_counter() - started
     ids = list(range(len(labels)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        truth, predictions, labels=ids, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(truth, predictions, labels=ids, zero_division=0)
     return Evaluation(
         name=split.name,
         rows=len(truth),

@@ -68,8 +68,12 @@ class ExportReport:
 
     def failures(self) -> list[str]:
         served = self.row(self.served)
-        return [f"{r.name} agrees with torch on {r.agreement:.4f} of the test set, accuracy {r.accuracy:.4f} "
-                f"vs {served.accuracy:.4f}" for r in self.rows if not r.passed]
+        return [
+            f"{r.name} agrees with torch on {r.agreement:.4f} of the test set, accuracy {r.accuracy:.4f} "
+            f"vs {served.accuracy:.4f}"
+            for r in self.rows
+            if not r.passed
+        ]
 
     def metrics(self) -> dict[str, float]:
         """Flat MLflow metrics per model; speed-ups against the teacher (torch fp32) at batch 32
@@ -79,22 +83,30 @@ class ExportReport:
         for r in self.rows:
             key = r.name.replace("-", "_")
             out |= {
-                f"{key}_test_accuracy": r.accuracy, f"{key}_ms_batch_1": r.ms_batch_1,
-                f"{key}_examples_per_second_batch_32": r.examples_per_second_batch_32, f"{key}_size_mb": r.size_mb,
+                f"{key}_test_accuracy": r.accuracy,
+                f"{key}_ms_batch_1": r.ms_batch_1,
+                f"{key}_examples_per_second_batch_32": r.examples_per_second_batch_32,
+                f"{key}_size_mb": r.size_mb,
             }
             if r is not teacher:
                 out[f"{key}_speedup_batch_32"] = r.examples_per_second_batch_32 / teacher.examples_per_second_batch_32
                 out[f"{key}_speedup_batch_1"] = teacher.ms_batch_1 / r.ms_batch_1
             if r.file is not None:
-                out |= {f"{key}_agreement": r.agreement, f"{key}_max_logit_diff": r.max_logit_diff,
-                        f"{key}_accuracy_drop": served.accuracy - r.accuracy, f"{key}_parity_passed": float(r.passed)}
+                out |= {
+                    f"{key}_agreement": r.agreement,
+                    f"{key}_max_logit_diff": r.max_logit_diff,
+                    f"{key}_accuracy_drop": served.accuracy - r.accuracy,
+                    f"{key}_parity_passed": float(r.passed),
+                }
         return out
 
     def table(self) -> list[dict]:
         return [asdict(r) for r in self.rows]
 
 
-def export_and_measure(model_dir: Path, teacher_dir: Path | None, test: Split, config: ExportConfig, out_dir: Path) -> ExportReport:
+def export_and_measure(
+    model_dir: Path, teacher_dir: Path | None, test: Split, config: ExportConfig, out_dir: Path
+) -> ExportReport:
     """Export the served model `model_dir` to ONNX (and INT8), check parity on `test`, time everything.
 
     The served model is the student, compared with `teacher_dir` for speed; or, without
@@ -115,8 +127,10 @@ def export_and_measure(model_dir: Path, teacher_dir: Path | None, test: Split, c
     models: dict[str, tuple[Predict, Path]] = {}  # name -> (predict, weights file)
     if teacher_dir is not None:
         teacher = backbones.load_classifier(str(teacher_dir)).eval()
-        models["teacher"] = (torch_predictor(teacher, backbones.load_tokenizer(str(teacher_dir)), config.max_length),
-                             teacher_dir / "model.safetensors")
+        models["teacher"] = (
+            torch_predictor(teacher, backbones.load_tokenizer(str(teacher_dir)), config.max_length),
+            teacher_dir / "model.safetensors",
+        )
     models[served] = (torch_predictor(model, tokenizer, config.max_length), model_dir / "model.safetensors")
     for name, path in exported.items():
         models[name] = (onnx_predictor(path, tokenizer, config.max_length), path)
@@ -130,26 +144,43 @@ def export_and_measure(model_dir: Path, teacher_dir: Path | None, test: Split, c
         agreement = float((logits.argmax(-1) == reference.argmax(-1)).mean())
         accuracy = float((logits.argmax(-1) == truth).mean())
         speed = latency(predict, texts[: config.latency_rows])
-        report.rows.append(Measured(
-            name=name, accuracy=accuracy, agreement=agreement,
-            max_logit_diff=float(np.abs(logits - reference).max()) if name != "teacher" or served == "teacher" else float("nan"),
-            ms_batch_1=speed[1], examples_per_second_batch_32=speed[32], size_mb=weights.stat().st_size / 2**20,
-            file=str(weights) if is_export else None,
-            passed=not is_export or (agreement >= config.min_agreement and accuracy >= served_accuracy - config.max_accuracy_drop),
-        ))
+        report.rows.append(
+            Measured(
+                name=name,
+                accuracy=accuracy,
+                agreement=agreement,
+                max_logit_diff=float(np.abs(logits - reference).max())
+                if name != "teacher" or served == "teacher"
+                else float("nan"),
+                ms_batch_1=speed[1],
+                examples_per_second_batch_32=speed[32],
+                size_mb=weights.stat().st_size / 2**20,
+                file=str(weights) if is_export else None,
+                passed=not is_export
+                or (agreement >= config.min_agreement and accuracy >= served_accuracy - config.max_accuracy_drop),
+            )
+        )
     return report
 
 
 def export_onnx(model, tokenizer, path: Path) -> Path:
     """The classifier as one ONNX file with dynamic batch and sequence axes."""
     wrapped = _LogitsOnly(model).eval()
-    example = tokenizer(["an example input", "a second, somewhat longer example input"], padding=True, return_tensors="pt")
+    example = tokenizer(
+        ["an example input", "a second, somewhat longer example input"], padding=True, return_tensors="pt"
+    )
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     try:
         with _quiet("torch.onnx", "onnxscript"):
             torch.onnx.export(
-                wrapped, tuple(example[k] for k in INPUTS), str(path), input_names=list(INPUTS), output_names=["logits"],
-                dynamic_shapes=tuple({0: batch, 1: sequence} for _ in INPUTS), dynamo=True, external_data=False,
+                wrapped,
+                tuple(example[k] for k in INPUTS),
+                str(path),
+                input_names=list(INPUTS),
+                output_names=["logits"],
+                dynamic_shapes=tuple({0: batch, 1: sequence} for _ in INPUTS),
+                dynamo=True,
+                external_data=False,
                 verbose=False,
             )
     except Exception as exc:
@@ -224,7 +255,9 @@ def plot_tradeoff(report: ExportReport, path: Path, title: str = "accuracy again
     for r in report.rows:
         ms = 1000 / r.examples_per_second_batch_32
         ax.scatter(ms, r.accuracy, s=40 + 4 * r.size_mb, alpha=0.7, marker="o" if r.passed else "x")
-        ax.annotate(f"{r.name}\n{r.size_mb:.0f} MB", (ms, r.accuracy), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.annotate(
+            f"{r.name}\n{r.size_mb:.0f} MB", (ms, r.accuracy), textcoords="offset points", xytext=(6, 4), fontsize=8
+        )
     ax.set_xlabel("CPU ms per example (batch 32, tokenisation included)")
     ax.set_ylabel("test accuracy")
     ax.set_title(title)

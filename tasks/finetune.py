@@ -16,13 +16,14 @@ GPU, or gloo CPU processes); with `checkpoint_dir` a killed run resumes where it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from graftline.tasks import backbones, distributed
-from graftline.tasks.data import Splits, encode_labels
 from graftline.tasks.checkpoints import Checkpoints
+from graftline.tasks.data import Splits, encode_labels
 from graftline.tasks.training import EpochRecord, TrainConfig, TrainResult, encode, seed_everything, train
 
 Strategy = Literal["full", "linear-probe", "lora"]
@@ -79,8 +80,15 @@ def finetune(
 
     train_split = encode_split(tokenizer, splits.train, labels, config.max_length, config.cache_dir)
     val_split = encode_split(tokenizer, splits.validation, labels, config.max_length, config.cache_dir)
-    result = train(model, train_split, val_split, config.train, tokenizer.pad_token_id, on_epoch=on_epoch,
-                   checkpoint_dir=config.checkpoint_dir)
+    result = train(
+        model,
+        train_split,
+        val_split,
+        config.train,
+        tokenizer.pad_token_id,
+        on_epoch=on_epoch,
+        checkpoint_dir=config.checkpoint_dir,
+    )
 
     if config.strategy == "lora":
         model = model.merge_and_unload()  # plain weights again: exports and loads like any checkpoint
@@ -118,10 +126,18 @@ def _with_lora(model, settings: LoraConfig):
     from peft import LoraConfig as PeftLoraConfig
     from peft import TaskType, get_peft_model
 
-    heads = [name for name in ("classifier", "score", "pooler") if hasattr(model, name) or
-             hasattr(getattr(model, model.base_model_prefix, None), name)]
-    config = PeftLoraConfig(task_type=TaskType.SEQ_CLS, r=settings.rank, lora_alpha=settings.alpha,
-                            lora_dropout=settings.dropout, modules_to_save=heads)
+    heads = [
+        name
+        for name in ("classifier", "score", "pooler")
+        if hasattr(model, name) or hasattr(getattr(model, model.base_model_prefix, None), name)
+    ]
+    config = PeftLoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        modules_to_save=heads,
+    )
     return get_peft_model(model, config)
 
 

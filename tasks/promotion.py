@@ -24,7 +24,7 @@ import json
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from graftline.tasks.errors import GraftlineError
 
@@ -83,6 +83,7 @@ class Outcome:
 
 # -- reading the registry -----------------------------------------------------------------------
 
+
 def alias_holder(client, name: str, alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
@@ -114,8 +115,10 @@ def previous_holder(records: list[dict], alias: str) -> str | None:
 
 # -- gates --------------------------------------------------------------------------------------
 
-def check_gates(client, name: str, version: str, alias: str, eval_sets: dict, gates: Gates,
-                max_length: int = 128) -> tuple[list[Check], dict[str, dict[str, float]]]:
+
+def check_gates(
+    client, name: str, version: str, alias: str, eval_sets: dict, gates: Gates, max_length: int = 128
+) -> tuple[list[Check], dict[str, dict[str, float]]]:
     """The four gates of a promotion of `name` v`version` to `alias`, with every score they used."""
     from graftline.tasks.errors import DataError
 
@@ -123,13 +126,29 @@ def check_gates(client, name: str, version: str, alias: str, eval_sets: dict, ga
     checks, scores = [], {}
     if gates.require_validation:
         state = tags.get("validation_success")
-        checks.append(Check("validation", state == "true",
-                            "data validation passed" if state == "true" else f"data validation {'failed' if state else 'not recorded'}"))
+        checks.append(
+            Check(
+                "validation",
+                state == "true",
+                "data validation passed"
+                if state == "true"
+                else f"data validation {'failed' if state else 'not recorded'}",
+            )
+        )
     scores[f"v{version}"] = mine = _scores(name, version, eval_sets, max_length)
-    low = [f"test {m} {mine[f'test_{m}']:.4f} < {floor}" for m, floor in (("accuracy", gates.min_accuracy), ("macro_f1", gates.min_macro_f1))
-           if mine[f"test_{m}"] < floor]
-    checks.append(Check("thresholds", not low, "; ".join(low) or
-                        f"test accuracy {mine['test_accuracy']:.4f} >= {gates.min_accuracy}, macro-F1 {mine['test_macro_f1']:.4f} >= {gates.min_macro_f1}"))
+    low = [
+        f"test {m} {mine[f'test_{m}']:.4f} < {floor}"
+        for m, floor in (("accuracy", gates.min_accuracy), ("macro_f1", gates.min_macro_f1))
+        if mine[f"test_{m}"] < floor
+    ]
+    checks.append(
+        Check(
+            "thresholds",
+            not low,
+            "; ".join(low)
+            or f"test accuracy {mine['test_accuracy']:.4f} >= {gates.min_accuracy}, macro-F1 {mine['test_macro_f1']:.4f} >= {gates.min_macro_f1}",
+        )
+    )
 
     holder = alias_holder(client, name, alias)
     if holder is None:
@@ -140,21 +159,43 @@ def check_gates(client, name: str, version: str, alias: str, eval_sets: dict, ga
         except DataError as exc:
             checks.append(Check("regression", False, f"v{holder} cannot be scored on these sets ({exc})"))
         else:
-            short = [f"{s} {gates.metric} {mine[f'{s}_{gates.metric}']:.4f} vs v{holder} {theirs[f'{s}_{gates.metric}']:.4f}"
-                     for s in eval_sets if mine[f"{s}_{gates.metric}"] - theirs[f"{s}_{gates.metric}"] < gates.min_improvement]
-            checks.append(Check("regression", not short, "; ".join(short) + f" (min improvement {gates.min_improvement})" if short else
-                                f"{gates.metric} >= v{holder} + {gates.min_improvement} on {', '.join(eval_sets)}"))
+            short = [
+                f"{s} {gates.metric} {mine[f'{s}_{gates.metric}']:.4f} vs v{holder} {theirs[f'{s}_{gates.metric}']:.4f}"
+                for s in eval_sets
+                if mine[f"{s}_{gates.metric}"] - theirs[f"{s}_{gates.metric}"] < gates.min_improvement
+            ]
+            checks.append(
+                Check(
+                    "regression",
+                    not short,
+                    "; ".join(short) + f" (min improvement {gates.min_improvement})"
+                    if short
+                    else f"{gates.metric} >= v{holder} + {gates.min_improvement} on {', '.join(eval_sets)}",
+                )
+            )
 
     if tags.get("graftline.role") == "student":
         teacher_name, teacher_version = name.removesuffix(STUDENT_SUFFIX), tags.get("teacher_version")
         if not teacher_version:
             checks.append(Check("retention", False, "no teacher_version tag to measure retention against"))
         else:
-            teacher = scores[f"teacher v{teacher_version}"] = _scores(teacher_name, teacher_version, {"test": eval_sets["test"]}, max_length)
-            ratios = {m: mine[f"test_{m}"] / teacher[f"test_{m}"] if teacher[f"test_{m}"] else 0.0 for m in ("accuracy", "macro_f1")}
+            teacher = scores[f"teacher v{teacher_version}"] = _scores(
+                teacher_name, teacher_version, {"test": eval_sets["test"]}, max_length
+            )
+            ratios = {
+                m: mine[f"test_{m}"] / teacher[f"test_{m}"] if teacher[f"test_{m}"] else 0.0
+                for m in ("accuracy", "macro_f1")
+            }
             short = [f"{m} retention {r:.4f}" for m, r in ratios.items() if r < gates.retention_floor]
-            checks.append(Check("retention", not short, (" and ".join(short) + f" below {gates.retention_floor}") if short else
-                                f"keeps {min(ratios.values()):.4f} of {teacher_name} v{teacher_version} (floor {gates.retention_floor})"))
+            checks.append(
+                Check(
+                    "retention",
+                    not short,
+                    (" and ".join(short) + f" below {gates.retention_floor}")
+                    if short
+                    else f"keeps {min(ratios.values()):.4f} of {teacher_name} v{teacher_version} (floor {gates.retention_floor})",
+                )
+            )
     return checks, scores
 
 
@@ -172,9 +213,19 @@ def _scores(name: str, version: str, eval_sets: dict, max_length: int) -> dict[s
 
 # -- moving aliases -----------------------------------------------------------------------------
 
-def promote(client, name: str, alias: str, eval_sets: dict, gates: Gates, triggered_by: str,
-            version: str | None = None, experiment: str = "graftline", max_length: int = 128,
-            lock_wait: float = 60.0) -> Outcome:
+
+def promote(
+    client,
+    name: str,
+    alias: str,
+    eval_sets: dict,
+    gates: Gates,
+    triggered_by: str,
+    version: str | None = None,
+    experiment: str = "graftline",
+    max_length: int = 128,
+    lock_wait: float = 60.0,
+) -> Outcome:
     """Move `alias` to `version` (default: the holder of the stage below) if its gates pass."""
     if alias not in PROMOTABLE:
         raise PromotionError(f"cannot promote to {alias!r}: the stages are {', '.join(PROMOTABLE)}")
@@ -200,8 +251,9 @@ def promote(client, name: str, alias: str, eval_sets: dict, gates: Gates, trigge
     return outcome
 
 
-def rollback(client, name: str, alias: str, triggered_by: str, experiment: str = "graftline",
-             lock_wait: float = 60.0) -> Outcome:
+def rollback(
+    client, name: str, alias: str, triggered_by: str, experiment: str = "graftline", lock_wait: float = 60.0
+) -> Outcome:
     """Return `alias` to the version that held it before its last (not rolled back) promotion."""
     if alias not in PROMOTABLE:
         raise PromotionError(f"cannot roll back {alias!r}: the stages are {', '.join(PROMOTABLE)}")
@@ -215,8 +267,15 @@ def rollback(client, name: str, alias: str, triggered_by: str, experiment: str =
             raise PromotionError(f"{name}: {alias} v{current} has no previous holder in the history to return to")
         _require_version(client, name, target)
         client.set_registered_model_alias(name, alias, target)
-        outcome = Outcome(name, alias, target, current, moved=True, action="rollback",
-                          checks=[Check("rollback", True, f"{alias} returned from v{current} to v{target}")])
+        outcome = Outcome(
+            name,
+            alias,
+            target,
+            current,
+            moved=True,
+            action="rollback",
+            checks=[Check("rollback", True, f"{alias} returned from v{current} to v{target}")],
+        )
         outcome.run_id = _log_run(outcome, triggered_by, experiment)
         _append_history(client, outcome, triggered_by)
     return outcome
@@ -233,8 +292,11 @@ def registry_lock(client, name: str, owner: str, wait: float = 60.0, stale_after
     deadline = time.monotonic() + wait
     while True:
         try:
-            client.create_registered_model(lock, tags={"owner": owner, "since": str(time.time())},
-                                           description=f"held while graftline moves an alias of {name}")
+            client.create_registered_model(
+                lock,
+                tags={"owner": owner, "since": str(time.time())},
+                description=f"held while graftline moves an alias of {name}",
+            )
             break
         except MlflowException as exc:
             if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
@@ -244,8 +306,10 @@ def registry_lock(client, name: str, owner: str, wait: float = 60.0, stale_after
                 _delete_quietly(client, lock)
                 continue
             if time.monotonic() > deadline:
-                raise PromotionError(f"{name}: another promotion holds the registry lock "
-                                     f"({holder.get('owner', '?') if holder else '?'}); try again") from None
+                raise PromotionError(
+                    f"{name}: another promotion holds the registry lock "
+                    f"({holder.get('owner', '?') if holder else '?'}); try again"
+                ) from None
             time.sleep(0.5)
     try:
         yield
@@ -256,10 +320,13 @@ def registry_lock(client, name: str, owner: str, wait: float = 60.0, stale_after
 def _append_history(client, outcome: Outcome, triggered_by: str) -> None:
     records = history(client, outcome.model)
     record = {
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "action": outcome.action, "alias": outcome.alias,
-        "from_version": outcome.previous, "to_version": outcome.version,
-        "triggered_by": triggered_by, "run_id": outcome.run_id,
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "action": outcome.action,
+        "alias": outcome.alias,
+        "from_version": outcome.previous,
+        "to_version": outcome.version,
+        "triggered_by": triggered_by,
+        "run_id": outcome.run_id,
         "gates": {c.name: c.detail for c in outcome.checks},
         "scores": {v: {k: round(x, 4) for k, x in s.items()} for v, s in outcome.scores.items()},
     }
@@ -274,10 +341,20 @@ def _log_run(outcome: Outcome, triggered_by: str, experiment: str) -> str:
 
     tracking.configure(experiment)
     title = f"{outcome.action} {outcome.model} v{outcome.version} -> {outcome.alias}"
-    with mlflow.start_run(run_name=title, nested=mlflow.active_run() is not None,
-                          tags={"graftline.step": outcome.action, "graftline.model": outcome.model}) as run:
-        mlflow.log_params({"model": outcome.model, "alias": outcome.alias, "version": outcome.version,
-                           "previous_version": outcome.previous, "triggered_by": triggered_by})
+    with mlflow.start_run(
+        run_name=title,
+        nested=mlflow.active_run() is not None,
+        tags={"graftline.step": outcome.action, "graftline.model": outcome.model},
+    ) as run:
+        mlflow.log_params(
+            {
+                "model": outcome.model,
+                "alias": outcome.alias,
+                "version": outcome.version,
+                "previous_version": outcome.previous,
+                "triggered_by": triggered_by,
+            }
+        )
         mlflow.log_metrics({f"{v.replace(' ', '_')}_{k}": x for v, s in outcome.scores.items() for k, x in s.items()})
         mlflow.log_metric("moved", float(outcome.moved))
         mlflow.set_tag("graftline.decision", outcome.reason)

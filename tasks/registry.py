@@ -49,11 +49,15 @@ def register_all(client, candidates: list[Candidate]) -> list[Registration]:
     try:
         versions = {}
         for candidate in candidates:
-            versions[candidate.name] = str(mlflow.register_model(candidate.model_uri, candidate.name, tags=candidate.tags).version)
+            versions[candidate.name] = str(
+                mlflow.register_model(candidate.model_uri, candidate.name, tags=candidate.tags).version
+            )
             created.append((candidate.name, versions[candidate.name]))
         for candidate in candidates:
             if candidate.teacher:
-                client.set_model_version_tag(candidate.name, versions[candidate.name], "teacher_version", versions[candidate.teacher])
+                client.set_model_version_tag(
+                    candidate.name, versions[candidate.name], "teacher_version", versions[candidate.teacher]
+                )
             client.set_registered_model_alias(candidate.name, CANDIDATE, versions[candidate.name])
         return [Registration(c.name, versions[c.name], [CANDIDATE]) for c in candidates]
     except (Exception, KeyboardInterrupt):

@@ -94,8 +94,9 @@ def stratified_sample(frame: pd.DataFrame, size: int, seed: int) -> pd.DataFrame
 
 
 @torch.no_grad()
-def embed(encoder, tokenizer, texts: list[str], max_length: int, batch_size: int, pooling: Pooling,
-          device: torch.device) -> np.ndarray:
+def embed(
+    encoder, tokenizer, texts: list[str], max_length: int, batch_size: int, pooling: Pooling, device: torch.device
+) -> np.ndarray:
     """Mean-pooled token states (padding excluded) of the last layer or of all layers averaged."""
     encoder.to(device).eval()
     # Sorting by length keeps padding low; the original order is restored at the end.
@@ -103,8 +104,9 @@ def embed(encoder, tokenizer, texts: list[str], max_length: int, batch_size: int
     out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        batch = tokenizer([texts[i] for i in rows], truncation=True, max_length=max_length, padding=True,
-                          return_tensors="pt").to(device)
+        batch = tokenizer(
+            [texts[i] for i in rows], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        ).to(device)
         outputs = encoder(**batch, output_hidden_states=pooling == "layer-mean")
         mask = batch["attention_mask"].unsqueeze(-1).float()
         states = outputs.hidden_states[1:] if pooling == "layer-mean" else (outputs.last_hidden_state,)
@@ -145,10 +147,14 @@ def score_candidate(spec: str, texts: list[str], labels: np.ndarray, config: Sel
     ms = (time.perf_counter() - timed) * 1000 / len(texts)
     cpu_ms, gpu_ms = (ms, None) if device.type == "cpu" else (_cpu_ms(encoder, tokenizer, texts, config), ms)
     return CandidateReport(
-        backbone=spec, parameters=backbones.count_parameters(encoder),
-        layers=getattr(encoder.config, "num_hidden_layers", None), width=getattr(encoder.config, "hidden_size", None),
+        backbone=spec,
+        parameters=backbones.count_parameters(encoder),
+        layers=getattr(encoder.config, "num_hidden_layers", None),
+        width=getattr(encoder.config, "hidden_size", None),
         scores={method: score_features(features, labels, method) for method in METHODS},
-        cpu_ms_per_example=cpu_ms, gpu_ms_per_example=gpu_ms, seconds=time.perf_counter() - started,
+        cpu_ms_per_example=cpu_ms,
+        gpu_ms_per_example=gpu_ms,
+        seconds=time.perf_counter() - started,
     )
 
 
@@ -166,7 +172,8 @@ def choose(reports: list[CandidateReport], config: SelectConfig) -> Selection:
     """The best `config.method` score among the candidates within the budget."""
     for report in reports:
         report.within_budget = (config.max_parameters is None or report.parameters <= config.max_parameters) and (
-            config.max_ms_per_example is None or report.cpu_ms_per_example <= config.max_ms_per_example)
+            config.max_ms_per_example is None or report.cpu_ms_per_example <= config.max_ms_per_example
+        )
     affordable = [r for r in reports if r.within_budget]
     if not affordable:
         raise GraftlineError(
@@ -209,7 +216,9 @@ def plot_leaderboard(selection: Selection, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     table = selection.table()
-    colours = ["tab:green" if c else ("tab:blue" if b else "tab:gray") for c, b in zip(table["chosen"], table["within_budget"])]
+    colours = [
+        "tab:green" if c else ("tab:blue" if b else "tab:gray") for c, b in zip(table["chosen"], table["within_budget"], strict=True)
+    ]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 1.2 + 0.5 * len(table)), sharey=True)
     left.barh(table["backbone"], table[selection.method], color=colours)
     left.set_xlabel(f"{selection.method} (higher transfers better)")

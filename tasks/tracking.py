@@ -89,7 +89,9 @@ def step_run(name: str, parent_run_id: str):
     """A nested run for one lifecycle step under an explicit parent."""
     import mlflow
 
-    with mlflow.start_run(run_name=name, parent_run_id=parent_run_id, nested=True, tags={"graftline.step": name}) as run:
+    with mlflow.start_run(
+        run_name=name, parent_run_id=parent_run_id, nested=True, tags={"graftline.step": name}
+    ) as run:
         yield run
 
 
@@ -137,7 +139,11 @@ def git_commit() -> str:
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return os.environ.get("GRAFTLINE_GIT_COMMIT", "unknown")

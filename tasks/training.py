@@ -116,7 +116,10 @@ class TrainResult:
 
 # -- tokenisation -----------------------------------------------------------------------------
 
-def encode(tokenizer, texts: list[str], labels: list[int], max_length: int, cache_dir: Path | None = None) -> EncodedSplit:
+
+def encode(
+    tokenizer, texts: list[str], labels: list[int], max_length: int, cache_dir: Path | None = None
+) -> EncodedSplit:
     """Tokenise `texts` (truncated to `max_length`), reusing the on-disk cache when given one.
 
     The cache key is (digest of the texts, fingerprint of the tokenizer, max_length): a changed
@@ -131,7 +134,9 @@ def encode(tokenizer, texts: list[str], labels: list[int], max_length: int, cach
                 flat, offsets = saved["flat"], saved["offsets"]
             log.info("tokenisation: %d rows from the cache (%s)", len(texts), path.name)
             return EncodedSplit(np.split(flat, offsets[1:-1]), np.asarray(labels, dtype=np.int64))
-    ids = [np.asarray(row, dtype=np.int32) for row in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+    ids = [
+        np.asarray(row, dtype=np.int32) for row in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    ]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         offsets = np.concatenate([[0], np.cumsum([len(row) for row in ids])])
@@ -162,16 +167,26 @@ def _digest(parts: list[str]) -> str:
 
 # -- batching ---------------------------------------------------------------------------------
 
-def batch_plan(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool,
-               processes: int = 1) -> list[np.ndarray]:
+
+def batch_plan(
+    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool, processes: int = 1
+) -> list[np.ndarray]:
     """The row indices of every batch of one epoch: a pure function of its arguments, so a resumed
     run rebuilds the same plan from (seed, epoch) alone."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
     if group_by_length:
         mega = batch_size * MEGABATCH
-        order = np.concatenate([chunk[np.argsort(-lengths[chunk], kind="stable")]
-                                for chunk in np.split(order, range(mega, len(order), mega))]) if len(order) else order
+        order = (
+            np.concatenate(
+                [
+                    chunk[np.argsort(-lengths[chunk], kind="stable")]
+                    for chunk in np.split(order, range(mega, len(order), mega))
+                ]
+            )
+            if len(order)
+            else order
+        )
     plan = np.split(order, range(batch_size, len(order), batch_size)) if len(order) else []
     if processes > 1 and len(plan) > 1 and len(plan[-1]) < processes:
         plan[-2:] = [np.concatenate(plan[-2:])]  # every process needs at least one row
@@ -205,10 +220,11 @@ def batches(split: EncodedSplit, batch_size: int, pad_id: int, order=None) -> It
     """Padded tensor batches in `order` (default: as stored)."""
     order = np.arange(len(split)) if order is None else np.asarray(order)
     for start in range(0, len(order), batch_size):
-        yield collate(split, order[start: start + batch_size], pad_id)
+        yield collate(split, order[start : start + batch_size], pad_id)
 
 
 # -- the loop ---------------------------------------------------------------------------------
+
 
 def cross_entropy(outputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(outputs.logits.float(), batch["labels"])
@@ -274,15 +290,21 @@ class _Loop:
             random_plan = batch_plan(self.lengths, config.batch_size, config.seed, 1, False)
             self.grouped = padding_share(self.lengths, random_plan) > GROUPING_PAYS_ABOVE
         total_steps = len(self.steps_of(1)) * config.epochs
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(config.warmup_ratio * total_steps), total_steps)
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, int(config.warmup_ratio * total_steps), total_steps
+        )
 
         self.store = Checkpoints(checkpoint_dir) if checkpoint_dir is not None else None
         self.state, self.best_state, self.resumed_from = LoopState(), None, None
         if self.store is not None and self.store.latest() is not None:
             self.state, self.best_state = self.store.load(model, self.optimizer, self.scheduler)
             self.resumed_from = self.state.global_step
-            log.info("resuming from the checkpoint at step %d (epoch %d, step %d)",
-                     self.state.global_step, self.state.epoch, self.state.step_in_epoch)
+            log.info(
+                "resuming from the checkpoint at step %d (epoch %d, step %d)",
+                self.state.global_step,
+                self.state.epoch,
+                self.state.step_in_epoch,
+            )
         self.flops_per_token = training_flops_per_token(model)
         self.peak = peak_flops(self.device, self.precision)
 
@@ -290,7 +312,7 @@ class _Loop:
         """The optimizer steps of `epoch`, each a list of micro-batches (row indices)."""
         config = self.config
         plan = batch_plan(self.lengths, config.batch_size, config.seed, epoch, self.grouped, self.processes)
-        return [plan[i: i + config.grad_accumulation] for i in range(0, len(plan), config.grad_accumulation)]
+        return [plan[i : i + config.grad_accumulation] for i in range(0, len(plan), config.grad_accumulation)]
 
     def run(self) -> TrainResult:
         try:
@@ -302,8 +324,15 @@ class _Loop:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         history = [EpochRecord(**record) for record in self.state.history]
-        return TrainResult(history, self.state.best_epoch, self.state.best_f1, str(self.device),
-                           len(history) < self.config.epochs, self.state.step_losses, self.resumed_from)
+        return TrainResult(
+            history,
+            self.state.best_epoch,
+            self.state.best_f1,
+            str(self.device),
+            len(history) < self.config.epochs,
+            self.state.step_losses,
+            self.resumed_from,
+        )
 
     def _epoch(self) -> None:
         state, every = self.state, self.config.checkpoint_every
@@ -327,10 +356,13 @@ class _Loop:
         rows_in_step = sum(len(rows) for rows in micro_batches)
         pin = self.device.type == "cuda"
         for index, rows in enumerate(micro_batches):
-            local = rows[self.rank::self.processes]
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in collate(self.train_split, local, self.pad_id, pin).items()}
+            local = rows[self.rank :: self.processes]
+            batch = {
+                k: v.to(self.device, non_blocking=True)
+                for k, v in collate(self.train_split, local, self.pad_id, pin).items()
+            }
             syncing = self.ddp is None or index == len(micro_batches) - 1  # DDP all-reduces on the last micro-batch
-            with (nullcontext() if syncing else self.ddp.no_sync()), autocast(self.device, self.precision):
+            with nullcontext() if syncing else self.ddp.no_sync(), autocast(self.device, self.precision):
                 loss = self.loss_fn(self.net(**model_inputs(batch)), batch)
             # Weighted so that the gradient, averaged over processes and summed over micro-batches,
             # is the mean over the step's rows however they were split.
@@ -345,8 +377,9 @@ class _Loop:
     def _end_epoch(self, seconds: float, seen: _Seen) -> None:
         """Score on validation, record the epoch, keep the best weights, decide on stopping, checkpoint."""
         state = self.state
-        accuracy, macro_f1 = _score(self.model, self.val_split, self.config.eval_batch_size, self.pad_id, self.device,
-                                    self.precision)
+        accuracy, macro_f1 = _score(
+            self.model, self.val_split, self.config.eval_batch_size, self.pad_id, self.device, self.precision
+        )
         record = EpochRecord(
             epoch=state.epoch,
             train_loss=state.epoch_loss_sum / len(self.train_split),
@@ -365,7 +398,9 @@ class _Loop:
         improved = macro_f1 > state.best_f1
         if improved:
             state.best_f1, state.best_epoch, state.stale = macro_f1, state.epoch, 0
-            self.best_state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.model.state_dict().items()}
+            self.best_state = {
+                k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.model.state_dict().items()
+            }
         else:
             state.stale += 1
         state.done = state.stale >= self.config.patience or state.epoch == self.config.epochs
@@ -386,13 +421,14 @@ def _close_steps(state: LoopState, step_sums: torch.Tensor, groups: list) -> Non
     from graftline.tasks import distributed
 
     first = state.step_in_epoch - (state.global_step - len(state.step_losses))
-    sums = distributed.all_reduce_sum(step_sums[first: state.step_in_epoch].clone()).tolist()
+    sums = distributed.all_reduce_sum(step_sums[first : state.step_in_epoch].clone()).tolist()
     for step, total in enumerate(sums, start=first):
         state.step_losses.append(total / sum(len(rows) for rows in groups[step]))
         state.epoch_loss_sum += total
 
 
 # -- optimiser, precision, throughput -----------------------------------------------------------
+
 
 def make_optimizer(model, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW (fused kernel where the device has one). Biases and LayerNorm weights are not decayed;
@@ -403,8 +439,11 @@ def make_optimizer(model, config: TrainConfig, device: torch.device) -> torch.op
         if param.requires_grad:
             groups.setdefault((depth_of(name), param.ndim >= 2), []).append(param)
     param_groups = [
-        {"params": params, "weight_decay": config.weight_decay if decayed else 0.0,
-         "lr": config.learning_rate * config.layer_decay ** (layers + 1 - depth)}
+        {
+            "params": params,
+            "weight_decay": config.weight_decay if decayed else 0.0,
+            "lr": config.learning_rate * config.layer_decay ** (layers + 1 - depth),
+        }
         for (depth, decayed), params in sorted(groups.items())
     ]
     fused = device.type in ("cuda", "cpu")
@@ -449,8 +488,18 @@ def training_flops_per_token(model) -> float:
 
 
 # Dense bf16 peak FLOP/s of common GPUs (vendor data sheets); GRAFTLINE_PEAK_FLOPS overrides.
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
-             "A6000": 155e12, "4090": 165e12, "V100": 125e12, "T4": 65e12}
+PEAK_BF16 = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "A6000": 155e12,
+    "4090": 165e12,
+    "V100": 125e12,
+    "T4": 65e12,
+}
 
 
 def peak_flops(device: torch.device, precision: Precision) -> float | None:
@@ -465,9 +514,11 @@ def peak_flops(device: torch.device, precision: Precision) -> float | None:
 
 # -- inference ----------------------------------------------------------------------------------
 
+
 @torch.no_grad()
-def predict_logits(model, split: EncodedSplit, batch_size: int, pad_id: int, device=None,
-                   precision: Precision = "auto") -> np.ndarray:
+def predict_logits(
+    model, split: EncodedSplit, batch_size: int, pad_id: int, device=None, precision: Precision = "auto"
+) -> np.ndarray:
     """Logits for every row, in the split's order (computed longest-first, to pad little)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()

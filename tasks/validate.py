@@ -81,12 +81,8 @@ def _expectations(split: Split, labels: list[str], t: ValidationThresholds) -> l
         gxe.ExpectColumnValuesToNotBeNull(column="text"),
         gxe.ExpectColumnValuesToNotBeNull(column="label"),
         gxe.ExpectColumnValuesToNotMatchRegex(column="text", regex=r"^\s*$"),
-        gxe.ExpectColumnValueLengthsToBeBetween(
-            column="text", min_value=t.min_text_chars, max_value=t.max_text_chars
-        ),
-        gxe.ExpectColumnProportionOfUniqueValuesToBeBetween(
-            column="text", min_value=1 - t.max_duplicate_fraction
-        ),
+        gxe.ExpectColumnValueLengthsToBeBetween(column="text", min_value=t.min_text_chars, max_value=t.max_text_chars),
+        gxe.ExpectColumnProportionOfUniqueValuesToBeBetween(column="text", min_value=1 - t.max_duplicate_fraction),
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=labels),
     ]
     if split.name == "train":
@@ -150,9 +146,11 @@ def _describe(result) -> str:
     observed = r.get("observed_value")
     bounds = {k: kwargs[k] for k in ("min_value", "max_value", "min_count", "max_ratio") if k in kwargs}
     details = r.get("details")
-    return f"{kind}({kwargs.get('column')}) observed {observed}" + (
-        f" {details}" if details else ""
-    ) + (f", bounds {bounds}" if bounds else "")
+    return (
+        f"{kind}({kwargs.get('column')}) observed {observed}"
+        + (f" {details}" if details else "")
+        + (f", bounds {bounds}" if bounds else "")
+    )
 
 
 def _build_docs(context, docs_dir: Path) -> Path | None:

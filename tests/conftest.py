@@ -55,9 +55,14 @@ def build_tiny_bert(folder: Path, width: int, layers: int, dropout: float = 0.1)
 
     tokenizer = load_tokenizer("minilm-l6")
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=width, num_hidden_layers=layers, num_attention_heads=4,
-        intermediate_size=2 * width, max_position_embeddings=128,
-        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=2 * width,
+        max_position_embeddings=128,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder, safe_serialization=True)

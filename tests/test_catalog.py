@@ -40,10 +40,15 @@ def test_minilm_l3_rebuild_computes_what_the_onnx_graph_computes(minilm_l3):
     batch = tokenizer(["the parcel arrived late and the box was crushed"], return_tensors="np")
     onnx_file = catalog._package_file(catalog.get("minilm-l3").distribution, ".onnx", "minilm-l3")
     evaluator = ReferenceEvaluator(str(onnx_file))
-    feeds = {"input_ids": batch["input_ids"].astype(np.int64), "attention_mask": batch["attention_mask"].astype(np.int64)}
+    feeds = {
+        "input_ids": batch["input_ids"].astype(np.int64),
+        "attention_mask": batch["attention_mask"].astype(np.int64),
+    }
     reference = [o for o in evaluator.run(None, feeds) if getattr(o, "ndim", 0) == 3][0]  # token states
     with torch.no_grad():
-        ours = backbones.load_encoder("minilm-l3")(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state
+        ours = backbones.load_encoder("minilm-l3")(
+            **{k: torch.from_numpy(v) for k, v in feeds.items()}
+        ).last_hidden_state
     np.testing.assert_allclose(ours.numpy(), reference, atol=1e-4)
 
 

@@ -41,26 +41,45 @@ def select_with_both_runners(splits, candidates: list[str], experiment: str) -> 
     finetune, distill = FinetuneParams(backbone="auto", max_length=32), DistillParams(enabled=False)
     with tempfile.TemporaryDirectory() as tmp, tracking.lifecycle_run("select-with-both-runners") as parent:
         for runner in ("local", "dask"):
-            steps.select(splits, finetune, distill, SelectParams(candidates=candidates, runner=runner),
-                         parent.info.run_id, Path(tmp) / runner)
+            steps.select(
+                splits,
+                finetune,
+                distill,
+                SelectParams(candidates=candidates, runner=runner),
+                parent.info.run_id,
+                Path(tmp) / runner,
+            )
     return str(flow_run.id)
 
 
 def test_dask_runner_logs_the_leaderboard_of_the_in_process_runner(
-        prefect_harness, mlflow_store, tiny_backbone, narrow_backbone, dead_backbone, toy_splits, unique_name):
+    prefect_harness, mlflow_store, tiny_backbone, narrow_backbone, dead_backbone, toy_splits, unique_name
+):
     candidates = [str(dead_backbone), str(narrow_backbone), str(tiny_backbone)]
     flow_run_id = select_with_both_runners(toy_splits, candidates, unique_name)
 
     client = MlflowClient()
     experiment = client.get_experiment_by_name(unique_name)
-    runs = {r.data.params["select.runner"]: r for r in client.search_runs([experiment.experiment_id], "attributes.run_name = 'select'")}
+    runs = {
+        r.data.params["select.runner"]: r
+        for r in client.search_runs([experiment.experiment_id], "attributes.run_name = 'select'")
+    }
     local, dask = (_leaderboard(client, runs[name].info.run_id) for name in ("local", "dask"))
     assert list(dask["backbone"]) == list(local["backbone"])  # same ranking
-    assert local["backbone"].iloc[-1] == str(dead_backbone) and np.isnan(local["logme"].iloc[-1])  # constant features: last
-    np.testing.assert_allclose(dask[["logme", "hscore", "knn"]], local[["logme", "hscore", "knn"]], rtol=1e-4, equal_nan=True)
-    pd.testing.assert_frame_equal(dask[["parameters", "layers", "width", "chosen", "within_budget"]],
-                                  local[["parameters", "layers", "width", "chosen", "within_budget"]])
-    assert runs["dask"].data.tags["graftline.selection"].split(":")[0] == runs["local"].data.tags["graftline.selection"].split(":")[0]
+    assert local["backbone"].iloc[-1] == str(dead_backbone) and np.isnan(
+        local["logme"].iloc[-1]
+    )  # constant features: last
+    np.testing.assert_allclose(
+        dask[["logme", "hscore", "knn"]], local[["logme", "hscore", "knn"]], rtol=1e-4, equal_nan=True
+    )
+    pd.testing.assert_frame_equal(
+        dask[["parameters", "layers", "width", "chosen", "within_budget"]],
+        local[["parameters", "layers", "width", "chosen", "within_budget"]],
+    )
+    assert (
+        runs["dask"].data.tags["graftline.selection"].split(":")[0]
+        == runs["local"].data.tags["graftline.selection"].split(":")[0]
+    )
 
     # each candidate was its own Prefect task run, and they finished
     states = _score_task_states(flow_run_id, len(candidates))
@@ -81,10 +100,13 @@ def _score_task_states(flow_run_id: str, expected: int, timeout: float = 30) -> 
     deadline = time.monotonic() + timeout
     while True:
         with get_client(sync_client=True) as client:
-            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(flow_run_id)])))
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(flow_run_id)]))
+            )
         states = {r.name: r.state_type.value for r in runs if r.name.startswith("score ")}
-        if (len(states) == expected and all(s in ("COMPLETED", "FAILED", "CRASHED") for s in states.values())) \
-                or time.monotonic() > deadline:
+        if (
+            len(states) == expected and all(s in ("COMPLETED", "FAILED", "CRASHED") for s in states.values())
+        ) or time.monotonic() > deadline:
             return states
         time.sleep(0.5)
 
@@ -108,7 +130,12 @@ def test_a_kubernetes_worker_renders_a_gpu_job_from_the_template(prefect_harness
     from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
     template = json.loads(TEMPLATE.read_text())
-    values = {"image": IMAGE, "gpu_count": 2, "mlflow_tracking_uri": "http://mlflow.mlops:5000", "env": {"HF_HUB_OFFLINE": "0"}}
+    values = {
+        "image": IMAGE,
+        "gpu_count": 2,
+        "mlflow_tracking_uri": "http://mlflow.mlops:5000",
+        "env": {"HF_HUB_OFFLINE": "0"},
+    }
     config = asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(template, values))
     config.prepare_for_flow_run(FlowRun(flow_id=uuid.uuid4(), name="gentle-run"))
 
@@ -120,7 +147,9 @@ def test_a_kubernetes_worker_renders_a_gpu_job_from_the_template(prefect_harness
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.mlops:5000"
-    assert env["HF_HUB_OFFLINE"] == "0" and [e["name"] for e in container["env"]].count("HF_HUB_OFFLINE") == 1  # the run's value wins
+    assert (
+        env["HF_HUB_OFFLINE"] == "0" and [e["name"] for e in container["env"]].count("HF_HUB_OFFLINE") == 1
+    )  # the run's value wins
     assert "PREFECT__FLOW_RUN_ID" in env  # Prefect's own variables are merged in, not replaced
     assert container["envFrom"] == [{"secretRef": {"name": "graftline-env", "optional": True}}]
     assert container["args"] == ["prefect", "flow-run", "execute"]
@@ -130,8 +159,22 @@ def test_deploy_registers_the_deployments_on_a_new_kubernetes_pool(prefect_harne
     from prefect.client.orchestration import get_client
 
     pool = f"graftline-k8s-{uuid.uuid4().hex[:8]}"
-    deploy_main(["--pool", pool, "--pool-type", "kubernetes", "--job-template", str(TEMPLATE), "--image", IMAGE,
-                 "--mlflow-uri", "http://mlflow.mlops:5000", "--cron", "0 3 * * *"])
+    deploy_main(
+        [
+            "--pool",
+            pool,
+            "--pool-type",
+            "kubernetes",
+            "--job-template",
+            str(TEMPLATE),
+            "--image",
+            IMAGE,
+            "--mlflow-uri",
+            "http://mlflow.mlops:5000",
+            "--cron",
+            "0 3 * * *",
+        ]
+    )
     ids = re.findall(r"^[0-9a-f-]{36}$", capsys.readouterr().out, re.MULTILINE)  # after Prefect's own summary
     with get_client(sync_client=True) as client:
         work_pool = client.read_work_pool(pool)
@@ -158,11 +201,17 @@ def test_deploy_leaves_a_process_pool_of_the_same_name_alone(prefect_harness, ca
         assert client.read_work_pool(pool).base_job_template == before
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--image", IMAGE], "need --pool-type kubernetes"),
-    (["--pool-type", "kubernetes", "--job-template", str(TEMPLATE)], "needs --job-template and --image"),
-    (["--pool-type", "kubernetes", "--image", IMAGE, "--job-template", "/nonexistent.json"], "base job template not found"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--image", IMAGE], "need --pool-type kubernetes"),
+        (["--pool-type", "kubernetes", "--job-template", str(TEMPLATE)], "needs --job-template and --image"),
+        (
+            ["--pool-type", "kubernetes", "--image", IMAGE, "--job-template", "/nonexistent.json"],
+            "base job template not found",
+        ),
+    ],
+)
 def test_deploy_refuses_incomplete_kubernetes_options(args, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         deploy_main(args)

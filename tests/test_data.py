@@ -16,9 +16,11 @@ def frame():
 @pytest.mark.parametrize("suffix", ["csv", "jsonl", "parquet"])
 def test_reads_every_format_with_user_column_names(tmp_path, frame, suffix):
     path = tmp_path / f"data.{suffix}"
-    {"csv": lambda: frame.to_csv(path, index=False),
-     "jsonl": lambda: frame.to_json(path, orient="records", lines=True),
-     "parquet": lambda: frame.to_parquet(path)}[suffix]()
+    {
+        "csv": lambda: frame.to_csv(path, index=False),
+        "jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+        "parquet": lambda: frame.to_parquet(path),
+    }[suffix]()
     table = read_table(str(path), "message", "team")
     assert list(table.columns) == ["text", "label"]
     assert table["text"].tolist() == frame["message"].tolist()
@@ -50,8 +52,12 @@ def test_seeded_stratified_split_is_reproducible_and_keeps_class_shares(tmp_path
 def test_given_splits_and_extra_sets_are_used_as_is(tmp_path):
     for name, seed in (("train", 0), ("val", 1), ("test", 2), ("other", 3)):
         toy_frame(10, seed).to_csv(tmp_path / f"{name}.csv", index=False)
-    splits = load_splits(str(tmp_path / "train.csv"), validation=str(tmp_path / "val.csv"),
-                         test=str(tmp_path / "test.csv"), extra={"other": str(tmp_path / "other.csv")})
+    splits = load_splits(
+        str(tmp_path / "train.csv"),
+        validation=str(tmp_path / "val.csv"),
+        test=str(tmp_path / "test.csv"),
+        extra={"other": str(tmp_path / "other.csv")},
+    )
     assert [len(s.frame) for s in (splits.train, splits.validation, splits.test)] == [20, 20, 20]
     assert list(splits.evaluation_sets()) == ["test", "other"]
     assert splits.labels == ["bad", "good"]
@@ -67,6 +73,7 @@ def test_demo_sources_resolve_to_the_embedded_files():
 
 
 # Bad input: each gets one line naming the file and the problem.
+
 
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match=r"nope\.csv: file not found"):

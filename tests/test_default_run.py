@@ -15,8 +15,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_default_run_ends_with_production_models_and_the_ui_command(tmp_path):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_TRACKING_URI", "GRAFTLINE_", "PREFECT_API_URL"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_TRACKING_URI", "GRAFTLINE_", "PREFECT_API_URL"))
+    }
     env["PREFECT_HOME"] = str(tmp_path / "prefect")  # a fresh Prefect database, as on a new machine
     graftline = shutil.which("graftline", path=str(Path(sys.executable).parent))
     done = subprocess.run([graftline, "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

@@ -8,8 +8,17 @@ import torch
 
 from graftline.tasks import backbones
 from graftline.tasks.distill import (
-    UNLABELED, DistillConfig, HiddenStateStudent, augment, distill, distillation_loss, make_layer_student,
-    mean_pool, retention_gate, student_layers, uniform_layer_map,
+    UNLABELED,
+    DistillConfig,
+    HiddenStateStudent,
+    augment,
+    distill,
+    distillation_loss,
+    make_layer_student,
+    mean_pool,
+    retention_gate,
+    student_layers,
+    uniform_layer_map,
 )
 from graftline.tasks.errors import BackboneError
 from graftline.tasks.evaluate import evaluate_model, plot_confusion
@@ -25,7 +34,7 @@ def test_distillation_loss_matches_a_hand_computed_value():
     ce = -math.log(math.exp(2) / (math.exp(2) + 1))  # student's CE on label 0
     p = [1 / (1 + math.e), math.e / (1 + math.e)]  # softmax(teacher / 2)
     q = [math.e / (1 + math.e), 1 / (1 + math.e)]  # softmax(student / 2)
-    kl = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+    kl = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
     expected = alpha * ce + (1 - alpha) * t**2 * kl
     assert distillation_loss(student, teacher, labels, alpha, t).item() == pytest.approx(expected, rel=1e-6)
 
@@ -38,7 +47,9 @@ def test_unlabeled_rows_only_feed_the_soft_term():
     soft = distillation_loss(student, teacher, torch.tensor([0, 0]), 0.0, t) / t**2  # both rows
     assert mixed.item() == pytest.approx((alpha * hard + (1 - alpha) * t**2 * soft).item(), rel=1e-6)
     only_unlabeled = distillation_loss(student, teacher, torch.tensor([UNLABELED, UNLABELED]), alpha, t)
-    assert torch.isfinite(only_unlabeled) and only_unlabeled.item() == pytest.approx(((1 - alpha) * t**2 * soft).item(), rel=1e-6)
+    assert torch.isfinite(only_unlabeled) and only_unlabeled.item() == pytest.approx(
+        ((1 - alpha) * t**2 * soft).item(), rel=1e-6
+    )
 
 
 def test_uniform_layer_map_ends_on_the_teachers_last_layer():
@@ -56,11 +67,20 @@ def test_augmented_copies_are_noisy_variants_and_reproducible():
 
 def test_pure_soft_loss_is_zero_when_student_equals_teacher():
     logits = torch.randn(4, 3)
-    assert distillation_loss(logits, logits.clone(), torch.zeros(4, dtype=torch.long), 0.0, 3.0).item() == pytest.approx(0, abs=1e-6)
+    assert distillation_loss(
+        logits, logits.clone(), torch.zeros(4, dtype=torch.long), 0.0, 3.0
+    ).item() == pytest.approx(0, abs=1e-6)
 
 
-@pytest.mark.parametrize("spec, kept", [("teacher-layers:3", [0, 2, 4]), ("teacher-layers:2", [0, 3]),
-                                        ("teacher-layers:1,5", [1, 5]), ("minilm-l6", None)])
+@pytest.mark.parametrize(
+    "spec, kept",
+    [
+        ("teacher-layers:3", [0, 2, 4]),
+        ("teacher-layers:2", [0, 3]),
+        ("teacher-layers:1,5", [1, 5]),
+        ("minilm-l6", None),
+    ],
+)
 def test_student_layer_specs(spec, kept):
     assert student_layers(spec, 6) == kept
 
@@ -83,8 +103,11 @@ def test_layer_student_copies_the_chosen_teacher_layers(tiny_backbone):
 
 
 def test_distillation_produces_a_smaller_student_that_learned(tiny_backbone, toy_splits, tmp_path):
-    teacher = finetune(toy_splits, FinetuneConfig(backbone=str(tiny_backbone), max_length=32,
-                                                  train=TrainConfig(epochs=5, learning_rate=3e-3)), tmp_path / "t")
+    teacher = finetune(
+        toy_splits,
+        FinetuneConfig(backbone=str(tiny_backbone), max_length=32, train=TrainConfig(epochs=5, learning_rate=3e-3)),
+        tmp_path / "t",
+    )
     config = DistillConfig(student="teacher-layers:1", max_length=32, train=TrainConfig(epochs=4, learning_rate=3e-3))
     result = distill(teacher.model_dir, toy_splits, config, tmp_path / "s")
     assert result.kept_layers == [0]
@@ -117,8 +140,12 @@ def pooled_layer_distance(student_dir, teacher_dir, split, student_layer, teache
 def test_hidden_state_loss_pulls_the_student_towards_the_teachers_layer(toy_teacher, toy_splits, tmp_path):
     distances = {}
     for weight in (0.0, 10.0):
-        config = DistillConfig(student="teacher-layers:1", max_length=32, hidden_weight=weight,
-                               train=TrainConfig(epochs=3, learning_rate=3e-3, patience=3))
+        config = DistillConfig(
+            student="teacher-layers:1",
+            max_length=32,
+            hidden_weight=weight,
+            train=TrainConfig(epochs=3, learning_rate=3e-3, patience=3),
+        )
         result = distill(toy_teacher, toy_splits, config, tmp_path / f"s{weight}")
         assert result.layer_map == ([(0, 1)] if weight else [])
         distances[weight] = pooled_layer_distance(result.model_dir, toy_teacher, toy_splits.test, 0, 1)
@@ -126,13 +153,19 @@ def test_hidden_state_loss_pulls_the_student_towards_the_teachers_layer(toy_teac
 
 
 def test_a_narrower_student_learns_through_a_projection_from_unlabeled_and_augmented_text(
-        toy_teacher, toy_splits, narrow_backbone, tmp_path):
+    toy_teacher, toy_splits, narrow_backbone, tmp_path
+):
     from safetensors import safe_open
 
     unlabeled = toy_frame_texts()
     toy_splits.unlabeled = unlabeled
-    config = DistillConfig(student=str(narrow_backbone), max_length=32, hidden_weight=1.0, augment_copies=1,
-                           train=TrainConfig(epochs=6, learning_rate=3e-3, patience=6))
+    config = DistillConfig(
+        student=str(narrow_backbone),
+        max_length=32,
+        hidden_weight=1.0,
+        augment_copies=1,
+        train=TrainConfig(epochs=6, learning_rate=3e-3, patience=6),
+    )
     result = distill(toy_teacher, toy_splits, config, tmp_path / "s")
     assert result.transfer_rows == len(unlabeled) + len(toy_splits.train.frame)
     assert result.layer_map == [(0, 1)]
@@ -147,7 +180,9 @@ def test_a_narrower_student_learns_through_a_projection_from_unlabeled_and_augme
 def test_hidden_state_student_projects_to_the_teachers_width(narrow_backbone):
     student = backbones.load_classifier(str(narrow_backbone), ["a", "b"])
     wrapped = HiddenStateStudent(student, [0], teacher_width=32)
-    batch = backbones.load_tokenizer(str(narrow_backbone))(["one text", "another longer text"], padding=True, return_tensors="pt")
+    batch = backbones.load_tokenizer(str(narrow_backbone))(
+        ["one text", "another longer text"], padding=True, return_tensors="pt"
+    )
     out = wrapped(**batch)
     assert out.logits.shape == (2, 2) and out.pooled_hidden.shape == (2, 1, 32)
     assert sum(p.numel() for p in wrapped.projections.parameters()) == 16 * 32 + 32
@@ -184,4 +219,6 @@ def test_retention_gate():
     report = {"test_accuracy_retention": 0.98, "test_macro_f1_retention": 0.96}
     assert retention_gate(report, 0.95) is None
     assert retention_gate(report, 0.97) == "macro_f1 retention 0.9600 below the floor 0.97"
-    assert retention_gate(report, 0.99) == "accuracy retention 0.9800 and macro_f1 retention 0.9600 below the floor 0.99"
+    assert (
+        retention_gate(report, 0.99) == "accuracy retention 0.9800 and macro_f1 retention 0.9600 below the floor 0.99"
+    )

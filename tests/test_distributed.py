@@ -17,14 +17,21 @@ def test_two_gloo_processes_match_one_process(still_backbone, toy_splits, tmp_pa
     config = FinetuneConfig(backbone=str(still_backbone), max_length=32, train=train)
     single = finetune(toy_splits, config, tmp_path / "one")
     seen = []
-    double = finetune(toy_splits, FinetuneConfig(**{**vars(config), "processes": 2}), tmp_path / "two", on_epoch=seen.append)
+    double = finetune(
+        toy_splits, FinetuneConfig(**{**vars(config), "processes": 2}), tmp_path / "two", on_epoch=seen.append
+    )
 
     assert [r.epoch for r in seen] == [1, 2]  # epoch records come back from the processes
     assert len(double.training.step_losses) == len(single.training.step_losses) == 20
-    assert torch.allclose(torch.tensor(double.training.step_losses), torch.tensor(single.training.step_losses), atol=1e-5)
+    assert torch.allclose(
+        torch.tensor(double.training.step_losses), torch.tensor(single.training.step_losses), atol=1e-5
+    )
     one = backbones.load_classifier(str(tmp_path / "one")).state_dict()
     two = backbones.load_classifier(str(tmp_path / "two")).state_dict()
     assert all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)
     untrained = backbones.load_classifier(str(still_backbone), toy_splits.labels).state_dict()
-    assert not torch.allclose(one["bert.encoder.layer.0.attention.self.query.weight"],
-                              untrained["bert.encoder.layer.0.attention.self.query.weight"], atol=1e-4)
+    assert not torch.allclose(
+        one["bert.encoder.layer.0.attention.self.query.weight"],
+        untrained["bert.encoder.layer.0.attention.self.query.weight"],
+        atol=1e-4,
+    )

@@ -8,7 +8,13 @@ import pytest
 
 from graftline.tasks import backbones
 from graftline.tasks.export import (
-    ExportConfig, export_and_measure, export_onnx, onnx_predictor, plot_tradeoff, predict_in_batches, quantize_int8,
+    ExportConfig,
+    export_and_measure,
+    export_onnx,
+    onnx_predictor,
+    plot_tradeoff,
+    predict_in_batches,
+    quantize_int8,
     torch_predictor,
 )
 from graftline.tasks.finetune import FinetuneConfig, finetune
@@ -18,18 +24,28 @@ from graftline.tasks.training import TrainConfig
 @pytest.fixture(scope="module")
 def trained(tiny_backbone, tmp_path_factory):
     """A teacher and a 1-layer copy of it that learned the toy task (a stand-in for a student)."""
-    from tests.conftest import toy_frame
     from graftline.tasks.data import Split, Splits
+    from tests.conftest import toy_frame
 
-    splits = Splits(Split("train", toy_frame(40, 0), "toy"), Split("validation", toy_frame(10, 1), "toy"),
-                    Split("test", toy_frame(30, 2), "toy"))
+    splits = Splits(
+        Split("train", toy_frame(40, 0), "toy"),
+        Split("validation", toy_frame(10, 1), "toy"),
+        Split("test", toy_frame(30, 2), "toy"),
+    )
     root = tmp_path_factory.mktemp("export")
-    teacher = finetune(splits, FinetuneConfig(backbone=str(tiny_backbone), max_length=32,
-                                              train=TrainConfig(epochs=5, learning_rate=3e-3)), root / "teacher")
+    teacher = finetune(
+        splits,
+        FinetuneConfig(backbone=str(tiny_backbone), max_length=32, train=TrainConfig(epochs=5, learning_rate=3e-3)),
+        root / "teacher",
+    )
     from graftline.tasks.distill import DistillConfig, distill
 
-    student = distill(teacher.model_dir, splits, DistillConfig(student="teacher-layers:1", max_length=32,
-                                                               train=TrainConfig(epochs=3, learning_rate=3e-3)), root / "student")
+    student = distill(
+        teacher.model_dir,
+        splits,
+        DistillConfig(student="teacher-layers:1", max_length=32, train=TrainConfig(epochs=3, learning_rate=3e-3)),
+        root / "student",
+    )
     return teacher.model_dir, student.model_dir, splits
 
 
@@ -69,8 +85,11 @@ def test_export_report_measures_every_served_model(trained, tmp_path):
     assert all(r.ms_batch_1 > 0 and r.examples_per_second_batch_32 > 0 for r in report.rows)
     metrics = report.metrics()
     assert metrics["student_onnx_parity_passed"] == 1.0 and metrics["student_onnx_accuracy_drop"] == 0.0
-    assert math.isclose(metrics["student_onnx_int8_speedup_batch_32"],
-                        report.row("student-onnx-int8").examples_per_second_batch_32 / report.row("teacher").examples_per_second_batch_32)
+    assert math.isclose(
+        metrics["student_onnx_int8_speedup_batch_32"],
+        report.row("student-onnx-int8").examples_per_second_batch_32
+        / report.row("teacher").examples_per_second_batch_32,
+    )
     assert plot_tradeoff(report, tmp_path / "tradeoff.png").stat().st_size > 0
 
 
@@ -80,7 +99,7 @@ def test_an_export_that_loses_accuracy_fails_parity(trained, tmp_path, monkeypat
     import graftline.tasks.export as export
 
     real = export.onnx_predictor
-    monkeypatch.setattr(export, "onnx_predictor", lambda *a: (lambda texts, p=real(*a): -p(texts)))
+    monkeypatch.setattr(export, "onnx_predictor", lambda *a: lambda texts, p=real(*a): -p(texts))
     teacher_dir, student_dir, splits = trained
     report = export_and_measure(student_dir, teacher_dir, splits.test, ExportConfig(max_length=32), tmp_path)
     for name in ("student-onnx", "student-onnx-int8"):
@@ -91,7 +110,9 @@ def test_an_export_that_loses_accuracy_fails_parity(trained, tmp_path, monkeypat
 def test_an_export_that_disagrees_fails_parity(trained, tmp_path):
     teacher_dir, _, splits = trained
     # An agreement floor above 1 cannot be met: the report must say the export failed, not pass it.
-    report = export_and_measure(teacher_dir, None, splits.test, ExportConfig(max_length=32, min_agreement=1.01), tmp_path)
+    report = export_and_measure(
+        teacher_dir, None, splits.test, ExportConfig(max_length=32, min_agreement=1.01), tmp_path
+    )
     assert [r.name for r in report.rows] == ["teacher", "teacher-onnx", "teacher-onnx-int8"]
     assert not report.row("teacher-onnx").passed and report.row("teacher").passed
     assert report.failures()[0].startswith("teacher-onnx agrees with torch on 1.0000 of the test set")

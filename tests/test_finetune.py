@@ -19,8 +19,11 @@ def accuracy(model_dir, split):
 
 
 def test_full_finetuning_learns_a_separable_task(tiny_backbone, toy_splits, tmp_path):
-    config = FinetuneConfig(backbone=str(tiny_backbone), max_length=32,
-                            train=TrainConfig(epochs=6, batch_size=8, learning_rate=3e-3, patience=6))
+    config = FinetuneConfig(
+        backbone=str(tiny_backbone),
+        max_length=32,
+        train=TrainConfig(epochs=6, batch_size=8, learning_rate=3e-3, patience=6),
+    )
     epochs = []
     result = finetune(toy_splits, config, tmp_path / "model", on_epoch=epochs.append)
     assert [e.epoch for e in epochs] == list(range(1, 7))
@@ -41,8 +44,12 @@ def test_saved_model_is_safetensors_with_label_names(tiny_backbone, toy_splits, 
 
 def test_linear_probe_leaves_the_encoder_untouched(tiny_backbone, toy_splits, tmp_path):
     before = backbones.load_classifier(str(tiny_backbone), ["bad", "good"])
-    config = FinetuneConfig(backbone=str(tiny_backbone), strategy="linear-probe", max_length=32,
-                            train=TrainConfig(epochs=2, learning_rate=1e-2))
+    config = FinetuneConfig(
+        backbone=str(tiny_backbone),
+        strategy="linear-probe",
+        max_length=32,
+        train=TrainConfig(epochs=2, learning_rate=1e-2),
+    )
     result = finetune(toy_splits, config, tmp_path / "probe")
     after = backbones.load_classifier(str(result.model_dir))
     old, new = before.state_dict(), after.state_dict()
@@ -59,8 +66,11 @@ def test_apply_strategy_rejects_unknown(tiny_backbone):
 
 def test_early_stopping_restores_the_best_epoch(tiny_backbone, toy_splits, tmp_path):
     # A learning rate this high diverges after the first epochs; patience 1 stops at the first miss.
-    config = FinetuneConfig(backbone=str(tiny_backbone), max_length=32,
-                            train=TrainConfig(epochs=8, learning_rate=3e-3, patience=1, warmup_ratio=0))
+    config = FinetuneConfig(
+        backbone=str(tiny_backbone),
+        max_length=32,
+        train=TrainConfig(epochs=8, learning_rate=3e-3, patience=1, warmup_ratio=0),
+    )
     history = []
     result = finetune(toy_splits, config, tmp_path / "m", on_epoch=history.append)
     best = max(history, key=lambda r: r.val_macro_f1)

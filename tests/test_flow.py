@@ -11,7 +11,14 @@ from mlflow.tracking import MlflowClient
 
 from graftline.flows.lifecycle import transfer
 from graftline.flows.params import (
-    DataParams, DistillParams, ExportParams, FinetuneParams, GateParams, RegistryParams, RunParams, ValidationParams,
+    DataParams,
+    DistillParams,
+    ExportParams,
+    FinetuneParams,
+    GateParams,
+    RegistryParams,
+    RunParams,
+    ValidationParams,
 )
 from graftline.tasks.data import resolve_source
 from graftline.tasks.errors import ValidationFailed
@@ -23,20 +30,31 @@ STEPS = {"ingest", "validate", "select", "finetune", "evaluate", "distill", "exp
 
 @pytest.fixture
 def run_flow(prefect_harness, mlflow_store, tiny_backbone, unique_name):
-    def run(data=None, validation=None, min_improvement=0.0, distill=None, epochs=2, export=False, reuse=False, seed=13):
+    def run(
+        data=None, validation=None, min_improvement=0.0, distill=None, epochs=2, export=False, reuse=False, seed=13
+    ):
         # Random tiny models: the retention gate is off unless a test turns it on. Tests share one
         # graftline home, so step reuse is off unless a test is about it.
         return transfer(
             data=data or DataParams(),
             validation=validation or ValidationParams(),
-            finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=epochs, patience=epochs, max_length=32,
-                                    learning_rate=3e-3, seed=seed),
-            distill=distill or DistillParams(student="teacher-layers:1", epochs=1, learning_rate=3e-3, retention_floor=0.0),
+            finetune=FinetuneParams(
+                backbone=str(tiny_backbone),
+                epochs=epochs,
+                patience=epochs,
+                max_length=32,
+                learning_rate=3e-3,
+                seed=seed,
+            ),
+            distill=distill
+            or DistillParams(student="teacher-layers:1", epochs=1, learning_rate=3e-3, retention_floor=0.0),
             export=ExportParams(enabled=export),  # ~5 s: only where a test looks at it
-            registry=RegistryParams(model_name=unique_name, experiment=unique_name,
-                                    gates=GateParams(min_improvement=min_improvement)),
+            registry=RegistryParams(
+                model_name=unique_name, experiment=unique_name, gates=GateParams(min_improvement=min_improvement)
+            ),
             run=RunParams(reuse_steps=reuse),
         )
+
     return run
 
 
@@ -62,7 +80,9 @@ def test_the_lifecycle_tracks_every_step_and_promotes_first_versions(run_flow, u
     curve = client.get_metric_history(children["finetune"].info.run_id, "train_loss")
     assert [m.step for m in curve] == [1, 2]
     evaluate = children["evaluate"].data.metrics
-    assert {"test_accuracy", "test_macro_f1", "home_accuracy", "home_macro_f1", "test_examples_per_second"} <= set(evaluate)
+    assert {"test_accuracy", "test_macro_f1", "home_accuracy", "home_macro_f1", "test_examples_per_second"} <= set(
+        evaluate
+    )
     evaluation_files = {f.path for f in client.list_artifacts(children["evaluate"].info.run_id, "evaluation")}
     assert "evaluation/test_confusion.png" in evaluation_files and "evaluation/home_confusion.png" in evaluation_files
     validation_files = {f.path for f in client.list_artifacts(children["validate"].info.run_id, "validation")}
@@ -73,7 +93,10 @@ def test_the_lifecycle_tracks_every_step_and_promotes_first_versions(run_flow, u
     export = children["export"]
     export_files = {f.path for f in client.list_artifacts(export.info.run_id, "export")}
     assert {"export/model.onnx", "export/model.int8.onnx", "export/tradeoff.png", "export/latency.json"} <= export_files
-    assert export.data.metrics["student_onnx_agreement"] == 1.0 and export.data.metrics["student_onnx_int8_speedup_batch_32"] > 0
+    assert (
+        export.data.metrics["student_onnx_agreement"] == 1.0
+        and export.data.metrics["student_onnx_int8_speedup_batch_32"] > 0
+    )
     assert export.data.tags["graftline.export"] == "parity passed"
     assert summary["metrics"]["export"]["student_onnx_int8_speedup_batch_32"] > 0
     student = client.get_model_version_by_alias(f"{unique_name}-student", "production")
@@ -88,7 +111,9 @@ def test_the_lifecycle_tracks_every_step_and_promotes_first_versions(run_flow, u
         assert version.tags["validation_success"] == "true"
         ingest = client.get_run(version.tags["ingest_run_id"])
         assert {f.path for f in client.list_artifacts(ingest.info.run_id, "evaluation_sets")} == {
-            "evaluation_sets/test.parquet", "evaluation_sets/home.parquet"}
+            "evaluation_sets/test.parquet",
+            "evaluation_sets/home.parquet",
+        }
         [record] = history(client, name)
         assert record["to_version"] == "1" and record["triggered_by"].startswith("transfer flow run ")
     student = client.get_model_version(f"{unique_name}-student", "1")
@@ -104,10 +129,13 @@ def test_a_new_version_must_pass_the_gates_against_production_on_the_same_sets(r
         assert str(client.get_model_version_by_alias(name, "production").version) == "1"
         assert str(client.get_model_version_by_alias(name, "candidate").version) == "2"
     assert [r["aliases"] for r in summary["registered"]] == [["candidate"], ["candidate"]]
-    register = client.get_run(next(
-        r.info.run_id for r in runs_by_name(client, unique_name)
-        if r.info.run_name == "register" and r.data.tags["mlflow.parentRunId"] == summary["mlflow_run_id"]
-    ))
+    register = client.get_run(
+        next(
+            r.info.run_id
+            for r in runs_by_name(client, unique_name)
+            if r.info.run_name == "register" and r.data.tags["mlflow.parentRunId"] == summary["mlflow_run_id"]
+        )
+    )
     assert register.data.tags["teacher.decision"].startswith("refused: regression: test macro_f1")
     attempt = client.get_run(summary["registered"][0]["promotion_run_id"])  # re-evaluated: both versions scored
     assert {"v1_test_macro_f1", "v2_test_macro_f1", "v1_home_macro_f1"} <= set(attempt.data.metrics)
@@ -133,7 +161,9 @@ def test_failed_validation_stops_before_training_and_registers_nothing(run_flow,
 
 
 def test_warn_mode_records_the_failure_and_continues(run_flow, unique_name, duplicated_data):
-    summary = run_flow(data=DataParams(train_path=duplicated_data, eval_sets={}), validation=ValidationParams(mode="warn"))
+    summary = run_flow(
+        data=DataParams(train_path=duplicated_data, eval_sets={}), validation=ValidationParams(mode="warn")
+    )
     client = MlflowClient()
     validate = next(r for r in runs_by_name(client, unique_name) if r.info.run_name == "validate")
     assert validate.data.tags["validation.success"] == "false"
@@ -141,8 +171,9 @@ def test_warn_mode_records_the_failure_and_continues(run_flow, unique_name, dupl
     assert [r["version"] for r in summary["registered"]] == ["1", "1"]
 
 
-def test_auto_backbone_chooses_by_transferability_inside_the_flow(prefect_harness, mlflow_store, tiny_backbone,
-                                                                   dead_backbone, unique_name):
+def test_auto_backbone_chooses_by_transferability_inside_the_flow(
+    prefect_harness, mlflow_store, tiny_backbone, dead_backbone, unique_name
+):
     from graftline.flows.params import SelectParams
 
     summary = transfer(
@@ -169,8 +200,12 @@ def test_a_student_below_the_retention_floor_is_not_registered(run_flow, unique_
     # class, so it keeps about half of the teacher's accuracy.
     for split, (rows, seed) in {"train": (40, 0), "validation": (10, 1), "test": (10, 2)}.items():
         toy_frame(rows, seed).to_csv(tmp_path / f"{split}.csv", index=False)
-    data = DataParams(train_path=str(tmp_path / "train.csv"), validation_path=str(tmp_path / "validation.csv"),
-                      test_path=str(tmp_path / "test.csv"), eval_sets={})
+    data = DataParams(
+        train_path=str(tmp_path / "train.csv"),
+        validation_path=str(tmp_path / "validation.csv"),
+        test_path=str(tmp_path / "test.csv"),
+        eval_sets={},
+    )
     summary = run_flow(data=data, epochs=6, distill=DistillParams(student=str(dead_backbone), epochs=1), export=True)
     assert summary["metrics"]["teacher"]["test_accuracy"] >= 0.9
     assert [r["name"] for r in summary["registered"]] == [unique_name]
@@ -185,15 +220,19 @@ def test_a_student_below_the_retention_floor_is_not_registered(run_flow, unique_
     assert "teacher_onnx_int8_agreement" in export.data.metrics and "student_onnx_agreement" not in export.data.metrics
 
 
-def test_retrain_proposes_for_staging_then_promote_and_rollback_flows_move_production(run_flow, unique_name, tiny_backbone):
+def test_retrain_proposes_for_staging_then_promote_and_rollback_flows_move_production(
+    run_flow, unique_name, tiny_backbone
+):
     from graftline.flows.operations import promote, retrain, rollback
     from graftline.flows.params import PromoteParams
 
     run_flow()  # v1: candidate and production
     retrain(
         finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=2, max_length=32, learning_rate=3e-3),
-        distill=DistillParams(enabled=False), export=ExportParams(enabled=False),
-        registry=RegistryParams(model_name=unique_name, experiment=unique_name), auto_promote=True,
+        distill=DistillParams(enabled=False),
+        export=ExportParams(enabled=False),
+        registry=RegistryParams(model_name=unique_name, experiment=unique_name),
+        auto_promote=True,
     )
     client = MlflowClient()
     aliases = {a: str(v) for a, v in client.get_registered_model(unique_name).aliases.items()}
@@ -221,8 +260,10 @@ def test_an_identical_second_run_reuses_the_training_steps_and_says_so(run_flow,
 
     client = MlflowClient()
     runs = runs_by_name(client, unique_name)
-    steps_of = {parent: {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent}
-                for parent in (first["mlflow_run_id"], second["mlflow_run_id"])}
+    steps_of = {
+        parent: {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent}
+        for parent in (first["mlflow_run_id"], second["mlflow_run_id"])
+    }
     assert steps_of[first["mlflow_run_id"]] == STEPS - {"export"}  # export is off in these runs
     assert steps_of[second["mlflow_run_id"]] == STEPS - {"export", "finetune", "evaluate", "distill"}
     assert client.get_run(second["mlflow_run_id"]).data.tags["graftline.reused_steps"] == "finetune, evaluate, distill"

@@ -30,12 +30,20 @@ def platform(tmp_path_factory, tiny_backbone):
 
     home = tmp_path_factory.mktemp("platform")
     params = home / "params.yaml"  # the deployments' defaults: a tiny backbone, so runs take seconds
-    params.write_text(yaml.safe_dump({
-        "finetune": {"backbone": str(tiny_backbone), "epochs": 2, "max_length": 32, "learning_rate": 3e-3},
-        "distill": {"student": "teacher-layers:1", "epochs": 1, "retention_floor": 0.0},
-        "export": {"enabled": False},
-        "registry": {"model_name": "platform-demo", "experiment": "platform", "gates": {"retention_floor": 0.0}},
-    }))
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "finetune": {"backbone": str(tiny_backbone), "epochs": 2, "max_length": 32, "learning_rate": 3e-3},
+                "distill": {"student": "teacher-layers:1", "epochs": 1, "retention_floor": 0.0},
+                "export": {"enabled": False},
+                "registry": {
+                    "model_name": "platform-demo",
+                    "experiment": "platform",
+                    "gates": {"retention_floor": 0.0},
+                },
+            }
+        )
+    )
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     started = servers.up(home, prefect_port=free_port(), mlflow_port=free_port(), params_file=params)
@@ -93,12 +101,23 @@ def test_promote_with_a_failing_gate_then_roll_back(platform):
     assert second.state.is_completed(), second.state.message
     assert aliases(platform, "platform-demo") == {"candidate": "2", "production": "2"}
 
-    refused = run("promote/promote", {"params": {"model_name": "platform-demo", "to": "staging", "experiment": "platform",
-                                                 "gates": {"min_accuracy": 0.99}}})  # a tiny model is far from it
+    refused = run(
+        "promote/promote",
+        {
+            "params": {
+                "model_name": "platform-demo",
+                "to": "staging",
+                "experiment": "platform",
+                "gates": {"min_accuracy": 0.99},
+            }
+        },
+    )  # a tiny model is far from it
     assert refused.state.is_completed()
     assert "staging" not in aliases(platform, "platform-demo")  # the gate held
 
-    promoted = run("promote/promote", {"params": {"model_name": "platform-demo", "to": "staging", "experiment": "platform"}})
+    promoted = run(
+        "promote/promote", {"params": {"model_name": "platform-demo", "to": "staging", "experiment": "platform"}}
+    )
     assert promoted.state.is_completed() and aliases(platform, "platform-demo")["staging"] == "2"
 
     rolled = run("rollback/rollback", {"model_name": "platform-demo", "alias": "production", "experiment": "platform"})
@@ -106,8 +125,11 @@ def test_promote_with_a_failing_gate_then_roll_back(platform):
     assert aliases(platform, "platform-demo")["production"] == "1"
     records = history(client(platform), "platform-demo")
     assert [(r["action"], r["alias"], r["from_version"], r["to_version"]) for r in records] == [
-        ("promote", "production", None, "1"), ("promote", "production", "1", "2"),
-        ("promote", "staging", None, "2"), ("rollback", "production", "2", "1")]
+        ("promote", "production", None, "1"),
+        ("promote", "production", "1", "2"),
+        ("promote", "staging", None, "2"),
+        ("rollback", "production", "2", "1"),
+    ]
     assert "of deployment rollback" in records[-1]["triggered_by"]
 
 
@@ -135,8 +157,15 @@ def test_down_stops_exactly_what_up_started(tmp_path):
 
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package: never a downloaded browser
-BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]  # no calls home from a closed network
+BROWSER_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]  # no calls home from a closed network
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium; .ci/run does)")
@@ -168,15 +197,20 @@ def test_a_run_started_from_the_prefect_ui_form_uses_the_changed_value(platform)
             name_box.press("Tab")  # the form takes the value when the field loses focus
             page.screenshot(path=str(shots / "prefect-ui-parameter-form.png"), full_page=True)
             page.get_by_role("button", name="Submit").click()
-            page.wait_for_url(re.compile(r"/deployments/deployment/[^/]+\?tab=Runs$"))  # back on the deployment: submitted
+            page.wait_for_url(
+                re.compile(r"/deployments/deployment/[^/]+\?tab=Runs$")
+            )  # back on the deployment: submitted
         finally:
             browser.close()
 
     with get_client(sync_client=True) as prefect:
         deadline = time.monotonic() + TRAIN * 2
         while True:  # the run whose parameters carry the value typed into the form
-            runs = [r for r in prefect.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=50)
-                    if (r.parameters.get("registry") or {}).get("model_name") == model_name]
+            runs = [
+                r
+                for r in prefect.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=50)
+                if (r.parameters.get("registry") or {}).get("model_name") == model_name
+            ]
             if runs and runs[0].state.is_final():
                 break
             assert time.monotonic() < deadline, f"the run started from the UI did not finish: {runs and runs[0].state}"

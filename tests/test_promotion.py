@@ -13,7 +13,16 @@ from graftline.tasks import tracking
 from graftline.tasks.data import Split
 from graftline.tasks.finetune import FinetuneConfig, finetune
 from graftline.tasks.promotion import (
-    CANDIDATE, PRODUCTION, STAGING, Gates, PromotionError, history, previous_holder, promote, registry_lock, rollback,
+    CANDIDATE,
+    PRODUCTION,
+    STAGING,
+    Gates,
+    PromotionError,
+    history,
+    previous_holder,
+    promote,
+    registry_lock,
+    rollback,
 )
 from graftline.tasks.registry import Candidate, log_classifier, register_all
 from graftline.tasks.training import TrainConfig
@@ -23,16 +32,27 @@ from tests.conftest import toy_frame
 @pytest.fixture(scope="module")
 def model_uris(mlflow_store, tiny_backbone, tmp_path_factory):
     """Logged MLflow models: `good` (learned the toy task) and `random` (untrained head)."""
-    from tests.conftest import toy_frame as frame
     from graftline.tasks.data import Splits
+    from tests.conftest import toy_frame as frame
 
     tracking.configure("promotion-tests")
     root = tmp_path_factory.mktemp("promotion")
-    splits = Splits(Split("train", frame(40, 0), "toy"), Split("validation", frame(10, 1), "toy"), Split("test", frame(10, 2), "toy"))
+    splits = Splits(
+        Split("train", frame(40, 0), "toy"),
+        Split("validation", frame(10, 1), "toy"),
+        Split("test", frame(10, 2), "toy"),
+    )
     uris = {}
     for name, epochs, lr in (("good", 6, 3e-3), ("random", 1, 1e-12)):
-        result = finetune(splits, FinetuneConfig(backbone=str(tiny_backbone), max_length=32,
-                                                 train=TrainConfig(epochs=epochs, learning_rate=lr, patience=6)), root / name)
+        result = finetune(
+            splits,
+            FinetuneConfig(
+                backbone=str(tiny_backbone),
+                max_length=32,
+                train=TrainConfig(epochs=epochs, learning_rate=lr, patience=6),
+            ),
+            root / name,
+        )
         with mlflow.start_run(run_name=name):
             uris[name] = log_classifier(result.model_dir, ["hello"]).model_uri
     return uris
@@ -50,6 +70,7 @@ def register(model_uris, unique_name):
     def register_(kind: str, name: str = unique_name, validation: str = "true", **tags) -> str:
         candidate = Candidate(name, model_uris[kind], {"validation_success": validation, **tags})
         return register_all(client, [candidate])[0].version
+
     return register_
 
 
@@ -60,7 +81,9 @@ def holder(client, name, alias):
 def test_a_first_promotion_passes_and_is_recorded(register, unique_name, eval_sets):
     client = MlflowClient()
     version = register("good")
-    outcome = promote(client, unique_name, STAGING, eval_sets, Gates(min_accuracy=0.8), "test-suite", experiment=unique_name)
+    outcome = promote(
+        client, unique_name, STAGING, eval_sets, Gates(min_accuracy=0.8), "test-suite", experiment=unique_name
+    )
     assert outcome.moved and outcome.version == version and outcome.previous is None
     assert holder(client, unique_name, STAGING) == version
     assert {c.name for c in outcome.checks} == {"validation", "thresholds", "regression"}
@@ -113,9 +136,15 @@ def test_rollback_returns_the_alias_to_its_previous_holders(register, unique_nam
     promote(client, unique_name, PRODUCTION, eval_sets, gates, "t", version=v1, experiment=unique_name)
     promote(client, unique_name, PRODUCTION, eval_sets, gates, "t", version=v2, experiment=unique_name)
     outcome = rollback(client, unique_name, PRODUCTION, "on-call", experiment=unique_name)
-    assert outcome.moved and (outcome.previous, outcome.version) == (v2, v1) and holder(client, unique_name, PRODUCTION) == v1
+    assert (
+        outcome.moved
+        and (outcome.previous, outcome.version) == (v2, v1)
+        and holder(client, unique_name, PRODUCTION) == v1
+    )
     records = history(client, unique_name)
-    assert [r["action"] for r in records] == ["promote", "promote", "rollback"] and records[-1]["triggered_by"] == "on-call"
+    assert [r["action"] for r in records] == ["promote", "promote", "rollback"] and records[-1][
+        "triggered_by"
+    ] == "on-call"
     with pytest.raises(PromotionError, match="no previous holder"):
         rollback(client, unique_name, PRODUCTION, "on-call", experiment=unique_name)  # v1 had nobody before it
     assert holder(client, unique_name, PRODUCTION) == v1
@@ -124,6 +153,7 @@ def test_rollback_returns_the_alias_to_its_previous_holders(register, unique_nam
 def test_previous_holder_unwinds_promotions_and_rollbacks():
     def rec(action, old, new):
         return {"action": action, "alias": PRODUCTION, "from_version": old, "to_version": new}
+
     records = [rec("promote", None, "1"), rec("promote", "1", "2"), rec("promote", "2", "3"), rec("rollback", "3", "2")]
     assert previous_holder(records, PRODUCTION) == "1"
     assert previous_holder(records + [rec("rollback", "2", "1")], PRODUCTION) is None
@@ -138,8 +168,16 @@ def test_racing_promotions_leave_one_consistent_state(register, unique_name, eva
 
     def go(version):
         try:
-            promote(MlflowClient(), unique_name, STAGING, eval_sets, gates, f"racer {version}", version=version,
-                    experiment=unique_name)
+            promote(
+                MlflowClient(),
+                unique_name,
+                STAGING,
+                eval_sets,
+                gates,
+                f"racer {version}",
+                version=version,
+                experiment=unique_name,
+            )
         except Exception as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
@@ -192,6 +230,7 @@ def test_promotion_errors_are_clear(register, unique_name, eval_sets):
 
 # -- the same through the command line (in-process, as the console script calls it) and the flows --
 
+
 def cli(*args) -> tuple[int, str, str]:
     import contextlib
     import io
@@ -208,12 +247,26 @@ def test_promote_rollback_and_history_on_the_command_line(prefect_harness, regis
     path = tmp_path / "test.csv"
     toy_frame(15, 5).to_csv(path, index=False)
     v1, v2 = register("good"), register("random")
-    code, out, _ = cli("promote", unique_name, "--to", "staging", "--version", v1, "--eval", f"test={path}",
-                       "--set", f"experiment={unique_name}")
+    code, out, _ = cli(
+        "promote",
+        unique_name,
+        "--to",
+        "staging",
+        "--version",
+        v1,
+        "--eval",
+        f"test={path}",
+        "--set",
+        f"experiment={unique_name}",
+    )
     assert code == 0 and f"{unique_name}: staging promoted from v- to v{v1}" in out
-    code, out, _ = cli("promote", unique_name, "--to", "staging", "--eval", f"test={path}", "--set", f"experiment={unique_name}")
+    code, out, _ = cli(
+        "promote", unique_name, "--to", "staging", "--eval", f"test={path}", "--set", f"experiment={unique_name}"
+    )
     assert code == 1 and f"{unique_name} v{v2} not promoted to staging" in out and "FAILED regression" in out
-    code, out, _ = cli("promote", unique_name, "--to", "production", "--eval", f"test={path}", "--set", f"experiment={unique_name}")
+    code, out, _ = cli(
+        "promote", unique_name, "--to", "production", "--eval", f"test={path}", "--set", f"experiment={unique_name}"
+    )
     assert code == 0 and f"production promoted from v- to v{v1}" in out  # production takes staging's holder
     code, out, _ = cli("history", unique_name)
     assert code == 0 and f"staging v{v1}, production v{v1}" in out

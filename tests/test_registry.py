@@ -2,6 +2,7 @@
 
 import mlflow
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from graftline.tasks import backbones, tracking
@@ -23,10 +24,20 @@ def logged_model(mlflow_store, tiny_backbone, tmp_path, unique_name):
 def test_registration_sets_the_candidate_alias_tags_and_the_teacher_link(logged_model, unique_name):
     client = MlflowClient()
     student = f"{unique_name}-student"
-    first = register_all(client, [Candidate(unique_name, logged_model, {"data_digest": "abc"}),
-                                  Candidate(student, logged_model, teacher=unique_name)])
-    assert [(r.name, r.version, r.aliases) for r in first] == [(unique_name, "1", [CANDIDATE]), (student, "1", [CANDIDATE])]
-    second = register_all(client, [Candidate(unique_name, logged_model), Candidate(student, logged_model, teacher=unique_name)])
+    first = register_all(
+        client,
+        [
+            Candidate(unique_name, logged_model, {"data_digest": "abc"}),
+            Candidate(student, logged_model, teacher=unique_name),
+        ],
+    )
+    assert [(r.name, r.version, r.aliases) for r in first] == [
+        (unique_name, "1", [CANDIDATE]),
+        (student, "1", [CANDIDATE]),
+    ]
+    second = register_all(
+        client, [Candidate(unique_name, logged_model), Candidate(student, logged_model, teacher=unique_name)]
+    )
     assert [r.version for r in second] == ["2", "2"]
     assert aliases_of(client, unique_name) == {CANDIDATE: "2"}
     assert client.get_model_version(unique_name, "1").tags["data_digest"] == "abc"
@@ -42,7 +53,7 @@ def test_a_failure_midway_leaves_the_registry_as_it_was(logged_model, unique_nam
         Candidate(unique_name, logged_model),  # registers as v2 and takes `candidate`...
         Candidate(student, "models:/m-does-not-exist"),  # ...then this one fails
     ]
-    with pytest.raises(Exception):
+    with pytest.raises(MlflowException):
         register_all(client, candidates)
     versions = client.search_model_versions(f"name='{unique_name}'")
     assert [str(v.version) for v in versions] == ["1"]

@@ -26,13 +26,25 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_result(ti
     train = tmp_path / "train.csv"
     toy_frame(150, 3).to_csv(train, index=False)
     config = tmp_path / "params.yaml"
-    config.write_text(yaml.safe_dump({
-        "data": {"train_path": str(train), "eval_sets": {}},
-        "finetune": {"backbone": str(tiny_backbone), "epochs": 3, "patience": 3, "batch_size": 4, "max_length": 32,
-                     "learning_rate": 3e-3, "checkpoint_every": 1},
-        "distill": {"enabled": False}, "export": {"enabled": False},
-        "registry": {"model_name": "resumed", "promote_to": "none"},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"train_path": str(train), "eval_sets": {}},
+                "finetune": {
+                    "backbone": str(tiny_backbone),
+                    "epochs": 3,
+                    "patience": 3,
+                    "batch_size": 4,
+                    "max_length": 32,
+                    "learning_rate": 3e-3,
+                    "checkpoint_every": 1,
+                },
+                "distill": {"enabled": False},
+                "export": {"enabled": False},
+                "registry": {"model_name": "resumed", "promote_to": "none"},
+            }
+        )
+    )
 
     killed_home = tmp_path / "killed"
     run = _start(["run", "--config", str(config)], killed_home)
@@ -53,15 +65,24 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_result(ti
     assert int(killed["finetune"].data.tags["graftline.resumed_from_step"]) >= step
     assert killed["losses"] == fresh["losses"] and len(fresh["losses"]) > 100  # every step of all 3 epochs
     assert killed["finetune"].data.metrics["best_val_macro_f1"] == fresh["finetune"].data.metrics["best_val_macro_f1"]
-    assert killed["parent"].data.metrics["teacher_test_accuracy"] == fresh["parent"].data.metrics["teacher_test_accuracy"]
+    assert (
+        killed["parent"].data.metrics["teacher_test_accuracy"] == fresh["parent"].data.metrics["teacher_test_accuracy"]
+    )
     assert not list((killed_home / "checkpoints").glob("*/step-*"))  # the saved model superseded them
 
 
 def _start(args: list[str], home: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "GRAFTLINE_ARTIFACT_ROOT")}
     env["GRAFTLINE_HOME"] = str(home)
-    return subprocess.Popen([GRAFTLINE, *args], env=env, cwd=home.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(
+        [GRAFTLINE, *args],
+        env=env,
+        cwd=home.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _wait_for_checkpoint(home: Path, run: subprocess.Popen, min_step: int, timeout: float = 300) -> Path:
@@ -82,12 +103,18 @@ def _wait_for_checkpoint(home: Path, run: subprocess.Popen, min_step: int, timeo
 def _lifecycle(home: Path, resumed: bool) -> dict:
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("graftline").experiment_id
-    parents = client.search_runs([experiment], "tags.`graftline.flow` = 'transfer'", order_by=["attributes.start_time ASC"])
+    parents = client.search_runs(
+        [experiment], "tags.`graftline.flow` = 'transfer'", order_by=["attributes.start_time ASC"]
+    )
     parent = parents[-1]
     assert parent.info.status == "FINISHED"
     if resumed:
         assert len(parents) == 2 and parent.data.tags["graftline.resumed_from"] == parents[0].info.run_id
-    finetune = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}' and "
-                                  "attributes.run_name = 'finetune'")[0]
-    losses = [m.value for m in sorted(client.get_metric_history(finetune.info.run_id, "train_step_loss"), key=lambda m: m.step)]
+    finetune = client.search_runs(
+        [experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}' and attributes.run_name = 'finetune'"
+    )[0]
+    losses = [
+        m.value
+        for m in sorted(client.get_metric_history(finetune.info.run_id, "train_step_loss"), key=lambda m: m.step)
+    ]
     return {"parent": parent, "finetune": finetune, "losses": losses, "old_status": parents[0].info.status}

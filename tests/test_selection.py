@@ -21,7 +21,9 @@ def test_separable_features_score_above_noise(method):
     separable, labels = synthetic(3.0)
     noise, noise_labels = synthetic(0.0)
     weak, weak_labels = synthetic(0.5)
-    scores = [score_features(f, y, method) for f, y in ((separable, labels), (weak, weak_labels), (noise, noise_labels))]
+    scores = [
+        score_features(f, y, method) for f, y in ((separable, labels), (weak, weak_labels), (noise, noise_labels))
+    ]
     assert scores[0] > scores[1] > scores[2], scores
 
 
@@ -37,14 +39,26 @@ def report(name, logme, parameters, ms):
 
 
 def test_choice_respects_the_budget():
-    reports = [report("big", 3.0, 100_000_000, 30.0), report("small", 1.0, 20_000_000, 4.0), report("tiny", 0.5, 5_000_000, 1.0)]
+    reports = [
+        report("big", 3.0, 100_000_000, 30.0),
+        report("small", 1.0, 20_000_000, 4.0),
+        report("tiny", 0.5, 5_000_000, 1.0),
+    ]
     free = choose([*reports], SelectConfig(candidates=("big", "small", "tiny")))
     assert free.choice == "big" and "next: small" in free.reason
-    capped = choose([report("big", 3.0, 100_000_000, 30.0), report("small", 1.0, 20_000_000, 4.0),
-                     report("tiny", 0.5, 5_000_000, 1.0)], SelectConfig(max_parameters=50_000_000))
+    capped = choose(
+        [
+            report("big", 3.0, 100_000_000, 30.0),
+            report("small", 1.0, 20_000_000, 4.0),
+            report("tiny", 0.5, 5_000_000, 1.0),
+        ],
+        SelectConfig(max_parameters=50_000_000),
+    )
     assert capped.choice == "small" and "over budget: big" in capped.reason
-    fast = choose([report("big", 3.0, 1, 30.0), report("small", 1.0, 1, 4.0), report("tiny", 0.5, 1, 1.0)],
-                  SelectConfig(max_ms_per_example=2.0))
+    fast = choose(
+        [report("big", 3.0, 1, 30.0), report("small", 1.0, 1, 4.0), report("tiny", 0.5, 1, 1.0)],
+        SelectConfig(max_ms_per_example=2.0),
+    )
     assert fast.choice == "tiny"
     with pytest.raises(GraftlineError, match="no candidate backbone fits the budget"):
         choose([report("big", 3.0, 100, 30.0)], SelectConfig(max_parameters=10))

@@ -19,8 +19,8 @@ def test_length_grouped_plan_covers_every_row_once_and_pads_less():
         assert sorted(np.concatenate(plan).tolist()) == list(range(1000))
     assert padding_share(lengths, grouped) < 0.1 < 0.4 < padding_share(lengths, random)
     # a pure function of (seed, epoch): what a resumed run relies on
-    assert all(np.array_equal(a, b) for a, b in zip(grouped, batch_plan(lengths, 32, 13, 1, True)))
-    assert not all(np.array_equal(a, b) for a, b in zip(grouped, batch_plan(lengths, 32, 13, 2, True)))
+    assert all(np.array_equal(a, b) for a, b in zip(grouped, batch_plan(lengths, 32, 13, 1, True), strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(grouped, batch_plan(lengths, 32, 13, 2, True), strict=True))
 
 
 def test_tokenisation_is_cached_by_texts_tokenizer_and_length(tiny_backbone, tmp_path):
@@ -33,7 +33,9 @@ def test_tokenisation_is_cached_by_texts_tokenizer_and_length(tiny_backbone, tmp
         raise AssertionError("tokenised again despite the cache")
 
     # the same class and tokenizer state, but calling it is an error
-    stand_in = type(type(tokenizer).__name__, (), {"backend_tokenizer": tokenizer.backend_tokenizer, "__call__": no_tokenizing})
+    stand_in = type(
+        type(tokenizer).__name__, (), {"backend_tokenizer": tokenizer.backend_tokenizer, "__call__": no_tokenizing}
+    )
     again = encode(stand_in(), texts, [0, 1, 0], 16, cache_dir=tmp_path)
     assert [row.tolist() for row in again.ids] == [row.tolist() for row in first.ids]
     encode(tokenizer, texts, [0, 1, 0], 4, cache_dir=tmp_path)  # another truncation length: a new entry
@@ -44,9 +46,11 @@ def test_tokenisation_is_cached_by_texts_tokenizer_and_length(tiny_backbone, tmp
 def test_gradient_accumulation_matches_one_large_batch(still_backbone, toy_splits):
     """Two micro-batches of 4 rows per step against one batch of 8: without length grouping both
     plans cut the same permutation, so every step sees the same rows and must reach the same weights."""
+
     def trained(batch_size: int, accumulation: int) -> dict:
-        config = TrainConfig(epochs=1, batch_size=batch_size, grad_accumulation=accumulation, learning_rate=1e-3,
-                             group_by_length=False)
+        config = TrainConfig(
+            epochs=1, batch_size=batch_size, grad_accumulation=accumulation, learning_rate=1e-3, group_by_length=False
+        )
         model, train_split, val_split, pad = _setup(still_backbone, toy_splits, config.seed)
         train(model, train_split, val_split, config, pad)
         return {k: v.clone() for k, v in model.state_dict().items()}
@@ -104,8 +108,12 @@ def test_resume_after_a_crash_mid_epoch_matches_an_uninterrupted_run(tiny_backbo
 
 
 def test_lora_trains_adapters_only_and_saves_merged_plain_weights(tiny_backbone, toy_splits, tmp_path):
-    config = FinetuneConfig(backbone=str(tiny_backbone), strategy="lora", max_length=32,
-                            train=TrainConfig(epochs=2, batch_size=8, learning_rate=5e-3))
+    config = FinetuneConfig(
+        backbone=str(tiny_backbone),
+        strategy="lora",
+        max_length=32,
+        train=TrainConfig(epochs=2, batch_size=8, learning_rate=5e-3),
+    )
     result = finetune(toy_splits, config, tmp_path / "lora")
     assert result.trainable_parameters < result.parameters / 2
     saved = backbones.load_classifier(str(result.model_dir))
@@ -124,5 +132,9 @@ def _setup(backbone, splits, seed: int):
     tokenizer = backbones.load_tokenizer(str(backbone))
     seed_everything(seed)
     model = backbones.load_classifier(str(backbone), splits.labels)
-    return (model, encode_split(tokenizer, splits.train, splits.labels, 32),
-            encode_split(tokenizer, splits.validation, splits.labels, 32), tokenizer.pad_token_id)
+    return (
+        model,
+        encode_split(tokenizer, splits.train, splits.labels, 32),
+        encode_split(tokenizer, splits.validation, splits.labels, 32),
+        tokenizer.pad_token_id,
+    )

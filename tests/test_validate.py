@@ -57,8 +57,12 @@ def test_leakage_unknown_labels_and_length_bounds(tmp_path):
 
 def test_class_balance_and_minimum_examples(tmp_path):
     train = pd.concat([toy_frame(30).query("label == 'good'"), toy_frame(30).query("label == 'bad'").head(3)])
-    report = validate_splits(splits_of(train), ValidationThresholds(min_examples_per_class=5, max_class_ratio=5), tmp_path)
+    report = validate_splits(
+        splits_of(train), ValidationThresholds(min_examples_per_class=5, max_class_ratio=5), tmp_path
+    )
     failure = next(f for f in report.failures if "class_counts_to_be_balanced" in f)
     assert "'good': 30" in failure and "'bad': 3" in failure and "'ratio': 10.0" in failure
-    loose = validate_splits(splits_of(train), ValidationThresholds(min_examples_per_class=3, max_class_ratio=10), tmp_path)
+    loose = validate_splits(
+        splits_of(train), ValidationThresholds(min_examples_per_class=3, max_class_ratio=10), tmp_path
+    )
     assert not any("balanced" in f for f in loose.failures)
