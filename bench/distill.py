@@ -29,14 +29,14 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import pandas as pd  # noqa: E402
 
-from graftline.tasks import backbones  # noqa: E402
+from graftline.tasks.engine import backbones  # noqa: E402
 from graftline.tasks.data import Split, Splits, read_table, stratified_split  # noqa: E402
 from graftline.tasks.distill import DistillConfig, distill  # noqa: E402
 from graftline.tasks.evaluate import evaluate_model  # noqa: E402
 from graftline.tasks.export import ExportConfig, export_and_measure  # noqa: E402
 from graftline.tasks.finetune import FinetuneConfig, finetune  # noqa: E402
 from graftline.tasks.selection import stratified_sample  # noqa: E402
-from graftline.tasks.training import TrainConfig  # noqa: E402
+from graftline.tasks.engine.training import TrainConfig  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 SEED, MAX_LENGTH, VALIDATION_ROWS = 13, 64, 500

@@ -30,12 +30,12 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import pandas as pd  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
-from graftline.tasks import backbones  # noqa: E402
+from graftline.tasks.engine import backbones  # noqa: E402
 from graftline.tasks.data import Split, Splits, read_table, stratified_split  # noqa: E402
 from graftline.tasks.evaluate import evaluate_model  # noqa: E402
 from graftline.tasks.finetune import FinetuneConfig, finetune  # noqa: E402
 from graftline.tasks.selection import METHODS, SelectConfig, select_backbone, stratified_sample  # noqa: E402
-from graftline.tasks.training import TrainConfig  # noqa: E402
+from graftline.tasks.engine.training import TrainConfig  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CANDIDATES = ("minilm-l3", "minilm-l6", "mpnet-base")

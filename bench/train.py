@@ -36,13 +36,13 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from graftline.tasks import backbones  # noqa: E402
+from graftline.tasks.engine import backbones  # noqa: E402
 from graftline.tasks.data import Split, Splits, encode_labels, read_table  # noqa: E402
 from graftline.tasks.evaluate import evaluate_model  # noqa: E402
 from graftline.tasks.finetune import FinetuneConfig, finetune  # noqa: E402
 from graftline.tasks.selection import stratified_sample  # noqa: E402
-from graftline.tasks.training import TrainConfig, batch_plan, encode  # noqa: E402
-from graftline.tasks.training import padding_share as training_padding_share  # noqa: E402
+from graftline.tasks.engine.training import TrainConfig, batch_plan, encode  # noqa: E402
+from graftline.tasks.engine.training import padding_share as training_padding_share  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 LR, MAX_LENGTH, SEED = 5e-5, 128, 13

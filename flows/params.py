@@ -229,7 +229,7 @@ class GateParams(_Params):
     require_validation: bool = Field(True, description="Refuse versions whose data validation did not pass.")
 
     def to_gates(self):
-        from graftline.tasks.promotion import Gates
+        from graftline.tasks.registry.promotion import Gates
 
         return Gates(**self.model_dump())
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from graftline.tasks import tracking
+from graftline.tasks.registry import tracking
 from graftline.tasks.errors import GraftlineError
 
 UNFINISHED = ("RUNNING", "FAILED", "KILLED")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from graftline.tasks import tracking
+from graftline.tasks.registry import tracking
 
 SKIPPED = ("parent_run_id", "work_dir")  # differ on every run and decide nothing about the result
 # Parameters that decide where or how often work happens, not what it computes.
@@ -74,8 +74,9 @@ def code_version() -> str:
 
     digest = hashlib.sha256()
     for package in (graftline.flows, graftline.tasks):
-        for path in sorted(Path(package.__path__[0]).glob("*.py")):
-            digest.update(path.name.encode())
+        root = Path(package.__path__[0])
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

@@ -26,11 +26,12 @@ from graftline.flows.params import (
     SelectParams,
     ValidationParams,
 )
-from graftline.tasks import backbones, tracking
+from graftline.tasks.engine import backbones
+from graftline.tasks.registry import tracking
 from graftline.tasks.data import Splits, load_splits, read_texts
 from graftline.tasks.errors import GraftlineError, ValidationFailed
 from graftline.tasks.evaluate import Evaluation, evaluate_model, plot_confusion
-from graftline.tasks.training import TrainConfig
+from graftline.tasks.engine.training import TrainConfig
 from graftline.tasks.validate import ValidationReport, ValidationThresholds, validate_splits
 
 STEP = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -240,7 +241,7 @@ def finetune(splits: Splits, params: FinetuneParams, parent_run_id: str, work_di
 
     from graftline.tasks.finetune import FinetuneConfig, LoraConfig
     from graftline.tasks.finetune import finetune as run_finetune
-    from graftline.tasks.registry import log_classifier
+    from graftline.tasks.registry.versions import log_classifier
 
     with tracking.step_run("finetune", parent_run_id) as run:
         tracking.log_params(params.model_dump(), "finetune.")
@@ -297,7 +298,7 @@ def distill(
 
     from graftline.tasks.distill import DistillConfig, retention_gate
     from graftline.tasks.distill import distill as run_distill
-    from graftline.tasks.registry import log_classifier
+    from graftline.tasks.registry.versions import log_classifier
 
     with tracking.step_run("distill", parent_run_id) as run:
         tracking.log_params(params.model_dump(), "distill.")
@@ -425,8 +426,8 @@ def register(
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from graftline.tasks.promotion import PromotionError, promote
-    from graftline.tasks.registry import Candidate, register_all
+    from graftline.tasks.registry.promotion import PromotionError, promote
+    from graftline.tasks.registry.versions import Candidate, register_all
 
     client = MlflowClient()
     logger = get_run_logger()

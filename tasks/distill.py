@@ -32,12 +32,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from graftline.tasks import backbones
-from graftline.tasks.checkpoints import Checkpoints
+from graftline.tasks.engine import backbones
+from graftline.tasks.engine.checkpoints import Checkpoints
 from graftline.tasks.data import Splits, encode_labels
 from graftline.tasks.errors import BackboneError
 from graftline.tasks.finetune import encode_split, save_model
-from graftline.tasks.training import (
+from graftline.tasks.engine.training import (
     EpochRecord,
     TrainConfig,
     TrainResult,

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from graftline.tasks.data import Split
-from graftline.tasks.tracking import metric_safe
-from graftline.tasks.training import encode, predict_logits, resolve_device
+from graftline.tasks.registry.tracking import metric_safe
+from graftline.tasks.engine.training import encode, predict_logits, resolve_device
 
 
 @dataclass
@@ -43,7 +43,7 @@ def evaluate_model(
     """Score a classifier on one labeled split; rows with labels the model lacks are an error."""
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-    from graftline.tasks.backbones import labels_of
+    from graftline.tasks.engine.backbones import labels_of
     from graftline.tasks.data import encode_labels
 
     labels = labels_of(model)

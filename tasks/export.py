@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from graftline.tasks import backbones
+from graftline.tasks.engine import backbones
 from graftline.tasks.data import Split, encode_labels
 from graftline.tasks.errors import GraftlineError
 

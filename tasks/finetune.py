@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from graftline.tasks import backbones, distributed
-from graftline.tasks.checkpoints import Checkpoints
+from graftline.tasks.engine import backbones, distributed
+from graftline.tasks.engine.checkpoints import Checkpoints
 from graftline.tasks.data import Splits, encode_labels
-from graftline.tasks.training import EpochRecord, TrainConfig, TrainResult, encode, seed_everything, train
+from graftline.tasks.engine.training import EpochRecord, TrainConfig, TrainResult, encode, seed_everything, train
 
 Strategy = Literal["full", "linear-probe", "lora"]
 

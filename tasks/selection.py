@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from graftline.tasks import backbones
+from graftline.tasks.engine import backbones
 from graftline.tasks.errors import GraftlineError
 
 Method = Literal["logme", "hscore", "knn"]
@@ -234,7 +234,7 @@ def plot_leaderboard(selection: Selection, path: Path) -> Path:
 
 
 def _device(requested: str) -> torch.device:
-    from graftline.tasks.training import resolve_device
+    from graftline.tasks.engine.training import resolve_device
 
     return resolve_device(requested)
 

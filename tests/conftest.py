@@ -51,7 +51,7 @@ def build_tiny_bert(folder: Path, width: int, layers: int, dropout: float = 0.1)
     import torch
     from transformers import BertConfig, BertModel
 
-    from graftline.tasks.backbones import load_tokenizer
+    from graftline.tasks.engine.backbones import load_tokenizer
 
     tokenizer = load_tokenizer("minilm-l6")
     config = BertConfig(
@@ -140,7 +140,7 @@ def dead_backbone(tiny_backbone, tmp_path_factory):
     import torch
     from transformers import BertModel
 
-    from graftline.tasks.backbones import load_tokenizer
+    from graftline.tasks.engine.backbones import load_tokenizer
 
     folder = tmp_path_factory.mktemp("dead-bert")
     model = BertModel.from_pretrained(tiny_backbone)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from graftline.tasks import backbones, catalog
+from graftline.tasks.engine import backbones, catalog
 from graftline.tasks.errors import BackboneError
 
 

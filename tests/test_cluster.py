@@ -26,7 +26,7 @@ from prefect import flow
 from graftline.flows import steps
 from graftline.flows.deploy_cli import main as deploy_main
 from graftline.flows.params import DistillParams, FinetuneParams, SelectParams
-from graftline.tasks import tracking
+from graftline.tasks.registry import tracking
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "deployments" / "kubernetes-gpu-job-template.json"
 IMAGE = "registry.example.com/graftline:0.1.0"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from graftline.tasks import backbones
+from graftline.tasks.engine import backbones
 from graftline.tasks.distill import (
     UNLABELED,
     DistillConfig,
@@ -23,7 +23,7 @@ from graftline.tasks.distill import (
 from graftline.tasks.errors import BackboneError
 from graftline.tasks.evaluate import evaluate_model, plot_confusion
 from graftline.tasks.finetune import FinetuneConfig, finetune
-from graftline.tasks.training import TrainConfig
+from graftline.tasks.engine.training import TrainConfig
 
 
 def test_distillation_loss_matches_a_hand_computed_value():
@@ -198,7 +198,7 @@ def test_evaluation_numbers_agree_with_sklearn(tiny_backbone, toy_splits, tmp_pa
     from sklearn.metrics import accuracy_score, f1_score
 
     from graftline.tasks.finetune import encode_split
-    from graftline.tasks.training import predict_logits
+    from graftline.tasks.engine.training import predict_logits
 
     model = backbones.load_classifier(str(tiny_backbone), ["bad", "good"])  # random head: imperfect
     tokenizer = backbones.load_tokenizer(str(tiny_backbone))

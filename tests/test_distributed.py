@@ -5,9 +5,9 @@ GPU over NCCL (not exercised here: these machines have no GPU)."""
 
 import torch
 
-from graftline.tasks import backbones
+from graftline.tasks.engine import backbones
 from graftline.tasks.finetune import FinetuneConfig, finetune
-from graftline.tasks.training import TrainConfig
+from graftline.tasks.engine.training import TrainConfig
 
 
 def test_two_gloo_processes_match_one_process(still_backbone, toy_splits, tmp_path):

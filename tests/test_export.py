@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from graftline.tasks import backbones
+from graftline.tasks.engine import backbones
 from graftline.tasks.export import (
     ExportConfig,
     export_and_measure,
@@ -18,7 +18,7 @@ from graftline.tasks.export import (
     torch_predictor,
 )
 from graftline.tasks.finetune import FinetuneConfig, finetune
-from graftline.tasks.training import TrainConfig
+from graftline.tasks.engine.training import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from graftline.tasks import backbones
+from graftline.tasks.engine import backbones
 from graftline.tasks.errors import BackboneError
 from graftline.tasks.finetune import FinetuneConfig, apply_strategy, encode_split, finetune
-from graftline.tasks.training import TrainConfig, predict_logits
+from graftline.tasks.engine.training import TrainConfig, predict_logits
 
 
 def accuracy(model_dir, split):

@@ -22,7 +22,7 @@ from graftline.flows.params import (
 )
 from graftline.tasks.data import resolve_source
 from graftline.tasks.errors import ValidationFailed
-from graftline.tasks.promotion import history
+from graftline.tasks.registry.promotion import history
 from tests.conftest import toy_frame
 
 STEPS = {"ingest", "validate", "select", "finetune", "evaluate", "distill", "export", "register"}
@@ -273,3 +273,40 @@ def test_an_identical_second_run_reuses_the_training_steps_and_says_so(run_flow,
 
     assert run_flow(reuse=False, seed=seed)["reused_steps"] == []  # asked not to reuse
     assert run_flow(reuse=True, seed=seed, epochs=3)["reused_steps"] == []  # another parameter: trains again
+
+
+def misleading_tail(frame: pd.DataFrame) -> pd.DataFrame:
+    """Toy rows followed by words of the other class: within 8 tokens a model sees only its own class's
+    words, at 128 tokens mostly the other class's, so a model scores differently at the two lengths."""
+    other = toy_frame(len(frame), seed=99).set_index("label")["text"]
+    flip = {"good": "bad", "bad": "good"}
+    tails = [" ".join(other[flip[label]].iloc[i % len(other[flip[label]])].split()[:5] * 4)
+             for i, label in enumerate(frame["label"])]
+    return frame.assign(text=[f"{text} {tail}" for text, tail in zip(frame["text"], tails, strict=True)])
+
+
+def test_promotion_re_evaluates_a_version_with_the_max_length_it_was_trained_with(
+    prefect_harness, mlflow_store, tiny_backbone, unique_name, tmp_path
+):
+    for split, (rows, seed) in {"train": (40, 0), "validation": (10, 1), "test": (10, 2), "other": (10, 3)}.items():
+        misleading_tail(toy_frame(rows, seed)).to_csv(tmp_path / f"{split}.csv", index=False)
+    data = DataParams(train_path=str(tmp_path / "train.csv"), validation_path=str(tmp_path / "validation.csv"),
+                      test_path=str(tmp_path / "test.csv"), eval_sets={"other": str(tmp_path / "other.csv")})
+    summary = transfer(
+        data=data,
+        finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=6, patience=6, max_length=8, learning_rate=3e-3),
+        distill=DistillParams(enabled=False),
+        export=ExportParams(enabled=False),
+        registry=RegistryParams(model_name=unique_name, experiment=unique_name),
+        run=RunParams(reuse_steps=False),
+    )
+    client = MlflowClient()
+    [registration] = summary["registered"]
+    gate_scores = client.get_run(registration["promotion_run_id"]).data.metrics
+    evaluate = next(r for r in runs_by_name(client, unique_name) if r.info.run_name == "evaluate").data.metrics
+    assert evaluate["test_accuracy"] >= 0.9  # it learned, so the length it reads at matters
+    for key in ("test_accuracy", "test_macro_f1", "other_accuracy", "other_macro_f1"):
+        assert gate_scores[f"v1_{key}"] == pytest.approx(evaluate[key], abs=1e-9), key
+    version = client.get_model_version(unique_name, "1")
+    assert (version.tags["max_length"], version.tags["backbone"], version.tags["modality"]) == (
+        "8", str(tiny_backbone), "text")

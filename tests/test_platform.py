@@ -95,7 +95,7 @@ def test_transfer_through_the_api_keeps_the_deployments_nested_defaults(platform
 
 
 def test_promote_with_a_failing_gate_then_roll_back(platform):
-    from graftline.tasks.promotion import history
+    from graftline.tasks.registry.promotion import history
 
     second = run("transfer/transfer", {})  # same data and seed: an equal model, so production moves to v2
     assert second.state.is_completed(), second.state.message

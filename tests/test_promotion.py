@@ -9,10 +9,10 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from graftline.tasks import tracking
+from graftline.tasks.registry import tracking
 from graftline.tasks.data import Split
 from graftline.tasks.finetune import FinetuneConfig, finetune
-from graftline.tasks.promotion import (
+from graftline.tasks.registry.promotion import (
     CANDIDATE,
     PRODUCTION,
     STAGING,
@@ -24,8 +24,8 @@ from graftline.tasks.promotion import (
     registry_lock,
     rollback,
 )
-from graftline.tasks.registry import Candidate, log_classifier, register_all
-from graftline.tasks.training import TrainConfig
+from graftline.tasks.registry.versions import Candidate, log_classifier, register_all
+from graftline.tasks.engine.training import TrainConfig
 from tests.conftest import toy_frame
 
 

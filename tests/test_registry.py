@@ -5,9 +5,10 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from graftline.tasks import backbones, tracking
-from graftline.tasks.promotion import CANDIDATE, PRODUCTION
-from graftline.tasks.registry import Candidate, log_classifier, register_all
+from graftline.tasks.engine import backbones
+from graftline.tasks.registry import tracking
+from graftline.tasks.registry.promotion import CANDIDATE, PRODUCTION
+from graftline.tasks.registry.versions import Candidate, log_classifier, register_all
 
 
 @pytest.fixture

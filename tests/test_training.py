@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from graftline.tasks import backbones
-from graftline.tasks.checkpoints import Checkpoints
+from graftline.tasks.engine import backbones
+from graftline.tasks.engine.checkpoints import Checkpoints
 from graftline.tasks.finetune import FinetuneConfig, encode_split, finetune
-from graftline.tasks.training import TrainConfig, batch_plan, encode, make_optimizer, padding_share, train
+from graftline.tasks.engine.training import TrainConfig, batch_plan, encode, make_optimizer, padding_share, train
 
 
 def test_length_grouped_plan_covers_every_row_once_and_pads_less():
@@ -127,7 +127,7 @@ def test_lora_trains_adapters_only_and_saves_merged_plain_weights(tiny_backbone,
 
 
 def _setup(backbone, splits, seed: int):
-    from graftline.tasks.training import seed_everything
+    from graftline.tasks.engine.training import seed_everything
 
     tokenizer = backbones.load_tokenizer(str(backbone))
     seed_everything(seed)

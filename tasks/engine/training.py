@@ -39,7 +39,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from graftline.tasks.checkpoints import Checkpoints, LoopState
+from graftline.tasks.engine.checkpoints import Checkpoints, LoopState
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ class _Loop:
     def __init__(self, model, train_split, val_split, config: TrainConfig, pad_id, loss_fn, on_epoch, checkpoint_dir):
         from transformers import get_linear_schedule_with_warmup
 
-        from graftline.tasks import distributed
+        from graftline.tasks.engine import distributed
 
         self.model, self.train_split, self.val_split, self.config = model, train_split, val_split, config
         self.pad_id, self.loss_fn, self.on_epoch = pad_id, loss_fn, on_epoch
@@ -408,7 +408,7 @@ class _Loop:
         self._checkpoint(best_is_model=improved)
 
     def _checkpoint(self, best_is_model: bool = False) -> None:
-        from graftline.tasks import distributed
+        from graftline.tasks.engine import distributed
 
         if self.store is not None and self.rank == 0:  # written in the background
             self.store.save(self.state, self.model, self.optimizer, self.scheduler, self.best_state, best_is_model)
@@ -418,7 +418,7 @@ class _Loop:
 def _close_steps(state: LoopState, step_sums: torch.Tensor, groups: list) -> None:
     """Move the losses of this epoch's steps taken since the last read from the device into
     `state`: one host sync (and one all-reduce over processes) per call, not per step."""
-    from graftline.tasks import distributed
+    from graftline.tasks.engine import distributed
 
     first = state.step_in_epoch - (state.global_step - len(state.step_losses))
     sums = distributed.all_reduce_sum(step_sums[first : state.step_in_epoch].clone()).tolist()

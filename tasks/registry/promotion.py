@@ -201,7 +201,7 @@ def check_gates(
 
 def _scores(name: str, version: str, eval_sets: dict, max_length: int) -> dict[str, float]:
     from graftline.tasks.evaluate import evaluate_model
-    from graftline.tasks.registry import load_version
+    from graftline.tasks.registry.versions import load_version
 
     model, tokenizer = load_version(name, version)
     out = {}
@@ -337,7 +337,7 @@ def _log_run(outcome: Outcome, triggered_by: str, experiment: str) -> str:
     """Every attempt is an MLflow run: the gate numbers, the decision, who asked."""
     import mlflow
 
-    from graftline.tasks import tracking
+    from graftline.tasks.registry import tracking
 
     tracking.configure(experiment)
     title = f"{outcome.action} {outcome.model} v{outcome.version} -> {outcome.alias}"

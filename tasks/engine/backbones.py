@@ -1,7 +1,7 @@
 """Backbones: the one place that turns a backbone name into a tokenizer and a classifier.
 
 A backbone is one of
-- a catalog name (`minilm-l6`, `minilm-l3`, `mpnet-base`: see tasks/catalog.py and `graftline zoo list`),
+- a catalog name (`minilm-l6`, `minilm-l3`, `mpnet-base`: see tasks/engine/catalog.py and `graftline zoo list`),
 - a local folder holding a transformers checkpoint (config, safetensors weights, tokenizer),
 - a Hugging Face hub id (needs network; refused quickly when HF_HUB_OFFLINE=1 and not cached).
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from graftline.tasks import catalog
+from graftline.tasks.engine import catalog
 from graftline.tasks.errors import BackboneError
 
 

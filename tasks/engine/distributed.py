@@ -71,7 +71,7 @@ def launch(function, args: tuple, processes: int, timeout: float | None = None):
             "--standalone",
             f"--nproc-per-node={processes}",
             "-m",
-            "graftline.tasks.distributed",
+            "graftline.tasks.engine.distributed",
             str(job),
             str(result),
         ]

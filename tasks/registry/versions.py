@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from graftline.tasks.promotion import CANDIDATE
+from graftline.tasks.registry.promotion import CANDIDATE
 
 
 @dataclass
@@ -111,7 +111,7 @@ def log_classifier(model_dir: Path, input_example: list[str]):
     import mlflow.transformers
     from transformers import pipeline
 
-    from graftline.tasks.backbones import load_classifier, load_tokenizer
+    from graftline.tasks.engine.backbones import load_classifier, load_tokenizer
 
     # A local folder has no hub model card or licence to fetch; MLflow warns about both.
     logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
