@@ -1,6 +1,7 @@
 """Does distillation keep 97% of the teacher with a student that is really faster on the CPU?
 
-SST-2 from ../shared/data (its dev split as the test set): fine-tune a teacher, then distil it into
+SST-2 (`sst2` in the datasets folder: --data DIR, else $GRAFTLINE_DATA, else the development datasets
+next to the repository; its dev split as the test set): fine-tune a teacher, then distil it into
 students with graftline's distillation step, export each student to ONNX fp32 and dynamic INT8 and
 time teacher, student and exports on the same texts and threads (graftline's export step). Reports
 per student: accuracy, retention (student / teacher accuracy), parameter ratio, and speed-ups over
@@ -9,6 +10,7 @@ student. The teacher is the peer every ratio is measured against, in the same ru
 
     .venv/bin/python bench/distill.py                       # MiniLM-L6 teacher, ~25 min on 2 CPU cores
     .venv/bin/python bench/distill.py --train-rows 2000     # a quick look
+    .venv/bin/python bench/distill.py --data DIR            # the datasets from another folder
     .venv/bin/python bench/distill.py --teacher mpnet-base --students minilm-l6 teacher-layers:6   # with time or a GPU
 Results also go to bench/results/distill.json.
 """
@@ -23,25 +25,37 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+from graftline.tasks.environment import apply_defaults
+
+apply_defaults(HF_HUB_OFFLINE="1")
 
 import pandas as pd  # noqa: E402
 
-from graftline.tasks.engine import backbones  # noqa: E402
 from graftline.tasks.data import Split, Splits, read_table, stratified_split  # noqa: E402
-from graftline.tasks.distill import DistillConfig, distill  # noqa: E402
+from graftline.tasks.distill import distill  # noqa: E402
+from graftline.tasks.engine import backbones  # noqa: E402
 from graftline.tasks.evaluate import evaluate_model  # noqa: E402
-from graftline.tasks.export import ExportConfig, export_and_measure  # noqa: E402
-from graftline.tasks.finetune import FinetuneConfig, finetune  # noqa: E402
+from graftline.tasks.export import export_and_measure  # noqa: E402
+from graftline.tasks.finetune import finetune  # noqa: E402
 from graftline.tasks.selection import stratified_sample  # noqa: E402
-from graftline.tasks.engine.training import TrainConfig  # noqa: E402
+from graftline.tasks.settings import DistillParams, ExportParams, FinetuneParams, ModelParams  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
+# The development datasets next to the repository (--data and GRAFTLINE_DATA name another folder).
+DEV_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SEED, MAX_LENGTH, VALIDATION_ROWS = 13, 64, 500
-TEACHER_BUDGET = TrainConfig(epochs=2, batch_size=32, learning_rate=5e-5, patience=2, seed=SEED)
-STUDENT_BUDGET = TrainConfig(epochs=3, batch_size=32, learning_rate=1e-4, patience=3, seed=SEED)
+MODEL = ModelParams(max_length=MAX_LENGTH, device="auto", precision="auto", seed=SEED)
+# Every optimisation setting spelt out, so the measured work does not move with the project's defaults.
+ENGINE = dict(
+    weight_decay=0.01,
+    warmup_ratio=0.1,
+    grad_accumulation=1,
+    group_by_length="auto",
+    compile=False,
+    layer_decay=1.0,
+    checkpoint_every=0,
+)
+TEACHER_BUDGET = dict(epochs=2, batch_size=32, learning_rate=5e-5, patience=2, **ENGINE)
+STUDENT_BUDGET = dict(epochs=3, batch_size=32, learning_rate=1e-4, patience=3, **ENGINE)
 # Student variants: name -> (student spec, hidden-state weight, augmented copies per training text)
 VARIANTS = {
     "layers:3 logits": ("teacher-layers:3", 0.0, 0),
@@ -50,9 +64,9 @@ VARIANTS = {
 }
 
 
-def sst2_splits(train_rows: int) -> Splits:
-    pool = read_table(str(DATA / "train.csv"), "text", "label").drop_duplicates("text")
-    test = read_table(str(DATA / "dev.csv"), "text", "label")
+def sst2_splits(folder: Path, train_rows: int) -> Splits:
+    pool = read_table(str(folder / "train.csv"), "text", "label").drop_duplicates("text")
+    test = read_table(str(folder / "dev.csv"), "text", "label")
     pool = pool[~pool["text"].isin(test["text"])]
     sample = stratified_sample(pool, train_rows + VALIDATION_ROWS, SEED)
     train, validation = stratified_split(sample, VALIDATION_ROWS / len(sample), SEED, "sst2")
@@ -63,8 +77,8 @@ def sst2_splits(train_rows: int) -> Splits:
     )
 
 
-def run(teacher_spec: str, variants: dict[str, tuple[str, float, int]], train_rows: int) -> dict:
-    splits = sst2_splits(train_rows)
+def run(folder: Path, teacher_spec: str, variants: dict[str, tuple[str, float, int]], train_rows: int) -> dict:
+    splits = sst2_splits(folder, train_rows)
     report = {
         "teacher": teacher_spec,
         "train_rows": len(splits.train.frame),
@@ -75,29 +89,34 @@ def run(teacher_spec: str, variants: dict[str, tuple[str, float, int]], train_ro
         root = Path(tmp)
         started = time.perf_counter()
         teacher = finetune(
-            splits, FinetuneConfig(backbone=teacher_spec, max_length=MAX_LENGTH, train=TEACHER_BUDGET), root / "teacher"
+            splits, FinetuneParams(backbone=teacher_spec, strategy="full", **TEACHER_BUDGET), MODEL, root / "teacher"
         )
         report["teacher_train_seconds"] = time.perf_counter() - started
         report["teacher_accuracy"] = _accuracy(teacher.model_dir, splits)
         log(
-            f"teacher {teacher_spec}: accuracy {report['teacher_accuracy']:.4f} in {report['teacher_train_seconds']:.0f} s"
+            f"teacher {teacher_spec}: accuracy {report['teacher_accuracy']:.4f} "
+            f"in {report['teacher_train_seconds']:.0f} s"
         )
         for i, (name, (student, hidden, copies)) in enumerate(variants.items()):
-            config = DistillConfig(
+            params = DistillParams(
                 student=student,
+                alpha=0.5,
+                temperature=2.0,
                 hidden_weight=hidden,
                 augment_copies=copies,
-                max_length=MAX_LENGTH,
-                train=STUDENT_BUDGET,
+                **STUDENT_BUDGET,
             )
             started = time.perf_counter()
-            result = distill(teacher.model_dir, splits, config, root / f"student{i}")
+            result = distill(teacher.model_dir, splits, params, MODEL, root / f"student{i}")
             seconds = time.perf_counter() - started
             measured = export_and_measure(
                 result.model_dir,
                 teacher.model_dir,
                 splits.test,
-                ExportConfig(max_length=MAX_LENGTH, latency_rows=len(splits.test.frame)),
+                ExportParams(
+                    quantize=True, min_agreement=0.95, max_accuracy_drop=0.02, latency_rows=len(splits.test.frame)
+                ),
+                MAX_LENGTH,
                 root / f"export{i}",
             )
             rows = {r.name: r for r in measured.rows}
@@ -181,11 +200,19 @@ def main() -> None:
         nargs="+",
         help="student specs (logits + hidden + 1 augmented copy each); default: the three variants in VARIANTS",
     )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path(os.environ.get("GRAFTLINE_DATA") or DEV_DATA),
+        help="folder of the datasets, holding sst2/ (default: $GRAFTLINE_DATA, else the development datasets "
+        "next to the repository)",
+    )
     args = parser.parse_args()
-    if not DATA.is_dir():
-        sys.exit(f"{DATA} not found: the benchmark needs the shared datasets")
+    folder = args.data / "sst2"
+    if not folder.is_dir():
+        sys.exit(f"{folder}: dataset folder not found (give the datasets folder with --data DIR or GRAFTLINE_DATA)")
     variants = {f"{s} logits+hidden+aug": (s, 1.0, 1) for s in args.students} if args.students else VARIANTS
-    report = run(args.teacher, variants, args.train_rows)
+    report = run(folder, args.teacher, variants, args.train_rows)
     out = Path(__file__).parent / "results" / "distill.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=1))

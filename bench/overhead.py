@@ -37,9 +37,9 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 def plain(params, work: Path) -> dict[str, float]:
     """The lifecycle's work without Prefect or MLflow; seconds per step, named as the flow's steps."""
     from graftline.flows.steps import _train_config
-    from graftline.tasks.engine import backbones
     from graftline.tasks.data import load_splits
     from graftline.tasks.distill import DistillConfig, distill
+    from graftline.tasks.engine import backbones
     from graftline.tasks.evaluate import evaluate_model, plot_confusion
     from graftline.tasks.export import ExportConfig, export_and_measure, latency, plot_tradeoff, torch_predictor
     from graftline.tasks.finetune import FinetuneConfig, finetune

@@ -1,6 +1,7 @@
 """Does transferability-based selection pick the backbone that fine-tunes best, and how much faster?
 
-For each task from ../shared/data: score every text candidate with LogME, H-score and kNN on a
+For each task of the datasets folder (--data DIR, else $GRAFTLINE_DATA, else the development datasets
+next to the repository): score every text candidate with LogME, H-score and kNN on a
 stratified sample of the training data (graftline's selection step), then brute force: fine-tune
 every candidate with the same budget (same rows, epochs, batch size, learning rate, max length)
 and measure test accuracy. Reports per task Kendall's tau between each score and the fine-tuned
@@ -9,6 +10,7 @@ time of selection against brute force.
 
     .venv/bin/python bench/selection.py                     # all four tasks, ~30-40 min on 2 CPU cores
     .venv/bin/python bench/selection.py --tasks sst2 trec   # a subset
+    .venv/bin/python bench/selection.py --data DIR          # the datasets from another folder
 Results also go to bench/results/selection.json (tasks run separately accumulate there, and the
 table covers all of them).
 """
@@ -23,30 +25,51 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+from graftline.tasks.environment import apply_defaults
+
+apply_defaults(HF_HUB_OFFLINE="1")
 
 import pandas as pd  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
-from graftline.tasks.engine import backbones  # noqa: E402
 from graftline.tasks.data import Split, Splits, read_table, stratified_split  # noqa: E402
+from graftline.tasks.engine import backbones  # noqa: E402
 from graftline.tasks.evaluate import evaluate_model  # noqa: E402
-from graftline.tasks.finetune import FinetuneConfig, finetune  # noqa: E402
-from graftline.tasks.selection import METHODS, SelectConfig, select_backbone, stratified_sample  # noqa: E402
-from graftline.tasks.engine.training import TrainConfig  # noqa: E402
+from graftline.tasks.finetune import finetune  # noqa: E402
+from graftline.tasks.selection import METHODS, select_backbone, stratified_sample  # noqa: E402
+from graftline.tasks.settings import FinetuneParams, ModelParams, SelectParams  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The development datasets next to the repository (--data and GRAFTLINE_DATA name another folder).
+DEV_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CANDIDATES = ("minilm-l3", "minilm-l6", "mpnet-base")
 TRAIN_ROWS, VALIDATION_ROWS, TEST_ROWS, SEED = 2000, 200, 1000, 13
-BUDGET = TrainConfig(epochs=1, batch_size=16, learning_rate=8e-5, patience=1, seed=SEED)  # the same for all
 MAX_LENGTH = 64
+MODEL = ModelParams(max_length=MAX_LENGTH, device="auto", precision="auto", seed=SEED)
+# The selection step's settings, spelt out (`method` only decides its pick; all three scores are compared).
+SELECT = SelectParams(
+    candidates=list(CANDIDATES), method="logme", sample_size=1000, pooling="layer-mean", batch_size=32
+)
+# The fine-tuning budget, the same for all candidates; every setting spelt out, so the measured work
+# does not move with the project's defaults.
+BUDGET = dict(
+    strategy="full",
+    epochs=1,
+    batch_size=16,
+    learning_rate=8e-5,
+    weight_decay=0.01,
+    warmup_ratio=0.1,
+    patience=1,
+    grad_accumulation=1,
+    group_by_length="auto",
+    compile=False,
+    layer_decay=1.0,
+    checkpoint_every=0,
+)
 
 
-def task_splits(name: str) -> Splits:
+def task_splits(data: Path, name: str) -> Splits:
     """A train pool, a small validation set for early stopping, and a test set per task."""
-    folder = DATA / name
+    folder = data / name
     if name == "sst2":
         pool, test = (
             read_table(str(folder / "train.csv"), "text", "label"),
@@ -72,19 +95,15 @@ def task_splits(name: str) -> Splits:
     )
 
 
-def run_task(name: str) -> dict:
-    splits = task_splits(name)
-    selection = select_backbone(
-        splits.train.frame, SelectConfig(candidates=CANDIDATES, sample_size=1000, max_length=MAX_LENGTH)
-    )
+def run_task(data: Path, name: str) -> dict:
+    splits = task_splits(data, name)
+    selection = select_backbone(splits.train.frame, SELECT, MODEL)
     scores = {r.backbone: r.scores for r in selection.leaderboard}
     accuracy, brute_seconds = {}, 0.0
     for backbone in CANDIDATES:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            result = finetune(
-                splits, FinetuneConfig(backbone=backbone, max_length=MAX_LENGTH, train=BUDGET), Path(tmp) / "m"
-            )
+            result = finetune(splits, FinetuneParams(backbone=backbone, **BUDGET), MODEL, Path(tmp) / "m")
             model = backbones.load_classifier(str(result.model_dir))
             accuracy[backbone] = evaluate_model(
                 model, backbones.load_tokenizer(str(result.model_dir)), splits.test, MAX_LENGTH
@@ -115,15 +134,23 @@ def run_task(name: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["sst2", "trec", "ag_news", "sms_spam"])
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path(os.environ.get("GRAFTLINE_DATA") or DEV_DATA),
+        help="folder of the datasets, one subfolder per task (default: $GRAFTLINE_DATA, else the development "
+        "datasets next to the repository)",
+    )
     args = parser.parse_args()
-    if not DATA.is_dir():
-        sys.exit(f"{DATA} not found: the benchmark needs the shared datasets")
+    for folder in [args.data, *(args.data / name for name in args.tasks)]:
+        if not folder.is_dir():
+            sys.exit(f"{folder}: dataset folder not found (give the datasets folder with --data DIR or GRAFTLINE_DATA)")
     out = Path(__file__).parent / "results" / "selection.json"
     out.parent.mkdir(exist_ok=True)
     # Tasks run separately accumulate: a rerun of a task replaces its earlier result.
     stored = {r["task"]: r for r in (json.loads(out.read_text()) if out.is_file() else [])}
     for name in args.tasks:
-        stored[name] = run_task(name)
+        stored[name] = run_task(args.data, name)
         out.write_text(json.dumps(list(stored.values()), indent=1))
     print_table(list(stored.values()))
 

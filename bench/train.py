@@ -1,10 +1,12 @@
 """graftline's training engine against the Hugging Face Trainer on the same model, data, hyper-parameters
 and number of steps.
 
-MiniLM-L6 (or --backbone) on SST-2 from ../shared/data (a stratified training sample; the dev split
-scores all runs), batch 32, lr 5e-5, one epoch, max length 128, the same seed. Four runs in one process:
-- graftline fp32: `tasks.finetune.finetune` with its defaults (on a CPU: fp32; batches grouped by
-  length because random ones would be mostly padding; fused AdamW);
+MiniLM-L6 (or --backbone) on SST-2 (`sst2` in the datasets folder: --data DIR, else $GRAFTLINE_DATA,
+else the development datasets next to the repository; a stratified training sample, the dev split
+scores all runs), batch 32, lr 5e-5, warmup 10%, weight decay 0.01, one epoch, max length 128, the
+same seed. Four runs in one process:
+- graftline fp32: `tasks.finetune.finetune` with the engine's defaults (on a CPU: fp32; batches
+  grouped by length because random ones would be mostly padding; fused AdamW);
 - graftline bf16: the same with bf16 autocast (`precision="bf16"`; the default on GPUs);
 - Trainer, defaults (padding to the longest row of each random batch; fp32);
 - Trainer at its best: length-grouped sampling (transformers 5 spells `group_by_length=True` as
@@ -15,6 +17,7 @@ against both Trainer runs, graftline's model-FLOPs utilisation on a GPU, padding
 
     .venv/bin/python bench/train.py                  # 4 000 rows, ~6 min on 2 cores
     .venv/bin/python bench/train.py --rows 1000      # a quick look
+    .venv/bin/python bench/train.py --data DIR       # the datasets from another folder
     python bench/train.py --rows 20000 --batch 64 --backbone mpnet-base   # on a GPU (bench/gpu.sh)
 Results also go to bench/results/train[-<backbone>].json.
 """
@@ -29,44 +32,57 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+from graftline.tasks.environment import apply_defaults
+
+apply_defaults(HF_HUB_OFFLINE="1")
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from graftline.tasks.engine import backbones  # noqa: E402
 from graftline.tasks.data import Split, Splits, encode_labels, read_table  # noqa: E402
-from graftline.tasks.evaluate import evaluate_model  # noqa: E402
-from graftline.tasks.finetune import FinetuneConfig, finetune  # noqa: E402
-from graftline.tasks.selection import stratified_sample  # noqa: E402
-from graftline.tasks.engine.training import TrainConfig, batch_plan, encode  # noqa: E402
+from graftline.tasks.engine import backbones  # noqa: E402
+from graftline.tasks.engine.training import batch_plan, encode  # noqa: E402
 from graftline.tasks.engine.training import padding_share as training_padding_share  # noqa: E402
+from graftline.tasks.evaluate import evaluate_model  # noqa: E402
+from graftline.tasks.finetune import finetune  # noqa: E402
+from graftline.tasks.selection import stratified_sample  # noqa: E402
+from graftline.tasks.settings import FinetuneParams, ModelParams  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
+# The development datasets next to the repository (--data and GRAFTLINE_DATA name another folder).
+DEV_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LR, MAX_LENGTH, SEED = 5e-5, 128, 13
 BACKBONE, BATCH = "minilm-l6", 32  # --backbone, --batch
 
 
-def splits(rows: int) -> Splits:
-    pool = read_table(str(DATA / "train.csv"), "text", "label").drop_duplicates("text")
-    dev = read_table(str(DATA / "dev.csv"), "text", "label")
+def splits(folder: Path, rows: int) -> Splits:
+    pool = read_table(str(folder / "train.csv"), "text", "label").drop_duplicates("text")
+    dev = read_table(str(folder / "dev.csv"), "text", "label")
     train = stratified_sample(pool[~pool["text"].isin(dev["text"])], rows, SEED)
     # the engine needs a validation split for early stopping; one epoch never stops early
     return Splits(Split("train", train, "sst2"), Split("validation", dev.head(64), "sst2"), Split("test", dev, "sst2"))
 
 
 def run_graftline(data: Splits, out: Path, precision: str) -> dict:
-    config = FinetuneConfig(
+    params = FinetuneParams(
         backbone=BACKBONE,
-        max_length=MAX_LENGTH,
-        train=TrainConfig(epochs=1, batch_size=BATCH, learning_rate=LR, seed=SEED, patience=1, precision=precision),
+        strategy="full",
+        epochs=1,
+        batch_size=BATCH,
+        learning_rate=LR,
+        weight_decay=0.01,
+        warmup_ratio=0.1,
+        patience=1,
+        grad_accumulation=1,
+        group_by_length="auto",
+        compile=False,
+        layer_decay=1.0,
+        checkpoint_every=0,
     )
-    result = finetune(data, config, out)
+    model = ModelParams(max_length=MAX_LENGTH, device="auto", precision=precision, seed=SEED)
+    result = finetune(data, params, model, out)
     record = result.training.history[0]
-    model = backbones.load_classifier(str(out))
-    accuracy = evaluate_model(model, backbones.load_tokenizer(str(out)), data.test, MAX_LENGTH).accuracy
+    classifier = backbones.load_classifier(str(out))
+    accuracy = evaluate_model(classifier, backbones.load_tokenizer(str(out)), data.test, MAX_LENGTH).accuracy
     return {
         "run": f"graftline {precision}",
         "examples_per_second": record.examples_per_second,
@@ -134,11 +150,19 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--backbone", default=BACKBONE)
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path(os.environ.get("GRAFTLINE_DATA") or DEV_DATA),
+        help="folder of the datasets, holding sst2/ (default: $GRAFTLINE_DATA, else the development datasets "
+        "next to the repository)",
+    )
     args = parser.parse_args()
     BACKBONE, BATCH = args.backbone, args.batch
-    if not DATA.is_dir():
-        sys.exit(f"{DATA} not found: the benchmark needs the shared datasets")
-    data = splits(args.rows)
+    folder = args.data / "sst2"
+    if not folder.is_dir():
+        sys.exit(f"{folder}: dataset folder not found (give the datasets folder with --data DIR or GRAFTLINE_DATA)")
+    data = splits(folder, args.rows)
     results = []
     with tempfile.TemporaryDirectory(prefix="graftline-bench-") as tmp:
         for name, call in (
@@ -186,7 +210,8 @@ def main() -> None:
     except ImportError:
         print(table.to_string(index=False))
     print(
-        f"padding share: random batches {report['padding_random']:.1%}, grouped by length {report['padding_grouped']:.1%}"
+        f"padding share: random batches {report['padding_random']:.1%}, "
+        f"grouped by length {report['padding_grouped']:.1%}"
     )
 
 

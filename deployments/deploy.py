@@ -14,7 +14,9 @@ template; a worker in the cluster runs the jobs, see README: From laptop to clus
         --image registry.example.com/graftline:0.1.0 --mlflow-uri http://mlflow.mlops:5000
 """
 
-from graftline.flows.deploy_cli import main
+import sys
+
+from graftline.flows.cli.app import app
 
 if __name__ == "__main__":
-    main()
+    app(["deploy", *sys.argv[1:]])

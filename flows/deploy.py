@@ -1,8 +1,9 @@
 """The deployments, registered in Python (the one way; `deployments/deploy.py` runs this):
 
     transfer  manual: the whole lifecycle, started from the UI's parameter form or the API
-    retrain   on a cron schedule (nightly by default): the lifecycle on the data as it is at run
-              time, proposing the result for promotion (`auto_promote` moves staging too)
+    retrain   a second deployment of `transfer`, on a cron schedule (nightly by default): the
+              lifecycle on the data as it is at run time; its defaults register new versions as
+              `candidate` only (`registry.promote_to: none`; set it to `staging` to move staging too)
     promote   manual: move staging or production behind the gates
     rollback  manual: return an alias to its previous holder
 
@@ -34,15 +35,15 @@ def build(retrain_cron: str = RETRAIN_CRON, params_file: Path | None = None, job
     from prefect.types.entrypoint import EntrypointType
 
     from graftline.flows.lifecycle import transfer
-    from graftline.flows.operations import promote, retrain, rollback
+    from graftline.flows.operations import promote, rollback
     from graftline.flows.params import PromoteParams, TransferParams
 
     defaults = _transfer_defaults(params_file)
-    retrain_defaults = {**defaults, "registry": {**defaults["registry"], "promote_to": "none"}, "auto_promote": False}
+    retrain_defaults = {**defaults, "registry": {**defaults["registry"], "promote_to": "none"}}
     common = dict(entrypoint_type=EntrypointType.MODULE_PATH, tags=["graftline"], job_variables=job_variables or {})
     return [
         transfer.to_deployment(name="transfer", parameters=defaults, description=TransferParams.__doc__, **common),
-        retrain.to_deployment(
+        transfer.to_deployment(
             name="retrain",
             cron=retrain_cron,
             parameters=retrain_defaults,

@@ -24,13 +24,16 @@ from prefect.utilities.annotations import unmapped
 
 from graftline.tasks import selection
 from graftline.tasks.errors import GraftlineError
-from graftline.tasks.selection import CandidateReport, ScoreAll, SelectConfig
+from graftline.tasks.selection import CandidateReport, ScoreAll
+from graftline.tasks.settings import ModelParams, SelectParams
 
 
 @task(name="score-candidate", task_run_name="score {spec}", cache_policy=NO_CACHE, persist_result=False)
-def score_candidate(spec: str, texts: list[str], labels: np.ndarray, config: SelectConfig) -> CandidateReport:
+def score_candidate(
+    spec: str, texts: list[str], labels: np.ndarray, params: SelectParams, model: ModelParams
+) -> CandidateReport:
     """The plain scoring function as a task: its own run in Prefect's UI, on whichever worker takes it."""
-    return selection.score_candidate(spec, texts, labels, config)
+    return selection.score_candidate(spec, texts, labels, params, model)
 
 
 def dask_scorer(address: str | None = None) -> ScoreAll:
@@ -38,15 +41,18 @@ def dask_scorer(address: str | None = None) -> ScoreAll:
     on the cluster whose scheduler is at `address` (e.g. tcp://dask-scheduler:8786), or on a
     temporary local cluster started for the call and stopped after it."""
 
-    def score_on_dask(texts: list[str], labels: np.ndarray, config: SelectConfig) -> list[CandidateReport]:
-        with _task_runner(address, len(config.candidates)) as runner:
+    def score_on_dask(
+        texts: list[str], labels: np.ndarray, params: SelectParams, model: ModelParams
+    ) -> list[CandidateReport]:
+        with _task_runner(address, len(params.candidates)) as runner:
             futures = runner.map(
                 score_candidate,
                 {
-                    "spec": list(config.candidates),
+                    "spec": list(params.candidates),
                     "texts": unmapped(texts),
                     "labels": unmapped(labels),
-                    "config": unmapped(config),
+                    "params": unmapped(params),
+                    "model": unmapped(model),
                 },
             )
             return [future.result() for future in futures]  # candidate order, whatever finished first

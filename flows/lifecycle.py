@@ -4,6 +4,19 @@
            -> fine-tune -> evaluate -> distill (retention gate) -> export (ONNX, INT8, parity, latency)
            -> register (alias `candidate`) and promote (to `registry.promote_to`, behind the gates)
 
+Where each step lives (its Prefect task in flows/steps.py only tracks; the work is in tasks/, and
+every default is in tasks/settings.py under the group named here):
+
+    step      parameters              logic (tasks/)                        below it
+    ingest    data                    data.py                               -
+    validate  validation              validate.py                           Great Expectations
+    select    select, model           selection.py                          engine/backbones.py, catalog.py
+    finetune  finetune, model         finetune.py                           engine/training.py, checkpoints.py
+    evaluate  model                   evaluate.py                           engine/training.py
+    distill   distill, model          distill.py, evaluate.py (retention)   engine/training.py
+    export    export, model           export.py                             onnxruntime
+    register  registry (gates)        registry/versions.py, promotion.py    registry/contract.py, tracking.py
+
 One parent MLflow run per flow run, one nested run per step. Models are written to a temporary
 work folder, logged to MLflow by their step, and registered only after every step succeeded.
 
@@ -22,19 +35,22 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from graftline.flows import reuse, steps
-from graftline.flows.params import (
+from graftline.flows.identity import triggered_by
+from graftline.flows.params import TransferParams
+from graftline.tasks.errors import GraftlineError
+from graftline.tasks.records import LifecycleSummary, StepContext, TrainedModel
+from graftline.tasks.registry import contract, tracking
+from graftline.tasks.settings import (
     DataParams,
     DistillParams,
     ExportParams,
     FinetuneParams,
+    ModelParams,
     RegistryParams,
     RunParams,
     SelectParams,
-    TransferParams,
     ValidationParams,
 )
-from graftline.tasks.registry import tracking
-from graftline.tasks.errors import GraftlineError
 
 
 class _BadInputWithoutTraceback(logging.Filter):
@@ -55,56 +71,47 @@ for _logger in ("prefect.flow_runs", "prefect.task_runs"):
 def transfer(
     data: DataParams = DataParams(),
     validation: ValidationParams = ValidationParams(),
+    model: ModelParams = ModelParams(),
     select: SelectParams = SelectParams(),
     finetune: FinetuneParams = FinetuneParams(),
     distill: DistillParams = DistillParams(),
     export: ExportParams = ExportParams(),
     registry: RegistryParams = RegistryParams(),
     run: RunParams = RunParams(),
-) -> dict:
+) -> LifecycleSummary:
     """Validate, fine-tune, evaluate, distil, export and register one text classifier; returns a summary."""
+    given = TransferParams(
+        data=data,
+        validation=validation,
+        model=model,
+        select=select,
+        finetune=finetune,
+        distill=distill,
+        export=export,
+        registry=registry,
+        run=run,
+    )
+    return _lifecycle(TransferParams.model_validate(with_deployment_defaults(given.model_dump())))
+
+
+def _lifecycle(params: TransferParams) -> LifecycleSummary:
     from prefect.runtime import flow_run
 
-    params = TransferParams.model_validate(
-        with_deployment_defaults(
-            TransferParams(
-                data=data,
-                validation=validation,
-                select=select,
-                finetune=finetune,
-                distill=distill,
-                export=export,
-                registry=registry,
-                run=run,
-            ).model_dump()
-        )
-    )
-    data, validation, select, finetune, distill, export, registry, run = (
-        params.data,
-        params.validation,
-        params.select,
-        params.finetune,
-        params.distill,
-        params.export,
-        params.registry,
-        params.run,
-    )
-    store = tracking.configure(registry.experiment)
-    flow_run_id = str(flow_run.id or "")
+    store = tracking.configure(params.registry.experiment)
     run_tags = {
-        "prefect_flow_run_id": flow_run_id,
-        "git_commit": tracking.git_commit(),
+        contract.FLOW_RUN: str(flow_run.id or ""),
+        contract.GIT_COMMIT: tracking.git_commit(),
         "graftline.flow": "transfer",
-        **({"graftline.resumed_from": run.resumed_from} if run.resumed_from else {}),
+        **({"graftline.resumed_from": params.run.resumed_from} if params.run.resumed_from else {}),
     }
     reused: list[str] = []
 
     def call(step, *args, reusable=True, retried=False):
         """Run a step, reusing an identical earlier result when allowed; note what was reused."""
         if reusable:
-            step = steps.reusable(step, run)
+            step = steps.reusable(step, params.run)
         if retried:
-            step = steps.retrying(step, run)
+            step = steps.retrying(step, params.run)
         state = step(*args, return_state=True)
         if state.name == "Cached":
             reused.append(step.name)
@@ -113,51 +120,68 @@ def transfer(
             )
         return state.result()
 
+    distill, gates = params.distill, params.registry.gates
     with (
         tempfile.TemporaryDirectory(prefix="graftline-") as tmp,
         tracking.lifecycle_run(f"transfer-{flow_run.name or 'local'}", run_tags) as parent,
     ):
-        work_dir, parent_id = Path(tmp), parent.info.run_id
-        get_run_logger().info("MLflow run %s (if this run is interrupted: graftline resume %s)", parent_id, parent_id)
+        context = StepContext(parent.info.run_id, Path(tmp), params.model)
+        get_run_logger().info(
+            "MLflow run %s (if this run is interrupted: graftline resume %s)", parent.info.run_id, parent.info.run_id
+        )
         tracking.log_params(params.model_dump(exclude={"data": {"eval_sets"}}))
         tracking.log_parameters_file(params)
 
-        splits, ingest_run_id = steps.ingest(data, distill, parent_id, work_dir)
-        report = steps.validate(splits, validation, parent_id, work_dir)
+        unlabeled = distill.unlabeled_paths if distill.enabled else []
+        ingested = steps.ingest(params.data, unlabeled, distill.unlabeled_text_column, context)
+        splits = ingested.splits
+        report = steps.validate(splits, params.validation, context)
+        student_spec = distill.student if distill.enabled else None
         backbone = call(
-            steps.select, splits, finetune, distill, select, parent_id, work_dir, reusable=finetune.backbone == "auto"
+            steps.select,
+            splits,
+            params.finetune.backbone,
+            student_spec,
+            params.select,
+            context,
+            reusable=params.finetune.backbone == "auto",
         )
-        finetune = finetune.model_copy(update={"backbone": backbone})
-        teacher = call(steps.finetune, splits, finetune, parent_id, work_dir, retried=True)
-        reuse.materialize(teacher, work_dir / "teacher")
-        teacher.evaluations = call(steps.evaluate, teacher, splits, finetune, parent_id, work_dir)
-        models = [teacher]
+        finetune = params.finetune.model_copy(update={"backbone": backbone})
+        teacher = call(steps.finetune, splits, finetune, context, retried=True)
+        teacher = reuse.materialize(teacher, context.work_dir / "teacher")
+        teacher = teacher.but(evaluations=call(steps.evaluate, teacher, splits, context))
+        models: list[TrainedModel] = [teacher]
         if distill.enabled:
-            student = call(steps.distill, teacher, splits, distill, finetune, parent_id, work_dir, retried=True)
-            reuse.materialize(student, work_dir / "student")
-            models.append(student)
-        gated = [m for m in models if m.gate_failure is None]
-        exported = {}
-        if export.enabled and gated:
-            exported = steps.export(gated[-1], teacher, splits, export, finetune.max_length, parent_id, work_dir)
+            student = call(steps.distill, teacher, splits, distill, gates.retention_floor, context, retried=True)
+            models.append(reuse.materialize(student, context.work_dir / "student"))
+        admitted = [m for m in models if m.gate_failure is None]
+        exported = None
+        if params.export.enabled and admitted:
+            exported = steps.export(admitted[-1], teacher, splits, params.export, context)
+            admitted[-1] = admitted[-1].but(export_run_id=exported.run_id)
         version_tags = {
             **run_tags,
-            "data_digest": splits.digest,
-            "ingest_run_id": ingest_run_id,
-            "validation_success": str(report.success).lower(),
+            contract.DATA_DIGEST: splits.digest,
+            contract.INGEST_RUN: ingested.run_id,
+            contract.VALIDATION: str(report.success).lower(),
         }
-        triggered_by = f"transfer flow run {flow_run.name or 'local'} ({flow_run_id or 'no id'})"
-        registrations = steps.register(gated, splits, registry, parent_id, version_tags, triggered_by)
+        registrations = steps.register(admitted, splits, params.registry, version_tags, triggered_by(), context)
 
-        summary = _summary(models, registrations, store, parent_id, splits.digest)
-        summary["backbone"] = backbone
-        if exported:
-            summary["metrics"]["export"] = exported
-        summary["not_registered"] = {m.role: m.gate_failure for m in models if m.gate_failure}
-        summary["reused_steps"] = reused
-        _log_summary(summary)
+        summary = LifecycleSummary(
+            mlflow_run_id=parent.info.run_id,
+            experiment=store.experiment_name,
+            tracking_uri=store.uri,
+            ui_command=store.ui_command(),
+            data_digest=splits.digest,
+            backbone=backbone,
+            metrics={m.role: m.metrics() for m in models} | ({"export": exported.metrics} if exported else {}),
+            registered=tuple(registrations),
+            not_registered={m.role: m.gate_failure for m in models if m.gate_failure},
+            reused_steps=tuple(reused),
+        )
+        tracking.log_summary(summary)
     get_run_logger().info(
-        "registered: %s", ", ".join(f"{r['name']} v{r['version']} {r['aliases']}" for r in registrations)
+        "registered: %s", ", ".join(f"{r.name} v{r.version} {list(r.aliases)}" for r in registrations)
     )
     return summary
 
@@ -192,36 +216,3 @@ def _deep_merge(base: dict, override: dict) -> dict:
             _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
         )
     return merged
-
-
-def _summary(models, registrations, store, parent_id: str, digest: str) -> dict:
-    return {
-        "mlflow_run_id": parent_id,
-        "experiment": store.experiment_name,
-        "tracking_uri": store.uri,
-        "ui_command": store.ui_command(),
-        "data_digest": digest,
-        "metrics": {
-            model.role: {
-                **{
-                    f"{name}_{m}": getattr(e, m)
-                    for name, e in model.evaluations.items()
-                    for m in ("accuracy", "macro_f1")
-                },
-                **model.report,
-            }
-            for model in models
-        },
-        "registered": registrations,
-    }
-
-
-def _log_summary(summary: dict) -> None:
-    """Headline numbers on the parent run, so the runs table compares lifecycles at a glance."""
-    import mlflow
-
-    flat = {f"{role}_{k}": v for role, values in summary["metrics"].items() for k, v in values.items()}
-    mlflow.log_metrics(flat)
-    mlflow.log_dict(summary, "summary.json")
-    if summary["reused_steps"]:
-        mlflow.set_tag("graftline.reused_steps", ", ".join(summary["reused_steps"]))

@@ -1,273 +1,37 @@
-"""Flow parameters as pydantic models: Prefect renders them as a validated form in its UI.
+"""The flows' parameters: the groups of tasks/settings.py (where every default lives), assembled.
 
-Defaults run the embedded demo: ticket routing on customer messages about electronics, with
-messages about home goods as a second domain to measure cross-domain transfer.
+Prefect renders these as a validated form in its UI. `TransferParams` is the lifecycle's whole
+parameter set (what `graftline run --config` reads and `parameters.json` records); `PromoteParams`
+is the `promote` flow's.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field
 
-DEMO_TRAIN = "demo:electronics"
-DEMO_EVAL_SETS = {"home": "demo:home"}
-RESERVED_SPLITS = {"train", "validation", "test"}
-
-
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silent default
-
-
-class DataParams(_Params):
-    train_path: str = Field(
-        DEMO_TRAIN,
-        description="Training data: a local path or fsspec URL to CSV, JSONL or Parquet "
-        "(`demo:electronics` and `demo:home` are the embedded demo files).",
-    )
-    validation_path: str | None = Field(None, description="Validation file; carved from the training data when empty.")
-    test_path: str | None = Field(None, description="Test file; carved from the training data when empty.")
-    text_column: str = Field("text", min_length=1, description="Column holding the text.")
-    label_column: str = Field("label", min_length=1, description="Column holding the class name.")
-    format: Literal["auto", "csv", "jsonl", "parquet"] = Field(
-        "auto", description="File format; auto reads the suffix."
-    )
-    validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of the data held out for validation.")
-    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Share of the data held out for testing.")
-    split_seed: int = Field(13, description="Seed of the stratified split.")
-    eval_sets: dict[str, str] = Field(
-        default_factory=lambda: dict(DEMO_EVAL_SETS),
-        description="Extra evaluation sets, name -> path, same columns (e.g. another domain); "
-        "each is reported under its own name.",
-    )
-
-    @field_validator("eval_sets")
-    @classmethod
-    def _names_are_free(cls, value: dict[str, str]) -> dict[str, str]:
-        taken = RESERVED_SPLITS & set(value)
-        if taken:
-            raise ValueError(f"evaluation set names {sorted(taken)} are reserved for the main splits")
-        return value
+from graftline.tasks.settings import (
+    DataParams,
+    DistillParams,
+    ExportParams,
+    FinetuneParams,
+    GateParams,
+    ModelParams,
+    Params,
+    RegistryParams,
+    RunParams,
+    SelectParams,
+    ValidationParams,
+)
 
 
-class ValidationParams(_Params):
-    mode: Literal["fail", "warn"] = Field("fail", description="fail: stop before training; warn: record and continue.")
-    min_text_chars: int = Field(1, ge=0, description="Shortest acceptable text, in characters.")
-    max_text_chars: int = Field(5000, ge=1, description="Longest acceptable text, in characters.")
-    max_duplicate_fraction: float = Field(
-        0.05, ge=0, le=1, description="Largest share of repeated texts within a split."
-    )
-    max_overlap_fraction: float = Field(
-        0.01, ge=0, le=1, description="Largest share of test/eval texts also in train (leakage)."
-    )
-    min_examples_per_class: int = Field(5, ge=1, description="Fewest training rows a class may have.")
-    max_class_ratio: float = Field(
-        20.0, ge=1, description="Largest allowed ratio of biggest to smallest training class."
-    )
-
-
-class FinetuneParams(_Params):
-    backbone: str = Field(
-        "minilm-l6",
-        description="Catalog backbone name, local folder, Hugging Face hub id, or `auto` to choose among "
-        "select.candidates by transferability score.",
-    )
-    strategy: Literal["full", "linear-probe", "lora"] = Field(
-        "full",
-        description="full: train every weight; linear-probe: frozen backbone; lora: low-rank adapters (peft), merged before export.",
-    )
-    epochs: int = Field(4, ge=1, le=100, description="Most epochs; early stopping may end sooner.")
-    batch_size: int = Field(16, ge=1, le=4096)
-    learning_rate: float = Field(8e-5, gt=0, le=1, description="Peak AdamW learning rate.")
-    weight_decay: float = Field(0.01, ge=0, le=1)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps spent warming the learning rate up.")
-    max_length: int = Field(128, ge=8, le=8192, description="Tokens per text; longer texts are truncated.")
-    patience: int = Field(2, ge=1, description="Epochs without better validation macro-F1 before stopping.")
-    seed: int = Field(13)
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="auto: CUDA (bf16 autocast) when present, else CPU."
-    )
-    trust_remote_code: bool = Field(False, description="Run model code shipped with a hub backbone. Off by default.")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto",
-        description="auto: bf16 autocast on GPUs, fp32 on CPUs; bf16 also speeds up CPUs with bf16 units (avx512_bf16, AMX).",
-    )
-    group_by_length: Literal["auto", "on", "off"] = Field(
-        "auto",
-        description="Batch texts of similar length together (less padding); auto: when random batches would be over 20% padding.",
-    )
-    grad_accumulation: int = Field(
-        1, ge=1, le=1024, description="Micro-batches per optimizer step (effective batch = batch_size x this)."
-    )
-    compile: bool = Field(False, description="torch.compile the model (pays a one-off compile; helps long GPU runs).")
-    layer_decay: float = Field(
-        1.0,
-        gt=0,
-        le=1,
-        description="Layer-wise learning-rate decay: each layer below the top trains at this factor of the one above.",
-    )
-    lora_rank: int = Field(8, ge=1, le=512, description="LoRA strategy: rank of the adapters.")
-    lora_alpha: int = Field(
-        16, ge=1, le=4096, description="LoRA strategy: scaling numerator (updates are scaled by alpha / rank)."
-    )
-    lora_dropout: float = Field(0.1, ge=0, lt=1, description="LoRA strategy: dropout on the adapters' input.")
-    processes: int = Field(
-        1, ge=1, le=64, description="Data-parallel processes (torchrun DDP): one per GPU, or CPU processes (gloo)."
-    )
-    checkpoint_every: int = Field(
-        500, ge=0, description="Optimizer steps between resumable checkpoints (0: only at each epoch's end)."
-    )
-
-
-class SelectParams(_Params):
-    candidates: list[str] = Field(
-        default_factory=lambda: ["minilm-l3", "minilm-l6"],
-        min_length=1,
-        description="Backbones scored when finetune.backbone is `auto` (catalog names, folders, hub ids).",
-    )
-    method: Literal["logme", "hscore", "knn"] = Field(
-        "logme", description="Score that decides: LogME, H-score or kNN accuracy."
-    )
-    sample_size: int = Field(
-        1000, ge=20, le=100_000, description="Training rows embedded per candidate (stratified sample)."
-    )
-    pooling: Literal["last", "layer-mean"] = Field(
-        "layer-mean", description="Mean-pooled token states of the last layer, or averaged over layers."
-    )
-    max_parameters: int | None = Field(None, ge=1, description="Budget: never choose a backbone with more parameters.")
-    max_ms_per_example: float | None = Field(
-        None, gt=0, description="Budget: never choose a backbone slower than this on the CPU."
-    )
-    runner: Literal["local", "dask"] = Field(
-        "local",
-        description="Where candidates are scored: local, one after the other in the flow's process; dask, each "
-        "candidate as its own task on a Dask cluster (needs prefect-dask, the `cluster` extra).",
-    )
-    dask_address: str | None = Field(
-        None,
-        min_length=1,
-        description="runner dask: scheduler of an existing Dask cluster (e.g. tcp://dask-scheduler:8786); empty: a "
-        "temporary local cluster, one worker process per candidate up to the CPU count. Ignored by runner local.",
-    )
-
-
-class DistillParams(_Params):
-    enabled: bool = Field(True, description="Distil the fine-tuned teacher into a smaller student.")
-    student: str = Field(
-        "teacher-layers:3",
-        description="`teacher-layers:N` (copy of the teacher keeping N evenly spaced layers), "
-        "`teacher-layers:0,2,4`, or a backbone name/folder/hub id.",
-    )
-    alpha: float = Field(
-        0.5, ge=0, le=1, description="Weight of hard-label cross-entropy; 1 - alpha goes to the teacher's soft labels."
-    )
-    temperature: float = Field(2.0, gt=0, le=20, description="Softmax temperature of the soft labels.")
-    hidden_weight: float = Field(
-        0.0,
-        ge=0,
-        le=100,
-        description="Weight of hidden-state distillation (student layers' pooled states against the teacher's, "
-        "through a learned projection when widths differ); 0 turns it off.",
-    )
-    unlabeled_paths: list[str] = Field(
-        default_factory=list,
-        description="Unlabeled text files (CSV/JSONL/Parquet, e.g. the target domain's) added as distillation data, soft labels only.",
-    )
-    unlabeled_text_column: str = Field("text", min_length=1, description="Text column of the unlabeled files.")
-    augment_copies: int = Field(
-        0,
-        ge=0,
-        le=10,
-        description="Noisy copies of each training text (word dropout, a swap) added as soft-label-only rows.",
-    )
-    epochs: int = Field(4, ge=1, le=100)
-    batch_size: int = Field(16, ge=1, le=4096)
-    learning_rate: float = Field(1e-4, gt=0, le=1)
-    retention_floor: float = Field(
-        0.97,
-        ge=0,
-        le=1,
-        description="Register the student only if it keeps this share of the teacher's test accuracy and macro-F1.",
-    )
-
-
-class ExportParams(_Params):
-    enabled: bool = Field(
-        True,
-        description="Export the served model (the student, or the teacher without distillation) to ONNX and time it.",
-    )
-    quantize: bool = Field(True, description="Also write a dynamically INT8-quantised ONNX model.")
-    min_agreement: float = Field(
-        0.95,
-        ge=0,
-        le=1,
-        description="Share of test predictions an exported model must share with the torch model; below it the file is not logged.",
-    )
-    max_accuracy_drop: float = Field(
-        0.02,
-        ge=0,
-        le=1,
-        description="Test accuracy an exported model may lose against the torch model; beyond it the file is not logged.",
-    )
-
-
-class GateParams(_Params):
-    """What a version must show before `staging` or `production` moves to it (see README: Promotion)."""
-
-    metric: Literal["macro_f1", "accuracy"] = Field("macro_f1", description="Score the regression gate compares.")
-    min_improvement: float = Field(
-        0.0,
-        ge=-1,
-        le=1,
-        description="Required gain over the version holding the alias, on every evaluation set; 0: must not regress.",
-    )
-    min_accuracy: float = Field(0.0, ge=0, le=1, description="Absolute minimum test accuracy.")
-    min_macro_f1: float = Field(0.0, ge=0, le=1, description="Absolute minimum test macro-F1.")
-    retention_floor: float = Field(
-        0.97, ge=0, le=1, description="Students: share of their teacher's test accuracy and macro-F1."
-    )
-    require_validation: bool = Field(True, description="Refuse versions whose data validation did not pass.")
-
-    def to_gates(self):
-        from graftline.tasks.registry.promotion import Gates
-
-        return Gates(**self.model_dump())
-
-
-class RegistryParams(_Params):
-    model_name: str = Field(
-        "graftline-demo",
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-        description="Registered model name; the student registers as `<name>-student`.",
-    )
-    experiment: str = Field("graftline", min_length=1, description="MLflow experiment of the runs.")
-    promote_to: Literal["none", "staging", "production"] = Field(
-        "production",
-        description="After registering (alias `candidate`), promote each new version to this stage if its gates pass.",
-    )
-    gates: GateParams = Field(default_factory=lambda: GateParams(), description="The promotion gates.")
-
-
-class RunParams(_Params):
-    """How the lifecycle runs, as opposed to what it computes."""
-
-    reuse_steps: bool = Field(
-        True,
-        description="Reuse the results of steps an identical earlier run completed (same data digest, parameters and code).",
-    )
-    retries: int = Field(
-        1, ge=0, le=10, description="Retries of a crashed training step; a retry resumes from its last checkpoint."
-    )
-    resumed_from: str | None = Field(
-        None, description="MLflow run id of the killed run this one resumes (set by `graftline resume`)."
-    )
-
-
-class TransferParams(_Params):
+class TransferParams(Params):
     """All parameters of the lifecycle flow, grouped by step."""
 
     data: DataParams = Field(default_factory=DataParams)
     validation: ValidationParams = Field(default_factory=ValidationParams)
+    model: ModelParams = Field(default_factory=ModelParams)
     select: SelectParams = Field(default_factory=SelectParams)
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     distill: DistillParams = Field(default_factory=DistillParams)
@@ -275,8 +39,12 @@ class TransferParams(_Params):
     registry: RegistryParams = Field(default_factory=RegistryParams)
     run: RunParams = Field(default_factory=RunParams)
 
+    def groups(self) -> dict:
+        """The groups by name: the keyword arguments of the `transfer` flow."""
+        return {name: getattr(self, name) for name in type(self).model_fields}
 
-class PromoteParams(_Params):
+
+class PromoteParams(Params):
     model_name: str = Field(
         "graftline-demo", min_length=1, description="Registered model to promote (students: `<name>-student`)."
     )

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 
-from graftline.tasks.registry import tracking
 from graftline.tasks.errors import GraftlineError
+from graftline.tasks.registry import tracking
 
 UNFINISHED = ("RUNNING", "FAILED", "KILLED")
 

@@ -25,9 +25,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from graftline.tasks.data import Splits
+from graftline.tasks.records import StepContext, TrainedModel
 from graftline.tasks.registry import tracking
 
-SKIPPED = ("parent_run_id", "work_dir")  # differ on every run and decide nothing about the result
 # Parameters that decide where or how often work happens, not what it computes.
 EXECUTION_ONLY = {"runner", "dask_address", "checkpoint_every"}
 
@@ -40,7 +41,7 @@ def fingerprint(step: str, parameters: dict) -> str:
         step,
         code_version(),
         mlflow.get_tracking_uri(),
-        *(f"{name}={_describe(value)}" for name, value in sorted(parameters.items()) if name not in SKIPPED),
+        *(f"{name}={_describe(value)}" for name, value in sorted(parameters.items())),
     ):
         digest.update(part.encode())
         digest.update(b"\x1f")
@@ -53,9 +54,8 @@ def cache_key(context, parameters: dict) -> str:
 
 
 def _describe(value) -> str:
-    from graftline.flows.steps import TrainedModel
-    from graftline.tasks.data import Splits
-
+    if isinstance(value, StepContext):  # its run id and work folder differ on every run and decide nothing
+        return _describe(value.model)
     if isinstance(value, Splits):
         unlabeled = hashlib.sha256("\x1f".join(value.unlabeled).encode()).hexdigest()
         return f"splits:{value.digest}:{unlabeled}"
@@ -93,15 +93,15 @@ def token_cache() -> Path:
     return tracking.home() / "cache" / "tokens"
 
 
-def materialize(model, folder: Path) -> None:
-    """Make sure `model.model_dir` holds the model's files: a reused step's folder belonged to an
-    earlier run and is gone; its logged MLflow model is not."""
+def materialize(model: TrainedModel, folder: Path) -> TrainedModel:
+    """`model` with its files in `model.model_dir`: a reused step's folder belonged to an earlier
+    run and is gone, its logged MLflow model is not; then a copy pointing at `folder` is returned."""
     if (Path(model.model_dir) / "config.json").is_file():
-        return
+        return model
     import mlflow.transformers
 
     from graftline.tasks.finetune import save_model
 
     components = mlflow.transformers.load_model(model.model_uri, return_type="components")
     save_model(components["model"], components["tokenizer"], folder)
-    model.model_dir = folder
+    return model.but(model_dir=folder)

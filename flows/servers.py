@@ -19,6 +19,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from graftline.tasks import environment
 from graftline.tasks.errors import GraftlineError
 
 STATE_FILE = "platform.json"
@@ -131,13 +132,7 @@ def _start_all(
     logs = home / "logs"
     logs.mkdir(exist_ok=True)
     bin_dir = Path(sys.executable).parent
-    base_env = {
-        **os.environ,
-        "PREFECT_HOME": str(home / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "true",
-    }
+    base_env = environment.apply_defaults({**os.environ, "PREFECT_HOME": str(home / "prefect")})
     base_env.pop("PREFECT_API_URL", None)
     platform.pids["prefect"] = _spawn(
         [str(bin_dir / "prefect"), "server", "start", "--host", platform.host, "--port", str(platform.prefect_port)],
@@ -201,7 +196,7 @@ def _start_all(
 
 def _deploy(platform: Platform) -> None:
     """Register the deployments in a child process pointed at this platform's API."""
-    args = [sys.executable, "-m", "graftline.flows.deploy_cli", "--pool", platform.work_pool]
+    args = [sys.executable, "-m", "graftline.flows.cli.app", "deploy", "--pool", platform.work_pool]
     if platform.retrain_cron:
         args += ["--cron", platform.retrain_cron]
     if platform.params_file:

@@ -21,7 +21,7 @@ DEMO_DIR = Path(__file__).parent / "demo_data"
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Split:
     """One named table of (text, label) rows and where it came from."""
 
@@ -36,7 +36,7 @@ class Split:
         return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()[:16]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Splits:
     """Everything the lifecycle trains and evaluates on."""
 
@@ -44,7 +44,7 @@ class Splits:
     validation: Split
     test: Split
     extra: dict[str, Split] = field(default_factory=dict)  # other domains, evaluated under their names
-    unlabeled: list[str] = field(default_factory=list)  # texts only the teacher labels (distillation data)
+    unlabeled: tuple[str, ...] = ()  # texts only the teacher labels (distillation data)
 
     @property
     def labels(self) -> list[str]:
@@ -58,6 +58,9 @@ class Splits:
 
     def evaluation_sets(self) -> dict[str, Split]:
         return {"test": self.test, **self.extra}
+
+    def row_counts(self) -> dict[str, int]:
+        return {f"{s.name}_rows": len(s.frame) for s in [self.train, self.validation, *self.evaluation_sets().values()]}
 
 
 def read_table(source: str, text_column: str, label_column: str | None, fmt: str = "auto") -> pd.DataFrame:
@@ -112,6 +115,7 @@ def load_splits(
     test_fraction: float = 0.2,
     seed: int = 13,
     fmt: str = "auto",
+    unlabeled: list[str] | tuple[str, ...] = (),
 ) -> Splits:
     """Read the user's data and return train/validation/test (+ extra evaluation sets).
 
@@ -135,6 +139,7 @@ def load_splits(
         validation=Split("validation", val_frame.reset_index(drop=True), validation or train),
         test=Split("test", test_frame.reset_index(drop=True), test or train),
         extra={name: Split(name, read(path), path) for name, path in extra.items()},
+        unlabeled=tuple(unlabeled),
     )
     return splits
 

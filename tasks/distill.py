@@ -16,8 +16,8 @@ Students:
 
 Transfer data: unlabeled texts (e.g. from the target domain) and augmented copies of the training
 texts are added to the training rows with soft labels only (their cross-entropy term is masked out).
-A student registers only when it keeps `retention_floor` of the teacher's test accuracy and
-macro-F1 (`retention_gate`).
+`distillation_report` compares the student with its teacher (size, retention on every evaluation
+set, CPU speed); whether it keeps enough is decided by the one retention gate (evaluate.py).
 """
 
 from __future__ import annotations
@@ -32,14 +32,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from graftline.tasks.data import Splits, encode_labels
 from graftline.tasks.engine import backbones
 from graftline.tasks.engine.checkpoints import Checkpoints
-from graftline.tasks.data import Splits, encode_labels
-from graftline.tasks.errors import BackboneError
-from graftline.tasks.finetune import encode_split, save_model
 from graftline.tasks.engine.training import (
     EpochRecord,
-    TrainConfig,
     TrainResult,
     autocast,
     batches,
@@ -48,24 +45,15 @@ from graftline.tasks.engine.training import (
     seed_everything,
     train,
 )
+from graftline.tasks.errors import BackboneError
+from graftline.tasks.evaluate import Evaluation, retention
+from graftline.tasks.finetune import encode_split, save_model
+from graftline.tasks.settings import DistillParams, ModelParams
 
-UNLABELED = -100  # label id of transfer rows: soft targets only, no cross-entropy
+UNLABELED = -100
+TEACHER_BATCH = 64  # rows per forward pass when computing teacher targets  # label id of transfer rows: soft targets only, no cross-entropy
 
 LAYER_PREFIX = "teacher-layers:"
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    student: str = "teacher-layers:3"
-    alpha: float = 0.5  # weight of the hard-label cross-entropy
-    temperature: float = 2.0
-    hidden_weight: float = 0.0  # weight of the pooled hidden-state loss; 0 turns it off
-    augment_copies: int = 0  # noisy copies of each training text added as soft-label-only rows
-    max_length: int = 128
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4))
-    trust_remote_code: bool = False
-    cache_dir: Path | None = None  # tokenisation cache
-    checkpoint_dir: Path | None = None  # resumable checkpoints; removed once the student is saved
 
 
 @dataclass
@@ -77,6 +65,15 @@ class DistillResult:
     kept_layers: list[int] | None
     transfer_rows: int = 0  # unlabeled + augmented rows trained on soft labels only
     layer_map: list[tuple[int, int]] = field(default_factory=list)  # (student layer, teacher layer) of the hidden loss
+
+    def params(self) -> dict[str, str]:
+        """What the step decided about the student's shape, for the run's parameters."""
+        out = {}
+        if self.kept_layers is not None:
+            out["distill.kept_layers"] = ",".join(map(str, self.kept_layers))
+        if self.layer_map:
+            out["distill.layer_map"] = ", ".join(f"{s}->{t}" for s, t in self.layer_map)
+        return out
 
     @property
     def parameter_ratio(self) -> float:
@@ -106,73 +103,79 @@ def distillation_loss(
 def distill(
     teacher_dir: Path,
     splits: Splits,
-    config: DistillConfig,
+    params: DistillParams,
+    model: ModelParams,
     out_dir: Path,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    cache_dir: Path | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> DistillResult:
+    """Distil the classifier in `teacher_dir` into `params.student`, trained on `splits.train` plus
+    the transfer rows (`splits.unlabeled`, augmented copies); `cache_dir` and `checkpoint_dir` as
+    in fine-tuning."""
     teacher = backbones.load_classifier(str(teacher_dir))
     teacher_tokenizer = backbones.load_tokenizer(str(teacher_dir))
     labels = backbones.labels_of(teacher)
 
-    kept = student_layers(config.student, teacher.config.num_hidden_layers)
-    seed_everything(config.train.seed)  # a catalog student's new head is initialised from this seed
+    kept = student_layers(params.student, teacher.config.num_hidden_layers)
+    seed_everything(model.seed)  # a catalog student's new head is initialised from this seed
     if kept is not None:
         student, tokenizer = make_layer_student(teacher, kept), teacher_tokenizer
     else:
-        tokenizer = backbones.load_tokenizer(config.student, config.trust_remote_code)
-        student = backbones.load_classifier(config.student, labels, config.trust_remote_code)
+        tokenizer = backbones.load_tokenizer(params.student, model.trust_remote_code)
+        student = backbones.load_classifier(params.student, labels, model.trust_remote_code)
 
     # Training rows: the labeled split, then transfer rows that only the teacher labels.
-    transfer = splits.unlabeled + augment(splits.train.frame["text"].tolist(), config.augment_copies, config.train.seed)
+    transfer = list(splits.unlabeled) + augment(splits.train.frame["text"].tolist(), params.augment_copies, model.seed)
     texts = splits.train.frame["text"].tolist() + transfer
     ids = encode_labels(splits.train.frame["label"], labels, "train") + [UNLABELED] * len(transfer)
     layer_map = (
         uniform_layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
-        if config.hidden_weight > 0
+        if params.hidden_weight > 0
         else []
     )
 
     # Teacher targets once, in eval mode (no dropout), on the teacher's own tokenisation.
-    device = "cuda" if config.train.device != "cpu" and torch.cuda.is_available() else "cpu"
+    device = "cuda" if model.device != "cpu" and torch.cuda.is_available() else "cpu"
     teacher.to(device)
     soft, pooled = teacher_targets(
         teacher,
-        encode(teacher_tokenizer, texts, ids, config.max_length, config.cache_dir),
-        config.train.eval_batch_size,
+        encode(teacher_tokenizer, texts, ids, model.max_length, cache_dir),
+        TEACHER_BATCH,
         teacher_tokenizer.pad_token_id,
         [t for _, t in layer_map],
     )
     teacher.to("cpu")
 
-    train_split = encode(tokenizer, texts, ids, config.max_length, config.cache_dir)
+    train_split = encode(tokenizer, texts, ids, model.max_length, cache_dir)
     train_split.extras["teacher_logits"] = soft
-    val_split = encode_split(tokenizer, splits.validation, labels, config.max_length, config.cache_dir)
-    model = student
+    val_split = encode_split(tokenizer, splits.validation, labels, model.max_length, cache_dir)
+    trained = student
     if layer_map:
         train_split.extras["teacher_hidden"] = pooled
-        model = HiddenStateStudent(student, [s for s, _ in layer_map], teacher.config.hidden_size)
+        trained = HiddenStateStudent(student, [s for s, _ in layer_map], teacher.config.hidden_size)
 
     def loss(outputs, batch):
         value = distillation_loss(
-            outputs.logits, batch["teacher_logits"], batch["labels"], config.alpha, config.temperature
+            outputs.logits, batch["teacher_logits"], batch["labels"], params.alpha, params.temperature
         )
         if layer_map:
-            value = value + config.hidden_weight * F.mse_loss(outputs.pooled_hidden.float(), batch["teacher_hidden"])
+            value = value + params.hidden_weight * F.mse_loss(outputs.pooled_hidden.float(), batch["teacher_hidden"])
         return value
 
     result = train(
-        model,
+        trained,
         train_split,
         val_split,
-        config.train,
+        params.train_config(model),
         tokenizer.pad_token_id,
         loss,
         on_epoch,
-        checkpoint_dir=config.checkpoint_dir,
+        checkpoint_dir=checkpoint_dir,
     )
     save_model(student, tokenizer, out_dir)  # the projections were for training only
-    if config.checkpoint_dir is not None:
-        Checkpoints(config.checkpoint_dir).clear()
+    if checkpoint_dir is not None:
+        Checkpoints(checkpoint_dir).clear()
     return DistillResult(
         model_dir=out_dir,
         training=result,
@@ -211,7 +214,8 @@ class HiddenStateStudent(torch.nn.Module):
         mask = inputs["attention_mask"]
         # hidden_states[0] is the embedding output, so layer i's output is hidden_states[i + 1]
         pooled = [
-            project(mean_pool(out.hidden_states[i + 1], mask)) for project, i in zip(self.projections, self.layers, strict=True)
+            project(mean_pool(out.hidden_states[i + 1], mask))
+            for project, i in zip(self.projections, self.layers, strict=True)
         ]
         return StudentOutput(out.logits, torch.stack(pooled, dim=1))
 
@@ -264,17 +268,6 @@ def augment(texts: list[str], copies: int, seed: int) -> list[str]:
     return out
 
 
-def retention_gate(report: dict[str, float], floor: float) -> str | None:
-    """None when the student keeps at least `floor` of the teacher's test accuracy and macro-F1,
-    else the reason it failed (which is logged, and keeps the student out of the registry)."""
-    short = [
-        f"{metric} retention {report[f'test_{metric}_retention']:.4f}"
-        for metric in ("accuracy", "macro_f1")
-        if report[f"test_{metric}_retention"] < floor
-    ]
-    return f"{' and '.join(short)} below the floor {floor}" if short else None
-
-
 def student_layers(spec: str, teacher_layers: int) -> list[int] | None:
     """The teacher layers a `teacher-layers:` student keeps, or None for a separate backbone."""
     if not spec.startswith(LAYER_PREFIX):
@@ -315,3 +308,33 @@ def _encoder_layers(model) -> tuple[str, torch.nn.ModuleList]:
         if isinstance(module, torch.nn.ModuleList) and len(module) == count:
             return name, module
     raise BackboneError(f"cannot find the {count} encoder layers of {type(model).__name__} to copy")
+
+
+def distillation_report(
+    teacher_dir: Path,
+    student_dir: Path,
+    teacher_scores: dict[str, Evaluation],
+    student_scores: dict[str, Evaluation],
+    texts: list[str],
+    max_length: int,
+) -> dict[str, float]:
+    """Size, retention on every evaluation set, and CPU throughput of the student against its teacher."""
+    from graftline.tasks.export import latency, torch_predictor
+
+    classifiers = {
+        role: backbones.load_classifier(str(folder)).eval()
+        for role, folder in (("teacher", teacher_dir), ("student", student_dir))
+    }
+    report = {
+        "parameter_ratio": backbones.count_parameters(classifiers["student"])
+        / backbones.count_parameters(classifiers["teacher"])
+    }
+    report.update(retention(student_scores, teacher_scores))
+    speeds = {}
+    for role, folder in (("teacher", teacher_dir), ("student", student_dir)):
+        predict = torch_predictor(classifiers[role], backbones.load_tokenizer(str(folder)), max_length)
+        speeds[role] = latency(predict, texts)[32]
+    report["teacher_cpu_examples_per_second"] = speeds["teacher"]
+    report["student_cpu_examples_per_second"] = speeds["student"]
+    report["cpu_speedup"] = speeds["student"] / speeds["teacher"]
+    return report

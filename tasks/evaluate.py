@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from graftline.tasks.data import Split
-from graftline.tasks.registry.tracking import metric_safe
 from graftline.tasks.engine.training import encode, predict_logits, resolve_device
+from graftline.tasks.registry.tracking import metric_safe
+from graftline.tasks.settings import ModelParams
 
 
 @dataclass
@@ -43,8 +44,8 @@ def evaluate_model(
     """Score a classifier on one labeled split; rows with labels the model lacks are an error."""
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-    from graftline.tasks.engine.backbones import labels_of
     from graftline.tasks.data import encode_labels
+    from graftline.tasks.engine.backbones import labels_of
 
     labels = labels_of(model)
     truth = encode_labels(split.frame["label"], labels, split.name)
@@ -75,6 +76,17 @@ def evaluate_model(
     )
 
 
+def evaluate_sets(model_dir: Path, splits, model: ModelParams) -> dict[str, Evaluation]:
+    """The classifier in `model_dir` scored on every evaluation set (test first, then the other domains)."""
+    from graftline.tasks.engine.backbones import load_classifier, load_tokenizer
+
+    classifier, tokenizer = load_classifier(str(model_dir)), load_tokenizer(str(model_dir))
+    return {
+        name: evaluate_model(classifier, tokenizer, split, model.max_length, device=model.device)
+        for name, split in splits.evaluation_sets().items()
+    }
+
+
 def plot_confusion(evaluation: Evaluation, path: Path, title: str | None = None) -> Path:
     """Confusion-matrix picture: counts in each cell, rows normalised for the colour."""
     import matplotlib
@@ -101,3 +113,31 @@ def plot_confusion(evaluation: Evaluation, path: Path, title: str | None = None)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def cross_domain_gaps(evaluations: dict[str, Evaluation]) -> dict[str, float]:
+    """How much accuracy is lost moving from the test set (the training domain) to each other set."""
+    test = evaluations["test"].accuracy
+    return {f"{name}_accuracy_gap_vs_test": test - e.accuracy for name, e in evaluations.items() if name != "test"}
+
+
+def retention(student: dict[str, Evaluation], teacher: dict[str, Evaluation]) -> dict[str, float]:
+    """The share of its teacher's accuracy and macro-F1 a student keeps, per evaluation set."""
+    out = {}
+    for name, s in student.items():
+        t = teacher[name]
+        out[f"{name}_accuracy_retention"] = s.accuracy / t.accuracy if t.accuracy else 0.0
+        out[f"{name}_macro_f1_retention"] = s.macro_f1 / t.macro_f1 if t.macro_f1 else 0.0
+    return out
+
+
+def retention_gate(report: dict[str, float], floor: float) -> str | None:
+    """The one retention gate: None when the student keeps at least `floor` of its teacher's test
+    accuracy and macro-F1, else why not. The lifecycle keeps a failing student out of the registry;
+    a promotion of a student re-scores both and asks the same."""
+    short = [
+        f"{metric} retention {report[f'test_{metric}_retention']:.4f}"
+        for metric in ("accuracy", "macro_f1")
+        if report[f"test_{metric}_retention"] < floor
+    ]
+    return f"{' and '.join(short)} below the floor {floor}" if short else None

@@ -25,22 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from graftline.tasks.engine import backbones
 from graftline.tasks.data import Split, encode_labels
+from graftline.tasks.engine import backbones
 from graftline.tasks.errors import GraftlineError
+from graftline.tasks.settings import ExportParams
 
 INPUTS = ("input_ids", "attention_mask")
 
 Predict = Callable[[list[str]], np.ndarray]  # texts -> logits
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    quantize: bool = True
-    min_agreement: float = 0.95  # share of test predictions an export must share with torch
-    max_accuracy_drop: float = 0.02  # test accuracy an export may lose against torch
-    max_length: int = 128
-    latency_rows: int = 256  # test texts used for timing (all of them when fewer)
 
 
 @dataclass
@@ -100,12 +92,17 @@ class ExportReport:
                 }
         return out
 
+    def headline(self) -> dict[str, float]:
+        """The numbers a lifecycle summary shows: speed-ups, agreement, accuracy drop."""
+        keep = ("speedup_batch_32", "speedup_batch_1", "_agreement", "accuracy_drop")
+        return {k: v for k, v in self.metrics().items() if k.endswith(keep)}
+
     def table(self) -> list[dict]:
         return [asdict(r) for r in self.rows]
 
 
 def export_and_measure(
-    model_dir: Path, teacher_dir: Path | None, test: Split, config: ExportConfig, out_dir: Path
+    model_dir: Path, teacher_dir: Path | None, test: Split, params: ExportParams, max_length: int, out_dir: Path
 ) -> ExportReport:
     """Export the served model `model_dir` to ONNX (and INT8), check parity on `test`, time everything.
 
@@ -121,19 +118,19 @@ def export_and_measure(
     truth = np.asarray(encode_labels(test.frame["label"], backbones.labels_of(model), test.name))
 
     exported = {f"{served}-onnx": export_onnx(model, tokenizer, out_dir / "model.onnx")}
-    if config.quantize:
+    if params.quantize:
         exported[f"{served}-onnx-int8"] = quantize_int8(exported[f"{served}-onnx"], out_dir / "model.int8.onnx")
 
     models: dict[str, tuple[Predict, Path]] = {}  # name -> (predict, weights file)
     if teacher_dir is not None:
         teacher = backbones.load_classifier(str(teacher_dir)).eval()
         models["teacher"] = (
-            torch_predictor(teacher, backbones.load_tokenizer(str(teacher_dir)), config.max_length),
+            torch_predictor(teacher, backbones.load_tokenizer(str(teacher_dir)), max_length),
             teacher_dir / "model.safetensors",
         )
-    models[served] = (torch_predictor(model, tokenizer, config.max_length), model_dir / "model.safetensors")
+    models[served] = (torch_predictor(model, tokenizer, max_length), model_dir / "model.safetensors")
     for name, path in exported.items():
-        models[name] = (onnx_predictor(path, tokenizer, config.max_length), path)
+        models[name] = (onnx_predictor(path, tokenizer, max_length), path)
 
     reference = predict_in_batches(models[served][0], texts)  # what every export must reproduce
     served_accuracy = float((reference.argmax(-1) == truth).mean())
@@ -143,7 +140,7 @@ def export_and_measure(
         is_export = name in exported
         agreement = float((logits.argmax(-1) == reference.argmax(-1)).mean())
         accuracy = float((logits.argmax(-1) == truth).mean())
-        speed = latency(predict, texts[: config.latency_rows])
+        speed = latency(predict, texts[: params.latency_rows])
         report.rows.append(
             Measured(
                 name=name,
@@ -157,7 +154,7 @@ def export_and_measure(
                 size_mb=weights.stat().st_size / 2**20,
                 file=str(weights) if is_export else None,
                 passed=not is_export
-                or (agreement >= config.min_agreement and accuracy >= served_accuracy - config.max_accuracy_drop),
+                or (agreement >= params.min_agreement and accuracy >= served_accuracy - params.max_accuracy_drop),
             )
         )
     return report

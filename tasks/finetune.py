@@ -17,36 +17,14 @@ GPU, or gloo CPU processes); with `checkpoint_dir` a killed run resumes where it
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from graftline.tasks.data import Splits, encode_labels
 from graftline.tasks.engine import backbones, distributed
 from graftline.tasks.engine.checkpoints import Checkpoints
-from graftline.tasks.data import Splits, encode_labels
-from graftline.tasks.engine.training import EpochRecord, TrainConfig, TrainResult, encode, seed_everything, train
-
-Strategy = Literal["full", "linear-probe", "lora"]
-
-
-@dataclass(frozen=True)
-class LoraConfig:
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.1
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    backbone: str = "minilm-l6"
-    strategy: Strategy = "full"
-    max_length: int = 128  # tokens; longer texts are truncated
-    train: TrainConfig = field(default_factory=TrainConfig)
-    trust_remote_code: bool = False
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    processes: int = 1  # data-parallel processes (torchrun): GPUs to use, or CPU processes
-    cache_dir: Path | None = None  # tokenisation cache
-    checkpoint_dir: Path | None = None  # resumable checkpoints; removed once the model is saved
+from graftline.tasks.engine.training import EpochRecord, TrainResult, encode, seed_everything, train
+from graftline.tasks.settings import FinetuneParams, ModelParams
 
 
 @dataclass
@@ -57,70 +35,85 @@ class FinetuneResult:
     parameters: int
     trainable_parameters: int
 
+    def metrics(self) -> dict[str, float]:
+        return {
+            "best_epoch": self.training.best_epoch,
+            "best_val_macro_f1": self.training.best_val_macro_f1,
+            "parameters": self.parameters,
+            "trainable_parameters": self.trainable_parameters,
+        }
+
 
 def finetune(
     splits: Splits,
-    config: FinetuneConfig,
+    params: FinetuneParams,
+    model: ModelParams,
     out_dir: Path,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    cache_dir: Path | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> FinetuneResult:
-    """Fine-tune `config.backbone` on `splits.train`, early-stopping on `splits.validation`."""
-    if config.processes > 1 and distributed.rank_and_size()[1] == 1:
-        result = distributed.launch(finetune, (splits, config, out_dir), config.processes)
+    """Fine-tune `params.backbone` on `splits.train`, early-stopping on `splits.validation`.
+
+    `cache_dir`: the tokenisation cache; `checkpoint_dir`: resumable checkpoints, removed once the
+    model is saved."""
+    if params.processes > 1 and distributed.rank_and_size()[1] == 1:
+        args = (splits, params, model, out_dir, None, cache_dir, checkpoint_dir)
+        result = distributed.launch(finetune, args, params.processes)
         if on_epoch:  # the processes cannot reach the caller's tracking run; replay their epochs here
             for record in result.training.history:
                 on_epoch(record)
         return result
     labels = splits.labels
-    tokenizer = backbones.load_tokenizer(config.backbone, config.trust_remote_code)
-    seed_everything(config.train.seed)  # the new classification head is initialised from this seed
-    model = backbones.load_classifier(config.backbone, labels, config.trust_remote_code)
-    model = apply_strategy(model, config.strategy, config.lora)
-    trainable = backbones.count_parameters(model, trainable_only=True)
+    tokenizer = backbones.load_tokenizer(params.backbone, model.trust_remote_code)
+    seed_everything(model.seed)  # the new classification head is initialised from this seed
+    classifier = backbones.load_classifier(params.backbone, labels, model.trust_remote_code)
+    classifier = apply_strategy(classifier, params)
+    trainable = backbones.count_parameters(classifier, trainable_only=True)
 
-    train_split = encode_split(tokenizer, splits.train, labels, config.max_length, config.cache_dir)
-    val_split = encode_split(tokenizer, splits.validation, labels, config.max_length, config.cache_dir)
+    train_split = encode_split(tokenizer, splits.train, labels, model.max_length, cache_dir)
+    val_split = encode_split(tokenizer, splits.validation, labels, model.max_length, cache_dir)
     result = train(
-        model,
+        classifier,
         train_split,
         val_split,
-        config.train,
+        params.train_config(model),
         tokenizer.pad_token_id,
         on_epoch=on_epoch,
-        checkpoint_dir=config.checkpoint_dir,
+        checkpoint_dir=checkpoint_dir,
     )
 
-    if config.strategy == "lora":
-        model = model.merge_and_unload()  # plain weights again: exports and loads like any checkpoint
+    if params.strategy == "lora":
+        classifier = classifier.merge_and_unload()  # plain weights again: exports and loads like any checkpoint
     if distributed.rank_and_size()[0] == 0:
-        save_model(model, tokenizer, out_dir)
+        save_model(classifier, tokenizer, out_dir)
     distributed.barrier()
-    if config.checkpoint_dir is not None and distributed.rank_and_size()[0] == 0:
-        Checkpoints(config.checkpoint_dir).clear()  # the saved model supersedes them
+    if checkpoint_dir is not None and distributed.rank_and_size()[0] == 0:
+        Checkpoints(checkpoint_dir).clear()  # the saved model supersedes them
     return FinetuneResult(
         model_dir=out_dir,
         labels=labels,
         training=result,
-        parameters=backbones.count_parameters(model),
+        parameters=backbones.count_parameters(classifier),
         trainable_parameters=trainable,
     )
 
 
-def apply_strategy(model, strategy: Strategy, lora: LoraConfig = LoraConfig()):
+def apply_strategy(model, params: FinetuneParams):
     """The model to train: `model` with what the strategy keeps fixed frozen, or wrapped in LoRA adapters."""
-    if strategy == "full":
+    if params.strategy == "full":
         return model
-    if strategy == "lora":
-        return _with_lora(model, lora)
-    if strategy != "linear-probe":
-        raise ValueError(f"unknown strategy {strategy!r}")
+    if params.strategy == "lora":
+        return _with_lora(model, params)
+    if params.strategy != "linear-probe":
+        raise ValueError(f"unknown strategy {params.strategy!r}")
     prefix = model.base_model_prefix + "."
     for name, param in model.named_parameters():
         param.requires_grad = not name.startswith(prefix) or ".pooler." in name
     return model
 
 
-def _with_lora(model, settings: LoraConfig):
+def _with_lora(model, params: FinetuneParams):
     """LoRA on the attention query/value projections (peft's per-architecture default). The head
     trains in full, and so does a BERT pooler (sentence-embedding checkpoints never trained it)."""
     from peft import LoraConfig as PeftLoraConfig
@@ -133,9 +126,9 @@ def _with_lora(model, settings: LoraConfig):
     ]
     config = PeftLoraConfig(
         task_type=TaskType.SEQ_CLS,
-        r=settings.rank,
-        lora_alpha=settings.alpha,
-        lora_dropout=settings.dropout,
+        r=params.lora_rank,
+        lora_alpha=params.lora_alpha,
+        lora_dropout=params.lora_dropout,
         modules_to_save=heads,
     )
     return get_peft_model(model, config)

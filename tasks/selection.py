@@ -36,25 +36,12 @@ import torch
 
 from graftline.tasks.engine import backbones
 from graftline.tasks.errors import GraftlineError
+from graftline.tasks.registry.tracking import metric_safe
+from graftline.tasks.settings import ModelParams, SelectParams
 
 Method = Literal["logme", "hscore", "knn"]
 Pooling = Literal["last", "layer-mean"]
 METHODS: tuple[Method, ...] = ("logme", "hscore", "knn")
-
-
-@dataclass(frozen=True)
-class SelectConfig:
-    candidates: tuple[str, ...] = ("minilm-l3", "minilm-l6")
-    method: Method = "logme"
-    sample_size: int = 1000  # training rows embedded per candidate (stratified)
-    pooling: Pooling = "layer-mean"
-    max_length: int = 128
-    batch_size: int = 32
-    max_parameters: int | None = None  # budget: candidates above it are scored but never chosen
-    max_ms_per_example: float | None = None  # budget on CPU latency per example
-    seed: int = 13
-    device: str = "auto"
-    trust_remote_code: bool = False
 
 
 @dataclass
@@ -78,6 +65,16 @@ class Selection:
     method: Method
     leaderboard: list[CandidateReport] = field(default_factory=list)
     seconds: float = 0.0
+
+    def metrics(self) -> dict[str, float]:
+        """Every candidate's scores, CPU latency and size, keyed by the candidate's short name."""
+        out = {"selection_seconds": self.seconds}
+        for report in self.leaderboard:
+            name = metric_safe(short_name(report.backbone))
+            out.update({f"{name}_{m}": v for m, v in report.scores.items()})
+            out[f"{name}_cpu_ms_per_example"] = report.cpu_ms_per_example
+            out[f"{name}_parameters"] = report.parameters
+        return out
 
     def table(self) -> pd.DataFrame:
         rows = [{**{k: v for k, v in asdict(r).items() if k != "scores"}, **r.scores} for r in self.leaderboard]
@@ -133,19 +130,21 @@ def _rank_key(method: Method):
     return lambda report: report.scores[method] if np.isfinite(report.scores[method]) else -np.inf
 
 
-def score_candidate(spec: str, texts: list[str], labels: np.ndarray, config: SelectConfig) -> CandidateReport:
+def score_candidate(
+    spec: str, texts: list[str], labels: np.ndarray, params: SelectParams, model: ModelParams
+) -> CandidateReport:
     """One candidate's report: load it, embed `texts`, score the features against `labels`, time it.
 
     Self-contained (it loads its own backbone and returns plain data, logging nothing), so it can run
     in another process or on another machine: the Dask fan-out ships exactly this call."""
-    device = _device(config.device)
+    device = _device(model.device)
     started = time.perf_counter()
-    encoder = backbones.load_encoder(spec, config.trust_remote_code)
-    tokenizer = backbones.load_tokenizer(spec, config.trust_remote_code)
+    encoder = backbones.load_encoder(spec, model.trust_remote_code)
+    tokenizer = backbones.load_tokenizer(spec, model.trust_remote_code)
     timed = time.perf_counter()
-    features = embed(encoder, tokenizer, texts, config.max_length, config.batch_size, config.pooling, device)
+    features = embed(encoder, tokenizer, texts, model.max_length, params.batch_size, params.pooling, device)
     ms = (time.perf_counter() - timed) * 1000 / len(texts)
-    cpu_ms, gpu_ms = (ms, None) if device.type == "cpu" else (_cpu_ms(encoder, tokenizer, texts, config), ms)
+    cpu_ms, gpu_ms = (ms, None) if device.type == "cpu" else (_cpu_ms(encoder, tokenizer, texts, params, model), ms)
     return CandidateReport(
         backbone=spec,
         parameters=backbones.count_parameters(encoder),
@@ -158,17 +157,19 @@ def score_candidate(spec: str, texts: list[str], labels: np.ndarray, config: Sel
     )
 
 
-def score_candidates(texts: list[str], labels: np.ndarray, config: SelectConfig) -> list[CandidateReport]:
+def score_candidates(
+    texts: list[str], labels: np.ndarray, params: SelectParams, model: ModelParams
+) -> list[CandidateReport]:
     """Every candidate, one after the other, in this process (the default `ScoreAll`)."""
-    return [score_candidate(spec, texts, labels, config) for spec in config.candidates]
+    return [score_candidate(spec, texts, labels, params, model) for spec in params.candidates]
 
 
 # How the candidates get scored: in this process (`score_candidates`) or fanned out
 # (graftline.flows.fanout); whichever it is returns one report per candidate, in candidate order.
-ScoreAll = Callable[[list[str], np.ndarray, SelectConfig], list[CandidateReport]]
+ScoreAll = Callable[[list[str], np.ndarray, SelectParams, ModelParams], list[CandidateReport]]
 
 
-def choose(reports: list[CandidateReport], config: SelectConfig) -> Selection:
+def choose(reports: list[CandidateReport], config: SelectParams) -> Selection:
     """The best `config.method` score among the candidates within the budget."""
     for report in reports:
         report.within_budget = (config.max_parameters is None or report.parameters <= config.max_parameters) and (
@@ -194,16 +195,18 @@ def choose(reports: list[CandidateReport], config: SelectConfig) -> Selection:
     return Selection(best.backbone, reason, config.method, reports)
 
 
-def select_backbone(frame: pd.DataFrame, config: SelectConfig, score_all: ScoreAll = score_candidates) -> Selection:
+def select_backbone(
+    frame: pd.DataFrame, params: SelectParams, model: ModelParams, score_all: ScoreAll = score_candidates
+) -> Selection:
     """Sample, embed, score and choose: the whole selection step for one training split.
     `score_all` decides where the candidates are scored; the sample and the choice are the same."""
-    if len(config.candidates) == 0:
+    if len(params.candidates) == 0:
         raise GraftlineError("backbone 'auto' needs at least one candidate in select.candidates")
     started = time.perf_counter()
-    sample = stratified_sample(frame, config.sample_size, config.seed)
+    sample = stratified_sample(frame, params.sample_size, model.seed)
     label_names = sorted(sample["label"].unique())
     labels = sample["label"].map({name: i for i, name in enumerate(label_names)}).to_numpy(np.int64)
-    selection = choose(score_all(sample["text"].tolist(), labels, config), config)
+    selection = choose(score_all(sample["text"].tolist(), labels, params, model), params)
     selection.seconds = time.perf_counter() - started
     return selection
 
@@ -217,7 +220,8 @@ def plot_leaderboard(selection: Selection, path: Path) -> Path:
 
     table = selection.table()
     colours = [
-        "tab:green" if c else ("tab:blue" if b else "tab:gray") for c, b in zip(table["chosen"], table["within_budget"], strict=True)
+        "tab:green" if c else ("tab:blue" if b else "tab:gray")
+        for c, b in zip(table["chosen"], table["within_budget"], strict=True)
     ]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 1.2 + 0.5 * len(table)), sharey=True)
     left.barh(table["backbone"], table[selection.method], color=colours)
@@ -239,9 +243,15 @@ def _device(requested: str) -> torch.device:
     return resolve_device(requested)
 
 
-def _cpu_ms(encoder, tokenizer, texts: list[str], config: SelectConfig) -> float:
+def _cpu_ms(encoder, tokenizer, texts: list[str], params: SelectParams, model: ModelParams) -> float:
     """CPU latency on a small slice when the scores were computed on a GPU."""
     subset = texts[:64]
     started = time.perf_counter()
-    embed(encoder, tokenizer, subset, config.max_length, config.batch_size, config.pooling, torch.device("cpu"))
+    embed(encoder, tokenizer, subset, model.max_length, params.batch_size, params.pooling, torch.device("cpu"))
     return (time.perf_counter() - started) * 1000 / len(subset)
+
+
+def short_name(spec: str) -> str:
+    """A candidate's name for metric keys: a folder's own name rather than its whole path."""
+    path = Path(spec)
+    return path.name if path.is_dir() else spec

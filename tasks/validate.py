@@ -15,16 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from graftline.tasks.data import Split, Splits
-
-
-@dataclass(frozen=True)
-class ValidationThresholds:
-    min_text_chars: int = 1
-    max_text_chars: int = 5000
-    max_duplicate_fraction: float = 0.05  # within one split, after exact matching
-    max_overlap_fraction: float = 0.01  # share of test/eval texts also present in train
-    min_examples_per_class: int = 5  # in the training split
-    max_class_ratio: float = 20.0  # largest class / smallest class in the training split
+from graftline.tasks.settings import ValidationParams
 
 
 @dataclass
@@ -39,7 +30,7 @@ class ValidationReport:
         return "; ".join(self.failures) if self.failures else "all expectations met"
 
 
-def validate_splits(splits: Splits, thresholds: ValidationThresholds, out_dir: Path) -> ValidationReport:
+def validate_splits(splits: Splits, thresholds: ValidationParams, out_dir: Path) -> ValidationReport:
     """Run the suites over every split; never raises on bad data, the report says what failed."""
     import great_expectations as gx
 
@@ -72,7 +63,7 @@ def validate_splits(splits: Splits, thresholds: ValidationThresholds, out_dir: P
     return ValidationReport(not failures, failures, results, docs_dir, statistics)
 
 
-def _expectations(split: Split, labels: list[str], t: ValidationThresholds) -> list:
+def _expectations(split: Split, labels: list[str], t: ValidationParams) -> list:
     import great_expectations.expectations as gxe
 
     rules = [

@@ -3,16 +3,10 @@ because both read their telemetry and offline switches at import time."""
 
 import os
 
-os.environ.update(
-    HF_HUB_OFFLINE="1",  # nothing may reach a model hub from a test
-    MLFLOW_DISABLE_TELEMETRY="true",
-    DO_NOT_TRACK="true",
-    PREFECT_SERVER_ANALYTICS_ENABLED="false",
-    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90",
-    TRANSFORMERS_VERBOSITY="error",
-    HF_HUB_DISABLE_PROGRESS_BARS="1",
-    TOKENIZERS_PARALLELISM="false",
-)
+from graftline.tasks import environment
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may reach a model hub from a test
+environment.apply_defaults()
 
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -21,7 +15,12 @@ import pandas as pd  # noqa: E402
 import prefect  # noqa: E402, F401  -- binds Prefect's log handler to pytest's session-long stderr,
 import pytest  # noqa: E402         # not to a per-test capsys stream that is closed afterwards
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+def short_texts():
+    """Model-wide settings of the tiny test models: texts cut at 32 tokens."""
+    from graftline.tasks.settings import ModelParams
+
+    return ModelParams(max_length=32)
 
 
 @pytest.fixture(scope="session")

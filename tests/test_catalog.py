@@ -64,7 +64,7 @@ def test_a_tampered_weights_file_is_refused(minilm_l3, cache):
 
 
 def test_zoo_verify_exits_2_on_a_tampered_file(minilm_l3, capsys):
-    from graftline.flows.cli import app
+    from graftline.flows.cli.app import app
 
     (minilm_l3 / "model.safetensors").write_bytes(b"replaced")
     with pytest.raises(SystemExit) as exited:

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from graftline.flows.cli import app, build_params
-from graftline.flows.params import DEMO_EVAL_SETS
+from graftline.flows.cli.app import app
+from graftline.flows.cli.lifecycle import build_params
+from graftline.tasks.settings import DEMO_EVAL_SETS
 from tests.conftest import toy_frame
 
 
@@ -95,12 +96,3 @@ def test_bad_input_is_one_line_and_exit_2(case, files, prefect_harness, mlflow_s
     assert last.startswith("graftline: error: ")
     assert pd.Series([last]).str.contains(pattern).all(), last
     assert not MlflowClient().search_registered_models(f"name='{unique_name}'")
-
-
-def test_the_documented_parameter_file_is_exactly_the_defaults():
-    from pathlib import Path
-
-    from graftline.flows.params import TransferParams
-
-    documented = build_params(Path(__file__).parents[1] / "deployments" / "transfer.params.yaml", {}, [], [])
-    assert documented == TransferParams()

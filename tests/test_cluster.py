@@ -24,12 +24,22 @@ from mlflow import MlflowClient
 from prefect import flow
 
 from graftline.flows import steps
-from graftline.flows.deploy_cli import main as deploy_main
-from graftline.flows.params import DistillParams, FinetuneParams, SelectParams
+from graftline.flows.cli.app import app
+from graftline.tasks.records import StepContext
 from graftline.tasks.registry import tracking
+from graftline.tasks.settings import ModelParams, SelectParams
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "deployments" / "kubernetes-gpu-job-template.json"
 IMAGE = "registry.example.com/graftline:0.1.0"
+
+
+def deploy_main(args: list[str]) -> None:
+    """`graftline deploy ARGS` in-process, as the console script calls it: returns on success, exits otherwise."""
+    try:
+        app(["deploy", *args])
+    except SystemExit as exited:
+        if exited.code:
+            raise
 
 
 @flow(name="select-with-both-runners")
@@ -38,17 +48,10 @@ def select_with_both_runners(splits, candidates: list[str], experiment: str) -> 
     from prefect.runtime import flow_run
 
     tracking.configure(experiment)
-    finetune, distill = FinetuneParams(backbone="auto", max_length=32), DistillParams(enabled=False)
     with tempfile.TemporaryDirectory() as tmp, tracking.lifecycle_run("select-with-both-runners") as parent:
         for runner in ("local", "dask"):
-            steps.select(
-                splits,
-                finetune,
-                distill,
-                SelectParams(candidates=candidates, runner=runner),
-                parent.info.run_id,
-                Path(tmp) / runner,
-            )
+            context = StepContext(parent.info.run_id, Path(tmp) / runner, ModelParams(max_length=32))
+            steps.select(splits, "auto", None, SelectParams(candidates=candidates, runner=runner), context)
     return str(flow_run.id)
 
 

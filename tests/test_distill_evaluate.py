@@ -1,29 +1,29 @@
 """Distillation loss, layer-copy students, a real distillation run, and evaluation numbers."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from graftline.tasks.engine import backbones
 from graftline.tasks.distill import (
     UNLABELED,
-    DistillConfig,
     HiddenStateStudent,
     augment,
     distill,
     distillation_loss,
     make_layer_student,
     mean_pool,
-    retention_gate,
     student_layers,
     uniform_layer_map,
 )
+from graftline.tasks.engine import backbones
 from graftline.tasks.errors import BackboneError
-from graftline.tasks.evaluate import evaluate_model, plot_confusion
-from graftline.tasks.finetune import FinetuneConfig, finetune
-from graftline.tasks.engine.training import TrainConfig
+from graftline.tasks.evaluate import evaluate_model, plot_confusion, retention_gate
+from graftline.tasks.finetune import finetune
+from graftline.tasks.settings import DistillParams, FinetuneParams
+from tests.conftest import short_texts
 
 
 def test_distillation_loss_matches_a_hand_computed_value():
@@ -105,11 +105,12 @@ def test_layer_student_copies_the_chosen_teacher_layers(tiny_backbone):
 def test_distillation_produces_a_smaller_student_that_learned(tiny_backbone, toy_splits, tmp_path):
     teacher = finetune(
         toy_splits,
-        FinetuneConfig(backbone=str(tiny_backbone), max_length=32, train=TrainConfig(epochs=5, learning_rate=3e-3)),
+        FinetuneParams(backbone=str(tiny_backbone), epochs=5, learning_rate=3e-3),
+        short_texts(),
         tmp_path / "t",
     )
-    config = DistillConfig(student="teacher-layers:1", max_length=32, train=TrainConfig(epochs=4, learning_rate=3e-3))
-    result = distill(teacher.model_dir, toy_splits, config, tmp_path / "s")
+    config = DistillParams(student="teacher-layers:1", epochs=4, learning_rate=3e-3)
+    result = distill(teacher.model_dir, toy_splits, config, short_texts(), tmp_path / "s")
     assert result.kept_layers == [0]
     assert result.parameter_ratio < 1
     student = backbones.load_classifier(str(result.model_dir))
@@ -120,8 +121,8 @@ def test_distillation_produces_a_smaller_student_that_learned(tiny_backbone, toy
 
 @pytest.fixture
 def toy_teacher(tiny_backbone, toy_splits, tmp_path):
-    config = FinetuneConfig(backbone=str(tiny_backbone), max_length=32, train=TrainConfig(epochs=5, learning_rate=3e-3))
-    return finetune(toy_splits, config, tmp_path / "teacher").model_dir
+    config = FinetuneParams(backbone=str(tiny_backbone), epochs=5, learning_rate=3e-3)
+    return finetune(toy_splits, config, short_texts(), tmp_path / "teacher").model_dir
 
 
 def pooled_layer_distance(student_dir, teacher_dir, split, student_layer, teacher_layer) -> float:
@@ -140,13 +141,10 @@ def pooled_layer_distance(student_dir, teacher_dir, split, student_layer, teache
 def test_hidden_state_loss_pulls_the_student_towards_the_teachers_layer(toy_teacher, toy_splits, tmp_path):
     distances = {}
     for weight in (0.0, 10.0):
-        config = DistillConfig(
-            student="teacher-layers:1",
-            max_length=32,
-            hidden_weight=weight,
-            train=TrainConfig(epochs=3, learning_rate=3e-3, patience=3),
+        config = DistillParams(
+            student="teacher-layers:1", hidden_weight=weight, epochs=3, learning_rate=3e-3, patience=3
         )
-        result = distill(toy_teacher, toy_splits, config, tmp_path / f"s{weight}")
+        result = distill(toy_teacher, toy_splits, config, short_texts(), tmp_path / f"s{weight}")
         assert result.layer_map == ([(0, 1)] if weight else [])
         distances[weight] = pooled_layer_distance(result.model_dir, toy_teacher, toy_splits.test, 0, 1)
     assert distances[10.0] < 0.5 * distances[0.0]
@@ -158,15 +156,11 @@ def test_a_narrower_student_learns_through_a_projection_from_unlabeled_and_augme
     from safetensors import safe_open
 
     unlabeled = toy_frame_texts()
-    toy_splits.unlabeled = unlabeled
-    config = DistillConfig(
-        student=str(narrow_backbone),
-        max_length=32,
-        hidden_weight=1.0,
-        augment_copies=1,
-        train=TrainConfig(epochs=6, learning_rate=3e-3, patience=6),
+    splits = replace(toy_splits, unlabeled=tuple(unlabeled))
+    config = DistillParams(
+        student=str(narrow_backbone), hidden_weight=1.0, augment_copies=1, epochs=6, learning_rate=3e-3, patience=6
     )
-    result = distill(toy_teacher, toy_splits, config, tmp_path / "s")
+    result = distill(toy_teacher, splits, config, short_texts(), tmp_path / "s")
     assert result.transfer_rows == len(unlabeled) + len(toy_splits.train.frame)
     assert result.layer_map == [(0, 1)]
     with safe_open(str(result.model_dir / "model.safetensors"), "pt") as saved:
@@ -197,8 +191,8 @@ def toy_frame_texts() -> list[str]:
 def test_evaluation_numbers_agree_with_sklearn(tiny_backbone, toy_splits, tmp_path):
     from sklearn.metrics import accuracy_score, f1_score
 
-    from graftline.tasks.finetune import encode_split
     from graftline.tasks.engine.training import predict_logits
+    from graftline.tasks.finetune import encode_split
 
     model = backbones.load_classifier(str(tiny_backbone), ["bad", "good"])  # random head: imperfect
     tokenizer = backbones.load_tokenizer(str(tiny_backbone))

@@ -6,19 +6,21 @@ GPU over NCCL (not exercised here: these machines have no GPU)."""
 import torch
 
 from graftline.tasks.engine import backbones
-from graftline.tasks.finetune import FinetuneConfig, finetune
-from graftline.tasks.engine.training import TrainConfig
+from graftline.tasks.finetune import finetune
+from graftline.tasks.settings import FinetuneParams
+from tests.conftest import short_texts
 
 
 def test_two_gloo_processes_match_one_process(still_backbone, toy_splits, tmp_path):
     # No length grouping: the two runs then cut the same permutation into the same 8-row batches,
     # which the two processes split 4 + 4.
-    train = TrainConfig(epochs=2, batch_size=8, learning_rate=3e-3, group_by_length=False, patience=5)
-    config = FinetuneConfig(backbone=str(still_backbone), max_length=32, train=train)
-    single = finetune(toy_splits, config, tmp_path / "one")
+    config = FinetuneParams(
+        backbone=str(still_backbone), epochs=2, batch_size=8, learning_rate=3e-3, group_by_length="off", patience=5
+    )
+    single = finetune(toy_splits, config, short_texts(), tmp_path / "one")
     seen = []
     double = finetune(
-        toy_splits, FinetuneConfig(**{**vars(config), "processes": 2}), tmp_path / "two", on_epoch=seen.append
+        toy_splits, config.model_copy(update={"processes": 2}), short_texts(), tmp_path / "two", on_epoch=seen.append
     )
 
     assert [r.epoch for r in seen] == [1, 2]  # epoch records come back from the processes

@@ -8,7 +8,6 @@ import pytest
 
 from graftline.tasks.engine import backbones
 from graftline.tasks.export import (
-    ExportConfig,
     export_and_measure,
     export_onnx,
     onnx_predictor,
@@ -17,8 +16,9 @@ from graftline.tasks.export import (
     quantize_int8,
     torch_predictor,
 )
-from graftline.tasks.finetune import FinetuneConfig, finetune
-from graftline.tasks.engine.training import TrainConfig
+from graftline.tasks.finetune import finetune
+from graftline.tasks.settings import DistillParams, ExportParams, FinetuneParams
+from tests.conftest import short_texts
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +35,17 @@ def trained(tiny_backbone, tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     teacher = finetune(
         splits,
-        FinetuneConfig(backbone=str(tiny_backbone), max_length=32, train=TrainConfig(epochs=5, learning_rate=3e-3)),
+        FinetuneParams(backbone=str(tiny_backbone), epochs=5, learning_rate=3e-3),
+        short_texts(),
         root / "teacher",
     )
-    from graftline.tasks.distill import DistillConfig, distill
+    from graftline.tasks.distill import distill
 
     student = distill(
         teacher.model_dir,
         splits,
-        DistillConfig(student="teacher-layers:1", max_length=32, train=TrainConfig(epochs=3, learning_rate=3e-3)),
+        DistillParams(student="teacher-layers:1", epochs=3, learning_rate=3e-3),
+        short_texts(),
         root / "student",
     )
     return teacher.model_dir, student.model_dir, splits
@@ -78,7 +80,7 @@ def test_int8_model_is_smaller_and_agrees(trained, tmp_path):
 
 def test_export_report_measures_every_served_model(trained, tmp_path):
     teacher_dir, student_dir, splits = trained
-    report = export_and_measure(student_dir, teacher_dir, splits.test, ExportConfig(max_length=32), tmp_path)
+    report = export_and_measure(student_dir, teacher_dir, splits.test, ExportParams(), 32, tmp_path)
     assert [r.name for r in report.rows] == ["teacher", "student", "student-onnx", "student-onnx-int8"]
     student, onnx_fp32 = report.row("student"), report.row("student-onnx")
     assert onnx_fp32.agreement == 1.0 and onnx_fp32.passed and onnx_fp32.accuracy == student.accuracy
@@ -101,7 +103,7 @@ def test_an_export_that_loses_accuracy_fails_parity(trained, tmp_path, monkeypat
     real = export.onnx_predictor
     monkeypatch.setattr(export, "onnx_predictor", lambda *a: lambda texts, p=real(*a): -p(texts))
     teacher_dir, student_dir, splits = trained
-    report = export_and_measure(student_dir, teacher_dir, splits.test, ExportConfig(max_length=32), tmp_path)
+    report = export_and_measure(student_dir, teacher_dir, splits.test, ExportParams(), 32, tmp_path)
     for name in ("student-onnx", "student-onnx-int8"):
         assert not report.row(name).passed and report.row(name).agreement < 0.5
     assert report.metrics()["student_onnx_parity_passed"] == 0.0 and len(report.failures()) == 2
@@ -111,7 +113,7 @@ def test_an_export_that_disagrees_fails_parity(trained, tmp_path):
     teacher_dir, _, splits = trained
     # An agreement floor above 1 cannot be met: the report must say the export failed, not pass it.
     report = export_and_measure(
-        teacher_dir, None, splits.test, ExportConfig(max_length=32, min_agreement=1.01), tmp_path
+        teacher_dir, None, splits.test, ExportParams().model_copy(update={"min_agreement": 1.01}), 32, tmp_path
     )
     assert [r.name for r in report.rows] == ["teacher", "teacher-onnx", "teacher-onnx-int8"]
     assert not report.row("teacher-onnx").passed and report.row("teacher").passed

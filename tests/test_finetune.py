@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from graftline.tasks.engine import backbones
+from graftline.tasks.engine.training import predict_logits
 from graftline.tasks.errors import BackboneError
-from graftline.tasks.finetune import FinetuneConfig, apply_strategy, encode_split, finetune
-from graftline.tasks.engine.training import TrainConfig, predict_logits
+from graftline.tasks.finetune import apply_strategy, encode_split, finetune
+from graftline.tasks.settings import FinetuneParams
+from tests.conftest import short_texts
 
 
 def accuracy(model_dir, split):
@@ -19,13 +21,9 @@ def accuracy(model_dir, split):
 
 
 def test_full_finetuning_learns_a_separable_task(tiny_backbone, toy_splits, tmp_path):
-    config = FinetuneConfig(
-        backbone=str(tiny_backbone),
-        max_length=32,
-        train=TrainConfig(epochs=6, batch_size=8, learning_rate=3e-3, patience=6),
-    )
+    config = FinetuneParams(backbone=str(tiny_backbone), epochs=6, batch_size=8, learning_rate=3e-3, patience=6)
     epochs = []
-    result = finetune(toy_splits, config, tmp_path / "model", on_epoch=epochs.append)
+    result = finetune(toy_splits, config, short_texts(), tmp_path / "model", on_epoch=epochs.append)
     assert [e.epoch for e in epochs] == list(range(1, 7))
     assert epochs[-1].train_loss < epochs[0].train_loss
     assert result.training.best_val_macro_f1 >= 0.9
@@ -34,8 +32,8 @@ def test_full_finetuning_learns_a_separable_task(tiny_backbone, toy_splits, tmp_
 
 
 def test_saved_model_is_safetensors_with_label_names(tiny_backbone, toy_splits, tmp_path):
-    config = FinetuneConfig(backbone=str(tiny_backbone), max_length=32, train=TrainConfig(epochs=1))
-    result = finetune(toy_splits, config, tmp_path / "model")
+    config = FinetuneParams(backbone=str(tiny_backbone), epochs=1, learning_rate=5e-5)
+    result = finetune(toy_splits, config, short_texts(), tmp_path / "model")
     files = {p.name for p in result.model_dir.iterdir()}
     assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
     saved = json.loads((result.model_dir / "config.json").read_text())
@@ -44,13 +42,8 @@ def test_saved_model_is_safetensors_with_label_names(tiny_backbone, toy_splits, 
 
 def test_linear_probe_leaves_the_encoder_untouched(tiny_backbone, toy_splits, tmp_path):
     before = backbones.load_classifier(str(tiny_backbone), ["bad", "good"])
-    config = FinetuneConfig(
-        backbone=str(tiny_backbone),
-        strategy="linear-probe",
-        max_length=32,
-        train=TrainConfig(epochs=2, learning_rate=1e-2),
-    )
-    result = finetune(toy_splits, config, tmp_path / "probe")
+    config = FinetuneParams(backbone=str(tiny_backbone), strategy="linear-probe", epochs=2, learning_rate=1e-2)
+    result = finetune(toy_splits, config, short_texts(), tmp_path / "probe")
     after = backbones.load_classifier(str(result.model_dir))
     old, new = before.state_dict(), after.state_dict()
     encoder = [k for k in old if k.startswith("bert.") and ".pooler." not in k]
@@ -61,18 +54,16 @@ def test_linear_probe_leaves_the_encoder_untouched(tiny_backbone, toy_splits, tm
 
 def test_apply_strategy_rejects_unknown(tiny_backbone):
     with pytest.raises(ValueError, match="unknown strategy"):
-        apply_strategy(backbones.load_classifier(str(tiny_backbone), ["a", "b"]), "half")
+        apply_strategy(
+            backbones.load_classifier(str(tiny_backbone), ["a", "b"]), FinetuneParams.model_construct(strategy="half")
+        )
 
 
 def test_early_stopping_restores_the_best_epoch(tiny_backbone, toy_splits, tmp_path):
     # A learning rate this high diverges after the first epochs; patience 1 stops at the first miss.
-    config = FinetuneConfig(
-        backbone=str(tiny_backbone),
-        max_length=32,
-        train=TrainConfig(epochs=8, learning_rate=3e-3, patience=1, warmup_ratio=0),
-    )
+    config = FinetuneParams(backbone=str(tiny_backbone), epochs=8, learning_rate=3e-3, patience=1, warmup_ratio=0)
     history = []
-    result = finetune(toy_splits, config, tmp_path / "m", on_epoch=history.append)
+    result = finetune(toy_splits, config, short_texts(), tmp_path / "m", on_epoch=history.append)
     best = max(history, key=lambda r: r.val_macro_f1)
     assert result.training.best_epoch == best.epoch
     if result.training.stopped_early:
@@ -112,12 +103,12 @@ def test_same_seed_gives_identical_weights_whatever_ran_before(tiny_backbone, to
     # The new head is initialised from the run's seed, not from whatever the process's RNG was left at.
     from safetensors.torch import load_file
 
-    config = FinetuneConfig(backbone=str(tiny_backbone), max_length=32, train=TrainConfig(epochs=1, batch_size=8))
+    config = FinetuneParams(backbone=str(tiny_backbone), epochs=1, batch_size=8, learning_rate=5e-5)
     weights = []
     for i, rng_state in enumerate((1, 999)):
         torch.manual_seed(rng_state)
         torch.rand(7)
-        result = finetune(toy_splits, config, tmp_path / f"model{i}")
+        result = finetune(toy_splits, config, short_texts(), tmp_path / f"model{i}")
         weights.append(load_file(result.model_dir / "model.safetensors"))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

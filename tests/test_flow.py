@@ -10,19 +10,20 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from graftline.flows.lifecycle import transfer
-from graftline.flows.params import (
+from graftline.tasks.data import resolve_source
+from graftline.tasks.errors import ValidationFailed
+from graftline.tasks.registry.promotion import history
+from graftline.tasks.settings import (
     DataParams,
     DistillParams,
     ExportParams,
     FinetuneParams,
     GateParams,
+    ModelParams,
     RegistryParams,
     RunParams,
     ValidationParams,
 )
-from graftline.tasks.data import resolve_source
-from graftline.tasks.errors import ValidationFailed
-from graftline.tasks.registry.promotion import history
 from tests.conftest import toy_frame
 
 STEPS = {"ingest", "validate", "select", "finetune", "evaluate", "distill", "export", "register"}
@@ -31,27 +32,27 @@ STEPS = {"ingest", "validate", "select", "finetune", "evaluate", "distill", "exp
 @pytest.fixture
 def run_flow(prefect_harness, mlflow_store, tiny_backbone, unique_name):
     def run(
-        data=None, validation=None, min_improvement=0.0, distill=None, epochs=2, export=False, reuse=False, seed=13
+        data=None,
+        validation=None,
+        min_improvement=0.0,
+        distill=None,
+        epochs=2,
+        export=False,
+        reuse=False,
+        seed=13,
+        retention_floor=0.0,
     ):
         # Random tiny models: the retention gate is off unless a test turns it on. Tests share one
         # graftline home, so step reuse is off unless a test is about it.
+        gates = GateParams(min_improvement=min_improvement, retention_floor=retention_floor)
         return transfer(
             data=data or DataParams(),
             validation=validation or ValidationParams(),
-            finetune=FinetuneParams(
-                backbone=str(tiny_backbone),
-                epochs=epochs,
-                patience=epochs,
-                max_length=32,
-                learning_rate=3e-3,
-                seed=seed,
-            ),
-            distill=distill
-            or DistillParams(student="teacher-layers:1", epochs=1, learning_rate=3e-3, retention_floor=0.0),
+            model=ModelParams(max_length=32, seed=seed),
+            finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=epochs, patience=epochs, learning_rate=3e-3),
+            distill=distill or DistillParams(student="teacher-layers:1", epochs=1, learning_rate=3e-3),
             export=ExportParams(enabled=export),  # ~5 s: only where a test looks at it
-            registry=RegistryParams(
-                model_name=unique_name, experiment=unique_name, gates=GateParams(min_improvement=min_improvement)
-            ),
+            registry=RegistryParams(model_name=unique_name, experiment=unique_name, gates=gates),
             run=RunParams(reuse_steps=reuse),
         )
 
@@ -68,7 +69,7 @@ def test_the_lifecycle_tracks_every_step_and_promotes_first_versions(run_flow, u
     summary = run_flow(export=True)
     client = MlflowClient()
     runs = runs_by_name(client, unique_name)
-    parent = next(r for r in runs if r.info.run_id == summary["mlflow_run_id"])
+    parent = next(r for r in runs if r.info.run_id == summary.mlflow_run_id)
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert set(children) == STEPS
     assert all(r.info.status == "FINISHED" for r in runs)
@@ -98,7 +99,7 @@ def test_the_lifecycle_tracks_every_step_and_promotes_first_versions(run_flow, u
         and export.data.metrics["student_onnx_int8_speedup_batch_32"] > 0
     )
     assert export.data.tags["graftline.export"] == "parity passed"
-    assert summary["metrics"]["export"]["student_onnx_int8_speedup_batch_32"] > 0
+    assert summary.metrics["export"]["student_onnx_int8_speedup_batch_32"] > 0
     student = client.get_model_version_by_alias(f"{unique_name}-student", "production")
     assert student.tags["export_run_id"] == export.info.run_id
     # registry: both models, candidate and (first version, gates passed) production, lineage tags
@@ -106,7 +107,7 @@ def test_the_lifecycle_tracks_every_step_and_promotes_first_versions(run_flow, u
         version = client.get_model_version_by_alias(name, "production")
         assert str(version.version) == "1"
         assert str(client.get_model_version_by_alias(name, "candidate").version) == "1"
-        assert version.tags["data_digest"] == summary["data_digest"]
+        assert version.tags["data_digest"] == summary.data_digest
         assert version.tags["prefect_flow_run_id"] and version.tags["git_commit"]
         assert version.tags["validation_success"] == "true"
         ingest = client.get_run(version.tags["ingest_run_id"])
@@ -118,7 +119,7 @@ def test_the_lifecycle_tracks_every_step_and_promotes_first_versions(run_flow, u
         assert record["to_version"] == "1" and record["triggered_by"].startswith("transfer flow run ")
     student = client.get_model_version(f"{unique_name}-student", "1")
     assert student.tags["teacher_version"] == "1"
-    assert summary["ui_command"].startswith("mlflow ui --backend-store-uri sqlite:///")
+    assert summary.ui_command.startswith("mlflow ui --backend-store-uri sqlite:///")
 
 
 def test_a_new_version_must_pass_the_gates_against_production_on_the_same_sets(run_flow, unique_name):
@@ -128,16 +129,16 @@ def test_a_new_version_must_pass_the_gates_against_production_on_the_same_sets(r
     for name in (unique_name, f"{unique_name}-student"):
         assert str(client.get_model_version_by_alias(name, "production").version) == "1"
         assert str(client.get_model_version_by_alias(name, "candidate").version) == "2"
-    assert [r["aliases"] for r in summary["registered"]] == [["candidate"], ["candidate"]]
+    assert [r.aliases for r in summary.registered] == [("candidate",), ("candidate",)]
     register = client.get_run(
         next(
             r.info.run_id
             for r in runs_by_name(client, unique_name)
-            if r.info.run_name == "register" and r.data.tags["mlflow.parentRunId"] == summary["mlflow_run_id"]
+            if r.info.run_name == "register" and r.data.tags["mlflow.parentRunId"] == summary.mlflow_run_id
         )
     )
     assert register.data.tags["teacher.decision"].startswith("refused: regression: test macro_f1")
-    attempt = client.get_run(summary["registered"][0]["promotion_run_id"])  # re-evaluated: both versions scored
+    attempt = client.get_run(summary.registered[0].promotion_run_id)  # re-evaluated: both versions scored
     assert {"v1_test_macro_f1", "v2_test_macro_f1", "v1_home_macro_f1"} <= set(attempt.data.metrics)
 
 
@@ -168,22 +169,23 @@ def test_warn_mode_records_the_failure_and_continues(run_flow, unique_name, dupl
     validate = next(r for r in runs_by_name(client, unique_name) if r.info.run_name == "validate")
     assert validate.data.tags["validation.success"] == "false"
     assert validate.data.metrics["failed_expectations"] >= 1
-    assert [r["version"] for r in summary["registered"]] == ["1", "1"]
+    assert [r.version for r in summary.registered] == ["1", "1"]
 
 
 def test_auto_backbone_chooses_by_transferability_inside_the_flow(
     prefect_harness, mlflow_store, tiny_backbone, dead_backbone, unique_name
 ):
-    from graftline.flows.params import SelectParams
+    from graftline.tasks.settings import SelectParams
 
     summary = transfer(
         data=DataParams(eval_sets={}),
         select=SelectParams(candidates=[str(dead_backbone), str(tiny_backbone)], sample_size=200),
-        finetune=FinetuneParams(backbone="auto", epochs=1, max_length=32, learning_rate=3e-3),
+        model=ModelParams(max_length=32),
+        finetune=FinetuneParams(backbone="auto", epochs=1, learning_rate=3e-3),
         distill=DistillParams(enabled=False),
         registry=RegistryParams(model_name=unique_name, experiment=unique_name),
     )
-    assert summary["backbone"] == str(tiny_backbone)
+    assert summary.backbone == str(tiny_backbone)
     client = MlflowClient()
     runs = {r.info.run_name: r for r in runs_by_name(client, unique_name)}
     select = runs["select"]
@@ -206,10 +208,16 @@ def test_a_student_below_the_retention_floor_is_not_registered(run_flow, unique_
         test_path=str(tmp_path / "test.csv"),
         eval_sets={},
     )
-    summary = run_flow(data=data, epochs=6, distill=DistillParams(student=str(dead_backbone), epochs=1), export=True)
-    assert summary["metrics"]["teacher"]["test_accuracy"] >= 0.9
-    assert [r["name"] for r in summary["registered"]] == [unique_name]
-    assert "below the floor 0.97" in summary["not_registered"]["student"]
+    summary = run_flow(
+        data=data,
+        epochs=6,
+        distill=DistillParams(student=str(dead_backbone), epochs=1),
+        export=True,
+        retention_floor=0.97,
+    )
+    assert summary.metrics["teacher"]["test_accuracy"] >= 0.9
+    assert [r.name for r in summary.registered] == [unique_name]
+    assert "below the floor 0.97" in summary.not_registered["student"]
     client = MlflowClient()
     assert not client.search_registered_models(f"name='{unique_name}-student'")
     distill = next(r for r in runs_by_name(client, unique_name) if r.info.run_name == "distill")
@@ -223,16 +231,16 @@ def test_a_student_below_the_retention_floor_is_not_registered(run_flow, unique_
 def test_retrain_proposes_for_staging_then_promote_and_rollback_flows_move_production(
     run_flow, unique_name, tiny_backbone
 ):
-    from graftline.flows.operations import promote, retrain, rollback
+    from graftline.flows.operations import promote, rollback
     from graftline.flows.params import PromoteParams
 
     run_flow()  # v1: candidate and production
-    retrain(
-        finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=2, max_length=32, learning_rate=3e-3),
+    transfer(  # what the retrain deployment runs, set to propose its result for staging
+        model=ModelParams(max_length=32),
+        finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=2, learning_rate=3e-3),
         distill=DistillParams(enabled=False),
         export=ExportParams(enabled=False),
-        registry=RegistryParams(model_name=unique_name, experiment=unique_name),
-        auto_promote=True,
+        registry=RegistryParams(model_name=unique_name, experiment=unique_name, promote_to="staging"),
     )
     client = MlflowClient()
     aliases = {a: str(v) for a, v in client.get_registered_model(unique_name).aliases.items()}
@@ -240,13 +248,13 @@ def test_retrain_proposes_for_staging_then_promote_and_rollback_flows_move_produ
 
     # production takes staging's holder, re-evaluated on v2's own evaluation sets (logged at ingest)
     outcome = promote(PromoteParams(model_name=unique_name, to="production", experiment=unique_name))
-    assert outcome["moved"] and (outcome["previous"], outcome["version"]) == ("1", "2")
-    assert set(outcome["scores"]["v2"]) == {"test_accuracy", "test_macro_f1", "home_accuracy", "home_macro_f1"}
-    assert outcome["scores"]["v1"]  # the holder was re-evaluated on the same sets
+    assert outcome.moved and (outcome.previous, outcome.version) == ("1", "2")
+    assert set(outcome.scores["v2"]) == {"test_accuracy", "test_macro_f1", "home_accuracy", "home_macro_f1"}
+    assert outcome.scores["v1"]  # the holder was re-evaluated on the same sets
     assert " flow run " in history(client, unique_name)[-1]["triggered_by"]
 
     back = rollback(unique_name, "production", unique_name)
-    assert back["moved"] and back["version"] == "1"
+    assert back.moved and back.version == "1"
     assert str(client.get_model_version_by_alias(unique_name, "production").version) == "1"
 
 
@@ -254,25 +262,25 @@ def test_an_identical_second_run_reuses_the_training_steps_and_says_so(run_flow,
     seed = int(unique_name[2:], 16) % 10_000  # no earlier test trained with these parameters
     first = run_flow(reuse=True, seed=seed)
     second = run_flow(reuse=True, seed=seed)
-    assert first["reused_steps"] == []
-    assert second["reused_steps"] == ["finetune", "evaluate", "distill"]
-    assert second["metrics"] == first["metrics"]
+    assert first.reused_steps == ()
+    assert second.reused_steps == ("finetune", "evaluate", "distill")
+    assert second.metrics == first.metrics
 
     client = MlflowClient()
     runs = runs_by_name(client, unique_name)
     steps_of = {
         parent: {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent}
-        for parent in (first["mlflow_run_id"], second["mlflow_run_id"])
+        for parent in (first.mlflow_run_id, second.mlflow_run_id)
     }
-    assert steps_of[first["mlflow_run_id"]] == STEPS - {"export"}  # export is off in these runs
-    assert steps_of[second["mlflow_run_id"]] == STEPS - {"export", "finetune", "evaluate", "distill"}
-    assert client.get_run(second["mlflow_run_id"]).data.tags["graftline.reused_steps"] == "finetune, evaluate, distill"
+    assert steps_of[first.mlflow_run_id] == STEPS - {"export"}  # export is off in these runs
+    assert steps_of[second.mlflow_run_id] == STEPS - {"export", "finetune", "evaluate", "distill"}
+    assert client.get_run(second.mlflow_run_id).data.tags["graftline.reused_steps"] == "finetune, evaluate, distill"
     # the second version is the first one's model, registered again with its training run
     v1, v2 = (client.get_model_version(unique_name, v) for v in ("1", "2"))
     assert v1.tags["training_run_id"] == v2.tags["training_run_id"]
 
-    assert run_flow(reuse=False, seed=seed)["reused_steps"] == []  # asked not to reuse
-    assert run_flow(reuse=True, seed=seed, epochs=3)["reused_steps"] == []  # another parameter: trains again
+    assert run_flow(reuse=False, seed=seed).reused_steps == ()  # asked not to reuse
+    assert run_flow(reuse=True, seed=seed, epochs=3).reused_steps == ()  # another parameter: trains again
 
 
 def misleading_tail(frame: pd.DataFrame) -> pd.DataFrame:
@@ -280,8 +288,10 @@ def misleading_tail(frame: pd.DataFrame) -> pd.DataFrame:
     words, at 128 tokens mostly the other class's, so a model scores differently at the two lengths."""
     other = toy_frame(len(frame), seed=99).set_index("label")["text"]
     flip = {"good": "bad", "bad": "good"}
-    tails = [" ".join(other[flip[label]].iloc[i % len(other[flip[label]])].split()[:5] * 4)
-             for i, label in enumerate(frame["label"])]
+    tails = [
+        " ".join(other[flip[label]].iloc[i % len(other[flip[label]])].split()[:5] * 4)
+        for i, label in enumerate(frame["label"])
+    ]
     return frame.assign(text=[f"{text} {tail}" for text, tail in zip(frame["text"], tails, strict=True)])
 
 
@@ -290,23 +300,31 @@ def test_promotion_re_evaluates_a_version_with_the_max_length_it_was_trained_wit
 ):
     for split, (rows, seed) in {"train": (40, 0), "validation": (10, 1), "test": (10, 2), "other": (10, 3)}.items():
         misleading_tail(toy_frame(rows, seed)).to_csv(tmp_path / f"{split}.csv", index=False)
-    data = DataParams(train_path=str(tmp_path / "train.csv"), validation_path=str(tmp_path / "validation.csv"),
-                      test_path=str(tmp_path / "test.csv"), eval_sets={"other": str(tmp_path / "other.csv")})
+    data = DataParams(
+        train_path=str(tmp_path / "train.csv"),
+        validation_path=str(tmp_path / "validation.csv"),
+        test_path=str(tmp_path / "test.csv"),
+        eval_sets={"other": str(tmp_path / "other.csv")},
+    )
     summary = transfer(
         data=data,
-        finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=6, patience=6, max_length=8, learning_rate=3e-3),
+        model=ModelParams(max_length=8),
+        finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=6, patience=6, learning_rate=3e-3),
         distill=DistillParams(enabled=False),
         export=ExportParams(enabled=False),
         registry=RegistryParams(model_name=unique_name, experiment=unique_name),
         run=RunParams(reuse_steps=False),
     )
     client = MlflowClient()
-    [registration] = summary["registered"]
-    gate_scores = client.get_run(registration["promotion_run_id"]).data.metrics
+    [registration] = summary.registered
+    gate_scores = client.get_run(registration.promotion_run_id).data.metrics
     evaluate = next(r for r in runs_by_name(client, unique_name) if r.info.run_name == "evaluate").data.metrics
     assert evaluate["test_accuracy"] >= 0.9  # it learned, so the length it reads at matters
     for key in ("test_accuracy", "test_macro_f1", "other_accuracy", "other_macro_f1"):
         assert gate_scores[f"v1_{key}"] == pytest.approx(evaluate[key], abs=1e-9), key
     version = client.get_model_version(unique_name, "1")
     assert (version.tags["max_length"], version.tags["backbone"], version.tags["modality"]) == (
-        "8", str(tiny_backbone), "text")
+        "8",
+        str(tiny_backbone),
+        "text",
+    )

@@ -33,8 +33,9 @@ def platform(tmp_path_factory, tiny_backbone):
     params.write_text(
         yaml.safe_dump(
             {
-                "finetune": {"backbone": str(tiny_backbone), "epochs": 2, "max_length": 32, "learning_rate": 3e-3},
-                "distill": {"student": "teacher-layers:1", "epochs": 1, "retention_floor": 0.0},
+                "model": {"max_length": 32},
+                "finetune": {"backbone": str(tiny_backbone), "epochs": 2, "learning_rate": 3e-3},
+                "distill": {"student": "teacher-layers:1", "epochs": 1},
                 "export": {"enabled": False},
                 "registry": {
                     "model_name": "platform-demo",

@@ -9,14 +9,11 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from graftline.tasks.registry import tracking
 from graftline.tasks.data import Split
-from graftline.tasks.finetune import FinetuneConfig, finetune
+from graftline.tasks.finetune import finetune
+from graftline.tasks.registry import tracking
+from graftline.tasks.registry.contract import CANDIDATE, PRODUCTION, STAGING
 from graftline.tasks.registry.promotion import (
-    CANDIDATE,
-    PRODUCTION,
-    STAGING,
-    Gates,
     PromotionError,
     history,
     previous_holder,
@@ -25,8 +22,8 @@ from graftline.tasks.registry.promotion import (
     rollback,
 )
 from graftline.tasks.registry.versions import Candidate, log_classifier, register_all
-from graftline.tasks.engine.training import TrainConfig
-from tests.conftest import toy_frame
+from graftline.tasks.settings import FinetuneParams, GateParams
+from tests.conftest import short_texts, toy_frame
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +43,8 @@ def model_uris(mlflow_store, tiny_backbone, tmp_path_factory):
     for name, epochs, lr in (("good", 6, 3e-3), ("random", 1, 1e-12)):
         result = finetune(
             splits,
-            FinetuneConfig(
-                backbone=str(tiny_backbone),
-                max_length=32,
-                train=TrainConfig(epochs=epochs, learning_rate=lr, patience=6),
-            ),
+            FinetuneParams(backbone=str(tiny_backbone), epochs=epochs, learning_rate=lr, patience=6),
+            short_texts(),
             root / name,
         )
         with mlflow.start_run(run_name=name):
@@ -68,7 +62,7 @@ def register(model_uris, unique_name):
     client = MlflowClient()
 
     def register_(kind: str, name: str = unique_name, validation: str = "true", **tags) -> str:
-        candidate = Candidate(name, model_uris[kind], {"validation_success": validation, **tags})
+        candidate = Candidate(name, model_uris[kind], {"validation_success": validation, "max_length": "32", **tags})
         return register_all(client, [candidate])[0].version
 
     return register_
@@ -82,7 +76,7 @@ def test_a_first_promotion_passes_and_is_recorded(register, unique_name, eval_se
     client = MlflowClient()
     version = register("good")
     outcome = promote(
-        client, unique_name, STAGING, eval_sets, Gates(min_accuracy=0.8), "test-suite", experiment=unique_name
+        client, unique_name, STAGING, eval_sets, GateParams(min_accuracy=0.8), "test-suite", experiment=unique_name
     )
     assert outcome.moved and outcome.version == version and outcome.previous is None
     assert holder(client, unique_name, STAGING) == version
@@ -97,9 +91,11 @@ def test_a_first_promotion_passes_and_is_recorded(register, unique_name, eval_se
 def test_a_regression_on_the_same_evaluation_sets_is_refused(register, unique_name, eval_sets):
     client = MlflowClient()
     good = register("good")
-    promote(client, unique_name, PRODUCTION, eval_sets, Gates(), "t", version=good, experiment=unique_name)
+    promote(client, unique_name, PRODUCTION, eval_sets, GateParams(), "t", version=good, experiment=unique_name)
     worse = register("random")
-    outcome = promote(client, unique_name, PRODUCTION, eval_sets, Gates(), "t", version=worse, experiment=unique_name)
+    outcome = promote(
+        client, unique_name, PRODUCTION, eval_sets, GateParams(), "t", version=worse, experiment=unique_name
+    )
     assert not outcome.moved and holder(client, unique_name, PRODUCTION) == good
     assert outcome.reason.startswith("refused: regression: test macro_f1")
     # both versions were re-evaluated here, on the same sets
@@ -111,7 +107,15 @@ def test_a_regression_on_the_same_evaluation_sets_is_refused(register, unique_na
 def test_thresholds_and_failed_validation_are_refused(register, unique_name, eval_sets):
     client = MlflowClient()
     unvalidated = register("good", validation="false")
-    outcome = promote(client, unique_name, STAGING, eval_sets, Gates(min_macro_f1=1.01), "t", experiment=unique_name)
+    outcome = promote(
+        client,
+        unique_name,
+        STAGING,
+        eval_sets,
+        GateParams().model_copy(update={"min_macro_f1": 1.01}),
+        "t",
+        experiment=unique_name,
+    )
     assert not outcome.moved
     failed = {c.name for c in outcome.checks if not c.passed}
     assert failed == {"validation", "thresholds"} and outcome.version == unvalidated
@@ -122,17 +126,19 @@ def test_a_student_must_keep_its_teachers_score(register, unique_name, eval_sets
     teacher = register("good")
     student_name = f"{unique_name}-student"
     weak = register("random", name=student_name, **{"graftline.role": "student", "teacher_version": teacher})
-    outcome = promote(client, student_name, STAGING, eval_sets, Gates(), "t", experiment=unique_name)
+    outcome = promote(client, student_name, STAGING, eval_sets, GateParams(), "t", experiment=unique_name)
     assert not outcome.moved and "retention" in outcome.reason and f"teacher v{teacher}" in outcome.scores
     strong = register("good", name=student_name, **{"graftline.role": "student", "teacher_version": teacher})
-    outcome = promote(client, student_name, STAGING, eval_sets, Gates(), "t", version=strong, experiment=unique_name)
+    outcome = promote(
+        client, student_name, STAGING, eval_sets, GateParams(), "t", version=strong, experiment=unique_name
+    )
     assert outcome.moved and weak != strong
 
 
 def test_rollback_returns_the_alias_to_its_previous_holders(register, unique_name, eval_sets):
     client = MlflowClient()
     v1, v2 = register("good"), register("good")
-    gates = Gates(min_improvement=-1)  # equal models: accept
+    gates = GateParams(min_improvement=-1)  # equal models: accept
     promote(client, unique_name, PRODUCTION, eval_sets, gates, "t", version=v1, experiment=unique_name)
     promote(client, unique_name, PRODUCTION, eval_sets, gates, "t", version=v2, experiment=unique_name)
     outcome = rollback(client, unique_name, PRODUCTION, "on-call", experiment=unique_name)
@@ -163,7 +169,7 @@ def test_previous_holder_unwinds_promotions_and_rollbacks():
 def test_racing_promotions_leave_one_consistent_state(register, unique_name, eval_sets):
     client = MlflowClient()
     versions = [register("good") for _ in range(3)]
-    gates = Gates(min_improvement=-1)
+    gates = GateParams(min_improvement=-1)
     errors = []
 
     def go(version):
@@ -217,14 +223,14 @@ def test_a_stale_lock_is_broken(register, unique_name):
 def test_promotion_errors_are_clear(register, unique_name, eval_sets):
     client = MlflowClient()
     with pytest.raises(PromotionError, match="no registered model named 'nope'"):
-        promote(client, "nope", STAGING, eval_sets, Gates(), "t")
+        promote(client, "nope", STAGING, eval_sets, GateParams(), "t")
     register("good")
     with pytest.raises(PromotionError, match="no version holds 'staging' to promote to production"):
-        promote(client, unique_name, PRODUCTION, eval_sets, Gates(), "t")
+        promote(client, unique_name, PRODUCTION, eval_sets, GateParams(), "t")
     with pytest.raises(PromotionError, match="has no version 9"):
-        promote(client, unique_name, STAGING, eval_sets, Gates(), "t", version="9")
+        promote(client, unique_name, STAGING, eval_sets, GateParams(), "t", version="9")
     with pytest.raises(PromotionError, match="cannot promote to 'candidate'"):
-        promote(client, unique_name, CANDIDATE, eval_sets, Gates(), "t")
+        promote(client, unique_name, CANDIDATE, eval_sets, GateParams(), "t")
     assert json.dumps(history(client, unique_name)) == "[]"
 
 
@@ -235,7 +241,7 @@ def cli(*args) -> tuple[int, str, str]:
     import contextlib
     import io
 
-    from graftline.flows.cli import app
+    from graftline.flows.cli.app import app
 
     out, err = io.StringIO(), io.StringIO()
     with pytest.raises(SystemExit) as exited, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -7,7 +7,7 @@ from mlflow.tracking import MlflowClient
 
 from graftline.tasks.engine import backbones
 from graftline.tasks.registry import tracking
-from graftline.tasks.registry.promotion import CANDIDATE, PRODUCTION
+from graftline.tasks.registry.contract import CANDIDATE, PRODUCTION
 from graftline.tasks.registry.versions import Candidate, log_classifier, register_all
 
 
@@ -33,8 +33,8 @@ def test_registration_sets_the_candidate_alias_tags_and_the_teacher_link(logged_
         ],
     )
     assert [(r.name, r.version, r.aliases) for r in first] == [
-        (unique_name, "1", [CANDIDATE]),
-        (student, "1", [CANDIDATE]),
+        (unique_name, "1", (CANDIDATE,)),
+        (student, "1", (CANDIDATE,)),
     ]
     second = register_all(
         client, [Candidate(unique_name, logged_model), Candidate(student, logged_model, teacher=unique_name)]

@@ -30,12 +30,12 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_result(ti
         yaml.safe_dump(
             {
                 "data": {"train_path": str(train), "eval_sets": {}},
+                "model": {"max_length": 32},
                 "finetune": {
                     "backbone": str(tiny_backbone),
                     "epochs": 3,
                     "patience": 3,
                     "batch_size": 4,
-                    "max_length": 32,
                     "learning_rate": 3e-3,
                     "checkpoint_every": 1,
                 },

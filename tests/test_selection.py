@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from graftline.tasks.errors import GraftlineError
-from graftline.tasks.selection import METHODS, CandidateReport, SelectConfig, choose, score_features, stratified_sample
+from graftline.tasks.selection import METHODS, CandidateReport, choose, score_features, stratified_sample
+from graftline.tasks.settings import SelectParams
 
 
 def synthetic(separation: float, seed: int = 0, n: int = 300, dims: int = 32):
@@ -44,7 +45,7 @@ def test_choice_respects_the_budget():
         report("small", 1.0, 20_000_000, 4.0),
         report("tiny", 0.5, 5_000_000, 1.0),
     ]
-    free = choose([*reports], SelectConfig(candidates=("big", "small", "tiny")))
+    free = choose([*reports], SelectParams(candidates=["big", "small", "tiny"]))
     assert free.choice == "big" and "next: small" in free.reason
     capped = choose(
         [
@@ -52,21 +53,21 @@ def test_choice_respects_the_budget():
             report("small", 1.0, 20_000_000, 4.0),
             report("tiny", 0.5, 5_000_000, 1.0),
         ],
-        SelectConfig(max_parameters=50_000_000),
+        SelectParams(max_parameters=50_000_000),
     )
     assert capped.choice == "small" and "over budget: big" in capped.reason
     fast = choose(
         [report("big", 3.0, 1, 30.0), report("small", 1.0, 1, 4.0), report("tiny", 0.5, 1, 1.0)],
-        SelectConfig(max_ms_per_example=2.0),
+        SelectParams(max_ms_per_example=2.0),
     )
     assert fast.choice == "tiny"
     with pytest.raises(GraftlineError, match="no candidate backbone fits the budget"):
-        choose([report("big", 3.0, 100, 30.0)], SelectConfig(max_parameters=10))
+        choose([report("big", 3.0, 100, 30.0)], SelectParams(max_parameters=10))
 
 
 def test_constant_features_score_nan_and_rank_last():
     constant = np.ones((50, 8), dtype=np.float32)
     labels = np.array([0, 1] * 25)
     assert all(np.isnan(score_features(constant, labels, m)) for m in METHODS)
-    chosen = choose([report("dead", float("nan"), 1, 1.0), report("alive", -5.0, 1, 1.0)], SelectConfig())
+    chosen = choose([report("dead", float("nan"), 1, 1.0), report("alive", -5.0, 1, 1.0)], SelectParams())
     assert chosen.choice == "alive"

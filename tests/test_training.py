@@ -7,8 +7,17 @@ import torch
 
 from graftline.tasks.engine import backbones
 from graftline.tasks.engine.checkpoints import Checkpoints
-from graftline.tasks.finetune import FinetuneConfig, encode_split, finetune
 from graftline.tasks.engine.training import TrainConfig, batch_plan, encode, make_optimizer, padding_share, train
+from graftline.tasks.finetune import encode_split, finetune
+from graftline.tasks.settings import FinetuneParams, ModelParams
+from tests.conftest import short_texts
+
+
+def engine(**settings) -> TrainConfig:
+    """The training loop's configuration as the lifecycle builds it, `settings` changed."""
+    return FinetuneParams(**{"epochs": 3, "learning_rate": 5e-5, "checkpoint_every": 0, **settings}).train_config(
+        ModelParams()
+    )
 
 
 def test_length_grouped_plan_covers_every_row_once_and_pads_less():
@@ -48,8 +57,8 @@ def test_gradient_accumulation_matches_one_large_batch(still_backbone, toy_split
     plans cut the same permutation, so every step sees the same rows and must reach the same weights."""
 
     def trained(batch_size: int, accumulation: int) -> dict:
-        config = TrainConfig(
-            epochs=1, batch_size=batch_size, grad_accumulation=accumulation, learning_rate=1e-3, group_by_length=False
+        config = engine(
+            epochs=1, batch_size=batch_size, grad_accumulation=accumulation, learning_rate=1e-3, group_by_length="off"
         )
         model, train_split, val_split, pad = _setup(still_backbone, toy_splits, config.seed)
         train(model, train_split, val_split, config, pad)
@@ -63,7 +72,7 @@ def test_gradient_accumulation_matches_one_large_batch(still_backbone, toy_split
 
 def test_layer_decay_gives_lower_layers_smaller_learning_rates(tiny_backbone):
     model = backbones.load_classifier(str(tiny_backbone), ["bad", "good"])
-    optimizer = make_optimizer(model, TrainConfig(learning_rate=1e-3, layer_decay=0.5), torch.device("cpu"))
+    optimizer = make_optimizer(model, engine(learning_rate=1e-3, layer_decay=0.5), torch.device("cpu"))
     lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
     named = dict(model.named_parameters())
     assert lr_of[id(named["classifier.weight"])] == pytest.approx(1e-3)  # depth L + 1 = 3
@@ -76,7 +85,7 @@ def test_resume_after_a_crash_mid_epoch_matches_an_uninterrupted_run(tiny_backbo
     """torchtune's check: train two epochs; separately train, crash in the second epoch, resume from
     the checkpoint; the loss trajectories and final weights are identical (dropout included: the
     RNG states travel with the checkpoint)."""
-    config = TrainConfig(epochs=2, batch_size=8, learning_rate=3e-3, checkpoint_every=3, patience=5)
+    config = engine(epochs=2, batch_size=8, learning_rate=3e-3, checkpoint_every=3, patience=5)
     model, train_split, val_split, pad = _setup(tiny_backbone, toy_splits, config.seed)
     straight = train(model, train_split, val_split, config, pad)
     expected = {k: v.clone() for k, v in model.state_dict().items()}
@@ -108,13 +117,8 @@ def test_resume_after_a_crash_mid_epoch_matches_an_uninterrupted_run(tiny_backbo
 
 
 def test_lora_trains_adapters_only_and_saves_merged_plain_weights(tiny_backbone, toy_splits, tmp_path):
-    config = FinetuneConfig(
-        backbone=str(tiny_backbone),
-        strategy="lora",
-        max_length=32,
-        train=TrainConfig(epochs=2, batch_size=8, learning_rate=5e-3),
-    )
-    result = finetune(toy_splits, config, tmp_path / "lora")
+    config = FinetuneParams(backbone=str(tiny_backbone), strategy="lora", epochs=2, batch_size=8, learning_rate=5e-3)
+    result = finetune(toy_splits, config, short_texts(), tmp_path / "lora")
     assert result.trainable_parameters < result.parameters / 2
     saved = backbones.load_classifier(str(result.model_dir))
     keys = saved.state_dict().keys()

@@ -55,22 +55,25 @@ GROUPING_PAYS_ABOVE = 0.2
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 3
-    batch_size: int = 16  # rows per optimizer step and micro-batch, summed over processes
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1  # share of all steps spent ramping the learning rate up
+    """What one call of `train` does. The settings a user chooses have no defaults here: their one home
+    is tasks/settings.py (`TrainingParams.train_config` builds this); the rest are the engine's own."""
+
+    epochs: int
+    batch_size: int  # rows per optimizer step and micro-batch, summed over processes
+    learning_rate: float
+    weight_decay: float
+    warmup_ratio: float  # share of all steps spent ramping the learning rate up
+    patience: int  # epochs without a better validation macro-F1 before stopping
+    seed: int
+    device: str  # auto | cpu | cuda
+    precision: Precision  # auto: bf16 autocast on CUDA, fp32 on CPU
+    grad_accumulation: int  # micro-batches of `batch_size` rows per optimizer step
+    group_by_length: bool | None  # batch rows of similar length together; None: when it pays (see below)
+    compile: bool  # torch.compile the model (dynamic shapes); pays a compile once
+    layer_decay: float  # layer-wise LR decay: layer i of L trains at lr * decay**(L + 1 - i)
+    checkpoint_every: int  # optimizer steps between checkpoints (0: only at each epoch's end)
     max_grad_norm: float = 1.0
-    patience: int = 2  # epochs without a better validation macro-F1 before stopping
-    seed: int = 13
-    device: str = "auto"  # auto | cpu | cuda
     eval_batch_size: int = 64
-    grad_accumulation: int = 1  # micro-batches of `batch_size` rows per optimizer step
-    group_by_length: bool | None = None  # batch rows of similar length together; None: when it pays (see below)
-    precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False  # torch.compile the model (dynamic shapes); pays a compile once
-    layer_decay: float = 1.0  # layer-wise LR decay: layer i of L trains at lr * decay**(L + 1 - i)
-    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only at each epoch's end)
 
 
 @dataclass

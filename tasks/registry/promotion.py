@@ -23,32 +23,28 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
 from graftline.tasks.errors import GraftlineError
-
-CANDIDATE, STAGING, PRODUCTION = "candidate", "staging", "production"
-STAGES = (CANDIDATE, STAGING, PRODUCTION)
-PROMOTABLE = (STAGING, PRODUCTION)
-BELOW = {STAGING: CANDIDATE, PRODUCTION: STAGING}  # where a promotion takes its version by default
-HISTORY_PREFIX = "graftline.history."
-LOCK_SUFFIX = ".graftline-lock"
-STUDENT_SUFFIX = "-student"
+from graftline.tasks.records import Registration
+from graftline.tasks.registry.contract import (
+    BELOW,
+    HISTORY_PREFIX,
+    LOCK_SUFFIX,
+    PROMOTABLE,
+    ROLE,
+    STUDENT,
+    TEACHER_VERSION,
+    VALIDATION,
+    UseSettings,
+    teacher_name,
+)
+from graftline.tasks.settings import GateParams
 
 
 class PromotionError(GraftlineError):
     """A promotion or rollback that cannot be carried out (not a failed gate: that is an outcome)."""
-
-
-@dataclass(frozen=True)
-class Gates:
-    metric: str = "macro_f1"  # the score the regression gate compares
-    min_accuracy: float = 0.0
-    min_macro_f1: float = 0.0
-    min_improvement: float = 0.0  # over the current holder, per evaluation set; negative tolerates a regression
-    retention_floor: float = 0.97
-    require_validation: bool = True
 
 
 @dataclass
@@ -117,15 +113,16 @@ def previous_holder(records: list[dict], alias: str) -> str | None:
 
 
 def check_gates(
-    client, name: str, version: str, alias: str, eval_sets: dict, gates: Gates, max_length: int = 128
+    client, name: str, version: str, alias: str, eval_sets: dict, gates: GateParams
 ) -> tuple[list[Check], dict[str, dict[str, float]]]:
     """The four gates of a promotion of `name` v`version` to `alias`, with every score they used."""
     from graftline.tasks.errors import DataError
+    from graftline.tasks.evaluate import retention_gate
 
     tags = client.get_model_version(name, version).tags
     checks, scores = [], {}
     if gates.require_validation:
-        state = tags.get("validation_success")
+        state = tags.get(VALIDATION)
         checks.append(
             Check(
                 "validation",
@@ -135,7 +132,7 @@ def check_gates(
                 else f"data validation {'failed' if state else 'not recorded'}",
             )
         )
-    scores[f"v{version}"] = mine = _scores(name, version, eval_sets, max_length)
+    scores[f"v{version}"] = mine = _scores(client, name, version, eval_sets)
     low = [
         f"test {m} {mine[f'test_{m}']:.4f} < {floor}"
         for m, floor in (("accuracy", gates.min_accuracy), ("macro_f1", gates.min_macro_f1))
@@ -155,7 +152,7 @@ def check_gates(
         checks.append(Check("regression", True, f"no version holds {alias} yet"))
     else:
         try:
-            theirs = scores[f"v{holder}"] = _scores(name, holder, eval_sets, max_length)
+            theirs = scores[f"v{holder}"] = _scores(client, name, holder, eval_sets)
         except DataError as exc:
             checks.append(Check("regression", False, f"v{holder} cannot be scored on these sets ({exc})"))
         else:
@@ -174,39 +171,34 @@ def check_gates(
                 )
             )
 
-    if tags.get("graftline.role") == "student":
-        teacher_name, teacher_version = name.removesuffix(STUDENT_SUFFIX), tags.get("teacher_version")
+    if tags.get(ROLE) == STUDENT:
+        teacher, teacher_version = teacher_name(name), tags.get(TEACHER_VERSION)
         if not teacher_version:
             checks.append(Check("retention", False, "no teacher_version tag to measure retention against"))
         else:
-            teacher = scores[f"teacher v{teacher_version}"] = _scores(
-                teacher_name, teacher_version, {"test": eval_sets["test"]}, max_length
+            theirs = scores[f"teacher v{teacher_version}"] = _scores(
+                client, teacher, teacher_version, {"test": eval_sets["test"]}
             )
-            ratios = {
-                m: mine[f"test_{m}"] / teacher[f"test_{m}"] if teacher[f"test_{m}"] else 0.0
+            kept = {
+                f"test_{m}_retention": mine[f"test_{m}"] / theirs[f"test_{m}"] if theirs[f"test_{m}"] else 0.0
                 for m in ("accuracy", "macro_f1")
             }
-            short = [f"{m} retention {r:.4f}" for m, r in ratios.items() if r < gates.retention_floor]
-            checks.append(
-                Check(
-                    "retention",
-                    not short,
-                    (" and ".join(short) + f" below {gates.retention_floor}")
-                    if short
-                    else f"keeps {min(ratios.values()):.4f} of {teacher_name} v{teacher_version} (floor {gates.retention_floor})",
-                )
-            )
+            failure = retention_gate(kept, gates.retention_floor)
+            detail = f"keeps {min(kept.values()):.4f} of {teacher} v{teacher_version} (floor {gates.retention_floor})"
+            checks.append(Check("retention", failure is None, failure or detail))
     return checks, scores
 
 
-def _scores(name: str, version: str, eval_sets: dict, max_length: int) -> dict[str, float]:
+def _scores(client, name: str, version: str, eval_sets: dict) -> dict[str, float]:
+    """`name` v`version` scored on `eval_sets` as it was evaluated when registered (its own max length)."""
     from graftline.tasks.evaluate import evaluate_model
     from graftline.tasks.registry.versions import load_version
 
+    settings = UseSettings.of(client.get_model_version(name, version).tags)
     model, tokenizer = load_version(name, version)
     out = {}
     for set_name, split in eval_sets.items():
-        result = evaluate_model(model, tokenizer, split, max_length)
+        result = evaluate_model(model, tokenizer, split, settings.max_length)
         out[f"{set_name}_accuracy"], out[f"{set_name}_macro_f1"] = result.accuracy, result.macro_f1
     return out
 
@@ -219,11 +211,10 @@ def promote(
     name: str,
     alias: str,
     eval_sets: dict,
-    gates: Gates,
+    gates: GateParams,
     triggered_by: str,
     version: str | None = None,
     experiment: str = "graftline",
-    max_length: int = 128,
     lock_wait: float = 60.0,
 ) -> Outcome:
     """Move `alias` to `version` (default: the holder of the stage below) if its gates pass."""
@@ -241,7 +232,7 @@ def promote(
         if previous == version:
             outcome.checks = [Check("already", False, f"v{version} already holds {alias}")]
         else:
-            outcome.checks, outcome.scores = check_gates(client, name, version, alias, eval_sets, gates, max_length)
+            outcome.checks, outcome.scores = check_gates(client, name, version, alias, eval_sets, gates)
             if all(c.passed for c in outcome.checks):
                 client.set_registered_model_alias(name, alias, version)
                 outcome.moved = True
@@ -279,6 +270,50 @@ def rollback(
         outcome.run_id = _log_run(outcome, triggered_by, experiment)
         _append_history(client, outcome, triggered_by)
     return outcome
+
+
+def register_and_promote(
+    client,
+    candidates: list,
+    promote_to: str,
+    eval_sets: dict,
+    gates: GateParams,
+    triggered_by: str,
+    experiment: str = "graftline",
+) -> list[Registration]:
+    """Register `candidates` (all or nothing, alias `candidate`), then promote each new version to
+    `promote_to` ("none": leave them candidates) if its gates pass."""
+    from graftline.tasks.registry.versions import register_all
+
+    registrations = register_all(client, candidates)
+    if promote_to == "none":
+        return registrations
+    decided = []
+    for registration in registrations:
+        try:
+            outcome = promote(
+                client,
+                registration.name,
+                promote_to,
+                eval_sets,
+                gates,
+                triggered_by,
+                version=registration.version,
+                experiment=experiment,
+            )
+        except PromotionError as exc:
+            decided.append(replace(registration, reason=f"not promoted: {exc}"))
+            continue
+        decided.append(
+            replace(
+                registration,
+                aliases=registration.aliases + ((promote_to,) if outcome.moved else ()),
+                promoted=outcome.moved,
+                reason=outcome.reason,
+                promotion_run_id=outcome.run_id,
+            )
+        )
+    return decided
 
 
 @contextmanager

@@ -126,6 +126,18 @@ def log_epoch(record, prefix: str = "") -> None:
     mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in values.items()}, step=record.epoch)
 
 
+def log_step_losses(losses: list[float]) -> None:
+    """The loss of every optimizer step as one metric curve of the active run (batched: thousands of steps)."""
+    import mlflow
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    run_id, now = mlflow.active_run().info.run_id, now_ms()
+    metrics = [Metric("train_step_loss", loss, now, step) for step, loss in enumerate(losses, start=1)]
+    for start in range(0, len(metrics), 1000):
+        MlflowClient().log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
 def metric_safe(name: str) -> str:
     """MLflow names allow letters, digits, _ - . / and spaces; anything else becomes _."""
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
@@ -164,6 +176,17 @@ def _flatten(params: dict, prefix: str) -> dict[str, object]:
 def _is_secret(name: str) -> bool:
     lowered = name.lower()
     return any(word in lowered for word in SECRET_WORDS)
+
+
+def log_summary(summary) -> None:
+    """A lifecycle's headline numbers on its parent run, so the runs table compares lifecycles at a
+    glance, and the whole summary as `summary.json`."""
+    import mlflow
+
+    mlflow.log_metrics(summary.headline_metrics())
+    mlflow.log_dict(summary.as_dict(), "summary.json")
+    if summary.reused_steps:
+        mlflow.set_tag("graftline.reused_steps", ", ".join(summary.reused_steps))
 
 
 def log_datasets(run_id: str, splits) -> None:

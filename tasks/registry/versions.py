@@ -10,14 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from graftline.tasks.registry.promotion import CANDIDATE
-
-
-@dataclass
-class Registration:
-    name: str
-    version: str
-    aliases: list[str]
+from graftline.tasks.records import Registration, TrainedModel
+from graftline.tasks.registry import contract
+from graftline.tasks.registry.contract import CANDIDATE
 
 
 @dataclass
@@ -28,6 +23,31 @@ class Candidate:
     model_uri: str
     tags: dict[str, str] = field(default_factory=dict)
     teacher: str | None = None  # the candidate (by name) whose new version is this one's teacher
+
+
+def candidates(models: list[TrainedModel], model_name: str, tags: dict[str, str], max_length: int) -> list[Candidate]:
+    """The registry entries of a lifecycle's models under the contract's names and tags; `tags` are
+    the ones every version of the run shares (data digest, validation, what ran it)."""
+    teacher = contract.registered_name(model_name, contract.TEACHER)
+    return [
+        Candidate(
+            name=contract.registered_name(model_name, m.role),
+            model_uri=m.model_uri,
+            teacher=teacher if m.role == contract.STUDENT else None,
+            tags={
+                **tags,
+                contract.ROLE: m.role,
+                contract.BACKBONE: m.backbone,
+                contract.MAX_LENGTH: str(max_length),
+                contract.MODALITY: contract.TEXT,
+                contract.TRAINING_RUN: m.run_id,
+                **({contract.EXPORT_RUN: m.export_run_id} if m.export_run_id else {}),
+                contract.TEST_ACCURACY: f"{m.evaluations['test'].accuracy:.4f}",
+                contract.TEST_MACRO_F1: f"{m.evaluations['test'].macro_f1:.4f}",
+            },
+        )
+        for m in models
+    ]
 
 
 def load_version(name: str, version: str):
@@ -56,10 +76,10 @@ def register_all(client, candidates: list[Candidate]) -> list[Registration]:
         for candidate in candidates:
             if candidate.teacher:
                 client.set_model_version_tag(
-                    candidate.name, versions[candidate.name], "teacher_version", versions[candidate.teacher]
+                    candidate.name, versions[candidate.name], contract.TEACHER_VERSION, versions[candidate.teacher]
                 )
             client.set_registered_model_alias(candidate.name, CANDIDATE, versions[candidate.name])
-        return [Registration(c.name, versions[c.name], [CANDIDATE]) for c in candidates]
+        return [Registration(c.name, versions[c.name], (CANDIDATE,)) for c in candidates]
     except (Exception, KeyboardInterrupt):
         new_models = {c.name for c in candidates} - existing  # register_model may create the model, then fail
         _undo(client, created, new_models, previous, MlflowException)

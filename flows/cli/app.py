@@ -1,0 +1,51 @@
+"""`graftline` on the command line.
+
+    graftline run                                 the embedded demo, end to end
+    graftline run --train data.csv --eval other=other.csv --backbone minilm-l6
+    graftline run --config params.yaml --set model.max_length=256
+    graftline resume [RUN]                        continue a killed or failed run where it stopped
+    graftline promote graftline-demo --to production
+    graftline rollback graftline-demo --alias production
+    graftline history graftline-demo
+    graftline up | down | deploy                  servers, worker and deployments
+    graftline zoo list | install | verify         the backbone catalog
+
+Errors in the input print one line (`graftline: error: ...`) and exit with status 2 (cli/errors.py);
+a promotion refused by its gates exits with status 1.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from graftline.flows.cli import lifecycle, platform, registry, zoo
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="The transfer-learning lifecycle, orchestrated and tracked.",
+)
+
+
+@app.callback()
+def _main() -> None:
+    """graftline: validate, fine-tune, evaluate, distil and register text classifiers."""
+
+
+for module, names in (
+    (lifecycle, ("run", "resume")),
+    (registry, ("promote", "rollback", "history")),
+    (platform, ("up", "down", "deploy")),
+):
+    for name in names:
+        app.command(name)(getattr(module, name))
+app.add_typer(zoo.app, name="zoo")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""`graftline run` and `graftline resume`: the lifecycle from the command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from graftline.flows.cli.errors import assign, command, pairs
+from graftline.tasks.errors import GraftlineError
+
+
+@command
+def run(
+    config: Path | None = typer.Option(
+        None, help="YAML or JSON file of flow parameters (data/validation/finetune/distill/registry)."
+    ),
+    train: str | None = typer.Option(None, help="Training data (CSV, JSONL, Parquet; path or fsspec URL)."),
+    validation: str | None = typer.Option(None, help="Validation data; carved from --train when absent."),
+    test: str | None = typer.Option(None, help="Test data; carved from --train when absent."),
+    eval_set: list[str] = typer.Option([], "--eval", help="Extra evaluation set NAME=PATH (repeatable)."),
+    text_column: str | None = typer.Option(None, help="Text column name."),
+    label_column: str | None = typer.Option(None, help="Label column name."),
+    backbone: str | None = typer.Option(None, help="Backbone: packaged name, local folder or hub id."),
+    strategy: str | None = typer.Option(None, help="full | linear-probe."),
+    epochs: int | None = typer.Option(None, help="Fine-tuning epochs."),
+    student: str | None = typer.Option(None, help="Distillation student (e.g. teacher-layers:3)."),
+    no_distill: bool = typer.Option(False, "--no-distill", help="Skip distillation."),
+    model_name: str | None = typer.Option(None, help="Registered model name."),
+    validation_mode: str | None = typer.Option(None, help="fail | warn."),
+    set_: list[str] = typer.Option([], "--set", help="Any parameter as dotted.path=value (repeatable)."),
+) -> None:
+    """Run the whole lifecycle; with no options, on the embedded demo data."""
+    overrides = {
+        "data.train_path": train,
+        "data.validation_path": validation,
+        "data.test_path": test,
+        "data.text_column": text_column,
+        "data.label_column": label_column,
+        "finetune.backbone": backbone,
+        "finetune.strategy": strategy,
+        "finetune.epochs": epochs,
+        "distill.student": student,
+        "distill.enabled": False if no_distill else None,
+        "registry.model_name": model_name,
+        "validation.mode": validation_mode,
+    }
+    params = build_params(config, overrides, eval_set, set_)
+    from graftline.flows.lifecycle import transfer
+
+    print_summary(transfer(**params.groups()))
+
+
+@command
+def resume(
+    run_id: str | None = typer.Argument(
+        None,
+        help="MLflow run id of the lifecycle (or its Prefect flow run id); default: the newest one that did not finish.",
+    ),
+) -> None:
+    """Resume a killed or failed lifecycle with its own parameters: the steps it completed are reused and
+    training continues from its last checkpoint."""
+    from graftline.flows.lifecycle import transfer
+    from graftline.flows.resume import interrupted_run
+
+    params, old = interrupted_run(run_id)
+    print(f"resuming lifecycle run {old} with its own parameters", file=sys.stderr)
+    params = params.model_copy(update={"run": params.run.model_copy(update={"resumed_from": old})})
+    print_summary(transfer(**params.groups()))
+
+
+def build_params(config: Path | None, overrides: dict, eval_sets: list[str], assignments: list[str]):
+    """Merge a config file, the named options and `--set` assignments into TransferParams."""
+    import yaml
+
+    from graftline.flows.params import TransferParams
+
+    values: dict = {}
+    if config is not None:
+        if not config.is_file():
+            raise GraftlineError(f"{config}: config file not found")
+        values = yaml.safe_load(config.read_text()) or {}
+        if not isinstance(values, dict):
+            raise GraftlineError(f"{config}: expected a mapping of parameter groups")
+    given = [(k, v) for k, v in overrides.items() if v is not None]
+    given += [(k, yaml.safe_load(v)) for k, v in pairs(assignments, "--set expects dotted.path=value")]
+    for path, value in given:
+        assign(values, path, value)
+    if eval_sets:
+        assign(values, "data.eval_sets", dict(pairs(eval_sets, "--eval expects NAME=PATH")))
+    elif "train_path" in values.get("data", {}) and "eval_sets" not in values.get("data", {}):
+        assign(values, "data.eval_sets", {})  # the demo's second domain only goes with the demo data
+    return TransferParams.model_validate(values)
+
+
+def print_summary(summary) -> None:
+    print("\n== metrics ==")
+    for role, metrics in summary.metrics.items():
+        for key, value in metrics.items():
+            print(f"  {role:8s} {key:36s} {value:10.4f}")
+    print("\n== registered ==")
+    for r in summary.registered:
+        print(f"  {r.name} v{r.version}  aliases: {', '.join(r.aliases)}  ({r.reason})")
+    for role, reason in summary.not_registered.items():
+        print(f"  {role} not registered: {reason}")
+    if summary.reused_steps:
+        print(f"\nreused from an identical earlier run: {', '.join(summary.reused_steps)}")
+    print(f"\nbackbone: {summary.backbone}")
+    print(f"MLflow run {summary.mlflow_run_id} in experiment {summary.experiment!r}")
+    print(f"open the MLflow UI:  {summary.ui_command}")

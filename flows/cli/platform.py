@@ -1,0 +1,111 @@
+"""`graftline up | down | deploy`: the servers, the worker and the deployments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from graftline.flows.cli.errors import command
+from graftline.flows.deploy import RETRAIN_CRON, WORK_POOL
+from graftline.tasks.errors import GraftlineError
+
+
+@command
+def up(
+    home: Path = typer.Option(
+        Path("graftline-platform"), help="Folder of the servers' databases, artifacts, logs and state."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address the servers bind to (127.0.0.1: this machine only)."),
+    prefect_port: int = typer.Option(4200, help="Prefect server (API and UI) port."),
+    mlflow_port: int = typer.Option(5000, help="MLflow tracking server (and UI) port."),
+    backend_store_uri: str | None = typer.Option(
+        None, help="MLflow backend store; default sqlite in HOME (e.g. postgresql://user@db/mlflow)."
+    ),
+    artifacts_destination: str | None = typer.Option(
+        None, help="MLflow artifact root; default HOME/artifacts (e.g. s3://bucket/mlflow)."
+    ),
+    work_pool: str = typer.Option(WORK_POOL, help="Process work pool the worker polls."),
+    retrain_cron: str | None = typer.Option(None, help=f"Schedule of the retrain deployment (default: {RETRAIN_CRON})."),
+    params: Path | None = typer.Option(None, help="YAML of the transfer/retrain deployments' default parameters."),
+) -> None:
+    """Start Prefect and MLflow servers and a worker, register the deployments (idempotent)."""
+    from graftline.flows import servers
+
+    platform = servers.up(
+        home,
+        host,
+        prefect_port,
+        mlflow_port,
+        backend_store_uri,
+        artifacts_destination,
+        work_pool,
+        retrain_cron,
+        params,
+    )
+    print(f"Prefect UI:  {platform.prefect_url}")
+    print(f"MLflow UI:   {platform.mlflow_url}")
+    print(f"deployments: transfer, retrain, promote, rollback on work pool {platform.work_pool!r}")
+    print("point graftline and other clients at them with:")
+    for key, value in platform.env().items():
+        print(f"  export {key}={value}")
+    print(f"stop with:   graftline down --home {home}")
+
+
+@command
+def down(home: Path = typer.Option(Path("graftline-platform"), help="The folder given to `graftline up`.")) -> None:
+    """Stop exactly what `graftline up` started."""
+    from graftline.flows import servers
+
+    platform = servers.down(home)
+    print(
+        "nothing was running"
+        if platform is None
+        else f"stopped {', '.join(f'{name} (pid {pid})' for name, pid in platform.pids.items())}"
+    )
+
+
+@command
+def deploy(
+    pool: str = typer.Option(WORK_POOL, help="Work pool the deployments run on."),
+    pool_type: str = typer.Option(
+        "process", help="process: an existing pool (graftline up makes one); kubernetes: create or update it."
+    ),
+    cron: str = typer.Option(RETRAIN_CRON, help="Schedule of the retrain deployment."),
+    params: Path | None = typer.Option(None, help="YAML of the transfer/retrain deployments' default parameters."),
+    job_template: Path | None = typer.Option(
+        None, help="Kubernetes pools: base job template, e.g. deployments/kubernetes-gpu-job-template.json."
+    ),
+    image: str | None = typer.Option(
+        None, help="Kubernetes pools: image with graftline installed, e.g. registry.example.com/graftline:0.1.0."
+    ),
+    mlflow_uri: str | None = typer.Option(
+        None, help="Kubernetes pools: MLflow tracking URI as seen from the cluster (default: the template's)."
+    ),
+) -> None:
+    """Register the deployments (transfer, retrain, promote, rollback) on the Prefect API in PREFECT_API_URL.
+
+    On a process pool the pool must exist (`graftline up` creates it). With `--pool-type kubernetes`
+    the pool is created or updated from `--job-template` first, and the deployments run in `--image`."""
+    from graftline.flows.deploy import deploy_all, kubernetes_pool
+
+    if pool_type not in ("process", "kubernetes"):
+        raise GraftlineError(f"--pool-type {pool_type!r}: expected process or kubernetes")
+    job_variables = _job_variables(pool_type, job_template, image, mlflow_uri)
+    if pool_type == "kubernetes":
+        kubernetes_pool(pool, job_template)
+    for deployment_id in deploy_all(pool, cron, params, job_variables):
+        print(deployment_id)
+
+
+def _job_variables(pool_type: str, job_template: Path | None, image: str | None, mlflow_uri: str | None) -> dict:
+    """The Kubernetes options as the deployments' job variables; refused for a process pool,
+    whose worker would silently ignore them."""
+    given = {name: value for name, value in {"image": image, "mlflow_tracking_uri": mlflow_uri}.items() if value}
+    if pool_type == "process":
+        if given or job_template:
+            raise GraftlineError("--job-template, --image and --mlflow-uri need --pool-type kubernetes")
+        return {}
+    if not job_template or not image:
+        raise GraftlineError("--pool-type kubernetes needs --job-template and --image")
+    return given

@@ -1,0 +1,99 @@
+"""`graftline promote | rollback | history`: the registry stages from the command line."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from graftline.flows.cli.errors import assign, command, pairs
+from graftline.flows.identity import triggered_by
+from graftline.tasks.errors import GraftlineError
+
+
+@command
+def promote(
+    model_name: str = typer.Argument(..., help="Registered model (students: <name>-student)."),
+    to: str = typer.Option("staging", help="staging | production."),
+    version: str | None = typer.Option(None, help="Version to promote; default: the holder of the stage below."),
+    eval_set: list[str] = typer.Option(
+        [],
+        "--eval",
+        help="Evaluation set NAME=PATH (repeatable, needs test=...); default: the version's own, logged at ingest.",
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Gate or other parameter as dotted.path=value, e.g. gates.min_accuracy=0.9."
+    ),
+) -> None:
+    """Move an alias to a version if its gates pass (the `promote` flow); exit 1 when refused."""
+    import yaml
+
+    from graftline.flows.operations import promote as promote_flow
+    from graftline.flows.params import PromoteParams
+
+    values: dict = {"model_name": model_name, "to": to, "version": version}
+    if eval_set:
+        values["eval_sets"] = dict(pairs(eval_set, "--eval expects NAME=PATH"))
+    for path, value in pairs(set_, "--set expects dotted.path=value"):
+        assign(values, path, yaml.safe_load(value))
+    outcome = promote_flow(PromoteParams.model_validate(values), triggered_by=triggered_by("graftline promote"))
+    print_outcome(outcome)
+    raise SystemExit(0 if outcome.moved else 1)
+
+
+@command
+def rollback(
+    model_name: str = typer.Argument(..., help="Registered model."),
+    alias: str = typer.Option("production", help="staging | production."),
+    experiment: str = typer.Option("graftline", help="MLflow experiment of the rollback run."),
+) -> None:
+    """Return an alias to the version that held it before its last promotion (the `rollback` flow)."""
+    from graftline.tasks.registry.contract import PROMOTABLE
+
+    if alias not in PROMOTABLE:
+        raise GraftlineError(f"cannot roll back {alias!r}: the stages are {', '.join(PROMOTABLE)}")
+    from graftline.flows.operations import rollback as rollback_flow
+
+    print_outcome(rollback_flow(model_name, alias, experiment, triggered_by=triggered_by("graftline rollback")))
+
+
+@command
+def history(model_name: str = typer.Argument(..., help="Registered model.")) -> None:
+    """Every alias move of a model, oldest first, and what holds each stage now."""
+    from mlflow.tracking import MlflowClient
+
+    from graftline.tasks.registry import contract, promotion, tracking
+
+    tracking.configure("graftline")
+    client = MlflowClient()
+    records = promotion.history(client, model_name)
+    holders = {a: promotion.alias_holder(client, model_name, a) for a in contract.STAGES}
+    print(f"{model_name}: " + ", ".join(f"{a} v{v}" if v else f"{a} -" for a, v in holders.items()))
+    for alias, version in holders.items():
+        if version:
+            tags = client.get_model_version(model_name, version).tags
+            print(
+                f"  {alias:10s} v{version}: {tags.get(contract.ROLE, '?')} of backbone {tags.get(contract.BACKBONE, '?')}"
+                f", max_length {tags.get(contract.MAX_LENGTH, '?')}, test accuracy {tags.get(contract.TEST_ACCURACY, '?')}"
+                f", trained in run {tags.get(contract.TRAINING_RUN, '?')}"
+            )
+    for r in records:
+        print(
+            f"  {r['time']}  {r['action']:8s} {r['alias']:10s} v{r['from_version'] or '-'} -> v{r['to_version']}  "
+            f"by {r['triggered_by']}  (run {r['run_id']})"
+        )
+        for gate, detail in r["gates"].items():
+            print(f"      {gate}: {detail}")
+    if not records:
+        print("  no promotions or rollbacks yet")
+
+
+def print_outcome(outcome) -> None:
+    verb = {"promote": "promoted", "rollback": "rolled back"}[outcome.action]
+    if outcome.moved:
+        print(f"{outcome.model}: {outcome.alias} {verb} from v{outcome.previous or '-'} to v{outcome.version}")
+    else:
+        print(f"{outcome.model} v{outcome.version} not promoted to {outcome.alias}")
+    for check in outcome.checks:
+        print(f"  {'ok' if check.passed else 'FAILED':6s} {check.name}: {check.detail}")
+    print(f"MLflow run {outcome.run_id}", file=sys.stdout)

@@ -1,0 +1,29 @@
+"""The environment graftline runs in by default: no telemetry, no hub chatter, quiet libraries.
+
+The one list of these switches. MLflow and Prefect read theirs when they are imported, so every
+entry point applies them first: the command line, the test suite's conftest, the bench scripts;
+`graftline up` passes them to the servers it starts. Anything already set in the environment wins.
+This module imports nothing heavy, so it can run before those imports.
+"""
+
+from __future__ import annotations
+
+import os
+
+QUIET = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",  # MLflow ignores "1": it must be the string "true"
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # else an error per run when offline
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",  # a first temporary server takes ~10 s on 2 cores
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",  # the tokenizers' thread pool would fight torch's after a fork
+}
+
+
+def apply_defaults(environ: dict | None = None, **extra: str) -> dict:
+    """Set every quiet default (and `extra`) that `environ` (default: this process's) lacks; returns it."""
+    environ = os.environ if environ is None else environ
+    for key, value in {**QUIET, **extra}.items():
+        environ.setdefault(key, value)
+    return environ

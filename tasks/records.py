@@ -1,0 +1,104 @@
+"""The typed values the lifecycle's steps hand each other, and the summary it returns.
+
+Every record is frozen: a step returns a new value (`dataclasses.replace`) instead of patching
+its input, so what a later step sees does not depend on whether an earlier one ran in this
+process, on a remote task runner, or was reused from a persisted result. Dicts appear only at
+the MLflow boundary (`metrics()`, `as_dict()`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from graftline.tasks.data import Splits
+from graftline.tasks.evaluate import Evaluation
+from graftline.tasks.settings import ModelParams
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What every step of one lifecycle run shares: where it tracks, where it writes, and the
+    model-wide settings (max length, device, precision, seed, remote code) every step reads."""
+
+    parent_run_id: str
+    work_dir: Path
+    model: ModelParams = field(default_factory=ModelParams)
+
+    def folder(self, name: str) -> Path:
+        path = self.work_dir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+@dataclass(frozen=True)
+class Ingested:
+    splits: Splits
+    run_id: str  # the ingest run, which holds the evaluation sets for later promotions
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A fine-tuned or distilled classifier: its folder, its logged MLflow model, its scores."""
+
+    role: str  # teacher | student
+    model_dir: Path
+    model_uri: str
+    run_id: str
+    parameters: int
+    backbone: str  # what the teacher was fine-tuned from
+    evaluations: dict[str, Evaluation] = field(default_factory=dict)
+    report: dict[str, float] = field(default_factory=dict)  # role-specific numbers (retention, speedup)
+    gate_failure: str | None = None  # why it may not be registered; None: it may
+    export_run_id: str | None = None  # the run holding its ONNX files, when it was exported
+
+    def but(self, **changes) -> TrainedModel:
+        """A copy with `changes`: the one way a later step adds to a model's record."""
+        return replace(self, **changes)
+
+    def metrics(self) -> dict[str, float]:
+        """The headline numbers: accuracy and macro-F1 on every evaluation set, then its report."""
+        scores = {
+            f"{name}_{m}": getattr(e, m) for name, e in self.evaluations.items() for m in ("accuracy", "macro_f1")
+        }
+        return {**scores, **self.report}
+
+
+@dataclass(frozen=True)
+class Exported:
+    run_id: str
+    metrics: dict[str, float]  # the speed-ups and parity numbers the summary shows
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One registered version and what its promotion decided (registry/versions.py, promotion.py)."""
+
+    name: str
+    version: str
+    aliases: tuple[str, ...]
+    promoted: bool = False
+    reason: str = "registered as candidate"
+    promotion_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class LifecycleSummary:
+    """What one lifecycle run did: the flow's return value and the parent run's `summary.json`."""
+
+    mlflow_run_id: str
+    experiment: str
+    tracking_uri: str
+    ui_command: str
+    data_digest: str
+    backbone: str
+    metrics: dict[str, dict[str, float]]  # role (and "export") -> headline numbers
+    registered: tuple[Registration, ...]
+    not_registered: dict[str, str]  # role -> why it was kept out
+    reused_steps: tuple[str, ...]
+
+    def headline_metrics(self) -> dict[str, float]:
+        return {f"{role}_{key}": value for role, values in self.metrics.items() for key, value in values.items()}
+
+    def as_dict(self) -> dict:
+        return asdict(self)

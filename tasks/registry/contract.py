@@ -1,0 +1,83 @@
+"""The registry contract: every name graftline writes into, or reads back from, the MLflow Model Registry.
+
+A lifecycle registers its teacher as `<name>` and its student as `<name>-student`. Stages are
+aliases: every version gets `candidate`; `staging` and `production` move only behind the gates
+(promotion.py). A version carries tags that say where it came from and how to use it again; with
+them, "what does production run?" is one lookup of the production version's tags:
+
+    graftline.role       teacher | student
+    backbone             what the teacher was fine-tuned from (a student: the backbone of its teacher)
+    max_length           tokens per text it was trained and evaluated at; promotion scores it at the same
+    modality             the kind of input (text)
+    training_run_id      the MLflow run that trained it (finetune or distill step)
+    ingest_run_id        the run holding its evaluation sets (artifact folder `evaluation_sets`)
+    data_digest          digest of the train/validation/test data
+    validation_success   whether data validation passed (true | false)
+    test_accuracy, test_macro_f1   its scores when it was registered
+    teacher_version      students: the teacher version they were distilled from
+    export_run_id        the run holding its ONNX exports, when it was exported
+    prefect_flow_run_id, git_commit   what ran it
+
+History records are registered-model tags `graftline.history.NNNNN`; the promotion lock is a
+registered model `<name>.graftline-lock`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TEACHER, STUDENT = "teacher", "student"
+ROLES = (TEACHER, STUDENT)
+STUDENT_SUFFIX = "-student"
+
+CANDIDATE, STAGING, PRODUCTION = "candidate", "staging", "production"
+STAGES = (CANDIDATE, STAGING, PRODUCTION)
+PROMOTABLE = (STAGING, PRODUCTION)
+BELOW = {STAGING: CANDIDATE, PRODUCTION: STAGING}  # where a promotion takes its version by default
+
+HISTORY_PREFIX = "graftline.history."
+LOCK_SUFFIX = ".graftline-lock"
+EVALUATION_SETS = "evaluation_sets"  # artifact folder of the ingest run: <name>.parquet per evaluation set
+
+# Version tag keys
+ROLE = "graftline.role"
+BACKBONE = "backbone"
+MAX_LENGTH = "max_length"
+MODALITY = "modality"
+TRAINING_RUN = "training_run_id"
+INGEST_RUN = "ingest_run_id"
+DATA_DIGEST = "data_digest"
+VALIDATION = "validation_success"
+TEST_ACCURACY = "test_accuracy"
+TEST_MACRO_F1 = "test_macro_f1"
+TEACHER_VERSION = "teacher_version"
+EXPORT_RUN = "export_run_id"
+FLOW_RUN = "prefect_flow_run_id"
+GIT_COMMIT = "git_commit"
+
+TEXT = "text"
+# Versions registered before `max_length` was recorded were trained at the then default.
+UNRECORDED_MAX_LENGTH = 128
+
+
+def registered_name(model_name: str, role: str) -> str:
+    """The registered model of `role`: the teacher under the model name, the student beside it."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; the roles are {', '.join(ROLES)}")
+    return model_name if role == TEACHER else model_name + STUDENT_SUFFIX
+
+
+def teacher_name(student_name: str) -> str:
+    return student_name.removesuffix(STUDENT_SUFFIX)
+
+
+@dataclass(frozen=True)
+class UseSettings:
+    """How a registered version must be fed to score as it did when it was registered."""
+
+    max_length: int
+    modality: str = TEXT
+
+    @classmethod
+    def of(cls, tags: dict[str, str]) -> UseSettings:
+        return cls(int(tags.get(MAX_LENGTH, UNRECORDED_MAX_LENGTH)), tags.get(MODALITY, TEXT))
