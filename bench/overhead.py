@@ -5,8 +5,9 @@ called as plain functions, on the default demo data and parameters.
   its start-up is reported apart), step reuse off, registration on, promotion off (the plain path
   has no registry to promote in);
 - plain: load, validate (GX), fine-tune, evaluate both domains with confusion plots, distil,
-  evaluate the student and time it against the teacher, export to ONNX + INT8 with parity and
-  latency: the same work, with no Prefect and no MLflow.
+  evaluate the student and time it against the teacher (retention gate), export to ONNX + INT8 with
+  parity and latency: the same work, from the very parameter objects the flow gets (the groups of
+  `TransferParams()`, model-wide settings from its `model` group), with no Prefect and no MLflow.
 One untimed run of each first (the first run in a process pays imports and warm-ups, about 10 s
 for the flow), then timed runs alternate (flow, plain, flow, plain, ...) so slow drifts of the
 machine hit both. Per step: the flow's step-run durations from MLflow against the plain stages.
@@ -26,37 +27,35 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+from graftline.tasks.environment import apply_defaults
+
+apply_defaults(HF_HUB_OFFLINE="1", PREFECT_LOGGING_LEVEL="WARNING")
 
 
 def plain(params, work: Path) -> dict[str, float]:
-    """The lifecycle's work without Prefect or MLflow; seconds per step, named as the flow's steps."""
-    from graftline.flows.steps import _train_config
-    from graftline.tasks.data import load_splits
-    from graftline.tasks.distill import DistillConfig, distill
-    from graftline.tasks.engine import backbones
-    from graftline.tasks.evaluate import evaluate_model, plot_confusion
-    from graftline.tasks.export import ExportConfig, export_and_measure, latency, plot_tradeoff, torch_predictor
-    from graftline.tasks.finetune import FinetuneConfig, finetune
-    from graftline.tasks.validate import ValidationThresholds, validate_splits
+    """The lifecycle's work without Prefect or MLflow, from the same parameter groups as the flow;
+    seconds per step, named as the flow's steps."""
+    from graftline.tasks.data import load_splits, read_texts
+    from graftline.tasks.distill import distill, distillation_report
+    from graftline.tasks.evaluate import evaluate_sets, plot_confusion, retention_gate
+    from graftline.tasks.export import export_and_measure, plot_tradeoff
+    from graftline.tasks.finetune import finetune
+    from graftline.tasks.validate import validate_splits
 
-    d, f, s = params.data, params.finetune, params.distill
+    d, model = params.data, params.model
     seconds, clock = {}, time.perf_counter()
 
     def lap(step: str) -> None:
         nonlocal clock
         seconds[step], clock = time.perf_counter() - clock, time.perf_counter()
 
-    def evaluate(folder: Path) -> None:
-        model, tokenizer = backbones.load_classifier(str(folder)), backbones.load_tokenizer(str(folder))
-        for name, split in splits.evaluation_sets().items():
-            plot_confusion(evaluate_model(model, tokenizer, split, f.max_length), work / f"{folder.name}-{name}.png")
+    def evaluate(role: str, folder: Path, out: Path) -> dict:
+        evaluations = evaluate_sets(folder, splits, model)
+        for name, result in evaluations.items():
+            plot_confusion(result, out / f"{name}_confusion.png", f"{role} on {name}: accuracy {result.accuracy:.3f}")
+        return evaluations
 
+    unlabeled = params.distill.unlabeled_paths if params.distill.enabled else []
     splits = load_splits(
         d.train_path,
         d.text_column,
@@ -68,44 +67,29 @@ def plain(params, work: Path) -> dict[str, float]:
         test_fraction=d.test_fraction,
         seed=d.split_seed,
         fmt=d.format,
+        unlabeled=[t for path in unlabeled for t in read_texts(path, params.distill.unlabeled_text_column)],
     )
     lap("ingest")
-    validate_splits(splits, ValidationThresholds(**params.validation.model_dump(exclude={"mode"})), work / "validation")
+    validate_splits(splits, params.validation, work / "validation")
     lap("validate")
-    teacher = finetune(
-        splits,
-        FinetuneConfig(
-            backbone=f.backbone,
-            strategy=f.strategy,
-            max_length=f.max_length,
-            train=_train_config(f, f.epochs, f.batch_size, f.learning_rate),
-        ),
-        work / "teacher",
-    )
+    teacher = finetune(splits, params.finetune, model, work / "teacher")
     lap("finetune")
-    evaluate(teacher.model_dir)
+    teacher_scores = evaluate("teacher", teacher.model_dir, work / "evaluate")
     lap("evaluate")
-    student = distill(
-        teacher.model_dir,
-        splits,
-        DistillConfig(
-            student=s.student,
-            alpha=s.alpha,
-            temperature=s.temperature,
-            max_length=f.max_length,
-            train=_train_config(f, s.epochs, s.batch_size, s.learning_rate),
-        ),
-        work / "student",
+    student = distill(teacher.model_dir, splits, params.distill, model, work / "student")
+    student_scores = evaluate("student", student.model_dir, work / "distill")
+    texts = splits.test.frame["text"].tolist()  # the distill step's report: retention and CPU speed-up
+    report = distillation_report(
+        teacher.model_dir, student.model_dir, teacher_scores, student_scores, texts, model.max_length
     )
-    evaluate(student.model_dir)
-    for folder in (teacher.model_dir, student.model_dir):  # the distill step's cpu_speedup
-        model, tokenizer = backbones.load_classifier(str(folder)).eval(), backbones.load_tokenizer(str(folder))
-        latency(torch_predictor(model, tokenizer, f.max_length), splits.test.frame["text"].tolist())
+    failure = retention_gate(report, params.registry.gates.retention_floor)
     lap("distill")
-    report = export_and_measure(
-        student.model_dir, teacher.model_dir, splits.test, ExportConfig(max_length=f.max_length), work / "export"
+    # The flow exports the student when it passed the gate, else the teacher on its own.
+    served, role, compared = (
+        (student.model_dir, "student", teacher.model_dir) if failure is None else (teacher.model_dir, "teacher", None)
     )
-    plot_tradeoff(report, work / "tradeoff.png")
+    measured = export_and_measure(served, compared, splits.test, params.export, model.max_length, work / "export")
+    plot_tradeoff(measured, work / "export" / "tradeoff.png", f"{role} export: accuracy against CPU latency")
     lap("export")
     return seconds
 
@@ -118,7 +102,7 @@ def flow(params, name: str) -> dict[str, float]:
 
     params = params.model_copy(deep=True)
     params.registry.model_name, params.registry.promote_to, params.run.reuse_steps = name, "none", False
-    parent = transfer(**{group: getattr(params, group) for group in type(params).model_fields})["mlflow_run_id"]
+    parent = transfer(**params.groups()).mlflow_run_id
     client = MlflowClient()
     runs = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     return {run.info.run_name: (run.info.end_time - run.info.start_time) / 1000 for run in runs}

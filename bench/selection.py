@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["sst2", "trec", "ag_news", "sms_spam"])
     parser.add_argument(
         "--data",
+        metavar="DIR",
         type=Path,
         default=Path(os.environ.get("GRAFTLINE_DATA") or DEV_DATA),
         help="folder of the datasets, one subfolder per task (default: $GRAFTLINE_DATA, else the development "

@@ -152,6 +152,7 @@ def main() -> None:
     parser.add_argument("--backbone", default=BACKBONE)
     parser.add_argument(
         "--data",
+        metavar="DIR",
         type=Path,
         default=Path(os.environ.get("GRAFTLINE_DATA") or DEV_DATA),
         help="folder of the datasets, holding sst2/ (default: $GRAFTLINE_DATA, else the development datasets "

@@ -6,7 +6,7 @@ another server:
         --pool graftline --cron "0 2 * * *" --params deployments/transfer.params.yaml
 
 or onto a Kubernetes work pool whose jobs request a GPU (the pool is created or updated from the
-template; a worker in the cluster runs the jobs, see README: From laptop to cluster):
+template; a worker in the cluster runs the jobs, see docs/operating.md):
 
     PREFECT_API_URL=http://prefect.internal:4200/api python deployments/deploy.py \
         --pool graftline-k8s --pool-type kubernetes \

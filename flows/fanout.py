@@ -70,10 +70,12 @@ def _task_runner(address: str | None, candidates: int):
     return DaskTaskRunner(
         cluster_kwargs={
             "n_workers": max(1, min(candidates, os.cpu_count() or 1)),
-            "threads_per_worker": 1,  # Dask also sets OMP_NUM_THREADS=1: torch takes one core per worker, no oversubscription
+            # Dask also sets OMP_NUM_THREADS=1: torch takes one core per worker, no oversubscription
+            "threads_per_worker": 1,
             "processes": True,
             "host": "127.0.0.1",
-            "dashboard_address": None,  # its HTTP endpoint then stays on 127.0.0.1 (the default ":8787" is every interface)
+            # no dashboard: its HTTP endpoint then stays on 127.0.0.1 (the default ":8787" is every interface)
+            "dashboard_address": None,
             "env": {"PREFECT_API_URL": _api_url()},
         }
     )

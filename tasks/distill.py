@@ -50,8 +50,8 @@ from graftline.tasks.evaluate import Evaluation, retention
 from graftline.tasks.finetune import encode_split, save_model
 from graftline.tasks.settings import DistillParams, ModelParams
 
-UNLABELED = -100
-TEACHER_BATCH = 64  # rows per forward pass when computing teacher targets  # label id of transfer rows: soft targets only, no cross-entropy
+UNLABELED = -100  # label id of transfer rows: soft targets only, no cross-entropy
+TEACHER_BATCH = 64  # rows per forward pass when computing teacher targets
 
 LAYER_PREFIX = "teacher-layers:"
 

@@ -87,7 +87,8 @@ class ModelParams(Params):
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
-        description="auto: bf16 autocast on GPUs, fp32 on CPUs; bf16 also speeds up CPUs with bf16 units (avx512_bf16, AMX).",
+        description="auto: bf16 autocast on GPUs, fp32 on CPUs; bf16 also speeds up CPUs with bf16 units "
+        "(avx512_bf16, AMX).",
     )
     seed: int = Field(13, description="Seed of weight initialisation, batch order and dropout.")
     trust_remote_code: bool = Field(False, description="Run model code shipped with a hub backbone. Off by default.")
@@ -107,7 +108,8 @@ class TrainingParams(Params):
     )
     group_by_length: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="Batch texts of similar length together (less padding); auto: when random batches would be over 20% padding.",
+        description="Batch texts of similar length together (less padding); "
+        "auto: when random batches would be over 20% padding.",
     )
     compile: bool = Field(False, description="torch.compile the model (pays a one-off compile; helps long GPU runs).")
     layer_decay: float = Field(
@@ -148,7 +150,8 @@ class FinetuneParams(TrainingParams):
     )
     strategy: Literal["full", "linear-probe", "lora"] = Field(
         "full",
-        description="full: train every weight; linear-probe: frozen backbone; lora: low-rank adapters (peft), merged before export.",
+        description="full: train every weight; linear-probe: frozen backbone; "
+        "lora: low-rank adapters (peft), merged before export.",
     )
     lora_rank: int = Field(8, ge=1, le=512, description="LoRA strategy: rank of the adapters.")
     lora_alpha: int = Field(
@@ -213,7 +216,8 @@ class DistillParams(TrainingParams):
     )
     unlabeled_paths: list[str] = Field(
         default_factory=list,
-        description="Unlabeled text files (CSV/JSONL/Parquet, e.g. the target domain's) added as distillation data, soft labels only.",
+        description="Unlabeled text files (CSV/JSONL/Parquet, e.g. the target domain's) added as distillation "
+        "data, soft labels only.",
     )
     unlabeled_text_column: str = Field("text", min_length=1, description="Text column of the unlabeled files.")
     augment_copies: int = Field(
@@ -235,14 +239,16 @@ class ExportParams(Params):
         0.95,
         ge=0,
         le=1,
-        description="Share of test predictions an exported model must share with the torch model; below it the file is not logged.",
+        description="Share of test predictions an exported model must share with the torch model; "
+        "below it the file is not logged.",
     )
     latency_rows: int = Field(256, ge=1, description="Test texts timed per model (all of them when fewer).")
     max_accuracy_drop: float = Field(
         0.02,
         ge=0,
         le=1,
-        description="Test accuracy an exported model may lose against the torch model; beyond it the file is not logged.",
+        description="Test accuracy an exported model may lose against the torch model; "
+        "beyond it the file is not logged.",
     )
 
 
@@ -287,7 +293,8 @@ class RunParams(Params):
 
     reuse_steps: bool = Field(
         True,
-        description="Reuse the results of steps an identical earlier run completed (same data digest, parameters and code).",
+        description="Reuse the results of steps an identical earlier run completed "
+        "(same data digest, parameters and code).",
     )
     retries: int = Field(
         1, ge=0, le=10, description="Retries of a crashed training step; a retry resumes from its last checkpoint."

@@ -93,3 +93,14 @@ def test_a_step_function_called_with_defaults_trains_what_the_lifecycle_trains()
         parameters = inspect.signature(function).parameters
         assert parameters["params"].annotation in (group, group.__name__)
         assert parameters["model"].annotation in (ModelParams, "ModelParams")
+
+
+def test_the_stage_choices_of_the_forms_are_the_contracts_stages():
+    from typing import get_args, get_type_hints
+
+    from graftline.flows.operations import rollback
+    from graftline.tasks.registry import contract
+
+    assert set(get_args(PromoteParams.model_fields["to"].annotation)) == set(contract.PROMOTABLE)
+    assert set(get_args(RegistryParams.model_fields["promote_to"].annotation)) == {"none", *contract.PROMOTABLE}
+    assert set(get_args(get_type_hints(rollback.fn)["alias"])) == set(contract.PROMOTABLE)

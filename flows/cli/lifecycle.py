@@ -23,7 +23,7 @@ def run(
     text_column: str | None = typer.Option(None, help="Text column name."),
     label_column: str | None = typer.Option(None, help="Label column name."),
     backbone: str | None = typer.Option(None, help="Backbone: packaged name, local folder or hub id."),
-    strategy: str | None = typer.Option(None, help="full | linear-probe."),
+    strategy: str | None = typer.Option(None, help="full | linear-probe | lora."),
     epochs: int | None = typer.Option(None, help="Fine-tuning epochs."),
     student: str | None = typer.Option(None, help="Distillation student (e.g. teacher-layers:3)."),
     no_distill: bool = typer.Option(False, "--no-distill", help="Skip distillation."),
@@ -56,7 +56,8 @@ def run(
 def resume(
     run_id: str | None = typer.Argument(
         None,
-        help="MLflow run id of the lifecycle (or its Prefect flow run id); default: the newest one that did not finish.",
+        help="MLflow run id of the lifecycle (or its Prefect flow run id); "
+        "default: the newest one that did not finish.",
     ),
 ) -> None:
     """Resume a killed or failed lifecycle with its own parameters: the steps it completed are reused and

@@ -26,7 +26,9 @@ def up(
         None, help="MLflow artifact root; default HOME/artifacts (e.g. s3://bucket/mlflow)."
     ),
     work_pool: str = typer.Option(WORK_POOL, help="Process work pool the worker polls."),
-    retrain_cron: str | None = typer.Option(None, help=f"Schedule of the retrain deployment (default: {RETRAIN_CRON})."),
+    retrain_cron: str | None = typer.Option(
+        None, help=f"Schedule of the retrain deployment (default: {RETRAIN_CRON})."
+    ),
     params: Path | None = typer.Option(None, help="YAML of the transfer/retrain deployments' default parameters."),
 ) -> None:
     """Start Prefect and MLflow servers and a worker, register the deployments (idempotent)."""

@@ -72,10 +72,20 @@ def history(model_name: str = typer.Argument(..., help="Registered model.")) -> 
     for alias, version in holders.items():
         if version:
             tags = client.get_model_version(model_name, version).tags
+            facts = {
+                key: tags.get(key, "?")
+                for key in (
+                    contract.ROLE,
+                    contract.BACKBONE,
+                    contract.MAX_LENGTH,
+                    contract.TEST_ACCURACY,
+                    contract.TRAINING_RUN,
+                )
+            }
             print(
-                f"  {alias:10s} v{version}: {tags.get(contract.ROLE, '?')} of backbone {tags.get(contract.BACKBONE, '?')}"
-                f", max_length {tags.get(contract.MAX_LENGTH, '?')}, test accuracy {tags.get(contract.TEST_ACCURACY, '?')}"
-                f", trained in run {tags.get(contract.TRAINING_RUN, '?')}"
+                f"  {alias:10s} v{version}: {facts[contract.ROLE]} of backbone {facts[contract.BACKBONE]}, "
+                f"max_length {facts[contract.MAX_LENGTH]}, test accuracy {facts[contract.TEST_ACCURACY]}, "
+                f"trained in run {facts[contract.TRAINING_RUN]}"
             )
     for r in records:
         print(

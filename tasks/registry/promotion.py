@@ -143,7 +143,8 @@ def check_gates(
             "thresholds",
             not low,
             "; ".join(low)
-            or f"test accuracy {mine['test_accuracy']:.4f} >= {gates.min_accuracy}, macro-F1 {mine['test_macro_f1']:.4f} >= {gates.min_macro_f1}",
+            or f"test accuracy {mine['test_accuracy']:.4f} >= {gates.min_accuracy}, "
+            f"macro-F1 {mine['test_macro_f1']:.4f} >= {gates.min_macro_f1}",
         )
     )
 
