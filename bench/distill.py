@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import MEASURED_WITH, add_data_option, require_folders  # noqa: E402
 
 from graftline.tasks.environment import apply_defaults
 
@@ -40,22 +41,11 @@ from graftline.tasks.finetune import finetune  # noqa: E402
 from graftline.tasks.selection import stratified_sample  # noqa: E402
 from graftline.tasks.settings import DistillParams, ExportParams, FinetuneParams, ModelParams  # noqa: E402
 
-# The development datasets next to the repository (--data and GRAFTLINE_DATA name another folder).
-DEV_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SEED, MAX_LENGTH, VALIDATION_ROWS = 13, 64, 500
 MODEL = ModelParams(max_length=MAX_LENGTH, device="auto", precision="auto", seed=SEED)
 # Every optimisation setting spelt out, so the measured work does not move with the project's defaults.
-ENGINE = dict(
-    weight_decay=0.01,
-    warmup_ratio=0.1,
-    grad_accumulation=1,
-    group_by_length="auto",
-    compile=False,
-    layer_decay=1.0,
-    checkpoint_every=0,
-)
-TEACHER_BUDGET = dict(epochs=2, batch_size=32, learning_rate=5e-5, patience=2, **ENGINE)
-STUDENT_BUDGET = dict(epochs=3, batch_size=32, learning_rate=1e-4, patience=3, **ENGINE)
+TEACHER_BUDGET = dict(epochs=2, batch_size=32, learning_rate=5e-5, patience=2, **MEASURED_WITH)
+STUDENT_BUDGET = dict(epochs=3, batch_size=32, learning_rate=1e-4, patience=3, **MEASURED_WITH)
 # Student variants: name -> (student spec, hidden-state weight, augmented copies per training text)
 VARIANTS = {
     "layers:3 logits": ("teacher-layers:3", 0.0, 0),
@@ -200,18 +190,10 @@ def main() -> None:
         nargs="+",
         help="student specs (logits + hidden + 1 augmented copy each); default: the three variants in VARIANTS",
     )
-    parser.add_argument(
-        "--data",
-        metavar="DIR",
-        type=Path,
-        default=Path(os.environ.get("GRAFTLINE_DATA") or DEV_DATA),
-        help="folder of the datasets, holding sst2/ (default: $GRAFTLINE_DATA, else the development datasets "
-        "next to the repository)",
-    )
+    add_data_option(parser, "holding sst2/")
     args = parser.parse_args()
     folder = args.data / "sst2"
-    if not folder.is_dir():
-        sys.exit(f"{folder}: dataset folder not found (give the datasets folder with --data DIR or GRAFTLINE_DATA)")
+    require_folders(folder)
     variants = {f"{s} logits+hidden+aug": (s, 1.0, 1) for s in args.students} if args.students else VARIANTS
     report = run(folder, args.teacher, variants, args.train_rows)
     out = Path(__file__).parent / "results" / "distill.json"

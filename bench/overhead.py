@@ -42,7 +42,7 @@ def plain(params, work: Path) -> dict[str, float]:
     from graftline.tasks.finetune import finetune
     from graftline.tasks.validate import validate_splits
 
-    d, model = params.data, params.model
+    model = params.model
     seconds, clock = {}, time.perf_counter()
 
     def lap(step: str) -> None:
@@ -56,19 +56,8 @@ def plain(params, work: Path) -> dict[str, float]:
         return evaluations
 
     unlabeled = params.distill.unlabeled_paths if params.distill.enabled else []
-    splits = load_splits(
-        d.train_path,
-        d.text_column,
-        d.label_column,
-        validation=d.validation_path,
-        test=d.test_path,
-        extra=d.eval_sets,
-        validation_fraction=d.validation_fraction,
-        test_fraction=d.test_fraction,
-        seed=d.split_seed,
-        fmt=d.format,
-        unlabeled=[t for path in unlabeled for t in read_texts(path, params.distill.unlabeled_text_column)],
-    )
+    texts = [t for path in unlabeled for t in read_texts(path, params.distill.unlabeled_text_column)]
+    splits = load_splits(params.data, texts)
     lap("ingest")
     validate_splits(splits, params.validation, work / "validation")
     lap("validate")

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import MEASURED_WITH, add_data_option, require_folders  # noqa: E402
 
 from graftline.tasks.environment import apply_defaults
 
@@ -39,8 +40,6 @@ from graftline.tasks.finetune import finetune  # noqa: E402
 from graftline.tasks.selection import METHODS, select_backbone, stratified_sample  # noqa: E402
 from graftline.tasks.settings import FinetuneParams, ModelParams, SelectParams  # noqa: E402
 
-# The development datasets next to the repository (--data and GRAFTLINE_DATA name another folder).
-DEV_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CANDIDATES = ("minilm-l3", "minilm-l6", "mpnet-base")
 TRAIN_ROWS, VALIDATION_ROWS, TEST_ROWS, SEED = 2000, 200, 1000, 13
 MAX_LENGTH = 64
@@ -51,20 +50,7 @@ SELECT = SelectParams(
 )
 # The fine-tuning budget, the same for all candidates; every setting spelt out, so the measured work
 # does not move with the project's defaults.
-BUDGET = dict(
-    strategy="full",
-    epochs=1,
-    batch_size=16,
-    learning_rate=8e-5,
-    weight_decay=0.01,
-    warmup_ratio=0.1,
-    patience=1,
-    grad_accumulation=1,
-    group_by_length="auto",
-    compile=False,
-    layer_decay=1.0,
-    checkpoint_every=0,
-)
+BUDGET = dict(strategy="full", epochs=1, batch_size=16, learning_rate=8e-5, patience=1, **MEASURED_WITH)
 
 
 def task_splits(data: Path, name: str) -> Splits:
@@ -134,18 +120,9 @@ def run_task(data: Path, name: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["sst2", "trec", "ag_news", "sms_spam"])
-    parser.add_argument(
-        "--data",
-        metavar="DIR",
-        type=Path,
-        default=Path(os.environ.get("GRAFTLINE_DATA") or DEV_DATA),
-        help="folder of the datasets, one subfolder per task (default: $GRAFTLINE_DATA, else the development "
-        "datasets next to the repository)",
-    )
+    add_data_option(parser, "one subfolder per task")
     args = parser.parse_args()
-    for folder in [args.data, *(args.data / name for name in args.tasks)]:
-        if not folder.is_dir():
-            sys.exit(f"{folder}: dataset folder not found (give the datasets folder with --data DIR or GRAFTLINE_DATA)")
+    require_folders(args.data, *(args.data / name for name in args.tasks))
     out = Path(__file__).parent / "results" / "selection.json"
     out.parent.mkdir(exist_ok=True)
     # Tasks run separately accumulate: a rerun of a task replaces its earlier result.

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import MEASURED_WITH, add_data_option, require_folders  # noqa: E402
 
 from graftline.tasks.environment import apply_defaults
 
@@ -48,8 +49,6 @@ from graftline.tasks.finetune import finetune  # noqa: E402
 from graftline.tasks.selection import stratified_sample  # noqa: E402
 from graftline.tasks.settings import FinetuneParams, ModelParams  # noqa: E402
 
-# The development datasets next to the repository (--data and GRAFTLINE_DATA name another folder).
-DEV_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LR, MAX_LENGTH, SEED = 5e-5, 128, 13
 BACKBONE, BATCH = "minilm-l6", 32  # --backbone, --batch
 
@@ -63,21 +62,8 @@ def splits(folder: Path, rows: int) -> Splits:
 
 
 def run_graftline(data: Splits, out: Path, precision: str) -> dict:
-    params = FinetuneParams(
-        backbone=BACKBONE,
-        strategy="full",
-        epochs=1,
-        batch_size=BATCH,
-        learning_rate=LR,
-        weight_decay=0.01,
-        warmup_ratio=0.1,
-        patience=1,
-        grad_accumulation=1,
-        group_by_length="auto",
-        compile=False,
-        layer_decay=1.0,
-        checkpoint_every=0,
-    )
+    budget = dict(strategy="full", epochs=1, batch_size=BATCH, learning_rate=LR, patience=1, **MEASURED_WITH)
+    params = FinetuneParams(backbone=BACKBONE, **budget)
     model = ModelParams(max_length=MAX_LENGTH, device="auto", precision=precision, seed=SEED)
     result = finetune(data, params, model, out)
     record = result.training.history[0]
@@ -150,19 +136,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--backbone", default=BACKBONE)
-    parser.add_argument(
-        "--data",
-        metavar="DIR",
-        type=Path,
-        default=Path(os.environ.get("GRAFTLINE_DATA") or DEV_DATA),
-        help="folder of the datasets, holding sst2/ (default: $GRAFTLINE_DATA, else the development datasets "
-        "next to the repository)",
-    )
+    add_data_option(parser, "holding sst2/")
     args = parser.parse_args()
     BACKBONE, BATCH = args.backbone, args.batch
     folder = args.data / "sst2"
-    if not folder.is_dir():
-        sys.exit(f"{folder}: dataset folder not found (give the datasets folder with --data DIR or GRAFTLINE_DATA)")
+    require_folders(folder)
     data = splits(folder, args.rows)
     results = []
     with tempfile.TemporaryDirectory(prefix="graftline-bench-") as tmp:

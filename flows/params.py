@@ -11,40 +11,28 @@ from typing import Literal
 
 from pydantic import Field
 
-from graftline.tasks.settings import (
-    DataParams,
-    DistillParams,
-    ExportParams,
-    FinetuneParams,
-    GateParams,
-    ModelParams,
-    Params,
-    RegistryParams,
-    RunParams,
-    SelectParams,
-    ValidationParams,
-)
+from graftline.tasks import settings
 
 
-class TransferParams(Params):
+class TransferParams(settings.Params):
     """All parameters of the lifecycle flow, grouped by step."""
 
-    data: DataParams = Field(default_factory=DataParams)
-    validation: ValidationParams = Field(default_factory=ValidationParams)
-    model: ModelParams = Field(default_factory=ModelParams)
-    select: SelectParams = Field(default_factory=SelectParams)
-    finetune: FinetuneParams = Field(default_factory=FinetuneParams)
-    distill: DistillParams = Field(default_factory=DistillParams)
-    export: ExportParams = Field(default_factory=ExportParams)
-    registry: RegistryParams = Field(default_factory=RegistryParams)
-    run: RunParams = Field(default_factory=RunParams)
+    data: settings.DataParams = Field(default_factory=settings.DataParams)
+    validation: settings.ValidationParams = Field(default_factory=settings.ValidationParams)
+    model: settings.ModelParams = Field(default_factory=settings.ModelParams)
+    select: settings.SelectParams = Field(default_factory=settings.SelectParams)
+    finetune: settings.FinetuneParams = Field(default_factory=settings.FinetuneParams)
+    distill: settings.DistillParams = Field(default_factory=settings.DistillParams)
+    export: settings.ExportParams = Field(default_factory=settings.ExportParams)
+    registry: settings.RegistryParams = Field(default_factory=settings.RegistryParams)
+    run: settings.RunParams = Field(default_factory=settings.RunParams)
 
     def groups(self) -> dict:
         """The groups by name: the keyword arguments of the `transfer` flow."""
         return {name: getattr(self, name) for name in type(self).model_fields}
 
 
-class PromoteParams(Params):
+class PromoteParams(settings.Params):
     model_name: str = Field(
         "graftline-demo", min_length=1, description="Registered model to promote (students: `<name>-student`)."
     )
@@ -54,7 +42,7 @@ class PromoteParams(Params):
         pattern=r"^[0-9]+$",
         description="Version to promote; empty: the holder of the stage below (candidate -> staging -> production).",
     )
-    gates: GateParams = Field(default_factory=GateParams, description="What the version must show.")
+    gates: settings.GateParams = Field(default_factory=settings.GateParams, description="What the version must show.")
     eval_sets: dict[str, str] = Field(
         default_factory=dict,
         description="Evaluation sets name -> path (needs a `test` entry); empty: the version's own, logged at ingest.",

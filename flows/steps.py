@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from graftline.flows import reuse
 from graftline.tasks.data import Splits, load_splits, read_texts
 from graftline.tasks.engine import backbones
+from graftline.tasks.engine.training import TrainingIO
 from graftline.tasks.errors import GraftlineError, ValidationFailed
 from graftline.tasks.evaluate import Evaluation, cross_domain_gaps, evaluate_sets, plot_confusion
 from graftline.tasks.records import Exported, Ingested, Registration, StepContext, TrainedModel
@@ -70,19 +71,8 @@ def ingest(
 
     with tracking.step_run("ingest", context.parent_run_id) as run:
         tracking.log_params(params.model_dump(exclude={"eval_sets"}), "data.")
-        splits = load_splits(
-            params.train_path,
-            params.text_column,
-            params.label_column,
-            validation=params.validation_path,
-            test=params.test_path,
-            extra=params.eval_sets,
-            validation_fraction=params.validation_fraction,
-            test_fraction=params.test_fraction,
-            seed=params.split_seed,
-            fmt=params.format,
-            unlabeled=[t for path in unlabeled_paths for t in read_texts(path, unlabeled_text_column)],
-        )
+        unlabeled = [text for path in unlabeled_paths for text in read_texts(path, unlabeled_text_column)]
+        splits = load_splits(params, unlabeled)
         mlflow.log_params({f"data.eval_set.{name}": split.source for name, split in splits.extra.items()})
         if unlabeled_paths:
             mlflow.log_metric("unlabeled_rows", len(splits.unlabeled))
@@ -190,15 +180,8 @@ def finetune(splits: Splits, params: FinetuneParams, context: StepContext) -> Tr
     with tracking.step_run("finetune", context.parent_run_id) as run:
         tracking.log_params(params.model_dump(), "finetune.")
         tracking.log_params(context.model.model_dump(), "model.")
-        result = run_finetune(
-            splits,
-            params,
-            context.model,
-            context.work_dir / "teacher",
-            on_epoch=tracking.log_epoch,
-            cache_dir=reuse.token_cache(),
-            checkpoint_dir=reuse.checkpoint_folder("finetune", dict(splits=splits, params=params, context=context)),
-        )
+        io = _training_io("finetune", splits=splits, params=params, context=context)
+        result = run_finetune(splits, params, context.model, context.work_dir / "teacher", io)
         _log_training(result.training)
         mlflow.log_metrics(result.metrics())
         mlflow.set_tags({"device": result.training.device, "stopped_early": str(result.training.stopped_early)})
@@ -237,18 +220,8 @@ def distill(
 
     with tracking.step_run("distill", context.parent_run_id) as run:
         tracking.log_params(params.model_dump(), "distill.")
-        result = run_distill(
-            teacher.model_dir,
-            splits,
-            params,
-            context.model,
-            context.work_dir / "student",
-            on_epoch=tracking.log_epoch,
-            cache_dir=reuse.token_cache(),
-            checkpoint_dir=reuse.checkpoint_folder(
-                "distill", dict(teacher=teacher, splits=splits, params=params, context=context)
-            ),
-        )
+        io = _training_io("distill", teacher=teacher, splits=splits, params=params, context=context)
+        result = run_distill(teacher.model_dir, splits, params, context.model, context.work_dir / "student", io)
         _log_training(result.training)
         mlflow.log_params(result.params())
         mlflow.log_metric("transfer_rows", result.transfer_rows)
@@ -389,6 +362,12 @@ def _log_evaluations(role: str, evaluations: dict[str, Evaluation], folder) -> N
         mlflow.log_artifact(str(plot_confusion(result, folder / f"{name}_confusion.png", title)), "evaluation")
         mlflow.log_dict(asdict(result), f"evaluation/{name}_report.json")
     mlflow.log_metrics(cross_domain_gaps(evaluations))
+
+
+def _training_io(step: str, **inputs) -> TrainingIO:
+    """The shared token cache, the step's checkpoint folder (named by the fingerprint of `inputs`, so
+    a retry or `graftline resume` finds it again) and per-epoch metrics into the step's run."""
+    return TrainingIO(reuse.token_cache(), reuse.checkpoint_folder(step, inputs), tracking.log_epoch)
 
 
 def _log_training(result) -> None:

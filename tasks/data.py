@@ -10,10 +10,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from graftline.tasks.errors import DataError
+
+if TYPE_CHECKING:
+    from graftline.tasks.settings import DataParams
 
 DEMO_PREFIX = "demo:"  # demo:electronics -> the embedded demo file tasks/demo_data/electronics.csv
 DEMO_DIR = Path(__file__).parent / "demo_data"
@@ -104,44 +108,34 @@ def read_texts(source: str, text_column: str = "text", fmt: str = "auto") -> lis
     return texts
 
 
-def load_splits(
-    train: str,
-    text_column: str = "text",
-    label_column: str = "label",
-    validation: str | None = None,
-    test: str | None = None,
-    extra: dict[str, str] | None = None,
-    validation_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    seed: int = 13,
-    fmt: str = "auto",
-    unlabeled: list[str] | tuple[str, ...] = (),
-) -> Splits:
-    """Read the user's data and return train/validation/test (+ extra evaluation sets).
+def load_splits(params: DataParams, unlabeled: list[str] | tuple[str, ...] = ()) -> Splits:
+    """Read the user's data as the `data` parameter group describes it: train/validation/test, the
+    extra evaluation sets, and the unlabeled transfer texts given.
 
-    Missing validation/test files are carved out of `train` with a seeded stratified split.
+    Missing validation/test files are carved out of the training file with a seeded stratified split.
     """
-    read = lambda path: read_table(path, text_column, label_column, fmt)  # noqa: E731
-    train, validation, test = (resolve_source(p) if p else None for p in (train, validation, test))
-    extra = {name: resolve_source(path) for name, path in (extra or {}).items()}
+    read = lambda path: read_table(path, params.text_column, params.label_column, params.format)  # noqa: E731
+    train, validation, test = (
+        resolve_source(p) if p else None for p in (params.train_path, params.validation_path, params.test_path)
+    )
+    extra = {name: resolve_source(path) for name, path in params.eval_sets.items()}
     frame = read(train)
     _require_two_classes(frame, train)
     test_frame = read(test) if test else None
     if test_frame is None:
-        frame, test_frame = stratified_split(frame, test_fraction, seed, train)
+        frame, test_frame = stratified_split(frame, params.test_fraction, params.split_seed, train)
     val_frame = read(validation) if validation else None
     if val_frame is None:
         # The fraction is of the whole dataset, so rescale it to what is left after the test split.
-        share = validation_fraction / (1 - (0 if test else test_fraction))
-        frame, val_frame = stratified_split(frame, share, seed + 1, train)
-    splits = Splits(
+        share = params.validation_fraction / (1 - (0 if test else params.test_fraction))
+        frame, val_frame = stratified_split(frame, share, params.split_seed + 1, train)
+    return Splits(
         train=Split("train", frame.reset_index(drop=True), train),
         validation=Split("validation", val_frame.reset_index(drop=True), validation or train),
         test=Split("test", test_frame.reset_index(drop=True), test or train),
         extra={name: Split(name, read(path), path) for name, path in extra.items()},
         unlabeled=tuple(unlabeled),
     )
-    return splits
 
 
 def stratified_split(frame: pd.DataFrame, fraction: float, seed: int, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from graftline.tasks.data import Splits, encode_labels
 from graftline.tasks.engine import backbones
 from graftline.tasks.engine.checkpoints import Checkpoints
 from graftline.tasks.engine.training import (
-    EpochRecord,
+    TrainingIO,
     TrainResult,
     autocast,
     batches,
@@ -106,13 +105,10 @@ def distill(
     params: DistillParams,
     model: ModelParams,
     out_dir: Path,
-    on_epoch: Callable[[EpochRecord], None] | None = None,
-    cache_dir: Path | None = None,
-    checkpoint_dir: Path | None = None,
+    io: TrainingIO = TrainingIO(),
 ) -> DistillResult:
     """Distil the classifier in `teacher_dir` into `params.student`, trained on `splits.train` plus
-    the transfer rows (`splits.unlabeled`, augmented copies); `cache_dir` and `checkpoint_dir` as
-    in fine-tuning."""
+    the transfer rows (`splits.unlabeled`, augmented copies)."""
     teacher = backbones.load_classifier(str(teacher_dir))
     teacher_tokenizer = backbones.load_tokenizer(str(teacher_dir))
     labels = backbones.labels_of(teacher)
@@ -140,16 +136,16 @@ def distill(
     teacher.to(device)
     soft, pooled = teacher_targets(
         teacher,
-        encode(teacher_tokenizer, texts, ids, model.max_length, cache_dir),
+        encode(teacher_tokenizer, texts, ids, model.max_length, io.cache_dir),
         TEACHER_BATCH,
         teacher_tokenizer.pad_token_id,
         [t for _, t in layer_map],
     )
     teacher.to("cpu")
 
-    train_split = encode(tokenizer, texts, ids, model.max_length, cache_dir)
+    train_split = encode(tokenizer, texts, ids, model.max_length, io.cache_dir)
     train_split.extras["teacher_logits"] = soft
-    val_split = encode_split(tokenizer, splits.validation, labels, model.max_length, cache_dir)
+    val_split = encode_split(tokenizer, splits.validation, labels, model.max_length, io.cache_dir)
     trained = student
     if layer_map:
         train_split.extras["teacher_hidden"] = pooled
@@ -170,12 +166,12 @@ def distill(
         params.train_config(model),
         tokenizer.pad_token_id,
         loss,
-        on_epoch,
-        checkpoint_dir=checkpoint_dir,
+        io.on_epoch,
+        checkpoint_dir=io.checkpoint_dir,
     )
     save_model(student, tokenizer, out_dir)  # the projections were for training only
-    if checkpoint_dir is not None:
-        Checkpoints(checkpoint_dir).clear()
+    if io.checkpoint_dir is not None:
+        Checkpoints(io.checkpoint_dir).clear()
     return DistillResult(
         model_dir=out_dir,
         training=result,

@@ -11,19 +11,19 @@ The saved folder is a standard transformers checkpoint (safetensors) with the la
 config, so anything that loads transformers models can use it.
 
 With `processes` > 1 the same function runs data-parallel in that many torchrun processes (one per
-GPU, or gloo CPU processes); with `checkpoint_dir` a killed run resumes where it stopped.
+GPU, or gloo CPU processes); with a checkpoint folder (`TrainingIO`) a killed run resumes where it
+stopped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from graftline.tasks.data import Splits, encode_labels
 from graftline.tasks.engine import backbones, distributed
 from graftline.tasks.engine.checkpoints import Checkpoints
-from graftline.tasks.engine.training import EpochRecord, TrainResult, encode, seed_everything, train
+from graftline.tasks.engine.training import TrainingIO, TrainResult, encode, seed_everything, train
 from graftline.tasks.settings import FinetuneParams, ModelParams
 
 
@@ -49,20 +49,15 @@ def finetune(
     params: FinetuneParams,
     model: ModelParams,
     out_dir: Path,
-    on_epoch: Callable[[EpochRecord], None] | None = None,
-    cache_dir: Path | None = None,
-    checkpoint_dir: Path | None = None,
+    io: TrainingIO = TrainingIO(),
 ) -> FinetuneResult:
-    """Fine-tune `params.backbone` on `splits.train`, early-stopping on `splits.validation`.
-
-    `cache_dir`: the tokenisation cache; `checkpoint_dir`: resumable checkpoints, removed once the
-    model is saved."""
+    """Fine-tune `params.backbone` on `splits.train`, early-stopping on `splits.validation`."""
     if params.processes > 1 and distributed.rank_and_size()[1] == 1:
-        args = (splits, params, model, out_dir, None, cache_dir, checkpoint_dir)
+        args = (splits, params, model, out_dir, replace(io, on_epoch=None))
         result = distributed.launch(finetune, args, params.processes)
-        if on_epoch:  # the processes cannot reach the caller's tracking run; replay their epochs here
+        if io.on_epoch:  # the processes cannot reach the caller's tracking run; replay their epochs here
             for record in result.training.history:
-                on_epoch(record)
+                io.on_epoch(record)
         return result
     labels = splits.labels
     tokenizer = backbones.load_tokenizer(params.backbone, model.trust_remote_code)
@@ -71,16 +66,16 @@ def finetune(
     classifier = apply_strategy(classifier, params)
     trainable = backbones.count_parameters(classifier, trainable_only=True)
 
-    train_split = encode_split(tokenizer, splits.train, labels, model.max_length, cache_dir)
-    val_split = encode_split(tokenizer, splits.validation, labels, model.max_length, cache_dir)
+    train_split = encode_split(tokenizer, splits.train, labels, model.max_length, io.cache_dir)
+    val_split = encode_split(tokenizer, splits.validation, labels, model.max_length, io.cache_dir)
     result = train(
         classifier,
         train_split,
         val_split,
         params.train_config(model),
         tokenizer.pad_token_id,
-        on_epoch=on_epoch,
-        checkpoint_dir=checkpoint_dir,
+        on_epoch=io.on_epoch,
+        checkpoint_dir=io.checkpoint_dir,
     )
 
     if params.strategy == "lora":
@@ -88,8 +83,8 @@ def finetune(
     if distributed.rank_and_size()[0] == 0:
         save_model(classifier, tokenizer, out_dir)
     distributed.barrier()
-    if checkpoint_dir is not None and distributed.rank_and_size()[0] == 0:
-        Checkpoints(checkpoint_dir).clear()  # the saved model supersedes them
+    if io.checkpoint_dir is not None and distributed.rank_and_size()[0] == 0:
+        Checkpoints(io.checkpoint_dir).clear()  # the saved model supersedes them
     return FinetuneResult(
         model_dir=out_dir,
         labels=labels,

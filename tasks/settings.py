@@ -16,11 +16,12 @@ messages about home goods as a second domain to measure cross-domain transfer.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from graftline.tasks.engine.training import TrainConfig
+if TYPE_CHECKING:  # the engine imports torch; the settings stay light for the command line and the UI
+    from graftline.tasks.engine.training import TrainConfig
 
 DEMO_TRAIN = "demo:electronics"
 DEMO_EVAL_SETS = {"home": "demo:home"}
@@ -124,22 +125,11 @@ class TrainingParams(Params):
 
     def train_config(self, model: ModelParams) -> TrainConfig:
         """The engine's configuration: the one translation from parameters to the training loop."""
-        return TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            weight_decay=self.weight_decay,
-            warmup_ratio=self.warmup_ratio,
-            patience=self.patience,
-            seed=model.seed,
-            device=model.device,
-            precision=model.precision,
-            grad_accumulation=self.grad_accumulation,
-            group_by_length={"auto": None, "on": True, "off": False}[self.group_by_length],
-            compile=self.compile,
-            layer_decay=self.layer_decay,
-            checkpoint_every=self.checkpoint_every,
-        )
+        from graftline.tasks.engine.training import TrainConfig
+
+        own = self.model_dump(include=set(TrainingParams.model_fields))
+        own["group_by_length"] = {"auto": None, "on": True, "off": False}[self.group_by_length]
+        return TrainConfig(**own, seed=model.seed, device=model.device, precision=model.precision)
 
 
 class FinetuneParams(TrainingParams):
@@ -265,12 +255,8 @@ class GateParams(Params):
     min_accuracy: float = Field(0.0, ge=0, le=1, description="Absolute minimum test accuracy.")
     min_macro_f1: float = Field(0.0, ge=0, le=1, description="Absolute minimum test macro-F1.")
     retention_floor: float = Field(
-        0.97,
-        ge=0,
-        le=1,
-        description="Students: share of their teacher's test accuracy and macro-F1 they must keep, both to be "
-        "registered by the lifecycle and to be promoted.",
-    )
+        0.97, ge=0, le=1, description="Share of its teacher's test accuracy and macro-F1 a student must keep."
+    )  # one floor: the lifecycle admits a student to the registry by it, and a promotion asks it again
     require_validation: bool = Field(True, description="Refuse versions whose data validation did not pass.")
 
 

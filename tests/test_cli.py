@@ -52,33 +52,26 @@ def files(tmp_path):
     return {k: str(v) for k, v in paths.items()}
 
 
+# One case a line or two: it reads as the table it is.
+# fmt: off
 CASES = {
     "missing file": (["--train", "{missing}"], r"missing\.csv: file not found"),
     "unreadable format": (["--train", "{format}"], r"cannot read .*data\.parquet as parquet"),
     "missing columns": (["--train", "{columns}"], r"missing column\(s\) 'text'"),
     "empty dataset": (["--train", "{empty}"], r"the dataset is empty"),
     "single class": (["--train", "{single}"], r"at least 2 classes, found only 'good'"),
-    "labels absent from train": (
-        ["--train", "{train}", "--test", "{unknown_labels}"],
-        r"test: column_values_to_be_in_set\(label\) 3 of 10 rows fail, e.g. 'spam'",
-    ),
-    "unknown backbone": (
-        ["--train", "{train}", "--backbone", "no-such-org/no-such-model"],
-        r"unknown backbone 'no-such-org/no-such-model'",
-    ),
-    "missing unlabeled distillation file": (
-        ["--train", "{train}", "--set", "distill.unlabeled_paths=[{missing}]"],
-        r"missing\.csv: file not found",
-    ),
-    "unlabeled file without its text column": (
-        ["--train", "{train}", "--set", "distill.unlabeled_paths=[{columns}]"],
-        r"columns\.csv: missing column\(s\) 'text'",
-    ),
-    "invalid parameter": (
-        ["--train", "{train}", "--set", "finetune.epochs=0"],
-        r"invalid parameters: finetune.epochs: Input should be greater than or equal to 1",
-    ),
+    "labels absent from train": (["--train", "{train}", "--test", "{unknown_labels}"],
+                                 r"test: column_values_to_be_in_set\(label\) 3 of 10 rows fail, e.g. 'spam'"),
+    "unknown backbone": (["--train", "{train}", "--backbone", "no-such-org/no-such-model"],
+                         r"unknown backbone 'no-such-org/no-such-model'"),
+    "missing unlabeled distillation file": (["--train", "{train}", "--set", "distill.unlabeled_paths=[{missing}]"],
+                                            r"missing\.csv: file not found"),
+    "unlabeled file without its text column": (["--train", "{train}", "--set", "distill.unlabeled_paths=[{columns}]"],
+                                               r"columns\.csv: missing column\(s\) 'text'"),
+    "invalid parameter": (["--train", "{train}", "--set", "finetune.epochs=0"],
+                          r"invalid parameters: finetune.epochs: Input should be greater than or equal to 1"),
 }
+# fmt: on
 
 
 @pytest.mark.parametrize("case", list(CASES))

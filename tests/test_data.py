@@ -5,6 +5,7 @@ import pytest
 
 from graftline.tasks.data import encode_labels, load_splits, read_table, resolve_source
 from graftline.tasks.errors import DataError
+from graftline.tasks.settings import DataParams
 from tests.conftest import toy_frame
 
 
@@ -27,6 +28,11 @@ def test_reads_every_format_with_user_column_names(tmp_path, frame, suffix):
     assert set(table["label"]) == {"good", "bad"}
 
 
+def load(train_path: str, **data):
+    """The splits of `train_path` as the lifecycle reads them, with no extra evaluation sets."""
+    return load_splits(DataParams(train_path=train_path, **{"eval_sets": {}, **data}))
+
+
 def test_numeric_labels_become_names(tmp_path):
     path = tmp_path / "d.jsonl"
     pd.DataFrame({"text": ["a", "b", "c", "d"], "label": [0, 1, 0, 1]}).to_json(path, orient="records", lines=True)
@@ -36,9 +42,9 @@ def test_numeric_labels_become_names(tmp_path):
 def test_seeded_stratified_split_is_reproducible_and_keeps_class_shares(tmp_path, frame):
     path = tmp_path / "d.csv"
     frame.to_csv(path, index=False)
-    first = load_splits(str(path), "message", "team", seed=7)
-    second = load_splits(str(path), "message", "team", seed=7)
-    other = load_splits(str(path), "message", "team", seed=8)
+    first = load(str(path), text_column="message", label_column="team", split_seed=7)
+    second = load(str(path), text_column="message", label_column="team", split_seed=7)
+    other = load(str(path), text_column="message", label_column="team", split_seed=8)
     assert first.digest == second.digest != other.digest
     sizes = [len(s.frame) for s in (first.train, first.validation, first.test)]
     assert sum(sizes) == len(frame) and sizes == [42, 6, 12]
@@ -52,11 +58,11 @@ def test_seeded_stratified_split_is_reproducible_and_keeps_class_shares(tmp_path
 def test_given_splits_and_extra_sets_are_used_as_is(tmp_path):
     for name, seed in (("train", 0), ("val", 1), ("test", 2), ("other", 3)):
         toy_frame(10, seed).to_csv(tmp_path / f"{name}.csv", index=False)
-    splits = load_splits(
+    splits = load(
         str(tmp_path / "train.csv"),
-        validation=str(tmp_path / "val.csv"),
-        test=str(tmp_path / "test.csv"),
-        extra={"other": str(tmp_path / "other.csv")},
+        validation_path=str(tmp_path / "val.csv"),
+        test_path=str(tmp_path / "test.csv"),
+        eval_sets={"other": str(tmp_path / "other.csv")},
     )
     assert [len(s.frame) for s in (splits.train, splits.validation, splits.test)] == [20, 20, 20]
     assert list(splits.evaluation_sets()) == ["test", "other"]
@@ -77,42 +83,42 @@ def test_demo_sources_resolve_to_the_embedded_files():
 
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match=r"nope\.csv: file not found"):
-        load_splits(str(tmp_path / "nope.csv"))
+        load(str(tmp_path / "nope.csv"))
 
 
 def test_unknown_format(tmp_path):
     path = tmp_path / "data.xlsx"
     path.write_text("x")
     with pytest.raises(DataError, match="unknown file format"):
-        load_splits(str(path))
+        load(str(path))
 
 
 def test_unreadable_file(tmp_path):
     path = tmp_path / "data.parquet"
     path.write_text("this is not parquet")
     with pytest.raises(DataError, match=r"cannot read .*data\.parquet as parquet"):
-        load_splits(str(path))
+        load(str(path))
 
 
 def test_missing_columns_are_named(tmp_path):
     path = tmp_path / "d.csv"
     pd.DataFrame({"body": ["a", "b"], "label": ["x", "y"]}).to_csv(path, index=False)
     with pytest.raises(DataError, match=r"missing column\(s\) 'text'; found 'body', 'label'"):
-        load_splits(str(path))
+        load(str(path))
 
 
 def test_empty_dataset(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("text,label\n")
     with pytest.raises(DataError, match="the dataset is empty"):
-        load_splits(str(path))
+        load(str(path))
 
 
 def test_single_class(tmp_path):
     path = tmp_path / "d.csv"
     pd.DataFrame({"text": [f"t{i}" for i in range(10)], "label": ["only"] * 10}).to_csv(path, index=False)
     with pytest.raises(DataError, match="at least 2 classes, found only 'only'"):
-        load_splits(str(path))
+        load(str(path))
 
 
 def test_class_with_one_row_cannot_be_stratified(tmp_path):
@@ -120,7 +126,7 @@ def test_class_with_one_row_cannot_be_stratified(tmp_path):
     frame = pd.DataFrame({"text": [f"t{i}" for i in range(11)], "label": ["a"] * 10 + ["b"]})
     frame.to_csv(path, index=False)
     with pytest.raises(DataError, match="'b' have a single row"):
-        load_splits(str(path))
+        load(str(path))
 
 
 def test_labels_unknown_to_the_model_are_named():
@@ -133,7 +139,7 @@ def test_fsspec_urls_are_read_like_paths(frame):
 
     with fsspec.open("memory://graftline-test/data.csv", "w") as handle:
         frame.to_csv(handle, index=False)
-    splits = load_splits("memory://graftline-test/data.csv", "message", "team")
+    splits = load("memory://graftline-test/data.csv", text_column="message", label_column="team")
     assert len(splits.train.frame) + len(splits.validation.frame) + len(splits.test.frame) == len(frame)
     with pytest.raises(DataError, match="memory://graftline-test/nope.csv: file not found"):
-        load_splits("memory://graftline-test/nope.csv")
+        load("memory://graftline-test/nope.csv")

@@ -6,6 +6,7 @@ GPU over NCCL (not exercised here: these machines have no GPU)."""
 import torch
 
 from graftline.tasks.engine import backbones
+from graftline.tasks.engine.training import TrainingIO
 from graftline.tasks.finetune import finetune
 from graftline.tasks.settings import FinetuneParams
 from tests.conftest import short_texts
@@ -20,7 +21,11 @@ def test_two_gloo_processes_match_one_process(still_backbone, toy_splits, tmp_pa
     single = finetune(toy_splits, config, short_texts(), tmp_path / "one")
     seen = []
     double = finetune(
-        toy_splits, config.model_copy(update={"processes": 2}), short_texts(), tmp_path / "two", on_epoch=seen.append
+        toy_splits,
+        config.model_copy(update={"processes": 2}),
+        short_texts(),
+        tmp_path / "two",
+        TrainingIO(on_epoch=seen.append),
     )
 
     assert [r.epoch for r in seen] == [1, 2]  # epoch records come back from the processes

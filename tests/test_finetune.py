@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from graftline.tasks.engine import backbones
-from graftline.tasks.engine.training import predict_logits
+from graftline.tasks.engine.training import TrainingIO, predict_logits
 from graftline.tasks.errors import BackboneError
 from graftline.tasks.finetune import apply_strategy, encode_split, finetune
 from graftline.tasks.settings import FinetuneParams
@@ -23,7 +23,7 @@ def accuracy(model_dir, split):
 def test_full_finetuning_learns_a_separable_task(tiny_backbone, toy_splits, tmp_path):
     config = FinetuneParams(backbone=str(tiny_backbone), epochs=6, batch_size=8, learning_rate=3e-3, patience=6)
     epochs = []
-    result = finetune(toy_splits, config, short_texts(), tmp_path / "model", on_epoch=epochs.append)
+    result = finetune(toy_splits, config, short_texts(), tmp_path / "model", TrainingIO(on_epoch=epochs.append))
     assert [e.epoch for e in epochs] == list(range(1, 7))
     assert epochs[-1].train_loss < epochs[0].train_loss
     assert result.training.best_val_macro_f1 >= 0.9
@@ -63,7 +63,7 @@ def test_early_stopping_restores_the_best_epoch(tiny_backbone, toy_splits, tmp_p
     # A learning rate this high diverges after the first epochs; patience 1 stops at the first miss.
     config = FinetuneParams(backbone=str(tiny_backbone), epochs=8, learning_rate=3e-3, patience=1, warmup_ratio=0)
     history = []
-    result = finetune(toy_splits, config, short_texts(), tmp_path / "m", on_epoch=history.append)
+    result = finetune(toy_splits, config, short_texts(), tmp_path / "m", TrainingIO(on_epoch=history.append))
     best = max(history, key=lambda r: r.val_macro_f1)
     assert result.training.best_epoch == best.epoch
     if result.training.stopped_early:

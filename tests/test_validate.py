@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from graftline.tasks.data import Split, Splits, load_splits
-from graftline.tasks.settings import ValidationParams
+from graftline.tasks.settings import DataParams, ValidationParams
 from graftline.tasks.validate import validate_splits
 from tests.conftest import toy_frame
 
@@ -21,7 +21,7 @@ def splits_of(train, validation=None, test=None, **extra):
 
 
 def test_the_demo_data_passes_and_docs_are_built(tmp_path):
-    splits = load_splits("demo:electronics", extra={"home": "demo:home"})
+    splits = load_splits(DataParams())  # the demo: electronics, with home goods as a second domain
     report = validate_splits(splits, ValidationParams(), tmp_path)
     assert report.success, report.summary()
     assert report.failures == []

@@ -76,6 +76,16 @@ class TrainConfig:
     eval_batch_size: int = 64
 
 
+@dataclass(frozen=True)
+class TrainingIO:
+    """What a training step reads and writes besides its model folder: the tokenisation cache, its
+    resumable checkpoints (removed once the model is saved), and who hears of each finished epoch."""
+
+    cache_dir: Path | None = None
+    checkpoint_dir: Path | None = None
+    on_epoch: Callable[[EpochRecord], None] | None = None
+
+
 @dataclass
 class EncodedSplit:
     """Token ids per row, unpadded; batches are padded on the fly to their own longest row."""
