@@ -115,14 +115,21 @@ def stop(platform: Platform, timeout: float = 30.0) -> None:
         pid = platform.pids.get(name)
         if pid and _alive(pid):
             _signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(p) for p in platform.pids.values()):
-        time.sleep(0.2)
+    _wait_gone(platform.pids.values(), timeout)
     for pid in platform.pids.values():
         if _alive(pid):
             _signal_group(pid, signal.SIGKILL)  # an idle worker may need a second signal
+    # A killed process is gone only once the kernel has torn it down: on a loaded machine that
+    # takes a moment, and `down` must not return while any of them still runs.
+    _wait_gone(platform.pids.values(), 10.0)
     for pid in platform.pids.values():
         _reap(pid)
+
+
+def _wait_gone(pids, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
 
 
 def _start_all(
