@@ -110,20 +110,27 @@ def save(platform: Platform) -> None:
 
 
 def stop(platform: Platform, timeout: float = 30.0) -> None:
-    """SIGTERM each process group `up` started (worker first), then SIGKILL what is left."""
-    for name in ("worker", "mlflow", "prefect"):
-        pid = platform.pids.get(name)
-        if pid and _alive(pid):
-            _signal_group(pid, signal.SIGTERM)
-    _wait_gone(platform.pids.values(), timeout)
+    """SIGTERM each process group `up` started (worker first), then SIGKILL what is left.
+
+    An idle Prefect worker takes the first SIGTERM as "finish what you run" and keeps polling; a
+    second one stops it. So whatever still runs after a short grace gets the signal again."""
+    order = [platform.pids[name] for name in ("worker", "mlflow", "prefect") if name in platform.pids]
+    for wait in (GRACE_SECONDS, timeout):
+        for pid in order:
+            if _alive(pid):
+                _signal_group(pid, signal.SIGTERM)
+        _wait_gone(order, wait)
     for pid in platform.pids.values():
         if _alive(pid):
-            _signal_group(pid, signal.SIGKILL)  # an idle worker may need a second signal
+            _signal_group(pid, signal.SIGKILL)
     # A killed process is gone only once the kernel has torn it down: on a loaded machine that
     # takes a moment, and `down` must not return while any of them still runs.
     _wait_gone(platform.pids.values(), 10.0)
     for pid in platform.pids.values():
         _reap(pid)
+
+
+GRACE_SECONDS = 3.0  # before the second SIGTERM
 
 
 def _wait_gone(pids, timeout: float) -> None:
