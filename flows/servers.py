@@ -125,9 +125,7 @@ def stop(platform: Platform, timeout: float = 30.0) -> None:
             _signal_group(pid, signal.SIGKILL)
     # A killed process is gone only once the kernel has torn it down: on a loaded machine that
     # takes a moment, and `down` must not return while any of them still runs.
-    _wait_gone(platform.pids.values(), 10.0)
-    for pid in platform.pids.values():
-        _reap(pid)
+    _wait_gone(platform.pids.values(), 10.0)  # `_alive` reaps our own exited children as it checks
 
 
 GRACE_SECONDS = 3.0  # before the second SIGTERM
@@ -264,11 +262,4 @@ def _signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)
     except ProcessLookupError:
-        pass
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
         pass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,7 @@ class Split:
     frame: pd.DataFrame  # columns: text, label (strings), whatever the user's column names were
     source: str
 
-    @property
+    @cached_property  # frozen: the rows cannot change, so they are hashed once
     def digest(self) -> str:
         """Content hash of the rows, stable across file formats and row order is kept significant."""
         hashed = pd.util.hash_pandas_object(self.frame[["text", "label"]], index=False)
@@ -54,7 +55,7 @@ class Splits:
     def labels(self) -> list[str]:
         return sorted(self.train.frame["label"].unique())
 
-    @property
+    @cached_property  # frozen: the rows cannot change, so they are hashed once
     def digest(self) -> str:
         """One hash for the data a model was trained and tested on (train, validation, test)."""
         joined = "".join(s.digest for s in (self.train, self.validation, self.test))

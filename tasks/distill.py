@@ -45,7 +45,7 @@ from graftline.tasks.engine.training import (
     train,
 )
 from graftline.tasks.errors import BackboneError
-from graftline.tasks.evaluate import Evaluation, retention
+from graftline.tasks.evaluate import Evaluation, headline_scores, retention
 from graftline.tasks.finetune import encode_split, save_model
 from graftline.tasks.settings import DistillParams, ModelParams
 
@@ -325,7 +325,7 @@ def distillation_report(
         "parameter_ratio": backbones.count_parameters(classifiers["student"])
         / backbones.count_parameters(classifiers["teacher"])
     }
-    report.update(retention(student_scores, teacher_scores))
+    report.update(retention(headline_scores(student_scores), headline_scores(teacher_scores)))
     speeds = {}
     for role, folder in (("teacher", teacher_dir), ("student", student_dir)):
         predict = torch_predictor(classifiers[role], backbones.load_tokenizer(str(folder)), max_length)

@@ -121,14 +121,14 @@ def cross_domain_gaps(evaluations: dict[str, Evaluation]) -> dict[str, float]:
     return {f"{name}_accuracy_gap_vs_test": test - e.accuracy for name, e in evaluations.items() if name != "test"}
 
 
-def retention(student: dict[str, Evaluation], teacher: dict[str, Evaluation]) -> dict[str, float]:
-    """The share of its teacher's accuracy and macro-F1 a student keeps, per evaluation set."""
-    out = {}
-    for name, s in student.items():
-        t = teacher[name]
-        out[f"{name}_accuracy_retention"] = s.accuracy / t.accuracy if t.accuracy else 0.0
-        out[f"{name}_macro_f1_retention"] = s.macro_f1 / t.macro_f1 if t.macro_f1 else 0.0
-    return out
+def headline_scores(evaluations: dict[str, Evaluation]) -> dict[str, float]:
+    """`<set>_accuracy` and `<set>_macro_f1` of every evaluation set: the numbers gates and summaries compare."""
+    return {f"{name}_{m}": getattr(e, m) for name, e in evaluations.items() for m in ("accuracy", "macro_f1")}
+
+
+def retention(student: dict[str, float], teacher: dict[str, float]) -> dict[str, float]:
+    """`<score>_retention`: the share of each of its teacher's headline scores a student keeps."""
+    return {f"{key}_retention": student[key] / value if value else 0.0 for key, value in teacher.items()}
 
 
 def retention_gate(report: dict[str, float], floor: float) -> str | None:

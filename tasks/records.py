@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from graftline.tasks.data import Splits
-from graftline.tasks.evaluate import Evaluation
+from graftline.tasks.evaluate import Evaluation, headline_scores
 from graftline.tasks.settings import ModelParams
 
 
@@ -58,10 +58,7 @@ class TrainedModel:
 
     def metrics(self) -> dict[str, float]:
         """The headline numbers: accuracy and macro-F1 on every evaluation set, then its report."""
-        scores = {
-            f"{name}_{m}": getattr(e, m) for name, e in self.evaluations.items() for m in ("accuracy", "macro_f1")
-        }
-        return {**scores, **self.report}
+        return {**headline_scores(self.evaluations), **self.report}
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,6 @@ registered model `<name>.graftline-lock`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 TEACHER, STUDENT = "teacher", "student"
 ROLES = (TEACHER, STUDENT)
 STUDENT_SUFFIX = "-student"
@@ -71,13 +69,6 @@ def teacher_name(student_name: str) -> str:
     return student_name.removesuffix(STUDENT_SUFFIX)
 
 
-@dataclass(frozen=True)
-class UseSettings:
-    """How a registered version must be fed to score as it did when it was registered."""
-
-    max_length: int
-    modality: str = TEXT
-
-    @classmethod
-    def of(cls, tags: dict[str, str]) -> UseSettings:
-        return cls(int(tags.get(MAX_LENGTH, UNRECORDED_MAX_LENGTH)), tags.get(MODALITY, TEXT))
+def recorded_max_length(tags: dict[str, str]) -> int:
+    """The tokens per text a version was trained and evaluated at: what it must be scored at again."""
+    return int(tags.get(MAX_LENGTH, UNRECORDED_MAX_LENGTH))

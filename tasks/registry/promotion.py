@@ -37,7 +37,7 @@ from graftline.tasks.registry.contract import (
     STUDENT,
     TEACHER_VERSION,
     VALIDATION,
-    UseSettings,
+    recorded_max_length,
     teacher_name,
 )
 from graftline.tasks.settings import GateParams
@@ -117,7 +117,7 @@ def check_gates(
 ) -> tuple[list[Check], dict[str, dict[str, float]]]:
     """The four gates of a promotion of `name` v`version` to `alias`, with every score they used."""
     from graftline.tasks.errors import DataError
-    from graftline.tasks.evaluate import retention_gate
+    from graftline.tasks.evaluate import retention, retention_gate
 
     tags = client.get_model_version(name, version).tags
     checks, scores = [], {}
@@ -180,10 +180,7 @@ def check_gates(
             theirs = scores[f"teacher v{teacher_version}"] = _scores(
                 client, teacher, teacher_version, {"test": eval_sets["test"]}
             )
-            kept = {
-                f"test_{m}_retention": mine[f"test_{m}"] / theirs[f"test_{m}"] if theirs[f"test_{m}"] else 0.0
-                for m in ("accuracy", "macro_f1")
-            }
+            kept = retention(mine, theirs)
             failure = retention_gate(kept, gates.retention_floor)
             detail = f"keeps {min(kept.values()):.4f} of {teacher} v{teacher_version} (floor {gates.retention_floor})"
             checks.append(Check("retention", failure is None, failure or detail))
@@ -192,16 +189,12 @@ def check_gates(
 
 def _scores(client, name: str, version: str, eval_sets: dict) -> dict[str, float]:
     """`name` v`version` scored on `eval_sets` as it was evaluated when registered (its own max length)."""
-    from graftline.tasks.evaluate import evaluate_model
+    from graftline.tasks.evaluate import evaluate_model, headline_scores
     from graftline.tasks.registry.versions import load_version
 
-    settings = UseSettings.of(client.get_model_version(name, version).tags)
+    max_length = recorded_max_length(client.get_model_version(name, version).tags)
     model, tokenizer = load_version(name, version)
-    out = {}
-    for set_name, split in eval_sets.items():
-        result = evaluate_model(model, tokenizer, split, settings.max_length)
-        out[f"{set_name}_accuracy"], out[f"{set_name}_macro_f1"] = result.accuracy, result.macro_f1
-    return out
+    return headline_scores({s: evaluate_model(model, tokenizer, split, max_length) for s, split in eval_sets.items()})
 
 
 # -- moving aliases -----------------------------------------------------------------------------
