@@ -36,6 +36,7 @@ from graftline.tasks.settings import (
 from graftline.tasks.validate import ValidationReport, validate_splits
 
 STEP = dict(cache_policy=NO_CACHE, persist_result=False)
+RELAX_HINT = "relax a check with --set <parameter>=<value>, or record and go on with --validation-mode warn"
 
 
 def reusable(step, run: RunParams):
@@ -104,18 +105,31 @@ def validate(splits: Splits, params: ValidationParams, context: StepContext) -> 
         tracking.log_params(params.model_dump(), "validation.")
         folder = context.folder("validation")
         report = validate_splits(splits, params, folder)
-        mlflow.log_metrics({**report.statistics, "failed_expectations": len(report.failures)})
-        mlflow.log_artifact(str(folder / "gx_results.json"), "validation")
-        if report.docs_dir:
-            mlflow.log_artifacts(str(report.docs_dir), "validation/data_docs")
+        mlflow.log_metrics({**report.statistics, "failed_expectations": len(report.findings)})
+        for name in ("gx_results.json", "report.md"):
+            mlflow.log_artifact(str(folder / name), "validation")
         mlflow.log_text("\n".join(report.failures) or "all expectations met\n", "validation/failures.txt")
         mlflow.set_tag("validation.success", str(report.success).lower())
+        where = f"report: {tracking.local_path(mlflow.get_artifact_uri('validation/report.md'))}"
+        if report.docs_dir:
+            mlflow.log_artifacts(str(report.docs_dir), "validation/data_docs")
+            where += f"\nData Docs: {tracking.local_path(mlflow.get_artifact_uri('validation/data_docs/index.html'))}"
     if not report.success:
-        message = f"data validation failed ({len(report.failures)} expectation(s)): {report.summary()}"
+        _publish_report(report)
         if params.mode == "fail":
-            raise ValidationFailed(message)
-        get_run_logger().warning("%s; continuing because validation.mode is 'warn'", message)
+            raise ValidationFailed(report.summary(), f"{report.table()}\n{where}\n{RELAX_HINT}")
+        get_run_logger().warning("%s; going on: validation.mode is 'warn'\n%s", report.summary(), report.table())
     return report
+
+
+def _publish_report(report: ValidationReport) -> None:
+    """The report as a Prefect artifact: what the run's page in the Prefect UI shows."""
+    from prefect.artifacts import create_markdown_artifact
+
+    # Without example rows: those may be personal data, and they stay in the run's own report.
+    create_markdown_artifact(
+        key="data-validation", markdown=report.markdown(examples=False), description=report.summary()
+    )
 
 
 @task(name="select", **STEP)
@@ -227,7 +241,7 @@ def distill(
         mlflow.log_metric("transfer_rows", result.transfer_rows)
         evaluations = evaluate_sets(result.model_dir, splits, context.model)
         _log_evaluations(contract.STUDENT, evaluations, context.folder("distill"))
-        texts = splits.test.frame["text"].tolist()
+        texts = splits.test.texts
         report = distillation_report(
             teacher.model_dir, result.model_dir, teacher.evaluations, evaluations, texts, context.model.max_length
         )

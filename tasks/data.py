@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from graftline.tasks.errors import DataError
@@ -31,8 +32,13 @@ class Split:
     """One named table of (text, label) rows and where it came from."""
 
     name: str
-    frame: pd.DataFrame  # columns: text, label (strings), whatever the user's column names were
+    frame: pd.DataFrame  # columns: text, label (strings), whatever the user's column names were; row (in the file)
     source: str
+
+    @property
+    def texts(self) -> list[str]:
+        """The texts as a model reads them: a missing one (reported by validation) is empty."""
+        return self.frame["text"].fillna("").tolist()
 
     @cached_property  # frozen: the rows cannot change, so they are hashed once
     def digest(self) -> str:
@@ -53,7 +59,7 @@ class Splits:
 
     @property
     def labels(self) -> list[str]:
-        return sorted(self.train.frame["label"].unique())
+        return sorted(self.train.frame["label"].dropna().unique())
 
     @cached_property  # frozen: the rows cannot change, so they are hashed once
     def digest(self) -> str:
@@ -70,19 +76,25 @@ class Splits:
 
 def read_table(source: str, text_column: str, label_column: str | None, fmt: str = "auto") -> pd.DataFrame:
     """Read one file into a frame with string columns `text` and `label` (`text` only when
-    `label_column` is None: unlabeled data)."""
+    `label_column` is None: unlabeled data), plus `row`: the 1-based data row in the file, so a
+    report can point at it. Every fault names the file and, where it can, the row or line."""
     fmt = _format_of(source) if fmt == "auto" else fmt
     _require_exists(source)
     try:
         if fmt == "csv":
             frame = pd.read_csv(source, dtype=str, keep_default_na=False, na_values=[""])
+            frame.columns = _csv_header(source, frame.columns)
         elif fmt == "jsonl":
-            frame = pd.read_json(source, lines=True, dtype=False)
+            frame = _read_jsonl(source)
         else:
             frame = pd.read_parquet(source)
+    except DataError:
+        raise
     except Exception as exc:  # each reader raises its own family of errors
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"cannot read {source} as {fmt}: {reason}") from exc
+        raise DataError(f"cannot read {source} as {fmt}: {_first_line(exc)}") from exc
+    repeated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+    if repeated:
+        raise DataError(f"{source}: column name(s) {', '.join(map(repr, repeated))} appear more than once")
     columns = [text_column] + ([label_column] if label_column else [])
     missing = [c for c in columns if c not in frame.columns]
     if missing:
@@ -92,12 +104,87 @@ def read_table(source: str, text_column: str, label_column: str | None, fmt: str
         )
     if frame.empty:
         raise DataError(f"{source}: the dataset is empty")
-    out = frame[columns].rename(columns={text_column: "text", label_column: "label"})
-    if label_column:
-        # Labels are names: 1 and "1" are the same class. Nulls stay null for validation to report.
-        out["label"] = out["label"].map(lambda v: v if pd.isna(v) else str(v).strip())
+    out = frame[columns].rename(columns={text_column: "text", label_column: "label"}).reset_index(drop=True)
+    for column, given in zip(out.columns, columns, strict=True):
+        _require_scalars(out[column], source, given)
     out["text"] = out["text"].map(lambda v: v if pd.isna(v) else str(v))
-    return out.reset_index(drop=True)
+    if label_column:
+        out["label"] = out["label"].map(_label_name)
+        _require_labels(out["label"], source, label_column)
+    out["row"] = range(1, len(out) + 1)
+    return out
+
+
+def _label_name(value) -> str | None:
+    """Labels are names: 1, 1.0 and " 1" are the same class (Parquet and JSON keep numbers, CSV reads text)."""
+    if pd.isna(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip() or None
+
+
+def _csv_header(source: str, parsed: pd.Index) -> pd.Index:
+    """The header as written: pandas renames a repeated name (`label`, `label.1`), which would hide it."""
+    written = pd.read_csv(source, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0]
+    return pd.Index(written) if len(written) == len(parsed) else parsed
+
+
+def _read_jsonl(source: str) -> pd.DataFrame:
+    """JSON Lines (one object per line; a file holding one JSON array of objects is read too).
+
+    Read here rather than by pandas so a broken line is reported by its line number (pandas reports
+    a byte position) and a key repeated within an object is an error (JSON keeps the last silently)."""
+    import json
+
+    import fsspec
+
+    def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+        keys = [k for k, _ in pairs]
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise ValueError(f"key(s) {', '.join(map(repr, repeated))} appear more than once")
+        return dict(pairs)
+
+    with fsspec.open(source, "rt", encoding="utf-8", compression="infer") as handle:
+        text = handle.read()
+    if text.lstrip().startswith("["):  # a JSON array of objects
+        try:
+            rows = json.loads(text, object_pairs_hook=unique_keys)
+        except ValueError as exc:
+            raise DataError(f"{source}: not valid JSON ({_first_line(exc)})") from None
+        lines = list(enumerate(rows, start=1))
+    else:
+        lines = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                lines.append((number, json.loads(line, object_pairs_hook=unique_keys)))
+            except ValueError as exc:
+                raise DataError(f"{source}: line {number}: not valid JSON ({_first_line(exc)})") from None
+    for number, row in lines:
+        if not isinstance(row, dict):
+            raise DataError(f"{source}: line {number}: expected a JSON object, found {type(row).__name__}")
+    return pd.DataFrame.from_records([row for _, row in lines])
+
+
+def _require_scalars(values: pd.Series, source: str, column: str) -> None:
+    nested = values.map(lambda v: isinstance(v, (dict, list, tuple, set, np.ndarray)))
+    if nested.any():
+        row = int(nested.idxmax()) + 1
+        kind = type(values[row - 1]).__name__
+        raise DataError(f"{source}: row {row}: column {column!r} holds a {kind}, expected text")
+
+
+def _require_labels(labels: pd.Series, source: str, column: str) -> None:
+    empty = labels.isna()
+    if empty.any():
+        rows = ", ".join(str(i + 1) for i in empty[empty].index[:5]) + (", ..." if empty.sum() > 5 else "")
+        raise DataError(
+            f"{source}: {int(empty.sum())} of {len(labels)} rows have no {column!r} (rows {rows}); "
+            "label them or remove them"
+        )
 
 
 def read_texts(source: str, text_column: str = "text", fmt: str = "auto") -> list[str]:
@@ -130,29 +217,41 @@ def load_splits(params: DataParams, unlabeled: list[str] | tuple[str, ...] = ())
         # The fraction is of the whole dataset, so rescale it to what is left after the test split.
         share = params.validation_fraction / (1 - (0 if test else params.test_fraction))
         frame, val_frame = stratified_split(frame, share, params.split_seed + 1, train)
-    return Splits(
+    splits = Splits(
         train=Split("train", frame.reset_index(drop=True), train),
         validation=Split("validation", val_frame.reset_index(drop=True), validation or train),
         test=Split("test", test_frame.reset_index(drop=True), test or train),
         extra={name: Split(name, read(path), path) for name, path in extra.items()},
         unlabeled=tuple(unlabeled),
     )
+    _require_known_labels(splits)
+    return splits
 
 
 def stratified_split(frame: pd.DataFrame, fraction: float, seed: int, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Seeded split keeping each label's share; every class keeps at least one row on each side."""
+    """Seeded split keeping each label's share; every class keeps at least one text on each side.
+
+    Identical texts stay on one side: the unit split is the distinct text (labelled as its first
+    row), so repeated rows in a file cannot leak from the training half into the held-out half."""
     from sklearn.model_selection import train_test_split
 
-    labels = frame["label"].fillna("<null>")
+    key = frame["text"].fillna("\0")  # a missing text is one distinct value, as pandas counts it
+    first = frame[~key.duplicated()]
+    labels = first["label"].fillna("<null>")
     counts = labels.value_counts()
     if (counts < 2).any():
         rare = ", ".join(map(repr, counts[counts < 2].index))
-        raise DataError(f"{source}: class(es) {rare} have a single row; cannot make a stratified split")
-    n_holdout = max(round(len(frame) * fraction), len(counts))
-    if len(frame) - n_holdout < len(counts):
-        raise DataError(f"{source}: {len(frame)} rows are too few to split {len(counts)} classes")
-    kept, held = train_test_split(frame, test_size=n_holdout, random_state=seed, stratify=labels)
-    return kept, held
+        raise DataError(f"{source}: class(es) {rare} have a single distinct text; cannot make a stratified split")
+    n_holdout = max(round(len(first) * fraction), len(counts))
+    if len(first) - n_holdout < len(counts):
+        raise DataError(f"{source}: {len(first)} distinct texts are too few to split {len(counts)} classes")
+    kept, held = train_test_split(first, test_size=n_holdout, random_state=seed, stratify=labels)
+    # Every row follows its text's first row, in the order the split drew (shuffled, as without repeats).
+    order = pd.Series(range(len(first)), index=kept.index.append(held.index))
+    rank = key.map(pd.Series(first.index, index=key[first.index])).map(order)
+    ranked = frame.iloc[rank.to_numpy().argsort(kind="stable")]
+    is_held = rank[ranked.index] >= len(kept)
+    return ranked[~is_held.to_numpy()], ranked[is_held.to_numpy()]
 
 
 def resolve_source(source: str) -> str:
@@ -195,6 +294,25 @@ def _require_exists(source: str) -> None:
         raise DataError(f"cannot open {source}: {exc}") from exc
     if not exists:
         raise DataError(f"{source}: file not found")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _require_known_labels(splits: Splits) -> None:
+    """Every evaluated label must be one the model learns: the training split defines the classes."""
+    known = set(splits.labels)
+    for split in [splits.validation, *splits.evaluation_sets().values()]:
+        counts = split.frame["label"].value_counts()
+        unknown = counts[~counts.index.isin(known)]
+        if len(unknown):
+            found = ", ".join(f"{label!r} ({n} rows)" for label, n in unknown.head(5).items())
+            raise DataError(
+                f"{split.source} ({split.name}): label(s) {found} do not occur in the training labels "
+                f"{sorted(known)}; a model cannot predict a class it never saw"
+            )
 
 
 def _require_two_classes(frame: pd.DataFrame, source: str) -> None:

@@ -122,8 +122,8 @@ def distill(
         student = backbones.load_classifier(params.student, labels, model.trust_remote_code)
 
     # Training rows: the labeled split, then transfer rows that only the teacher labels.
-    transfer = list(splits.unlabeled) + augment(splits.train.frame["text"].tolist(), params.augment_copies, model.seed)
-    texts = splits.train.frame["text"].tolist() + transfer
+    transfer = list(splits.unlabeled) + augment(splits.train.texts, params.augment_copies, model.seed)
+    texts = splits.train.texts + transfer
     ids = encode_labels(splits.train.frame["label"], labels, "train") + [UNLABELED] * len(transfer)
     layer_map = (
         uniform_layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers)

@@ -2,7 +2,15 @@
 
 
 class GraftlineError(Exception):
-    """Bad input or a failed gate. The command line prints it as one line and exits non-zero."""
+    """Bad input or a failed gate. The command line prints the message as one line, then any
+    `details` (a short table, the path of a report) below it, and exits non-zero."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message, details)  # both in args: the error survives pickling between processes
+        self.message, self.details = message, details
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class DataError(GraftlineError):

@@ -49,7 +49,7 @@ def evaluate_model(
 
     labels = labels_of(model)
     truth = encode_labels(split.frame["label"], labels, split.name)
-    encoded = encode(tokenizer, split.frame["text"].tolist(), truth, max_length)
+    encoded = encode(tokenizer, split.texts, truth, max_length)
     model.to(resolve_device(device))
     started = time.perf_counter()
     predictions = predict_logits(model, encoded, batch_size, tokenizer.pad_token_id).argmax(-1)

@@ -112,7 +112,7 @@ def export_and_measure(
     served = "student" if teacher_dir is not None else "teacher"
     model = backbones.load_classifier(str(model_dir)).eval()
     tokenizer = backbones.load_tokenizer(str(model_dir))
-    texts = test.frame["text"].tolist()
+    texts = test.texts
     if not texts:
         raise GraftlineError(f"{test.name}: no rows to check the exported model's parity on")
     truth = np.asarray(encode_labels(test.frame["label"], backbones.labels_of(model), test.name))

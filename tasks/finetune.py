@@ -131,7 +131,7 @@ def _with_lora(model, params: FinetuneParams):
 
 def encode_split(tokenizer, split, labels: list[str], max_length: int, cache_dir: Path | None = None):
     ids = encode_labels(split.frame["label"], labels, split.name)
-    return encode(tokenizer, split.frame["text"].tolist(), ids, max_length, cache_dir)
+    return encode(tokenizer, split.texts, ids, max_length, cache_dir)
 
 
 def save_model(model, tokenizer, out_dir: Path) -> None:

@@ -206,7 +206,7 @@ def select_backbone(
     sample = stratified_sample(frame, params.sample_size, model.seed)
     label_names = sorted(sample["label"].unique())
     labels = sample["label"].map({name: i for i, name in enumerate(label_names)}).to_numpy(np.int64)
-    selection = choose(score_all(sample["text"].tolist(), labels, params, model), params)
+    selection = choose(score_all(sample["text"].fillna("").tolist(), labels, params, model), params)
     selection.seconds = time.perf_counter() - started
     return selection
 

@@ -66,9 +66,18 @@ class DataParams(Params):
 class ValidationParams(Params):
     mode: Literal["fail", "warn"] = Field("fail", description="fail: stop before training; warn: record and continue.")
     min_text_chars: int = Field(1, ge=0, description="Shortest acceptable text, in characters.")
-    max_text_chars: int = Field(5000, ge=1, description="Longest acceptable text, in characters.")
+    max_text_chars: int = Field(
+        1_000_000,
+        ge=1,
+        description="Longest acceptable text, in characters: a guard against absurd rows (a file read "
+        "as one cell); long texts are normal, the tokenizer cuts them at model.max_length.",
+    )
     max_duplicate_fraction: float = Field(
-        0.05, ge=0, le=1, description="Largest share of repeated texts within a split."
+        0.2,
+        ge=0,
+        le=1,
+        description="Largest share of repeated texts within a split (real data repeats some: the same "
+        "spam, the same short review; far more suggests a file read or joined twice).",
     )
     max_overlap_fraction: float = Field(
         0.01, ge=0, le=1, description="Largest share of test/eval texts also in train (leakage)."

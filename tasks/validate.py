@@ -2,32 +2,88 @@
 
 Every split gets a suite: required columns, no null or blank text, text-length bounds, duplicate
 rate, labels inside the training label set. The training split also gets a class suite (minimum
-examples per class, largest/smallest class ratio); test and extra evaluation sets get a leakage
-check (share of their texts that also occur in train). Results and Data Docs HTML are written to
-a folder so the caller can log them; `ValidationReport.failures` lists every failed expectation
-with its counts.
+examples per class, largest/smallest class ratio, one label vocabulary); test and extra evaluation
+sets get a leakage check (share of their texts that also occur in train). Results and Data Docs
+HTML are written to a folder so the caller can log them.
+
+A failed expectation becomes a `Finding`: split, check, failing rows, threshold, observed value and
+the parameter that relaxes it (with the value that would have passed). `ValidationReport.table()`
+is the short table the command line prints under its one-line error; `markdown()` is the report
+file, the only place row text appears (it may be personal data), as a few examples per finding.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from graftline.tasks.data import Split, Splits
 from graftline.tasks.settings import ValidationParams
+
+EXAMPLES = 3  # rows quoted per finding in the report file
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One failed expectation, in words a person can act on."""
+
+    split: str
+    check: str  # e.g. "leakage from train"
+    failing: str  # e.g. "9 of 500 rows"
+    threshold: str  # e.g. "<= 1%"
+    observed: str  # e.g. "1.8%"
+    relax: str  # the parameter (and a value that passes), or what to change in the data
+    examples: tuple[str, ...] = ()  # "row 12: <text>": only for the report file
+
+    def line(self) -> str:
+        return f"{self.split}: {self.check}: {self.failing} (threshold {self.threshold}, observed {self.observed})"
 
 
 @dataclass
 class ValidationReport:
     success: bool
-    failures: list[str]
+    findings: list[Finding]
     results: dict[str, dict] = field(default_factory=dict)  # split name -> GX result as JSON
     docs_dir: Path | None = None
     statistics: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def failures(self) -> list[str]:
+        return [f.line() for f in self.findings]
+
     def summary(self) -> str:
-        return "; ".join(self.failures) if self.failures else "all expectations met"
+        """One line, without row text: what the command line and the run log print."""
+        if not self.findings:
+            return "all expectations met"
+        splits = len({f.split for f in self.findings})
+        return (
+            f"data validation failed: {_count(len(self.findings), 'expectation')} "
+            f"on {_count(splits, 'split')}; see the report"
+        )
+
+    def table(self) -> str:
+        """The findings as an aligned plain-text table (no row text)."""
+        header = ("split", "check", "failing rows", "threshold", "observed", "relax with")
+        rows = [header] + [(f.split, f.check, f.failing, f.threshold, f.observed, f.relax) for f in self.findings]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+    def markdown(self, examples: bool = True) -> str:
+        """The report file: the table, then (with `examples`) a few example rows per finding."""
+        lines = ["# Data validation", "", self.summary(), ""]
+        if self.findings:
+            lines += ["| split | check | failing rows | threshold | observed | relax with |", "|---" * 6 + "|"]
+            lines += [
+                f"| {f.split} | {f.check} | {f.failing} | {f.threshold} | {f.observed} | `{f.relax}` |"
+                for f in self.findings
+            ]
+            for f in (f for f in self.findings if f.examples and examples):
+                lines += ["", f"## {f.split}: {f.check}", ""] + [f"- {_markdown_escape(e)}" for e in f.examples]
+        return "\n".join(lines) + "\n"
 
 
 def validate_splits(splits: Splits, thresholds: ValidationParams, out_dir: Path) -> ValidationReport:
@@ -40,7 +96,7 @@ def validate_splits(splits: Splits, thresholds: ValidationParams, out_dir: Path)
     train_texts = set(splits.train.frame["text"].dropna())
     labels = splits.labels
 
-    failures, results, statistics = [], {}, {}
+    findings, results, statistics = [], {}, {}
     for split in [splits.train, splits.validation, *splits.evaluation_sets().values()]:
         frame = split.frame.assign(seen_in_train=split.frame["text"].isin(train_texts))
         suite = context.suites.add(
@@ -52,15 +108,19 @@ def validate_splits(splits: Splits, thresholds: ValidationParams, out_dir: Path)
         )
         result = definition.run(batch_parameters={"dataframe": frame})
         results[split.name] = result.to_json_dict()
-        failures += [f"{split.name}: {_describe(r)}" for r in result.results if not r.success]
+        findings += [_finding(split.name, frame, r, thresholds) for r in result.results if not r.success]
+        lengths = frame["text"].dropna().str.len()
         statistics[f"{split.name}_rows"] = len(frame)
+        statistics[f"{split.name}_text_chars_p95"] = float(lengths.quantile(0.95)) if len(lengths) else 0.0
         if split.name != "train":
             statistics[f"{split.name}_overlap_with_train"] = float(frame["seen_in_train"].mean())
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "gx_results.json").write_text(json.dumps(results, indent=1, default=str))
     docs_dir = _build_docs(context, out_dir / "data_docs")
-    return ValidationReport(not failures, failures, results, docs_dir, statistics)
+    report = ValidationReport(not findings, findings, results, docs_dir, statistics)
+    (out_dir / "report.md").write_text(report.markdown())
+    return report
 
 
 def _expectations(split: Split, labels: list[str], t: ValidationParams) -> list:
@@ -77,11 +137,9 @@ def _expectations(split: Split, labels: list[str], t: ValidationParams) -> list:
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=labels),
     ]
     if split.name == "train":
-        rules.append(
-            _class_balance_expectation()(
-                column="label", min_count=t.min_examples_per_class, max_ratio=t.max_class_ratio
-            )
-        )
+        balance, vocabulary = _custom_expectations()
+        rules.append(balance(column="label", min_count=t.min_examples_per_class, max_ratio=t.max_class_ratio))
+        rules.append(vocabulary(column="label"))
     elif split.name != "validation":
         # Leakage: a test text that is also a training text measures memory, not transfer.
         rules.append(
@@ -92,13 +150,32 @@ def _expectations(split: Split, labels: list[str], t: ValidationParams) -> list:
     return rules
 
 
-_BALANCE = None
+def vocabulary_faults(labels: list[str]) -> dict[str, list[str]]:
+    """Signs that a label column mixes two vocabularies: class names that are numbers next to class
+    names that are words (`0`/`1`/`2` beside `positive`/`negative`), or names that differ only in
+    case (`Positive`, `positive`). Empty when the labels read as one vocabulary."""
+    numeric = [x for x in labels if _is_number(x)]
+    words = [x for x in labels if not _is_number(x)]
+    faults: dict[str, list[str]] = {}
+    if numeric and words:
+        faults["numbers"], faults["words"] = numeric, words
+    folded: dict[str, list[str]] = {}
+    for label in labels:
+        folded.setdefault(label.casefold(), []).append(label)
+    same = [name for names in folded.values() if len(names) > 1 for name in names]
+    if same:
+        faults["same but for case"] = same
+    return faults
 
 
-def _class_balance_expectation():
-    """GX has no class-balance expectation; this one reads `column.value_counts` (defined once)."""
-    global _BALANCE
-    if _BALANCE is None:
+_CUSTOM = None
+
+
+def _custom_expectations():
+    """GX has no class-balance or label-vocabulary expectation; these read `column.value_counts`
+    (classes are defined once per process: GX registers expectation types globally)."""
+    global _CUSTOM
+    if _CUSTOM is None:
         from great_expectations.expectations.expectation import ColumnAggregateExpectation
 
         class ExpectColumnClassCountsToBeBalanced(ColumnAggregateExpectation):
@@ -121,27 +198,137 @@ def _class_balance_expectation():
                     },
                 }
 
-        _BALANCE = ExpectColumnClassCountsToBeBalanced
-    return _BALANCE
+        class ExpectColumnLabelsToBeOneVocabulary(ColumnAggregateExpectation):
+            """The class names read as one vocabulary (see `vocabulary_faults`)."""
+
+            metric_dependencies = ("column.value_counts",)
+
+            def _validate(self, metrics, runtime_configuration=None, execution_engine=None):
+                labels = sorted(str(k) for k in metrics["column.value_counts"].index)
+                faults = vocabulary_faults(labels)
+                return {"success": not faults, "result": {"observed_value": labels, "details": faults}}
+
+        _CUSTOM = (ExpectColumnClassCountsToBeBalanced, ExpectColumnLabelsToBeOneVocabulary)
+    return _CUSTOM
 
 
-def _describe(result) -> str:
-    """One clause per failed expectation: what was expected and what was counted."""
+def _finding(split: str, frame: pd.DataFrame, result, t: ValidationParams) -> Finding:
+    """A failed GX result in words: which check, how many rows, against what, and how to relax it."""
     config, r = result.expectation_config, result.result or {}
-    kwargs = config.kwargs
-    kind = config.type.removeprefix("expect_")
-    if "unexpected_count" in r and r.get("unexpected_count") is not None:
-        examples = ", ".join(repr(v)[:40] for v in (r.get("partial_unexpected_list") or [])[:3])
-        detail = f"{r['unexpected_count']} of {r.get('element_count')} rows fail"
-        return f"{kind}({kwargs.get('column')}) {detail}" + (f", e.g. {examples}" if examples else "")
-    observed = r.get("observed_value")
-    bounds = {k: kwargs[k] for k in ("min_value", "max_value", "min_count", "max_ratio") if k in kwargs}
-    details = r.get("details")
-    return (
-        f"{kind}({kwargs.get('column')}) observed {observed}"
-        + (f" {details}" if details else "")
-        + (f", bounds {bounds}" if bounds else "")
+    kind, column = config.type.removeprefix("expect_"), config.kwargs.get("column")
+    total = len(frame)
+    failing = f"{r['unexpected_count']} of {total} rows" if r.get("unexpected_count") is not None else "-"
+    where = frame.index.isin(r.get("partial_unexpected_index_list") or [])
+    examples = _examples(frame[where])
+    make = lambda check, threshold, observed, relax, examples=(): Finding(  # noqa: E731
+        split, check, failing, threshold, observed, relax, tuple(examples)
     )
+    texts = frame["text"].dropna()
+    if kind == "column_values_to_not_be_null":
+        return make(f"missing {column}", "none", failing, "fill or remove those rows")
+    if kind == "column_values_to_not_match_regex":
+        return make("blank text", "none", failing, "fill or remove those rows", examples)
+    if kind == "column_value_lengths_to_be_between":
+        lengths = texts.str.len()
+        if lengths.max() > t.max_text_chars:
+            longest = frame.loc[[lengths.idxmax()]]
+            return make(
+                "text length",
+                f"<= {t.max_text_chars:,} chars",
+                f"longest {int(lengths.max()):,} chars (row {_row(longest)})",
+                f"validation.max_text_chars={int(lengths.max())}",
+            )
+        return make(
+            "text length",
+            f">= {t.min_text_chars:,} chars",
+            f"shortest {int(lengths.min()):,} chars",
+            f"validation.min_text_chars={int(lengths.min())}",
+            examples,
+        )
+    if kind == "column_proportion_of_unique_values_to_be_between":
+        repeated = 1 - texts.nunique() / max(len(texts), 1)
+        copies = frame[frame["text"].duplicated(keep=False) & frame["text"].notna()]
+        return Finding(
+            split,
+            "repeated texts",
+            f"{int(texts.duplicated().sum())} of {total} rows",
+            f"<= {_percent(t.max_duplicate_fraction)}",
+            _percent(repeated),
+            f"validation.max_duplicate_fraction={_ceil(repeated)}",
+            _examples(copies),
+        )
+    if kind == "column_values_to_be_in_set" and column == "seen_in_train":
+        share = float(frame["seen_in_train"].mean())
+        leaked = int(frame["seen_in_train"].sum())
+        return Finding(
+            split,
+            "leakage: texts also in train",
+            f"{leaked} of {total} rows",
+            f"<= {_percent(t.max_overlap_fraction)}",
+            _percent(share),
+            f"validation.max_overlap_fraction={_ceil(share)} (or remove them from one split)",
+            _examples(frame[frame["seen_in_train"]]),
+        )
+    if kind == "column_values_to_be_in_set":
+        unknown = sorted({str(v) for v in r.get("partial_unexpected_list") or []})
+        return make("labels outside the training labels", "none", ", ".join(unknown), "relabel or remove those rows")
+    if kind == "column_class_counts_to_be_balanced":
+        counts = frame["label"].value_counts()
+        smallest, ratio = counts.idxmin(), counts.max() / counts.min()
+        too_few, too_skewed = int(counts.min() < t.min_examples_per_class), int(ratio > t.max_class_ratio)
+        relax = [f"validation.min_examples_per_class={int(counts.min())}"] * too_few
+        relax += [f"validation.max_class_ratio={math.ceil(ratio)}"] * too_skewed
+        return make(
+            "class balance",
+            f">= {t.min_examples_per_class} rows per class, largest/smallest <= {t.max_class_ratio:g}",
+            f"{smallest!r} has {int(counts.min())} rows; largest/smallest {ratio:.1f}",
+            " and ".join(relax),
+        )
+    if kind == "column_labels_to_be_one_vocabulary":
+        faults = r.get("details") or {}
+        observed = "; ".join(f"{name} {', '.join(map(repr, labels))}" for name, labels in faults.items())
+        return make("label vocabulary", "one vocabulary", observed, "map the labels to one set of names")
+    observed = r.get("observed_value")
+    return make(kind.replace("_", " "), str(config.kwargs), str(observed), "see the report")
+
+
+def _examples(rows: pd.DataFrame) -> list[str]:
+    return [f"row {_row(rows.loc[[i]])}: {_clip(rows.at[i, 'text'])}" for i in rows.index[:EXAMPLES]]
+
+
+def _row(one: pd.DataFrame) -> int:
+    """The file row of a one-row frame (its position when the frame was not read from a file)."""
+    return int(one["row"].iloc[0]) if "row" in one else int(one.index[0]) + 1
+
+
+def _clip(text, width: int = 160) -> str:
+    text = "<missing>" if pd.isna(text) else " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _markdown_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("<", "&lt;")
+
+
+def _percent(share: float) -> str:
+    return f"{share * 100:.1f}%".replace(".0%", "%")
+
+
+def _ceil(share: float) -> float:
+    """The two-decimal threshold at or above `share` (0.018 -> 0.02)."""
+    return math.ceil(round(share * 100, 6)) / 100
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
+def _is_number(label: str) -> bool:
+    try:
+        float(label)
+        return True
+    except ValueError:
+        return False
 
 
 def _build_docs(context, docs_dir: Path) -> Path | None:

@@ -23,7 +23,8 @@ def test_reads_every_format_with_user_column_names(tmp_path, frame, suffix):
         "parquet": lambda: frame.to_parquet(path),
     }[suffix]()
     table = read_table(str(path), "message", "team")
-    assert list(table.columns) == ["text", "label"]
+    assert list(table.columns) == ["text", "label", "row"]
+    assert table["row"].tolist() == list(range(1, len(frame) + 1))  # where a report points
     assert table["text"].tolist() == frame["message"].tolist()
     assert set(table["label"]) == {"good", "bad"}
 
@@ -37,6 +38,23 @@ def test_numeric_labels_become_names(tmp_path):
     path = tmp_path / "d.jsonl"
     pd.DataFrame({"text": ["a", "b", "c", "d"], "label": [0, 1, 0, 1]}).to_json(path, orient="records", lines=True)
     assert read_table(str(path), "text", "label")["label"].tolist() == ["0", "1", "0", "1"]
+    mixed = tmp_path / "mixed.jsonl"  # numbers, numbers as text, floats (Parquet/JSON keep them), padding
+    mixed.write_text(
+        '{"text": 5, "label": 1}\n{"text": "b", "label": "1"}\n{"text": "c", "label": 1.0}\n'
+        '{"text": "d", "label": " 2 "}\n'
+    )
+    table = read_table(str(mixed), "text", "label")
+    assert table["label"].tolist() == ["1", "1", "1", "2"] and table["text"].tolist() == ["5", "b", "c", "d"]
+
+
+def test_repeated_texts_stay_on_one_side_of_a_carved_split(tmp_path):
+    frame = toy_frame(30)
+    repeated = pd.concat([frame, frame.head(15), frame.tail(15)], ignore_index=True)  # 30 texts twice
+    repeated.to_csv(tmp_path / "d.csv", index=False)
+    splits = load(str(tmp_path / "d.csv"))
+    train = set(splits.train.frame["text"])
+    assert not train & set(splits.test.frame["text"]) and not train & set(splits.validation.frame["text"])
+    assert sum(len(s.frame) for s in (splits.train, splits.validation, splits.test)) == len(repeated)
 
 
 def test_seeded_stratified_split_is_reproducible_and_keeps_class_shares(tmp_path, frame):
@@ -125,7 +143,7 @@ def test_class_with_one_row_cannot_be_stratified(tmp_path):
     path = tmp_path / "d.csv"
     frame = pd.DataFrame({"text": [f"t{i}" for i in range(11)], "label": ["a"] * 10 + ["b"]})
     frame.to_csv(path, index=False)
-    with pytest.raises(DataError, match="'b' have a single row"):
+    with pytest.raises(DataError, match="'b' have a single distinct text"):
         load(str(path))
 
 
@@ -143,3 +161,43 @@ def test_fsspec_urls_are_read_like_paths(frame):
     assert len(splits.train.frame) + len(splits.validation.frame) + len(splits.test.frame) == len(frame)
     with pytest.raises(DataError, match="memory://graftline-test/nope.csv: file not found"):
         load("memory://graftline-test/nope.csv")
+
+
+def test_labels_the_model_never_learns_are_refused_when_reading(tmp_path):
+    toy_frame(10).to_csv(tmp_path / "train.csv", index=False)
+    toy_frame(3, 1).assign(label=["good", "bad", "spam", "spam", "good", "bad"]).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(DataError, match=r"t\.csv \(test\): label\(s\) 'spam' \(2 rows\) do not occur in the training"):
+        load(str(tmp_path / "train.csv"), test_path=str(tmp_path / "t.csv"))
+
+
+# Faults inside a file: each names the file and the row or line where it can.
+# fmt: off
+FILE_FAULTS = {
+    "empty labels": ("d.csv", "text,label\na,x\nb,\nc,y\nd,\n",
+                     r"d\.csv: 2 of 4 rows have no 'label' \(rows 2, 4\); label them or remove them"),
+    "blank labels": ("d.csv", "text,label\na,x\nb,\"  \"\nc,y\n", r"1 of 3 rows have no 'label' \(rows 2\)"),
+    "null labels in JSON": ("d.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": null}\n',
+                            r"d\.jsonl: 1 of 2 rows have no 'label' \(rows 2\)"),
+    "broken JSON line": ("d.jsonl", '{"text": "a", "label": "x"}\n\n{"text": "b", "label": "y"\n',
+                         r"d\.jsonl: line 3: not valid JSON \(Expecting ',' delimiter"),
+    "JSON line not an object": ("d.jsonl", '{"text": "a", "label": "x"}\n["b", "y"]\n',
+                                r"line 2: expected a JSON object, found list"),
+    "key repeated in a JSON object": ("d.jsonl", '{"text": "a", "label": "x", "label": "y"}\n',
+                                      r"line 1: not valid JSON \(key\(s\) 'label' appear more than once\)"),
+    "column name repeated": ("d.csv", "text,label,label\na,x,y\n",
+                             r"d\.csv: column name\(s\) 'label' appear more than once"),
+    "nested value": ("d.jsonl", '{"text": "a", "label": "x"}\n{"text": {"body": "b"}, "label": "y"}\n',
+                     r"d\.jsonl: row 2: column 'text' holds a dict, expected text"),
+    "not UTF-8": ("d.csv", b"text,label\n\xff\xfe,x\n", r"cannot read .*d\.csv as csv: 'utf-8' codec can't decode"),
+    "ragged CSV": ("d.csv", "text,label\na,x\nb,y,z\n", r"cannot read .*d\.csv as csv: .*line 3"),
+}
+# fmt: on
+
+
+@pytest.mark.parametrize("case", list(FILE_FAULTS))
+def test_faults_inside_a_file_name_the_file_and_where(tmp_path, case):
+    name, content, pattern = FILE_FAULTS[case]
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(DataError, match=pattern):
+        read_table(str(path), "text", "label")

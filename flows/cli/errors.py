@@ -31,6 +31,8 @@ def command(function):
             return function(*args, **kwargs)
         except (GraftlineError, ValidationError) as error:
             print(f"graftline: error: {one_line(error)}", file=sys.stderr)
+            if getattr(error, "details", ""):
+                print(error.details, file=sys.stderr)
             raise SystemExit(2) from None
 
     return run

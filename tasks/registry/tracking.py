@@ -33,6 +33,14 @@ class Tracking:
         return f"mlflow ui --backend-store-uri {self.uri}{root} --host 127.0.0.1 --port 5000"
 
 
+def local_path(uri: str) -> str:
+    """A file: URI as the path a person can open; any other URI as it is."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    return url2pathname(urlparse(uri).path) if uri.startswith("file:") else uri
+
+
 def home() -> Path:
     """graftline's own folder: the default MLflow store, reusable step results, checkpoints, caches."""
     folder = Path(os.environ.get("GRAFTLINE_HOME", "graftline-runs")).expanduser().resolve()
@@ -200,6 +208,7 @@ def log_datasets(run_id: str, splits) -> None:
         with warnings.catch_warnings():  # MLflow registers its local source twice and warns about it
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
             warnings.filterwarnings("ignore", message="Starting with pandas version 4.0")  # MLflow's digest code
-            dataset = mlflow.data.from_pandas(split.frame, source=split.source, name=split.name, targets="label")
+            rows = split.frame[["text", "label"]]
+            dataset = mlflow.data.from_pandas(rows, source=split.source, name=split.name, targets="label")
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split.name)]))
     MlflowClient().log_inputs(run_id, datasets=inputs)
