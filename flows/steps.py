@@ -33,10 +33,9 @@ from graftline.tasks.settings import (
     SelectParams,
     ValidationParams,
 )
-from graftline.tasks.validate import ValidationReport, validate_splits
+from graftline.tasks.validate import RELAX_HINT, ValidationReport, validate_splits
 
 STEP = dict(cache_policy=NO_CACHE, persist_result=False)
-RELAX_HINT = "relax a check with --set <parameter>=<value>, or record and go on with --validation-mode warn"
 
 
 def reusable(step, run: RunParams):

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from graftline.tasks.data import Splits, encode_labels
 from graftline.tasks.engine import backbones
+from graftline.tasks.engine.backbones import LAYER_PREFIX, student_layers  # noqa: F401  (the student syntax)
 from graftline.tasks.engine.checkpoints import Checkpoints
 from graftline.tasks.engine.training import (
     TrainingIO,
@@ -51,8 +52,6 @@ from graftline.tasks.settings import DistillParams, ModelParams
 
 UNLABELED = -100  # label id of transfer rows: soft targets only, no cross-entropy
 TEACHER_BATCH = 64  # rows per forward pass when computing teacher targets
-
-LAYER_PREFIX = "teacher-layers:"
 
 
 @dataclass
@@ -262,29 +261,6 @@ def augment(texts: list[str], copies: int, seed: int) -> list[str]:
                 kept[i], kept[i + 1] = kept[i + 1], kept[i]
             out.append(" ".join(kept))
     return out
-
-
-def student_layers(spec: str, teacher_layers: int) -> list[int] | None:
-    """The teacher layers a `teacher-layers:` student keeps, or None for a separate backbone."""
-    if not spec.startswith(LAYER_PREFIX):
-        return None
-    value = spec.removeprefix(LAYER_PREFIX)
-    try:
-        if "," in value:
-            kept = sorted({int(v) for v in value.split(",")})
-        else:
-            count = int(value)
-            if not 1 <= count <= teacher_layers:
-                raise ValueError
-            step = teacher_layers / count
-            kept = [int(i * step) for i in range(count)]
-    except ValueError:
-        raise BackboneError(
-            f"student {spec!r}: expected {LAYER_PREFIX}N with 1 <= N <= {teacher_layers}, or a list of layer indices"
-        ) from None
-    if kept[0] < 0 or kept[-1] >= teacher_layers:
-        raise BackboneError(f"student {spec!r}: the teacher has layers 0..{teacher_layers - 1}")
-    return kept
 
 
 def make_layer_student(teacher, kept: list[int]):

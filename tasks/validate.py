@@ -25,6 +25,7 @@ from graftline.tasks.data import Split, Splits
 from graftline.tasks.settings import ValidationParams
 
 EXAMPLES = 3  # rows quoted per finding in the report file
+RELAX_HINT = "relax a check with --set <parameter>=<value>, or record and go on with --validation-mode warn"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
     graftline run                                 the embedded demo, end to end
     graftline run --train data.csv --eval other=other.csv --backbone minilm-l6
     graftline run --config params.yaml --set model.max_length=256
+    graftline check --train data.csv              the pre-flight checks and the validation report, nothing trained
     graftline resume [RUN]                        continue a killed or failed run where it stopped
     graftline promote graftline-demo --to production
     graftline rollback graftline-demo --alias production
@@ -34,7 +35,7 @@ def _main() -> None:
 
 
 for module, names in (
-    (lifecycle, ("run", "resume")),
+    (lifecycle, ("run", "check", "resume")),
     (registry, ("promote", "rollback", "history")),
     (platform, ("up", "down", "deploy")),
 ):

@@ -47,9 +47,55 @@ def run(
         "validation.mode": validation_mode,
     }
     params = build_params(config, overrides, eval_set, set_)
+    print(preflight(params).line(), file=sys.stderr)  # bad input stops here, before any server starts
     from graftline.flows.lifecycle import transfer
 
     print_summary(transfer(**params.groups()))
+
+
+@command
+def check(
+    config: Path | None = typer.Option(None, help="YAML or JSON file of flow parameters."),
+    train: str | None = typer.Option(None, help="Training data (CSV, JSONL, Parquet; path or fsspec URL)."),
+    validation: str | None = typer.Option(None, help="Validation data; carved from --train when absent."),
+    test: str | None = typer.Option(None, help="Test data; carved from --train when absent."),
+    eval_set: list[str] = typer.Option([], "--eval", help="Extra evaluation set NAME=PATH (repeatable)."),
+    text_column: str | None = typer.Option(None, help="Text column name."),
+    label_column: str | None = typer.Option(None, help="Label column name."),
+    out: Path | None = typer.Option(None, help="Folder for the report and Data Docs (default: a new temporary one)."),
+    set_: list[str] = typer.Option([], "--set", help="Any parameter as dotted.path=value (repeatable)."),
+) -> None:
+    """Check and validate data as `graftline run` would, without training or tracking anything: the
+    pre-flight checks, then the full validation suite, its table and report. Exit 2 when it fails."""
+    import tempfile
+
+    overrides = {
+        "data.train_path": train,
+        "data.validation_path": validation,
+        "data.test_path": test,
+        "data.text_column": text_column,
+        "data.label_column": label_column,
+    }
+    params = build_params(config, overrides, eval_set, set_)
+    checked = preflight(params)
+    print(checked.line(), file=sys.stderr)
+    from graftline.tasks.validate import RELAX_HINT, validate_splits
+
+    folder = out or Path(tempfile.mkdtemp(prefix="graftline-check-"))
+    report = validate_splits(checked.splits, params.validation, folder)
+    where = f"report: {folder / 'report.md'}" + (
+        f"\nData Docs: {report.docs_dir / 'index.html'}" if report.docs_dir else ""
+    )
+    if not report.success:
+        raise GraftlineError(report.summary(), f"{report.table()}\n{where}\n{RELAX_HINT}")
+    print(f"data validation passed\n{where}")
+
+
+def preflight(params):
+    """The checks that need no server and no model (tasks/preflight.py), on the run's parameters."""
+    from graftline.tasks import preflight as checks
+
+    return checks.check(params.data, params.finetune, params.select, params.distill)
 
 
 @command

@@ -15,19 +15,94 @@ from pathlib import Path
 from graftline.tasks.engine import catalog
 from graftline.tasks.errors import BackboneError
 
+LAYER_PREFIX = "teacher-layers:"  # a student made of some of the teacher's layers: teacher-layers:3
+
 
 def resolve(spec: str) -> str:
     """A loadable source for `spec`: a catalog name's folder, a local folder, or the hub id as is."""
     if spec in catalog.CATALOG:
-        entry = catalog.get(spec)
-        if not entry.text:
-            raise BackboneError(f"backbone {spec!r} is an {entry.kind} backbone; text classification needs a text one")
+        _require_text_entry(spec)
         return str(catalog.folder(spec))
     if Path(spec).expanduser().is_dir():
-        return str(Path(spec).expanduser().resolve())
+        folder = Path(spec).expanduser().resolve()
+        read_folder_config(folder)
+        return str(folder)
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise BackboneError(f"backbone {spec!r}: no such folder")
     return spec  # a hub id; load_config tells whether it is reachable
+
+
+def check(spec: str) -> dict | None:
+    """The cheap check of a backbone name, without loading weights or importing transformers: a
+    catalog backbone is installed, a folder holds a readable config and safetensors weights, a hub
+    id is in the local cache when the hub is offline. Returns the config when it could be read."""
+    import os
+
+    if spec in catalog.CATALOG:
+        entry = _require_text_entry(spec)
+        if not catalog.installed(entry):
+            raise BackboneError(f"backbone {spec!r} is not installed: graftline zoo install {spec}")
+        return catalog.config(spec)
+    if Path(spec).expanduser().is_dir():
+        folder = Path(spec).expanduser().resolve()
+        config = read_folder_config(folder)
+        if not any(folder.glob("*.safetensors")):
+            raise BackboneError(
+                f"backbone folder {folder}: no safetensors weights (*.safetensors); other weight formats are "
+                "never loaded (they can run code when unpickled)"
+            )
+        return config
+    resolve(spec)  # a path that is not a folder is named here
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(spec, "config.json")
+        if not isinstance(cached, str):
+            known = ", ".join(name for name, entry in catalog.CATALOG.items() if entry.text)
+            raise BackboneError(
+                f"unknown backbone {spec!r}: not a catalog backbone ({known}), not a local folder, and not in "
+                "the local Hugging Face cache while HF_HUB_OFFLINE is set"
+            )
+    return None
+
+
+def read_folder_config(folder: Path) -> dict:
+    """A backbone folder's config.json, or an error naming the file and what is wrong with it."""
+    import json
+
+    path = folder / "config.json"
+    if not path.is_file():
+        raise BackboneError(f"backbone folder {folder}: no config.json (not a transformers checkpoint)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BackboneError(f"{path}: not valid JSON ({_first_line(exc)})") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise BackboneError(f"{path}: no 'model_type' (not a transformers config)")
+    return config
+
+
+def student_layers(spec: str, teacher_layers: int) -> list[int] | None:
+    """The teacher layers a `teacher-layers:` student keeps, or None for a separate backbone."""
+    if not spec.startswith(LAYER_PREFIX):
+        return None
+    value = spec.removeprefix(LAYER_PREFIX)
+    try:
+        if "," in value:
+            kept = sorted({int(v) for v in value.split(",")})
+        else:
+            count = int(value)
+            if not 1 <= count <= teacher_layers:
+                raise ValueError
+            step = teacher_layers / count
+            kept = [int(i * step) for i in range(count)]
+    except ValueError:
+        raise BackboneError(
+            f"student {spec!r}: expected {LAYER_PREFIX}N with 1 <= N <= {teacher_layers}, or a list of layer indices"
+        ) from None
+    if kept[0] < 0 or kept[-1] >= teacher_layers:
+        raise BackboneError(f"student {spec!r}: the teacher has layers 0..{teacher_layers - 1}")
+    return kept
 
 
 def load_config(spec: str, trust_remote_code: bool = False):
@@ -38,6 +113,8 @@ def load_config(spec: str, trust_remote_code: bool = False):
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
+        if Path(source).is_dir():
+            raise BackboneError(f"backbone folder {source}: cannot load its config ({_first_line(exc)})") from exc
         known = ", ".join(name for name, entry in catalog.CATALOG.items() if entry.text)
         raise BackboneError(
             f"unknown backbone {spec!r}: not a catalog backbone ({known}), not a local folder, "
@@ -104,6 +181,13 @@ def labels_of(model) -> list[str]:
 
 def count_parameters(model, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _require_text_entry(spec: str) -> catalog.Entry:
+    entry = catalog.get(spec)
+    if not entry.text:
+        raise BackboneError(f"backbone {spec!r} is an {entry.kind} backbone; text classification needs a text one")
+    return entry
 
 
 def _first_line(exc: BaseException) -> str:

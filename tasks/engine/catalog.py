@@ -129,6 +129,15 @@ def installed(entry: Entry) -> bool:
         return False
 
 
+def config(name: str) -> dict | None:
+    """The config.json of an installed entry, read without building or hashing anything; None when its
+    folder is not materialised yet."""
+    entry = get(name)
+    path = cache_dir() / entry.name if entry.build is not None else _package_model_dir(entry)
+    file = path / "config.json"
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
 def describe(name: str) -> dict[str, object]:
     """Parameters, depth, width, licence and tokenizer of a materialised backbone."""
     entry = get(name)

@@ -1,0 +1,62 @@
+"""Checks that need no server and no model, run before the lifecycle starts.
+
+A missing file, an unreadable table, a missing column, unusable labels or an unknown backbone is
+reported in about a second, instead of after Prefect's server has started and the flow has begun
+(25-55 s). Checked: every data file exists, parses and has its columns; the labels are usable (none
+missing, at least two classes, every evaluated label one that training has, the carved splits
+possible); the unlabeled files hold texts; every backbone named (the fine-tuning backbone or the
+`auto` candidates, a separate student) resolves without loading weights, and a `teacher-layers:`
+student fits its teacher. The flow still validates the data fully (Great Expectations) as a step.
+
+Nothing here imports torch, transformers or Prefect: that is what keeps it fast.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from graftline.tasks.data import Splits, load_splits, read_texts
+from graftline.tasks.engine import backbones
+from graftline.tasks.settings import DataParams, DistillParams, FinetuneParams, SelectParams
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the checks read: the splits, the backbones they resolved, and how long it took."""
+
+    splits: Splits
+    backbones: tuple[str, ...]
+    seconds: float
+
+    def line(self) -> str:
+        s = self.splits
+        rows = " / ".join(f"{len(x.frame)} {x.name}" for x in (s.train, s.validation, *s.evaluation_sets().values()))
+        return (
+            f"checked in {self.seconds:.1f} s: {rows} rows, {len(s.labels)} labels, "
+            f"backbone {' | '.join(self.backbones)}"
+        )
+
+
+def check(data: DataParams, finetune: FinetuneParams, select: SelectParams, distill: DistillParams) -> Checked:
+    """Raise the first fault found (DataError, BackboneError), most basic first; else what was read."""
+    started = time.perf_counter()
+    specs = list(select.candidates) if finetune.backbone == "auto" else [finetune.backbone]
+    configs = {spec: backbones.check(spec) for spec in specs}
+    if distill.enabled:
+        _check_student(distill.student, configs)
+    unlabeled = []
+    if distill.enabled:
+        unlabeled = [t for path in distill.unlabeled_paths for t in read_texts(path, distill.unlabeled_text_column)]
+    splits = load_splits(data, unlabeled)
+    return Checked(splits, tuple(specs), time.perf_counter() - started)
+
+
+def _check_student(student: str, teachers: dict[str, dict | None]) -> None:
+    if not student.startswith(backbones.LAYER_PREFIX):
+        backbones.check(student)
+        return
+    for config in teachers.values():  # a layer count the teacher's config says it cannot give
+        layers = (config or {}).get("num_hidden_layers")
+        if isinstance(layers, int):
+            backbones.student_layers(student, layers)
