@@ -12,6 +12,9 @@ class GraftlineError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __repr__(self) -> str:  # what Prefect logs: the one line, not the details under it
+        return f"{type(self).__name__}({self.message!r})"
+
 
 class DataError(GraftlineError):
     """A dataset is missing, unreadable, or unusable for training."""

@@ -2,6 +2,8 @@
 
 import contextlib
 import io
+import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -32,8 +34,10 @@ def test_own_training_data_drops_the_demo_evaluation_set():
 
 
 @pytest.fixture
-def files(tmp_path):
-    """One file per bad input the issue names."""
+def files(tmp_path, tiny_backbone):
+    """One file (or folder) per bad input."""
+    import shutil
+
     good = toy_frame(20)
     paths = {}
     paths["missing"] = tmp_path / "missing.csv"
@@ -49,43 +53,154 @@ def files(tmp_path):
     good.to_csv(paths["train"], index=False)
     paths["unknown_labels"] = tmp_path / "test.csv"
     toy_frame(5, 3).assign(label=["good", "bad", "spam"] * 3 + ["good"]).to_csv(paths["unknown_labels"], index=False)
+    paths["empty_labels"] = tmp_path / "empty_labels.csv"
+    good.assign(label=good["label"].where(good.index % 7 != 3)).to_csv(paths["empty_labels"], index=False)
+    paths["broken_jsonl"] = tmp_path / "broken.jsonl"
+    good.head(4).to_json(paths["broken_jsonl"], orient="records", lines=True)
+    paths["broken_jsonl"].write_text(paths["broken_jsonl"].read_text() + '{"text": "cut off", "label": \n')
+    paths["repeated_columns"] = tmp_path / "repeated.csv"
+    paths["repeated_columns"].write_text("text,label,text\n" + "".join(f"t{i},x,y\n" for i in range(10)))
+    paths["two_vocabularies"] = tmp_path / "vocabularies.csv"
+    mixed = pd.concat([toy_frame(20), toy_frame(10, 5).assign(label=["0", "1"] * 10)], ignore_index=True)
+    mixed.drop_duplicates("text").to_csv(paths["two_vocabularies"], index=False)
+    paths["bad_config"] = tmp_path / "bad-config-backbone"
+    shutil.copytree(tiny_backbone, paths["bad_config"])
+    (paths["bad_config"] / "config.json").write_text('{"model_type": "bert",\n  "hidden_size": 32,,\n}')
+    paths["pickled_weights"] = tmp_path / "pickled-backbone"
+    shutil.copytree(tiny_backbone, paths["pickled_weights"])
+    (paths["pickled_weights"] / "model.safetensors").rename(paths["pickled_weights"] / "pytorch_model.bin")
     return {k: str(v) for k, v in paths.items()}
 
 
-# One case a line or two: it reads as the table it is.
+# One case a line or two: it reads as the table it is. Every case but the last fails before any
+# server starts (test_preflight_errors_come_back_before_any_server_starts shows it).
 # fmt: off
 CASES = {
     "missing file": (["--train", "{missing}"], r"missing\.csv: file not found"),
+    "missing test file": (["--train", "{train}", "--test", "{missing}"], r"missing\.csv: file not found"),
+    "missing evaluation set": (["--train", "{train}", "--eval", "other={missing}"], r"missing\.csv: file not found"),
+    "missing config file": (["--config", "{missing}"], r"missing\.csv: config file not found"),
     "unreadable format": (["--train", "{format}"], r"cannot read .*data\.parquet as parquet"),
     "missing columns": (["--train", "{columns}"], r"missing column\(s\) 'text'"),
+    "column named twice": (["--train", "{repeated_columns}"],
+                           r"repeated\.csv: column name\(s\) 'text' appear more than once"),
     "empty dataset": (["--train", "{empty}"], r"the dataset is empty"),
     "single class": (["--train", "{single}"], r"at least 2 classes, found only 'good'"),
+    "empty labels": (["--train", "{empty_labels}"],
+                     r"empty_labels\.csv: 6 of 40 rows have no 'label' \(rows 4, 11, 18, 25, 32, \.\.\.\)"),
+    "broken JSON line": (["--train", "{broken_jsonl}"], r"broken\.jsonl: line 5: not valid JSON"),
     "labels absent from train": (["--train", "{train}", "--test", "{unknown_labels}"],
-                                 r"test: column_values_to_be_in_set\(label\) 3 of 10 rows fail, e.g. 'spam'"),
+                                 r"test\.csv \(test\): label\(s\) 'spam' \(3 rows\) do not occur in the training"),
     "unknown backbone": (["--train", "{train}", "--backbone", "no-such-org/no-such-model"],
                          r"unknown backbone 'no-such-org/no-such-model'"),
+    "backbone folder with a broken config": (["--train", "{train}", "--backbone", "{bad_config}"],
+                                             r"bad-config-backbone/config\.json: not valid JSON \(.*line 2 column"),
+    "backbone folder without safetensors": (["--train", "{train}", "--backbone", "{pickled_weights}"],
+                                            r"pickled-backbone: no safetensors weights"),
+    "student deeper than its teacher": (["--train", "{train}", "--student", "teacher-layers:9"],
+                                        r"student 'teacher-layers:9': expected teacher-layers:N with 1 <= N <= 6"),
     "missing unlabeled distillation file": (["--train", "{train}", "--set", "distill.unlabeled_paths=[{missing}]"],
                                             r"missing\.csv: file not found"),
     "unlabeled file without its text column": (["--train", "{train}", "--set", "distill.unlabeled_paths=[{columns}]"],
                                                r"columns\.csv: missing column\(s\) 'text'"),
     "invalid parameter": (["--train", "{train}", "--set", "finetune.epochs=0"],
                           r"invalid parameters: finetune.epochs: Input should be greater than or equal to 1"),
+    "two label vocabularies (validation, in the flow)": (
+        ["--train", "{two_vocabularies}"], r"data validation failed: 1 expectation on 1 split; see the report"),
 }
 # fmt: on
+IN_THE_FLOW = [case for case in CASES if "in the flow" in case]
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_line_and_exit_2(case, files, prefect_harness, mlflow_store, unique_name):
-    # The app is called in-process, as the console script calls it. Only sys.stderr is swapped
-    # (not pytest's capsys/CliRunner streams, which close after each test while Prefect's log
-    # handler keeps writing to them).
-    args, pattern = CASES[case]
-    args = [a.format(**files) for a in args]
+def run_cli(args: list[str]) -> tuple[int, str]:
+    """The app in-process, as the console script calls it. Only sys.stderr is swapped (not pytest's
+    capsys/CliRunner streams, which close after each test while Prefect's log handler keeps writing
+    to them)."""
     stderr = io.StringIO()
     with pytest.raises(SystemExit) as exited, contextlib.redirect_stderr(stderr):
-        app(["run", *args, "--model-name", unique_name, "--set", f"registry.experiment={unique_name}"])
-    assert exited.value.code == 2
-    last = stderr.getvalue().strip().splitlines()[-1]
-    assert last.startswith("graftline: error: ")
-    assert pd.Series([last]).str.contains(pattern).all(), last
+        app(args)
+    return exited.value.code, stderr.getvalue()
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c not in IN_THE_FLOW])
+def test_bad_input_is_one_line_first_and_exit_2(case, files, mlflow_store, unique_name):
+    args, pattern = CASES[case]
+    code, stderr = run_cli(["run", *[a.format(**files) for a in args], "--model-name", unique_name])
+    assert code == 2
+    first, *rest = stderr.strip().splitlines()
+    assert first.startswith("graftline: error: ") and not rest, stderr
+    assert pd.Series([first]).str.contains(pattern).all(), first
     assert not MlflowClient().search_registered_models(f"name='{unique_name}'")
+
+
+@pytest.mark.parametrize("case", IN_THE_FLOW)
+def test_a_validation_failure_is_one_line_then_its_table(case, files, prefect_harness, mlflow_store, unique_name):
+    args, pattern = CASES[case]
+    args = [a.format(**files) for a in args] + ["--set", f"registry.experiment={unique_name}"]
+    code, stderr = run_cli(["run", *args, "--model-name", unique_name])
+    assert code == 2 and "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    errors = [i for i, line in enumerate(lines) if line.startswith("graftline: error: ")]
+    assert len(errors) == 1, stderr  # printed once, the Prefect log above it aside
+    error, table = lines[errors[0]], lines[errors[0] + 1 :]
+    assert pd.Series([error]).str.contains(pattern).all(), error
+    assert table[0].split()[:2] == ["split", "check"] and table[1].split()[:3] == ["train", "label", "vocabulary"]
+    assert "numbers '0', '1'; words 'bad', 'good'" in table[1]
+    report = next(line.removeprefix("report: ") for line in table if line.startswith("report: "))
+    assert "| train | label vocabulary |" in Path(report).read_text()  # the report is where the line says
+    assert any(line.startswith("Data Docs: ") and line.endswith("index.html") for line in table)
+    assert not MlflowClient().search_registered_models(f"name='{unique_name}'")
+
+
+@pytest.mark.parametrize("case", ["missing file", "unreadable format", "empty labels", "unknown backbone"])
+def test_preflight_errors_come_back_before_any_server_starts(case, files, tmp_path):
+    """In a fresh process, as a user runs it: the error comes back with Prefect (whose first flow
+    starts a temporary server), torch and MLflow never imported, and nothing written."""
+    import subprocess
+    import sys
+
+    args, pattern = CASES[case]
+    probe = (
+        "import sys\n"
+        "from graftline.flows.cli.app import app\n"
+        "try:\n    app(sys.argv[1:])\n"
+        "except SystemExit as exit:\n"
+        "    heavy = ('prefect', 'mlflow', 'torch', 'transformers', 'great_expectations')\n"
+        "    print(exit.code, [m for m in heavy if m in sys.modules])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, "run", *[a.format(**files) for a in args]],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "GRAFTLINE_HOME": str(tmp_path / "home")},
+    )
+    assert done.stdout.split("\n")[0] == "2 []", done.stdout + done.stderr
+    assert pd.Series([done.stderr.strip()]).str.contains(pattern).all() and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "home").exists()  # no store, no run folder
+
+
+def test_check_validates_without_training_or_tracking(files, tmp_path, capsys):
+    leaking = toy_frame(20).head(6)  # every test text is a training text
+    leaking.to_csv(tmp_path / "leaking.csv", index=False)
+    code, stderr = run_cli(["check", "--train", files["train"], "--test", str(tmp_path / "leaking.csv"),
+                            "--out", str(tmp_path / "report")])  # fmt: skip
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert lines[0].startswith("checked in ") and lines[1].startswith("graftline: error: data validation failed")
+    assert lines[3].split()[:5] == ["test", "leakage:", "texts", "also", "in"] and " of 6 rows " in lines[3]
+    assert "validation.max_overlap_fraction=" in lines[3] and lines[-1].startswith("relax a check with --set")
+    assert (tmp_path / "report" / "report.md").is_file() and (
+        tmp_path / "report" / "data_docs" / "index.html"
+    ).is_file()
+    app(["check", "--train", files["train"], "--out", str(tmp_path / "clean")], standalone_mode=False)
+    assert "data validation passed" in capsys.readouterr().out
+
+
+def test_errors_keep_their_details_across_processes():
+    import pickle
+
+    from graftline.tasks.errors import ValidationFailed
+
+    error = pickle.loads(pickle.dumps(ValidationFailed("one line", "a table")))
+    assert (str(error), error.details, repr(error)) == ("one line", "a table", "ValidationFailed('one line')")
