@@ -161,8 +161,10 @@ def _read_jsonl(source: str) -> pd.DataFrame:
                 continue
             try:
                 lines.append((number, json.loads(line, object_pairs_hook=unique_keys)))
-            except ValueError as exc:
-                raise DataError(f"{source}: line {number}: not valid JSON ({_first_line(exc)})") from None
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{source}: line {number}, column {exc.colno}: not valid JSON ({exc.msg})") from None
+            except ValueError as exc:  # a repeated key
+                raise DataError(f"{source}: line {number}: {exc}") from None
     for number, row in lines:
         if not isinstance(row, dict):
             raise DataError(f"{source}: line {number}: expected a JSON object, found {type(row).__name__}")

@@ -145,15 +145,19 @@ def test_a_new_version_must_pass_the_gates_against_production_on_the_same_sets(r
 @pytest.fixture
 def duplicated_data(tmp_path):
     frame = pd.read_csv(resolve_source("demo:electronics"))
-    frame = pd.concat([frame, frame.head(60)], ignore_index=True)  # 60 repeated rows: ~14% duplicates
+    frame = pd.concat([frame, frame], ignore_index=True)  # the file read twice: half the rows repeat
     path = tmp_path / "dup.csv"
     frame.to_csv(path, index=False)
     return str(path)
 
 
 def test_failed_validation_stops_before_training_and_registers_nothing(run_flow, unique_name, duplicated_data):
-    with pytest.raises(ValidationFailed, match=r"data validation failed .*proportion_of_unique_values"):
+    with pytest.raises(ValidationFailed, match=r"^data validation failed: 3 expectations on 3 splits") as failed:
         run_flow(data=DataParams(train_path=duplicated_data, eval_sets={}))
+    table = [line.split() for line in failed.value.details.splitlines()[1:4]]
+    assert [row[:3] for row in table] == [["train", "repeated", "texts"], ["validation", "repeated", "texts"],
+                                          ["test", "repeated", "texts"]]  # fmt: skip
+    assert table[0][3:6] == ["252", "of", "504"] and table[0][-1] == "validation.max_duplicate_fraction=0.5"
     client = MlflowClient()
     runs = runs_by_name(client, unique_name)
     assert {r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags} == {"ingest", "validate"}

@@ -1,0 +1,41 @@
+"""The default validation thresholds against real public datasets: the development datasets next to
+the repository, or the folder in GRAFTLINE_DATA. Each case is skipped when its files are absent.
+(bench/datasets.py runs every dataset of the index through `graftline run`; these are the cases
+that once failed by default, and the one real leak.)"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from graftline.tasks import preflight
+from graftline.tasks.settings import DataParams, DistillParams, FinetuneParams, SelectParams, ValidationParams
+from graftline.tasks.validate import validate_splits
+
+DATA = Path(os.environ.get("GRAFTLINE_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+# dataset -> (its files, the findings expected with the default thresholds)
+CASES = {
+    "amazon books: reviews up to 21 169 characters": (
+        {"train_path": "amazon_multidomain/books/train.csv", "validation_path": "amazon_multidomain/books/dev.csv"},
+        {},
+    ),
+    "sms spam: 7% repeated messages, carved": ({"train_path": "sms_spam/all.csv"}, {}),
+    "trec: 9 of 500 test questions verbatim in train": (
+        {"train_path": "trec/train.csv", "test_path": "trec/test.csv"},
+        {("test", "leakage: texts also in train"): ("9 of 500 rows", "1.8%", "validation.max_overlap_fraction=0.02")},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_default_thresholds_on_real_data(case, tmp_path):
+    files, expected = CASES[case]
+    paths = {key: DATA / name for key, name in files.items()}
+    if not all(p.is_file() for p in paths.values()):
+        pytest.skip(f"real datasets not found under {DATA}")
+    data = DataParams(**{k: str(p) for k, p in paths.items()}, eval_sets={})
+    checked = preflight.check(data, FinetuneParams(), SelectParams(), DistillParams())
+    report = validate_splits(checked.splits, ValidationParams(), tmp_path)
+    found = {(f.split, f.check): (f.failing, f.observed, f.relax.split()[0]) for f in report.findings}
+    assert found == expected, report.table()
