@@ -158,6 +158,13 @@ def test_failed_validation_stops_before_training_and_registers_nothing(run_flow,
     assert [row[:3] for row in table] == [["train", "repeated", "texts"], ["validation", "repeated", "texts"],
                                           ["test", "repeated", "texts"]]  # fmt: skip
     assert table[0][3:6] == ["252", "of", "504"] and table[0][-1] == "validation.max_duplicate_fraction=0.5"
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as prefect:  # the table on the run's page in the Prefect UI
+        shown = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["data-validation"])))
+    ours = [a.data for a in shown if "| train | repeated texts | 252 of 504 rows |" in a.data]
+    assert ours and not any("row 1:" in data for data in ours)  # the table, without example rows
     client = MlflowClient()
     runs = runs_by_name(client, unique_name)
     assert {r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags} == {"ingest", "validate"}
