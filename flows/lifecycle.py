@@ -11,7 +11,7 @@ every default is in tasks/settings.py under the group named here):
     ingest    data                    data.py                               -
     validate  validation              validate.py                           Great Expectations
     select    select, model           selection.py                          engine/backbones.py, catalog.py
-    finetune  finetune, model         finetune.py                           engine/training.py, checkpoints.py
+    finetune  finetune, adapt, model  finetune.py                           engine/training.py, mlm.py, checkpoints.py
     evaluate  model                   evaluate.py                           engine/training.py
     distill   distill, model          distill.py, evaluate.py (retention)   engine/training.py
     export    export, model           export.py                             onnxruntime
@@ -41,6 +41,7 @@ from graftline.tasks.errors import GraftlineError
 from graftline.tasks.records import LifecycleSummary, StepContext, TrainedModel
 from graftline.tasks.registry import contract, tracking
 from graftline.tasks.settings import (
+    AdaptParams,
     DataParams,
     DistillParams,
     ExportParams,
@@ -74,6 +75,7 @@ def transfer(
     model: ModelParams = ModelParams(),
     select: SelectParams = SelectParams(),
     finetune: FinetuneParams = FinetuneParams(),
+    adapt: AdaptParams = AdaptParams(),
     distill: DistillParams = DistillParams(),
     export: ExportParams = ExportParams(),
     registry: RegistryParams = RegistryParams(),
@@ -86,6 +88,7 @@ def transfer(
         model=model,
         select=select,
         finetune=finetune,
+        adapt=adapt,
         distill=distill,
         export=export,
         registry=registry,
@@ -147,7 +150,7 @@ def _lifecycle(params: TransferParams) -> LifecycleSummary:
             reusable=params.finetune.backbone == "auto",
         )
         finetune = params.finetune.model_copy(update={"backbone": backbone})
-        teacher = call(steps.finetune, splits, finetune, context, retried=True)
+        teacher = call(steps.finetune, splits, finetune, params.adapt, context, retried=True)
         teacher = reuse.materialize(teacher, context.work_dir / "teacher")
         teacher = teacher.but(evaluations=call(steps.evaluate, teacher, splits, context))
         models: list[TrainedModel] = [teacher]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from graftline.tasks import settings
 
@@ -22,10 +22,20 @@ class TransferParams(settings.Params):
     model: settings.ModelParams = Field(default_factory=settings.ModelParams)
     select: settings.SelectParams = Field(default_factory=settings.SelectParams)
     finetune: settings.FinetuneParams = Field(default_factory=settings.FinetuneParams)
+    adapt: settings.AdaptParams = Field(default_factory=settings.AdaptParams)
     distill: settings.DistillParams = Field(default_factory=settings.DistillParams)
     export: settings.ExportParams = Field(default_factory=settings.ExportParams)
     registry: settings.RegistryParams = Field(default_factory=settings.RegistryParams)
     run: settings.RunParams = Field(default_factory=settings.RunParams)
+
+    @model_validator(mode="after")
+    def _adaptation_has_targets(self) -> TransferParams:
+        if self.adapt.method != "none" and not self.data.target_sets:
+            raise ValueError(
+                f"adapt.method {self.adapt.method!r} needs unlabeled target texts: "
+                "data.target_sets (--target NAME=PATH)"
+            )
+        return self
 
     def groups(self) -> dict:
         """The groups by name: the keyword arguments of the `transfer` flow."""

@@ -58,7 +58,8 @@ def _describe(value) -> str:
         return _describe(value.model)
     if isinstance(value, Splits):
         unlabeled = hashlib.sha256("\x1f".join(value.unlabeled).encode()).hexdigest()
-        return f"splits:{value.digest}:{unlabeled}"
+        targets = hashlib.sha256("\x1f".join(f"{n}:{s.digest_of_texts}" for n, s in value.targets.items()).encode())
+        return f"splits:{value.digest}:{unlabeled}:{targets.hexdigest()}"
     if isinstance(value, TrainedModel):
         return f"model:{value.model_uri}"
     if isinstance(value, BaseModel):

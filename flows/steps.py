@@ -24,6 +24,7 @@ from graftline.tasks.evaluate import Evaluation, cross_domain_gaps, evaluate_set
 from graftline.tasks.records import Exported, Ingested, Registration, StepContext, TrainedModel
 from graftline.tasks.registry import contract, tracking
 from graftline.tasks.settings import (
+    AdaptParams,
     DataParams,
     DistillParams,
     ExportParams,
@@ -184,7 +185,7 @@ def _scorer(params: SelectParams):
 
 
 @task(name="finetune", **STEP)
-def finetune(splits: Splits, params: FinetuneParams, context: StepContext) -> TrainedModel:
+def finetune(splits: Splits, params: FinetuneParams, adapt: AdaptParams, context: StepContext) -> TrainedModel:
     import mlflow
 
     from graftline.tasks.finetune import finetune as run_finetune
@@ -193,8 +194,9 @@ def finetune(splits: Splits, params: FinetuneParams, context: StepContext) -> Tr
     with tracking.step_run("finetune", context.parent_run_id) as run:
         tracking.log_params(params.model_dump(), "finetune.")
         tracking.log_params(context.model.model_dump(), "model.")
-        io = _training_io("finetune", splits=splits, params=params, context=context)
-        result = run_finetune(splits, params, context.model, context.work_dir / "teacher", io)
+        tracking.log_params(adapt.model_dump(), "adapt.")
+        io = _training_io("finetune", splits=splits, params=params, adapt=adapt, context=context)
+        result = run_finetune(splits, params, context.model, context.work_dir / "teacher", io, adapt)
         _log_training(result.training)
         mlflow.log_metrics(result.metrics())
         mlflow.set_tags({"device": result.training.device, "stopped_early": str(result.training.stopped_early)})

@@ -46,6 +46,12 @@ class Split:
         hashed = pd.util.hash_pandas_object(self.frame[["text", "label"]], index=False)
         return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()[:16]
 
+    @cached_property
+    def digest_of_texts(self) -> str:
+        """Content hash of the texts alone (an unlabeled target set has no label column)."""
+        hashed = pd.util.hash_pandas_object(self.frame["text"], index=False)
+        return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()[:16]
+
 
 @dataclass(frozen=True)
 class Splits:
@@ -56,6 +62,7 @@ class Splits:
     test: Split
     extra: dict[str, Split] = field(default_factory=dict)  # other domains, evaluated under their names
     unlabeled: tuple[str, ...] = ()  # texts only the teacher labels (distillation data)
+    targets: dict[str, Split] = field(default_factory=dict)  # unlabeled texts of domains the model will serve
 
     @property
     def labels(self) -> list[str]:
@@ -66,6 +73,10 @@ class Splits:
         """One hash for the data a model was trained and tested on (train, validation, test)."""
         joined = "".join(s.digest for s in (self.train, self.validation, self.test))
         return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+    def target_texts(self) -> list[str]:
+        """Every target set's non-blank texts, in order: what adaptation trains on."""
+        return [t for split in self.targets.values() for t in split.texts if t.strip()]
 
     def evaluation_sets(self) -> dict[str, Split]:
         return {"test": self.test, **self.extra}
@@ -209,6 +220,7 @@ def load_splits(params: DataParams, unlabeled: list[str] | tuple[str, ...] = ())
         resolve_source(p) if p else None for p in (params.train_path, params.validation_path, params.test_path)
     )
     extra = {name: resolve_source(path) for name, path in params.eval_sets.items()}
+    targets = {name: resolve_source(path) for name, path in params.target_sets.items()}
     frame = read(train)
     _require_two_classes(frame, train)
     test_frame = read(test) if test else None
@@ -225,6 +237,12 @@ def load_splits(params: DataParams, unlabeled: list[str] | tuple[str, ...] = ())
         test=Split("test", test_frame.reset_index(drop=True), test or train),
         extra={name: Split(name, read(path), path) for name, path in extra.items()},
         unlabeled=tuple(unlabeled),
+        # Texts only: a target file's label column, if it has one, is never read (adaptation must not
+        # see target labels; a target set that is also an evaluation set is scored as that set).
+        targets={
+            name: Split(name, read_table(path, params.text_column, None, params.format), path)
+            for name, path in targets.items()
+        },  # fmt: skip
     )
     _require_known_labels(splits)
     return splits

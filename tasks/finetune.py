@@ -10,6 +10,11 @@ Strategies:
 The saved folder is a standard transformers checkpoint (safetensors) with the label names in its
 config, so anything that loads transformers models can use it.
 
+With `adapt.method: mlm` the loss of every step is the source cross-entropy plus a weighted
+masked-language-modelling loss on the target texts (`splits.targets`; engine/mlm.py), after a short
+warm-up of the new MLM head; the head is dropped before saving. Epochs are still chosen by the
+source validation split: target labels are never read.
+
 With `processes` > 1 the same function runs data-parallel in that many torchrun processes (one per
 GPU, or gloo CPU processes); with a checkpoint folder (`TrainingIO`) a killed run resumes where it
 stopped.
@@ -21,10 +26,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from graftline.tasks.data import Splits, encode_labels
-from graftline.tasks.engine import backbones, distributed
+from graftline.tasks.engine import backbones, distributed, mlm
 from graftline.tasks.engine.checkpoints import Checkpoints
-from graftline.tasks.engine.training import TrainingIO, TrainResult, encode, seed_everything, train
-from graftline.tasks.settings import FinetuneParams, ModelParams
+from graftline.tasks.engine.training import TrainingIO, TrainResult, encode, resolve_device, seed_everything, train
+from graftline.tasks.errors import GraftlineError
+from graftline.tasks.settings import AdaptParams, FinetuneParams, ModelParams
 
 
 @dataclass
@@ -50,8 +56,12 @@ def finetune(
     model: ModelParams,
     out_dir: Path,
     io: TrainingIO = TrainingIO(),
+    adapt: AdaptParams = AdaptParams(),
 ) -> FinetuneResult:
-    """Fine-tune `params.backbone` on `splits.train`, early-stopping on `splits.validation`."""
+    """Fine-tune `params.backbone` on `splits.train`, early-stopping on `splits.validation`, adapting to
+    the target texts as `adapt` says."""
+    if adapt.method != "none" and params.processes > 1:
+        raise GraftlineError(f"adapt.method {adapt.method!r} trains in one process; set finetune.processes=1")
     if params.processes > 1 and distributed.rank_and_size()[1] == 1:
         args = (splits, params, model, out_dir, replace(io, on_epoch=None))
         result = distributed.launch(finetune, args, params.processes)
@@ -68,15 +78,19 @@ def finetune(
 
     train_split = encode_split(tokenizer, splits.train, labels, model.max_length, io.cache_dir)
     val_split = encode_split(tokenizer, splits.validation, labels, model.max_length, io.cache_dir)
+    config = params.train_config(model)
+    objective = _target_mlm(classifier, tokenizer, splits, adapt, model, config, io)
     result = train(
         classifier,
         train_split,
         val_split,
-        params.train_config(model),
+        config,
         tokenizer.pad_token_id,
         on_epoch=io.on_epoch,
         checkpoint_dir=io.checkpoint_dir,
+        auxiliary=objective,
     )
+    mlm.detach(classifier)  # the saved model is a plain classifier
 
     if params.strategy == "lora":
         classifier = classifier.merge_and_unload()  # plain weights again: exports and loads like any checkpoint
@@ -92,6 +106,29 @@ def finetune(
         parameters=backbones.count_parameters(classifier),
         trainable_parameters=trainable,
     )
+
+
+def _target_mlm(classifier, tokenizer, splits: Splits, adapt: AdaptParams, model: ModelParams, config, io):
+    """The MLM objective on the target texts, its head attached and warmed up; None without adaptation.
+    A run resuming from a checkpoint skips the warm-up: the checkpoint holds the warmed head."""
+    if adapt.method != "mlm":
+        return None
+    texts = splits.target_texts()
+    if not texts:
+        raise GraftlineError("adapt.method 'mlm' needs target texts: data.target_sets holds none that are not blank")
+    if tokenizer.mask_token_id is None:
+        raise GraftlineError(
+            f"backbone {tokenizer.name_or_path!r}: its tokenizer has no mask token; mlm cannot adapt it"
+        )
+    target = encode(tokenizer, texts, [0] * len(texts), model.max_length, io.cache_dir)
+    objective = mlm.TargetMlm(target, tokenizer, adapt.mlm_weight, adapt.mask_probability, model.seed)
+    mlm.attach(classifier)
+    resuming = io.checkpoint_dir is not None and Checkpoints(io.checkpoint_dir).latest() is not None
+    if adapt.head_warmup_steps and not resuming:
+        seed_everything(model.seed)
+        device = resolve_device(model.device)
+        mlm.warm_up(classifier, objective, adapt.head_warmup_steps, config.batch_size, device)
+    return objective
 
 
 def apply_strategy(model, params: FinetuneParams):

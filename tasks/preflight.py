@@ -32,6 +32,7 @@ class Checked:
     def line(self) -> str:
         s = self.splits
         rows = " / ".join(f"{len(x.frame)} {x.name}" for x in (s.train, s.validation, *s.evaluation_sets().values()))
+        rows += "".join(f" / {len(x.frame)} target {name}" for name, x in s.targets.items())
         return (
             f"checked in {self.seconds:.1f} s: {rows} rows, {len(s.labels)} labels, "
             f"backbone {' | '.join(self.backbones)}"

@@ -54,12 +54,19 @@ class DataParams(Params):
         "each is reported under its own name.",
     )
 
-    @field_validator("eval_sets")
+    target_sets: dict[str, str] = Field(
+        default_factory=dict,
+        description="Unlabeled texts of domains the model will serve, name -> path (the text column only; "
+        "a label column is never read): what domain adaptation (`adapt`) trains on and the domain-gap "
+        "report measures. A name that is also an evaluation set is scored with that set's labels.",
+    )
+
+    @field_validator("eval_sets", "target_sets")
     @classmethod
     def _names_are_free(cls, value: dict[str, str]) -> dict[str, str]:
         taken = RESERVED_SPLITS & set(value)
         if taken:
-            raise ValueError(f"evaluation set names {sorted(taken)} are reserved for the main splits")
+            raise ValueError(f"set names {sorted(taken)} are reserved for the main splits")
         return value
 
 
@@ -102,6 +109,26 @@ class ModelParams(Params):
     )
     seed: int = Field(13, description="Seed of weight initialisation, batch order and dropout.")
     trust_remote_code: bool = Field(False, description="Run model code shipped with a hub backbone. Off by default.")
+
+
+class AdaptParams(Params):
+    """Domain adaptation: how fine-tuning uses the unlabeled texts of `data.target_sets`."""
+
+    method: Literal["none", "mlm"] = Field(
+        "none",
+        description="none: source data only; mlm: one mixed loss, source cross-entropy + mlm_weight x "
+        "masked-language modelling on the target texts (UDALM-style). Epochs are chosen on the source "
+        "validation split; target labels are never read.",
+    )
+    mlm_weight: float = Field(1.0, gt=0, le=10, description="Weight of the target MLM loss in the mixed loss.")
+    mask_probability: float = Field(0.15, gt=0, lt=1, description="Share of target tokens masked (BERT's 80/10/10).")
+    head_warmup_steps: int = Field(
+        100,
+        ge=0,
+        le=100_000,
+        description="Steps training the new MLM head alone (encoder frozen) before the mixed loss: the packaged "
+        "sentence-embedding backbones ship without one.",
+    )
 
 
 class TrainingParams(Params):

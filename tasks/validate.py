@@ -1,9 +1,10 @@
 """Data validation with Great Expectations 1.x, before anything is trained.
 
-Every split gets a suite: required columns, no null or blank text, text-length bounds, duplicate
-rate, labels inside the training label set. The training split also gets a class suite (minimum
-examples per class, largest/smallest class ratio, one label vocabulary); test and extra evaluation
-sets get a leakage check (share of their texts that also occur in train). Results and Data Docs
+Every labeled split gets a suite: required columns, no null or blank text, text-length bounds,
+duplicate rate, labels inside the training label set (a target set of unlabeled texts gets the text
+checks only). The training split also gets a class suite (minimum examples per class,
+largest/smallest class ratio, one label vocabulary); test and extra evaluation sets get a leakage
+check (share of their texts that also occur in train). Results and Data Docs
 HTML are written to a folder so the caller can log them.
 
 A failed expectation becomes a `Finding`: split, check, failing rows, threshold, observed value and
@@ -98,11 +99,14 @@ def validate_splits(splits: Splits, thresholds: ValidationParams, out_dir: Path)
     labels = splits.labels
 
     findings, results, statistics = [], {}, {}
-    for split in [splits.train, splits.validation, *splits.evaluation_sets().values()]:
+    labeled = [splits.train, splits.validation, *splits.evaluation_sets().values()]
+    targets = [Split(f"target_{name}", s.frame, s.source) for name, s in splits.targets.items()]
+    target_names = {t.name for t in targets}
+    for split in labeled + targets:
+        is_target = split.name in target_names
         frame = split.frame.assign(seen_in_train=split.frame["text"].isin(train_texts))
-        suite = context.suites.add(
-            gx.ExpectationSuite(name=split.name, expectations=_expectations(split, labels, thresholds))
-        )
+        rules = _target_expectations(thresholds) if is_target else _expectations(split, labels, thresholds)
+        suite = context.suites.add(gx.ExpectationSuite(name=split.name, expectations=rules))
         batch = source.add_dataframe_asset(split.name).add_batch_definition_whole_dataframe("all")
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(name=split.name, data=batch, suite=suite)
@@ -113,7 +117,7 @@ def validate_splits(splits: Splits, thresholds: ValidationParams, out_dir: Path)
         lengths = frame["text"].dropna().str.len()
         statistics[f"{split.name}_rows"] = len(frame)
         statistics[f"{split.name}_text_chars_p95"] = float(lengths.quantile(0.95)) if len(lengths) else 0.0
-        if split.name != "train":
+        if split.name != "train" and not is_target:
             statistics[f"{split.name}_overlap_with_train"] = float(frame["seen_in_train"].mean())
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -149,6 +153,18 @@ def _expectations(split: Split, labels: list[str], t: ValidationParams) -> list:
             )
         )
     return rules
+
+
+def _target_expectations(t: ValidationParams) -> list:
+    """Unlabeled target texts: present, not blank, within the length bounds."""
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnToExist(column="text"),
+        gxe.ExpectColumnValuesToNotBeNull(column="text"),
+        gxe.ExpectColumnValuesToNotMatchRegex(column="text", regex=r"^\s*$"),
+        gxe.ExpectColumnValueLengthsToBeBetween(column="text", min_value=t.min_text_chars, max_value=t.max_text_chars),
+    ]
 
 
 def vocabulary_faults(labels: list[str]) -> dict[str, list[str]]:

@@ -20,6 +20,9 @@ def run(
     validation: str | None = typer.Option(None, help="Validation data; carved from --train when absent."),
     test: str | None = typer.Option(None, help="Test data; carved from --train when absent."),
     eval_set: list[str] = typer.Option([], "--eval", help="Extra evaluation set NAME=PATH (repeatable)."),
+    target: list[str] = typer.Option(
+        [], "--target", help="Unlabeled texts of a domain the model will serve, NAME=PATH (repeatable)."
+    ),
     text_column: str | None = typer.Option(None, help="Text column name."),
     label_column: str | None = typer.Option(None, help="Label column name."),
     backbone: str | None = typer.Option(None, help="Backbone: packaged name, local folder or hub id."),
@@ -46,7 +49,7 @@ def run(
         "registry.model_name": model_name,
         "validation.mode": validation_mode,
     }
-    params = build_params(config, overrides, eval_set, set_)
+    params = build_params(config, overrides, eval_set, set_, target)
     print(preflight(params).line(), file=sys.stderr)  # bad input stops here, before any server starts
     from graftline.flows.lifecycle import transfer
 
@@ -60,6 +63,9 @@ def check(
     validation: str | None = typer.Option(None, help="Validation data; carved from --train when absent."),
     test: str | None = typer.Option(None, help="Test data; carved from --train when absent."),
     eval_set: list[str] = typer.Option([], "--eval", help="Extra evaluation set NAME=PATH (repeatable)."),
+    target: list[str] = typer.Option(
+        [], "--target", help="Unlabeled texts of a domain the model will serve, NAME=PATH (repeatable)."
+    ),
     text_column: str | None = typer.Option(None, help="Text column name."),
     label_column: str | None = typer.Option(None, help="Label column name."),
     out: Path | None = typer.Option(None, help="Folder for the report and Data Docs (default: a new temporary one)."),
@@ -76,7 +82,7 @@ def check(
         "data.text_column": text_column,
         "data.label_column": label_column,
     }
-    params = build_params(config, overrides, eval_set, set_)
+    params = build_params(config, overrides, eval_set, set_, target)
     checked = preflight(params)
     print(checked.line(), file=sys.stderr)
     from graftline.tasks.validate import RELAX_HINT, validate_splits
@@ -117,7 +123,9 @@ def resume(
     print_summary(transfer(**params.groups()))
 
 
-def build_params(config: Path | None, overrides: dict, eval_sets: list[str], assignments: list[str]):
+def build_params(
+    config: Path | None, overrides: dict, eval_sets: list[str], assignments: list[str], targets: list[str] = ()
+):
     """Merge a config file, the named options and `--set` assignments into TransferParams."""
     import yaml
 
@@ -138,6 +146,8 @@ def build_params(config: Path | None, overrides: dict, eval_sets: list[str], ass
         assign(values, "data.eval_sets", dict(pairs(eval_sets, "--eval expects NAME=PATH")))
     elif "train_path" in values.get("data", {}) and "eval_sets" not in values.get("data", {}):
         assign(values, "data.eval_sets", {})  # the demo's second domain only goes with the demo data
+    if targets:
+        assign(values, "data.target_sets", dict(pairs(list(targets), "--target expects NAME=PATH")))
     return TransferParams.model_validate(values)
 
 

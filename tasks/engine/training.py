@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 # The loss sees the model's whole output (logits, and hidden states when the model returns them).
 LossFn = Callable[[object, dict[str, torch.Tensor]], torch.Tensor]
+Auxiliary = Callable[
+    [object, int, int, int, int, torch.device], torch.Tensor
+]  # model, epoch, step, micro, rows, device
 Precision = Literal["auto", "fp32", "bf16"]
 MEGABATCH = 50  # batches sorted together by length; the Trainer's LengthGroupedSampler uses 50 too
 # Grouping by length makes batches less random (on data where length goes with the label, a batch
@@ -252,11 +255,18 @@ def train(
     loss_fn: LossFn = cross_entropy,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     checkpoint_dir: Path | None = None,
+    auxiliary: Auxiliary | None = None,
 ) -> TrainResult:
     """Train `model` in place; on return it holds the weights of its best validation epoch.
 
-    With `checkpoint_dir`, checkpoints go there and a call finding one there resumes from it."""
-    return _Loop(model, train_split, val_split, config, pad_id, loss_fn, on_epoch, checkpoint_dir).run()
+    With `checkpoint_dir`, checkpoints go there and a call finding one there resumes from it. With
+    `auxiliary` (e.g. masked-language modelling on target texts, engine/mlm.py), each micro-batch's
+    loss is `loss_fn` plus what it returns for (model, epoch, step, micro-batch, rows, device)."""
+    loop = _Loop(model, train_split, val_split, config, pad_id, loss_fn, on_epoch, checkpoint_dir)
+    loop.auxiliary = auxiliary
+    if auxiliary is not None and loop.processes > 1:
+        raise NotImplementedError("an auxiliary loss is computed outside DDP's forward; train it in one process")
+    return loop.run()
 
 
 @dataclass
@@ -284,6 +294,7 @@ class _Loop:
 
         self.model, self.train_split, self.val_split, self.config = model, train_split, val_split, config
         self.pad_id, self.loss_fn, self.on_epoch = pad_id, loss_fn, on_epoch
+        self.auxiliary: Auxiliary | None = None
         self.rank, self.processes = distributed.rank_and_size()
         seed_everything(config.seed)
         self.device = distributed.device_for(resolve_device(config.device))
@@ -377,6 +388,8 @@ class _Loop:
             syncing = self.ddp is None or index == len(micro_batches) - 1  # DDP all-reduces on the last micro-batch
             with nullcontext() if syncing else self.ddp.no_sync(), autocast(self.device, self.precision):
                 loss = self.loss_fn(self.net(**model_inputs(batch)), batch)
+                if self.auxiliary is not None:
+                    loss = loss + self.auxiliary(self.model, self.state.epoch, step, index, len(local), self.device)
             # Weighted so that the gradient, averaged over processes and summed over micro-batches,
             # is the mean over the step's rows however they were split.
             (loss * (len(local) * self.processes / rows_in_step)).backward()

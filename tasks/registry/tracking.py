@@ -204,11 +204,15 @@ def log_datasets(run_id: str, splits) -> None:
     from mlflow.tracking import MlflowClient
 
     inputs = []
-    for split in [splits.train, splits.validation, *splits.evaluation_sets().values()]:
+    labeled = [
+        (s, s.name, ["text", "label"]) for s in [splits.train, splits.validation, *splits.evaluation_sets().values()]
+    ]
+    targets = [(s, f"target_{name}", ["text"]) for name, s in splits.targets.items()]  # unlabeled: no targets
+    for split, name, columns in labeled + targets:
         with warnings.catch_warnings():  # MLflow registers its local source twice and warns about it
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
             warnings.filterwarnings("ignore", message="Starting with pandas version 4.0")  # MLflow's digest code
-            rows = split.frame[["text", "label"]]
-            dataset = mlflow.data.from_pandas(rows, source=split.source, name=split.name, targets="label")
-        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split.name)]))
+            target = "label" if "label" in columns else None
+            dataset = mlflow.data.from_pandas(split.frame[columns], source=split.source, name=name, targets=target)
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", name)]))
     MlflowClient().log_inputs(run_id, datasets=inputs)

@@ -1,0 +1,173 @@
+"""How far a target domain is from the training (source) domain, in a model's eyes.
+
+Per target set, on a seeded sample of source and target texts:
+
+- **proxy A-distance**: a linear domain classifier (logistic regression, 3-fold cross-validated) on
+  the model's mean-pooled last hidden states; `2 * (1 - 2 * error)`, clipped to [0, 2]. 0: the
+  domains look alike; 2: the model tells them apart perfectly (Ben-David et al., 2007).
+- **MMD²**: unbiased squared maximum mean discrepancy between the two embedding samples, RBF
+  kernel with the median pairwise distance as bandwidth (Gretton et al., 2012).
+- For a classifier: the share of **confident predictions** (top softmax probability at least
+  `CONFIDENT`) on target and on source texts, and the **label shift**: total variation distance
+  between the predicted label distributions on target and on source (0: same mix, 1: disjoint).
+
+Labels of a target set are never read here. Written in this module rather than taken from a
+domain-adaptation library (skada, ADAPT): both quantities are a few lines over embeddings the
+engine already computes, and those libraries would add their own dependency pins for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from graftline.tasks.engine.training import autocast, batches, encode, model_inputs, resolve_device
+
+CONFIDENT = 0.9  # top softmax probability of a "confident" prediction
+SAMPLE = 1000  # texts per domain measured (all of them when fewer)
+
+
+@dataclass(frozen=True)
+class DomainGap:
+    name: str
+    rows: int  # target texts measured
+    proxy_a_distance: float
+    mmd: float
+    confident_share: float | None = None  # None for a bare backbone (no classifier head)
+    source_confident_share: float | None = None
+    label_shift: float | None = None
+    predicted: dict[str, float] | None = None  # share of target texts per predicted label
+
+    def metrics(self) -> dict[str, float]:
+        keys = ("proxy_a_distance", "mmd", "confident_share", "source_confident_share", "label_shift")
+        return {f"{self.name}_{k}": getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Mean-pooled last hidden states and, for a classifier, softmax probabilities."""
+
+    pooled: np.ndarray
+    probabilities: np.ndarray | None
+
+
+@torch.no_grad()
+def embed(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64, device: str = "auto") -> Embedded:
+    """One forward pass per batch: pooled states from the encoder, probabilities from the head if any."""
+    device = resolve_device(device)
+    model.to(device).eval()
+    split = encode(tokenizer, texts, [0] * len(texts), max_length)  # no labels: placeholders
+    order = np.argsort(-split.lengths, kind="stable")
+    pooled, probabilities = [], []
+    classifier = hasattr(model.config, "id2label") and hasattr(model, "base_model") and model.base_model is not model
+    for batch in batches(split, batch_size, tokenizer.pad_token_id, order):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast(device):
+            out = model(**model_inputs(batch), output_hidden_states=True)
+        hidden = out.hidden_states[-1].float()
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        pooled.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())
+        if classifier:
+            probabilities.append(torch.softmax(out.logits.float(), -1).cpu())
+    pooled_all = np.empty((len(texts), pooled[0].shape[1]), dtype=np.float32)
+    pooled_all[order] = torch.cat(pooled).numpy()
+    if not classifier:
+        return Embedded(pooled_all, None)
+    probs = np.empty((len(texts), probabilities[0].shape[1]), dtype=np.float32)
+    probs[order] = torch.cat(probabilities).numpy()
+    return Embedded(pooled_all, probs)
+
+
+def proxy_a_distance(source: np.ndarray, target: np.ndarray, seed: int = 0) -> float:
+    """2 (1 - 2 err) of a cross-validated linear domain classifier, clipped to [0, 2]."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.concatenate([source, target])
+    y = np.r_[np.zeros(len(source)), np.ones(len(target))]
+    folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+    error = 1 - float(cross_val_score(classifier, x, y, cv=folds).mean())
+    return float(np.clip(2 * (1 - 2 * error), 0.0, 2.0))
+
+
+def mmd(source: np.ndarray, target: np.ndarray) -> float:
+    """Unbiased squared MMD with an RBF kernel; bandwidth: median pairwise distance of the pooled sample."""
+    x, y = torch.from_numpy(source).double(), torch.from_numpy(target).double()
+    pooled = torch.cat([x, y])
+    distances = torch.cdist(pooled, pooled)
+    bandwidth = distances[distances > 0].median().clamp(min=1e-12)
+    kernel = torch.exp(-(distances**2) / (2 * bandwidth**2))
+    n, m = len(x), len(y)
+    kxx, kyy, kxy = kernel[:n, :n], kernel[n:, n:], kernel[:n, n:]
+    within_x = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+    within_y = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+    return float(within_x + within_y - 2 * kxy.mean())
+
+
+def gap(name: str, source: Embedded, target: Embedded, labels: list[str] | None, seed: int) -> DomainGap:
+    distance = proxy_a_distance(source.pooled, target.pooled, seed)
+    discrepancy = mmd(source.pooled, target.pooled)
+    if source.probabilities is None or target.probabilities is None or labels is None:
+        return DomainGap(name, len(target.pooled), distance, discrepancy)
+    shares = lambda p: np.bincount(p.argmax(-1), minlength=p.shape[1]) / len(p)  # noqa: E731
+    target_mix, source_mix = shares(target.probabilities), shares(source.probabilities)
+    return DomainGap(
+        name,
+        len(target.pooled),
+        distance,
+        discrepancy,
+        confident_share=float((target.probabilities.max(-1) >= CONFIDENT).mean()),
+        source_confident_share=float((source.probabilities.max(-1) >= CONFIDENT).mean()),
+        label_shift=float(0.5 * np.abs(target_mix - source_mix).sum()),
+        predicted={label: float(s) for label, s in zip(labels, target_mix, strict=True)},
+    )
+
+
+def measure(
+    model, tokenizer, source_texts: list[str], targets: dict[str, list[str]], max_length: int, seed: int, device="auto"
+) -> tuple[dict[str, DomainGap], dict[str, Embedded]]:
+    """The gap of every target set from `source_texts` for one model (a classifier or a bare backbone);
+    also the embeddings, for the picture. Each domain is sampled to at most SAMPLE texts, seeded."""
+    from graftline.tasks.engine.backbones import labels_of
+
+    rng = np.random.default_rng(seed)
+    sample = lambda texts: [texts[i] for i in sorted(rng.permutation(len(texts))[:SAMPLE])]  # noqa: E731
+    embedded = {"source": embed(model, tokenizer, sample(source_texts), max_length, device=device)}
+    labels = labels_of(model) if embedded["source"].probabilities is not None else None
+    gaps = {}
+    for name, texts in targets.items():
+        embedded[name] = embed(model, tokenizer, sample(texts), max_length, device=device)
+        gaps[name] = gap(name, embedded["source"], embedded[name], labels, seed)
+    return gaps, embedded
+
+
+def plot(embedded: dict[str, dict[str, Embedded]], path: Path) -> Path:
+    """Source and target embeddings projected on their first two principal components, one panel per
+    model (e.g. the pretrained backbone, then the fine-tuned teacher)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.decomposition import PCA
+
+    fig, axes = plt.subplots(1, len(embedded), figsize=(5 * len(embedded), 4.5), squeeze=False)
+    for ax, (title, sets) in zip(axes[0], embedded.items(), strict=True):
+        points = PCA(n_components=2, random_state=0).fit_transform(np.concatenate([e.pooled for e in sets.values()]))
+        start = 0
+        for name, e in sets.items():
+            part = points[start : start + len(e.pooled)]
+            ax.scatter(part[:, 0], part[:, 1], s=6, alpha=0.5, label=name)
+            start += len(e.pooled)
+        ax.set_title(title)
+        ax.legend(markerscale=3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
