@@ -1,7 +1,8 @@
 """The transfer lifecycle as one Prefect flow:
 
     ingest -> validate (GX) -> select backbone (fixed, or `auto` by transferability score)
-           -> fine-tune -> evaluate -> distill (retention gate) -> export (ONNX, INT8, parity, latency)
+           -> fine-tune (adapted to data.target_sets by adapt.method) -> evaluate (-> domain gap)
+           -> distill (retention gate) -> export (ONNX, INT8, parity, latency)
            -> register (alias `candidate`) and promote (to `registry.promote_to`, behind the gates)
 
 Where each step lives (its Prefect task in flows/steps.py only tracks; the work is in tasks/, and
@@ -13,6 +14,7 @@ every default is in tasks/settings.py under the group named here):
     select    select, model           selection.py                          engine/backbones.py, catalog.py
     finetune  finetune, adapt, model  finetune.py                           engine/training.py, mlm.py, checkpoints.py
     evaluate  model                   evaluate.py                           engine/training.py
+    gap       model (with targets)    domain_gap.py                         scikit-learn
     distill   distill, model          distill.py, evaluate.py (retention)   engine/training.py
     export    export, model           export.py                             onnxruntime
     register  registry (gates)        registry/versions.py, promotion.py    registry/contract.py, tracking.py
@@ -153,6 +155,8 @@ def _lifecycle(params: TransferParams) -> LifecycleSummary:
         teacher = call(steps.finetune, splits, finetune, params.adapt, context, retried=True)
         teacher = reuse.materialize(teacher, context.work_dir / "teacher")
         teacher = teacher.but(evaluations=call(steps.evaluate, teacher, splits, context))
+        if splits.targets:
+            teacher = teacher.but(report={**teacher.report, **call(steps.domain_gap, teacher, splits, context)})
         models: list[TrainedModel] = [teacher]
         if distill.enabled:
             student = call(steps.distill, teacher, splits, distill, gates.retention_floor, context, retried=True)

@@ -220,6 +220,30 @@ def evaluate(model: TrainedModel, splits: Splits, context: StepContext) -> dict[
     return evaluations
 
 
+@task(name="domain_gap", **STEP)
+def domain_gap(model: TrainedModel, splits: Splits, context: StepContext) -> dict[str, float]:
+    """How far each target set is from the training data: for the pretrained backbone, and for `model`."""
+    import mlflow
+
+    from graftline.tasks.domain_gap import report
+
+    with tracking.step_run("domain_gap", context.parent_run_id):
+        metrics, picture = report(model.model_dir, model.backbone, splits, context.model, context.folder("gap"))
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifact(str(picture), "domain_gap")
+    for name in splits.targets:
+        get_run_logger().info(
+            "domain gap %s: proxy A-distance %.3f -> %.3f (backbone -> %s), confident %.0f%%, label shift %.3f",
+            name,
+            metrics[f"gap_before_{name}_proxy_a_distance"],
+            metrics[f"gap_{name}_proxy_a_distance"],
+            model.role,
+            100 * metrics[f"gap_{name}_confident_share"],
+            metrics[f"gap_{name}_label_shift"],
+        )
+    return metrics
+
+
 @task(name="distill", **STEP)
 def distill(
     teacher: TrainedModel, splits: Splits, params: DistillParams, retention_floor: float, context: StepContext

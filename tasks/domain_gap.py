@@ -171,3 +171,21 @@ def plot(embedded: dict[str, dict[str, Embedded]], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def report(model_dir: Path, backbone: str, splits, model_params, out: Path) -> tuple[dict[str, float], Path]:
+    """The gap of every target set, before adaptation (the pretrained backbone's embeddings: distances
+    only) and after (the trained classifier in `model_dir`: distances, confidence, label shift), as
+    flat metrics `gap_<target>_<measure>` and `gap_before_<target>_<measure>`, plus the picture."""
+    from graftline.tasks.engine.backbones import load_classifier, load_encoder, load_tokenizer
+
+    source = splits.train.texts
+    targets = {name: [t for t in s.texts if t.strip()] for name, s in splits.targets.items()}
+    args = (source, targets, model_params.max_length, model_params.seed, model_params.device)
+    trust = model_params.trust_remote_code
+    before, before_embedded = measure(load_encoder(backbone, trust), load_tokenizer(backbone, trust), *args)
+    after, after_embedded = measure(load_classifier(str(model_dir)), load_tokenizer(str(model_dir)), *args)
+    metrics = {f"gap_before_{k}": v for g in before.values() for k, v in g.metrics().items()}
+    metrics |= {f"gap_{k}": v for g in after.values() for k, v in g.metrics().items()}
+    picture = plot({f"backbone {backbone}": before_embedded, "fine-tuned": after_embedded}, out / "domain_gap.png")
+    return metrics, picture

@@ -14,6 +14,7 @@ from graftline.tasks.data import resolve_source
 from graftline.tasks.errors import ValidationFailed
 from graftline.tasks.registry.promotion import history
 from graftline.tasks.settings import (
+    AdaptParams,
     DataParams,
     DistillParams,
     ExportParams,
@@ -41,6 +42,7 @@ def run_flow(prefect_harness, mlflow_store, tiny_backbone, unique_name):
         reuse=False,
         seed=13,
         retention_floor=0.0,
+        adapt=None,
     ):
         # Random tiny models: the retention gate is off unless a test turns it on. Tests share one
         # graftline home, so step reuse is off unless a test is about it.
@@ -50,6 +52,7 @@ def run_flow(prefect_harness, mlflow_store, tiny_backbone, unique_name):
             validation=validation or ValidationParams(),
             model=ModelParams(max_length=32, seed=seed),
             finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=epochs, patience=epochs, learning_rate=3e-3),
+            adapt=adapt or AdaptParams(),
             distill=distill or DistillParams(student="teacher-layers:1", epochs=1, learning_rate=3e-3),
             export=ExportParams(enabled=export),  # ~5 s: only where a test looks at it
             registry=RegistryParams(model_name=unique_name, experiment=unique_name, gates=gates),
@@ -339,3 +342,26 @@ def test_promotion_re_evaluates_a_version_with_the_max_length_it_was_trained_wit
         str(tiny_backbone),
         "text",
     )
+
+
+def test_a_target_set_gets_a_gap_report_and_mlm_adaptation(run_flow, unique_name, tmp_path):
+    """Target texts in another vocabulary than the training data: the mixed-loss teacher registers,
+    and the gap of the target set is measured for the backbone and the teacher, logged and summarised."""
+    pd.DataFrame({"text": [f"the novel's plot in chapter {i} twists" for i in range(40)]}).to_csv(
+        tmp_path / "books.csv", index=False
+    )
+    summary = run_flow(
+        data=DataParams(eval_sets={}, target_sets={"books": str(tmp_path / "books.csv")}),
+        adapt=AdaptParams(method="mlm", head_warmup_steps=5),
+        epochs=1,
+    )
+    teacher = summary.metrics["teacher"]
+    assert teacher["gap_before_books_proxy_a_distance"] > 1.5  # other words: easy to tell apart
+    assert 0 <= teacher["gap_books_label_shift"] <= 1 and 0 <= teacher["gap_books_confident_share"] <= 1
+    client = MlflowClient()
+    gap = next(r for r in runs_by_name(client, unique_name) if r.info.run_name == "domain_gap")
+    assert gap.data.metrics["gap_books_mmd"] == pytest.approx(teacher["gap_books_mmd"])
+    assert [a.path for a in client.list_artifacts(gap.info.run_id, "domain_gap")] == ["domain_gap/domain_gap.png"]
+    finetune = next(r for r in runs_by_name(client, unique_name) if r.info.run_name == "finetune")
+    assert finetune.data.params["adapt.method"] == "mlm"
+    assert [r.version for r in summary.registered] == ["1", "1"]
