@@ -159,7 +159,8 @@ def _lifecycle(params: TransferParams) -> LifecycleSummary:
             teacher = teacher.but(report={**teacher.report, **call(steps.domain_gap, teacher, splits, context)})
         models: list[TrainedModel] = [teacher]
         if distill.enabled:
-            student = call(steps.distill, teacher, splits, distill, gates.retention_floor, context, retried=True)
+            retention = (gates.retention_floor, gates.retention_sets)
+            student = call(steps.distill, teacher, splits, distill, retention, context, retried=True)
             models.append(reuse.materialize(student, context.work_dir / "student"))
         admitted = [m for m in models if m.gate_failure is None]
         exported = None

@@ -37,6 +37,15 @@ class TransferParams(settings.Params):
             )
         return self
 
+    @model_validator(mode="after")
+    def _retention_sets_are_evaluated(self) -> TransferParams:
+        known = {"test", "*", *self.data.eval_sets}
+        unknown = [name for name in self.registry.gates.retention_sets if name not in known]
+        if unknown:
+            sets = ", ".join(["test", *self.data.eval_sets])
+            raise ValueError(f"registry.gates.retention_sets {unknown} are not evaluation sets ({sets})")
+        return self
+
     def groups(self) -> dict:
         """The groups by name: the keyword arguments of the `transfer` flow."""
         return {name: getattr(self, name) for name in type(self).model_fields}

@@ -246,10 +246,14 @@ def domain_gap(model: TrainedModel, splits: Splits, context: StepContext) -> dic
 
 @task(name="distill", **STEP)
 def distill(
-    teacher: TrainedModel, splits: Splits, params: DistillParams, retention_floor: float, context: StepContext
+    teacher: TrainedModel,
+    splits: Splits,
+    params: DistillParams,
+    retention: tuple[float, list[str]],
+    context: StepContext,
 ) -> TrainedModel:
     """Distil `teacher` into a student, evaluate it on the same sets, and decide with the one
-    retention gate (at `retention_floor`) whether it may be registered."""
+    retention gate (`retention`: the floor and the evaluation sets it holds on) whether it may be registered."""
     import mlflow
 
     from graftline.tasks.distill import distill as run_distill
@@ -270,7 +274,7 @@ def distill(
         report = distillation_report(
             teacher.model_dir, result.model_dir, teacher.evaluations, evaluations, texts, context.model.max_length
         )
-        failure = retention_gate(report, retention_floor)
+        failure = retention_gate(report, *retention)
         mlflow.log_metrics(
             {
                 **report,
@@ -278,7 +282,7 @@ def distill(
                 "retention_gate_passed": float(failure is None),
             }
         )
-        mlflow.set_tag("graftline.gate", failure or f"passed (floor {retention_floor})")
+        mlflow.set_tag("graftline.gate", failure or f"passed (floor {retention[0]} on {', '.join(retention[1])})")
         uri = log_classifier(result.model_dir, _input_example(splits)).model_uri
     logger = get_run_logger()
     logger.info(

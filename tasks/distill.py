@@ -120,8 +120,10 @@ def distill(
         tokenizer = backbones.load_tokenizer(params.student, model.trust_remote_code)
         student = backbones.load_classifier(params.student, labels, model.trust_remote_code)
 
-    # Training rows: the labeled split, then transfer rows that only the teacher labels.
-    transfer = list(splits.unlabeled) + augment(splits.train.texts, params.augment_copies, model.seed)
+    # Training rows: the labeled split, then transfer rows that only the teacher labels: the
+    # unlabeled files, the target sets' texts (the student adapts too), augmented training texts.
+    transfer = list(splits.unlabeled) + splits.target_texts()
+    transfer += augment(splits.train.texts, params.augment_copies, model.seed)
     texts = splits.train.texts + transfer
     ids = encode_labels(splits.train.frame["label"], labels, "train") + [UNLABELED] * len(transfer)
     layer_map = (

@@ -131,13 +131,20 @@ def retention(student: dict[str, float], teacher: dict[str, float]) -> dict[str,
     return {f"{key}_retention": student[key] / value if value else 0.0 for key, value in teacher.items()}
 
 
-def retention_gate(report: dict[str, float], floor: float) -> str | None:
-    """The one retention gate: None when the student keeps at least `floor` of its teacher's test
-    accuracy and macro-F1, else why not. The lifecycle keeps a failing student out of the registry;
-    a promotion of a student re-scores both and asks the same."""
+def retention_gate(report: dict[str, float], floor: float, sets: list[str] | tuple[str, ...] = ("test",)) -> str | None:
+    """The one retention gate: None when the student keeps at least `floor` of its teacher's accuracy
+    and macro-F1 on every set of `sets` (`*`: every set the report has), else why not. The lifecycle
+    keeps a failing student out of the registry; a promotion of a student re-scores both and asks
+    the same."""
+    scored = sorted({key.removesuffix("_accuracy_retention") for key in report if key.endswith("_accuracy_retention")})
+    names = scored if "*" in sets else list(sets)
+    missing = [name for name in names if f"{name}_accuracy_retention" not in report]
+    if missing:
+        return f"retention on {', '.join(map(repr, missing))} cannot be checked: not evaluated (sets: {scored})"
     short = [
-        f"{metric} retention {report[f'test_{metric}_retention']:.4f}"
+        f"{name} {metric} retention {report[f'{name}_{metric}_retention']:.4f}"
+        for name in names
         for metric in ("accuracy", "macro_f1")
-        if report[f"test_{metric}_retention"] < floor
+        if report[f"{name}_{metric}_retention"] < floor
     ]
     return f"{' and '.join(short)} below the floor {floor}" if short else None

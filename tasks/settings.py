@@ -293,6 +293,12 @@ class GateParams(Params):
     retention_floor: float = Field(
         0.97, ge=0, le=1, description="Share of its teacher's test accuracy and macro-F1 a student must keep."
     )  # one floor: the lifecycle admits a student to the registry by it, and a promotion asks it again
+    retention_sets: list[str] = Field(
+        default_factory=lambda: ["test"],
+        min_length=1,
+        description="Evaluation sets on which a student must keep retention_floor of its teacher "
+        '(e.g. [test, home] to hold it on another domain too; ["*"]: every evaluation set).',
+    )
     require_validation: bool = Field(True, description="Refuse versions whose data validation did not pass.")
 
 

@@ -144,3 +144,5 @@ def test_adaptation_without_target_texts_is_refused():
         TransferParams(adapt=AdaptParams(method="mlm"))
     with pytest.raises(ValidationError, match="reserved for the main splits"):
         DataParams(target_sets={"test": "x.csv"})
+    with pytest.raises(ValidationError, match=r"retention_sets \['books'\] are not evaluation sets \(test, home\)"):
+        TransferParams.model_validate({"registry": {"gates": {"retention_sets": ["test", "books"]}}})

@@ -8,8 +8,8 @@ moves `staging` or `production` to a version when its gates pass:
 3. regression   on every evaluation set, its score minus that of the version now holding the alias
                 is at least `min_improvement` (0: must not regress) -- both re-evaluated here on the
                 same sets, never trusted from tags;
-4. retention    for a student: at least `retention_floor` of its teacher's test accuracy and
-                macro-F1, the teacher re-evaluated too.
+4. retention    for a student: at least `retention_floor` of its teacher's accuracy and
+                macro-F1 on each of `retention_sets` (test by default), the teacher re-evaluated too.
 
 Every move (promotion or rollback) runs under a registry lock, so two racing promotions of one
 model leave one consistent state; it appends a history record (who or what triggered it, from
@@ -177,11 +177,14 @@ def check_gates(
         if not teacher_version:
             checks.append(Check("retention", False, "no teacher_version tag to measure retention against"))
         else:
-            theirs = scores[f"teacher v{teacher_version}"] = _scores(
-                client, teacher, teacher_version, {"test": eval_sets["test"]}
+            held_on = (
+                eval_sets
+                if "*" in gates.retention_sets
+                else {n: eval_sets[n] for n in gates.retention_sets if n in eval_sets}
             )
-            kept = retention(mine, theirs)
-            failure = retention_gate(kept, gates.retention_floor)
+            theirs = scores[f"teacher v{teacher_version}"] = _scores(client, teacher, teacher_version, held_on)
+            kept = retention({k: v for k, v in mine.items() if k in theirs}, theirs)
+            failure = retention_gate(kept, gates.retention_floor, gates.retention_sets)
             detail = f"keeps {min(kept.values()):.4f} of {teacher} v{teacher_version} (floor {gates.retention_floor})"
             checks.append(Check("retention", failure is None, failure or detail))
     return checks, scores

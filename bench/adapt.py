@@ -1,0 +1,145 @@
+"""Does adapting to the target domain's unlabeled text close the cross-domain gap?
+
+The Amazon multi-domain sentiment pairs (`amazon_multidomain` in the datasets folder: --data DIR, else
+$GRAFTLINE_DATA, else the development datasets next to the repository). For each source -> target
+pair: fine-tune on `S/train.csv` (early stopping on `S/dev.csv`) with graftline's fine-tuning step,
+once per adaptation method, and score each model on `T/all.csv`. Source-only (`none`) is the peer
+every ratio is measured against, in the same run.
+
+This data has no separate unlabeled pool, so adapting on `T/all.csv` and scoring on it is
+transductive (the target texts, never their labels, are seen in training). `--inductive` instead
+adapts on one half of the target texts and scores on the other half, then swaps, and reports the
+mean of the two halves.
+
+    .venv/bin/python bench/adapt.py                                 # 12 pairs x (none, mlm): hours on 2 CPU cores
+    .venv/bin/python bench/adapt.py --pairs electronics:books kitchen:dvd --methods none mlm
+    .venv/bin/python bench/adapt.py --max-length 128 --epochs 1     # a quicker, weaker look
+Results also go to bench/results/adapt.json (merged by pair, method, seed and setting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import MEASURED_WITH, add_data_option, require_folders  # noqa: E402
+
+from graftline.tasks.environment import apply_defaults
+
+apply_defaults(HF_HUB_OFFLINE="1")
+
+
+from graftline.tasks.data import Split, Splits, read_table  # noqa: E402
+from graftline.tasks.engine import backbones  # noqa: E402
+from graftline.tasks.evaluate import evaluate_model  # noqa: E402
+from graftline.tasks.finetune import finetune  # noqa: E402
+from graftline.tasks.settings import AdaptParams, FinetuneParams, ModelParams  # noqa: E402
+
+DOMAINS = ("books", "dvd", "electronics", "kitchen")
+HARD = ("electronics:books", "electronics:dvd", "kitchen:books", "kitchen:dvd")  # product -> media
+
+
+def pair_splits(folder: Path, source: str, target: str, half: int | None, seed: int) -> tuple[Splits, Split]:
+    """Training splits with the target texts to adapt on, and the labeled target set to score."""
+    read = lambda path: read_table(str(path), "text", "label")  # noqa: E731
+    train, dev, pool = (
+        read(folder / source / "train.csv"),
+        read(folder / source / "dev.csv"),
+        read(folder / target / "all.csv"),
+    )
+    scored = adapt_on = pool
+    if half is not None:  # inductive: adapt on one half of the target texts, score on the other
+        shuffled = pool.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+        halves = (shuffled.iloc[: len(shuffled) // 2], shuffled.iloc[len(shuffled) // 2 :])
+        adapt_on, scored = halves[half], halves[1 - half]
+    targets = {target: Split(target, adapt_on[["text", "row"]].reset_index(drop=True), "target")}
+    splits = Splits(Split("train", train, "train"), Split("validation", dev, "dev"), Split("test", dev, "dev"),
+                    targets=targets)  # fmt: skip
+    return splits, Split(target, scored.reset_index(drop=True), "all")
+
+
+def run_one(splits: Splits, scored: Split, method: str, args, seed: int, work: Path) -> dict:
+    model = ModelParams(max_length=args.max_length, seed=seed)
+    params = FinetuneParams(backbone=args.backbone, epochs=args.epochs, patience=args.epochs, checkpoint_every=0,
+                            **{k: v for k, v in MEASURED_WITH.items() if k != "checkpoint_every"})  # fmt: skip
+    adapt = AdaptParams(method=method)
+    started = time.perf_counter()
+    result = finetune(splits, params, model, work / f"{method}-{seed}", adapt=adapt)
+    seconds = time.perf_counter() - started
+    classifier, tokenizer = (
+        backbones.load_classifier(str(result.model_dir)),
+        backbones.load_tokenizer(str(result.model_dir)),
+    )
+    evaluation = evaluate_model(classifier, tokenizer, scored, args.max_length)
+    return {"accuracy": evaluation.accuracy, "macro_f1": evaluation.macro_f1, "seconds": seconds,
+            "best_epoch": result.training.best_epoch}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_option(parser, "holding amazon_multidomain/")
+    parser.add_argument("--pairs", nargs="*", default=None, help="source:target (default: all 12)")
+    parser.add_argument("--methods", nargs="*", default=["none", "mlm"])
+    parser.add_argument("--seeds", nargs="*", type=int, default=[13])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--backbone", default="minilm-l6")
+    parser.add_argument("--inductive", action="store_true", help="adapt on half the target texts, score the other")
+    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "adapt.json")
+    args = parser.parse_args()
+    folder = args.data / "amazon_multidomain"
+    require_folders(folder)
+    pairs = args.pairs or [f"{s}:{t}" for s, t in itertools.permutations(DOMAINS, 2)]
+    results = json.loads(args.results.read_text()) if args.results.is_file() else {}
+    setting = f"{args.backbone} epochs={args.epochs} max_length={args.max_length}" + (
+        " inductive" if args.inductive else ""
+    )
+    with tempfile.TemporaryDirectory(prefix="graftline-adapt-") as tmp:
+        for pair, seed, method in itertools.product(pairs, args.seeds, args.methods):
+            source, target = pair.split(":")
+            halves = [0, 1] if args.inductive else [None]
+            runs = []
+            for half in halves:
+                splits, scored = pair_splits(folder, source, target, half, seed)
+                runs.append(run_one(splits, scored, method, args, seed, Path(tmp)))
+            row = {k: sum(r[k] for r in runs) / len(runs) for k in ("accuracy", "macro_f1", "seconds")}
+            results[f"{setting} | {pair} | {method} | {seed}"] = row
+            print(f"{pair} {method} seed {seed}: {json.dumps(row)}", file=sys.stderr, flush=True)
+            args.results.parent.mkdir(parents=True, exist_ok=True)
+            args.results.write_text(json.dumps(results, indent=1))
+    print_table(results, setting, pairs, args.methods, args.seeds)
+
+
+def print_table(results: dict, setting: str, pairs: list[str], methods: list[str], seeds: list[int]) -> None:
+    def mean(pair: str, method: str, key: str) -> float | None:
+        values = [results.get(f"{setting} | {pair} | {method} | {s}", {}).get(key) for s in seeds]
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
+    print(f"{setting}, seeds {seeds}: target accuracy (x100) per pair; time relative to source-only (none)")
+    print("| pair | " + " | ".join(methods) + " |")
+    print("|---" * (len(methods) + 1) + "|")
+    for pair in pairs + ["average", "hard pairs"]:
+        chosen = pairs if pair == "average" else [p for p in pairs if p in HARD] if pair == "hard pairs" else [pair]
+        cells = []
+        for method in methods:
+            scores = [mean(p, method, "accuracy") for p in chosen]
+            if not chosen or any(s is None for s in scores):
+                cells.append("-")
+                continue
+            cells.append(f"{100 * sum(scores) / len(scores):.2f}")
+        print(f"| {pair} | " + " | ".join(cells) + " |")
+    base = [mean(p, methods[0], "seconds") for p in pairs]
+    for method in methods[1:]:
+        other = [mean(p, method, "seconds") for p in pairs]
+        if all(b and o for b, o in zip(base, other, strict=True)):
+            print(f"time {method} / {methods[0]}: {sum(other) / sum(base):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
