@@ -119,8 +119,7 @@ def test_finetune_with_mlm_adapts_and_saves_a_plain_classifier(tiny_backbone, ad
     params = FinetuneParams(backbone=str(tiny_backbone), epochs=1, batch_size=8, learning_rate=3e-3)
     adapt = AdaptParams(method="mlm", head_warmup_steps=3)
     result = finetune(adapted_splits, params, short_texts(), tmp_path / "adapted", adapt=adapt)
-    plain = finetune(adapted_splits, params, short_texts(), tmp_path / "plain")
-    assert result.training.step_losses[0] > plain.training.step_losses[0]  # the mixed loss carries the MLM term
+    assert result.training.step_losses[0] > 3  # the mixed loss carries the MLM term (CE alone starts near ln 2)
     saved = backbones.load_classifier(str(result.model_dir))
     assert not any(mlm.HEAD in key for key in saved.state_dict())  # a plain classifier again
 

@@ -104,6 +104,12 @@ CASES = {
                                             r"missing\.csv: file not found"),
     "unlabeled file without its text column": (["--train", "{train}", "--set", "distill.unlabeled_paths=[{columns}]"],
                                                r"columns\.csv: missing column\(s\) 'text'"),
+    "missing target file": (["--train", "{train}", "--target", "books={missing}"], r"missing\.csv: file not found"),
+    "empty target file": (["--train", "{train}", "--target", "books={empty}"], r"empty\.csv: the dataset is empty"),
+    "target set with a reserved name": (["--train", "{train}", "--target", "test={train}"],
+                                        r"data.target_sets: Value error, set names \['test'\] are reserved"),
+    "adaptation without target texts": (["--train", "{train}", "--set", "adapt.method=mlm"],
+                                        r"adapt.method 'mlm' needs unlabeled target texts"),
     "invalid parameter": (["--train", "{train}", "--set", "finetune.epochs=0"],
                           r"invalid parameters: finetune.epochs: Input should be greater than or equal to 1"),
     "two label vocabularies (validation, in the flow)": (
@@ -153,7 +159,7 @@ def test_a_validation_failure_is_one_line_then_its_table(case, files, prefect_ha
     assert not MlflowClient().search_registered_models(f"name='{unique_name}'")
 
 
-@pytest.mark.parametrize("case", ["missing file", "unreadable format", "empty labels", "unknown backbone"])
+@pytest.mark.parametrize("case", ["unreadable format", "unknown backbone"])
 def test_preflight_errors_come_back_before_any_server_starts(case, files, tmp_path):
     """In a fresh process, as a user runs it: the error comes back with Prefect (whose first flow
     starts a temporary server), torch and MLflow never imported, and nothing written."""
