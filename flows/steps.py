@@ -19,7 +19,7 @@ from graftline.flows import reuse
 from graftline.tasks.data import Splits, load_splits, read_texts
 from graftline.tasks.engine import backbones
 from graftline.tasks.engine.training import TrainingIO
-from graftline.tasks.errors import GraftlineError, ValidationFailed
+from graftline.tasks.errors import GraftlineError
 from graftline.tasks.evaluate import Evaluation, cross_domain_gaps, evaluate_sets, plot_confusion
 from graftline.tasks.records import Exported, Ingested, Registration, StepContext, TrainedModel
 from graftline.tasks.registry import contract, tracking
@@ -34,7 +34,7 @@ from graftline.tasks.settings import (
     SelectParams,
     ValidationParams,
 )
-from graftline.tasks.validate import RELAX_HINT, ValidationReport, validate_splits
+from graftline.tasks.validate import ValidationReport, validate_splits
 
 STEP = dict(cache_policy=NO_CACHE, persist_result=False)
 
@@ -110,14 +110,14 @@ def validate(splits: Splits, params: ValidationParams, context: StepContext) -> 
             mlflow.log_artifact(str(folder / name), "validation")
         mlflow.log_text("\n".join(report.failures) or "all expectations met\n", "validation/failures.txt")
         mlflow.set_tag("validation.success", str(report.success).lower())
-        where = f"report: {tracking.local_path(mlflow.get_artifact_uri('validation/report.md'))}"
+        written, docs = mlflow.get_artifact_uri("validation/report.md"), None
         if report.docs_dir:
             mlflow.log_artifacts(str(report.docs_dir), "validation/data_docs")
-            where += f"\nData Docs: {tracking.local_path(mlflow.get_artifact_uri('validation/data_docs/index.html'))}"
+            docs = tracking.local_path(mlflow.get_artifact_uri("validation/data_docs/index.html"))
     if not report.success:
         _publish_report(report)
         if params.mode == "fail":
-            raise ValidationFailed(report.summary(), f"{report.table()}\n{where}\n{RELAX_HINT}")
+            raise report.error(tracking.local_path(written), docs)
         get_run_logger().warning("%s; going on: validation.mode is 'warn'\n%s", report.summary(), report.table())
     return report
 

@@ -62,7 +62,7 @@ def embed(model, tokenizer, texts: list[str], max_length: int, batch_size: int =
     split = encode(tokenizer, texts, [0] * len(texts), max_length)  # no labels: placeholders
     order = np.argsort(-split.lengths, kind="stable")
     pooled, probabilities = [], []
-    classifier = hasattr(model.config, "id2label") and hasattr(model, "base_model") and model.base_model is not model
+    classifier = model.base_model is not model  # a head on an encoder, not the bare encoder
     for batch in batches(split, batch_size, tokenizer.pad_token_id, order):
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast(device):

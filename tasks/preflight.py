@@ -44,10 +44,9 @@ def check(data: DataParams, finetune: FinetuneParams, select: SelectParams, dist
     started = time.perf_counter()
     specs = list(select.candidates) if finetune.backbone == "auto" else [finetune.backbone]
     configs = {spec: backbones.check(spec) for spec in specs}
-    if distill.enabled:
-        _check_student(distill.student, configs)
     unlabeled = []
     if distill.enabled:
+        _check_student(distill.student, configs)
         unlabeled = [t for path in distill.unlabeled_paths for t in read_texts(path, distill.unlabeled_text_column)]
     splits = load_splits(data, unlabeled)
     return Checked(splits, tuple(specs), time.perf_counter() - started)

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from graftline.tasks.data import Split, Splits
+from graftline.tasks.errors import ValidationFailed
 from graftline.tasks.settings import ValidationParams
 
 EXAMPLES = 3  # rows quoted per finding in the report file
@@ -73,6 +74,12 @@ class ValidationReport:
         rows = [header] + [(f.split, f.check, f.failing, f.threshold, f.observed, f.relax) for f in self.findings]
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+    def error(self, report: str, docs: str | None) -> ValidationFailed:
+        """The error a failed validation raises: the summary line, then the table, where the report
+        file (`report`) and the Data Docs page (`docs`) are, and how to relax a check."""
+        where = f"report: {report}" + (f"\nData Docs: {docs}" if docs else "")
+        return ValidationFailed(self.summary(), f"{self.table()}\n{where}\n{RELAX_HINT}")
 
     def markdown(self, examples: bool = True) -> str:
         """The report file: the table, then (with `examples`) a few example rows per finding."""

@@ -10,21 +10,39 @@ import typer
 from graftline.flows.cli.errors import assign, command, pairs
 from graftline.tasks.errors import GraftlineError
 
+# The data options `run` and `check` share (typer reads each default's OptionInfo; one object serves both).
+TRAIN = typer.Option(None, help="Training data (CSV, JSONL, Parquet; path or fsspec URL).")
+VALIDATION = typer.Option(None, help="Validation data; carved from --train when absent.")
+TEST = typer.Option(None, help="Test data; carved from --train when absent.")
+EVAL = typer.Option([], "--eval", help="Extra evaluation set NAME=PATH (repeatable).")
+TARGET = typer.Option([], "--target", help="Unlabeled texts of a domain the model will serve, NAME=PATH (repeatable).")
+TEXT_COLUMN = typer.Option(None, help="Text column name.")
+LABEL_COLUMN = typer.Option(None, help="Label column name.")
+SET = typer.Option([], "--set", help="Any parameter as dotted.path=value (repeatable).")
+
+
+def data_overrides(train, validation, test, text_column, label_column) -> dict:
+    return {
+        "data.train_path": train,
+        "data.validation_path": validation,
+        "data.test_path": test,
+        "data.text_column": text_column,
+        "data.label_column": label_column,
+    }
+
 
 @command
 def run(
     config: Path | None = typer.Option(
         None, help="YAML or JSON file of flow parameters (data/validation/finetune/distill/registry)."
     ),
-    train: str | None = typer.Option(None, help="Training data (CSV, JSONL, Parquet; path or fsspec URL)."),
-    validation: str | None = typer.Option(None, help="Validation data; carved from --train when absent."),
-    test: str | None = typer.Option(None, help="Test data; carved from --train when absent."),
-    eval_set: list[str] = typer.Option([], "--eval", help="Extra evaluation set NAME=PATH (repeatable)."),
-    target: list[str] = typer.Option(
-        [], "--target", help="Unlabeled texts of a domain the model will serve, NAME=PATH (repeatable)."
-    ),
-    text_column: str | None = typer.Option(None, help="Text column name."),
-    label_column: str | None = typer.Option(None, help="Label column name."),
+    train: str | None = TRAIN,
+    validation: str | None = VALIDATION,
+    test: str | None = TEST,
+    eval_set: list[str] = EVAL,
+    target: list[str] = TARGET,
+    text_column: str | None = TEXT_COLUMN,
+    label_column: str | None = LABEL_COLUMN,
     backbone: str | None = typer.Option(None, help="Backbone: packaged name, local folder or hub id."),
     strategy: str | None = typer.Option(None, help="full | linear-probe | lora."),
     epochs: int | None = typer.Option(None, help="Fine-tuning epochs."),
@@ -32,15 +50,11 @@ def run(
     no_distill: bool = typer.Option(False, "--no-distill", help="Skip distillation."),
     model_name: str | None = typer.Option(None, help="Registered model name."),
     validation_mode: str | None = typer.Option(None, help="fail | warn."),
-    set_: list[str] = typer.Option([], "--set", help="Any parameter as dotted.path=value (repeatable)."),
+    set_: list[str] = SET,
 ) -> None:
     """Run the whole lifecycle; with no options, on the embedded demo data."""
     overrides = {
-        "data.train_path": train,
-        "data.validation_path": validation,
-        "data.test_path": test,
-        "data.text_column": text_column,
-        "data.label_column": label_column,
+        **data_overrides(train, validation, test, text_column, label_column),
         "finetune.backbone": backbone,
         "finetune.strategy": strategy,
         "finetune.epochs": epochs,
@@ -59,42 +73,32 @@ def run(
 @command
 def check(
     config: Path | None = typer.Option(None, help="YAML or JSON file of flow parameters."),
-    train: str | None = typer.Option(None, help="Training data (CSV, JSONL, Parquet; path or fsspec URL)."),
-    validation: str | None = typer.Option(None, help="Validation data; carved from --train when absent."),
-    test: str | None = typer.Option(None, help="Test data; carved from --train when absent."),
-    eval_set: list[str] = typer.Option([], "--eval", help="Extra evaluation set NAME=PATH (repeatable)."),
-    target: list[str] = typer.Option(
-        [], "--target", help="Unlabeled texts of a domain the model will serve, NAME=PATH (repeatable)."
-    ),
-    text_column: str | None = typer.Option(None, help="Text column name."),
-    label_column: str | None = typer.Option(None, help="Label column name."),
+    train: str | None = TRAIN,
+    validation: str | None = VALIDATION,
+    test: str | None = TEST,
+    eval_set: list[str] = EVAL,
+    target: list[str] = TARGET,
+    text_column: str | None = TEXT_COLUMN,
+    label_column: str | None = LABEL_COLUMN,
     out: Path | None = typer.Option(None, help="Folder for the report and Data Docs (default: a new temporary one)."),
-    set_: list[str] = typer.Option([], "--set", help="Any parameter as dotted.path=value (repeatable)."),
+    set_: list[str] = SET,
 ) -> None:
     """Check and validate data as `graftline run` would, without training or tracking anything: the
     pre-flight checks, then the full validation suite, its table and report. Exit 2 when it fails."""
     import tempfile
 
-    overrides = {
-        "data.train_path": train,
-        "data.validation_path": validation,
-        "data.test_path": test,
-        "data.text_column": text_column,
-        "data.label_column": label_column,
-    }
+    overrides = data_overrides(train, validation, test, text_column, label_column)
     params = build_params(config, overrides, eval_set, set_, target)
     checked = preflight(params)
     print(checked.line(), file=sys.stderr)
-    from graftline.tasks.validate import RELAX_HINT, validate_splits
+    from graftline.tasks.validate import validate_splits
 
     folder = out or Path(tempfile.mkdtemp(prefix="graftline-check-"))
     report = validate_splits(checked.splits, params.validation, folder)
-    where = f"report: {folder / 'report.md'}" + (
-        f"\nData Docs: {report.docs_dir / 'index.html'}" if report.docs_dir else ""
-    )
+    docs = str(report.docs_dir / "index.html") if report.docs_dir else None
     if not report.success:
-        raise GraftlineError(report.summary(), f"{report.table()}\n{where}\n{RELAX_HINT}")
-    print(f"data validation passed\n{where}")
+        raise report.error(str(folder / "report.md"), docs)
+    print(f"data validation passed\nreport: {folder / 'report.md'}" + (f"\nData Docs: {docs}" if docs else ""))
 
 
 def preflight(params):

@@ -262,11 +262,11 @@ def train(
     With `checkpoint_dir`, checkpoints go there and a call finding one there resumes from it. With
     `auxiliary` (e.g. masked-language modelling on target texts, engine/mlm.py), each micro-batch's
     loss is `loss_fn` plus what it returns for (model, epoch, step, micro-batch, rows, device)."""
-    loop = _Loop(model, train_split, val_split, config, pad_id, loss_fn, on_epoch, checkpoint_dir)
-    loop.auxiliary = auxiliary
-    if auxiliary is not None and loop.processes > 1:
+    from graftline.tasks.engine import distributed
+
+    if auxiliary is not None and distributed.rank_and_size()[1] > 1:
         raise NotImplementedError("an auxiliary loss is computed outside DDP's forward; train it in one process")
-    return loop.run()
+    return _Loop(model, train_split, val_split, config, pad_id, loss_fn, on_epoch, checkpoint_dir, auxiliary).run()
 
 
 @dataclass
@@ -287,14 +287,15 @@ class _Loop:
     """One call of `train`: the set-up (device, wrapping, optimizer, schedule, a checkpoint to resume
     from), then epochs of optimizer steps, each step one or more micro-batches split over processes."""
 
-    def __init__(self, model, train_split, val_split, config: TrainConfig, pad_id, loss_fn, on_epoch, checkpoint_dir):
+    def __init__(
+        self, model, train_split, val_split, config: TrainConfig, pad_id, loss_fn, on_epoch, checkpoint_dir, auxiliary
+    ):
         from transformers import get_linear_schedule_with_warmup
 
         from graftline.tasks.engine import distributed
 
         self.model, self.train_split, self.val_split, self.config = model, train_split, val_split, config
-        self.pad_id, self.loss_fn, self.on_epoch = pad_id, loss_fn, on_epoch
-        self.auxiliary: Auxiliary | None = None
+        self.pad_id, self.loss_fn, self.on_epoch, self.auxiliary = pad_id, loss_fn, on_epoch, auxiliary
         self.rank, self.processes = distributed.rank_and_size()
         seed_everything(config.seed)
         self.device = distributed.device_for(resolve_device(config.device))
