@@ -200,13 +200,28 @@ def finetune(splits: Splits, params: FinetuneParams, adapt: AdaptParams, context
         _log_training(result.training)
         mlflow.log_metrics(result.metrics())
         mlflow.set_tags({"device": result.training.device, "stopped_early": str(result.training.stopped_early)})
+        if result.self_training:
+            mlflow.log_dict([asdict(r) for r in result.self_training.rounds], "self_training/rounds.json")
         info = log_classifier(result.model_dir, _input_example(splits))
-    get_run_logger().info(
+    logger = get_run_logger()
+    logger.info(
         "teacher: best validation macro-F1 %.4f at epoch %d on %s",
         result.training.best_val_macro_f1,
         result.training.best_epoch,
         result.training.device,
     )
+    for r in result.self_training.rounds if result.self_training else ():
+        logger.info(
+            "self-training round %d: %d pseudo-labels %s (%.0f%% of target texts confident, entropy %.3f), "
+            "validation macro-F1 %.4f: %s",
+            r.round,
+            r.pseudo_labels,
+            r.per_class,
+            100 * r.confident_share,
+            r.target_entropy,
+            r.val_macro_f1,
+            "kept" if r.kept else "discarded, rounds stop",
+        )
     return TrainedModel(
         contract.TEACHER, result.model_dir, info.model_uri, run.info.run_id, result.parameters, params.backbone
     )

@@ -12,7 +12,9 @@ config, so anything that loads transformers models can use it.
 
 With `adapt.method: mlm` the loss of every step is the source cross-entropy plus a weighted
 masked-language-modelling loss on the target texts (`splits.targets`; engine/mlm.py), after a short
-warm-up of the new MLM head; the head is dropped before saving. Epochs are still chosen by the
+warm-up of the new MLM head; the head is dropped before saving. With `self-training` (or
+`mlm+self-training`) the source model is followed by rounds of confident, class-balanced
+pseudo-labels on the target texts (tasks/self_training.py). Epochs and rounds are chosen by the
 source validation split: target labels are never read.
 
 With `processes` > 1 the same function runs data-parallel in that many torchrun processes (one per
@@ -30,6 +32,7 @@ from graftline.tasks.engine import backbones, distributed, mlm
 from graftline.tasks.engine.checkpoints import Checkpoints
 from graftline.tasks.engine.training import TrainingIO, TrainResult, encode, resolve_device, seed_everything, train
 from graftline.tasks.errors import GraftlineError
+from graftline.tasks.self_training import SelfTrainingResult, self_train
 from graftline.tasks.settings import AdaptParams, FinetuneParams, ModelParams
 
 
@@ -37,16 +40,25 @@ from graftline.tasks.settings import AdaptParams, FinetuneParams, ModelParams
 class FinetuneResult:
     model_dir: Path
     labels: list[str]
-    training: TrainResult
+    training: TrainResult  # the source model's training (with the MLM loss when adapting by mlm)
     parameters: int
     trainable_parameters: int
+    self_training: SelfTrainingResult | None = None  # the pseudo-label rounds, when adapting by self-training
+
+    @property
+    def final_training(self) -> TrainResult:
+        """The training that produced the saved weights: the last kept self-training round, else the source's."""
+        kept = self.self_training.training if self.self_training else None
+        return kept or self.training
 
     def metrics(self) -> dict[str, float]:
         return {
             "best_epoch": self.training.best_epoch,
-            "best_val_macro_f1": self.training.best_val_macro_f1,
+            "best_val_macro_f1": self.final_training.best_val_macro_f1,
+            "source_val_macro_f1": self.training.best_val_macro_f1,
             "parameters": self.parameters,
             "trainable_parameters": self.trainable_parameters,
+            **(self.self_training.metrics() if self.self_training else {}),
         }
 
 
@@ -79,7 +91,8 @@ def finetune(
     train_split = encode_split(tokenizer, splits.train, labels, model.max_length, io.cache_dir)
     val_split = encode_split(tokenizer, splits.validation, labels, model.max_length, io.cache_dir)
     config = params.train_config(model)
-    objective = _target_mlm(classifier, tokenizer, splits, adapt, model, config, io)
+    target = _encode_target(tokenizer, splits, adapt, model, io)
+    objective = _target_mlm(classifier, tokenizer, target, adapt, model, config, io)
     result = train(
         classifier,
         train_split,
@@ -91,6 +104,22 @@ def finetune(
         auxiliary=objective,
     )
     mlm.detach(classifier)  # the saved model is a plain classifier
+    rounds = None
+    if adapt.self_trains:
+        rounds = self_train(
+            classifier,
+            train_split,
+            val_split,
+            target,
+            labels,
+            adapt.self_training(),
+            config,
+            tokenizer.pad_token_id,
+            result.best_val_macro_f1,
+            checkpoint_dir=lambda number: _round_folder(io.checkpoint_dir, number),
+            on_epoch=io.on_epoch,
+            epochs_before=len(result.history),
+        )
 
     if params.strategy == "lora":
         classifier = classifier.merge_and_unload()  # plain weights again: exports and loads like any checkpoint
@@ -98,6 +127,8 @@ def finetune(
         save_model(classifier, tokenizer, out_dir)
     distributed.barrier()
     if io.checkpoint_dir is not None and distributed.rank_and_size()[0] == 0:
+        for number in range(adapt.rounds if adapt.self_trains else 0, 0, -1):
+            Checkpoints(_round_folder(io.checkpoint_dir, number)).clear()
         Checkpoints(io.checkpoint_dir).clear()  # the saved model supersedes them
     return FinetuneResult(
         model_dir=out_dir,
@@ -105,22 +136,36 @@ def finetune(
         training=result,
         parameters=backbones.count_parameters(classifier),
         trainable_parameters=trainable,
+        self_training=rounds,
     )
 
 
-def _target_mlm(classifier, tokenizer, splits: Splits, adapt: AdaptParams, model: ModelParams, config, io):
-    """The MLM objective on the target texts, its head attached and warmed up; None without adaptation.
-    A run resuming from a checkpoint skips the warm-up: the checkpoint holds the warmed head."""
-    if adapt.method != "mlm":
+def _encode_target(tokenizer, splits: Splits, adapt: AdaptParams, model: ModelParams, io: TrainingIO):
+    """The target texts, tokenised (labels unknown: zeros); None without adaptation."""
+    if adapt.method == "none":
         return None
     texts = splits.target_texts()
     if not texts:
-        raise GraftlineError("adapt.method 'mlm' needs target texts: data.target_sets holds none that are not blank")
+        raise GraftlineError(
+            f"adapt.method {adapt.method!r} needs target texts: data.target_sets holds none that are not blank"
+        )
+    return encode(tokenizer, texts, [0] * len(texts), model.max_length, io.cache_dir)
+
+
+def _round_folder(checkpoint_dir: Path | None, number: int) -> Path | None:
+    """Self-training round `number`'s checkpoints, beside the source training's."""
+    return None if checkpoint_dir is None else checkpoint_dir.with_name(f"{checkpoint_dir.name}-round-{number}")
+
+
+def _target_mlm(classifier, tokenizer, target, adapt: AdaptParams, model: ModelParams, config, io):
+    """The MLM objective on the target texts, its head attached and warmed up; None without it.
+    A run resuming from a checkpoint skips the warm-up: the checkpoint holds the warmed head."""
+    if not adapt.uses_mlm:
+        return None
     if tokenizer.mask_token_id is None:
         raise GraftlineError(
             f"backbone {tokenizer.name_or_path!r}: its tokenizer has no mask token; mlm cannot adapt it"
         )
-    target = encode(tokenizer, texts, [0] * len(texts), model.max_length, io.cache_dir)
     objective = mlm.TargetMlm(target, tokenizer, adapt.mlm_weight, adapt.mask_probability, model.seed)
     mlm.attach(classifier)
     resuming = io.checkpoint_dir is not None and Checkpoints(io.checkpoint_dir).latest() is not None

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:  # the engine imports torch; the settings stay light for the command line and the UI
     from graftline.tasks.engine.training import TrainConfig
+    from graftline.tasks.self_training import SelfTrainingSettings
 
 DEMO_TRAIN = "demo:electronics"
 DEMO_EVAL_SETS = {"home": "demo:home"}
@@ -114,11 +115,13 @@ class ModelParams(Params):
 class AdaptParams(Params):
     """Domain adaptation: how fine-tuning uses the unlabeled texts of `data.target_sets`."""
 
-    method: Literal["none", "mlm"] = Field(
+    method: Literal["none", "mlm", "self-training", "mlm+self-training"] = Field(
         "none",
         description="none: source data only; mlm: one mixed loss, source cross-entropy + mlm_weight x "
-        "masked-language modelling on the target texts (UDALM-style). Epochs are chosen on the source "
-        "validation split; target labels are never read.",
+        "masked-language modelling on the target texts (UDALM-style); self-training: train on the source, "
+        "then rounds of confident, class-balanced pseudo-labels on the target texts, each round retrained "
+        "from the source model; mlm+self-training: mlm first, then the rounds. Epochs and rounds are "
+        "chosen on the source validation split; target labels are never read.",
     )
     mlm_weight: float = Field(1.0, gt=0, le=10, description="Weight of the target MLM loss in the mixed loss.")
     mask_probability: float = Field(0.15, gt=0, lt=1, description="Share of target tokens masked (BERT's 80/10/10).")
@@ -129,6 +132,47 @@ class AdaptParams(Params):
         description="Steps training the new MLM head alone (encoder frozen) before the mixed loss: the packaged "
         "sentence-embedding backbones ship without one.",
     )
+    rounds: int = Field(1, ge=1, le=10, description="Self-training: most pseudo-labelling rounds.")
+    confidence_threshold: float = Field(
+        0.9, gt=0, le=1, description="Self-training: softmax confidence a target prediction needs to become a label."
+    )
+    class_balance: bool = Field(
+        True,
+        description="Self-training: keep pseudo-labels in the source's class proportions (the most confident of "
+        "each class), so the easiest class cannot flood the round.",
+    )
+    max_per_class: int | None = Field(None, ge=1, description="Self-training: most pseudo-labels of any one class.")
+    round_epochs: int = Field(
+        1, ge=1, le=100, description="Self-training: epochs of each round (early-stopped on source validation)."
+    )
+    max_source_drop: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Self-training: a round whose source validation macro-F1 falls more than this below the "
+        "source model's is discarded, and the rounds stop (the label-free guard against drifting away).",
+    )
+
+    @property
+    def uses_mlm(self) -> bool:
+        return self.method in ("mlm", "mlm+self-training")
+
+    @property
+    def self_trains(self) -> bool:
+        return self.method in ("self-training", "mlm+self-training")
+
+    def self_training(self) -> SelfTrainingSettings:
+        """The rounds' settings: the one translation into the self-training loop."""
+        from graftline.tasks.self_training import SelfTrainingSettings
+
+        return SelfTrainingSettings(
+            rounds=self.rounds,
+            threshold=self.confidence_threshold,
+            class_balance=self.class_balance,
+            max_per_class=self.max_per_class,
+            round_epochs=self.round_epochs,
+            max_source_drop=self.max_source_drop,
+        )
 
 
 class TrainingParams(Params):

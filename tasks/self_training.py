@@ -1,0 +1,237 @@
+"""Self-training on target-domain texts: the second half of `adapt.method: self-training` and
+`mlm+self-training`.
+
+After the source model is trained (on the source labels alone, or with the target MLM loss), each
+round asks the current model for the target texts' labels, keeps the confident ones, balances them
+across classes, and trains again *from the source model's weights* on the source rows plus those
+pseudo-labelled target rows. Starting each round from the source weights, not from the previous
+round's, keeps one round's mistakes from being trained into the next twice; the next round's labels
+still come from the better model.
+
+Which pseudo-labels a round keeps (`select_pseudo_labels`):
+- the model's softmax confidence must reach `confidence_threshold`;
+- with `class_balance`, each class keeps the same share of its confident rows' count relative to
+  the source's class distribution, so the pseudo-labelled set has the source's label mix (class-
+  balanced self-training, Zou et al., ECCV 2018: without it the easiest class floods the set and the
+  model drifts towards it); the most confident rows of each class are the ones kept;
+- `max_per_class` caps any class.
+
+Model selection never reads target labels: every round's training early-stops on the source
+validation split, and a round is kept only if its source validation macro-F1 stays within
+`max_source_drop` of the source model's; otherwise the rounds stop and the previous model stays.
+Each round also records label-free numbers on the target texts (the share of confident predictions
+and the mean prediction entropy), logged per round for the user to judge the adaptation by.
+
+Written here rather than taken from a library: the maintained self-training implementations
+(scikit-learn's `SelfTrainingClassifier`, skada) wrap estimators with `fit`/`predict_proba` and
+retrain from scratch on each iteration; graftline's rounds must run through its own training loop
+(length-grouped batches, checkpoints and exact resume, bf16, early stopping on the source split).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from graftline.tasks.engine.training import (
+    EncodedSplit,
+    EpochRecord,
+    TrainConfig,
+    TrainResult,
+    predict_logits,
+    train,
+)
+
+
+@dataclass(frozen=True)
+class PseudoLabels:
+    """The target rows a round trains on, with the label the model gave each."""
+
+    rows: np.ndarray  # indices into the target texts
+    labels: np.ndarray  # label ids
+    confidence: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def per_class(self, names: list[str]) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=len(names))
+        return {name: int(count) for name, count in zip(names, counts, strict=True)}
+
+
+def select_pseudo_labels(
+    probabilities: np.ndarray,
+    threshold: float,
+    prior: np.ndarray | None = None,
+    max_per_class: int | None = None,
+) -> PseudoLabels:
+    """The confident rows of `probabilities` (rows x classes), most confident first within each class.
+
+    With `prior` (the source's class distribution) the classes are balanced to it: class c keeps
+    floor(prior[c] * m) rows, m = min over classes of (confident rows of c) / prior[c], so the kept
+    labels follow the prior; a class with no confident row then keeps the others from being used at
+    all (nothing is better than a one-class set). `max_per_class` caps every class."""
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    classes = probabilities.shape[1]
+    confident = [np.flatnonzero((predicted == c) & (confidence >= threshold)) for c in range(classes)]
+    # most confident first; ties by row, so the choice is deterministic
+    confident = [rows[np.lexsort((rows, -confidence[rows]))] for rows in confident]
+    quota = [len(rows) for rows in confident]
+    if prior is not None:
+        prior = np.asarray(prior, dtype=np.float64) / np.sum(prior)
+        scale = min(len(rows) / p for rows, p in zip(confident, prior, strict=True) if p > 0)
+        quota = [min(len(rows), math.floor(p * scale + 1e-9)) for rows, p in zip(confident, prior, strict=True)]
+    if max_per_class is not None:
+        quota = [min(q, max_per_class) for q in quota]
+    kept = np.concatenate([rows[:q] for rows, q in zip(confident, quota, strict=True)]).astype(np.int64)
+    return PseudoLabels(kept, predicted[kept], confidence[kept])
+
+
+def prediction_entropy(probabilities: np.ndarray) -> float:
+    """Mean entropy of the predicted distributions, in nats: lower is a surer model."""
+    clipped = np.clip(probabilities, 1e-12, 1.0)
+    return float(-(clipped * np.log(clipped)).sum(axis=1).mean()) if len(probabilities) else 0.0
+
+
+@dataclass(frozen=True)
+class SelfTrainingSettings:
+    rounds: int
+    threshold: float
+    class_balance: bool
+    max_per_class: int | None
+    round_epochs: int
+    max_source_drop: float
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One round: what it trained on, how sure the labelling model was, and whether it was kept."""
+
+    round: int
+    pseudo_labels: int
+    per_class: dict[str, int]
+    confident_share: float  # of all target texts, before balancing
+    target_entropy: float  # of the model that labelled this round
+    val_macro_f1: float  # of the model this round trained
+    kept: bool
+
+    def metrics(self) -> dict[str, float]:
+        prefix = f"self_training_round_{self.round}_"
+        return {
+            prefix + "pseudo_labels": self.pseudo_labels,
+            prefix + "confident_share": self.confident_share,
+            prefix + "target_entropy": self.target_entropy,
+            prefix + "val_macro_f1": self.val_macro_f1,
+            prefix + "kept": float(self.kept),
+        }
+
+
+@dataclass(frozen=True)
+class SelfTrainingResult:
+    rounds: tuple[RoundRecord, ...]
+    final_target_entropy: float  # of the model returned
+    final_confident_share: float
+    training: TrainResult | None  # the kept round's training; None when no round was kept
+
+    @property
+    def kept_rounds(self) -> int:
+        return sum(r.kept for r in self.rounds)
+
+    def metrics(self) -> dict[str, float]:
+        out = {
+            "self_training_rounds_kept": self.kept_rounds,
+            "self_training_final_target_entropy": self.final_target_entropy,
+            "self_training_final_confident_share": self.final_confident_share,
+        }
+        for record in self.rounds:
+            out |= record.metrics()
+        return out
+
+
+def self_train(
+    model,
+    source: EncodedSplit,
+    validation: EncodedSplit,
+    target: EncodedSplit,
+    labels: list[str],
+    settings: SelfTrainingSettings,
+    config: TrainConfig,
+    pad_id: int,
+    source_val_macro_f1: float,
+    checkpoint_dir: Callable[[int], Path | None] = lambda _: None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    epochs_before: int = 0,
+) -> SelfTrainingResult:
+    """Run the rounds on `model` (which holds the source model's weights) and leave in it the last
+    kept round's weights, or the source weights when no round was kept. `checkpoint_dir(r)` is
+    round r's checkpoint folder: a killed run resumes inside the round it was in, and finished rounds
+    replay from their last checkpoint without training again. `on_epoch` hears every round's epochs,
+    numbered on from `epochs_before` (the source training's), so they extend its curves."""
+    source_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    kept_weights = source_weights
+    prior = np.bincount(source.labels, minlength=len(labels)) if settings.class_balance else None
+    round_config = replace(config, epochs=settings.round_epochs, patience=settings.round_epochs)
+    records: list[RoundRecord] = []
+    training = None
+    probabilities = _probabilities(model, target, config, pad_id)
+    for number in range(1, settings.rounds + 1):
+        chosen = select_pseudo_labels(probabilities, settings.threshold, prior, settings.max_per_class)
+        confident_share = float((probabilities.max(axis=1) >= settings.threshold).mean())
+        entropy = prediction_entropy(probabilities)
+        if len(chosen) == 0:
+            records.append(RoundRecord(number, 0, chosen.per_class(labels), confident_share, entropy, 0.0, False))
+            break
+        model.load_state_dict(source_weights)
+        result = train(
+            model,
+            _with_pseudo_labels(source, target, chosen),
+            validation,
+            round_config,
+            pad_id,
+            on_epoch=_numbered_from(on_epoch, epochs_before),
+            checkpoint_dir=checkpoint_dir(number),
+        )
+        epochs_before += len(result.history)
+        kept = result.best_val_macro_f1 >= source_val_macro_f1 - settings.max_source_drop
+        records.append(
+            RoundRecord(
+                number, len(chosen), chosen.per_class(labels), confident_share, entropy, result.best_val_macro_f1, kept
+            )
+        )
+        if not kept:
+            break
+        kept_weights, training = {k: v.detach().clone() for k, v in model.state_dict().items()}, result
+        probabilities = _probabilities(model, target, config, pad_id)
+    model.load_state_dict(kept_weights)  # `probabilities` are this model's: they change only when a round is kept
+    return SelfTrainingResult(
+        tuple(records),
+        prediction_entropy(probabilities),
+        float((probabilities.max(axis=1) >= settings.threshold).mean()),
+        training,
+    )
+
+
+def _numbered_from(on_epoch, offset: int):
+    if on_epoch is None:
+        return None
+    return lambda record: on_epoch(replace(record, epoch=offset + record.epoch))
+
+
+def _probabilities(model, target: EncodedSplit, config: TrainConfig, pad_id: int) -> np.ndarray:
+    import torch
+
+    logits = predict_logits(model, target, config.eval_batch_size, pad_id, precision=config.precision)
+    return torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+
+
+def _with_pseudo_labels(source: EncodedSplit, target: EncodedSplit, chosen: PseudoLabels) -> EncodedSplit:
+    """The source rows followed by the chosen target rows, labelled as the model said."""
+    return EncodedSplit(
+        source.ids + [target.ids[i] for i in chosen.rows],
+        np.concatenate([source.labels, chosen.labels]).astype(np.int64),
+    )
