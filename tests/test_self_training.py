@@ -107,17 +107,15 @@ def test_resume_inside_a_round_matches_an_uninterrupted_run(still_backbone, targ
     params = train_params(still_backbone, checkpoint_every=2)
     adapt = AdaptParams(method="self-training", rounds=2, confidence_threshold=0.6, max_source_drop=1.0)
     straight = finetune(target_splits, params, short_texts(), tmp_path / "straight", adapt=adapt)
-    epochs = []
 
     def crash_in_round_two(record):  # round 2's epoch ends after its mid-epoch checkpoints, before the last
-        epochs.append(record.epoch)
         if record.epoch == len(straight.training.history) + 2:
             raise KeyboardInterrupt
 
     folder = tmp_path / "checkpoints"
+    killed = TrainingIO(None, folder, crash_in_round_two)
     with pytest.raises(KeyboardInterrupt):
-        finetune(target_splits, params, short_texts(), tmp_path / "killed", TrainingIO(None, folder, crash_in_round_two),
-                 adapt)  # fmt: skip
+        finetune(target_splits, params, short_texts(), tmp_path / "killed", killed, adapt)
     assert Checkpoints(folder.with_name("checkpoints-round-2")).latest() is not None
     resumed = finetune(target_splits, params, short_texts(), tmp_path / "resumed", TrainingIO(None, folder), adapt)
     assert resumed.self_training.training.resumed_from_step is not None
