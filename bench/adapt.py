@@ -4,15 +4,16 @@ The Amazon multi-domain sentiment pairs (`amazon_multidomain` in the datasets fo
 $GRAFTLINE_DATA, else the development datasets next to the repository). For each source -> target
 pair: fine-tune on `S/train.csv` (early stopping on `S/dev.csv`) with graftline's fine-tuning step,
 once per adaptation method, and score each model on `T/all.csv`. Source-only (`none`) is the peer
-every ratio is measured against, in the same run.
+every ratio is measured against, in the same run; it never sees the target, so one source-only model
+per source (and seed) is trained and scored on each of its targets.
 
 This data has no separate unlabeled pool, so adapting on `T/all.csv` and scoring on it is
 transductive (the target texts, never their labels, are seen in training). `--inductive` instead
 adapts on one half of the target texts and scores on the other half, then swaps, and reports the
 mean of the two halves.
 
-    .venv/bin/python bench/adapt.py                                 # 12 pairs x (none, mlm): hours on 2 CPU cores
-    .venv/bin/python bench/adapt.py --pairs electronics:books kitchen:dvd --methods none mlm
+    .venv/bin/python bench/adapt.py                                 # 12 pairs x (none, self-training): hours on 2 cores
+    .venv/bin/python bench/adapt.py --pairs electronics:books kitchen:dvd --methods none mlm self-training
     .venv/bin/python bench/adapt.py --max-length 128 --epochs 1     # a quicker, weaker look
 Results also go to bench/results/adapt.json (merged by pair, method, seed and setting).
 """
@@ -58,47 +59,67 @@ def pair_splits(folder: Path, source: str, target: str, half: int | None, seed: 
         halves = (shuffled.iloc[: len(shuffled) // 2], shuffled.iloc[len(shuffled) // 2 :])
         adapt_on, scored = halves[half], halves[1 - half]
     targets = {target: Split(target, adapt_on[["text", "row"]].reset_index(drop=True), "target")}
-    splits = Splits(Split("train", train, "train"), Split("validation", dev, "dev"), Split("test", dev, "dev"),
+    where = lambda name: str(folder / source / name)  # noqa: E731
+    splits = Splits(Split("train", train, where("train.csv")), Split("validation", dev, where("dev.csv")),
+                    Split("test", dev, where("dev.csv")),
                     targets=targets)  # fmt: skip
     return splits, Split(target, scored.reset_index(drop=True), "all")
 
 
-def run_one(splits: Splits, scored: Split, method: str, args, seed: int, work: Path) -> dict:
+def run_one(splits: Splits, scored: Split, method: str, args, seed: int, work: Path, trained: dict) -> dict:
+    """Train (or, for source-only, reuse the source's model) and score on the target set."""
     model = ModelParams(max_length=args.max_length, seed=seed)
     params = FinetuneParams(backbone=args.backbone, epochs=args.epochs, patience=args.epochs, checkpoint_every=0,
                             **{k: v for k, v in MEASURED_WITH.items() if k != "checkpoint_every"})  # fmt: skip
-    adapt = AdaptParams(method=method)
-    started = time.perf_counter()
-    result = finetune(splits, params, model, work / f"{method}-{seed}", adapt=adapt)
-    seconds = time.perf_counter() - started
-    classifier, tokenizer = (
-        backbones.load_classifier(str(result.model_dir)),
-        backbones.load_tokenizer(str(result.model_dir)),
-    )
+    adapt = AdaptParams(method=method, **args.adapt)
+    key = (splits.train.source, seed)
+    if method == "none" and key in trained:
+        model_dir, seconds, extra = trained[key]
+    else:
+        started = time.perf_counter()
+        result = finetune(splits, params, model, work / f"{method}-{seed}", adapt=adapt)
+        model_dir, seconds = result.model_dir, time.perf_counter() - started
+        extra = result.self_training.metrics() if result.self_training else {}
+        if method == "none":
+            model_dir = model_dir.rename(work / f"none-{len(trained)}")  # kept for the source's other targets
+            trained[key] = (model_dir, seconds, extra)
+    classifier, tokenizer = backbones.load_classifier(str(model_dir)), backbones.load_tokenizer(str(model_dir))
     evaluation = evaluate_model(classifier, tokenizer, scored, args.max_length)
-    return {"accuracy": evaluation.accuracy, "macro_f1": evaluation.macro_f1, "seconds": seconds,
-            "best_epoch": result.training.best_epoch}  # fmt: skip
+    kept = {k: v for k, v in extra.items() if k in ("self_training_rounds_kept",) or k.endswith("pseudo_labels")}
+    return {"accuracy": evaluation.accuracy, "macro_f1": evaluation.macro_f1, "seconds": seconds, **kept}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_option(parser, "holding amazon_multidomain/")
     parser.add_argument("--pairs", nargs="*", default=None, help="source:target (default: all 12)")
-    parser.add_argument("--methods", nargs="*", default=["none", "mlm"])
+    parser.add_argument("--methods", nargs="*", default=["none", "self-training"])
     parser.add_argument("--seeds", nargs="*", type=int, default=[13])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--backbone", default="minilm-l6")
     parser.add_argument("--inductive", action="store_true", help="adapt on half the target texts, score the other")
+    parser.add_argument(
+        "--set",
+        dest="adapt",
+        nargs="*",
+        default=[],
+        metavar="NAME=VALUE",
+        help="adapt.* settings for every adapting method, e.g. rounds=2 confidence_threshold=0.8",
+    )
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "adapt.json")
     args = parser.parse_args()
+    args.adapt = dict(item.split("=", 1) for item in args.adapt)
     folder = args.data / "amazon_multidomain"
     require_folders(folder)
     pairs = args.pairs or [f"{s}:{t}" for s, t in itertools.permutations(DOMAINS, 2)]
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    setting = f"{args.backbone} epochs={args.epochs} max_length={args.max_length}" + (
-        " inductive" if args.inductive else ""
+    setting = (
+        f"{args.backbone} epochs={args.epochs} max_length={args.max_length}"
+        + (" inductive" if args.inductive else "")
+        + "".join(f" {k}={v}" for k, v in sorted(args.adapt.items()))
     )
+    trained: dict = {}  # source-only models by (source, seed): the target plays no part in training them
     with tempfile.TemporaryDirectory(prefix="graftline-adapt-") as tmp:
         for pair, seed, method in itertools.product(pairs, args.seeds, args.methods):
             source, target = pair.split(":")
@@ -106,8 +127,8 @@ def main() -> None:
             runs = []
             for half in halves:
                 splits, scored = pair_splits(folder, source, target, half, seed)
-                runs.append(run_one(splits, scored, method, args, seed, Path(tmp)))
-            row = {k: sum(r[k] for r in runs) / len(runs) for k in ("accuracy", "macro_f1", "seconds")}
+                runs.append(run_one(splits, scored, method, args, seed, Path(tmp), trained))
+            row = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
             results[f"{setting} | {pair} | {method} | {seed}"] = row
             print(f"{pair} {method} seed {seed}: {json.dumps(row)}", file=sys.stderr, flush=True)
             args.results.parent.mkdir(parents=True, exist_ok=True)
