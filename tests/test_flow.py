@@ -3,7 +3,9 @@
 The backbone is the tiny random BERT, so numbers are not judged here, only what is recorded.
 """
 
+import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -344,15 +346,18 @@ def test_promotion_re_evaluates_a_version_with_the_max_length_it_was_trained_wit
     )
 
 
-def test_a_target_set_gets_a_gap_report_and_mlm_adaptation(run_flow, unique_name, tmp_path):
-    """Target texts in another vocabulary than the training data: the mixed-loss teacher registers,
-    and the gap of the target set is measured for the backbone and the teacher, logged and summarised."""
+def test_a_target_set_gets_a_gap_report_and_mlm_then_self_training(run_flow, unique_name, tmp_path):
+    """Target texts in another vocabulary than the training data: the teacher trained on the mixed loss
+    and then one pseudo-label round registers; its rounds are logged; the gap of the target set is
+    measured for the backbone and the teacher, logged and summarised."""
     pd.DataFrame({"text": [f"the novel's plot in chapter {i} twists" for i in range(40)]}).to_csv(
         tmp_path / "books.csv", index=False
     )
     summary = run_flow(
         data=DataParams(eval_sets={}, target_sets={"books": str(tmp_path / "books.csv")}),
-        adapt=AdaptParams(method="mlm", head_warmup_steps=5),
+        adapt=AdaptParams(
+            method="mlm+self-training", head_warmup_steps=5, confidence_threshold=0.01, class_balance=False
+        ),
         epochs=1,
     )
     teacher = summary.metrics["teacher"]
@@ -363,5 +368,8 @@ def test_a_target_set_gets_a_gap_report_and_mlm_adaptation(run_flow, unique_name
     assert gap.data.metrics["gap_books_mmd"] == pytest.approx(teacher["gap_books_mmd"])
     assert [a.path for a in client.list_artifacts(gap.info.run_id, "domain_gap")] == ["domain_gap/domain_gap.png"]
     finetune = next(r for r in runs_by_name(client, unique_name) if r.info.run_name == "finetune")
-    assert finetune.data.params["adapt.method"] == "mlm"
+    assert finetune.data.params["adapt.method"] == "mlm+self-training"
+    assert finetune.data.metrics["self_training_round_1_pseudo_labels"] == 40  # every text: no threshold, no balance
+    rounds = json.loads(Path(client.download_artifacts(finetune.info.run_id, "self_training/rounds.json")).read_text())
+    assert [r["round"] for r in rounds] == [1] and rounds[0]["pseudo_labels"] == 40
     assert [r.version for r in summary.registered] == ["1", "1"]
