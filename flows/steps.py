@@ -272,8 +272,7 @@ def distill(
     import mlflow
 
     from graftline.tasks.distill import distill as run_distill
-    from graftline.tasks.distill import distillation_report
-    from graftline.tasks.evaluate import retention_gate
+    from graftline.tasks.distill import judge_student
     from graftline.tasks.registry.versions import log_classifier
 
     with tracking.step_run("distill", context.parent_run_id) as run:
@@ -283,32 +282,29 @@ def distill(
         _log_training(result.training)
         mlflow.log_params(result.params())
         mlflow.log_metric("transfer_rows", result.transfer_rows)
-        evaluations = evaluate_sets(result.model_dir, splits, context.model)
-        _log_evaluations(contract.STUDENT, evaluations, context.folder("distill"))
-        texts = splits.test.texts
-        report = distillation_report(
-            teacher.model_dir, result.model_dir, teacher.evaluations, evaluations, texts, context.model.max_length
+        judged = judge_student(
+            result.model_dir, teacher.model_dir, teacher.evaluations, splits, context.model, *retention
         )
-        failure = retention_gate(report, *retention)
+        _log_evaluations(contract.STUDENT, judged.evaluations, context.folder("distill"))
         mlflow.log_metrics(
             {
-                **report,
+                **judged.report,
                 "best_val_macro_f1": result.training.best_val_macro_f1,
-                "retention_gate_passed": float(failure is None),
+                "retention_gate_passed": float(judged.gate_failure is None),
             }
         )
-        mlflow.set_tag("graftline.gate", failure or f"passed (floor {retention[0]} on {', '.join(retention[1])})")
+        mlflow.set_tag("graftline.gate", judged.gate(*retention))
         uri = log_classifier(result.model_dir, _input_example(splits)).model_uri
     logger = get_run_logger()
     logger.info(
         "student: %s parameters (%.2fx the teacher), test accuracy retention %.3f, CPU speedup %.2fx",
         f"{result.student_parameters:,}",
-        report["parameter_ratio"],
-        report["test_accuracy_retention"],
-        report["cpu_speedup"],
+        judged.report["parameter_ratio"],
+        judged.report["test_accuracy_retention"],
+        judged.report["cpu_speedup"],
     )
-    if failure:
-        logger.warning("student will not be registered: %s", failure)
+    if judged.gate_failure:
+        logger.warning("student will not be registered: %s", judged.gate_failure)
     return TrainedModel(
         contract.STUDENT,
         result.model_dir,
@@ -316,9 +312,9 @@ def distill(
         run.info.run_id,
         result.student_parameters,
         teacher.backbone,
-        evaluations=evaluations,
-        report=report,
-        gate_failure=failure,
+        evaluations=judged.evaluations,
+        report=judged.report,
+        gate_failure=judged.gate_failure,
     )
 
 

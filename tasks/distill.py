@@ -16,8 +16,9 @@ Students:
 
 Transfer data: unlabeled texts (e.g. from the target domain) and augmented copies of the training
 texts are added to the training rows with soft labels only (their cross-entropy term is masked out).
-`distillation_report` compares the student with its teacher (size, retention on every evaluation
-set, CPU speed); whether it keeps enough is decided by the one retention gate (evaluate.py).
+`judge_student` evaluates the student on every evaluation set, compares it with its teacher
+(`distillation_report`: size, retention on every evaluation set, CPU speed) and asks the one
+retention gate (evaluate.py) whether it keeps enough to be registered.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from graftline.tasks.engine.training import (
     train,
 )
 from graftline.tasks.errors import BackboneError
-from graftline.tasks.evaluate import Evaluation, headline_scores, retention
+from graftline.tasks.evaluate import Evaluation, evaluate_sets, headline_scores, retention, retention_gate
 from graftline.tasks.finetune import encode_split, save_model
 from graftline.tasks.settings import DistillParams, ModelParams
 
@@ -282,6 +283,35 @@ def _encoder_layers(model) -> tuple[str, torch.nn.ModuleList]:
         if isinstance(module, torch.nn.ModuleList) and len(module) == count:
             return name, module
     raise BackboneError(f"cannot find the {count} encoder layers of {type(model).__name__} to copy")
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A distilled student's scores, its comparison with the teacher, and the retention gate's verdict."""
+
+    evaluations: dict[str, Evaluation]
+    report: dict[str, float]
+    gate_failure: str | None  # None: it may be registered
+
+    def gate(self, floor: float, sets: list[str]) -> str:
+        return self.gate_failure or f"passed (floor {floor} on {', '.join(sets)})"
+
+
+def judge_student(
+    student_dir: Path,
+    teacher_dir: Path,
+    teacher_scores: dict[str, Evaluation],
+    splits: Splits,
+    model: ModelParams,
+    floor: float,
+    sets: list[str],
+) -> Judgement:
+    """Score the student on every evaluation set, compare it with its teacher, and ask the retention gate."""
+    evaluations = evaluate_sets(student_dir, splits, model)
+    report = distillation_report(
+        teacher_dir, student_dir, teacher_scores, evaluations, splits.test.texts, model.max_length
+    )
+    return Judgement(evaluations, report, retention_gate(report, floor, sets))
 
 
 def distillation_report(
