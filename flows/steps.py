@@ -223,7 +223,13 @@ def finetune(splits: Splits, params: FinetuneParams, adapt: AdaptParams, context
             "kept" if r.kept else "discarded, rounds stop",
         )
     return TrainedModel(
-        contract.TEACHER, result.model_dir, info.model_uri, run.info.run_id, result.parameters, params.backbone
+        contract.TEACHER,
+        result.model_dir,
+        info.model_uri,
+        run.info.run_id,
+        result.parameters,
+        params.backbone,
+        report=result.self_training.summary() if result.self_training else {},
     )
 
 

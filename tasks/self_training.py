@@ -152,6 +152,17 @@ class SelfTrainingResult:
             out |= record.metrics()
         return out
 
+    def summary(self) -> dict[str, float]:
+        """Source-only against adapted, on the target texts, label-free: what the lifecycle's summary shows."""
+        first = self.rounds[0]  # labelled by the source model
+        return {
+            "self_training_rounds_kept": self.kept_rounds,
+            "target_confident_share_source_only": first.confident_share,
+            "target_confident_share_adapted": self.final_confident_share,
+            "target_entropy_source_only": first.target_entropy,
+            "target_entropy_adapted": self.final_target_entropy,
+        }
+
 
 def self_train(
     model,

@@ -363,6 +363,7 @@ def test_a_target_set_gets_a_gap_report_and_mlm_then_self_training(run_flow, uni
     teacher = summary.metrics["teacher"]
     assert teacher["gap_before_books_proxy_a_distance"] > 1.5  # other words: easy to tell apart
     assert 0 <= teacher["gap_books_label_shift"] <= 1 and 0 <= teacher["gap_books_confident_share"] <= 1
+    assert teacher["self_training_rounds_kept"] in (0, 1) and "target_entropy_source_only" in teacher
     client = MlflowClient()
     gap = next(r for r in runs_by_name(client, unique_name) if r.info.run_name == "domain_gap")
     assert gap.data.metrics["gap_books_mmd"] == pytest.approx(teacher["gap_books_mmd"])

@@ -77,6 +77,8 @@ def test_rounds_train_on_pseudo_labels_and_record_what_they_did(tiny_backbone, t
     assert result.final_training is result.self_training.training is not result.training
     metrics = result.metrics()
     assert metrics["self_training_rounds_kept"] == 2 and "self_training_round_2_pseudo_labels" in metrics
+    summary = result.self_training.summary()  # source-only against adapted, as the lifecycle's summary shows it
+    assert summary["target_entropy_adapted"] < summary["target_entropy_source_only"] == rounds[0].target_entropy
     assert backbones.load_classifier(str(result.model_dir)).config.id2label == {0: "bad", 1: "good"}
 
 

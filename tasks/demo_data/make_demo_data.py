@@ -11,6 +11,8 @@ for ticket routing with the same four labels in both domains, 90 rows per label 
 
     electronics.csv  headphones, laptops, phones, chargers, TVs, routers, cameras, ...
     home.csv         blenders, sofas, mattresses, cookware, vacuum cleaners, lamps, ...
+    home-unlabeled.csv  more home-goods messages, text only (no label column): the unlabeled texts
+                     of a domain the model will serve, for domain adaptation (`--target`)
 
 Sentence frames are shared across domains, while product nouns, problems and praise are
 domain-specific, so the pair shows cross-domain transfer (train on electronics, test on home).
@@ -643,6 +645,14 @@ def main():
         texts.append(report(path))
     print(f"\ntexts shared between the files (normalised): {len(texts[0] & texts[1])}")
     assert not texts[0] & texts[1] and all(len(t) == len(LABELS) * ROWS_PER_LABEL for t in texts)
+    # Drawn after the labelled files, so they stay exactly as they were; `seen` keeps these texts new.
+    unlabeled = build(rng, "home", seen)
+    path = OUT_DIR / "home-unlabeled.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["text"])
+        writer.writeheader()
+        writer.writerows({"text": row["text"]} for row in unlabeled)
+    print(f"\n== {path}: {len(unlabeled)} unlabeled home-goods texts, none in the labelled files")
 
 
 if __name__ == "__main__":
