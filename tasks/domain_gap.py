@@ -81,6 +81,11 @@ def embed(model, tokenizer, texts: list[str], max_length: int, batch_size: int =
     return Embedded(pooled_all, probs)
 
 
+def confident_share(probabilities: np.ndarray) -> float:
+    """Share of rows (of rows x classes probabilities) whose top probability reaches CONFIDENT."""
+    return float((probabilities.max(axis=-1) >= CONFIDENT).mean()) if len(probabilities) else 0.0
+
+
 def proxy_a_distance(source: np.ndarray, target: np.ndarray, seed: int = 0) -> float:
     """2 (1 - 2 err) of a cross-validated linear domain classifier, clipped to [0, 2]."""
     from sklearn.linear_model import LogisticRegression
@@ -122,8 +127,8 @@ def gap(name: str, source: Embedded, target: Embedded, labels: list[str] | None,
         len(target.pooled),
         distance,
         discrepancy,
-        confident_share=float((target.probabilities.max(-1) >= CONFIDENT).mean()),
-        source_confident_share=float((source.probabilities.max(-1) >= CONFIDENT).mean()),
+        confident_share=confident_share(target.probabilities),
+        source_confident_share=confident_share(source.probabilities),
         label_shift=float(0.5 * np.abs(target_mix - source_mix).sum()),
         predicted={label: float(s) for label, s in zip(labels, target_mix, strict=True)},
     )

@@ -9,12 +9,15 @@ round's, keeps one round's mistakes from being trained into the next twice; the 
 still come from the better model.
 
 Which pseudo-labels a round keeps (`select_pseudo_labels`):
-- the model's softmax confidence must reach `confidence_threshold`;
-- with `class_balance`, each class keeps the same share of its confident rows' count relative to
-  the source's class distribution, so the pseudo-labelled set has the source's label mix (class-
-  balanced self-training, Zou et al., ECCV 2018: without it the easiest class floods the set and the
-  model drifts towards it); the most confident rows of each class are the ones kept;
-- `max_per_class` caps any class.
+- at most `pseudo_label_share` of the target texts, the most confident predictions first; a portion
+  rather than a fixed confidence, because how sure a fine-tuned model is depends on its task and
+  training (a 4-class model after a few epochs may never reach 0.9 while a sentiment model passes
+  0.9 on its mistakes too);
+- with `class_balance`, that portion is split over the classes in the source's proportions, each
+  class keeping its most confident predictions (class-balanced self-training, Zou et al., ECCV 2018:
+  without it the easiest class floods the set and the model drifts towards it);
+- every kept prediction must also reach `confidence_threshold` (0: no absolute floor), and
+  `max_per_class` caps any class.
 
 Model selection never reads target labels: every round's training early-stops on the source
 validation split, and a round is kept only if its source validation macro-F1 stays within
@@ -37,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from graftline.tasks.domain_gap import confident_share
 from graftline.tasks.engine.training import (
     EncodedSplit,
     EpochRecord,
@@ -65,30 +69,35 @@ class PseudoLabels:
 
 def select_pseudo_labels(
     probabilities: np.ndarray,
-    threshold: float,
+    share: float,
+    threshold: float = 0.0,
     prior: np.ndarray | None = None,
     max_per_class: int | None = None,
 ) -> PseudoLabels:
-    """The confident rows of `probabilities` (rows x classes), most confident first within each class.
+    """The rows of `probabilities` (rows x classes) a round trains on, most confident first within each class.
 
-    With `prior` (the source's class distribution) the classes are balanced to it: class c keeps
-    floor(prior[c] * m) rows, m = min over classes of (confident rows of c) / prior[c], so the kept
-    labels follow the prior; a class with no confident row then keeps the others from being used at
-    all (nothing is better than a one-class set). `max_per_class` caps every class."""
+    A round labels up to `share` of the rows: with `prior` (the source's class distribution) class c
+    keeps its `share x rows x prior[c]` most confident predictions (class-balanced: a per-class
+    confidence cut-off at a fixed portion, as in Zou et al.'s CBST, so the cut-off adapts to how sure
+    the model is of each class, and a class the model rarely predicts keeps its few rows without
+    starving the others); without `prior`, the `share x rows` most confident predictions whatever their
+    class. Every kept prediction must also reach the absolute `threshold`; `max_per_class` caps every class."""
+    rows = len(probabilities)
     predicted = probabilities.argmax(axis=1)
     confidence = probabilities.max(axis=1)
-    classes = probabilities.shape[1]
-    confident = [np.flatnonzero((predicted == c) & (confidence >= threshold)) for c in range(classes)]
-    # most confident first; ties by row, so the choice is deterministic
-    confident = [rows[np.lexsort((rows, -confidence[rows]))] for rows in confident]
-    quota = [len(rows) for rows in confident]
-    if prior is not None:
+    eligible = np.flatnonzero(confidence >= threshold)
+    eligible = eligible[np.lexsort((eligible, -confidence[eligible]))]  # most confident first; ties by row
+    budget = math.floor(share * rows + 1e-9)
+    if prior is None:
+        quotas = np.full(probabilities.shape[1], budget)
+        eligible = eligible[:budget]
+    else:
         prior = np.asarray(prior, dtype=np.float64) / np.sum(prior)
-        scale = min(len(rows) / p for rows, p in zip(confident, prior, strict=True) if p > 0)
-        quota = [min(len(rows), math.floor(p * scale + 1e-9)) for rows, p in zip(confident, prior, strict=True)]
+        quotas = np.floor(budget * prior + 1e-9).astype(np.int64)
     if max_per_class is not None:
-        quota = [min(q, max_per_class) for q in quota]
-    kept = np.concatenate([rows[:q] for rows, q in zip(confident, quota, strict=True)]).astype(np.int64)
+        quotas = np.minimum(quotas, max_per_class)
+    kept = [eligible[predicted[eligible] == c][: quotas[c]] for c in range(probabilities.shape[1])]
+    kept = np.concatenate(kept).astype(np.int64)
     return PseudoLabels(kept, predicted[kept], confidence[kept])
 
 
@@ -101,6 +110,7 @@ def prediction_entropy(probabilities: np.ndarray) -> float:
 @dataclass(frozen=True)
 class SelfTrainingSettings:
     rounds: int
+    share: float
     threshold: float
     class_balance: bool
     max_per_class: int | None
@@ -115,7 +125,7 @@ class RoundRecord:
     round: int
     pseudo_labels: int
     per_class: dict[str, int]
-    confident_share: float  # of all target texts, before balancing
+    confident_share: float  # of all target texts: top probability at least domain_gap.CONFIDENT
     target_entropy: float  # of the model that labelled this round
     val_macro_f1: float  # of the model this round trained
     kept: bool
@@ -191,11 +201,11 @@ def self_train(
     training = None
     probabilities = _probabilities(model, target, config, pad_id)
     for number in range(1, settings.rounds + 1):
-        chosen = select_pseudo_labels(probabilities, settings.threshold, prior, settings.max_per_class)
-        confident_share = float((probabilities.max(axis=1) >= settings.threshold).mean())
+        chosen = select_pseudo_labels(probabilities, settings.share, settings.threshold, prior, settings.max_per_class)
+        confident = confident_share(probabilities)
         entropy = prediction_entropy(probabilities)
         if len(chosen) == 0:
-            records.append(RoundRecord(number, 0, chosen.per_class(labels), confident_share, entropy, 0.0, False))
+            records.append(RoundRecord(number, 0, chosen.per_class(labels), confident, entropy, 0.0, False))
             break
         model.load_state_dict(source_weights)
         result = train(
@@ -211,7 +221,7 @@ def self_train(
         kept = result.best_val_macro_f1 >= source_val_macro_f1 - settings.max_source_drop
         records.append(
             RoundRecord(
-                number, len(chosen), chosen.per_class(labels), confident_share, entropy, result.best_val_macro_f1, kept
+                number, len(chosen), chosen.per_class(labels), confident, entropy, result.best_val_macro_f1, kept
             )
         )
         if not kept:
@@ -222,7 +232,7 @@ def self_train(
     return SelfTrainingResult(
         tuple(records),
         prediction_entropy(probabilities),
-        float((probabilities.max(axis=1) >= settings.threshold).mean()),
+        confident_share(probabilities),
         training,
     )
 

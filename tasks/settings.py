@@ -133,13 +133,22 @@ class AdaptParams(Params):
         "sentence-embedding backbones ship without one.",
     )
     rounds: int = Field(1, ge=1, le=10, description="Self-training: most pseudo-labelling rounds.")
+    pseudo_label_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Self-training: share of the target texts a round labels, the most confident predictions first.",
+    )
     confidence_threshold: float = Field(
-        0.9, gt=0, le=1, description="Self-training: softmax confidence a target prediction needs to become a label."
+        0.0,
+        ge=0,
+        le=1,
+        description="Self-training: softmax confidence every pseudo-label must also reach (0: no absolute floor).",
     )
     class_balance: bool = Field(
         True,
-        description="Self-training: keep pseudo-labels in the source's class proportions (the most confident of "
-        "each class), so the easiest class cannot flood the round.",
+        description="Self-training: split the round's labels over the classes in the source's proportions (the "
+        "most confident of each class), so the easiest class cannot flood the round.",
     )
     max_per_class: int | None = Field(None, ge=1, description="Self-training: most pseudo-labels of any one class.")
     round_epochs: int = Field(
@@ -167,6 +176,7 @@ class AdaptParams(Params):
 
         return SelfTrainingSettings(
             rounds=self.rounds,
+            share=self.pseudo_label_share,
             threshold=self.confidence_threshold,
             class_balance=self.class_balance,
             max_per_class=self.max_per_class,

@@ -355,9 +355,7 @@ def test_a_target_set_gets_a_gap_report_and_mlm_then_self_training(run_flow, uni
     )
     summary = run_flow(
         data=DataParams(eval_sets={}, target_sets={"books": str(tmp_path / "books.csv")}),
-        adapt=AdaptParams(
-            method="mlm+self-training", head_warmup_steps=5, confidence_threshold=0.01, class_balance=False
-        ),
+        adapt=AdaptParams(method="mlm+self-training", head_warmup_steps=5, pseudo_label_share=1.0, class_balance=False),
         epochs=1,
     )
     teacher = summary.metrics["teacher"]
@@ -370,7 +368,7 @@ def test_a_target_set_gets_a_gap_report_and_mlm_then_self_training(run_flow, uni
     assert [a.path for a in client.list_artifacts(gap.info.run_id, "domain_gap")] == ["domain_gap/domain_gap.png"]
     finetune = next(r for r in runs_by_name(client, unique_name) if r.info.run_name == "finetune")
     assert finetune.data.params["adapt.method"] == "mlm+self-training"
-    assert finetune.data.metrics["self_training_round_1_pseudo_labels"] == 40  # every text: no threshold, no balance
+    assert finetune.data.metrics["self_training_round_1_pseudo_labels"] == 40  # every text: share 1, no balance
     rounds = json.loads(Path(client.download_artifacts(finetune.info.run_id, "self_training/rounds.json")).read_text())
     assert [r["round"] for r in rounds] == [1] and rounds[0]["pseudo_labels"] == 40
     assert [r.version for r in summary.registered] == ["1", "1"]

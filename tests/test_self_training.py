@@ -18,33 +18,30 @@ from graftline.tasks.settings import AdaptParams, FinetuneParams
 from tests.conftest import short_texts, toy_frame
 
 
-def test_pseudo_labels_need_the_threshold_and_come_most_confident_first():
+def test_a_round_labels_its_share_of_the_texts_most_confident_first():
     p = np.array([[0.95, 0.05], [0.60, 0.40], [0.05, 0.95], [0.99, 0.01], [0.30, 0.70], [0.02, 0.98]])
-    chosen = select_pseudo_labels(p, threshold=0.9)
-    assert chosen.rows.tolist() == [3, 0, 5, 2]  # class 0 by confidence, then class 1; rows 1 and 4 unsure
-    assert chosen.labels.tolist() == [0, 0, 1, 1]
-    assert chosen.per_class(["bad", "good"]) == {"bad": 2, "good": 2}
-    assert len(select_pseudo_labels(p, threshold=0.999)) == 0
+    chosen = select_pseudo_labels(p, share=0.5)
+    assert chosen.rows.tolist() == [3, 0, 5]  # the three surest whatever their class, grouped by class
+    assert chosen.labels.tolist() == [0, 0, 1] and chosen.per_class(["bad", "good"]) == {"bad": 2, "good": 1}
+    assert select_pseudo_labels(p, share=1.0, threshold=0.9).rows.tolist() == [3, 0, 5, 2]  # not the unsure 1, 4
+    assert len(select_pseudo_labels(p, share=1.0, threshold=0.999)) == 0
 
 
-def test_class_balance_follows_the_source_prior_and_caps_hold():
+def test_class_balance_splits_the_share_by_the_source_prior_and_caps_hold():
     rng = np.random.default_rng(0)
-    confident_0 = np.column_stack([rng.uniform(0.91, 1.0, 30), np.zeros(30)])
-    confident_1 = np.column_stack([np.zeros(6), rng.uniform(0.91, 1.0, 6)])
-    p = np.vstack([confident_0, confident_1])
-    p[:, 1] = np.where(p[:, 1] == 0, 1 - p[:, 0], p[:, 1])
-    p[30:, 0] = 1 - p[30:, 1]
-    unbalanced = select_pseudo_labels(p, 0.9)
-    assert unbalanced.per_class(["a", "b"]) == {"a": 30, "b": 6}
-    balanced = select_pseudo_labels(p, 0.9, prior=np.array([50, 50]))
-    assert balanced.per_class(["a", "b"]) == {"a": 6, "b": 6}  # the easy class does not flood the round
+    sure_a = rng.uniform(0.85, 1.0, 60)  # the model says `a` for 60 texts,
+    sure_b = rng.uniform(0.6, 0.8, 20)  # `b` for 20, less surely
+    p = np.vstack([np.column_stack([sure_a, 1 - sure_a]), np.column_stack([1 - sure_b, sure_b])])
+    assert select_pseudo_labels(p, 0.5).per_class(["a", "b"]) == {"a": 40, "b": 0}  # a floods the round
+    balanced = select_pseudo_labels(p, 0.5, prior=np.array([50, 50]))
+    assert balanced.per_class(["a", "b"]) == {"a": 20, "b": 20}  # 40 labels split 1:1
     kept_a = balanced.rows[balanced.labels == 0]
-    assert set(kept_a) == set(np.argsort(-p[:30, 0])[:6])  # and it keeps its most confident rows
-    skewed = select_pseudo_labels(p, 0.9, prior=np.array([75, 25]))
-    assert skewed.per_class(["a", "b"]) == {"a": 18, "b": 6}  # the source's 3:1 mix
-    assert select_pseudo_labels(p, 0.9, max_per_class=4).per_class(["a", "b"]) == {"a": 4, "b": 4}
-    one_class = select_pseudo_labels(p[:30], 0.9, prior=np.array([50, 50]))
-    assert len(one_class) == 0  # a class with no confident row: nothing rather than a one-class set
+    assert set(kept_a) == set(np.argsort(-sure_a)[:20])  # each class keeps its surest rows
+    skewed = select_pseudo_labels(p, 0.5, prior=np.array([75, 25]))
+    assert skewed.per_class(["a", "b"]) == {"a": 30, "b": 10}  # the source's 3:1 mix
+    scarce = select_pseudo_labels(p, 1.0, prior=np.array([20, 80]))
+    assert scarce.per_class(["a", "b"]) == {"a": 16, "b": 20}  # b has only 20: it keeps them, a is not starved
+    assert select_pseudo_labels(p, 0.5, max_per_class=4).per_class(["a", "b"]) == {"a": 4, "b": 0}
 
 
 def test_prediction_entropy_is_lower_for_surer_predictions():
@@ -66,7 +63,7 @@ def train_params(backbone, **changes):
 
 
 def test_rounds_train_on_pseudo_labels_and_record_what_they_did(tiny_backbone, target_splits, tmp_path):
-    adapt = AdaptParams(method="self-training", rounds=2, confidence_threshold=0.6, max_source_drop=1.0)
+    adapt = AdaptParams(method="self-training", rounds=2, max_source_drop=1.0)
     result = finetune(target_splits, train_params(tiny_backbone), short_texts(), tmp_path / "st", adapt=adapt)
     rounds = result.self_training.rounds
     assert [r.round for r in rounds] == [1, 2] and all(r.kept for r in rounds)
@@ -93,7 +90,7 @@ def test_no_confident_prediction_leaves_exactly_the_source_model(tiny_backbone, 
 
 
 def test_rounds_stop_at_the_first_that_falls_below_the_source_validation(tiny_backbone, target_splits, tmp_path):
-    adapt = AdaptParams(method="self-training", confidence_threshold=0.5, max_source_drop=0.0, rounds=4)
+    adapt = AdaptParams(method="self-training", max_source_drop=0.0, rounds=4)
     adapted = finetune(target_splits, train_params(tiny_backbone), short_texts(), tmp_path / "st", adapt=adapt)
     rounds, source_f1 = adapted.self_training.rounds, adapted.training.best_val_macro_f1
     assert [r.kept for r in rounds] == [r.val_macro_f1 >= source_f1 for r in rounds]
@@ -107,7 +104,7 @@ def test_rounds_stop_at_the_first_that_falls_below_the_source_validation(tiny_ba
 
 def test_resume_inside_a_round_matches_an_uninterrupted_run(still_backbone, target_splits, tmp_path):
     params = train_params(still_backbone, checkpoint_every=2)
-    adapt = AdaptParams(method="self-training", rounds=2, confidence_threshold=0.6, max_source_drop=1.0)
+    adapt = AdaptParams(method="self-training", rounds=2, max_source_drop=1.0)
     straight = finetune(target_splits, params, short_texts(), tmp_path / "straight", adapt=adapt)
 
     def crash_in_round_two(record):  # round 2's epoch ends after its mid-epoch checkpoints, before the last
