@@ -11,8 +11,7 @@ still come from the better model.
 Which pseudo-labels a round keeps (`select_pseudo_labels`):
 - at most `pseudo_label_share` of the target texts, the most confident predictions first; a portion
   rather than a fixed confidence, because how sure a fine-tuned model is depends on its task and
-  training (a 4-class model after a few epochs may never reach 0.9 while a sentiment model passes
-  0.9 on its mistakes too);
+  training (the demo's 4-class teacher gives no target text 0.9, so a fixed 0.9 labels nothing);
 - with `class_balance`, that portion is split over the classes in the source's proportions, each
   class keeping its most confident predictions (class-balanced self-training, Zou et al., ECCV 2018:
   without it the easiest class floods the set and the model drifts towards it);
