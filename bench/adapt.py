@@ -66,27 +66,42 @@ def pair_splits(folder: Path, source: str, target: str, half: int | None, seed: 
     return splits, Split(target, scored.reset_index(drop=True), "all")
 
 
-def run_one(splits: Splits, scored: Split, method: str, args, seed: int, work: Path, trained: dict) -> dict:
-    """Train (or, for source-only, reuse the source's model) and score on the target set."""
-    model = ModelParams(max_length=args.max_length, seed=seed)
+def run_pair(splits: Splits, scored: Split, methods: list[str], args, seed: int, work: Path, trained: dict) -> dict:
+    """Every method's row (target accuracy, macro-F1, training seconds) for one pair, seed and half.
+
+    Source-only never sees the target: one source-only model per (source, seed) is trained and reused
+    for every target. A self-training run trains exactly that model first (same data, seed and
+    settings) before its rounds, so when it runs first its source model is saved and scored as the
+    source-only row, with the seconds before the rounds as its time: the same work, not done twice."""
+    model = ModelParams(max_length=args.max_length, seed=seed, precision=args.precision)
     params = FinetuneParams(backbone=args.backbone, epochs=args.epochs, patience=args.epochs, checkpoint_every=0,
                             **{k: v for k, v in MEASURED_WITH.items() if k != "checkpoint_every"})  # fmt: skip
-    adapt = AdaptParams(method=method, **args.adapt)
-    key = (splits.train.source, seed)
-    if method == "none" and key in trained:
-        model_dir, seconds, extra = trained[key]
-    else:
+    key, rows = (splits.train.source, seed), {}
+    for method in sorted(methods, key=lambda m: m == "none"):  # source-only last: it may come for free
+        if method == "none" and key in trained:
+            model_dir, seconds = trained[key]
+            rows[method] = {**score(model_dir, scored, args), "seconds": seconds}
+            continue
+        wanted = method == "self-training" and "none" in methods and key not in trained
+        source_dir = work / f"none-{len(trained)}" if wanted else None
         started = time.perf_counter()
-        result = finetune(splits, params, model, work / f"{method}-{seed}", adapt=adapt)
-        model_dir, seconds = result.model_dir, time.perf_counter() - started
-        extra = result.self_training.metrics() if result.self_training else {}
+        result = finetune(splits, params, model, work / method, adapt=AdaptParams(method=method, **args.adapt),
+                          source_dir=source_dir)  # fmt: skip
+        seconds = time.perf_counter() - started
+        rounds = result.self_training.metrics() if result.self_training else {}
+        noted = {k: v for k, v in rounds.items() if k == "self_training_rounds_kept" or k.endswith("pseudo_labels")}
+        rows[method] = {**score(result.model_dir, scored, args), "seconds": seconds, **noted}
         if method == "none":
-            model_dir = model_dir.rename(work / f"none-{len(trained)}")  # kept for the source's other targets
-            trained[key] = (model_dir, seconds, extra)
+            source_dir = result.model_dir.rename(work / f"none-{len(trained)}")
+        if source_dir is not None and key not in trained:
+            trained[key] = (source_dir, seconds - rounds.get("self_training_seconds", 0.0))
+    return rows
+
+
+def score(model_dir: Path, scored: Split, args) -> dict:
     classifier, tokenizer = backbones.load_classifier(str(model_dir)), backbones.load_tokenizer(str(model_dir))
     evaluation = evaluate_model(classifier, tokenizer, scored, args.max_length)
-    kept = {k: v for k, v in extra.items() if k in ("self_training_rounds_kept",) or k.endswith("pseudo_labels")}
-    return {"accuracy": evaluation.accuracy, "macro_f1": evaluation.macro_f1, "seconds": seconds, **kept}
+    return {"accuracy": evaluation.accuracy, "macro_f1": evaluation.macro_f1}
 
 
 def main() -> None:
@@ -98,6 +113,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--backbone", default="minilm-l6")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="model.precision")
     parser.add_argument("--inductive", action="store_true", help="adapt on half the target texts, score the other")
     parser.add_argument(
         "--set",
@@ -116,21 +132,21 @@ def main() -> None:
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
     setting = (
         f"{args.backbone} epochs={args.epochs} max_length={args.max_length}"
+        + ("" if args.precision == "auto" else f" {args.precision}")
         + (" inductive" if args.inductive else "")
         + "".join(f" {k}={v}" for k, v in sorted(args.adapt.items()))
     )
     trained: dict = {}  # source-only models by (source, seed): the target plays no part in training them
     with tempfile.TemporaryDirectory(prefix="graftline-adapt-") as tmp:
-        for pair, seed, method in itertools.product(pairs, args.seeds, args.methods):
+        for pair, seed in itertools.product(pairs, args.seeds):
             source, target = pair.split(":")
             halves = [0, 1] if args.inductive else [None]
-            runs = []
-            for half in halves:
-                splits, scored = pair_splits(folder, source, target, half, seed)
-                runs.append(run_one(splits, scored, method, args, seed, Path(tmp), trained))
-            row = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
-            results[f"{setting} | {pair} | {method} | {seed}"] = row
-            print(f"{pair} {method} seed {seed}: {json.dumps(row)}", file=sys.stderr, flush=True)
+            runs = [run_pair(*pair_splits(folder, source, target, half, seed), args.methods, args, seed, Path(tmp),
+                             trained) for half in halves]  # fmt: skip
+            for method in args.methods:
+                row = {k: sum(r[method][k] for r in runs) / len(runs) for k in runs[0][method]}
+                results[f"{setting} | {pair} | {method} | {seed}"] = row
+                print(f"{pair} {method} seed {seed}: {json.dumps(row)}", file=sys.stderr, flush=True)
             args.results.parent.mkdir(parents=True, exist_ok=True)
             args.results.write_text(json.dumps(results, indent=1))
     print_table(results, setting, pairs, args.methods, args.seeds)

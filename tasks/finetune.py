@@ -24,6 +24,7 @@ stopped.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -69,9 +70,11 @@ def finetune(
     out_dir: Path,
     io: TrainingIO = TrainingIO(),
     adapt: AdaptParams = AdaptParams(),
+    source_dir: Path | None = None,
 ) -> FinetuneResult:
     """Fine-tune `params.backbone` on `splits.train`, early-stopping on `splits.validation`, adapting to
-    the target texts as `adapt` says."""
+    the target texts as `adapt` says. With self-training and `source_dir`, the source model (before
+    the rounds: what `adapt.method: none` would have trained) is saved there too, for comparison."""
     if adapt.method != "none" and params.processes > 1:
         raise GraftlineError(f"adapt.method {adapt.method!r} trains in one process; set finetune.processes=1")
     if params.processes > 1 and distributed.rank_and_size()[1] == 1:
@@ -106,6 +109,9 @@ def finetune(
     mlm.detach(classifier)  # the saved model is a plain classifier
     rounds = None
     if adapt.self_trains:
+        if source_dir is not None and distributed.rank_and_size()[0] == 0:
+            source = copy.deepcopy(classifier)  # saving moves a model to the CPU; the rounds go on where they are
+            save_model(source.merge_and_unload() if params.strategy == "lora" else source, tokenizer, source_dir)
         rounds = self_train(
             classifier,
             train_split,

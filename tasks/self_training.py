@@ -33,6 +33,7 @@ retrain from scratch on each iteration; graftline's rounds must run through its 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -146,6 +147,7 @@ class SelfTrainingResult:
     final_target_entropy: float  # of the model returned
     final_confident_share: float
     training: TrainResult | None  # the kept round's training; None when no round was kept
+    seconds: float  # wall time of the rounds (labelling and training), on top of the source training
 
     @property
     def kept_rounds(self) -> int:
@@ -156,6 +158,7 @@ class SelfTrainingResult:
             "self_training_rounds_kept": self.kept_rounds,
             "self_training_final_target_entropy": self.final_target_entropy,
             "self_training_final_confident_share": self.final_confident_share,
+            "self_training_seconds": self.seconds,
         }
         for record in self.rounds:
             out |= record.metrics()
@@ -192,6 +195,7 @@ def self_train(
     round r's checkpoint folder: a killed run resumes inside the round it was in, and finished rounds
     replay from their last checkpoint without training again. `on_epoch` hears every round's epochs,
     numbered on from `epochs_before` (the source training's), so they extend its curves."""
+    started = time.perf_counter()
     source_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     kept_weights = source_weights
     prior = np.bincount(source.labels, minlength=len(labels)) if settings.class_balance else None
@@ -233,6 +237,7 @@ def self_train(
         prediction_entropy(probabilities),
         confident_share(probabilities),
         training,
+        time.perf_counter() - started,
     )
 
 
