@@ -54,11 +54,12 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_result(ti
     step = int(checkpoint.read_text().split("-")[1])
 
     resumed = _start(["resume"], killed_home)
+    reference = _start(["run", "--config", str(config)], tmp_path / "reference")  # alongside, in its own home
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
     assert "resuming lifecycle run" in err
-    reference = _start(["run", "--config", str(config)], tmp_path / "reference")
-    assert reference.wait(timeout=600) == 0
+    _, reference_err = reference.communicate(timeout=600)
+    assert reference.returncode == 0, reference_err[-3000:]
 
     killed, fresh = _lifecycle(killed_home, resumed=True), _lifecycle(tmp_path / "reference", resumed=False)
     assert killed["old_status"] == "KILLED"
