@@ -35,6 +35,8 @@ class TransferParams(settings.Params):
                 f"adapt.method {self.adapt.method!r} needs unlabeled target texts: "
                 "data.target_sets (--target NAME=PATH)"
             )
+        if self.adapt.method != "none" and self.finetune.processes > 1:
+            raise ValueError(f"adapt.method {self.adapt.method!r} trains in one process; set finetune.processes=1")
         return self
 
     @model_validator(mode="after")

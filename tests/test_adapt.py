@@ -141,6 +141,12 @@ def test_adaptation_without_target_texts_is_refused():
 
     with pytest.raises(ValidationError, match="needs unlabeled target texts: data.target_sets"):
         TransferParams(adapt=AdaptParams(method="mlm"))
+    with pytest.raises(ValidationError, match="trains in one process; set finetune.processes=1"):
+        TransferParams(
+            adapt=AdaptParams(method="self-training"),
+            data=DataParams(target_sets={"books": "b.csv"}),
+            finetune=FinetuneParams(processes=2),
+        )
     with pytest.raises(ValidationError, match="reserved for the main splits"):
         DataParams(target_sets={"test": "x.csv"})
     with pytest.raises(ValidationError, match=r"retention_sets \['books'\] are not evaluation sets \(test, home\)"):
