@@ -121,9 +121,10 @@ def main() -> None:
         nargs="*",
         default=[],
         metavar="NAME=VALUE",
-        help="adapt.* settings for every adapting method, e.g. rounds=2 confidence_threshold=0.8",
+        help="adapt.* settings for every adapting method, e.g. rounds=2 pseudo_label_share=0.3",
     )
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "adapt.json")
+    parser.add_argument("--report", action="store_true", help="print the table of the saved results; train nothing")
     args = parser.parse_args()
     args.adapt = dict(item.split("=", 1) for item in args.adapt)
     folder = args.data / "amazon_multidomain"
@@ -136,6 +137,9 @@ def main() -> None:
         + (" inductive" if args.inductive else "")
         + "".join(f" {k}={v}" for k, v in sorted(args.adapt.items()))
     )
+    if args.report:
+        print_table(results, setting, pairs, args.methods, args.seeds)
+        return
     trained: dict = {}  # source-only models by (source, seed): the target plays no part in training them
     with tempfile.TemporaryDirectory(prefix="graftline-adapt-") as tmp:
         for pair, seed in itertools.product(pairs, args.seeds):
