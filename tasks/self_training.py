@@ -39,6 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from graftline.tasks.domain_gap import confident_share
 from graftline.tasks.engine.training import (
@@ -57,7 +58,6 @@ class PseudoLabels:
 
     rows: np.ndarray  # indices into the target texts
     labels: np.ndarray  # label ids
-    confidence: np.ndarray
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -98,7 +98,7 @@ def select_pseudo_labels(
         quotas = np.minimum(quotas, max_per_class)
     kept = [eligible[predicted[eligible] == c][: quotas[c]] for c in range(probabilities.shape[1])]
     kept = np.concatenate(kept).astype(np.int64)
-    return PseudoLabels(kept, predicted[kept], confidence[kept])
+    return PseudoLabels(kept, predicted[kept])
 
 
 def prediction_entropy(probabilities: np.ndarray) -> float:
@@ -154,12 +154,7 @@ class SelfTrainingResult:
         return sum(r.kept for r in self.rounds)
 
     def metrics(self) -> dict[str, float]:
-        out = {
-            "self_training_rounds_kept": self.kept_rounds,
-            "self_training_final_target_entropy": self.final_target_entropy,
-            "self_training_final_confident_share": self.final_confident_share,
-            "self_training_seconds": self.seconds,
-        }
+        out = {**self.summary(), "self_training_seconds": self.seconds}
         for record in self.rounds:
             out |= record.metrics()
         return out
@@ -248,8 +243,6 @@ def _numbered_from(on_epoch, offset: int):
 
 
 def _probabilities(model, target: EncodedSplit, config: TrainConfig, pad_id: int) -> np.ndarray:
-    import torch
-
     logits = predict_logits(model, target, config.eval_batch_size, pad_id, precision=config.precision)
     return torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
 
