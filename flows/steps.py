@@ -10,12 +10,15 @@ persisted) and resumable retries of the training steps with `retrying()`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from graftline.flows import reuse
+from graftline.flows.progress import TrainingMonitor
 from graftline.tasks.data import Splits, load_splits, read_texts
 from graftline.tasks.engine import backbones
 from graftline.tasks.engine.training import TrainingIO
@@ -195,9 +198,9 @@ def finetune(splits: Splits, params: FinetuneParams, adapt: AdaptParams, context
         tracking.log_params(params.model_dump(), "finetune.")
         tracking.log_params(context.model.model_dump(), "model.")
         tracking.log_params(adapt.model_dump(), "adapt.")
-        io = _training_io("finetune", splits=splits, params=params, adapt=adapt, context=context)
-        result = run_finetune(splits, params, context.model, context.work_dir / "teacher", io, adapt)
-        _log_training(result.training)
+        with _training("finetune", splits=splits, params=params, adapt=adapt, context=context) as (io, monitor):
+            result = run_finetune(splits, params, context.model, context.work_dir / "teacher", io, adapt)
+        _log_training(result.training, monitor)
         mlflow.log_metrics(result.metrics())
         mlflow.set_tags({"device": result.training.device, "stopped_early": str(result.training.stopped_early)})
         if result.self_training:
@@ -283,9 +286,9 @@ def distill(
 
     with tracking.step_run("distill", context.parent_run_id) as run:
         tracking.log_params(params.model_dump(), "distill.")
-        io = _training_io("distill", teacher=teacher, splits=splits, params=params, context=context)
-        result = run_distill(teacher.model_dir, splits, params, context.model, context.work_dir / "student", io)
-        _log_training(result.training)
+        with _training("distill", teacher=teacher, splits=splits, params=params, context=context) as (io, monitor):
+            result = run_distill(teacher.model_dir, splits, params, context.model, context.work_dir / "student", io)
+        _log_training(result.training, monitor)
         mlflow.log_params(result.params())
         mlflow.log_metric("transfer_rows", result.transfer_rows)
         judged = judge_student(
@@ -424,15 +427,22 @@ def _log_evaluations(role: str, evaluations: dict[str, Evaluation], folder) -> N
     mlflow.log_metrics(cross_domain_gaps(evaluations))
 
 
-def _training_io(step: str, **inputs) -> TrainingIO:
+@contextmanager
+def _training(step: str, **inputs) -> Iterator[tuple[TrainingIO, TrainingMonitor]]:
     """The shared token cache, the step's checkpoint folder (named by the fingerprint of `inputs`, so
-    a retry or `graftline resume` finds it again) and per-epoch metrics into the step's run."""
-    return TrainingIO(reuse.token_cache(), reuse.checkpoint_folder(step, inputs), tracking.log_epoch)
+    a retry or `graftline resume` finds it again) and a monitor reporting the training's progress."""
+    monitor = TrainingMonitor(step)
+    io = TrainingIO(reuse.token_cache(), reuse.checkpoint_folder(step, inputs), monitor.on_epoch, monitor.on_progress)
+    try:
+        yield io, monitor
+    finally:
+        monitor.close()
 
 
-def _log_training(result) -> None:
-    """The loss of every optimizer step (a curve in MLflow) and where the run resumed, if it did."""
-    tracking.log_step_losses(result.step_losses)
+def _log_training(result, monitor: TrainingMonitor) -> None:
+    """The step losses the monitor did not hear (training in other processes) and where the run
+    resumed, if it did."""
+    tracking.log_step_losses(result.step_losses[monitor.losses_logged :], first=monitor.losses_logged + 1)
     if result.resumed_from_step is not None:
         import mlflow
 

@@ -168,8 +168,8 @@ def distill(
         params.train_config(model),
         tokenizer.pad_token_id,
         loss,
-        io.on_epoch,
         checkpoint_dir=io.checkpoint_dir,
+        **io.listeners(),
     )
     save_model(student, tokenizer, out_dir)  # the projections were for training only
     if io.checkpoint_dir is not None:

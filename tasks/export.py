@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from graftline.tasks import progress
 from graftline.tasks.data import Split, encode_labels
 from graftline.tasks.engine import backbones
 from graftline.tasks.errors import GraftlineError
@@ -117,9 +118,10 @@ def export_and_measure(
         raise GraftlineError(f"{test.name}: no rows to check the exported model's parity on")
     truth = np.asarray(encode_labels(test.frame["label"], backbones.labels_of(model), test.name))
 
-    exported = {f"{served}-onnx": export_onnx(model, tokenizer, out_dir / "model.onnx")}
-    if params.quantize:
-        exported[f"{served}-onnx-int8"] = quantize_int8(exported[f"{served}-onnx"], out_dir / "model.int8.onnx")
+    with progress.activity("exporting to ONNX" + (" and INT8" if params.quantize else "")):
+        exported = {f"{served}-onnx": export_onnx(model, tokenizer, out_dir / "model.onnx")}
+        if params.quantize:
+            exported[f"{served}-onnx-int8"] = quantize_int8(exported[f"{served}-onnx"], out_dir / "model.int8.onnx")
 
     models: dict[str, tuple[Predict, Path]] = {}  # name -> (predict, weights file)
     if teacher_dir is not None:
@@ -135,28 +137,30 @@ def export_and_measure(
     reference = predict_in_batches(models[served][0], texts)  # what every export must reproduce
     served_accuracy = float((reference.argmax(-1) == truth).mean())
     report = ExportReport(served)
-    for name, (predict, weights) in models.items():
-        logits = predict_in_batches(predict, texts)
-        is_export = name in exported
-        agreement = float((logits.argmax(-1) == reference.argmax(-1)).mean())
-        accuracy = float((logits.argmax(-1) == truth).mean())
-        speed = latency(predict, texts[: params.latency_rows])
-        report.rows.append(
-            Measured(
-                name=name,
-                accuracy=accuracy,
-                agreement=agreement,
-                max_logit_diff=float(np.abs(logits - reference).max())
-                if name != "teacher" or served == "teacher"
-                else float("nan"),
-                ms_batch_1=speed[1],
-                examples_per_second_batch_32=speed[32],
-                size_mb=weights.stat().st_size / 2**20,
-                file=str(weights) if is_export else None,
-                passed=not is_export
-                or (agreement >= params.min_agreement and accuracy >= served_accuracy - params.max_accuracy_drop),
+    with progress.activity("checking and timing", total=len(models)) as shown:
+        for done, (name, (predict, weights)) in enumerate(models.items()):
+            shown.update(done, detail=name)
+            logits = predict_in_batches(predict, texts)
+            is_export = name in exported
+            agreement = float((logits.argmax(-1) == reference.argmax(-1)).mean())
+            accuracy = float((logits.argmax(-1) == truth).mean())
+            speed = latency(predict, texts[: params.latency_rows])
+            report.rows.append(
+                Measured(
+                    name=name,
+                    accuracy=accuracy,
+                    agreement=agreement,
+                    max_logit_diff=float(np.abs(logits - reference).max())
+                    if name != "teacher" or served == "teacher"
+                    else float("nan"),
+                    ms_batch_1=speed[1],
+                    examples_per_second_batch_32=speed[32],
+                    size_mb=weights.stat().st_size / 2**20,
+                    file=str(weights) if is_export else None,
+                    passed=not is_export
+                    or (agreement >= params.min_agreement and accuracy >= served_accuracy - params.max_accuracy_drop),
+                )
             )
-        )
     return report
 
 

@@ -25,7 +25,7 @@ stopped.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from graftline.tasks.data import Splits, encode_labels
@@ -78,7 +78,7 @@ def finetune(
     if adapt.method != "none" and params.processes > 1:
         raise GraftlineError(f"adapt.method {adapt.method!r} trains in one process; set finetune.processes=1")
     if params.processes > 1 and distributed.rank_and_size()[1] == 1:
-        args = (splits, params, model, out_dir, replace(io, on_epoch=None))
+        args = (splits, params, model, out_dir, io.unheard())
         result = distributed.launch(finetune, args, params.processes)
         if io.on_epoch:  # the processes cannot reach the caller's tracking run; replay their epochs here
             for record in result.training.history:
@@ -102,9 +102,9 @@ def finetune(
         val_split,
         config,
         tokenizer.pad_token_id,
-        on_epoch=io.on_epoch,
         checkpoint_dir=io.checkpoint_dir,
         auxiliary=objective,
+        **io.listeners(),
     )
     mlm.detach(classifier)  # the saved model is a plain classifier
     rounds = None
@@ -125,6 +125,7 @@ def finetune(
             checkpoint_dir=lambda number: _round_folder(io.checkpoint_dir, number),
             on_epoch=io.on_epoch,
             epochs_before=len(result.history),
+            on_progress=io.on_progress,
         )
 
     if params.strategy == "lora":

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from graftline.tasks import progress
 from graftline.tasks.engine import backbones
 from graftline.tasks.errors import GraftlineError
 from graftline.tasks.registry.tracking import metric_safe
@@ -161,7 +162,12 @@ def score_candidates(
     texts: list[str], labels: np.ndarray, params: SelectParams, model: ModelParams
 ) -> list[CandidateReport]:
     """Every candidate, one after the other, in this process (the default `ScoreAll`)."""
-    return [score_candidate(spec, texts, labels, params, model) for spec in params.candidates]
+    reports = []
+    with progress.activity("scoring backbones", total=len(params.candidates)) as shown:
+        for spec in params.candidates:
+            shown.update(len(reports), detail=spec)
+            reports.append(score_candidate(spec, texts, labels, params, model))
+    return reports
 
 
 # How the candidates get scored: in this process (`score_candidates`) or fanned out

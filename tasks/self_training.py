@@ -50,6 +50,7 @@ from graftline.tasks.engine.training import (
     predict_logits,
     train,
 )
+from graftline.tasks.progress import TrainingProgress
 
 
 @dataclass(frozen=True)
@@ -184,12 +185,14 @@ def self_train(
     checkpoint_dir: Callable[[int], Path | None] = lambda _: None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     epochs_before: int = 0,
+    on_progress: Callable[[TrainingProgress], None] | None = None,
 ) -> SelfTrainingResult:
     """Run the rounds on `model` (which holds the source model's weights) and leave in it the last
     kept round's weights, or the source weights when no round was kept. `checkpoint_dir(r)` is
     round r's checkpoint folder: a killed run resumes inside the round it was in, and finished rounds
     replay from their last checkpoint without training again. `on_epoch` hears every round's epochs,
-    numbered on from `epochs_before` (the source training's), so they extend its curves."""
+    numbered on from `epochs_before` (the source training's), so they extend its curves; so does
+    `on_progress` of their steps."""
     started = time.perf_counter()
     source_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     kept_weights = source_weights
@@ -214,6 +217,7 @@ def self_train(
             pad_id,
             on_epoch=_numbered_from(on_epoch, epochs_before),
             checkpoint_dir=checkpoint_dir(number),
+            on_progress=_numbered_from(on_progress, epochs_before, total=True),
         )
         epochs_before += len(result.history)
         kept = result.best_val_macro_f1 >= source_val_macro_f1 - settings.max_source_drop
@@ -236,10 +240,13 @@ def self_train(
     )
 
 
-def _numbered_from(on_epoch, offset: int):
-    if on_epoch is None:
+def _numbered_from(listener, offset: int, total: bool = False):
+    """`listener` hearing epoch numbers (and with `total`, their count) moved on by `offset`."""
+    if listener is None:
         return None
-    return lambda record: on_epoch(replace(record, epoch=offset + record.epoch))
+    if total:
+        return lambda news: listener(replace(news, epoch=offset + news.epoch, epochs=offset + news.epochs))
+    return lambda news: listener(replace(news, epoch=offset + news.epoch))
 
 
 def _probabilities(model, target: EncodedSplit, config: TrainConfig, pad_id: int) -> np.ndarray:

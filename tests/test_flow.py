@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from prefect.artifacts import Artifact
 
 from graftline.flows.lifecycle import transfer
 from graftline.tasks.data import resolve_source
@@ -85,6 +86,12 @@ def test_the_lifecycle_tracks_every_step_and_promotes_first_versions(run_flow, u
     # per-epoch curves and evaluation on both domains
     curve = client.get_metric_history(children["finetune"].info.run_id, "train_loss")
     assert [m.step for m in curve] == [1, 2]
+    # every optimizer step's loss streamed during training, and the steps' progress in the Prefect UI
+    for step in ("finetune", "distill"):
+        steps = sorted(m.step for m in client.get_metric_history(children[step].info.run_id, "train_step_loss"))
+        assert len(steps) > 2 and steps == list(range(1, len(steps) + 1))
+        progress = Artifact.get(f"{step}-progress")
+        assert float(progress.data) == 100.0 and str(progress.flow_run_id) == parent.data.tags["prefect_flow_run_id"]
     evaluate = children["evaluate"].data.metrics
     assert {"test_accuracy", "test_macro_f1", "home_accuracy", "home_macro_f1", "test_examples_per_second"} <= set(
         evaluate

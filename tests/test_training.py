@@ -87,9 +87,15 @@ def test_resume_after_a_crash_mid_epoch_matches_an_uninterrupted_run(tiny_backbo
     RNG states travel with the checkpoint)."""
     config = engine(epochs=2, batch_size=8, learning_rate=3e-3, checkpoint_every=3, patience=5)
     model, train_split, val_split, pad = _setup(tiny_backbone, toy_splits, config.seed)
-    straight = train(model, train_split, val_split, config, pad)
+    heard = []
+    straight = train(model, train_split, val_split, config, pad, on_progress=heard.append, progress_every=4)
     expected = {k: v.clone() for k, v in model.state_dict().items()}
     steps_per_epoch = len(straight.step_losses) // 2
+    # progress: every step heard, the losses read every 4th step and at each epoch's end only
+    assert [(p.epoch, p.step) for p in heard] == [(e, s) for e in (1, 2) for s in range(1, steps_per_epoch + 1)]
+    read_at = [(p.epoch - 1) * steps_per_epoch + p.step for p in heard if p.losses]
+    assert read_at == sorted({*range(4, 2 * steps_per_epoch + 1, 4), steps_per_epoch, 2 * steps_per_epoch})
+    assert [loss for p in heard for loss in p.losses] == straight.step_losses
 
     class Crash(Exception):
         pass
@@ -109,9 +115,13 @@ def test_resume_after_a_crash_mid_epoch_matches_an_uninterrupted_run(tiny_backbo
     assert Checkpoints(folder).latest().name == f"step-{12:08d}"  # every 3 steps; the crash came at step 14
 
     model, train_split, val_split, pad = _setup(tiny_backbone, toy_splits, seed=999)  # a fresh process would differ
-    resumed = train(model, train_split, val_split, config, pad, checkpoint_dir=folder)
+    heard = []
+    resumed = train(model, train_split, val_split, config, pad, checkpoint_dir=folder, on_progress=heard.append)
     assert resumed.resumed_from_step == 12
     assert resumed.step_losses == straight.step_losses
+    # a resumed loop hears from its first new step, and its first losses include the restored ones
+    assert heard[0].step == 12 - steps_per_epoch + 1 and heard[0].steps_done_before == 12 - steps_per_epoch
+    assert [loss for p in heard for loss in p.losses] == straight.step_losses
     assert [r.val_macro_f1 for r in resumed.history] == [r.val_macro_f1 for r in straight.history]
     assert all(torch.equal(expected[k], v) for k, v in model.state_dict().items())
 

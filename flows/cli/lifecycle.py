@@ -7,8 +7,10 @@ from pathlib import Path
 
 import typer
 
+from graftline.flows.cli.display import live_progress
 from graftline.flows.cli.errors import assign, command, pairs
 from graftline.tasks.errors import GraftlineError
+from graftline.tasks.progress import activity
 
 # The data options `run` and `check` share (typer reads each default's OptionInfo; one object serves both).
 TRAIN = typer.Option(None, help="Training data (CSV, JSONL, Parquet; path or fsspec URL).")
@@ -67,7 +69,9 @@ def run(
     print(preflight(params).line(), file=sys.stderr)  # bad input stops here, before any server starts
     from graftline.flows.lifecycle import transfer
 
-    print_summary(transfer(**params.groups()))
+    with live_progress():
+        summary = transfer(**params.groups())
+    print_summary(summary)
 
 
 @command
@@ -94,7 +98,8 @@ def check(
     from graftline.tasks.validate import validate_splits
 
     folder = out or Path(tempfile.mkdtemp(prefix="graftline-check-"))
-    report = validate_splits(checked.splits, params.validation, folder)
+    with live_progress(), activity("validating the data"):
+        report = validate_splits(checked.splits, params.validation, folder)
     docs = str(report.docs_dir / "index.html") if report.docs_dir else None
     if not report.success:
         raise report.error(str(folder / "report.md"), docs)
@@ -124,7 +129,9 @@ def resume(
     params, old = interrupted_run(run_id)
     print(f"resuming lifecycle run {old} with its own parameters", file=sys.stderr)
     params = params.model_copy(update={"run": params.run.model_copy(update={"resumed_from": old})})
-    print_summary(transfer(**params.groups()))
+    with live_progress():
+        summary = transfer(**params.groups())
+    print_summary(summary)
 
 
 def build_params(

@@ -32,14 +32,16 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
+from graftline.tasks import progress
 from graftline.tasks.engine.checkpoints import Checkpoints, LoopState
+from graftline.tasks.progress import TrainingProgress
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,9 @@ MEGABATCH = 50  # batches sorted together by length; the Trainer's LengthGrouped
 # can end up nearly one class), so by default it is used only where it saves much: when random
 # batches would be more than this share padding.
 GROUPING_PAYS_ABOVE = 0.2
+# Reading the step losses off the device is a host sync: it drains the GPU's queue of work. Progress
+# reports carry them every this many optimizer steps (and at each epoch's end), never every step.
+PROGRESS_EVERY = 20
 
 
 @dataclass(frozen=True)
@@ -82,11 +87,22 @@ class TrainConfig:
 @dataclass(frozen=True)
 class TrainingIO:
     """What a training step reads and writes besides its model folder: the tokenisation cache, its
-    resumable checkpoints (removed once the model is saved), and who hears of each finished epoch."""
+    resumable checkpoints (removed once the model is saved), who hears of each finished epoch, and
+    who hears of each optimizer step (with the step losses read every `progress_every` steps)."""
 
     cache_dir: Path | None = None
     checkpoint_dir: Path | None = None
     on_epoch: Callable[[EpochRecord], None] | None = None
+    on_progress: Callable[[TrainingProgress], None] | None = None
+    progress_every: int = PROGRESS_EVERY
+
+    def listeners(self) -> dict:
+        """The keyword arguments of `train` that report progress."""
+        return {"on_epoch": self.on_epoch, "on_progress": self.on_progress, "progress_every": self.progress_every}
+
+    def unheard(self) -> TrainingIO:
+        """The same without listeners (for processes that cannot reach the caller's)."""
+        return replace(self, on_epoch=None, on_progress=None)
 
 
 @dataclass
@@ -256,17 +272,22 @@ def train(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     checkpoint_dir: Path | None = None,
     auxiliary: Auxiliary | None = None,
+    on_progress: Callable[[TrainingProgress], None] | None = None,
+    progress_every: int = PROGRESS_EVERY,
 ) -> TrainResult:
     """Train `model` in place; on return it holds the weights of its best validation epoch.
 
     With `checkpoint_dir`, checkpoints go there and a call finding one there resumes from it. With
     `auxiliary` (e.g. masked-language modelling on target texts, engine/mlm.py), each micro-batch's
-    loss is `loss_fn` plus what it returns for (model, epoch, step, micro-batch, rows, device)."""
+    loss is `loss_fn` plus what it returns for (model, epoch, step, micro-batch, rows, device).
+    `on_progress` hears of every optimizer step; the losses come with every `progress_every`-th."""
     from graftline.tasks.engine import distributed
 
     if auxiliary is not None and distributed.rank_and_size()[1] > 1:
         raise NotImplementedError("an auxiliary loss is computed outside DDP's forward; train it in one process")
-    return _Loop(model, train_split, val_split, config, pad_id, loss_fn, on_epoch, checkpoint_dir, auxiliary).run()
+    loop = _Loop(model, train_split, val_split, config, pad_id, loss_fn, on_epoch, checkpoint_dir, auxiliary)
+    loop.on_progress, loop.progress_every = on_progress, max(1, progress_every)
+    return loop.run()
 
 
 @dataclass
@@ -332,6 +353,7 @@ class _Loop:
             )
         self.flops_per_token = training_flops_per_token(model)
         self.peak = peak_flops(self.device, self.precision)
+        self.on_progress, self.progress_every, self.reported = None, PROGRESS_EVERY, 0
 
     def steps_of(self, epoch: int) -> list[list[np.ndarray]]:
         """The optimizer steps of `epoch`, each a list of micro-batches (row indices)."""
@@ -365,13 +387,15 @@ class _Loop:
         steps, seen = self.steps_of(state.epoch), _Seen()
         # Losses stay on the device (one row-weighted sum per step): no host sync per step.
         step_sums = torch.zeros(len(steps), device=self.device)
-        started = time.perf_counter()
+        started, resumed_at = time.perf_counter(), state.step_in_epoch
         for step in range(state.step_in_epoch, len(steps)):
             self._step(steps[step], step_sums, step, seen)
             state.step_in_epoch, state.global_step = step + 1, state.global_step + 1
             if every and state.global_step % every == 0 and step + 1 < len(steps):
                 _close_steps(state, step_sums, steps)
                 self._checkpoint()
+            if self.on_progress is not None:
+                self._report(steps, step_sums, time.perf_counter() - started, seen, resumed_at)
         seconds = time.perf_counter() - started
         _close_steps(state, step_sums, steps)
         self._end_epoch(seconds, seen)
@@ -400,6 +424,28 @@ class _Loop:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _report(self, steps: list, step_sums: torch.Tensor, seconds: float, seen: _Seen, resumed_at: int) -> None:
+        """Tell `on_progress` of the step just taken; every `progress_every` steps and at the epoch's
+        end, read the losses of the steps since the last read (one host sync) and pass them on."""
+        state, losses = self.state, ()
+        if state.global_step % self.progress_every == 0 or state.step_in_epoch == len(steps):
+            if len(state.step_losses) < state.global_step:
+                _close_steps(state, step_sums, steps)
+            losses, self.reported = tuple(state.step_losses[self.reported :]), len(state.step_losses)
+        if self.rank == 0:
+            self.on_progress(
+                TrainingProgress(
+                    epoch=state.epoch,
+                    epochs=self.config.epochs,
+                    step=state.step_in_epoch,
+                    steps=len(steps),
+                    seconds=seconds,
+                    rows=seen.rows,
+                    losses=losses,
+                    steps_done_before=resumed_at,
+                )
+            )
 
     def _end_epoch(self, seconds: float, seen: _Seen) -> None:
         """Score on validation, record the epoch, keep the best weights, decide on stopping, checkpoint."""
@@ -551,10 +597,12 @@ def predict_logits(
     model.eval()
     order = np.argsort(-split.lengths, kind="stable")
     out = []
-    for batch in batches(split, batch_size, pad_id, order):
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with autocast(device, precision):
-            out.append(model(**model_inputs(batch)).logits.float().cpu())
+    with progress.activity(f"predicting {len(split):,} rows", total=-(-len(split) // batch_size)) as shown:
+        for batch in batches(split, batch_size, pad_id, order):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with autocast(device, precision):
+                out.append(model(**model_inputs(batch)).logits.float().cpu())
+            shown.update(len(out))
     if not out:
         return np.zeros((0, model.config.num_labels), dtype=np.float32)
     logits = np.empty((len(split), out[0].shape[1]), dtype=np.float32)

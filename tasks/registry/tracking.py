@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from graftline.tasks import progress
+
 SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "credential")
 
 
@@ -94,12 +96,14 @@ def lifecycle_run(name: str, tags: dict[str, str] | None = None):
 
 @contextmanager
 def step_run(name: str, parent_run_id: str):
-    """A nested run for one lifecycle step under an explicit parent."""
+    """A nested run for one lifecycle step under an explicit parent (and an activity for whoever
+    watches progress: tasks/progress.py)."""
     import mlflow
 
-    with mlflow.start_run(
-        run_name=name, parent_run_id=parent_run_id, nested=True, tags={"graftline.step": name}
-    ) as run:
+    with (
+        progress.activity(f"step {name}"),
+        mlflow.start_run(run_name=name, parent_run_id=parent_run_id, nested=True, tags={"graftline.step": name}) as run,
+    ):
         yield run
 
 
@@ -134,16 +138,24 @@ def log_epoch(record, prefix: str = "") -> None:
     mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in values.items()}, step=record.epoch)
 
 
-def log_step_losses(losses: list[float]) -> None:
-    """The loss of every optimizer step as one metric curve of the active run (batched: thousands of steps)."""
+def log_step_losses(losses, first: int = 1, background: bool = False) -> None:
+    """Optimizer steps' losses (`first` is the number of losses[0]) on the active run's `train_step_loss`
+    curve, in batches of 1000. With `background`, MLflow's logging thread writes them while training
+    goes on (`flush_background_logging` waits for it)."""
     import mlflow
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     run_id, now = mlflow.active_run().info.run_id, now_ms()
-    metrics = [Metric("train_step_loss", loss, now, step) for step, loss in enumerate(losses, start=1)]
+    metrics = [Metric("train_step_loss", loss, now, step) for step, loss in enumerate(losses, start=first)]
     for start in range(0, len(metrics), 1000):
-        MlflowClient().log_batch(run_id, metrics=metrics[start : start + 1000])
+        MlflowClient().log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=not background)
+
+
+def flush_background_logging() -> None:
+    import mlflow
+
+    mlflow.flush_async_logging()
 
 
 def metric_safe(name: str) -> str:
