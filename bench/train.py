@@ -18,14 +18,18 @@ against both Trainer runs, graftline's model-FLOPs utilisation on a GPU, padding
     .venv/bin/python bench/train.py                  # 4 000 rows, ~6 min on 2 cores
     .venv/bin/python bench/train.py --rows 1000      # a quick look
     .venv/bin/python bench/train.py --data DIR       # the datasets from another folder
-    python bench/train.py --rows 20000 --batch 64 --backbone mpnet-base   # on a GPU (bench/gpu.sh)
-Results also go to bench/results/train[-<backbone>].json.
+    .venv/bin/python bench/train.py --dataset amazon_multidomain/dvd --max-length 256 --batch 16 --rows 800
+    .venv/bin/python bench/train.py --runs "graftline bf16" "graftline bf16 compiled" "trainer best"
+    python bench/train.py --backbone CONFIG_DIR --random-init ...   # a model of that shape, random weights
+Also: --epochs, --device; a run that fails is a row with its error. On a GPU (bench/gpu.sh) the table
+adds MFU and peak GPU memory. Results also go to bench/results/train[-<backbone>][-<dataset>].json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -49,38 +53,50 @@ from graftline.tasks.finetune import finetune  # noqa: E402
 from graftline.tasks.selection import stratified_sample  # noqa: E402
 from graftline.tasks.settings import FinetuneParams, ModelParams  # noqa: E402
 
-LR, MAX_LENGTH, SEED = 5e-5, 128, 13
-BACKBONE, BATCH = "minilm-l6", 32  # --backbone, --batch
+LR, SEED = 5e-5, 13
+BACKBONE, BATCH, MAX_LENGTH, EPOCHS, DEVICE = "minilm-l6", 32, 128, 1, "auto"  # set from the options
+RUNS = {  # name: (engine, precision or Trainer at its best, torch.compile)
+    "graftline fp32": ("graftline", "fp32", False),
+    "graftline bf16": ("graftline", "bf16", False),
+    "graftline bf16 compiled": ("graftline", "bf16", True),
+    "trainer defaults": ("trainer", False, False),
+    "trainer best": ("trainer", True, False),
+    "trainer best compiled": ("trainer", True, True),
+}
+DEFAULT_RUNS = ["graftline fp32", "graftline bf16", "trainer defaults", "trainer best"]
 
 
 def splits(folder: Path, rows: int) -> Splits:
     pool = read_table(str(folder / "train.csv"), "text", "label").drop_duplicates("text")
     dev = read_table(str(folder / "dev.csv"), "text", "label")
     train = stratified_sample(pool[~pool["text"].isin(dev["text"])], rows, SEED)
-    # the engine needs a validation split for early stopping; one epoch never stops early
-    return Splits(Split("train", train, "sst2"), Split("validation", dev.head(64), "sst2"), Split("test", dev, "sst2"))
+    # the engine needs a validation split for early stopping; these runs never stop early
+    return Splits(Split("train", train, "data"), Split("validation", dev.head(64), "data"), Split("test", dev, "data"))
 
 
-def run_graftline(data: Splits, out: Path, precision: str) -> dict:
-    budget = dict(strategy="full", epochs=1, batch_size=BATCH, learning_rate=LR, patience=1, **MEASURED_WITH)
+def run_graftline(data: Splits, out: Path, precision: str, compiled: bool) -> dict:
+    settings = {**MEASURED_WITH, "compile": compiled}
+    budget = dict(strategy="full", epochs=EPOCHS, batch_size=BATCH, learning_rate=LR, patience=EPOCHS, **settings)
     params = FinetuneParams(backbone=BACKBONE, **budget)
-    model = ModelParams(max_length=MAX_LENGTH, device="auto", precision=precision, seed=SEED)
+    model = ModelParams(max_length=MAX_LENGTH, device=DEVICE, precision=precision, seed=SEED)
     result = finetune(data, params, model, out)
-    record = result.training.history[0]
+    history = result.training.history
+    seconds = sum(r.seconds for r in history)
     classifier = backbones.load_classifier(str(out))
     accuracy = evaluate_model(classifier, backbones.load_tokenizer(str(out)), data.test, MAX_LENGTH).accuracy
     return {
-        "run": f"graftline {precision}",
-        "examples_per_second": record.examples_per_second,
-        "tokens_per_second": record.tokens_per_second,
-        "mfu": record.mfu,
-        "train_seconds": record.seconds,
+        "examples_per_second": sum(r.examples_per_second * r.seconds for r in history) / seconds,
+        "tokens_per_second": sum(r.tokens_per_second * r.seconds for r in history) / seconds,
+        "mfu": history[-1].mfu,
+        "train_seconds": seconds,
         "dev_accuracy": accuracy,
     }
 
 
-def run_trainer(data: Splits, out: Path, best: bool) -> dict:
+def run_trainer(data: Splits, out: Path, best: bool, compiled: bool) -> dict:
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from graftline.tasks.engine.training import peak_flops, resolve_device, training_flops_per_token
 
     labels = data.labels
     tokenizer = backbones.load_tokenizer(BACKBONE)
@@ -92,11 +108,12 @@ def run_trainer(data: Splits, out: Path, best: bool) -> dict:
         {"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i], "labels": ids[i]}
         for i in range(len(ids))
     ]
+    device = resolve_device(DEVICE)
     args = TrainingArguments(
         output_dir=str(out),
         per_device_train_batch_size=BATCH,
         learning_rate=LR,
-        num_train_epochs=1,
+        num_train_epochs=EPOCHS,
         warmup_steps=0.1,  # transformers 5: a float below 1 is a share of the steps
         weight_decay=0.01,
         seed=SEED,
@@ -104,22 +121,51 @@ def run_trainer(data: Splits, out: Path, best: bool) -> dict:
         save_strategy="no",
         logging_strategy="no",
         eval_strategy="no",
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_pin_memory=False,
+        use_cpu=device.type == "cpu",
+        dataloader_pin_memory=device.type == "cuda",
+        torch_compile=compiled,
         **(dict(train_sampling_strategy="group_by_length", optim="adamw_torch_fused", bf16=True) if best else {}),
     )
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=DataCollatorWithPadding(tokenizer))
     metrics = trainer.train().metrics
     model.eval()
     accuracy = evaluate_model(model.float(), tokenizer, data.test, MAX_LENGTH).accuracy
-    tokens = sum(len(row["input_ids"]) for row in rows)
+    tokens = EPOCHS * sum(len(row["input_ids"]) for row in rows)
+    peak = peak_flops(device, "bf16" if best else "fp32")
+    tokens_per_second = tokens / metrics["train_runtime"]
     return {
-        "run": "trainer best" if best else "trainer defaults",
         "examples_per_second": metrics["train_samples_per_second"],
-        "tokens_per_second": tokens / metrics["train_runtime"],
+        "tokens_per_second": tokens_per_second,
+        "mfu": training_flops_per_token(model) * tokens_per_second / peak if peak else None,
         "train_seconds": metrics["train_runtime"],
         "dev_accuracy": accuracy,
     }
+
+
+def measure(name: str, data: Splits, out: Path) -> dict:
+    """One run by name, with its peak GPU memory; a run that fails is reported, not fatal (a GPU
+    machine's call is spent once)."""
+    engine, setting, compiled = RUNS[name]
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        row = (run_graftline if engine == "graftline" else run_trainer)(data, out, setting, compiled)
+    except Exception as error:  # noqa: BLE001  -- the table says which run failed and why
+        print(f"{name}: failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        return {"run": name, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    return {"run": name, **row, "peak_gib": peak}
+
+
+def random_weights(config_dir: Path, out: Path) -> Path:
+    """A copy of `config_dir` (config and tokenizer) with random weights from the config, seeded."""
+    from transformers import AutoConfig, AutoModel
+
+    shutil.copytree(config_dir, out)
+    torch.manual_seed(SEED)
+    AutoModel.from_config(AutoConfig.from_pretrained(config_dir)).save_pretrained(out, safe_serialization=True)
+    return out
 
 
 def padding_share(data: Splits, grouped: bool) -> float:
@@ -131,59 +177,65 @@ def padding_share(data: Splits, grouped: bool) -> float:
 
 
 def main() -> None:
-    global BACKBONE, BATCH
+    global BACKBONE, BATCH, MAX_LENGTH, EPOCHS, DEVICE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--backbone", default=BACKBONE)
+    parser.add_argument("--random-init", action="store_true", help="--backbone is a config folder: random weights")
+    parser.add_argument("--dataset", default="sst2", help="folder in the datasets folder with train.csv, dev.csv")
+    parser.add_argument("--max-length", type=int, default=MAX_LENGTH)
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--device", default=DEVICE, choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--runs", nargs="*", default=DEFAULT_RUNS, choices=list(RUNS), metavar="RUN",
+                        help=f"of: {', '.join(RUNS)}")  # fmt: skip
+    parser.add_argument("--results", type=Path, default=None, help="JSON file (default: bench/results/train*.json)")
     add_data_option(parser, "holding sst2/")
     args = parser.parse_args()
-    BACKBONE, BATCH = args.backbone, args.batch
-    folder = args.data / "sst2"
+    BACKBONE, BATCH, MAX_LENGTH, EPOCHS, DEVICE = args.backbone, args.batch, args.max_length, args.epochs, args.device
+    folder = args.data / args.dataset
     require_folders(folder)
     data = splits(folder, args.rows)
     results = []
     with tempfile.TemporaryDirectory(prefix="graftline-bench-") as tmp:
-        for name, call in (
-            ("graftline fp32", lambda: run_graftline(data, Path(tmp) / "g", "fp32")),
-            ("graftline bf16", lambda: run_graftline(data, Path(tmp) / "g16", "bf16")),
-            ("trainer defaults", lambda: run_trainer(data, Path(tmp) / "t", best=False)),
-            ("trainer best", lambda: run_trainer(data, Path(tmp) / "b", best=True)),
-        ):
+        if args.random_init:
+            BACKBONE = str(random_weights(Path(args.backbone), Path(tmp) / "random"))
+        for index, name in enumerate(args.runs):
             started = time.perf_counter()
-            results.append(call())
+            results.append(measure(name, data, Path(tmp) / f"run-{index}"))
             print(f"{name}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    by = {r["run"]: r for r in results}
+        padding = {"padding_random": padding_share(data, False), "padding_grouped": padding_share(data, True)}
+    by = {r["run"]: r for r in results if "error" not in r}
     for r in results:
-        r["x_trainer_defaults"] = r["examples_per_second"] / by["trainer defaults"]["examples_per_second"]
-        r["x_trainer_best"] = r["examples_per_second"] / by["trainer best"]["examples_per_second"]
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+        for peer in ("trainer defaults", "trainer best"):
+            if peer in by and "error" not in r:
+                r[f"x_{peer.replace(' ', '_')}"] = r["examples_per_second"] / by[peer]["examples_per_second"]
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() and DEVICE != "cpu" else "cpu"
+    device += "" if "cpu" not in device else f" ({torch.get_num_threads()} threads)"
+    name = Path(args.backbone).name if args.random_init else args.backbone
     report = {
-        "backbone": BACKBONE,
+        "backbone": name + (" (random weights)" if args.random_init else ""),
         "device": device,
+        "dataset": args.dataset,
         "rows": args.rows,
         "batch": BATCH,
         "max_length": MAX_LENGTH,
-        "padding_random": padding_share(data, False),
-        "padding_grouped": padding_share(data, True),
+        "epochs": EPOCHS,
+        **padding,
+        "torch": torch.__version__,
         "runs": results,
     }
-    out = Path(__file__).parent / "results" / ("train.json" if BACKBONE == "minilm-l6" else f"train-{BACKBONE}.json")
-    out.parent.mkdir(exist_ok=True)
+    unusual = [part for part, usual in ((name, "minilm-l6"), (args.dataset, "sst2")) if part != usual]
+    stem = "-".join(["train", *unusual])
+    out = args.results or Path(__file__).parent / "results" / (stem.replace("/", "-") + ".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
-    table = pd.DataFrame(results)[
-        [
-            "run",
-            "examples_per_second",
-            "tokens_per_second",
-            "x_trainer_defaults",
-            "x_trainer_best",
-            "train_seconds",
-            "dev_accuracy",
-        ]
-        + (["mfu"] if torch.cuda.is_available() else [])
-    ]
-    print(f"{BACKBONE} on {device}, {args.rows} rows, batch {BATCH}")
+    columns = ["run", "examples_per_second", "tokens_per_second", "x_trainer_defaults", "x_trainer_best",
+               "train_seconds", "dev_accuracy", "mfu", "peak_gib", "error"]  # fmt: skip
+    table = pd.DataFrame(results)
+    table = table[[c for c in columns if c in table and table[c].notna().any()]]
+    print(f"{report['backbone']} on {device}, {args.dataset}, {args.rows} rows, batch {BATCH}, "
+          f"max length {MAX_LENGTH}, {EPOCHS} epoch(s), torch {torch.__version__}")  # fmt: skip
     try:
         print(table.to_markdown(index=False, floatfmt=".3f"))
     except ImportError:

@@ -1,6 +1,6 @@
 """The default validation thresholds against real public datasets: the development datasets next to
 the repository, or the folder in GRAFTLINE_DATA. Each case is skipped when its files are absent.
-(bench/datasets.py runs every dataset of the index through `graftline run`; these are the cases
+(bench/real_data.py runs every dataset of the index through `graftline run`; these are the cases
 that once failed by default, and the one real leak.)"""
 
 import os

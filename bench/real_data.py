@@ -6,7 +6,7 @@ as a subprocess (a fresh process per dataset, as a user runs it). Prints one tab
 validation found, the run's exit status (or its one-line error), teacher and student test accuracy
 and macro-F1, and wall seconds. Splits a dataset ships are used as given; the others are carved.
 
-    python bench/datasets.py [--data DIR] [--only trec sms_spam] [--check-only] [--set key=value ...]
+    python bench/real_data.py [--data DIR] [--only trec sms_spam] [--check-only] [--set key=value ...]
 
 `--set` is passed on to every run (default: distill.epochs=1 and export.enabled=false, so that the
 sweep measures data handling and one epoch of transfer rather than export timings).
