@@ -5,8 +5,9 @@ step losses every few steps, and every finished epoch) and tells:
 
 - the step's Prefect log: one line per epoch (epoch k/n, train loss, validation macro-F1,
   examples/s, time left);
-- the Prefect UI: a progress artifact of the task run (`<step>-progress`), updated at most every
-  `ARTIFACT_EVERY` seconds and at each epoch's end, so a deployment run shows how far it is;
+- the Prefect UI: a progress artifact of the task run (`<step>-progress`), updated from a background
+  thread at most every `ARTIFACT_EVERY` seconds and when training ends, so a deployment run shows
+  how far it is;
 - MLflow: the loss of every optimizer step, sent in the background as it is read (every
   `PROGRESS_EVERY` steps), so the MLflow UI's charts move during an epoch; the epoch metrics;
 - the terminal, when `graftline` draws a live display (tasks/progress.py's listeners).
@@ -16,7 +17,9 @@ No report adds a host sync per step: the loop reads its losses off the device ev
 
 from __future__ import annotations
 
+import contextvars
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 from prefect import get_run_logger
@@ -38,7 +41,8 @@ class TrainingMonitor:
         self.latest: TrainingProgress | None = None
         self.loss: float | None = None  # the mean loss of the steps last read
         self.losses_logged = 0
-        self.artifact, self.artifact_at = None, 0.0
+        self.artifact, self.artifact_at, self.in_flight = None, 0.0, None
+        self.publisher = ThreadPoolExecutor(1, thread_name_prefix=f"{step}-progress")  # API calls off the loop
         self.shown: progress.Activity | None = None
         self.closing = ExitStack()
 
@@ -70,8 +74,6 @@ class TrainingMonitor:
             record.examples_per_second,
             left,
         )
-        if news is not None:
-            self._publish(news)
 
     def describe(self, news: TrainingProgress) -> str:
         loss = f" loss {self.loss:.4f}" if self.loss is not None else ""
@@ -84,18 +86,29 @@ class TrainingMonitor:
         """The last word in the UI, and every step loss written before the step's run ends."""
         if self.latest is not None:
             self._publish(self.latest, done=True)
+        self.publisher.shutdown(wait=True)
         tracking.flush_background_logging()
         self.closing.close()
 
     def _publish(self, news: TrainingProgress, done: bool = False) -> None:
-        """Create or update the task run's progress artifact (0-100 over all epochs' steps)."""
-        from prefect.artifacts import create_progress_artifact, update_progress_artifact
-
+        """Create or update the task run's progress artifact (0-100 over all epochs' steps), in the
+        background; while one call is in flight, later news waits for the next turn (the last is sent)."""
+        if not done and self.in_flight is not None and not self.in_flight.done():
+            return
         total = news.epochs * news.steps
         share = 100.0 if done else 100.0 * ((news.epoch - 1) * news.steps + news.step) / total if total else 0.0
         description = f"{self.step}: " + ("done" if done else self.describe(news))
         self.artifact_at = time.monotonic()
-        if self.artifact is None:
-            self.artifact = create_progress_artifact(share, key=f"{self.step}-progress", description=description)
-        else:
-            update_progress_artifact(self.artifact, share, description=description)
+        # the task run's context travels with the call, so the artifact belongs to the task run
+        self.in_flight = self.publisher.submit(contextvars.copy_context().run, self._send, share, description)
+
+    def _send(self, share: float, description: str) -> None:
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        try:
+            if self.artifact is None:
+                self.artifact = create_progress_artifact(share, key=f"{self.step}-progress", description=description)
+            else:
+                update_progress_artifact(self.artifact, share, description=description)
+        except Exception as error:  # noqa: BLE001  -- a progress bar is never worth failing the training for
+            self.logger.warning("progress artifact not updated: %s", error)

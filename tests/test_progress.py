@@ -45,6 +45,7 @@ def test_a_training_step_streams_losses_logs_each_epoch_and_publishes_its_progre
             monitor = TrainingMonitor(unique_name, logger)
             for step in range(1, 6):
                 monitor.on_progress(news(step, (0.5 + step, 0.6 + step) if step in (2, 5) else ()))
+            monitor.in_flight.result()
             assert monitor.artifact is not None  # created at the first step, then at most every ARTIFACT_EVERY s
             monitor.on_epoch(EpochRecord(1, 0.25, 0.8, 0.75, 1e-4, 5.0, 8.0, 80.0, 0.1))
             monitor.close()
