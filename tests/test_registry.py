@@ -64,3 +64,9 @@ def test_a_failure_midway_leaves_the_registry_as_it_was(logged_model, unique_nam
 
 def aliases_of(client, name):
     return {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}
+
+
+def test_a_logged_model_serves_through_mlflow_pyfunc(logged_model):
+    """What a registered version is for: MLflow loads it as a generic model and it predicts our labels."""
+    predictions = mlflow.pyfunc.load_model(logged_model).predict(["hello there", "the screen cracked"])
+    assert list(predictions["label"]) and set(predictions["label"]) <= {"bad", "good"}
