@@ -12,7 +12,8 @@ One untimed run of each first (the first run in a process pays imports and warm-
 for the flow), then timed runs alternate (flow, plain, flow, plain, ...) so slow drifts of the
 machine hit both. Per step: the flow's step-run durations from MLflow against the plain stages.
 
-    .venv/bin/python bench/overhead.py            # warm-up + 2 rounds, ~7 min on 2 cores
+    .venv/bin/python bench/overhead.py              # warm-up + 2 rounds, ~7 min on 2 cores
+    .venv/bin/python bench/overhead.py --rounds 4   # more rounds: the machine's noise is several seconds
 Results also go to bench/results/overhead.json.
 """
 
@@ -125,17 +126,27 @@ def main() -> None:
                 )
                 walls[kind].append(time.perf_counter() - started)
                 print(f"round {round_ + 1} {kind}: {walls[kind][-1]:.1f} s", file=sys.stderr, flush=True)
-    flow_s, plain_s = statistics.mean(walls["flow"]), statistics.mean(walls["plain"])
+    # The median of per-round ratios: one disturbed run (this kind of machine has them) moves a mean.
+    ratios = [f / p for f, p in zip(walls["flow"], walls["plain"], strict=True)]
+    flow_s, plain_s = statistics.median(walls["flow"]), statistics.median(walls["plain"])
     names = list(dict.fromkeys([*steps["plain"][0], *steps["flow"][0]]))
     per_step = {
         name: {kind: statistics.mean(r.get(name, 0.0) for r in steps[kind]) for kind in steps} for name in names
     }
+    # The training steps' differences are within run-to-run noise; what the flow adds around them is
+    # not: its wall time outside its step runs, and the other steps' differences.
+    training = ("finetune", "distill")
+    outside = statistics.median(
+        wall - sum(r.values()) for wall, r in zip(walls["flow"], steps["flow"], strict=True)
+    ) + sum(v["flow"] - v["plain"] for name, v in per_step.items() if name not in training)
     report = {
         "rounds": args.rounds,
         "flow_seconds": walls["flow"],
         "plain_seconds": walls["plain"],
         "per_step": per_step,
-        "overhead": flow_s / plain_s - 1,
+        "overhead": statistics.median(ratios) - 1,
+        "round_ratios": ratios,
+        "outside_training_seconds": outside,
         "prefect_cold_start_seconds": cold_start,
     }
     out = Path(__file__).parent / "results" / "overhead.json"
@@ -145,12 +156,14 @@ def main() -> None:
     for name, values in per_step.items():
         print(f"| {name} | {values['flow']:.2f} | {values['plain']:.2f} | {values['flow'] - values['plain']:+.2f} |")
     print(
-        f"| **whole run (wall)** | {flow_s:.1f} ({', '.join(f'{t:.1f}' for t in walls['flow'])}) | "
+        f"| **whole run (wall, median)** | {flow_s:.1f} ({', '.join(f'{t:.1f}' for t in walls['flow'])}) | "
         f"{plain_s:.1f} ({', '.join(f'{t:.1f}' for t in walls['plain'])}) | {flow_s - plain_s:+.1f} |"
     )
     print(
-        f"overhead of orchestration and tracking: {report['overhead']:+.1%} "
-        f"(plus {cold_start:.1f} s once per process to start Prefect's ephemeral API)"
+        f"overhead of orchestration and tracking: {report['overhead']:+.1%} (median of the rounds' ratios "
+        f"{', '.join(f'{r:.3f}' for r in ratios)}), plus {cold_start:.1f} s once per process to start Prefect's "
+        f"ephemeral API\noutside the training steps the flow adds {outside:.1f} s "
+        f"({outside / plain_s:.1%} of the plain run): its time outside step runs and the other steps' differences"
     )
 
 
