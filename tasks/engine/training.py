@@ -285,9 +285,8 @@ def train(
 
     if auxiliary is not None and distributed.rank_and_size()[1] > 1:
         raise NotImplementedError("an auxiliary loss is computed outside DDP's forward; train it in one process")
-    loop = _Loop(model, train_split, val_split, config, pad_id, loss_fn, on_epoch, checkpoint_dir, auxiliary)
-    loop.on_progress, loop.progress_every = on_progress, max(1, progress_every)
-    return loop.run()
+    listeners = (on_epoch, on_progress, max(1, progress_every))
+    return _Loop(model, train_split, val_split, config, pad_id, loss_fn, listeners, checkpoint_dir, auxiliary).run()
 
 
 @dataclass
@@ -309,14 +308,16 @@ class _Loop:
     from), then epochs of optimizer steps, each step one or more micro-batches split over processes."""
 
     def __init__(
-        self, model, train_split, val_split, config: TrainConfig, pad_id, loss_fn, on_epoch, checkpoint_dir, auxiliary
+        self, model, train_split, val_split, config: TrainConfig, pad_id, loss_fn, listeners, checkpoint_dir, auxiliary
     ):
         from transformers import get_linear_schedule_with_warmup
 
         from graftline.tasks.engine import distributed
 
         self.model, self.train_split, self.val_split, self.config = model, train_split, val_split, config
-        self.pad_id, self.loss_fn, self.on_epoch, self.auxiliary = pad_id, loss_fn, on_epoch, auxiliary
+        self.pad_id, self.loss_fn, self.auxiliary = pad_id, loss_fn, auxiliary
+        self.on_epoch, self.on_progress, self.progress_every = listeners  # (on_epoch, on_progress, every n steps)
+        self.reported = 0  # step losses already passed to on_progress
         self.rank, self.processes = distributed.rank_and_size()
         seed_everything(config.seed)
         self.device = distributed.device_for(resolve_device(config.device))
@@ -353,7 +354,6 @@ class _Loop:
             )
         self.flops_per_token = training_flops_per_token(model)
         self.peak = peak_flops(self.device, self.precision)
-        self.on_progress, self.progress_every, self.reported = None, PROGRESS_EVERY, 0
 
     def steps_of(self, epoch: int) -> list[list[np.ndarray]]:
         """The optimizer steps of `epoch`, each a list of micro-batches (row indices)."""
