@@ -18,6 +18,7 @@ MEASURED_WITH = dict(
     grad_accumulation=1,
     group_by_length="auto",
     compile=False,
+    fast_cpu_dropout=True,
     layer_decay=1.0,
     checkpoint_every=0,
 )

@@ -59,6 +59,8 @@ RUNS = {  # name: (engine, precision or Trainer at its best, torch.compile)
     "graftline fp32": ("graftline", "fp32", False),
     "graftline bf16": ("graftline", "bf16", False),
     "graftline bf16 compiled": ("graftline", "bf16", True),
+    "graftline fp32 torch dropout": ("graftline", "fp32", False),  # fast_cpu_dropout off: what it buys
+    "graftline bf16 torch dropout": ("graftline", "bf16", False),
     "trainer defaults": ("trainer", False, False),
     "trainer best": ("trainer", True, False),
     "trainer best compiled": ("trainer", True, True),
@@ -74,8 +76,8 @@ def splits(folder: Path, rows: int) -> Splits:
     return Splits(Split("train", train, "data"), Split("validation", dev.head(64), "data"), Split("test", dev, "data"))
 
 
-def run_graftline(data: Splits, out: Path, precision: str, compiled: bool) -> dict:
-    settings = {**MEASURED_WITH, "compile": compiled}
+def run_graftline(data: Splits, out: Path, precision: str, compiled: bool, torch_dropout: bool = False) -> dict:
+    settings = {**MEASURED_WITH, "compile": compiled, "fast_cpu_dropout": not torch_dropout}
     budget = dict(strategy="full", epochs=EPOCHS, batch_size=BATCH, learning_rate=LR, patience=EPOCHS, **settings)
     params = FinetuneParams(backbone=BACKBONE, **budget)
     model = ModelParams(max_length=MAX_LENGTH, device=DEVICE, precision=precision, seed=SEED)
@@ -150,7 +152,10 @@ def measure(name: str, data: Splits, out: Path) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     try:
-        row = (run_graftline if engine == "graftline" else run_trainer)(data, out, setting, compiled)
+        if engine == "graftline":
+            row = run_graftline(data, out, setting, compiled, torch_dropout=name.endswith("torch dropout"))
+        else:
+            row = run_trainer(data, out, setting, compiled)
     except Exception as error:  # noqa: BLE001  -- the table says which run failed and why
         print(f"{name}: failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         return {"run": name, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}

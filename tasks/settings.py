@@ -203,6 +203,11 @@ class TrainingParams(Params):
         "auto: when random batches would be over 20% padding.",
     )
     compile: bool = Field(False, description="torch.compile the model (pays a one-off compile; helps long GPU runs).")
+    fast_cpu_dropout: bool = Field(
+        True,
+        description="On CPUs: draw dropout masks four to a 64-bit random word, attention included "
+        "(same maths, another random stream; off: PyTorch's own dropout).",
+    )
     layer_decay: float = Field(
         1.0,
         gt=0,

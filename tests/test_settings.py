@@ -48,6 +48,7 @@ def test_train_config_carries_every_setting_of_the_group(group):
         "grad_accumulation": 2,
         "group_by_length": "on",
         "compile": True,
+        "fast_cpu_dropout": False,
         "layer_decay": 0.5,
         "checkpoint_every": 11,
     }

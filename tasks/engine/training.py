@@ -9,7 +9,7 @@ One loop, with the loss injected (fine-tuning: cross-entropy; distillation: soft
   device: losses stay on it and are read once per epoch. AdamW is the fused kernel where the
   parameters' device has one. bf16 autocast (default on GPUs, optional on CPUs with bf16 units),
   TF32 matmuls on GPUs, pinned host memory and non-blocking copies, gradient accumulation and
-  optional `torch.compile`. Every epoch reports examples/s, tokens/s and, on GPUs with a known
+  optional `torch.compile`. On CPUs, dropout draws its masks four to a random word (engine/kernels.py). Every epoch reports examples/s, tokens/s and, on GPUs with a known
   peak, the model-FLOPs utilisation.
 - Resumability. With a checkpoint folder, the loop saves everything the next step depends on every
   `checkpoint_every` optimizer steps and at each epoch's end (see tasks.checkpoints), and a new call
@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from graftline.tasks import progress
+from graftline.tasks.engine import kernels
 from graftline.tasks.engine.checkpoints import Checkpoints, LoopState
 from graftline.tasks.progress import TrainingProgress
 
@@ -78,6 +79,7 @@ class TrainConfig:
     grad_accumulation: int  # micro-batches of `batch_size` rows per optimizer step
     group_by_length: bool | None  # batch rows of similar length together; None: when it pays (see below)
     compile: bool  # torch.compile the model (dynamic shapes); pays a compile once
+    fast_cpu_dropout: bool  # on CPUs, dropout masks from 64-bit random words (engine/kernels.py)
     layer_decay: float  # layer-wise LR decay: layer i of L trains at lr * decay**(L + 1 - i)
     checkpoint_every: int  # optimizer steps between checkpoints (0: only at each epoch's end)
     max_grad_norm: float = 1.0
@@ -362,9 +364,11 @@ class _Loop:
         return [plan[i : i + config.grad_accumulation] for i in range(0, len(plan), config.grad_accumulation)]
 
     def run(self) -> TrainResult:
+        fast_dropout = self.device.type == "cpu" and self.config.fast_cpu_dropout and not self.config.compile
         try:
-            while not self.state.done and self.state.epoch <= self.config.epochs:
-                self._epoch()
+            with kernels.cpu_dropout(self.model) if fast_dropout else nullcontext():
+                while not self.state.done and self.state.epoch <= self.config.epochs:
+                    self._epoch()
         finally:
             if self.store is not None:
                 self.store.wait()  # even after a crash: the last checkpoint lands whole before anyone reads it
