@@ -4,19 +4,23 @@ and number of steps.
 MiniLM-L6 (or --backbone) on SST-2 (`sst2` in the datasets folder: --data DIR, else $GRAFTLINE_DATA,
 else the development datasets next to the repository; a stratified training sample, the dev split
 scores all runs), batch 32, lr 5e-5, warmup 10%, weight decay 0.01, one epoch, max length 128, the
-same seed. Four runs in one process:
+same seed. Four runs in one process by default:
 - graftline fp32: `tasks.finetune.finetune` with the engine's defaults (on a CPU: fp32; batches
-  grouped by length because random ones would be mostly padding; fused AdamW);
+  grouped by length because random ones would be mostly padding; fused AdamW; dropout masks drawn
+  four to a random word, `fast_cpu_dropout`);
 - graftline bf16: the same with bf16 autocast (`precision="bf16"`; the default on GPUs);
 - Trainer, defaults (padding to the longest row of each random batch; fp32);
 - Trainer at its best: length-grouped sampling (transformers 5 spells `group_by_length=True` as
   `train_sampling_strategy="group_by_length"`), fused AdamW, bf16 autocast (these CPUs report
   avx512_bf16). With torch >= 2.8 the Trainer's default optimiser is already fused AdamW.
+Also by name (--runs): "graftline fp32/bf16 torch dropout" (PyTorch's own dropout: what the CPU
+dropout buys) and the compiled runs of both engines.
 Reports training examples/s and tokens/s of each (training loop only, no evaluation), the ratios
 against both Trainer runs, graftline's model-FLOPs utilisation on a GPU, padding share and dev accuracy.
 
     .venv/bin/python bench/train.py                  # 4 000 rows, ~6 min on 2 cores
     .venv/bin/python bench/train.py --rows 1000      # a quick look
+    .venv/bin/python bench/train.py --repeat 2       # every run twice, in alternating order; medians
     .venv/bin/python bench/train.py --data DIR       # the datasets from another folder
     .venv/bin/python bench/train.py --dataset amazon_multidomain/dvd --max-length 256 --batch 16 --rows 800
     .venv/bin/python bench/train.py --runs "graftline bf16" "graftline bf16 compiled" "trainer best"
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -163,6 +168,17 @@ def measure(name: str, data: Splits, out: Path) -> dict:
     return {"run": name, **row, "peak_gib": peak}
 
 
+def median_row(rows: list[dict]) -> dict:
+    """One run's rounds as one row: the median of each number, every round's examples/s kept."""
+    good = [r for r in rows if "error" not in r]
+    if not good:
+        return rows[0]
+    row = {k: statistics.median(r[k] for r in good) if isinstance(v, float) else v for k, v in good[0].items()}
+    if len(rows) > 1:
+        row["rounds_examples_per_second"] = [r.get("examples_per_second") for r in rows]
+    return row
+
+
 def random_weights(config_dir: Path, out: Path) -> Path:
     """A copy of `config_dir` (config and tokenizer) with random weights from the config, seeded."""
     from transformers import AutoConfig, AutoModel
@@ -194,6 +210,7 @@ def main() -> None:
     parser.add_argument("--device", default=DEVICE, choices=["auto", "cpu", "cuda"])
     parser.add_argument("--runs", nargs="*", default=DEFAULT_RUNS, choices=list(RUNS), metavar="RUN",
                         help=f"of: {', '.join(RUNS)}")  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of all runs, alternating order; medians reported")
     parser.add_argument("--results", type=Path, default=None, help="JSON file (default: bench/results/train*.json)")
     add_data_option(parser, "holding sst2/")
     args = parser.parse_args()
@@ -201,14 +218,16 @@ def main() -> None:
     folder = args.data / args.dataset
     require_folders(folder)
     data = splits(folder, args.rows)
-    results = []
     with tempfile.TemporaryDirectory(prefix="graftline-bench-") as tmp:
         if args.random_init:
             BACKBONE = str(random_weights(Path(args.backbone), Path(tmp) / "random"))
-        for index, name in enumerate(args.runs):
-            started = time.perf_counter()
-            results.append(measure(name, data, Path(tmp) / f"run-{index}"))
-            print(f"{name}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        rounds: dict[str, list[dict]] = {name: [] for name in args.runs}
+        for repeat in range(args.repeat):  # alternate the order, so a drifting machine hits every run alike
+            for index, name in enumerate(args.runs if repeat % 2 == 0 else reversed(args.runs)):
+                started = time.perf_counter()
+                rounds[name].append(measure(name, data, Path(tmp) / f"run-{repeat}-{index}"))
+                print(f"{name}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        results = [median_row(rows) for rows in rounds.values()]
         padding = {"padding_random": padding_share(data, False), "padding_grouped": padding_share(data, True)}
     by = {r["run"]: r for r in results if "error" not in r}
     for r in results:
@@ -226,6 +245,7 @@ def main() -> None:
         "batch": BATCH,
         "max_length": MAX_LENGTH,
         "epochs": EPOCHS,
+        "repeat": args.repeat,
         **padding,
         "torch": torch.__version__,
         "runs": results,
