@@ -92,7 +92,9 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
         or key.shape[1] != query.shape[1]  # grouped key/value heads
         or (attention_mask is not None and attention_mask.dtype != torch.bool)
     ):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     scores = torch.matmul(query * scale, key.transpose(-1, -2))
     if attention_mask is not None:
@@ -137,4 +139,3 @@ def cpu_dropout(model: nn.Module) -> Iterator[tuple[int, bool]]:
             module.__class__ = nn.Dropout
         for m in attentions:
             m.set_attn_implementation("sdpa")
-

@@ -9,8 +9,9 @@ One loop, with the loss injected (fine-tuning: cross-entropy; distillation: soft
   device: losses stay on it and are read once per epoch. AdamW is the fused kernel where the
   parameters' device has one. bf16 autocast (default on GPUs, optional on CPUs with bf16 units),
   TF32 matmuls on GPUs, pinned host memory and non-blocking copies, gradient accumulation and
-  optional `torch.compile`. On CPUs, dropout draws its masks four to a random word (engine/kernels.py). Every epoch reports examples/s, tokens/s and, on GPUs with a known
-  peak, the model-FLOPs utilisation.
+  optional `torch.compile`. On CPUs, dropout draws its masks four to a random word (engine/kernels.py).
+  Every epoch reports examples/s, tokens/s and, on GPUs with a known peak, the model-FLOPs
+  utilisation.
 - Resumability. With a checkpoint folder, the loop saves everything the next step depends on every
   `checkpoint_every` optimizer steps and at each epoch's end (see tasks.checkpoints), and a new call
   with the same folder continues from the newest checkpoint: same batches, same dropout masks, same
@@ -511,6 +512,8 @@ def make_optimizer(model, config: TrainConfig, device: torch.device) -> torch.op
     """AdamW (fused kernel where the device has one). Biases and LayerNorm weights are not decayed;
     with `layer_decay` < 1 every transformer layer gets its own learning rate."""
     depth_of, layers = _layer_depths(model)
+    if config.layer_decay == 1:  # one learning rate: two groups (two fused kernel calls a step, not 2(L + 2))
+        depth_of = lambda name: layers + 1  # noqa: E731
     groups: dict[tuple[int, bool], list] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
