@@ -5,7 +5,8 @@ attention kernel of `scaled_dot_product_attention` refuses dropout, so during tr
 falls back to PyTorch's unfused "math" path, which adds a safe-softmax pass (`isneginf`, `all`,
 `where`) and draws its own mask the same slow way. Profiled on MiniLM-L6 at length 256 in bf16,
 drawing masks was about 30% of a training step; with the masks below and the attention that uses
-them a step took about half the time (see the engine's benchmarks).
+them, training on Amazon reviews (length 256) ran 1.42x faster in bf16 and 1.32x in fp32 (see the
+engine's benchmarks); on short sentences the gain is about 5%.
 
 The same maths, a different random stream:
 - a mask is drawn as 64-bit random words read as four 16-bit numbers each (four mask elements per
