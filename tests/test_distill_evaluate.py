@@ -158,8 +158,8 @@ def test_a_narrower_student_learns_through_a_projection_from_unlabeled_and_augme
     unlabeled = toy_frame_texts()
     splits = replace(toy_splits, unlabeled=tuple(unlabeled))
     config = DistillParams(
-        student=str(narrow_backbone), hidden_weight=1.0, augment_copies=1, epochs=6, learning_rate=3e-3, patience=6
-    )
+        student=str(narrow_backbone), hidden_weight=1.0, augment_copies=1, epochs=6, learning_rate=1e-2, patience=6
+    )  # at 3e-3 the 16-wide student stayed on one class for about half the seeds tried; at 1e-2, none of 12
     result = distill(toy_teacher, splits, config, short_texts(), tmp_path / "s")
     assert result.transfer_rows == len(unlabeled) + len(toy_splits.train.frame)
     assert result.layer_map == [(0, 1)]
