@@ -138,24 +138,18 @@ def log_epoch(record, prefix: str = "") -> None:
     mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in values.items()}, step=record.epoch)
 
 
-def log_step_losses(losses, first: int = 1, background: bool = False) -> None:
-    """Optimizer steps' losses (`first` is the number of losses[0]) on the active run's `train_step_loss`
-    curve, in batches of 1000. With `background`, MLflow's logging thread writes them while training
-    goes on (`flush_background_logging` waits for it)."""
+def log_step_losses(losses, first: int = 1, run_id: str | None = None) -> None:
+    """Optimizer steps' losses (`first` is the number of losses[0]) on the `train_step_loss` curve of
+    `run_id` (default: the active run), in batches of 1000. Safe to call from another thread with the
+    run's id (MLflow's active run is per thread)."""
     import mlflow
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    run_id, now = mlflow.active_run().info.run_id, now_ms()
+    run_id, now = run_id or mlflow.active_run().info.run_id, now_ms()
     metrics = [Metric("train_step_loss", loss, now, step) for step, loss in enumerate(losses, start=first)]
     for start in range(0, len(metrics), 1000):
-        MlflowClient().log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=not background)
-
-
-def flush_background_logging() -> None:
-    import mlflow
-
-    mlflow.flush_async_logging()
+        MlflowClient().log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
 def metric_safe(name: str) -> str:
