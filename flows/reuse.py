@@ -30,7 +30,7 @@ from graftline.tasks.records import StepContext, TrainedModel
 from graftline.tasks.registry import tracking
 
 # Parameters that decide where or how often work happens, not what it computes.
-EXECUTION_ONLY = {"runner", "dask_address", "checkpoint_every"}
+EXECUTION_ONLY = {"runner", "dask_address", "checkpoint_every", "checkpoint_seconds"}
 
 
 def fingerprint(step: str, parameters: dict) -> str:

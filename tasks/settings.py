@@ -217,6 +217,12 @@ class TrainingParams(Params):
     checkpoint_every: int = Field(
         500, ge=0, description="Optimizer steps between resumable checkpoints (0: only at each epoch's end)."
     )
+    checkpoint_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="A checkpoint that is due (every checkpoint_every steps, each epoch's end) is written only "
+        "when this many seconds of training have passed since the last one (0: every one is written).",
+    )
 
     def train_config(self, model: ModelParams) -> TrainConfig:
         """The engine's configuration: the one translation from parameters to the training loop."""

@@ -87,9 +87,9 @@ def test_the_first_step_loss_is_cross_entropy_plus_weight_times_mlm(still_backbo
 
 
 def test_resume_mid_adaptation_matches_an_uninterrupted_run(still_backbone, adapted_splits, tmp_path):
-    config = FinetuneParams(epochs=2, batch_size=8, learning_rate=3e-3, checkpoint_every=3, patience=5).train_config(
-        short_texts()
-    )
+    config = FinetuneParams(
+        epochs=2, batch_size=8, learning_rate=3e-3, checkpoint_every=3, checkpoint_seconds=0, patience=5
+    ).train_config(short_texts())
     model, tokenizer, objective = setup(still_backbone, adapted_splits)
     splits = [encode_split(tokenizer, adapted_splits.train, adapted_splits.labels, 32),
               encode_split(tokenizer, adapted_splits.validation, adapted_splits.labels, 32)]  # fmt: skip

@@ -38,6 +38,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_result(ti
                     "batch_size": 4,
                     "learning_rate": 3e-3,
                     "checkpoint_every": 1,
+                    "checkpoint_seconds": 0,
                 },
                 "distill": {"enabled": False},
                 "export": {"enabled": False},

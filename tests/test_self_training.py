@@ -103,7 +103,7 @@ def test_rounds_stop_at_the_first_that_falls_below_the_source_validation(tiny_ba
 
 
 def test_resume_inside_a_round_matches_an_uninterrupted_run(still_backbone, target_splits, tmp_path):
-    params = train_params(still_backbone, checkpoint_every=2)
+    params = train_params(still_backbone, checkpoint_every=2, checkpoint_seconds=0)
     adapt = AdaptParams(method="self-training", rounds=2, max_source_drop=1.0)
     straight = finetune(target_splits, params, short_texts(), tmp_path / "straight", adapt=adapt)
 

@@ -51,6 +51,7 @@ def test_train_config_carries_every_setting_of_the_group(group):
         "fast_cpu_dropout": False,
         "layer_decay": 0.5,
         "checkpoint_every": 11,
+        "checkpoint_seconds": 5.0,
     }
     model = ModelParams(seed=99, device="cpu", precision="bf16")
     config = group(**changed).train_config(model)

@@ -1,6 +1,8 @@
 """The training engine: length-grouped batches, the tokenisation cache, gradient accumulation,
 layer-wise learning rates, LoRA, and resuming from a checkpoint to the same result."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -85,7 +87,7 @@ def test_resume_after_a_crash_mid_epoch_matches_an_uninterrupted_run(tiny_backbo
     """torchtune's check: train two epochs; separately train, crash in the second epoch, resume from
     the checkpoint; the loss trajectories and final weights are identical (dropout included: the
     RNG states travel with the checkpoint)."""
-    config = engine(epochs=2, batch_size=8, learning_rate=3e-3, checkpoint_every=3, patience=5)
+    config = engine(epochs=2, batch_size=8, learning_rate=3e-3, checkpoint_every=3, checkpoint_seconds=0, patience=5)
     model, train_split, val_split, pad = _setup(tiny_backbone, toy_splits, config.seed)
     heard = []
     straight = train(model, train_split, val_split, config, pad, on_progress=heard.append, progress_every=4)
@@ -124,6 +126,13 @@ def test_resume_after_a_crash_mid_epoch_matches_an_uninterrupted_run(tiny_backbo
     assert [loss for p in heard for loss in p.losses] == straight.step_losses
     assert [r.val_macro_f1 for r in resumed.history] == [r.val_macro_f1 for r in straight.history]
     assert all(torch.equal(expected[k], v) for k, v in model.state_dict().items())
+    assert Checkpoints(folder).latest().name == f"step-{2 * steps_per_epoch:08d}"  # the last epoch's end
+
+    # a due checkpoint is skipped while the newest one is younger than checkpoint_seconds
+    quiet = tmp_path / "quiet"
+    model, train_split, val_split, pad = _setup(tiny_backbone, toy_splits, config.seed)
+    train(model, train_split, val_split, replace(config, checkpoint_seconds=3600), pad, checkpoint_dir=quiet)
+    assert Checkpoints(quiet).latest() is None
 
 
 def test_lora_trains_adapters_only_and_saves_merged_plain_weights(tiny_backbone, toy_splits, tmp_path):

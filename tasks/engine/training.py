@@ -13,9 +13,11 @@ One loop, with the loss injected (fine-tuning: cross-entropy; distillation: soft
   Every epoch reports examples/s, tokens/s and, on GPUs with a known peak, the model-FLOPs
   utilisation.
 - Resumability. With a checkpoint folder, the loop saves everything the next step depends on every
-  `checkpoint_every` optimizer steps and at each epoch's end (see tasks.checkpoints), and a new call
-  with the same folder continues from the newest checkpoint: same batches, same dropout masks, same
-  final weights as a run that was never interrupted.
+  `checkpoint_every` optimizer steps and at each epoch's end (see tasks.checkpoints), unless the last
+  checkpoint is less than `checkpoint_seconds` old: a checkpoint of a small model costs about half a
+  second of a 2-core CPU, which short epochs would pay again and again for little to resume. A new
+  call with the same folder continues from the newest checkpoint: same batches, same dropout masks,
+  same final weights as a run that was never interrupted.
 - Several processes. Under torch.distributed (torchrun; see tasks.distributed) the model is wrapped
   in DistributedDataParallel and every global batch is split across the processes; losses are
   weighted so the averaged gradient equals the single-process one.
@@ -83,6 +85,7 @@ class TrainConfig:
     fast_cpu_dropout: bool  # on CPUs, dropout masks from 64-bit random words (engine/kernels.py)
     layer_decay: float  # layer-wise LR decay: layer i of L trains at lr * decay**(L + 1 - i)
     checkpoint_every: int  # optimizer steps between checkpoints (0: only at each epoch's end)
+    checkpoint_seconds: float  # a due checkpoint is skipped when the last one is younger than this
     max_grad_norm: float = 1.0
     eval_batch_size: int = 64
 
@@ -345,6 +348,7 @@ class _Loop:
         )
 
         self.store = Checkpoints(checkpoint_dir) if checkpoint_dir is not None else None
+        self.checkpointed_at = time.monotonic()  # the age of the newest checkpoint (or of the run)
         self.state, self.best_state, self.resumed_from = LoopState(), None, None
         if self.store is not None and self.store.latest() is not None:
             self.state, self.best_state = self.store.load(model, self.optimizer, self.scheduler)
@@ -488,8 +492,10 @@ class _Loop:
     def _checkpoint(self, best_is_model: bool = False) -> None:
         from graftline.tasks.engine import distributed
 
-        if self.store is not None and self.rank == 0:  # written in the background
+        recent = time.monotonic() - self.checkpointed_at < self.config.checkpoint_seconds
+        if self.store is not None and self.rank == 0 and not recent:  # written in the background
             self.store.save(self.state, self.model, self.optimizer, self.scheduler, self.best_state, best_is_model)
+            self.checkpointed_at = time.monotonic()
         distributed.barrier()
 
 
