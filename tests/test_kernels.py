@@ -1,4 +1,5 @@
-"""The CPU dropout of the training engine: the same maths as PyTorch's, put back after training."""
+"""The training engine's CPU kernels: dropout and embedding gradients, the same maths as PyTorch's,
+put back after training."""
 
 import pytest
 import torch
@@ -72,3 +73,31 @@ def test_it_is_put_back_after_an_error(tiny_backbone):
         raise RuntimeError("boom")
     assert not any(isinstance(m, kernels.CPUDropout) for m in model.modules())
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_kept_embedding_gradients_equal_the_dense_ones_in_one_buffer():
+    torch.manual_seed(3)
+    table = nn.Embedding(5000, 8, padding_idx=0)  # a vocabulary: long enough to be kept
+    small = nn.Embedding(10, 8)  # a position table: left dense
+    model = nn.ModuleDict({"table": table, "small": small})
+    optimizer = torch.optim.AdamW(model.parameters())
+    batches = [torch.tensor([[5, 7, 5, 0], [4999, 7, 0, 0]]), torch.tensor([[1, 2, 3, 3]])]
+
+    def loss(ids):
+        return (table(ids) * torch.arange(8.0)).sum() + small(ids % 10).pow(2).sum()
+
+    dense = []
+    for ids in batches:
+        loss(ids).backward()
+        dense.append(table.weight.grad.clone())
+        optimizer.zero_grad(set_to_none=True)
+    with kernels.kept_embedding_grads(model) as kept:
+        assert kept == [table.weight] and table.sparse and not small.sparse
+        buffer = table.weight.grad
+        for ids, expected in zip(batches, dense, strict=True):
+            loss(ids).backward()
+            assert table.weight.grad is buffer and not buffer.is_sparse
+            assert torch.allclose(buffer, expected) and buffer[0].abs().sum() == 0  # padding row: no gradient
+            kernels.zero_grads(optimizer, kept)
+            assert table.weight.grad is buffer and small.weight.grad is None
+    assert not table.sparse and table.weight.grad is None

@@ -1,4 +1,4 @@
-"""Faster dropout for training on CPUs.
+"""Faster dropout, and embedding gradients without a fresh allocation per step, for training on CPUs.
 
 On a CPU, PyTorch draws a dropout mask one Bernoulli sample per element (`bernoulli_`), and the fused
 attention kernel of `scaled_dot_product_attention` refuses dropout, so during training attention
@@ -140,3 +140,51 @@ def cpu_dropout(model: nn.Module) -> Iterator[tuple[int, bool]]:
             module.__class__ = nn.Dropout
         for m in attentions:
             m.set_attn_implementation("sdpa")
+
+
+# -- embedding gradients -----------------------------------------------------------------------------
+
+KEPT_GRAD_MIN_ROWS = 4096  # tables at least this long (vocabularies) get a kept gradient buffer
+
+
+@contextmanager
+def kept_embedding_grads(model: nn.Module) -> Iterator[list[nn.Parameter]]:
+    """Within the block, the gradients of `model`'s large trainable embedding tables are computed as
+    sparse rows and added into one dense buffer per table that lives as long as the block, instead of
+    a dense gradient allocated and zero-filled at every step. Yields those tables' weights: the loop
+    zeroes their gradient in place (`zero_grads`) instead of dropping it.
+
+    Why: on a CPU the dense backward of an embedding allocates a table-sized gradient every step, and
+    fresh memory costs a page fault per 4 KiB page on first touch: a fresh zeroed 30 522 x 384 table
+    (MiniLM-L6's vocabulary) took 10.5 ms on 2 cores, zeroing one already in memory 1.1 ms; SST-2
+    training in bf16 ran 2-7% faster for it. The sums are the same (each token's gradient row added
+    to its table row); the optimizer sees the same dense gradient."""
+    tables = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Embedding)
+        and m.weight.requires_grad
+        and m.num_embeddings >= KEPT_GRAD_MIN_ROWS
+        and not m.sparse
+        and m.max_norm is None
+    ]
+    weights = list({id(m.weight): m.weight for m in tables}.values())
+    try:
+        for module in tables:
+            module.sparse = True
+        for weight in weights:
+            weight.grad = torch.zeros_like(weight)
+        yield weights
+    finally:
+        for module in tables:
+            module.sparse = False
+        for weight in weights:
+            weight.grad = None
+
+
+def zero_grads(optimizer: torch.optim.Optimizer, kept: list[nn.Parameter]) -> None:
+    """`optimizer.zero_grad(set_to_none=True)`, except that the `kept` gradients are zeroed in place."""
+    buffers = [(weight, weight.grad) for weight in kept]
+    optimizer.zero_grad(set_to_none=True)
+    for weight, grad in buffers:
+        weight.grad = grad.zero_()

@@ -9,7 +9,8 @@ One loop, with the loss injected (fine-tuning: cross-entropy; distillation: soft
   device: losses stay on it and are read once per epoch. AdamW is the fused kernel where the
   parameters' device has one. bf16 autocast (default on GPUs, optional on CPUs with bf16 units),
   TF32 matmuls on GPUs, pinned host memory and non-blocking copies, gradient accumulation and
-  optional `torch.compile`. On CPUs, dropout draws its masks four to a random word (engine/kernels.py).
+  optional `torch.compile`. On CPUs, dropout draws its masks four to a random word and vocabulary
+  gradients are added into a buffer kept for the run (engine/kernels.py).
   Every epoch reports examples/s, tokens/s and, on GPUs with a known peak, the model-FLOPs
   utilisation.
 - Resumability. With a checkpoint folder, the loop saves everything the next step depends on every
@@ -348,6 +349,7 @@ class _Loop:
         )
 
         self.store = Checkpoints(checkpoint_dir) if checkpoint_dir is not None else None
+        self.kept_grads: list[torch.nn.Parameter] = []  # gradients zeroed in place (engine/kernels.py)
         self.checkpointed_at = time.monotonic()  # the age of the newest checkpoint (or of the run)
         self.state, self.best_state, self.resumed_from = LoopState(), None, None
         if self.store is not None and self.store.latest() is not None:
@@ -369,9 +371,15 @@ class _Loop:
         return [plan[i : i + config.grad_accumulation] for i in range(0, len(plan), config.grad_accumulation)]
 
     def run(self) -> TrainResult:
-        fast_dropout = self.device.type == "cpu" and self.config.fast_cpu_dropout and not self.config.compile
+        on_cpu = self.device.type == "cpu" and not self.config.compile
+        fast_dropout = on_cpu and self.config.fast_cpu_dropout
+        kept_grads = on_cpu and self.ddp is None  # DDP buckets dense gradients
         try:
-            with kernels.cpu_dropout(self.model) if fast_dropout else nullcontext():
+            with (
+                kernels.cpu_dropout(self.model) if fast_dropout else nullcontext(),
+                kernels.kept_embedding_grads(self.model) if kept_grads else nullcontext([]) as kept,
+            ):
+                self.kept_grads = kept
                 while not self.state.done and self.state.epoch <= self.config.epochs:
                     self._epoch()
         finally:
@@ -432,7 +440,7 @@ class _Loop:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        kernels.zero_grads(self.optimizer, self.kept_grads)
 
     def _report(self, steps: list, step_sums: torch.Tensor, seconds: float, seen: _Seen, resumed_at: int) -> None:
         """Tell `on_progress` of the step just taken; every `progress_every` steps and at the epoch's
