@@ -138,7 +138,7 @@ def _lifecycle(params: TransferParams) -> LifecycleSummary:
         tracking.log_parameters_file(params)
 
         unlabeled = distill.unlabeled_paths if distill.enabled else []
-        ingested = steps.ingest(params.data, unlabeled, distill.unlabeled_text_column, context)
+        ingested = steps.ingest(params.data, unlabeled, distill.unlabeled_text_column, params.validation, context)
         splits = ingested.splits
         report = steps.validate(splits, params.validation, context)
         student_spec = distill.student if distill.enabled else None

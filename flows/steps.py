@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from graftline.flows import reuse
 from graftline.flows.progress import TrainingMonitor
+from graftline.tasks import pii
 from graftline.tasks.data import Splits, load_splits, read_texts
 from graftline.tasks.engine import backbones
 from graftline.tasks.engine.training import TrainingIO
@@ -67,16 +68,29 @@ def _worth_retrying(task, task_run, state) -> bool:
 
 @task(name="ingest", **STEP)
 def ingest(
-    params: DataParams, unlabeled_paths: list[str], unlabeled_text_column: str, context: StepContext
+    params: DataParams,
+    unlabeled_paths: list[str],
+    unlabeled_text_column: str,
+    validation: ValidationParams,
+    context: StepContext,
 ) -> Ingested:
-    """Read the splits and the unlabeled transfer texts (so a bad path fails before training). The
-    evaluation sets are kept as Parquet files in the run: promotions re-evaluate versions on them."""
+    """Read the splits and the unlabeled transfer texts (so a bad path fails before training). With
+    `validation.pii: redact`, personal data is replaced by placeholders here, before anything is
+    logged, hashed or trained on. The evaluation sets are kept as Parquet files in the run:
+    promotions re-evaluate versions on them."""
     import mlflow
 
     with tracking.step_run("ingest", context.parent_run_id) as run:
         tracking.log_params(params.model_dump(exclude={"eval_sets"}), "data.")
         unlabeled = [text for path in unlabeled_paths for text in read_texts(path, unlabeled_text_column)]
         splits = load_splits(params, unlabeled)
+        if validation.pii == "redact":
+            splits, replaced = pii.redact_splits(splits, pii.Scanner(validation.pii_patterns))
+            mlflow.log_metrics({f"pii_redacted_{kind}": n for kind, n in replaced.items()} or {"pii_redacted": 0})
+            get_run_logger().info(
+                "personal data redacted: %s",
+                ", ".join(f"{n} {kind}" for kind, n in replaced.most_common()) or "none found",
+            )
         mlflow.log_params({f"data.eval_set.{name}": split.source for name, split in splits.extra.items()})
         if unlabeled_paths:
             mlflow.log_metric("unlabeled_rows", len(splits.unlabeled))
@@ -85,10 +99,14 @@ def ingest(
         mlflow.set_tag(contract.DATA_DIGEST, splits.digest)
         for run_id in (run.info.run_id, context.parent_run_id):
             tracking.log_datasets(run_id, splits)
-        folder = context.folder(contract.EVALUATION_SETS)
-        for name, split in splits.evaluation_sets().items():
-            split.frame[["text", "label"]].to_parquet(folder / f"{name}.parquet", index=False)
-        mlflow.log_artifacts(str(folder), contract.EVALUATION_SETS)
+        if validation.pii == "fail" and _holds_personal_data(splits, validation):
+            # validation will stop the run and say where; the raw rows must not reach the store first
+            get_run_logger().warning("evaluation sets not stored: they hold personal data (see validation)")
+        else:
+            folder = context.folder(contract.EVALUATION_SETS)
+            for name, split in splits.evaluation_sets().items():
+                split.frame[["text", "label"]].to_parquet(folder / f"{name}.parquet", index=False)
+            mlflow.log_artifacts(str(folder), contract.EVALUATION_SETS)
     get_run_logger().info(
         "data: %d train / %d validation / %d test rows, labels %s, digest %s",
         len(splits.train.frame),
@@ -98,6 +116,11 @@ def ingest(
         splits.digest,
     )
     return Ingested(splits, run.info.run_id)
+
+
+def _holds_personal_data(splits: Splits, validation: ValidationParams) -> bool:
+    scanner = pii.Scanner(validation.pii_patterns)
+    return any(scanner.find(text) for split in splits.evaluation_sets().values() for text in split.texts)
 
 
 @task(name="validate", **STEP)
@@ -117,6 +140,8 @@ def validate(splits: Splits, params: ValidationParams, context: StepContext) -> 
         if report.docs_dir:
             mlflow.log_artifacts(str(report.docs_dir), "validation/data_docs")
             docs = tracking.local_path(mlflow.get_artifact_uri("validation/data_docs/index.html"))
+    for notice in report.notices:
+        get_run_logger().warning("%s; kept: validation.pii is 'warn'", notice.line())
     if not report.success:
         _publish_report(report)
         if params.mode == "fail":

@@ -16,6 +16,7 @@ messages about home goods as a second domain to measure cross-domain transfer.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -71,6 +72,10 @@ class DataParams(Params):
         return value
 
 
+PII_KINDS = ("email", "card", "iban", "ip", "phone", "url")  # found by tasks/pii.py
+PII_CUSTOM_KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # a name for validation.pii_patterns
+
+
 class ValidationParams(Params):
     mode: Literal["fail", "warn"] = Field("fail", description="fail: stop before training; warn: record and continue.")
     min_text_chars: int = Field(1, ge=0, description="Shortest acceptable text, in characters.")
@@ -94,6 +99,32 @@ class ValidationParams(Params):
     max_class_ratio: float = Field(
         20.0, ge=1, description="Largest allowed ratio of biggest to smallest training class."
     )
+    pii: Literal["fail", "redact", "warn", "off"] = Field(
+        "fail",
+        description="Personal data in the texts (e-mails, phone, card and IBAN numbers, IP addresses, URLs, "
+        "pii_patterns): fail: stop before anything is stored; redact: replace each with a placeholder such "
+        "as <EMAIL> before anything else reads the texts; warn: record the counts and go on with the raw "
+        "texts; off: do not look.",
+    )
+    pii_patterns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Kinds of personal data of your own: name -> regular expression, e.g. "
+        '{"order_id": "ORD-\\d{8}"} (placeholder <ORDER_ID>).',
+    )
+
+    @field_validator("pii_patterns")
+    @classmethod
+    def _usable_patterns(cls, patterns: dict[str, str]) -> dict[str, str]:
+        for name, regex in patterns.items():
+            if not PII_CUSTOM_KIND.match(name) or name in PII_KINDS:
+                raise ValueError(
+                    f"{name!r} is not a usable kind name (lower-case letters, digits and _; not a built-in kind)"
+                )
+            try:
+                re.compile(regex)
+            except re.error as error:
+                raise ValueError(f"{name}: not a regular expression: {error}") from None
+        return patterns
 
 
 class ModelParams(Params):

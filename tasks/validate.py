@@ -7,6 +7,11 @@ largest/smallest class ratio, one label vocabulary); test and extra evaluation s
 check (share of their texts that also occur in train). Results and Data Docs
 HTML are written to a folder so the caller can log them.
 
+Personal data (`validation.pii`, tasks/pii.py): with `fail` or `warn`, every split's texts are
+scanned and a custom expectation holds each split to none; its result names kinds and counts, never
+the text, and the report quotes such rows redacted. Under `warn` its finding is a notice: recorded,
+not a failure. Under `redact` the texts were redacted before validation (by the ingest step).
+
 A failed expectation becomes a `Finding`: split, check, failing rows, threshold, observed value and
 the parameter that relaxes it (with the value that would have passed). `ValidationReport.table()`
 is the short table the command line prints under its one-line error; `markdown()` is the report
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +30,11 @@ import pandas as pd
 
 from graftline.tasks.data import Split, Splits
 from graftline.tasks.errors import ValidationFailed
+from graftline.tasks.pii import Scanner, counts_of
 from graftline.tasks.settings import ValidationParams
 
 EXAMPLES = 3  # rows quoted per finding in the report file
+PERSONAL_DATA = "personal data"  # the check's name in findings
 RELAX_HINT = "relax a check with --set <parameter>=<value>, or record and go on with --validation-mode warn"
 
 
@@ -53,6 +61,7 @@ class ValidationReport:
     results: dict[str, dict] = field(default_factory=dict)  # split name -> GX result as JSON
     docs_dir: Path | None = None
     statistics: dict[str, float] = field(default_factory=dict)
+    notices: list[Finding] = field(default_factory=list)  # recorded, not failures (validation.pii=warn)
 
     @property
     def failures(self) -> list[str]:
@@ -92,6 +101,8 @@ class ValidationReport:
             ]
             for f in (f for f in self.findings if f.examples and examples):
                 lines += ["", f"## {f.split}: {f.check}", ""] + [f"- {_markdown_escape(e)}" for e in f.examples]
+        for f in self.notices:  # recorded, not failed (validation.pii=warn)
+            lines += ["", f"Notice: {f.line()}; kept as it is (validation.pii=warn)."]
         return "\n".join(lines) + "\n"
 
 
@@ -105,7 +116,8 @@ def validate_splits(splits: Splits, thresholds: ValidationParams, out_dir: Path)
     train_texts = set(splits.train.frame["text"].dropna())
     labels = splits.labels
 
-    findings, results, statistics = [], {}, {}
+    scanner = Scanner(thresholds.pii_patterns) if thresholds.pii in ("fail", "warn") else None
+    findings, notices, results, statistics = [], [], {}, {}
     labeled = [splits.train, splits.validation, *splits.evaluation_sets().values()]
     targets = [Split(f"target_{name}", s.frame, s.source) for name, s in splits.targets.items()]
     target_names = {t.name for t in targets}
@@ -113,6 +125,11 @@ def validate_splits(splits: Splits, thresholds: ValidationParams, out_dir: Path)
         is_target = split.name in target_names
         frame = split.frame.assign(seen_in_train=split.frame["text"].isin(train_texts))
         rules = _target_expectations(thresholds) if is_target else _expectations(split, labels, thresholds)
+        if scanner is not None:
+            frame["personal_data"] = scanner.kinds_per_text(frame["text"].fillna("").tolist())
+            rules.append(_custom_expectations()[2](column="personal_data"))
+            for kind, rows in counts_of(frame["personal_data"]).items():
+                statistics[f"{split.name}_pii_{kind}_rows"] = float(rows)
         suite = context.suites.add(gx.ExpectationSuite(name=split.name, expectations=rules))
         batch = source.add_dataframe_asset(split.name).add_batch_definition_whole_dataframe("all")
         definition = context.validation_definitions.add(
@@ -120,7 +137,11 @@ def validate_splits(splits: Splits, thresholds: ValidationParams, out_dir: Path)
         )
         result = definition.run(batch_parameters={"dataframe": frame})
         results[split.name] = result.to_json_dict()
-        findings += [_finding(split.name, frame, r, thresholds) for r in result.results if not r.success]
+        for r in result.results:
+            if not r.success:
+                finding = _finding(split.name, frame, r, thresholds, scanner)
+                is_notice = finding.check == PERSONAL_DATA and thresholds.pii == "warn"
+                (notices if is_notice else findings).append(finding)
         lengths = frame["text"].dropna().str.len()
         statistics[f"{split.name}_rows"] = len(frame)
         statistics[f"{split.name}_text_chars_p95"] = float(lengths.quantile(0.95)) if len(lengths) else 0.0
@@ -130,7 +151,7 @@ def validate_splits(splits: Splits, thresholds: ValidationParams, out_dir: Path)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "gx_results.json").write_text(json.dumps(results, indent=1, default=str))
     docs_dir = _build_docs(context, out_dir / "data_docs")
-    report = ValidationReport(not findings, findings, results, docs_dir, statistics)
+    report = ValidationReport(not findings, findings, results, docs_dir, statistics, notices)
     (out_dir / "report.md").write_text(report.markdown())
     return report
 
@@ -149,7 +170,7 @@ def _expectations(split: Split, labels: list[str], t: ValidationParams) -> list:
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=labels),
     ]
     if split.name == "train":
-        balance, vocabulary = _custom_expectations()
+        balance, vocabulary, _ = _custom_expectations()
         rules.append(balance(column="label", min_count=t.min_examples_per_class, max_ratio=t.max_class_ratio))
         rules.append(vocabulary(column="label"))
     elif split.name != "validation":
@@ -232,11 +253,33 @@ def _custom_expectations():
                 faults = vocabulary_faults(labels)
                 return {"success": not faults, "result": {"observed_value": labels, "details": faults}}
 
-        _CUSTOM = (ExpectColumnClassCountsToBeBalanced, ExpectColumnLabelsToBeOneVocabulary)
+        class ExpectColumnToHoldNoPersonalData(ColumnAggregateExpectation):
+            """No row holds personal data. The column is tasks.pii's kinds per row ("email,phone"),
+            so the result carries kinds and counts, never the text itself."""
+
+            metric_dependencies = ("column.value_counts",)
+
+            def _validate(self, metrics, runtime_configuration=None, execution_engine=None):
+                per_value = metrics["column.value_counts"]
+                rows = Counter()
+                for value, count in per_value.items():
+                    for kind in filter(None, str(value).split(",")):
+                        rows[kind] += int(count)
+                flagged = int(sum(count for value, count in per_value.items() if value))
+                return {
+                    "success": flagged == 0,
+                    "result": {"observed_value": dict(rows), "details": {"rows_with_personal_data": flagged}},
+                }
+
+        _CUSTOM = (
+            ExpectColumnClassCountsToBeBalanced,
+            ExpectColumnLabelsToBeOneVocabulary,
+            ExpectColumnToHoldNoPersonalData,
+        )
     return _CUSTOM
 
 
-def _finding(split: str, frame: pd.DataFrame, result, t: ValidationParams) -> Finding:
+def _finding(split: str, frame: pd.DataFrame, result, t: ValidationParams, scanner: Scanner | None) -> Finding:
     """A failed GX result in words: which check, how many rows, against what, and how to relax it."""
     config, r = result.expectation_config, result.result or {}
     kind, column = config.type.removeprefix("expect_"), config.kwargs.get("column")
@@ -307,6 +350,19 @@ def _finding(split: str, frame: pd.DataFrame, result, t: ValidationParams) -> Fi
             f">= {t.min_examples_per_class} rows per class, largest/smallest <= {t.max_class_ratio:g}",
             f"{smallest!r} has {int(counts.min())} rows; largest/smallest {ratio:.1f}",
             " and ".join(relax),
+        )
+    if kind == "column_to_hold_no_personal_data":
+        flagged = frame[frame["personal_data"] != ""]
+        counts = counts_of(flagged["personal_data"])
+        redacted = flagged.assign(text=[scanner.redact(t)[0] for t in flagged["text"].fillna("")])
+        return Finding(
+            split,
+            PERSONAL_DATA,
+            f"{len(flagged)} of {total} rows",
+            "none",
+            ", ".join(f"{n} {kind}" for kind, n in counts.most_common()),
+            "validation.pii=redact (placeholders before anything reads the texts), or pii=warn to keep them",
+            _examples(redacted),  # the report quotes them redacted: it is stored with the run
         )
     if kind == "column_labels_to_be_one_vocabulary":
         faults = r.get("details") or {}

@@ -379,3 +379,42 @@ def test_a_target_set_gets_a_gap_report_and_mlm_then_self_training(run_flow, uni
     rounds = json.loads(Path(client.download_artifacts(finetune.info.run_id, "self_training/rounds.json")).read_text())
     assert [r["round"] for r in rounds] == [1] and rounds[0]["pseudo_labels"] == 40
     assert [r.version for r in summary.registered] == ["1", "1"]
+
+
+SECRETS = ["jane.roe@example.co.uk", "4111 1111 1111 1111", "+1 415-555-0132", "DE89 3704 0044 0532 0130 00"]
+
+
+def test_personal_data_stops_the_run_unless_redacted_and_never_reaches_the_store(run_flow, mlflow_store, tmp_path):
+    frames = {"train": toy_frame(40, 0), "test": toy_frame(10, 2)}
+    for frame in frames.values():  # a secret in each of the first rows, the words that carry the label kept
+        frame.loc[:3, "text"] = [f"{text} write {secret}" for text, secret in zip(frame.text[:4], SECRETS, strict=True)]
+    paths = {}
+    for name, frame in frames.items():
+        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+        paths[f"{name}_path"] = str(tmp_path / f"{name}.csv")
+    with pytest.raises(ValidationFailed, match="data validation failed") as failed:
+        run_flow(data=DataParams(**paths, eval_sets={}))  # validation.pii: fail by default
+    assert "personal data" in failed.value.details and "validation.pii=redact" in failed.value.details
+
+    summary = run_flow(data=DataParams(**paths, eval_sets={}), validation=ValidationParams(pii="redact"), epochs=1)
+    ingest = next(
+        r
+        for r in runs_by_name(MlflowClient(), summary.experiment)
+        if r.info.run_name == "ingest" and r.data.tags.get("mlflow.parentRunId") == summary.mlflow_run_id
+    )
+    assert {k: v for k, v in ingest.data.metrics.items() if k.startswith("pii_redacted_")} == {
+        "pii_redacted_email": 2.0,
+        "pii_redacted_card": 2.0,
+        "pii_redacted_phone": 2.0,
+        "pii_redacted_iban": 2.0,
+    }
+    stored = b"".join(_readable(path) for path in Path(mlflow_store).rglob("*") if path.is_file())
+    assert b"<EMAIL>" in stored  # the redacted texts are there (evaluation set, input example)...
+    assert not [secret for secret in SECRETS if secret.encode() in stored]  # ...the secrets are not
+
+
+def _readable(path: Path) -> bytes:
+    """A stored file's bytes, Parquet decoded (its pages may be compressed)."""
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path).to_csv().encode()
+    return path.read_bytes()

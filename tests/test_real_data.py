@@ -14,16 +14,32 @@ from graftline.tasks.validate import validate_splits
 
 DATA = Path(os.environ.get("GRAFTLINE_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
-# dataset -> (its files, the findings expected with the default thresholds)
+PII = "validation.pii=redact"  # what a personal-data finding suggests first
+# dataset -> (its files, the findings expected with the default thresholds). Real texts carry
+# personal data: links and e-mail addresses in reviews, the phone numbers of spam.
 CASES = {
     "amazon books: reviews up to 21 169 characters": (
         {"train_path": "amazon_multidomain/books/train.csv", "validation_path": "amazon_multidomain/books/dev.csv"},
-        {},
+        {
+            ("train", "personal data"): ("6 of 1359 rows", "4 url, 1 phone, 1 email", PII),
+            ("validation", "personal data"): ("1 of 300 rows", "1 email, 1 url", PII),
+            ("test", "personal data"): ("4 of 341 rows", "4 url", PII),
+        },
     ),
-    "sms spam: 7% repeated messages, carved": ({"train_path": "sms_spam/all.csv"}, {}),
+    "sms spam: 7% repeated messages, carved": (
+        {"train_path": "sms_spam/all.csv"},
+        {
+            ("train", "personal data"): ("330 of 3882 rows", "273 phone, 76 url, 6 email", PII),
+            ("validation", "personal data"): ("50 of 568 rows", "34 phone, 18 url", PII),
+            ("test", "personal data"): ("113 of 1124 rows", "95 phone, 21 url", PII),
+        },
+    ),
     "trec: 9 of 500 test questions verbatim in train": (
         {"train_path": "trec/train.csv", "test_path": "trec/test.csv"},
-        {("test", "leakage: texts also in train"): ("9 of 500 rows", "1.8%", "validation.max_overlap_fraction=0.02")},
+        {
+            ("test", "leakage: texts also in train"): ("9 of 500 rows", "1.8%", "validation.max_overlap_fraction=0.02"),
+            ("train", "personal data"): ("2 of 4907 rows", "2 url", PII),
+        },
     ),
 }
 

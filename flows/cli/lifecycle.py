@@ -98,8 +98,15 @@ def check(
     from graftline.tasks.validate import validate_splits
 
     folder = out or Path(tempfile.mkdtemp(prefix="graftline-check-"))
+    splits = checked.splits
     with live_progress(), activity("validating the data"):
-        report = validate_splits(checked.splits, params.validation, folder)
+        if params.validation.pii == "redact":  # as the run's ingest step does, before validation
+            from graftline.tasks import pii
+
+            splits, replaced = pii.redact_splits(splits, pii.Scanner(params.validation.pii_patterns))
+            found = ", ".join(f"{n} {kind}" for kind, n in replaced.most_common()) or "none found"
+            print(f"personal data redacted: {found}", file=sys.stderr)
+        report = validate_splits(splits, params.validation, folder)
     docs = str(report.docs_dir / "index.html") if report.docs_dir else None
     if not report.success:
         raise report.error(str(folder / "report.md"), docs)

@@ -1,0 +1,212 @@
+"""Personal data in texts: found, counted per kind, and replaced by typed placeholders.
+
+The kinds a customer message, review or ticket tends to carry: e-mail addresses, phone numbers,
+payment-card numbers, IBANs, IP addresses and URLs, plus whatever the user names with a regular
+expression (order numbers, account ids). Each is found by a pattern recognizer of Microsoft
+Presidio (`presidio-analyzer`, MIT), which validates what its pattern matched: cards by the Luhn
+checksum, IBANs by their mod-97 checksum and country length, phone numbers by Google's
+`phonenumbers` metadata, e-mail domains against the public-suffix list.
+
+Presidio is used without its analyzer engine, whose default NLP engine loads (and downloads) a spaCy
+model: the recognizers run on the text alone. Two things are pinned down so that nothing reaches
+the network: the e-mail recognizer's domain check uses tldextract with the suffix list bundled in
+the package (its default fetches the list from publicsuffix.org on first use), and no recognizer
+that needs a language model is built.
+
+Two recognizers are tightened, because on real reviews (the Amazon and IMDB sets) Presidio's
+defaults flagged about one text in ten: its URL pattern takes any `word.xx` with a country-code
+suffix ("world.Do", "college.It": a missing space after a full stop), so a URL here needs a scheme
+(`https://`), a `www.` prefix or a path after the domain (a bare "Amazon.com" is a shop's name, not
+a person's data); and phone numbers need `phonenumbers`' strict grouping, where its default
+leniency took amounts and dates ("164.7", "03.02.2011") for numbers.
+
+Choices, documented because a scanner has to make them:
+- a dotted quad such as 1.2.3.4 is an IP address even where the prose means a version number: the
+  text alone cannot tell them apart, and a missed address costs more than a redacted version;
+- a 13-19 digit number is a card only if it passes the Luhn check and starts with an issuer's
+  prefix (order and tracking numbers that happen to pass both are flagged: the text cannot tell);
+- a phone number has 7 to 15 digits (shorter ones are short codes or ticket numbers);
+- where two findings overlap (the domain of an e-mail address is also a URL), the longer one wins.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, replace
+from functools import cache
+
+import pandas as pd
+
+from graftline.tasks.data import Split, Splits
+from graftline.tasks.errors import DataError
+from graftline.tasks.settings import PII_CUSTOM_KIND, PII_KINDS
+
+# kind -> presidio entity; the order (settings.PII_KINDS) breaks ties between equal spans
+KINDS = {
+    "email": "EMAIL_ADDRESS",
+    "card": "CREDIT_CARD",
+    "iban": "IBAN_CODE",
+    "ip": "IP_ADDRESS",
+    "phone": "PHONE_NUMBER",
+    "url": "URL",
+}
+MIN_PHONE_DIGITS, MAX_PHONE_DIGITS = 7, 15
+# issuer prefixes: Visa 4; Mastercard 51-55, 2221-2720; Amex 34, 37; Discover 6011, 644-649, 65;
+# Diners 300-305, 36, 38; JCB 3528-3589; UnionPay 62
+CARD_ISSUERS = re.compile(
+    r"^(?:4|5[1-5]|222[1-9]|22[3-9]\d|2[3-6]\d\d|27[01]\d|2720|3[47]|6011|64[4-9]|65|30[0-5]|3[68]"
+    r"|352[89]|35[3-8]\d|62)"
+)
+assert tuple(KINDS) == PII_KINDS
+STRICT_GROUPING = 2  # phonenumbers.Leniency: digits grouped as the number's region writes them
+_URL_END = r"[^\s<>\"'()\[\]{}]*[^\s<>\"'()\[\]{}.,;:!?]"
+URL_PATTERNS = {  # name -> regular expression
+    "url_with_scheme": r"(?i)\b(?:https?|ftp)://" + _URL_END,
+    "url_www": r"(?i)\bwww\.[a-z0-9-]+\." + _URL_END,
+    "url_with_path": r"\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,12}/" + _URL_END,
+}
+
+
+@dataclass(frozen=True)
+class Found:
+    kind: str
+    start: int
+    end: int
+
+
+def placeholder(kind: str) -> str:
+    return f"<{kind.upper()}>"
+
+
+class Scanner:
+    """Finds personal data in one text at a time. `patterns` adds kinds of the user's own: name ->
+    regular expression (e.g. {"order_id": r"ORD-\\d{8}"})."""
+
+    def __init__(self, patterns: dict[str, str] | None = None) -> None:
+        from presidio_analyzer import Pattern, PatternRecognizer
+
+        self.recognizers = [(kind, entity, _builtin(kind)) for kind, entity in KINDS.items()]
+        for name, regex in (patterns or {}).items():
+            if not PII_CUSTOM_KIND.match(name) or name in KINDS:
+                raise DataError(
+                    f"validation.pii_patterns: {name!r} is not a usable kind name "
+                    f"(lower-case letters, digits and _, not one of {', '.join(KINDS)})"
+                )
+            try:
+                re.compile(regex)
+            except re.error as error:
+                raise DataError(f"validation.pii_patterns.{name}: not a regular expression: {error}") from None
+            entity = name.upper()
+            recognizer = PatternRecognizer(supported_entity=entity, patterns=[Pattern(name, regex, 1.0)])
+            self.recognizers.append((name, entity, recognizer))
+        self.kinds = [kind for kind, _, _ in self.recognizers]
+
+    def find(self, text: str) -> list[Found]:
+        """Non-overlapping findings in `text`, in order."""
+        if not text:
+            return []
+        candidates = []
+        for rank, (kind, entity, recognizer) in enumerate(self.recognizers):
+            for result in recognizer.analyze(text, [entity], None) or ():
+                if result.score > 0 and result.end > result.start and _plausible(kind, text[result.start : result.end]):
+                    candidates.append((result.start, result.end, rank, kind))
+        # the longest first (then the kind listed first); keep what does not overlap a kept one
+        candidates.sort(key=lambda c: (c[0] - c[1], c[2], c[0]))
+        kept: list[Found] = []
+        for start, end, _, kind in candidates:
+            if all(end <= k.start or start >= k.end for k in kept):
+                kept.append(Found(kind, start, end))
+        return sorted(kept, key=lambda f: f.start)
+
+    def redact(self, text: str) -> tuple[str, Counter]:
+        """`text` with every finding replaced by its placeholder, and how many of each kind."""
+        found = self.find(text)
+        pieces, at = [], 0
+        for f in found:
+            pieces += [text[at : f.start], placeholder(f.kind)]
+            at = f.end
+        return "".join(pieces) + text[at:], Counter(f.kind for f in found)
+
+    def kinds_per_text(self, texts: list[str]) -> list[str]:
+        """For each text, the kinds found in it, comma-separated ("" when none)."""
+        return [",".join(sorted({f.kind for f in self.find(t)})) for t in texts]
+
+
+def redact_splits(splits: Splits, scanner: Scanner) -> tuple[Splits, Counter]:
+    """Every text of `splits` redacted (labeled splits, evaluation and target sets, transfer texts),
+    and the replacements counted per kind."""
+    total: Counter = Counter()
+
+    def texts(values: list[str]) -> list[str]:
+        out = []
+        for text in values:
+            clean, counts = scanner.redact(text)
+            total.update(counts)
+            out.append(clean)
+        return out
+
+    def split(s: Split) -> Split:
+        frame = s.frame.copy()
+        present = frame["text"].notna()
+        frame.loc[present, "text"] = texts(frame.loc[present, "text"].tolist())
+        return replace(s, frame=frame)
+
+    redacted = Splits(
+        train=split(splits.train),
+        validation=split(splits.validation),
+        test=split(splits.test),
+        extra={name: split(s) for name, s in splits.extra.items()},
+        unlabeled=tuple(texts(list(splits.unlabeled))),
+        targets={name: split(s) for name, s in splits.targets.items()},
+    )
+    return redacted, total
+
+
+def _plausible(kind: str, span: str) -> bool:
+    """Checks the recognizers do not make. A phone number has 7 to 15 digits: shorter ones that a
+    region's plan allows (short codes) look exactly like ticket numbers ("Order #16476"), and E.164
+    allows no more than 15, while 16-digit order numbers with a leading 0 pass `phonenumbers`. A card
+    number starts with an issuer's prefix (Visa, Mastercard, Amex, Discover, Diners, JCB, UnionPay):
+    the Luhn check alone lets one in ten random numbers through."""
+    digits = "".join(c for c in span if c.isdigit())
+    if kind == "phone":
+        return MIN_PHONE_DIGITS <= len(digits) <= MAX_PHONE_DIGITS
+    if kind == "card":
+        return CARD_ISSUERS.match(digits) is not None
+    return True
+
+
+def counts_of(kinds_column: pd.Series) -> Counter:
+    """Rows per kind, from a column of `kinds_per_text` values."""
+    return Counter(kind for value in kinds_column if value for kind in value.split(","))
+
+
+@cache
+def _builtin(kind: str):
+    from presidio_analyzer import Pattern, PatternRecognizer
+    from presidio_analyzer import predefined_recognizers as known
+
+    if kind == "email":
+        recognizer = known.EmailRecognizer()
+        recognizer.validate_result = _offline_email_check
+        return recognizer
+    if kind == "phone":
+        return known.PhoneRecognizer(leniency=STRICT_GROUPING)
+    if kind == "url":
+        patterns = [Pattern(name, regex, 0.6) for name, regex in URL_PATTERNS.items()]
+        return PatternRecognizer(supported_entity="URL", patterns=patterns, name="UrlRecognizer")
+    return {"card": known.CreditCardRecognizer, "iban": known.IbanRecognizer, "ip": known.IpRecognizer}[kind]()
+
+
+@cache
+def _suffixes():
+    import tldextract
+
+    # the suffix list bundled with tldextract: no fetch, no cache folder
+    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+
+def _offline_email_check(pattern_text: str) -> bool:
+    """Presidio's e-mail validation (the domain ends in a public suffix), without the download."""
+    return _suffixes()(pattern_text).fqdn != ""
