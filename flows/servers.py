@@ -53,6 +53,22 @@ class Platform:
         return {"PREFECT_API_URL": self.prefect_api_url, "MLFLOW_TRACKING_URI": self.mlflow_url}
 
 
+def require_loopback(host: str, unauthenticated: bool = False) -> None:
+    """Refuse a network address for servers without authentication (see `up`)."""
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False  # a host name: it may resolve to anything
+    if not loopback and not unauthenticated:
+        raise GraftlineError(
+            f"refusing to serve MLflow and Prefect on {host}: they have no authentication, so anyone who can "
+            "reach the ports could move the production alias or delete versions; serve on 127.0.0.1 (reach it "
+            "through an SSH tunnel or an authenticating proxy), or pass --unauthenticated if the network is yours alone"
+        )
+
+
 def up(
     home: Path,
     host: str = "127.0.0.1",
@@ -64,8 +80,13 @@ def up(
     retrain_cron: str | None = None,
     params_file: Path | None = None,
     timeout: float = 120.0,
+    unauthenticated: bool = False,
 ) -> Platform:
-    """Start what is not running yet, wait until healthy, register the deployments."""
+    """Start what is not running yet, wait until healthy, register the deployments. A host other
+    than this machine's loopback is refused unless `unauthenticated` says the user means it: the
+    servers have no authentication, and anyone who reaches their ports can move aliases past every
+    gate or delete versions."""
+    require_loopback(host, unauthenticated)
     home = home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     platform = load(home)

@@ -211,3 +211,17 @@ def test_errors_keep_their_details_across_processes():
 
     error = pickle.loads(pickle.dumps(ValidationFailed("one line", "a table")))
     assert (str(error), error.details, repr(error)) == ("one line", "a table", "ValidationFailed('one line')")
+
+
+def test_up_on_a_network_address_is_refused_before_anything_starts(tmp_path):
+    from graftline.flows.servers import require_loopback
+
+    for host in ("0.0.0.0", "192.168.1.5", "platform.example.org"):
+        code, stderr = run_cli(["up", "--host", host, "--home", str(tmp_path / "platform")])
+        assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+        assert stderr.startswith(f"graftline: error: refusing to serve MLflow and Prefect on {host}")
+        assert "--unauthenticated" in stderr
+    assert not (tmp_path / "platform").exists()  # no folder, no server
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        require_loopback(host)  # this machine: allowed
+    require_loopback("0.0.0.0", unauthenticated=True)  # the user said so

@@ -30,10 +30,17 @@ def up(
         None, help=f"Schedule of the retrain deployment (default: {RETRAIN_CRON})."
     ),
     params: Path | None = typer.Option(None, help="YAML of the transfer/retrain deployments' default parameters."),
+    unauthenticated: bool = typer.Option(
+        False,
+        "--unauthenticated",
+        help="Allow a --host other than loopback although the servers have no authentication "
+        "(anyone who reaches the ports can change the registry).",
+    ),
 ) -> None:
     """Start Prefect and MLflow servers and a worker, register the deployments (idempotent)."""
     from graftline.flows import servers
 
+    servers.require_loopback(host, unauthenticated)  # before anything starts
     platform = servers.up(
         home,
         host,
@@ -44,6 +51,7 @@ def up(
         work_pool,
         retrain_cron,
         params,
+        unauthenticated=unauthenticated,
     )
     print(f"Prefect UI:  {platform.prefect_url}")
     print(f"MLflow UI:   {platform.mlflow_url}")
