@@ -8,8 +8,14 @@ numbers, amounts, dates, shop names). Prints recall and precision per kind (a fo
 when it overlaps an injected span of the same kind), the scan time for the corpus, and the number
 of network connections attempted (every attempt is refused and counted).
 
+With `--store-scan`, the corpus (labelled by topic) then goes through a whole `graftline run` with
+`validation.pii=redact` in a new graftline home, and every stored file of it (the MLflow database,
+the artifacts, Parquet decoded) is searched for each injected string; model weight files hold
+tensors, not text, and are listed as skipped.
+
     .venv/bin/python bench/pii.py                    # 1 000 messages, seed 7
     .venv/bin/python bench/pii.py --messages 5000 --seed 1
+    .venv/bin/python bench/pii.py --store-scan       # plus the run and the scan; ~3 min on 2 cores
 Results also go to bench/results/pii.json.
 """
 
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import socket
 import string
@@ -150,6 +157,54 @@ def corpus(messages: int, seed: int) -> list[tuple[str, list[tuple[str, int, int
     return out
 
 
+TOPICS = {"billing": "About my bill:", "delivery": "About my delivery:"}
+WEIGHTS = {".safetensors", ".onnx", ".pt", ".bin"}
+
+
+def store_scan(messages: list, seed: int) -> dict:
+    """`graftline run --set validation.pii=redact` on the corpus, then every stored byte searched."""
+    import subprocess
+    import tempfile
+
+    import pandas as pd
+
+    rng = random.Random(seed)
+    labels = [rng.choice(list(TOPICS)) for _ in messages]
+    rows = [f"{TOPICS[label]} {text}" for label, (text, _) in zip(labels, messages, strict=True)]
+    secrets = sorted({text[start:end] for text, truth in messages for _, start, end in truth})
+    with tempfile.TemporaryDirectory(prefix="graftline-pii-") as tmp:
+        folder = Path(tmp)
+        pd.DataFrame({"text": rows, "label": labels}).to_csv(folder / "messages.csv", index=False)
+        started = time.perf_counter()
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "graftline"), "run", "--train", "messages.csv",
+             "--model-name", "pii-bench", "--set", "validation.pii=redact", "--set", "finetune.epochs=1",
+             "--set", "distill.enabled=false", "--set", "export.enabled=false", "--set", "registry.promote_to=none"],
+            cwd=folder, env={**os.environ, "GRAFTLINE_HOME": str(folder / "home"), "GRAFTLINE_PROGRESS": "off"},
+            capture_output=True, text=True,
+        )  # fmt: skip
+        run_seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            sys.exit(f"graftline run failed:\n{done.stderr[-3000:]}")
+        scanned, skipped, leaked, placeholders = 0, [], set(), 0
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "messages.csv"):
+            if path.suffix in WEIGHTS:
+                skipped.append(str(path.relative_to(folder)))
+                continue
+            data = pd.read_parquet(path).to_csv().encode() if path.suffix == ".parquet" else path.read_bytes()
+            scanned += len(data)
+            placeholders += data.count(b"<EMAIL>")
+            leaked |= {secret for secret in secrets if secret.encode() in data}
+    return {
+        "run_seconds": run_seconds,
+        "secrets": len(secrets),
+        "bytes_scanned": scanned,
+        "weight_files_skipped": skipped,
+        "leaked": sorted(leaked),
+        "email_placeholders_found": placeholders,
+    }
+
+
 def score(found: list, truth: list) -> tuple[dict, dict, dict]:
     tp, fp, fn = {}, {}, {}
     for kind, start, end in found:
@@ -166,6 +221,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "pii.json")
+    parser.add_argument("--store-scan", action="store_true", help="then graftline run (pii=redact) and scan its store")
     args = parser.parse_args()
 
     attempts = []
@@ -174,6 +230,7 @@ def main() -> None:
         attempts.append(repr(call[1:])[:80])
         raise OSError("network refused by bench/pii.py")
 
+    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
     socket.socket.connect, socket.getaddrinfo = refuse, refuse
     started = time.perf_counter()
     from graftline.tasks.pii import Scanner
@@ -200,9 +257,16 @@ def main() -> None:
         recall, precision = tp / max(tp + fn, 1), tp / max(tp + fp, 1)
         rows.append({"kind": kind, "injected": tp + fn, "found": tp + fp, "recall": recall, "precision": precision})
         print(f"| {kind} | {tp + fn} | {tp + fp} | {recall:.3f} | {precision:.3f} |")
-    args.results.parent.mkdir(exist_ok=True)
     report = {"messages": args.messages, "seed": args.seed, "scan_seconds": seconds, "ready_seconds": ready,
               "network_attempts": attempts, "kinds": rows}  # fmt: skip
+    if args.store_scan:
+        socket.socket.connect, socket.getaddrinfo = real_connect, real_getaddrinfo  # the run's servers are local
+        report["store_scan"] = scan = store_scan(messages, args.seed)
+        print(f"graftline run with validation.pii=redact: {scan['run_seconds']:.0f} s; {scan['bytes_scanned']:,} "
+              f"bytes of its store scanned for {scan['secrets']} injected strings: {len(scan['leaked'])} found "
+              f"({scan['email_placeholders_found']} <EMAIL> placeholders); weight files skipped: "
+              f"{len(scan['weight_files_skipped'])}")  # fmt: skip
+    args.results.parent.mkdir(exist_ok=True)
     args.results.write_text(json.dumps(report, indent=1))
     if attempts:
         sys.exit(f"network attempts: {attempts[:3]}")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -148,6 +148,9 @@ def validate_splits(splits: Splits, thresholds: ValidationParams, out_dir: Path)
         if split.name != "train" and not is_target:
             statistics[f"{split.name}_overlap_with_train"] = float(frame["seen_in_train"].mean())
 
+    if scanner is not None:  # rows that any check quotes (a repeated text, a too long one) are quoted redacted
+        findings = [replace(f, examples=tuple(scanner.redact(e)[0] for e in f.examples)) for f in findings]
+        results = _redacted(results, scanner)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "gx_results.json").write_text(json.dumps(results, indent=1, default=str))
     docs_dir = _build_docs(context, out_dir / "data_docs")
@@ -370,6 +373,18 @@ def _finding(split: str, frame: pd.DataFrame, result, t: ValidationParams, scann
         return make("label vocabulary", "one vocabulary", observed, "map the labels to one set of names")
     observed = r.get("observed_value")
     return make(kind.replace("_", " "), str(config.kwargs), str(observed), "see the report")
+
+
+def _redacted(value, scanner: Scanner):
+    """A GX result with personal data in every string replaced (its lists of unexpected values
+    quote rows)."""
+    if isinstance(value, str):
+        return scanner.redact(value)[0]
+    if isinstance(value, dict):
+        return {k: _redacted(v, scanner) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v, scanner) for v in value]
+    return value
 
 
 def _examples(rows: pd.DataFrame) -> list[str]:

@@ -115,3 +115,11 @@ def test_warn_records_a_notice_off_does_not_look_and_redact_replaces_before_vali
     ]
     assert redacted.validation.frame.equals(splits.validation.frame)  # nothing to replace: the same rows
     assert validate_splits(redacted, ValidationParams(), tmp_path / "redacted").success
+
+
+def test_rows_quoted_by_other_checks_are_quoted_redacted(tmp_path):
+    splits = _splits([FOUND["card"][0]])
+    report = validate_splits(splits, ValidationParams(max_text_chars=44), tmp_path)  # the card row is too long
+    assert {f.check for f in report.findings} == {"personal data", "text length"}
+    written = (tmp_path / "report.md").read_text() + (tmp_path / "gx_results.json").read_text()
+    assert "4111 1111 1111 1111" not in written and "my card &lt;CARD> was charged twice" in written
