@@ -219,8 +219,14 @@ def test_a_run_started_from_the_prefect_ui_form_uses_the_changed_value(platform)
             page.get_by_text("Custom run").first.click()  # the parameter form
             page.wait_for_url("**/run**")
             page.wait_for_load_state("networkidle")
-            page.wait_for_function("[...document.querySelectorAll('textarea')].some(t => t.value === 'platform-demo')")
-            name_box = next(el for el in page.locator("textarea").all() if el.input_value() == "platform-demo")
+            name_box = None
+            for _ in range(100):  # the form renders its fields again while its JSON editors load
+                boxes = page.locator("textarea").all()
+                name_box = next((el for el in boxes if el.input_value() == "platform-demo"), None)
+                if name_box is not None:
+                    break
+                page.wait_for_timeout(200)
+            assert name_box is not None, "no field of the form holds registry.model_name"
             name_box.fill(model_name)  # registry.model_name: the one value changed
             name_box.press("Tab")  # the form takes the value when the field loses focus
             page.screenshot(path=str(shots / "prefect-ui-parameter-form.png"), full_page=True)
