@@ -475,8 +475,13 @@ def _log_training(result, monitor: TrainingMonitor) -> None:
         get_run_logger().info("training resumed from its checkpoint at step %d", result.resumed_from_step)
 
 
+INPUT_EXAMPLE = ["An example text to classify.", "Another one, a little longer than the first."]
+
+
 def _input_example(splits: Splits) -> list[str]:
-    return splits.train.frame["text"].head(2).tolist()
+    """The logged model's input example: written here, never rows of the data (which may hold
+    personal data that the model page would show to everyone who can read the store)."""
+    return list(INPUT_EXAMPLE)
 
 
 def _describe(config, prefix: str) -> dict[str, object]:

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from prefect.artifacts import Artifact
 
 from graftline.flows.lifecycle import transfer
+from graftline.flows.steps import INPUT_EXAMPLE
 from graftline.tasks.data import resolve_source
 from graftline.tasks.errors import ValidationFailed
 from graftline.tasks.registry.promotion import history
@@ -411,6 +412,8 @@ def test_personal_data_stops_the_run_unless_redacted_and_never_reaches_the_store
     stored = b"".join(_readable(path) for path in Path(mlflow_store).rglob("*") if path.is_file())
     assert b"<EMAIL>" in stored  # the redacted texts are there (evaluation set, input example)...
     assert not [secret for secret in SECRETS if secret.encode() in stored]  # ...the secrets are not
+    examples = [json.loads(p.read_text()) for p in Path(mlflow_store).rglob("input_example.json")]
+    assert examples and all(e == INPUT_EXAMPLE for e in examples), examples[:1]  # written, not rows of the data
 
 
 def _readable(path: Path) -> bytes:
