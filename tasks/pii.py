@@ -40,10 +40,9 @@ import pandas as pd
 
 from graftline.tasks.data import Split, Splits
 from graftline.tasks.errors import DataError
-from graftline.tasks.settings import PII_CUSTOM_KIND, PII_KINDS
+from graftline.tasks.settings import PII_KINDS, check_pii_patterns
 
-# kind -> presidio entity; the order (settings.PII_KINDS) breaks ties between equal spans
-KINDS = {
+ENTITIES = {  # kind -> Presidio's entity
     "email": "EMAIL_ADDRESS",
     "card": "CREDIT_CARD",
     "iban": "IBAN_CODE",
@@ -51,6 +50,7 @@ KINDS = {
     "phone": "PHONE_NUMBER",
     "url": "URL",
 }
+KINDS = {kind: ENTITIES[kind] for kind in PII_KINDS}  # in the order that breaks ties between equal spans
 MIN_PHONE_DIGITS, MAX_PHONE_DIGITS = 7, 15
 # issuer prefixes: Visa 4; Mastercard 51-55, 2221-2720; Amex 34, 37; Discover 6011, 644-649, 65;
 # Diners 300-305, 36, 38; JCB 3528-3589; UnionPay 62
@@ -58,7 +58,6 @@ CARD_ISSUERS = re.compile(
     r"^(?:4|5[1-5]|222[1-9]|22[3-9]\d|2[3-6]\d\d|27[01]\d|2720|3[47]|6011|64[4-9]|65|30[0-5]|3[68]"
     r"|352[89]|35[3-8]\d|62)"
 )
-assert tuple(KINDS) == PII_KINDS
 STRICT_GROUPING = 2  # phonenumbers.Leniency: digits grouped as the number's region writes them
 _URL_END = r"[^\s<>\"'()\[\]{}]*[^\s<>\"'()\[\]{}.,;:!?]"
 URL_PATTERNS = {  # name -> regular expression
@@ -87,16 +86,11 @@ class Scanner:
         from presidio_analyzer import Pattern, PatternRecognizer
 
         self.recognizers = [(kind, entity, _builtin(kind)) for kind, entity in KINDS.items()]
+        try:
+            check_pii_patterns(patterns or {})
+        except ValueError as error:
+            raise DataError(f"validation.pii_patterns: {error}") from None
         for name, regex in (patterns or {}).items():
-            if not PII_CUSTOM_KIND.match(name) or name in KINDS:
-                raise DataError(
-                    f"validation.pii_patterns: {name!r} is not a usable kind name "
-                    f"(lower-case letters, digits and _, not one of {', '.join(KINDS)})"
-                )
-            try:
-                re.compile(regex)
-            except re.error as error:
-                raise DataError(f"validation.pii_patterns.{name}: not a regular expression: {error}") from None
             entity = name.upper()
             recognizer = PatternRecognizer(supported_entity=entity, patterns=[Pattern(name, regex, 1.0)])
             self.recognizers.append((name, entity, recognizer))

@@ -76,6 +76,19 @@ PII_KINDS = ("email", "card", "iban", "ip", "phone", "url")  # found by tasks/pi
 PII_CUSTOM_KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # a name for validation.pii_patterns
 
 
+def check_pii_patterns(patterns: dict[str, str]) -> None:
+    """Raise ValueError naming the first user kind of personal data that cannot be used."""
+    for name, regex in patterns.items():
+        if not PII_CUSTOM_KIND.match(name) or name in PII_KINDS:
+            raise ValueError(
+                f"{name!r} is not a usable kind name (lower-case letters, digits and _; not a built-in kind)"
+            )
+        try:
+            re.compile(regex)
+        except re.error as error:
+            raise ValueError(f"{name}: not a regular expression: {error}") from None
+
+
 class ValidationParams(Params):
     mode: Literal["fail", "warn"] = Field("fail", description="fail: stop before training; warn: record and continue.")
     min_text_chars: int = Field(1, ge=0, description="Shortest acceptable text, in characters.")
@@ -115,15 +128,7 @@ class ValidationParams(Params):
     @field_validator("pii_patterns")
     @classmethod
     def _usable_patterns(cls, patterns: dict[str, str]) -> dict[str, str]:
-        for name, regex in patterns.items():
-            if not PII_CUSTOM_KIND.match(name) or name in PII_KINDS:
-                raise ValueError(
-                    f"{name!r} is not a usable kind name (lower-case letters, digits and _; not a built-in kind)"
-                )
-            try:
-                re.compile(regex)
-            except re.error as error:
-                raise ValueError(f"{name}: not a regular expression: {error}") from None
+        check_pii_patterns(patterns)
         return patterns
 
 
