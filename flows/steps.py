@@ -41,6 +41,9 @@ from graftline.tasks.settings import (
 from graftline.tasks.validate import ValidationReport, validate_splits
 
 STEP = dict(cache_policy=NO_CACHE, persist_result=False)
+# The logged models' input example: written here, never rows of the data (which may hold personal
+# data that the model page would show to everyone who can read the store).
+INPUT_EXAMPLE = ["An example text to classify.", "Another one, a little longer than the first."]
 
 
 def reusable(step, run: RunParams):
@@ -230,7 +233,7 @@ def finetune(splits: Splits, params: FinetuneParams, adapt: AdaptParams, context
         mlflow.set_tags({"device": result.training.device, "stopped_early": str(result.training.stopped_early)})
         if result.self_training:
             mlflow.log_dict([asdict(r) for r in result.self_training.rounds], "self_training/rounds.json")
-        info = log_classifier(result.model_dir, _input_example(splits))
+        info = log_classifier(result.model_dir, INPUT_EXAMPLE)
     logger = get_run_logger()
     logger.info(
         "teacher: best validation macro-F1 %.4f at epoch %d on %s",
@@ -328,7 +331,7 @@ def distill(
             }
         )
         mlflow.set_tag("graftline.gate", judged.gate(*retention))
-        uri = log_classifier(result.model_dir, _input_example(splits)).model_uri
+        uri = log_classifier(result.model_dir, INPUT_EXAMPLE).model_uri
     logger = get_run_logger()
     logger.info(
         "student: %s parameters (%.2fx the teacher), test accuracy retention %.3f, CPU speedup %.2fx",
@@ -473,15 +476,6 @@ def _log_training(result, monitor: TrainingMonitor) -> None:
 
         mlflow.set_tag("graftline.resumed_from_step", str(result.resumed_from_step))
         get_run_logger().info("training resumed from its checkpoint at step %d", result.resumed_from_step)
-
-
-INPUT_EXAMPLE = ["An example text to classify.", "Another one, a little longer than the first."]
-
-
-def _input_example(splits: Splits) -> list[str]:
-    """The logged model's input example: written here, never rows of the data (which may hold
-    personal data that the model page would show to everyone who can read the store)."""
-    return list(INPUT_EXAMPLE)
 
 
 def _describe(config, prefix: str) -> dict[str, object]:

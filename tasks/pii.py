@@ -94,7 +94,6 @@ class Scanner:
             entity = name.upper()
             recognizer = PatternRecognizer(supported_entity=entity, patterns=[Pattern(name, regex, 1.0)])
             self.recognizers.append((name, entity, recognizer))
-        self.kinds = [kind for kind, _, _ in self.recognizers]
 
     def find(self, text: str) -> list[Found]:
         """Non-overlapping findings in `text`, in order."""

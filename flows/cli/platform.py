@@ -40,7 +40,6 @@ def up(
     """Start Prefect and MLflow servers and a worker, register the deployments (idempotent)."""
     from graftline.flows import servers
 
-    servers.require_loopback(host, unauthenticated)  # before anything starts
     platform = servers.up(
         home,
         host,
