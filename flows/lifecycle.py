@@ -52,6 +52,7 @@ from graftline.tasks.settings import (
     RegistryParams,
     RunParams,
     SelectParams,
+    TrackingParams,
     ValidationParams,
 )
 
@@ -81,6 +82,7 @@ def transfer(
     distill: DistillParams = DistillParams(),
     export: ExportParams = ExportParams(),
     registry: RegistryParams = RegistryParams(),
+    tracking: TrackingParams = TrackingParams(),  # shadows the module here only: _lifecycle uses the module
     run: RunParams = RunParams(),
 ) -> LifecycleSummary:
     """Validate, fine-tune, evaluate, distil, export and register one text classifier; returns a summary."""
@@ -94,6 +96,7 @@ def transfer(
         distill=distill,
         export=export,
         registry=registry,
+        tracking=tracking,
         run=run,
     )
     return _lifecycle(TransferParams.model_validate(with_deployment_defaults(given.model_dump())))
@@ -138,7 +141,9 @@ def _lifecycle(params: TransferParams) -> LifecycleSummary:
         tracking.log_parameters_file(params)
 
         unlabeled = distill.unlabeled_paths if distill.enabled else []
-        ingested = steps.ingest(params.data, unlabeled, distill.unlabeled_text_column, params.validation, context)
+        ingested = steps.ingest(
+            params.data, unlabeled, distill.unlabeled_text_column, params.validation, params.tracking, context
+        )
         splits = ingested.splits
         report = steps.validate(splits, params.validation, context)
         student_spec = distill.student if distill.enabled else None

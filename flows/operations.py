@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger
 
 from graftline.flows.identity import triggered_by as who
 from graftline.flows.params import PromoteParams
-from graftline.tasks.registry import contract, tracking
+from graftline.tasks.registry import contract, evaluation_sets, tracking
 from graftline.tasks.registry.promotion import Outcome
 
 
@@ -73,7 +73,6 @@ def rollback(
 def _eval_sets(client, params: PromoteParams, version: str | None) -> dict:
     """The evaluation sets a promotion re-evaluates on: given files, or the version's own."""
     import mlflow
-    import pandas as pd
 
     from graftline.tasks.data import Split, read_table, resolve_source
     from graftline.tasks.registry.promotion import PromotionError
@@ -94,7 +93,4 @@ def _eval_sets(client, params: PromoteParams, version: str | None) -> dict:
     if not run_id:
         raise PromotionError(f"{params.model_name} v{version} has no ingest_run_id tag; pass eval_sets")
     folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=contract.EVALUATION_SETS))
-    return {
-        p.stem: Split(p.stem, pd.read_parquet(p), f"runs:/{run_id}/{contract.EVALUATION_SETS}/{p.name}")
-        for p in sorted(folder.glob("*.parquet"), key=lambda p: (p.stem != "test", p.stem))
-    }
+    return evaluation_sets.load(folder, run_id)

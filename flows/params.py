@@ -26,6 +26,7 @@ class TransferParams(settings.Params):
     distill: settings.DistillParams = Field(default_factory=settings.DistillParams)
     export: settings.ExportParams = Field(default_factory=settings.ExportParams)
     registry: settings.RegistryParams = Field(default_factory=settings.RegistryParams)
+    tracking: settings.TrackingParams = Field(default_factory=settings.TrackingParams)
     run: settings.RunParams = Field(default_factory=settings.RunParams)
 
     @model_validator(mode="after")

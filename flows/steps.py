@@ -26,7 +26,7 @@ from graftline.tasks.engine.training import TrainingIO
 from graftline.tasks.errors import GraftlineError
 from graftline.tasks.evaluate import Evaluation, cross_domain_gaps, evaluate_sets, plot_confusion
 from graftline.tasks.records import Exported, Ingested, Registration, StepContext, TrainedModel
-from graftline.tasks.registry import contract, tracking
+from graftline.tasks.registry import contract, evaluation_sets, tracking
 from graftline.tasks.settings import (
     AdaptParams,
     DataParams,
@@ -36,6 +36,7 @@ from graftline.tasks.settings import (
     RegistryParams,
     RunParams,
     SelectParams,
+    TrackingParams,
     ValidationParams,
 )
 from graftline.tasks.validate import ValidationReport, validate_splits
@@ -75,12 +76,13 @@ def ingest(
     unlabeled_paths: list[str],
     unlabeled_text_column: str,
     validation: ValidationParams,
+    kept: TrackingParams,
     context: StepContext,
 ) -> Ingested:
     """Read the splits and the unlabeled transfer texts (so a bad path fails before training). With
     `validation.pii: redact`, personal data is replaced by placeholders here, before anything is
-    logged, hashed or trained on. The evaluation sets are kept as Parquet files in the run:
-    promotions re-evaluate versions on them."""
+    logged, hashed or trained on. The evaluation sets are kept in the run (copied, or referenced by
+    URI and digest: `kept.copy_data`) for promotions to re-evaluate versions on."""
     import mlflow
 
     with tracking.step_run("ingest", context.parent_run_id) as run:
@@ -107,8 +109,7 @@ def ingest(
             get_run_logger().warning("evaluation sets not stored: they hold personal data (see validation)")
         else:
             folder = context.folder(contract.EVALUATION_SETS)
-            for name, split in splits.evaluation_sets().items():
-                split.frame[["text", "label"]].to_parquet(folder / f"{name}.parquet", index=False)
+            evaluation_sets.keep(splits, params, validation, kept.copy_data, folder)
             mlflow.log_artifacts(str(folder), contract.EVALUATION_SETS)
     get_run_logger().info(
         "data: %d train / %d validation / %d test rows, labels %s, digest %s",

@@ -417,6 +417,17 @@ class RegistryParams(Params):
     gates: GateParams = Field(default_factory=lambda: GateParams(), description="The promotion gates.")
 
 
+class TrackingParams(Params):
+    """What the tracking store keeps of the data, besides parameters, metrics, digests and models (docs: privacy)."""
+
+    copy_data: bool = Field(
+        True,
+        description="Keep the evaluation sets as Parquet files in the store, for promotions to score versions "
+        "on again; false: record each set's file URI and content digest instead, and let promotions read the "
+        "files again (refusing if they changed).",
+    )
+
+
 class RunParams(Params):
     """How the lifecycle runs, as opposed to what it computes."""
 

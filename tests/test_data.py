@@ -201,3 +201,36 @@ def test_faults_inside_a_file_name_the_file_and_where(tmp_path, case):
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(DataError, match=pattern):
         read_table(str(path), "text", "label")
+
+
+def test_referenced_evaluation_sets_hold_no_rows_and_read_back_as_scored(tmp_path):
+    """`tracking.copy_data: false`: the ingest run keeps a reference (URI, rows, digest); a promotion
+    reads the files again, re-carving and redacting as the run did, and refuses changed files."""
+    from graftline.tasks import pii
+    from graftline.tasks.registry import evaluation_sets
+    from graftline.tasks.settings import ValidationParams
+
+    frame, other = toy_frame(20, 0), toy_frame(6, 1)
+    other.loc[0, "text"] += " mail jane.roe@example.com"  # scored redacted: read back redacted
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    other.to_csv(tmp_path / "other.csv", index=False)
+    data = DataParams(train_path=str(tmp_path / "train.csv"), eval_sets={"other": str(tmp_path / "other.csv")})
+    validation = ValidationParams(pii="redact")
+    splits, _ = pii.redact_splits(load_splits(data), pii.Scanner())
+    kept = tmp_path / "kept"
+    kept.mkdir()
+
+    evaluation_sets.keep(splits, data, validation, copy=False, folder=kept)
+    assert [p.name for p in kept.iterdir()] == ["reference.json"]
+    reference = (kept / "reference.json").read_text()
+    assert not [text for text in splits.test.texts if text in reference]  # no row is in it
+    back = evaluation_sets.load(kept, "run")
+    assert list(back) == ["test", "other"]  # test (carved from train.csv with the run's seed) first
+    assert [s.digest for s in back.values()] == [splits.test.digest, splits.extra["other"].digest]
+
+    toy_frame(20, 3).to_csv(tmp_path / "train.csv", index=False)  # the file changed since
+    with pytest.raises(evaluation_sets.EvaluationSetsError, match=r"evaluation set 'test' \(.*train.csv\) changed"):
+        evaluation_sets.load(kept, "run")
+    (tmp_path / "train.csv").unlink()
+    with pytest.raises(evaluation_sets.EvaluationSetsError, match="cannot be read again: .*train.csv"):
+        evaluation_sets.load(kept, "run")

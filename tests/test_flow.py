@@ -27,6 +27,7 @@ from graftline.tasks.settings import (
     ModelParams,
     RegistryParams,
     RunParams,
+    TrackingParams,
     ValidationParams,
 )
 from tests.conftest import toy_frame
@@ -47,6 +48,7 @@ def run_flow(prefect_harness, mlflow_store, tiny_backbone, unique_name):
         seed=13,
         retention_floor=0.0,
         adapt=None,
+        copy_data=True,
     ):
         # Random tiny models: the retention gate is off unless a test turns it on. Tests share one
         # graftline home, so step reuse is off unless a test is about it.
@@ -60,6 +62,7 @@ def run_flow(prefect_harness, mlflow_store, tiny_backbone, unique_name):
             distill=distill or DistillParams(student="teacher-layers:1", epochs=1, learning_rate=3e-3),
             export=ExportParams(enabled=export),  # ~5 s: only where a test looks at it
             registry=RegistryParams(model_name=unique_name, experiment=unique_name, gates=gates),
+            tracking=TrackingParams(copy_data=copy_data),
             run=RunParams(reuse_steps=reuse),
         )
 
@@ -280,6 +283,35 @@ def test_retrain_proposes_for_staging_then_promote_and_rollback_flows_move_produ
     back = rollback(unique_name, "production", unique_name)
     assert back.moved and back.version == "1"
     assert str(client.get_model_version_by_alias(unique_name, "production").version) == "1"
+
+
+def test_referenced_evaluation_sets_keep_rows_out_of_the_store_and_promotions_read_the_files_again(
+    run_flow, unique_name, tmp_path
+):
+    from graftline.flows.operations import promote
+    from graftline.flows.params import PromoteParams
+    from graftline.tasks.registry.evaluation_sets import EvaluationSetsError
+
+    train = tmp_path / "train.csv"
+    toy_frame(40, 0).to_csv(train, index=False)  # its test split is carved from it
+    run_flow(
+        data=DataParams(train_path=str(train), eval_sets={}), distill=DistillParams(enabled=False), copy_data=False
+    )
+    client = MlflowClient()
+    version = client.get_model_version(unique_name, "1")
+    kept = {f.path for f in client.list_artifacts(version.tags["ingest_run_id"], "evaluation_sets")}
+    assert kept == {"evaluation_sets/reference.json"}  # no Parquet copy of any row
+
+    staging = PromoteParams(model_name=unique_name, to="staging", version="1", experiment=unique_name)
+    original = train.read_bytes()
+    toy_frame(40, 1).to_csv(train, index=False)
+    with pytest.raises(EvaluationSetsError, match=r"evaluation set 'test' \(.*train.csv\) changed since"):
+        promote(staging)
+    assert "staging" not in client.get_registered_model(unique_name).aliases
+
+    train.write_bytes(original)
+    outcome = promote(staging)  # re-carved with the run's seed: the rows v1 was scored on
+    assert outcome.moved and outcome.scores["v1"]["test_accuracy"] == float(version.tags["test_accuracy"])
 
 
 def test_an_identical_second_run_reuses_the_training_steps_and_says_so(run_flow, unique_name):
