@@ -5,6 +5,11 @@ by default; any backend store URI and artifact destination MLflow accepts, e.g. 
 and a worker on a process work pool; registers the deployments; prints the two UI addresses. What
 it started is written to `<home>/platform.json`; running `up` again finds it healthy and only
 re-registers the deployments. `down` stops exactly the processes that file names, and removes it.
+
+`up --auth` puts both servers behind authentication (flows/access.py): MLflow's basic-auth app
+with generated users, Prefect's auth string; the worker and the deployments run as graftline's
+service user. Without it the servers bind to loopback only, unless `--unauthenticated` says the
+network is the user's alone.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from graftline.flows import access
 from graftline.tasks import environment
 from graftline.tasks.errors import GraftlineError
 
@@ -35,6 +41,7 @@ class Platform:
     pids: dict[str, int] = field(default_factory=dict)  # prefect | mlflow | worker -> process id
     retrain_cron: str | None = None  # what the deployments were registered with, reused by a later `up`
     params_file: str | None = None
+    auth: bool = False  # servers behind authentication (flows/access.py)
 
     @property
     def prefect_url(self) -> str:
@@ -49,12 +56,17 @@ class Platform:
         return f"http://{self.host}:{self.mlflow_port}"
 
     def env(self) -> dict[str, str]:
-        """What a client (or the worker) needs to talk to this platform."""
+        """Where a client finds this platform (its credentials: `client_env`)."""
         return {"PREFECT_API_URL": self.prefect_api_url, "MLFLOW_TRACKING_URI": self.mlflow_url}
+
+    def client_env(self) -> dict[str, str]:
+        """What graftline's own processes (the worker, the deployments) need: where, and as whom."""
+        return {**self.env(), **(access.credentials(Path(self.home)).client_env() if self.auth else {})}
 
 
 def require_loopback(host: str, unauthenticated: bool = False) -> None:
-    """Refuse a network address for servers without authentication (see `up`)."""
+    """Refuse a network address for servers without authentication (see `up`); `unauthenticated`:
+    the user said the network is theirs alone, or the servers have authentication."""
     import ipaddress
 
     try:
@@ -64,8 +76,9 @@ def require_loopback(host: str, unauthenticated: bool = False) -> None:
     if not loopback and not unauthenticated:
         raise GraftlineError(
             f"refusing to serve MLflow and Prefect on {host}: they have no authentication, so anyone who can "
-            "reach the ports could move the production alias or delete versions; serve on 127.0.0.1 (reach it "
-            "through an SSH tunnel or an authenticating proxy), or pass --unauthenticated if the network is yours alone"
+            "reach the ports could move the production alias or delete versions; pass --auth to put them behind "
+            "passwords, serve on 127.0.0.1 (reach it through an SSH tunnel), or pass --unauthenticated if the "
+            "network is yours alone"
         )
 
 
@@ -81,20 +94,26 @@ def up(
     params_file: Path | None = None,
     timeout: float = 120.0,
     unauthenticated: bool = False,
+    auth: bool = False,
 ) -> Platform:
-    """Start what is not running yet, wait until healthy, register the deployments. A host other
-    than this machine's loopback is refused unless `unauthenticated` says the user means it: the
-    servers have no authentication, and anyone who reaches their ports can move aliases past every
-    gate or delete versions."""
-    require_loopback(host, unauthenticated)
+    """Start what is not running yet, wait until healthy, register the deployments. With `auth`
+    the servers ask for passwords (flows/access.py). Without it, a host other than this machine's
+    loopback is refused unless `unauthenticated` says the user means it: anyone who reaches the
+    ports could move aliases past every gate or delete versions."""
+    require_loopback(host, unauthenticated or auth)
     home = home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     platform = load(home)
     if platform is not None and not all(_alive(pid) for pid in platform.pids.values()):
         stop(platform)  # half-dead from an earlier run: start clean
         platform = None
+    if platform is not None and auth and not platform.auth:
+        raise GraftlineError(
+            f"the platform in {home} runs without authentication; stop it (graftline down --home {home}) "
+            "and start it again with --auth"
+        )
     if platform is None:
-        platform = Platform(str(home), host, prefect_port, mlflow_port, work_pool)
+        platform = Platform(str(home), host, prefect_port, mlflow_port, work_pool, auth=auth)
         for port in (prefect_port, mlflow_port):
             if _healthy(f"http://{host}:{port}/"):
                 raise GraftlineError(f"port {port} on {host} is already in use by another program; choose another")
@@ -167,9 +186,14 @@ def _start_all(
     bin_dir = Path(sys.executable).parent
     base_env = environment.apply_defaults({**os.environ, "PREFECT_HOME": str(home / "prefect")})
     base_env.pop("PREFECT_API_URL", None)
+    made = access.credentials(home) if platform.auth else None
     platform.pids["prefect"] = _spawn(
         [str(bin_dir / "prefect"), "server", "start", "--host", platform.host, "--port", str(platform.prefect_port)],
-        {**base_env, "PREFECT_UI_API_URL": platform.prefect_api_url},  # the UI's browser side calls this
+        {
+            **base_env,
+            "PREFECT_UI_API_URL": platform.prefect_api_url,  # the UI's browser side calls this
+            **(access.prefect_server_env(made) if made else {}),
+        },
         logs / "prefect.log",
         home,
     )
@@ -189,15 +213,19 @@ def _start_all(
             str(platform.mlflow_port),
             "--workers",
             "1",
+            *(["--app-name", "basic-auth"] if made else []),
         ],
-        base_env,
+        {**base_env, **(access.mlflow_server_env(home, made) if made else {})},
         logs / "mlflow.log",
         home,
     )
     _wait(f"{platform.prefect_api_url}/health", timeout, "Prefect server", logs / "prefect.log")
     _wait(f"{platform.mlflow_url}/health", timeout, "MLflow server", logs / "mlflow.log")
+    if made:
+        access.provision(platform.mlflow_url, made)
+        access.write_service_env(home, made, platform.env())
 
-    client_env = {**base_env, **platform.env()}
+    client_env = {**base_env, **platform.client_env()}
     subprocess.run(
         [str(bin_dir / "prefect"), "work-pool", "create", platform.work_pool, "--type", "process", "--overwrite"],
         env=client_env,
@@ -234,7 +262,9 @@ def _deploy(platform: Platform) -> None:
         args += ["--cron", platform.retrain_cron]
     if platform.params_file:
         args += ["--params", platform.params_file]
-    done = subprocess.run(args, env={**os.environ, **platform.env()}, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        args, env={**os.environ, **platform.client_env()}, capture_output=True, text=True, timeout=300
+    )
     if done.returncode != 0:
         raise GraftlineError(f"registering the deployments failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
 

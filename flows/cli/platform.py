@@ -30,10 +30,16 @@ def up(
         None, help=f"Schedule of the retrain deployment (default: {RETRAIN_CRON})."
     ),
     params: Path | None = typer.Option(None, help="YAML of the transfer/retrain deployments' default parameters."),
+    auth: bool = typer.Option(
+        False,
+        "--auth",
+        help="Servers behind passwords: MLflow's basic-auth app (users admin, graftline, reader; only graftline "
+        "moves aliases) and Prefect's auth string; credentials generated into HOME/auth, readable by you only.",
+    ),
     unauthenticated: bool = typer.Option(
         False,
         "--unauthenticated",
-        help="Allow a --host other than loopback although the servers have no authentication "
+        help="Allow a --host other than loopback without --auth "
         "(anyone who reaches the ports can change the registry).",
     ),
 ) -> None:
@@ -51,13 +57,20 @@ def up(
         retrain_cron,
         params,
         unauthenticated=unauthenticated,
+        auth=auth,
     )
     print(f"Prefect UI:  {platform.prefect_url}")
     print(f"MLflow UI:   {platform.mlflow_url}")
     print(f"deployments: transfer, retrain, promote, rollback on work pool {platform.work_pool!r}")
-    print("point graftline and other clients at them with:")
-    for key, value in platform.env().items():
-        print(f"  export {key}={value}")
+    if platform.auth:
+        folder = Path(platform.home) / "auth"
+        print(f"passwords:   {folder / 'credentials.json'} (users admin, graftline, reader; readable by you only)")
+        print("point graftline at them, as its service user, with:")
+        print(f"  source {folder / 'service.env'}")
+    else:
+        print("point graftline and other clients at them with:")
+        for key, value in platform.env().items():
+            print(f"  export {key}={value}")
     print(f"stop with:   graftline down --home {home}")
 
 
