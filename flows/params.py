@@ -36,6 +36,11 @@ class TransferParams(settings.Params):
                 f"adapt.method {self.adapt.method!r} needs unlabeled target texts: "
                 "data.target_sets (--target NAME=PATH)"
             )
+        if self.adapt.method != "none" and self.finetune.privacy.enabled:
+            raise ValueError(
+                f"adapt.method {self.adapt.method!r} trains on target texts outside the privacy accounting; "
+                "set adapt.method=none with finetune.privacy"
+            )
         if self.adapt.method != "none" and self.finetune.processes > 1:
             raise ValueError(f"adapt.method {self.adapt.method!r} trains in one process; set finetune.processes=1")
         return self

@@ -232,6 +232,7 @@ def finetune(splits: Splits, params: FinetuneParams, adapt: AdaptParams, context
         _log_training(result.training, monitor)
         mlflow.log_metrics(result.metrics())
         mlflow.set_tags({"device": result.training.device, "stopped_early": str(result.training.stopped_early)})
+        mlflow.set_tags(_privacy_tags(result.privacy))
         if result.self_training:
             mlflow.log_dict([asdict(r) for r in result.self_training.rounds], "self_training/rounds.json")
         info = log_classifier(result.model_dir, INPUT_EXAMPLE)
@@ -254,6 +255,15 @@ def finetune(splits: Splits, params: FinetuneParams, adapt: AdaptParams, context
             r.val_macro_f1,
             "kept" if r.kept else "discarded, rounds stop",
         )
+    if result.privacy:
+        logger.info(
+            "differential privacy: epsilon %.3g spent (budget %.3g) at delta %.3g, %d private steps, noise x%.3f",
+            result.privacy.epsilon,
+            result.privacy.target_epsilon,
+            result.privacy.delta,
+            result.privacy.steps,
+            result.privacy.noise_multiplier,
+        )
     return TrainedModel(
         contract.TEACHER,
         result.model_dir,
@@ -262,7 +272,14 @@ def finetune(splits: Splits, params: FinetuneParams, adapt: AdaptParams, context
         result.parameters,
         params.backbone,
         report=result.self_training.summary() if result.self_training else {},
+        privacy=_privacy_tags(result.privacy),
     )
+
+
+def _privacy_tags(spent) -> dict[str, str]:
+    if spent is None:
+        return {}
+    return {contract.PRIVACY_EPSILON: f"{spent.epsilon:.4g}", contract.PRIVACY_DELTA: f"{spent.delta:.4g}"}
 
 
 @task(name="evaluate", **STEP)
@@ -343,6 +360,10 @@ def distill(
     )
     if judged.gate_failure:
         logger.warning("student will not be registered: %s", judged.gate_failure)
+    privacy = {}
+    if contract.PRIVACY_EPSILON in teacher.privacy:
+        privacy = {contract.PRIVACY_NOTE: PRIVATE_TEACHER_NOTE}
+        logger.warning("student: %s", PRIVATE_TEACHER_NOTE)
     return TrainedModel(
         contract.STUDENT,
         result.model_dir,
@@ -353,7 +374,16 @@ def distill(
         evaluations=judged.evaluations,
         report=judged.report,
         gate_failure=judged.gate_failure,
+        privacy=privacy,
     )
+
+
+# The student learns the private teacher's outputs on the training texts themselves: nothing bounds
+# what it reveals of them. Distilling on public transfer data only would carry the teacher's bound over.
+PRIVATE_TEACHER_NOTE = (
+    "no differential-privacy guarantee: distilled from a private teacher on its training data, so it inherits "
+    "none of the teacher's bound on those rows"
+)
 
 
 @task(name="export", **STEP)

@@ -17,6 +17,9 @@ warm-up of the new MLM head; the head is dropped before saving. With `self-train
 pseudo-labels on the target texts (tasks/self_training.py). Epochs and rounds are chosen by the
 source validation split: target labels are never read.
 
+With `privacy.enabled` the training is DP-SGD within (epsilon, delta) instead (engine/private.py),
+and the result says what it spent.
+
 With `processes` > 1 the same function runs data-parallel in that many torchrun processes (one per
 GPU, or gloo CPU processes); with a checkpoint folder (`TrainingIO`) a killed run resumes where it
 stopped.
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from graftline.tasks.data import Splits, encode_labels
-from graftline.tasks.engine import backbones, distributed, mlm
+from graftline.tasks.engine import backbones, distributed, mlm, private
 from graftline.tasks.engine.checkpoints import Checkpoints
 from graftline.tasks.engine.training import TrainingIO, TrainResult, encode, resolve_device, seed_everything, train
 from graftline.tasks.errors import GraftlineError
@@ -45,6 +48,7 @@ class FinetuneResult:
     parameters: int
     trainable_parameters: int
     self_training: SelfTrainingResult | None = None  # the pseudo-label rounds, when adapting by self-training
+    privacy: private.PrivacySpent | None = None  # the DP budget spent, when trained privately
 
     @property
     def final_training(self) -> TrainResult:
@@ -60,6 +64,7 @@ class FinetuneResult:
             "parameters": self.parameters,
             "trainable_parameters": self.trainable_parameters,
             **(self.self_training.metrics() if self.self_training else {}),
+            **(self.privacy.metrics() if self.privacy else {}),
         }
 
 
@@ -94,6 +99,25 @@ def finetune(
     train_split = encode_split(tokenizer, splits.train, labels, model.max_length, io.cache_dir)
     val_split = encode_split(tokenizer, splits.validation, labels, model.max_length, io.cache_dir)
     config = params.train_config(model)
+    if params.privacy.enabled:
+        if adapt.method != "none":
+            raise GraftlineError(f"adapt.method {adapt.method!r} is not available with finetune.privacy")
+        dp = params.privacy
+        result, spent = private.train_private(
+            classifier,
+            train_split,
+            val_split,
+            config,
+            tokenizer.pad_token_id,
+            dp.epsilon,
+            dp.delta or 1 / len(train_split),
+            dp.max_grad_norm,
+            dp.logical_batch_size,
+            on_epoch=io.on_epoch,
+        )
+        save_model(classifier, tokenizer, out_dir)
+        parameters = backbones.count_parameters(classifier)
+        return FinetuneResult(out_dir, labels, result, parameters, trainable, privacy=spent)
     target = _encode_target(tokenizer, splits, adapt, model, io)
     objective = _target_mlm(classifier, tokenizer, target, adapt, model, config, io)
     result = train(

@@ -51,6 +51,7 @@ class TrainedModel:
     report: dict[str, float] = field(default_factory=dict)  # role-specific numbers (retention, speedup)
     gate_failure: str | None = None  # why it may not be registered; None: it may
     export_run_id: str | None = None  # the run holding its ONNX files, when it was exported
+    privacy: dict[str, str] = field(default_factory=dict)  # version tags: the DP budget spent, or why none
 
     def but(self, **changes) -> TrainedModel:
         """A copy with `changes`: the one way a later step adds to a model's record."""

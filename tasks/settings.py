@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 if TYPE_CHECKING:  # the engine imports torch; the settings stay light for the command line and the UI
     from graftline.tasks.engine.training import TrainConfig
@@ -269,6 +269,27 @@ class TrainingParams(Params):
         return TrainConfig(**own, seed=model.seed, device=model.device, precision=model.precision)
 
 
+class PrivacyParams(Params):
+    """Differentially private fine-tuning (DP-SGD through Opacus; docs: privacy)."""
+
+    enabled: bool = Field(
+        False, description="Fine-tune with DP-SGD: a bound on what the model reveals of any one training row."
+    )
+    epsilon: float = Field(
+        8.0, gt=0, le=100, description="Privacy budget the training may spend (smaller: more private, less accurate)."
+    )
+    delta: float | None = Field(
+        None, gt=0, lt=1, description="Probability the epsilon bound may fail; empty: 1 / training rows."
+    )
+    max_grad_norm: float = Field(1.0, gt=0, le=100, description="Each row's gradient is clipped to this norm.")
+    logical_batch_size: int = Field(
+        256,
+        ge=2,
+        le=65536,
+        description="Rows per private step on average (Poisson sampling); batch_size rows at a time are computed.",
+    )
+
+
 class FinetuneParams(TrainingParams):
     backbone: str = Field(
         "minilm-l6",
@@ -288,6 +309,27 @@ class FinetuneParams(TrainingParams):
     processes: int = Field(
         1, ge=1, le=64, description="Data-parallel processes (torchrun DDP): one per GPU, or CPU processes (gloo)."
     )
+    privacy: PrivacyParams = Field(
+        default_factory=lambda: PrivacyParams(), description="Differentially private fine-tuning (DP-SGD)."
+    )
+
+    @model_validator(mode="after")
+    def _private_training_is_plain(self) -> FinetuneParams:
+        if self.privacy.enabled:
+            unsupported = [
+                setting
+                for setting, used in (
+                    ("strategy lora", self.strategy == "lora"),
+                    ("processes > 1", self.processes > 1),
+                    ("compile", self.compile),
+                )
+                if used
+            ]
+            if unsupported:
+                raise ValueError(
+                    f"finetune.privacy trains one plain model in one process; not with {', '.join(unsupported)}"
+                )
+        return self
 
 
 class SelectParams(Params):
@@ -401,6 +443,12 @@ class GateParams(Params):
         '(e.g. [test, home] to hold it on another domain too; ["*"]: every evaluation set).',
     )
     require_validation: bool = Field(True, description="Refuse versions whose data validation did not pass.")
+    max_epsilon: float | None = Field(
+        None,
+        gt=0,
+        description="Refuse versions whose training spent more differential-privacy budget than this, and versions "
+        "trained without it (empty: no privacy gate).",
+    )
 
 
 class RegistryParams(Params):

@@ -15,6 +15,8 @@ them, "what does production run?" is one lookup of the production version's tags
     validation_success   whether data validation passed (true | false)
     test_accuracy, test_macro_f1   its scores when it was registered
     teacher_version      students: the teacher version they were distilled from
+    privacy_epsilon, privacy_delta   the differential-privacy budget spent by a privately fine-tuned teacher
+    privacy_note         a student of a private teacher: why it carries no guarantee of its own
     export_run_id        the run holding its ONNX exports, when it was exported
     prefect_flow_run_id, git_commit   what ran it
 
@@ -49,6 +51,9 @@ VALIDATION = "validation_success"
 TEST_ACCURACY = "test_accuracy"
 TEST_MACRO_F1 = "test_macro_f1"
 TEACHER_VERSION = "teacher_version"
+PRIVACY_EPSILON = "privacy_epsilon"
+PRIVACY_DELTA = "privacy_delta"
+PRIVACY_NOTE = "privacy_note"
 EXPORT_RUN = "export_run_id"
 FLOW_RUN = "prefect_flow_run_id"
 GIT_COMMIT = "git_commit"

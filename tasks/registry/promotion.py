@@ -32,6 +32,7 @@ from graftline.tasks.registry.contract import (
     BELOW,
     HISTORY_PREFIX,
     LOCK_SUFFIX,
+    PRIVACY_EPSILON,
     PROMOTABLE,
     ROLE,
     STUDENT,
@@ -115,7 +116,7 @@ def previous_holder(records: list[dict], alias: str) -> str | None:
 def check_gates(
     client, name: str, version: str, alias: str, eval_sets: dict, gates: GateParams
 ) -> tuple[list[Check], dict[str, dict[str, float]]]:
-    """The four gates of a promotion of `name` v`version` to `alias`, with every score they used."""
+    """The gates of a promotion of `name` v`version` to `alias`, with every score they used."""
     from graftline.tasks.errors import DataError
     from graftline.tasks.evaluate import retention, retention_gate
 
@@ -132,6 +133,8 @@ def check_gates(
                 else f"data validation {'failed' if state else 'not recorded'}",
             )
         )
+    if gates.max_epsilon is not None:
+        checks.append(privacy_check(tags, gates.max_epsilon))
     scores[f"v{version}"] = mine = _scores(client, name, version, eval_sets)
     low = [
         f"test {m} {mine[f'test_{m}']:.4f} < {floor}"
@@ -188,6 +191,15 @@ def check_gates(
             detail = f"keeps {min(kept.values()):.4f} of {teacher} v{teacher_version} (floor {gates.retention_floor})"
             checks.append(Check("retention", failure is None, failure or detail))
     return checks, scores
+
+
+def privacy_check(tags: dict[str, str], max_epsilon: float) -> Check:
+    """A version passes when its training spent at most `max_epsilon` of differential privacy."""
+    spent = tags.get(PRIVACY_EPSILON)
+    if spent is None:
+        return Check("privacy", False, f"trained without differential privacy (max epsilon {max_epsilon})")
+    passed = float(spent) <= max_epsilon
+    return Check("privacy", passed, f"epsilon {float(spent):.3g} {'<=' if passed else '>'} {max_epsilon}")
 
 
 def _scores(client, name: str, version: str, eval_sets: dict) -> dict[str, float]:

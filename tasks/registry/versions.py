@@ -42,6 +42,7 @@ def candidates(models: list[TrainedModel], model_name: str, tags: dict[str, str]
                 contract.MODALITY: contract.TEXT,
                 contract.TRAINING_RUN: m.run_id,
                 **({contract.EXPORT_RUN: m.export_run_id} if m.export_run_id else {}),
+                **m.privacy,
                 contract.TEST_ACCURACY: f"{m.evaluations['test'].accuracy:.4f}",
                 contract.TEST_MACRO_F1: f"{m.evaluations['test'].macro_f1:.4f}",
             },

@@ -1,0 +1,222 @@
+"""Differentially private fine-tuning: DP-SGD (Abadi et al., 2016) through Opacus.
+
+Each private step takes a Poisson sample of the training rows (each row is in it with probability
+q = 1 / ceil(rows / logical_batch_size)), clips every row's gradient to `max_grad_norm` (Opacus's
+ghost clipping: the per-row norms without materialising per-row gradients), adds Gaussian noise of
+standard deviation `noise_multiplier x max_grad_norm`, and takes one AdamW step. The noise
+multiplier is the smallest with which Opacus's PRV accountant keeps `epochs` epochs within
+(epsilon, delta); early stopping spends less, and the epsilon reported is the one actually spent. A
+sample is computed `batch_size` rows at a time (Opacus's BatchMemoryManager), so the logical batch
+can be far larger than what fits in memory; it must be large for DP-SGD to learn well.
+
+The word, position and token-type embeddings are frozen: per-row gradient norms of a
+vocabulary-sized embedding cost the most memory and time, and full private fine-tuning of
+BERT-family embeddings does not work in Opacus; pretrained embeddings also transfer well.
+
+What the guarantee covers: the training split. The validation split chooses the best epoch and is
+not protected; evaluation sets are not trained on. The noise comes from torch's seeded generator,
+not a cryptographic one (Opacus's `secure_mode` needs `torchcsprng`, which is not installed): fine
+for measuring what privacy costs, weaker than the bound for an adversary who can predict the
+generator. Not available with DP: several processes, adaptation to target texts, LoRA,
+`torch.compile`, resumable checkpoints (the accountant's history would have to be in them; a
+crashed private training starts again).
+
+A training loop of its own rather than the engine's: DP-SGD changes what a step is (Poisson
+sampled, clipped per row, noised), and none of the engine's speed-ups (length-grouped fixed batches,
+accumulation, kept embedding gradients) survives that.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from graftline.tasks.engine.training import (
+    EncodedSplit,
+    EpochRecord,
+    TrainConfig,
+    TrainResult,
+    _score,
+    collate,
+    model_inputs,
+    resolve_device,
+    seed_everything,
+)
+
+ACCOUNTANT = "prv"  # Opacus's tightest accountant (Gopi et al., 2021)
+
+
+@dataclass(frozen=True)
+class PrivacySpent:
+    epsilon: float  # spent over the steps taken
+    delta: float
+    target_epsilon: float
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    steps: int  # private (logical) steps taken
+
+    def metrics(self) -> dict[str, float]:
+        return {f"privacy_{k}": float(v) for k, v in vars(self).items()}
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Row numbers, each as a 1-tuple (Opacus's loader takes the shape of an empty batch from item 0)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[int]:
+        return (i,)
+
+
+def frozen_embeddings(model) -> None:
+    """Freeze the input embeddings (words, positions, token types) of a transformers classifier."""
+    for parameter in model.get_input_embeddings().parameters():
+        parameter.requires_grad = False
+    base = getattr(model, model.base_model_prefix, model)
+    for parameter in getattr(base, "embeddings", torch.nn.Module()).parameters():
+        parameter.requires_grad = False
+
+
+def train_private(
+    model,
+    train_split: EncodedSplit,
+    val_split: EncodedSplit,
+    config: TrainConfig,
+    pad_id: int,
+    epsilon: float,
+    delta: float,
+    max_grad_norm: float,
+    logical_batch_size: int,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> tuple[TrainResult, PrivacySpent]:
+    """DP-SGD on `train_split` within (epsilon, delta); on return `model` holds the weights of its best
+    validation epoch, without Opacus's hooks."""
+    from opacus import PrivacyEngine
+    from opacus.accountants.utils import get_noise_multiplier
+    from opacus.utils.batch_memory_manager import BatchMemoryManager
+    from transformers import get_linear_schedule_with_warmup
+
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    model.to(device)
+    frozen_embeddings(model)
+    rows = len(train_split)
+    loader = torch.utils.data.DataLoader(
+        _Rows(rows),
+        batch_size=min(logical_batch_size, rows),
+        collate_fn=lambda items: collate(train_split, np.array([i for (i,) in items], dtype=np.int64), pad_id),
+    )
+    sample_rate = 1 / len(loader)
+    with _quiet():
+        noise = get_noise_multiplier(
+            target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate, epochs=config.epochs,
+            accountant=ACCOUNTANT,
+        )  # fmt: skip
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    model.train()
+    with _quiet():
+        engine = PrivacyEngine(accountant=ACCOUNTANT)
+        hooks, optimizer, criterion, loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            criterion=torch.nn.CrossEntropyLoss(),
+            data_loader=loader,
+            noise_multiplier=noise,
+            max_grad_norm=max_grad_norm,
+            poisson_sampling=True,
+            grad_sample_mode="ghost",
+            wrap_model=False,
+            noise_generator=generator,
+        )
+    total = len(loader) * config.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
+    history, best, best_state, steps = [], (-1.0, 0), None, 0
+    try:
+        for epoch in range(1, config.epochs + 1):
+            started, losses, seen = time.perf_counter(), [], 0
+            model.train()
+            with (
+                BatchMemoryManager(
+                    data_loader=loader, max_physical_batch_size=config.batch_size, optimizer=optimizer
+                ) as physical,
+                _quiet(),
+            ):
+                for batch in physical:
+                    if not isinstance(batch, dict):  # an empty Poisson sample: Opacus hands empty tensors
+                        continue
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    loss = criterion(model(**model_inputs(batch)).logits.float(), batch["labels"])
+                    loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad()
+                    if not optimizer._is_last_step_skipped:  # the sample's last physical batch: one private step
+                        scheduler.step()
+                        steps += 1
+                    losses.append(float(loss.item()))
+                    seen += len(batch["labels"])
+            seconds = time.perf_counter() - started
+            accuracy, f1 = _score(model, val_split, config.eval_batch_size, pad_id, device, "fp32")
+            record = EpochRecord(
+                epoch=epoch,
+                train_loss=float(np.mean(losses)) if losses else math.nan,
+                val_accuracy=accuracy,
+                val_macro_f1=f1,
+                learning_rate=scheduler.get_last_lr()[0],
+                seconds=seconds,
+                examples_per_second=seen / seconds if seconds else 0.0,
+                tokens_per_second=0.0,
+                padding_share=0.0,
+            )
+            history.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
+            if f1 > best[0]:
+                best, best_state = (f1, epoch), copy.deepcopy(model.state_dict())
+            elif epoch - best[1] >= config.patience:
+                break
+    finally:
+        hooks.cleanup()
+    model.load_state_dict(best_state)
+    spent = PrivacySpent(
+        epsilon=_spent(engine, delta),
+        delta=delta,
+        target_epsilon=epsilon,
+        noise_multiplier=float(noise),
+        max_grad_norm=max_grad_norm,
+        sample_rate=sample_rate,
+        steps=steps,
+    )
+    result = TrainResult(history, best[1], best[0], str(device), len(history) < config.epochs)
+    return result, spent
+
+
+def _spent(engine, delta: float) -> float:
+    with _quiet():
+        return float(engine.get_epsilon(delta)) if engine.accountant.history else 0.0
+
+
+@contextmanager
+def _quiet():
+    """Without Opacus's warnings that say nothing to a graftline user: the generator is not
+    cryptographic (documented above), an RDP order hint, a hook notice for frozen inputs."""
+    with warnings.catch_warnings():
+        for message in ("Secure RNG turned off", "Optimal order is the largest alpha", "Full backward hook is firing"):
+            warnings.filterwarnings("ignore", message=message)
+        # PRV takes log(1 - q): at q = 1 (a logical batch of every row) numpy warns, the bound is right
+        warnings.filterwarnings("ignore", message="divide by zero encountered in log", category=RuntimeWarning)
+        yield
