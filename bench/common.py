@@ -35,3 +35,21 @@ def require_folders(*folders: Path) -> None:
     for folder in folders:
         if not folder.is_dir():
             sys.exit(f"{folder}: dataset folder not found (give the datasets folder with --data DIR or GRAFTLINE_DATA)")
+
+
+def sst2_splits(folder: Path, train_rows: int, validation_rows: int, seed: int):
+    """A seeded, stratified sample of SST-2's train file (deduplicated, without dev texts) split into
+    train and validation; the dev file is the test set."""
+    from graftline.tasks.data import Split, Splits, read_table, stratified_split
+    from graftline.tasks.selection import stratified_sample
+
+    pool = read_table(str(folder / "train.csv"), "text", "label").drop_duplicates("text")
+    test = read_table(str(folder / "dev.csv"), "text", "label")
+    pool = pool[~pool["text"].isin(test["text"])]
+    sample = stratified_sample(pool, train_rows + validation_rows, seed)
+    train, validation = stratified_split(sample, validation_rows / len(sample), seed, "sst2")
+    return Splits(
+        Split("train", train.reset_index(drop=True), "sst2"),
+        Split("validation", validation.reset_index(drop=True), "sst2"),
+        Split("test", test, "sst2"),
+    )

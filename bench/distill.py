@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import MEASURED_WITH, add_data_option, require_folders  # noqa: E402
+from common import MEASURED_WITH, add_data_option, require_folders, sst2_splits  # noqa: E402
 
 from graftline.tasks.environment import apply_defaults
 
@@ -32,13 +32,12 @@ apply_defaults(HF_HUB_OFFLINE="1")
 
 import pandas as pd  # noqa: E402
 
-from graftline.tasks.data import Split, Splits, read_table, stratified_split  # noqa: E402
+from graftline.tasks.data import Splits  # noqa: E402
 from graftline.tasks.distill import distill  # noqa: E402
 from graftline.tasks.engine import backbones  # noqa: E402
 from graftline.tasks.evaluate import evaluate_model  # noqa: E402
 from graftline.tasks.export import export_and_measure  # noqa: E402
 from graftline.tasks.finetune import finetune  # noqa: E402
-from graftline.tasks.selection import stratified_sample  # noqa: E402
 from graftline.tasks.settings import DistillParams, ExportParams, FinetuneParams, ModelParams  # noqa: E402
 
 SEED, MAX_LENGTH, VALIDATION_ROWS = 13, 64, 500
@@ -54,21 +53,8 @@ VARIANTS = {
 }
 
 
-def sst2_splits(folder: Path, train_rows: int) -> Splits:
-    pool = read_table(str(folder / "train.csv"), "text", "label").drop_duplicates("text")
-    test = read_table(str(folder / "dev.csv"), "text", "label")
-    pool = pool[~pool["text"].isin(test["text"])]
-    sample = stratified_sample(pool, train_rows + VALIDATION_ROWS, SEED)
-    train, validation = stratified_split(sample, VALIDATION_ROWS / len(sample), SEED, "sst2")
-    return Splits(
-        Split("train", train.reset_index(drop=True), "sst2"),
-        Split("validation", validation.reset_index(drop=True), "sst2"),
-        Split("test", test, "sst2"),
-    )
-
-
 def run(folder: Path, teacher_spec: str, variants: dict[str, tuple[str, float, int]], train_rows: int) -> dict:
-    splits = sst2_splits(folder, train_rows)
+    splits = sst2_splits(folder, train_rows, VALIDATION_ROWS, SEED)
     report = {
         "teacher": teacher_spec,
         "train_rows": len(splits.train.frame),

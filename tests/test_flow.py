@@ -25,6 +25,7 @@ from graftline.tasks.settings import (
     FinetuneParams,
     GateParams,
     ModelParams,
+    PrivacyParams,
     RegistryParams,
     RunParams,
     TrackingParams,
@@ -49,6 +50,7 @@ def run_flow(prefect_harness, mlflow_store, tiny_backbone, unique_name):
         retention_floor=0.0,
         adapt=None,
         copy_data=True,
+        privacy=None,
     ):
         # Random tiny models: the retention gate is off unless a test turns it on. Tests share one
         # graftline home, so step reuse is off unless a test is about it.
@@ -57,7 +59,13 @@ def run_flow(prefect_harness, mlflow_store, tiny_backbone, unique_name):
             data=data or DataParams(),
             validation=validation or ValidationParams(),
             model=ModelParams(max_length=32, seed=seed),
-            finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=epochs, patience=epochs, learning_rate=3e-3),
+            finetune=FinetuneParams(
+                backbone=str(tiny_backbone),
+                epochs=epochs,
+                patience=epochs,
+                learning_rate=3e-3,
+                privacy=privacy or PrivacyParams(),
+            ),
             adapt=adapt or AdaptParams(),
             distill=distill or DistillParams(student="teacher-layers:1", epochs=1, learning_rate=3e-3),
             export=ExportParams(enabled=export),  # ~5 s: only where a test looks at it
@@ -312,6 +320,35 @@ def test_referenced_evaluation_sets_keep_rows_out_of_the_store_and_promotions_re
     train.write_bytes(original)
     outcome = promote(staging)  # re-carved with the run's seed: the rows v1 was scored on
     assert outcome.moved and outcome.scores["v1"]["test_accuracy"] == float(version.tags["test_accuracy"])
+
+
+def test_a_private_teacher_carries_its_budget_to_the_registry_and_the_gate_reads_it(run_flow, unique_name):
+    from graftline.flows.operations import promote
+    from graftline.flows.params import PromoteParams
+
+    privacy = PrivacyParams(enabled=True, epsilon=4.0, logical_batch_size=32)
+    summary = run_flow(privacy=privacy, epochs=1)
+    client = MlflowClient()
+    teacher = client.get_model_version(unique_name, "1")
+    spent = float(teacher.tags["privacy_epsilon"])
+    assert 0 < spent <= 4.0 * 1.001 and float(teacher.tags["privacy_delta"]) > 0
+    assert summary.metrics["teacher"]["test_accuracy"] >= 0  # evaluated like any teacher
+    student = client.get_model_version(f"{unique_name}-student", "1")
+    assert "privacy_epsilon" not in student.tags and "no differential-privacy guarantee" in student.tags["privacy_note"]
+
+    def to_staging(name, max_epsilon):
+        gates = GateParams(max_epsilon=max_epsilon, retention_floor=0.0)
+        return promote(PromoteParams(model_name=name, to="staging", version="1", gates=gates, experiment=unique_name))
+
+    refused = to_staging(unique_name, spent / 2)
+    assert not refused.moved and f"epsilon {spent:.3g} > {spent / 2}" in _detail(refused, "privacy")
+    student_refused = to_staging(f"{unique_name}-student", 10.0)
+    assert not student_refused.moved and "without differential privacy" in _detail(student_refused, "privacy")
+    assert to_staging(unique_name, 10.0).moved
+
+
+def _detail(outcome, check: str) -> str:
+    return next(c.detail for c in outcome.checks if c.name == check)
 
 
 def test_an_identical_second_run_reuses_the_training_steps_and_says_so(run_flow, unique_name):
