@@ -52,6 +52,13 @@ def test_a_smaller_budget_means_more_noise(tiny_backbone, rows_64, tmp_path):
     assert tight.privacy.epsilon <= 1.0 * 1.001 < loose.privacy.epsilon <= 8.0 * 1.001
 
 
+def test_empty_poisson_samples_are_noise_only_steps(tiny_backbone, rows_64, tmp_path):
+    # two rows a step on average out of 64: about one sample in eight is empty
+    result = finetune(rows_64, private(tiny_backbone, logical_batch_size=2), short_texts(), tmp_path / "dp")
+    assert result.privacy.steps == 32 and result.privacy.sample_rate == 1 / 32  # every sample, empty or not
+    assert result.privacy.epsilon <= 8.0 * 1.001
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [

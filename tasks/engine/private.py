@@ -33,12 +33,13 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from graftline.tasks.engine import kernels
 from graftline.tasks.engine.training import (
     EncodedSplit,
     EpochRecord,
@@ -104,105 +105,129 @@ def train_private(
 ) -> tuple[TrainResult, PrivacySpent]:
     """DP-SGD on `train_split` within (epsilon, delta); on return `model` holds the weights of its best
     validation epoch, without Opacus's hooks."""
-    from opacus import PrivacyEngine
-    from opacus.accountants.utils import get_noise_multiplier
-    from opacus.utils.batch_memory_manager import BatchMemoryManager
-    from transformers import get_linear_schedule_with_warmup
-
     seed_everything(config.seed)
     device = resolve_device(config.device)
     model.to(device)
     frozen_embeddings(model)
-    rows = len(train_split)
-    loader = torch.utils.data.DataLoader(
-        _Rows(rows),
-        batch_size=min(logical_batch_size, rows),
-        collate_fn=lambda items: collate(train_split, np.array([i for (i,) in items], dtype=np.int64), pad_id),
-    )
-    sample_rate = 1 / len(loader)
-    with _quiet():
-        noise = get_noise_multiplier(
-            target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate, epochs=config.epochs,
-            accountant=ACCOUNTANT,
-        )  # fmt: skip
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    model.train()
-    with _quiet():
-        engine = PrivacyEngine(accountant=ACCOUNTANT)
-        hooks, optimizer, criterion, loader = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            criterion=torch.nn.CrossEntropyLoss(),
-            data_loader=loader,
-            noise_multiplier=noise,
-            max_grad_norm=max_grad_norm,
-            poisson_sampling=True,
-            grad_sample_mode="ghost",
-            wrap_model=False,
-            noise_generator=generator,
-        )
-    total = len(loader) * config.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
-    history, best, best_state, steps = [], (-1.0, 0), None, 0
+    loop = _PrivateLoop(model, train_split, config, pad_id, epsilon, delta, max_grad_norm, logical_batch_size, device)
+    history, best, best_state = [], (-1.0, 0), None
+    # On CPUs, SDPA attention with dropout falls back to a slow unfused path; the engine's dropout avoids it.
+    fast_dropout = device.type == "cpu" and config.fast_cpu_dropout
     try:
-        for epoch in range(1, config.epochs + 1):
-            started, losses, seen = time.perf_counter(), [], 0
-            model.train()
-            with (
-                BatchMemoryManager(
-                    data_loader=loader, max_physical_batch_size=config.batch_size, optimizer=optimizer
-                ) as physical,
-                _quiet(),
-            ):
-                for batch in physical:
-                    if not isinstance(batch, dict):  # an empty Poisson sample: Opacus hands empty tensors
-                        continue
-                    batch = {k: v.to(device) for k, v in batch.items()}
-                    loss = criterion(model(**model_inputs(batch)).logits.float(), batch["labels"])
-                    loss.backward()
-                    optimizer.step()
-                    optimizer.zero_grad()
-                    if not optimizer._is_last_step_skipped:  # the sample's last physical batch: one private step
-                        scheduler.step()
-                        steps += 1
+        with kernels.cpu_dropout(model) if fast_dropout else nullcontext():
+            for epoch in range(1, config.epochs + 1):
+                loss, seen, seconds = loop.epoch()
+                accuracy, f1 = _score(model, val_split, config.eval_batch_size, pad_id, device, "fp32")
+                record = EpochRecord(
+                    epoch=epoch,
+                    train_loss=loss,
+                    val_accuracy=accuracy,
+                    val_macro_f1=f1,
+                    learning_rate=loop.scheduler.get_last_lr()[0],
+                    seconds=seconds,
+                    examples_per_second=seen / seconds if seconds else 0.0,
+                    tokens_per_second=0.0,  # not counted: Poisson samples are computed as they come
+                    padding_share=0.0,
+                )
+                history.append(record)
+                if on_epoch is not None:
+                    on_epoch(record)
+                if f1 > best[0]:
+                    best, best_state = (f1, epoch), copy.deepcopy(model.state_dict())
+                elif epoch - best[1] >= config.patience:
+                    break
+    finally:
+        loop.hooks.cleanup()
+    model.load_state_dict(best_state)
+    result = TrainResult(history, best[1], best[0], str(device), len(history) < config.epochs)
+    return result, loop.spent()
+
+
+class _PrivateLoop:
+    """Opacus's pieces around one model: the Poisson-sampling loader, the clipping hooks and loss, the
+    noising optimizer (AdamW inside), the accountant; `epoch` runs one epoch of private steps."""
+
+    def __init__(self, model, split, config, pad_id, epsilon, delta, max_grad_norm, logical_batch_size, device):
+        from opacus import PrivacyEngine
+        from opacus.accountants.utils import get_noise_multiplier
+        from transformers import get_linear_schedule_with_warmup
+
+        self.model, self.config, self.device = model, config, device
+        self.epsilon, self.delta, self.max_grad_norm = epsilon, delta, max_grad_norm
+        loader = torch.utils.data.DataLoader(
+            _Rows(len(split)),
+            batch_size=min(logical_batch_size, len(split)),
+            collate_fn=lambda items: collate(split, np.array([i for (i,) in items], dtype=np.int64), pad_id),
+        )
+        self.sample_rate = 1 / len(loader)
+        with _quiet():
+            self.noise = get_noise_multiplier(
+                target_epsilon=epsilon,
+                target_delta=delta,
+                sample_rate=self.sample_rate,
+                epochs=config.epochs,
+                accountant=ACCOUNTANT,
+            )
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+        model.train()  # Opacus checks it
+        with _quiet():
+            self.engine = PrivacyEngine(accountant=ACCOUNTANT)
+            self.hooks, self.optimizer, self.criterion, self.loader = self.engine.make_private(
+                module=model,
+                optimizer=optimizer,
+                criterion=torch.nn.CrossEntropyLoss(),
+                data_loader=loader,
+                noise_multiplier=self.noise,
+                max_grad_norm=max_grad_norm,
+                poisson_sampling=True,
+                grad_sample_mode="ghost",
+                wrap_model=False,  # train the model itself; the hooks come off with hooks.cleanup()
+                noise_generator=torch.Generator(device=device).manual_seed(config.seed),
+            )
+        total = len(self.loader) * config.epochs
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(config.warmup_ratio * total), total)
+        self.steps = 0
+
+    def epoch(self) -> tuple[float, int, float]:
+        """One epoch of private steps: (mean loss, rows seen, seconds)."""
+        from opacus.utils.batch_memory_manager import BatchMemoryManager
+
+        started, losses, seen = time.perf_counter(), [], 0
+        self.model.train()
+        physical_size = self.config.batch_size
+        with (
+            BatchMemoryManager(data_loader=self.loader, max_physical_batch_size=physical_size, optimizer=self.optimizer)
+            as physical,
+            _quiet(),
+        ):  # fmt: skip
+            for batch in physical:
+                if isinstance(batch, dict) and len(batch["labels"]):
+                    batch = {k: v.to(self.device) for k, v in batch.items()}
+                    loss = self.criterion(self.model(**model_inputs(batch)).logits.float(), batch["labels"])
+                    loss.backward()  # ghost clipping's two passes
                     losses.append(float(loss.item()))
                     seen += len(batch["labels"])
-            seconds = time.perf_counter() - started
-            accuracy, f1 = _score(model, val_split, config.eval_batch_size, pad_id, device, "fp32")
-            record = EpochRecord(
-                epoch=epoch,
-                train_loss=float(np.mean(losses)) if losses else math.nan,
-                val_accuracy=accuracy,
-                val_macro_f1=f1,
-                learning_rate=scheduler.get_last_lr()[0],
-                seconds=seconds,
-                examples_per_second=seen / seconds if seconds else 0.0,
-                tokens_per_second=0.0,
-                padding_share=0.0,
-            )
-            history.append(record)
-            if on_epoch is not None:
-                on_epoch(record)
-            if f1 > best[0]:
-                best, best_state = (f1, epoch), copy.deepcopy(model.state_dict())
-            elif epoch - best[1] >= config.patience:
-                break
-    finally:
-        hooks.cleanup()
-    model.load_state_dict(best_state)
-    spent = PrivacySpent(
-        epsilon=_spent(engine, delta),
-        delta=delta,
-        target_epsilon=epsilon,
-        noise_multiplier=float(noise),
-        max_grad_norm=max_grad_norm,
-        sample_rate=sample_rate,
-        steps=steps,
-    )
-    result = TrainResult(history, best[1], best[0], str(device), len(history) < config.epochs)
-    return result, spent
+                else:  # an empty Poisson sample (Opacus hands empty tensors): still a step, of noise alone
+                    for parameter in self.optimizer.params:
+                        parameter.grad = torch.zeros_like(parameter)
+                self.optimizer.step()  # clips, and on a sample's last physical batch adds noise and steps
+                self.optimizer.zero_grad()
+                if not self.optimizer._is_last_step_skipped:
+                    self.scheduler.step()
+                    self.steps += 1
+        return (float(np.mean(losses)) if losses else math.nan), seen, time.perf_counter() - started
+
+    def spent(self) -> PrivacySpent:
+        return PrivacySpent(
+            epsilon=_spent(self.engine, self.delta),
+            delta=self.delta,
+            target_epsilon=self.epsilon,
+            noise_multiplier=float(self.noise),
+            max_grad_norm=self.max_grad_norm,
+            sample_rate=self.sample_rate,
+            steps=self.steps,
+        )
 
 
 def _spent(engine, delta: float) -> float:
