@@ -10,7 +10,7 @@ The private runs use the settings of the private fine-tuning literature rather t
 defaults: a large logical batch and a larger learning rate (DP-SGD's noise averages out over the
 batch; its few steps need bigger ones). Nothing is tuned on the dev file.
 
-    .venv/bin/python bench/private.py                                    # 4 000 rows, eps 1, 3, 8, inf: ~15 min on 2 cores
+    .venv/bin/python bench/private.py            # 4 000 rows, epsilon 1, 3, 8, inf: ~15 min on 2 cores
     .venv/bin/python bench/private.py --rows 60000 --epochs 3 --logical-batch 1024   # a GPU-sized run
 Results also go to bench/results/private.json.
 """
