@@ -43,6 +43,7 @@ def run(splits, epsilon: float, args, work: Path) -> dict:
     settings = dict(
         MEASURED_WITH,
         backbone=args.backbone,
+        strategy=args.strategy,
         epochs=args.epochs,
         batch_size=args.batch_size,
         patience=args.epochs,
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0, math.inf])
     parser.add_argument("--rows", type=int, default=4000, help="training rows sampled from SST-2's train file")
     parser.add_argument("--backbone", default="minilm-l6")
+    parser.add_argument("--strategy", default="full", choices=["full", "linear-probe"], help="what trains (every run)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32, help="rows computed at a time")
     parser.add_argument("--logical-batch", type=int, default=256, help="private runs: rows per private step")
@@ -99,7 +101,7 @@ def main() -> None:
             rows.append(run(splits, epsilon, args, Path(tmp)))
             print(f"epsilon {epsilon}: {rows[-1]}", flush=True)
     peer = next((r for r in rows if not math.isfinite(r["target_epsilon"])), None)
-    print(f"\nSST-2 dev accuracy against epsilon: {args.backbone}, {len(splits.train.frame)} training rows, "
+    print(f"\nSST-2 dev accuracy against epsilon: {args.backbone} ({args.strategy}), {len(splits.train.frame)} rows, "
           f"max length {args.max_length}, {args.epochs} epochs")  # fmt: skip
     print("| epsilon (target) | epsilon spent | delta | noise multiplier | private steps | dev accuracy | "
           "vs non-private | seconds | time vs non-private |")  # fmt: skip

@@ -77,3 +77,24 @@ class PromoteParams(settings.Params):
     text_column: str = Field("text", min_length=1, description="Text column of the eval_sets files.")
     label_column: str = Field("label", min_length=1, description="Label column of the eval_sets files.")
     experiment: str = Field("graftline", min_length=1, description="MLflow experiment of the promotion runs.")
+
+
+class PredictParams(settings.Params):
+    model: str = Field(
+        "graftline-demo-student@production",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*(@[A-Za-z0-9_-]+|/[0-9]+)?$",
+        description="Registered version to score with: MODEL@ALIAS, MODEL/VERSION, or MODEL (its production version).",
+    )
+    input_path: str = Field(
+        ..., min_length=1, description="Texts to score: CSV, JSONL or Parquet (path or fsspec URL)."
+    )
+    output_path: str = Field(
+        ..., min_length=1, description="Where the scored rows go (.csv, .jsonl or .parquet): every input column "
+        "plus predicted_label, score_<label> and model_version.",
+    )  # fmt: skip
+    text_column: str = Field("text", min_length=1, description="Text column of the input.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Texts scored per call.")
+    form: Literal["auto", "onnx-int8", "onnx", "torch"] = Field(
+        "auto", description="Which form of the version scores: auto is the fastest whose export passed parity."
+    )
+    experiment: str = Field("graftline", min_length=1, description="MLflow experiment of the prediction runs.")

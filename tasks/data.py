@@ -89,6 +89,11 @@ def read_table(source: str, text_column: str, label_column: str | None, fmt: str
     """Read one file into a frame with string columns `text` and `label` (`text` only when
     `label_column` is None: unlabeled data), plus `row`: the 1-based data row in the file, so a
     report can point at it. Every fault names the file and, where it can, the row or line."""
+    return table_of(read_frame(source, fmt), source, text_column, label_column)
+
+
+def read_frame(source: str, fmt: str = "auto") -> pd.DataFrame:
+    """Every column of one file, as written (CSV cells as strings); a fault names the file."""
     fmt = _format_of(source) if fmt == "auto" else fmt
     _require_exists(source)
     try:
@@ -106,6 +111,11 @@ def read_table(source: str, text_column: str, label_column: str | None, fmt: str
     repeated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
     if repeated:
         raise DataError(f"{source}: column name(s) {', '.join(map(repr, repeated))} appear more than once")
+    return frame
+
+
+def table_of(frame: pd.DataFrame, source: str, text_column: str, label_column: str | None) -> pd.DataFrame:
+    """`frame`'s text (and label) column as `read_table` returns them, checked."""
     columns = [text_column] + ([label_column] if label_column else [])
     missing = [c for c in columns if c not in frame.columns]
     if missing:

@@ -8,6 +8,7 @@
     graftline promote graftline-demo --to production
     graftline rollback graftline-demo --alias production
     graftline history graftline-demo
+    graftline predict graftline-demo-student@production --input new.csv --output scored.csv
     graftline up | down | deploy                  servers, worker and deployments
     graftline zoo list | install | verify         the backbone catalog
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import typer
 
-from graftline.flows.cli import lifecycle, platform, registry, zoo
+from graftline.flows.cli import lifecycle, platform, registry, serving, zoo
 
 app = typer.Typer(
     add_completion=False,
@@ -37,6 +38,7 @@ def _main() -> None:
 for module, names in (
     (lifecycle, ("run", "check", "resume")),
     (registry, ("promote", "rollback", "history")),
+    (serving, ("predict",)),
     (platform, ("up", "down", "deploy")),
 ):
     for name in names:

@@ -1,0 +1,219 @@
+"""Batch prediction with a registered version: `graftline predict MODEL[@ALIAS|/VERSION]`.
+
+A version is scored with the fastest of its forms that passed the export's parity check: the INT8
+ONNX file of its export run, else the fp32 ONNX file, else the registered torch model (a teacher,
+or a version that was never exported). The tokenizer, the labels and the text length it was
+trained at come from the registered version itself, so the file the export wrote is never trusted
+alone.
+
+The input is read like training data (CSV, JSONL or Parquet; a local path or fsspec URL); the output
+format follows the output's suffix. Every input column is kept, and three kinds are added:
+`predicted_label`, `score_<label>` (softmax probability per class) and `model_version`. The output
+is written to a temporary file beside it and renamed into place, so a failed run leaves nothing
+half-written.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from graftline.tasks import progress
+from graftline.tasks.data import FORMATS, read_frame, resolve_source, table_of
+from graftline.tasks.errors import GraftlineError
+from graftline.tasks.registry import contract
+
+FORMS = ("onnx-int8", "onnx", "torch")  # fastest first
+EXPORT_FILES = {"onnx-int8": "export/model.int8.onnx", "onnx": "export/model.onnx"}
+REFERENCE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*?)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))?$")
+
+
+class PredictionError(GraftlineError):
+    """A model reference or input that cannot be scored."""
+
+
+@dataclass(frozen=True)
+class ModelReference:
+    name: str
+    alias: str | None = None
+    version: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelReference:
+        """`name@alias`, `name/version`, or `name` (its production version)."""
+        match = REFERENCE.match(text.strip())
+        if not match:
+            raise PredictionError(f"{text!r}: expected MODEL, MODEL@ALIAS or MODEL/VERSION")
+        alias, version = match["alias"], match["version"]
+        return cls(match["name"], alias or (None if version else contract.PRODUCTION), version)
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.alias}" if self.alias else f"{self.name}/{self.version}"
+
+
+@dataclass
+class Scorer:
+    """A version ready to score texts: texts -> logits, with the labels in logit order."""
+
+    name: str
+    version: str
+    form: str  # one of FORMS
+    labels: list[str]
+    max_length: int
+    predict: object  # Callable[[list[str]], np.ndarray]
+
+
+@dataclass
+class Predictions:
+    rows: int
+    seconds: float
+    label_counts: dict[str, int]
+    confidences: np.ndarray = field(repr=False)  # the top probability of every row
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "rows": self.rows,
+            "rows_per_second": self.rows_per_second,
+            "seconds": self.seconds,
+            "mean_confidence": float(self.confidences.mean()) if self.rows else 0.0,
+            **{f"predicted_{label}": n for label, n in self.label_counts.items()},
+        }
+
+
+def resolve_version(client, reference: ModelReference) -> str:
+    """The version number `reference` names, or a one-line error saying what is missing."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(reference.name)
+    except MlflowException:
+        raise PredictionError(f"registered model {reference.name!r} not found") from None
+    try:
+        if reference.alias:
+            return str(client.get_model_version_by_alias(reference.name, reference.alias).version)
+        return str(client.get_model_version(reference.name, reference.version).version)
+    except MlflowException:
+        raise PredictionError(f"{reference}: no such version of {reference.name!r}") from None
+
+
+def load_scorer(client, reference: ModelReference, form: str = "auto") -> Scorer:
+    """The version `reference` names, in `form` (auto: the fastest that passed parity)."""
+    import mlflow
+
+    from graftline.tasks.engine import backbones
+    from graftline.tasks.export import onnx_predictor, torch_predictor
+
+    if form not in ("auto", *FORMS):
+        raise PredictionError(f"form {form!r}: expected auto or one of {', '.join(FORMS)}")
+    version = resolve_version(client, reference)
+    tags = client.get_model_version(reference.name, version).tags
+    max_length = contract.recorded_max_length(tags)
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{reference.name}/{version}"))
+    tokenizer = backbones.load_tokenizer(str(folder / "components" / "tokenizer"))
+    exports = _passed_exports(client, tags.get(contract.EXPORT_RUN))
+    wanted = [f for f in FORMS if f in exports or f == "torch"] if form == "auto" else [form]
+    chosen = wanted[0]
+    if chosen != "torch":
+        if chosen not in exports:
+            raise PredictionError(f"{reference.name} v{version} has no {chosen} export that passed its parity check")
+        onnx = mlflow.artifacts.download_artifacts(run_id=exports[chosen], artifact_path=EXPORT_FILES[chosen])
+        labels = _labels(folder / "model" / "config.json")
+        return Scorer(
+            reference.name, version, chosen, labels, max_length, onnx_predictor(Path(onnx), tokenizer, max_length)
+        )
+    model = backbones.load_classifier(str(folder / "model"))
+    model.eval()
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    return Scorer(reference.name, version, "torch", labels, max_length, torch_predictor(model, tokenizer, max_length))
+
+
+def _passed_exports(client, run_id: str | None) -> dict[str, str]:
+    """{form: export run id} for the forms the version's export run logged (only files that passed parity are)."""
+    if not run_id:
+        return {}
+    logged = {f.path for f in client.list_artifacts(run_id, "export")}
+    return {form: run_id for form, path in EXPORT_FILES.items() if path in logged}
+
+
+def _labels(config: Path) -> list[str]:
+    import json
+
+    id2label = json.loads(config.read_text())["id2label"]
+    return [id2label[str(i)] for i in range(len(id2label))]
+
+
+def output_format(output: Path) -> str:
+    """The format `output` is written in, checked before any work is done."""
+    fmt = FORMATS.get(output.suffix.lower())
+    if fmt is None:
+        raise PredictionError(f"{output}: unknown output format; use .csv, .jsonl or .parquet")
+    if not output.parent.is_dir():
+        raise PredictionError(f"{output.parent}: output folder not found")
+    return fmt
+
+
+def predict_frame(
+    scorer: Scorer, frame: pd.DataFrame, text_column: str, output: Path, batch_size: int = 32
+) -> Predictions:
+    """Score every row of `frame` (from `read_input`) and write them, with the predictions, to `output`."""
+    fmt = output_format(output)
+    if batch_size < 1:
+        raise PredictionError(f"batch size {batch_size}: must be at least 1")
+    texts = frame[text_column].fillna("").astype(str).tolist()
+    started, logits = time.perf_counter(), []
+    with progress.activity(f"predicting {len(texts):,} rows", total=-(-len(texts) // batch_size)) as shown:
+        for start in range(0, len(texts), batch_size):
+            logits.append(scorer.predict(texts[start : start + batch_size]))
+            shown.update(len(logits))
+    seconds = time.perf_counter() - started
+    probabilities = _softmax(np.concatenate(logits))
+    predicted = np.asarray(scorer.labels, dtype=object)[probabilities.argmax(-1)]
+    scored = frame.copy()
+    scored["predicted_label"] = predicted
+    for i, label in enumerate(scorer.labels):
+        scored[f"score_{label}"] = probabilities[:, i]
+    scored["model_version"] = f"{scorer.name}/{scorer.version}"
+    _write(scored, output, fmt)
+    counts = pd.Series(predicted).value_counts()
+    return Predictions(
+        rows=len(scored),
+        seconds=seconds,
+        label_counts={label: int(counts.get(label, 0)) for label in scorer.labels},
+        confidences=probabilities.max(-1),
+    )
+
+
+def read_input(source: str, text_column: str = "text") -> pd.DataFrame:
+    """Every column of the input as written, its text column checked and read as for training."""
+    path = resolve_source(source)
+    frame = read_frame(path)
+    frame[text_column] = table_of(frame, source, text_column, None)["text"].to_numpy()
+    return frame
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
+
+
+def _write(frame: pd.DataFrame, output: Path, fmt: str) -> None:
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        if fmt == "csv":
+            frame.to_csv(partial, index=False)
+        elif fmt == "jsonl":
+            frame.to_json(partial, orient="records", lines=True, force_ascii=False)
+        else:
+            frame.to_parquet(partial, index=False)
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)
