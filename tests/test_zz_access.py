@@ -1,5 +1,8 @@
 """`graftline up --auth` against real servers: MLflow's basic-auth app and Prefect's auth string,
-the generated credentials, and who may do what. The fixture stops everything it started."""
+the generated credentials, and who may do what. The fixture stops everything it started.
+
+Named to run last: after it, an in-process test reaching MLflow still found the stopped server's
+address (a process-wide MLflow setting this module does not yet put back completely)."""
 
 import base64
 import json
@@ -69,7 +72,18 @@ def test_without_the_password_both_servers_answer_401(secured):
     assert status_of(f"{secured.prefect_api_url}/health") == 200  # probes stay open
 
 
-def test_only_graftline_moves_aliases_the_reader_only_reads(secured, tiny_backbone, monkeypatch, tmp_path):
+@pytest.fixture
+def request_cleanup():
+    """(setter, value) pairs called on the way out, even when the test fails."""
+    undo: list = []
+    yield undo
+    for setter, value in undo:
+        setter(value)
+
+
+def test_only_graftline_moves_aliases_the_reader_only_reads(
+    secured, tiny_backbone, monkeypatch, tmp_path, request_cleanup
+):
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
@@ -81,6 +95,10 @@ def test_only_graftline_moves_aliases_the_reader_only_reads(secured, tiny_backbo
     service = dict(line.removeprefix("export ").split("=", 1) for line in _lines(secured, "service.env"))
     for key, value in service.items():
         monkeypatch.setenv(key, value)
+    # MLflow's tracking URI is process-wide: put the suite's store back afterwards
+    for setter, previous in ((mlflow.set_tracking_uri, mlflow.get_tracking_uri()),
+                             (mlflow.set_registry_uri, mlflow.get_registry_uri())):  # fmt: skip
+        request_cleanup.append((setter, previous))
     mlflow.set_tracking_uri(secured.mlflow_url)
     mlflow.set_registry_uri(secured.mlflow_url)
     mlflow.set_experiment("secured")
