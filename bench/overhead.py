@@ -36,6 +36,7 @@ apply_defaults(HF_HUB_OFFLINE="1", PREFECT_LOGGING_LEVEL="WARNING")
 def plain(params, work: Path) -> dict[str, float]:
     """The lifecycle's work without Prefect or MLflow, from the same parameter groups as the flow;
     seconds per step, named as the flow's steps."""
+    from graftline.tasks.calibration import plot_reliability
     from graftline.tasks.data import load_splits, read_texts
     from graftline.tasks.distill import distill, distillation_report
     from graftline.tasks.evaluate import evaluate_sets, plot_confusion, retention_gate
@@ -51,7 +52,8 @@ def plain(params, work: Path) -> dict[str, float]:
         seconds[step], clock = time.perf_counter() - clock, time.perf_counter()
 
     def evaluate(role: str, folder: Path, out: Path) -> dict:
-        evaluations = evaluate_sets(folder, splits, model)
+        evaluations, calibration = evaluate_sets(folder, splits, model)
+        plot_reliability(calibration, out / "reliability.png")
         for name, result in evaluations.items():
             plot_confusion(result, out / f"{name}_confusion.png", f"{role} on {name}: accuracy {result.accuracy:.3f}")
         return evaluations

@@ -6,6 +6,9 @@
               `candidate` only (`registry.promote_to: none`; set it to `staging` to move staging too)
     promote   manual: move staging or production behind the gates
     rollback  manual: return an alias to its previous holder
+    predict   manual: score a file with a registered version
+    monitor   hourly by default: check the rows `predict` scored since the last check for drift; on
+              harmful drift it starts `retrain` with them (flows/serving.py)
 
 Entrypoints are module paths (`graftline.flows.lifecycle.transfer`), so a worker runs the
 installed graftline, not a copy of a source folder: on a process pool the worker's own, on a
@@ -25,10 +28,11 @@ from graftline.tasks.errors import GraftlineError
 
 WORK_POOL = "graftline"
 RETRAIN_CRON = "0 2 * * *"  # 02:00 every night, in the server's time zone (UTC unless told)
+MONITOR_CRON = "30 * * * *"  # every hour: a check waits (no run) until min_rows new rows were scored
 
 
 def build(retrain_cron: str = RETRAIN_CRON, params_file: Path | None = None, job_variables: dict | None = None) -> list:
-    """The four RunnerDeployments. `params_file` (YAML, as deployments/transfer.params.yaml)
+    """The six RunnerDeployments. `params_file` (YAML, as deployments/transfer.params.yaml)
     gives transfer's and retrain's default parameters; every group is written out in full, so a
     run that overrides one field keeps the deployment's other values (see lifecycle.transfer).
     `job_variables` fill the work pool's base job template (a Kubernetes pool: `image`, ...)."""
@@ -36,7 +40,8 @@ def build(retrain_cron: str = RETRAIN_CRON, params_file: Path | None = None, job
 
     from graftline.flows.lifecycle import transfer
     from graftline.flows.operations import promote, rollback
-    from graftline.flows.params import PromoteParams, TransferParams
+    from graftline.flows.params import MonitorParams, PromoteParams, TransferParams
+    from graftline.flows.serving import monitor, predict
 
     defaults = _transfer_defaults(params_file)
     retrain_defaults = {**defaults, "registry": {**defaults["registry"], "promote_to": "none"}}
@@ -57,6 +62,14 @@ def build(retrain_cron: str = RETRAIN_CRON, params_file: Path | None = None, job
             **common,
         ),
         rollback.to_deployment(name="rollback", description="Return an alias to its previous holder.", **common),
+        predict.to_deployment(name="predict", description="Score a file with a registered version.", **common),
+        monitor.to_deployment(
+            name="monitor",
+            cron=MONITOR_CRON,
+            parameters={"params": MonitorParams().model_dump(mode="json")},
+            description="Check the rows predict scored for drift; on harmful drift, start retraining.",
+            **common,
+        ),
     ]
 
 

@@ -159,7 +159,8 @@ def _lifecycle(params: TransferParams) -> LifecycleSummary:
         finetune = params.finetune.model_copy(update={"backbone": backbone})
         teacher = call(steps.finetune, splits, finetune, params.adapt, context, retried=True)
         teacher = reuse.materialize(teacher, context.work_dir / "teacher")
-        teacher = teacher.but(evaluations=call(steps.evaluate, teacher, splits, context))
+        evaluations, calibration = call(steps.evaluate, teacher, splits, context)
+        teacher = teacher.but(evaluations=evaluations, calibration=calibration)
         if splits.targets:
             teacher = teacher.but(report={**teacher.report, **call(steps.domain_gap, teacher, splits, context)})
         models: list[TrainedModel] = [teacher]
@@ -171,7 +172,7 @@ def _lifecycle(params: TransferParams) -> LifecycleSummary:
         exported = None
         if params.export.enabled and admitted:
             exported = steps.export(admitted[-1], teacher, splits, params.export, context)
-            admitted[-1] = admitted[-1].but(export_run_id=exported.run_id)
+            admitted[-1] = admitted[-1].but(export_run_id=exported.run_id, servable_uri=exported.servable_uri)
         version_tags = {
             **run_tags,
             contract.DATA_DIGEST: splits.digest,

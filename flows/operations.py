@@ -9,7 +9,6 @@ retraining is not a flow of its own: it is a second deployment of `transfer` (fl
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger
@@ -72,7 +71,6 @@ def rollback(
 
 def _eval_sets(client, params: PromoteParams, version: str | None) -> dict:
     """The evaluation sets a promotion re-evaluates on: given files, or the version's own."""
-    import mlflow
 
     from graftline.tasks.data import Split, read_table, resolve_source
     from graftline.tasks.registry.promotion import PromotionError
@@ -92,5 +90,4 @@ def _eval_sets(client, params: PromoteParams, version: str | None) -> dict:
         return {}  # no such model or version: promotion.promote says which
     if not run_id:
         raise PromotionError(f"{params.model_name} v{version} has no ingest_run_id tag; pass eval_sets")
-    folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=contract.EVALUATION_SETS))
-    return evaluation_sets.load(folder, run_id)
+    return evaluation_sets.of_version(client, params.model_name, version)

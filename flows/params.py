@@ -98,3 +98,37 @@ class PredictParams(settings.Params):
         "auto", description="Which form of the version scores: auto is the fastest whose export passed parity."
     )
     experiment: str = Field("graftline", min_length=1, description="MLflow experiment of the prediction runs.")
+
+
+class MonitorParams(settings.Params):
+    """A drift check of a registered version on new texts, and what happens when it finds harmful drift."""
+
+    model: str = Field(
+        "graftline-demo-student@production",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*(@[A-Za-z0-9_-]+|/[0-9]+)?$",
+        description="Registered version to check: MODEL@ALIAS, MODEL/VERSION, or MODEL (its production version).",
+    )
+    input_path: str | None = Field(
+        None,
+        min_length=1,
+        description="New texts (CSV, JSONL or Parquet; path or fsspec URL); empty: every row `predict` scored with "
+        "this model since its last check.",
+    )
+    text_column: str = Field("text", min_length=1, description="Text column of the input.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="False-alarm rate of the verdict, shared by the four detectors.")
+    max_accuracy_drop: float = Field(
+        0.05, ge=0, le=1, description="Drift whose estimated accuracy falls this far below the reference's is harmful."
+    )
+    accuracy_estimate: Literal["atc", "confidence"] = Field(
+        "atc", description="Label-free accuracy estimate: ATC (thresholded confidence) or mean calibrated confidence."
+    )
+    min_rows: int = Field(50, ge=10, description="Fewest new texts a check runs on (fewer: too little power).")
+    reference_rows: int = Field(1000, ge=50, description="Most held-out rows of the version used as the reference.")
+    permutations: int = Field(300, ge=50, le=10000, description="Permutations of the MMD test.")
+    retrain: bool = Field(True, description="On harmful drift, start the retrain deployment with the new texts.")
+    retrain_deployment: str = Field("transfer/retrain", min_length=3, description="FLOW/DEPLOYMENT to start.")
+    adapt_method: Literal["mlm", "self-training", "mlm+self-training"] = Field(
+        "self-training",
+        description="Adaptation the retraining uses on the new texts when its deployment has none.",
+    )
+    experiment: str = Field("graftline", min_length=1, description="MLflow experiment of the monitor runs.")

@@ -1,9 +1,18 @@
-"""The `predict` flow: score a file with a registered version and track it as a prediction run.
+"""Serving flows: `predict` scores a file with a registered version; `monitor` checks new texts for drift.
 
-`graftline predict` runs the same flow from the command line. The prediction run (MLflow, run name
-`predict`) holds the version it used (tags `graftline.model`, `graftline.model_version`,
-`graftline.form`), the row count, throughput, predicted-label counts and mean confidence as metrics,
-and a histogram of the confidences; the scored rows themselves go to the output file only.
+`graftline predict` and `graftline monitor` run the same flows from the command line.
+
+The prediction run (MLflow, run name `predict`) holds the version it used (tags `graftline.model`,
+`graftline.model_version`, `graftline.form`), where it wrote (parameter `output_path`), the row
+count, throughput, predicted-label counts and mean confidence as metrics, and a histogram of the
+confidences; the scored rows themselves go to the output file only.
+
+The monitor run (run name `monitor`) holds every detector's statistic and p-value, the reference
+and estimated accuracy, the verdict (tag `graftline.verdict`) and the drift report (HTML and PNG).
+Each check is also a history record on the registered model. On harmful drift (and `retrain`), the
+retrain deployment starts with the new texts as a target set of its adaptation step (and, when
+they carry labels, as an evaluation set); its gates decide what gets promoted. The new texts are
+written for it under `<GRAFTLINE_HOME>/monitor/windows/`, never into the tracking store.
 """
 
 from __future__ import annotations
@@ -12,8 +21,12 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from graftline.flows.params import PredictParams
+from graftline.flows.identity import triggered_by as who
+from graftline.flows.params import MonitorParams, PredictParams
+from graftline.tasks.monitor import HARMFUL
 from graftline.tasks.registry import tracking
+
+WAITING = "waiting for new rows"
 
 
 @flow(name="predict", log_prints=True, persist_result=False)
@@ -38,7 +51,15 @@ def predict(params: PredictParams) -> dict:
                 "graftline.form": scorer.form,
             }
         )
-        mlflow.log_params({"model": str(reference), "input_path": params.input_path, "batch_size": params.batch_size})
+        mlflow.log_params(
+            {
+                "model": str(reference),
+                "input_path": params.input_path,
+                "output_path": str(output),
+                "text_column": params.text_column,
+                "batch_size": params.batch_size,
+            }
+        )
         predictions = predict_frame(scorer, frame, params.text_column, output, params.batch_size)
         metrics = predictions.metrics()
         mlflow.log_metrics(metrics)
@@ -70,3 +91,136 @@ def _confidence_histogram(confidences):
     figure.tight_layout()
     plt.close(figure)
     return figure
+
+
+@flow(name="monitor", log_prints=True, persist_result=False)
+def monitor(params: MonitorParams) -> dict:
+    """Check new texts against `params.model`'s own held-out data; on harmful drift, start retraining."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from graftline.tasks.monitor import MonitorError, Thresholds, check, plot_report, write_html
+    from graftline.tasks.predict import ModelReference, read_input
+    from graftline.tasks.registry.promotion import append_record
+
+    reference = ModelReference.parse(params.model)
+    window = read_input(params.input_path, params.text_column) if params.input_path else None  # fails early
+    tracking.configure(params.experiment)
+    client = MlflowClient()
+    if window is None:
+        window = _scored_since_last_check(client, params.experiment, reference.name)
+        if len(window) < params.min_rows:  # a scheduled check waits for more: these rows stay "since the last check"
+            get_run_logger().info(
+                "%d new rows scored since the last check: waiting for %d", len(window), params.min_rows
+            )
+            return {"verdict": WAITING, "window_rows": len(window), "run_id": None, "retrain_flow_run_id": None}
+    if len(window) < params.min_rows:
+        raise MonitorError(f"{len(window)} new texts: a check needs at least {params.min_rows} (min_rows)")
+    texts = window[params.text_column if params.input_path else "text"].fillna("").astype(str).tolist()
+    thresholds = Thresholds(params.alpha, params.max_accuracy_drop, params.accuracy_estimate, params.permutations)
+    checked = check(client, params.model, texts, thresholds, params.reference_rows)
+    report, version = checked.report, checked.version
+    title = f"{version.name} v{version.version}: {report.verdict}"
+    with mlflow.start_run(run_name="monitor", tags={"graftline.flow": "monitor"}) as run:
+        mlflow.set_tags(
+            {
+                "graftline.model": version.name,
+                "graftline.model_version": version.version,
+                "graftline.verdict": report.verdict,
+            }
+        )
+        mlflow.log_params({"model": str(reference), "input_path": params.input_path or "predictions since last check"})
+        mlflow.log_params({k: v for k, v in vars(thresholds).items()})
+        mlflow.log_metrics(report.metrics())
+        folder = tracking.home() / "monitor" / "reports" / run.info.run_id
+        picture = plot_report(report, checked.reference, checked.window, folder / "drift.png", title)
+        mlflow.log_artifact(str(picture), "drift")
+        mlflow.log_artifact(str(write_html(report, picture, folder / "drift.html", title)), "drift")
+    logger = get_run_logger()
+    logger.info("%s: %s", title, report.summary())
+    retrain_run = None
+    if report.verdict == HARMFUL and params.retrain:
+        retrain_run = _start_retraining(params, window, version)
+        logger.warning("harmful drift: retraining started (flow run %s)", retrain_run)
+    append_record(
+        client,
+        version.name,
+        {
+            "action": "monitor",
+            "version": version.version,
+            "verdict": report.verdict,
+            "detail": report.summary(),
+            "run_id": run.info.run_id,
+            "retrain_flow_run_id": retrain_run,
+            "triggered_by": who(),
+        },
+    )
+    return {
+        **report.metrics(),
+        "verdict": report.verdict,
+        "run_id": run.info.run_id,
+        "retrain_flow_run_id": retrain_run,
+    }
+
+
+def _scored_since_last_check(client, experiment: str, model_name: str):
+    """Every row `predict` scored with `model_name` since the last monitor run of it (column `text`)."""
+    import mlflow
+    import pandas as pd
+
+    from graftline.tasks.predict import read_input
+
+    model = f"tags.`graftline.model` = '{model_name}'"
+    last = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=f"tags.`graftline.flow` = 'monitor' and {model}",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    since = last[0].info.start_time if last else 0
+    runs = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=f"tags.`graftline.flow` = 'predict' and {model} and attributes.start_time > {since}",
+        output_format="list",
+    )
+    frames = []
+    for run in runs:
+        output, column = run.data.params.get("output_path"), run.data.params.get("text_column", "text")
+        if output and Path(output).is_file():
+            frames.append(read_input(output, column)[[column]].rename(columns={column: "text"}))
+        elif output:
+            get_run_logger().warning("prediction run %s: its output %s is gone; skipped", run.info.run_id, output)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"text": []})
+
+
+def _start_retraining(params: MonitorParams, window, version) -> str:
+    """Start `params.retrain_deployment` with the window as a target set (and an evaluation set when it has
+    labels); the deployment's other parameters stay as they are. Returns the new flow run's id."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    with get_client(sync_client=True) as client:
+        base = client.read_deployment_by_name(params.retrain_deployment).parameters
+    data, adapt = dict(base.get("data") or {}), dict(base.get("adapt") or {})
+    text_column, label_column = data.get("text_column", "text"), data.get("label_column", "label")
+    source_text = params.text_column if params.input_path else "text"
+    name = f"drift_{time.strftime('%Y%m%d_%H%M%S')}"
+    path = tracking.home() / "monitor" / "windows" / f"{version.name}-v{version.version}-{name}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = {source_text: text_column}
+    labeled = params.input_path is not None and label_column in window.columns
+    if labeled:
+        columns[label_column] = label_column
+    window[list(columns)].rename(columns=columns).to_parquet(path, index=False)
+    data["target_sets"] = {**(data.get("target_sets") or {}), name: str(path)}
+    if labeled:
+        data["eval_sets"] = {**(data.get("eval_sets") or {}), name: str(path)}
+    if adapt.get("method", "none") == "none":
+        adapt["method"] = params.adapt_method
+    run = run_deployment(
+        params.retrain_deployment, parameters={"data": data, "adapt": adapt}, timeout=0, tags=["graftline", "drift"]
+    )
+    return str(run.id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -20,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from graftline.flows import reuse
 from graftline.flows.progress import TrainingMonitor
 from graftline.tasks import pii
+from graftline.tasks.calibration import Calibration, plot_reliability
 from graftline.tasks.data import Splits, load_splits, read_texts
 from graftline.tasks.engine import backbones
 from graftline.tasks.engine.training import TrainingIO
@@ -283,11 +285,12 @@ def _privacy_tags(spent) -> dict[str, str]:
 
 
 @task(name="evaluate", **STEP)
-def evaluate(model: TrainedModel, splits: Splits, context: StepContext) -> dict[str, Evaluation]:
+def evaluate(model: TrainedModel, splits: Splits, context: StepContext) -> tuple[dict[str, Evaluation], Calibration]:
+    """`model` scored on every evaluation set, and its temperature fitted on the validation split."""
     with tracking.step_run("evaluate", context.parent_run_id):
-        evaluations = evaluate_sets(model.model_dir, splits, context.model)
-        _log_evaluations(model.role, evaluations, context.folder("evaluate"))
-    return evaluations
+        evaluations, calibration = evaluate_sets(model.model_dir, splits, context.model)
+        _log_evaluations(model.role, evaluations, calibration, context.folder("evaluate"))
+    return evaluations, calibration
 
 
 @task(name="domain_gap", **STEP)
@@ -340,7 +343,7 @@ def distill(
         judged = judge_student(
             result.model_dir, teacher.model_dir, teacher.evaluations, splits, context.model, *retention
         )
-        _log_evaluations(contract.STUDENT, judged.evaluations, context.folder("distill"))
+        _log_evaluations(contract.STUDENT, judged.evaluations, judged.calibration, context.folder("distill"))
         mlflow.log_metrics(
             {
                 **judged.report,
@@ -372,6 +375,7 @@ def distill(
         result.student_parameters,
         teacher.backbone,
         evaluations=judged.evaluations,
+        calibration=judged.calibration,
         report=judged.report,
         gate_failure=judged.gate_failure,
         privacy=privacy,
@@ -410,6 +414,7 @@ def export(
                 mlflow.log_artifact(row.file, "export")
         failures = report.failures()
         mlflow.set_tag("graftline.export", "; ".join(failures) + " (not logged)" if failures else "parity passed")
+        servable = _log_servable(served, report, context)
     logger = get_run_logger()
     for row in report.rows:
         logger.info(
@@ -423,7 +428,22 @@ def export(
         )
     for failure in failures:
         logger.warning("export parity failed: %s; the file is not logged", failure)
-    return Exported(run.info.run_id, report.headline())
+    return Exported(run.info.run_id, report.headline(), servable)
+
+
+def _log_servable(served: TrainedModel, report, context: StepContext) -> str | None:
+    """The fastest ONNX file that passed parity (INT8 first) as an MLflow pyfunc; its URI, or None."""
+    from graftline.tasks.export import log_servable
+
+    rows = [report.row(f"{report.served}-onnx-int8"), report.row(f"{report.served}-onnx")]
+    chosen = next((r for r in rows if r and r.file and r.passed), None)
+    if chosen is None:
+        return None
+    labels = backbones.labels_of(backbones.load_classifier(str(served.model_dir)))
+    temperature = served.calibration.temperature if served.calibration else 1.0
+    folder = context.folder("servable")
+    info = log_servable(Path(chosen.file), served.model_dir, labels, context.model.max_length, temperature, folder)
+    return info.model_uri
 
 
 @task(name="register", **STEP)
@@ -474,9 +494,24 @@ def register(
     return registrations
 
 
-def _log_evaluations(role: str, evaluations: dict[str, Evaluation], folder) -> None:
-    """Every evaluation set's metrics, confusion matrix and report, and the cross-domain gaps."""
+def _log_evaluations(role: str, evaluations: dict[str, Evaluation], calibration: Calibration, folder) -> None:
+    """Every evaluation set's metrics, confusion matrix and report, the cross-domain gaps, and the
+    calibration: temperature, ECE before/after per set, reliability diagram."""
     import mlflow
+
+    mlflow.log_metrics(calibration.metrics())
+    picture = plot_reliability(
+        calibration, folder / "reliability.png", f"{role}: temperature {calibration.temperature:.2f}"
+    )
+    mlflow.log_artifact(str(picture), "evaluation")
+    get_run_logger().info(
+        "%s calibration: temperature %.3f; ECE %s",
+        role,
+        calibration.temperature,
+        ", ".join(
+            f"{n} {calibration.ece_before[n]:.3f} -> {calibration.ece_after[n]:.3f}" for n in calibration.ece_before
+        ),
+    )
 
     for name, result in evaluations.items():
         mlflow.log_metrics(result.metrics())

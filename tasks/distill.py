@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from graftline.tasks.calibration import Calibration
 from graftline.tasks.data import Splits, encode_labels
 from graftline.tasks.engine import backbones
 from graftline.tasks.engine.backbones import LAYER_PREFIX, student_layers  # noqa: F401  (the student syntax)
@@ -290,6 +291,7 @@ class Judgement:
     """A distilled student's scores, its comparison with the teacher, and the retention gate's verdict."""
 
     evaluations: dict[str, Evaluation]
+    calibration: Calibration
     report: dict[str, float]
     gate_failure: str | None  # None: it may be registered
 
@@ -307,11 +309,11 @@ def judge_student(
     sets: list[str],
 ) -> Judgement:
     """Score the student on every evaluation set, compare it with its teacher, and ask the retention gate."""
-    evaluations = evaluate_sets(student_dir, splits, model)
+    evaluations, calibration = evaluate_sets(student_dir, splits, model)
     report = distillation_report(
         teacher_dir, student_dir, teacher_scores, evaluations, splits.test.texts, model.max_length
     )
-    return Judgement(evaluations, report, retention_gate(report, floor, sets))
+    return Judgement(evaluations, calibration, report, retention_gate(report, floor, sets))
 
 
 def distillation_report(

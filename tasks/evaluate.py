@@ -1,4 +1,5 @@
-"""Evaluation: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix, throughput."""
+"""Evaluation: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix, throughput, and the
+temperature that calibrates the model's confidence (calibration.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from graftline.tasks.calibration import Calibration, calibrate
 from graftline.tasks.data import Split
 from graftline.tasks.engine.training import encode, predict_logits, resolve_device
 from graftline.tasks.registry.tracking import metric_safe
@@ -42,6 +44,11 @@ def evaluate_model(
     model, tokenizer, split: Split, max_length: int = 128, batch_size: int = 64, device: str = "auto"
 ) -> Evaluation:
     """Score a classifier on one labeled split; rows with labels the model lacks are an error."""
+    return _score(model, tokenizer, split, max_length, batch_size, device)[0]
+
+
+def _score(model, tokenizer, split: Split, max_length: int, batch_size: int, device: str):
+    """(Evaluation, logits, true class ids) of one labeled split."""
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
     from graftline.tasks.data import encode_labels
@@ -52,11 +59,12 @@ def evaluate_model(
     encoded = encode(tokenizer, split.texts, truth, max_length)
     model.to(resolve_device(device))
     started = time.perf_counter()
-    predictions = predict_logits(model, encoded, batch_size, tokenizer.pad_token_id).argmax(-1)
+    logits = predict_logits(model, encoded, batch_size, tokenizer.pad_token_id)
     seconds = time.perf_counter() - started
+    predictions = logits.argmax(-1)
     ids = list(range(len(labels)))
     precision, recall, f1, support = precision_recall_fscore_support(truth, predictions, labels=ids, zero_division=0)
-    return Evaluation(
+    evaluation = Evaluation(
         name=split.name,
         rows=len(truth),
         accuracy=float(accuracy_score(truth, predictions)),
@@ -74,17 +82,22 @@ def evaluate_model(
         labels=labels,
         examples_per_second=len(truth) / seconds if seconds > 0 else float("inf"),
     )
+    return evaluation, logits, truth
 
 
-def evaluate_sets(model_dir: Path, splits, model: ModelParams) -> dict[str, Evaluation]:
-    """The classifier in `model_dir` scored on every evaluation set (test first, then the other domains)."""
+def evaluate_sets(model_dir: Path, splits, model: ModelParams) -> tuple[dict[str, Evaluation], Calibration]:
+    """The classifier in `model_dir` scored on every evaluation set (test first, then the other domains),
+    and its temperature fitted on the validation split, with each set's calibration error before and after."""
     from graftline.tasks.engine.backbones import load_classifier, load_tokenizer
 
     classifier, tokenizer = load_classifier(str(model_dir)), load_tokenizer(str(model_dir))
-    return {
-        name: evaluate_model(classifier, tokenizer, split, model.max_length, device=model.device)
-        for name, split in splits.evaluation_sets().items()
+    scored = {
+        name: _score(classifier, tokenizer, split, model.max_length, 64, model.device)
+        for name, split in {"validation": splits.validation, **splits.evaluation_sets()}.items()
     }
+    validation = scored.pop("validation")
+    calibration = calibrate(validation[1:], {name: (logits, truth) for name, (_, logits, truth) in scored.items()})
+    return {name: evaluation for name, (evaluation, _, _) in scored.items()}, calibration
 
 
 def plot_confusion(evaluation: Evaluation, path: Path, title: str | None = None) -> Path:

@@ -295,3 +295,24 @@ def _quiet(*loggers: str):
     finally:
         for name, level in saved.items():
             logging.getLogger(None if name == "root" else name).setLevel(level)
+
+
+def log_servable(onnx: Path, tokenizer_dir: Path, labels: list[str], max_length: int, temperature: float, folder: Path):
+    """Log the servable pyfunc (servable.py: ONNX and tokenizer) as `servable` in the active run."""
+    import json
+    from importlib.metadata import version
+
+    import mlflow.pyfunc
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = folder / "servable.json"
+    settings.write_text(json.dumps({"labels": labels, "max_length": max_length, "temperature": temperature}))
+    packages = ["onnxruntime", "transformers", "tokenizers", "numpy", "pandas"]
+    return mlflow.pyfunc.log_model(
+        name="servable",
+        python_model=str(Path(__file__).with_name("servable.py")),
+        artifacts={"onnx": str(onnx), "tokenizer": str(tokenizer_dir), "settings": str(settings)},
+        pip_requirements=[f"{p}=={version(p).split('+')[0]}" for p in packages],
+        input_example=pd.DataFrame({"text": ["An example text to classify.", "Another one, a little longer."]}),
+    )

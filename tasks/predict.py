@@ -8,7 +8,8 @@ alone.
 
 The input is read like training data (CSV, JSONL or Parquet; a local path or fsspec URL); the output
 format follows the output's suffix. Every input column is kept, and three kinds are added:
-`predicted_label`, `score_<label>` (softmax probability per class) and `model_version`. The output
+`predicted_label`, `score_<label>` (calibrated probability per class: the softmax of the logits
+divided by the version's `temperature` tag) and `model_version`. The output
 is written to a temporary file beside it and renamed into place, so a failed run leaves nothing
 half-written.
 """
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from graftline.tasks import progress
+from graftline.tasks.calibration import softmax
 from graftline.tasks.data import FORMATS, read_frame, resolve_source, table_of
 from graftline.tasks.errors import GraftlineError
 from graftline.tasks.registry import contract
@@ -66,6 +68,18 @@ class Scorer:
     labels: list[str]
     max_length: int
     predict: object  # Callable[[list[str]], np.ndarray]
+    temperature: float = 1.0  # logits are divided by it: calibrated probabilities
+
+    def probabilities(self, texts: list[str], batch_size: int = 32, shown=None) -> np.ndarray:
+        """Calibrated class probabilities of `texts`, scored `batch_size` at a time."""
+        logits = []
+        for start in range(0, len(texts), batch_size):
+            logits.append(self.predict(texts[start : start + batch_size]))
+            if shown is not None:
+                shown.update(len(logits))
+        if not logits:
+            return np.zeros((0, len(self.labels)))
+        return softmax(np.concatenate(logits), self.temperature)
 
 
 @dataclass
@@ -105,21 +119,56 @@ def resolve_version(client, reference: ModelReference) -> str:
         raise PredictionError(f"{reference}: no such version of {reference.name!r}") from None
 
 
+@dataclass(frozen=True)
+class Version:
+    """A registered version, downloaded: its tags and its MLflow model folder."""
+
+    name: str
+    version: str
+    tags: dict[str, str]
+    folder: Path  # the transformers-flavor model: model/ (config, safetensors), components/tokenizer/
+
+    @property
+    def max_length(self) -> int:
+        return contract.recorded_max_length(self.tags)
+
+    @property
+    def temperature(self) -> float:
+        return contract.recorded_temperature(self.tags)
+
+    def tokenizer(self):
+        from graftline.tasks.engine import backbones
+
+        return backbones.load_saved_tokenizer(self.folder / "components" / "tokenizer")
+
+    def classifier(self):
+        from graftline.tasks.engine import backbones
+
+        return backbones.load_classifier(str(self.folder / "model")).eval()
+
+
+def fetch_version(client, reference: ModelReference) -> Version:
+    """The version `reference` names, downloaded (MLflow caches nothing: each call downloads)."""
+    import mlflow
+
+    version = resolve_version(client, reference)
+    tags = dict(client.get_model_version(reference.name, version).tags)
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{reference.name}/{version}"))
+    return Version(reference.name, version, tags, folder)
+
+
 def load_scorer(client, reference: ModelReference, form: str = "auto") -> Scorer:
     """The version `reference` names, in `form` (auto: the fastest that passed parity)."""
     import mlflow
 
-    from graftline.tasks.engine import backbones
     from graftline.tasks.export import onnx_predictor, torch_predictor
 
     if form not in ("auto", *FORMS):
         raise PredictionError(f"form {form!r}: expected auto or one of {', '.join(FORMS)}")
-    version = resolve_version(client, reference)
-    tags = client.get_model_version(reference.name, version).tags
-    max_length = contract.recorded_max_length(tags)
-    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{reference.name}/{version}"))
-    tokenizer = backbones.load_tokenizer(str(folder / "components" / "tokenizer"))
-    exports = _passed_exports(client, tags.get(contract.EXPORT_RUN))
+    fetched = fetch_version(client, reference)
+    version, folder, max_length, temperature = fetched.version, fetched.folder, fetched.max_length, fetched.temperature
+    tokenizer = fetched.tokenizer()
+    exports = _passed_exports(client, fetched.tags.get(contract.EXPORT_RUN))
     wanted = [f for f in FORMS if f in exports or f == "torch"] if form == "auto" else [form]
     chosen = wanted[0]
     if chosen != "torch":
@@ -127,13 +176,12 @@ def load_scorer(client, reference: ModelReference, form: str = "auto") -> Scorer
             raise PredictionError(f"{reference.name} v{version} has no {chosen} export that passed its parity check")
         onnx = mlflow.artifacts.download_artifacts(run_id=exports[chosen], artifact_path=EXPORT_FILES[chosen])
         labels = _labels(folder / "model" / "config.json")
-        return Scorer(
-            reference.name, version, chosen, labels, max_length, onnx_predictor(Path(onnx), tokenizer, max_length)
-        )
-    model = backbones.load_classifier(str(folder / "model"))
-    model.eval()
+        predict = onnx_predictor(Path(onnx), tokenizer, max_length)
+        return Scorer(reference.name, version, chosen, labels, max_length, predict, temperature)
+    model = fetched.classifier()
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    return Scorer(reference.name, version, "torch", labels, max_length, torch_predictor(model, tokenizer, max_length))
+    predict = torch_predictor(model, tokenizer, max_length)
+    return Scorer(reference.name, version, "torch", labels, max_length, predict, temperature)
 
 
 def _passed_exports(client, run_id: str | None) -> dict[str, str]:
@@ -169,13 +217,10 @@ def predict_frame(
     if batch_size < 1:
         raise PredictionError(f"batch size {batch_size}: must be at least 1")
     texts = frame[text_column].fillna("").astype(str).tolist()
-    started, logits = time.perf_counter(), []
+    started = time.perf_counter()
     with progress.activity(f"predicting {len(texts):,} rows", total=-(-len(texts) // batch_size)) as shown:
-        for start in range(0, len(texts), batch_size):
-            logits.append(scorer.predict(texts[start : start + batch_size]))
-            shown.update(len(logits))
+        probabilities = scorer.probabilities(texts, batch_size, shown)
     seconds = time.perf_counter() - started
-    probabilities = _softmax(np.concatenate(logits))
     predicted = np.asarray(scorer.labels, dtype=object)[probabilities.argmax(-1)]
     scored = frame.copy()
     scored["predicted_label"] = predicted
@@ -198,11 +243,6 @@ def read_input(source: str, text_column: str = "text") -> pd.DataFrame:
     frame = read_frame(path)
     frame[text_column] = table_of(frame, source, text_column, None)["text"].to_numpy()
     return frame
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(-1, keepdims=True))
-    return shifted / shifted.sum(-1, keepdims=True)
 
 
 def _write(frame: pd.DataFrame, output: Path, fmt: str) -> None:

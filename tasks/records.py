@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from graftline.tasks.calibration import Calibration
 from graftline.tasks.data import Splits
 from graftline.tasks.evaluate import Evaluation, headline_scores
 from graftline.tasks.settings import ModelParams
@@ -51,7 +52,9 @@ class TrainedModel:
     report: dict[str, float] = field(default_factory=dict)  # role-specific numbers (retention, speedup)
     gate_failure: str | None = None  # why it may not be registered; None: it may
     export_run_id: str | None = None  # the run holding its ONNX files, when it was exported
+    servable_uri: str | None = None  # its ONNX pyfunc, when an export passed parity
     privacy: dict[str, str] = field(default_factory=dict)  # version tags: the DP budget spent, or why none
+    calibration: Calibration | None = None  # its temperature, fitted when it was evaluated
 
     def but(self, **changes) -> TrainedModel:
         """A copy with `changes`: the one way a later step adds to a model's record."""
@@ -66,6 +69,7 @@ class TrainedModel:
 class Exported:
     run_id: str
     metrics: dict[str, float]  # the speed-ups and parity numbers the summary shows
+    servable_uri: str | None = None  # the ONNX pyfunc (servable.py), when an export passed parity
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,11 @@ def test_the_lifecycle_tracks_every_step_and_promotes_first_versions(run_flow, u
         evaluate
     )
     evaluation_files = {f.path for f in client.list_artifacts(children["evaluate"].info.run_id, "evaluation")}
-    assert "evaluation/test_confusion.png" in evaluation_files and "evaluation/home_confusion.png" in evaluation_files
+    assert {"evaluation/test_confusion.png", "evaluation/home_confusion.png", "evaluation/reliability.png"} <= set(
+        evaluation_files
+    )
+    # calibrated confidence: a temperature fitted on validation, ECE before/after per set, carried by the version
+    assert {"temperature", "test_ece", "test_ece_calibrated", "home_ece", "home_ece_calibrated"} <= set(evaluate)
     validation_files = {f.path for f in client.list_artifacts(children["validate"].info.run_id, "validation")}
     assert {"validation/gx_results.json", "validation/data_docs", "validation/failures.txt"} <= validation_files
     distill = children["distill"].data.metrics
@@ -134,6 +138,7 @@ def test_the_lifecycle_tracks_every_step_and_promotes_first_versions(run_flow, u
         assert version.tags["data_digest"] == summary.data_digest
         assert version.tags["prefect_flow_run_id"] and version.tags["git_commit"]
         assert version.tags["validation_success"] == "true"
+        assert float(version.tags["temperature"]) > 0
         ingest = client.get_run(version.tags["ingest_run_id"])
         assert {f.path for f in client.list_artifacts(ingest.info.run_id, "evaluation_sets")} == {
             "evaluation_sets/test.parquet",

@@ -9,6 +9,8 @@
     graftline rollback graftline-demo --alias production
     graftline history graftline-demo
     graftline predict graftline-demo-student@production --input new.csv --output scored.csv
+    graftline monitor graftline-demo-student@production --input new.csv   drift check (default: rows predict scored)
+    graftline serve graftline-demo-student@production      MLflow's scoring server on the ONNX form
     graftline up | down | deploy                  servers, worker and deployments
     graftline zoo list | install | verify         the backbone catalog
 
@@ -38,7 +40,7 @@ def _main() -> None:
 for module, names in (
     (lifecycle, ("run", "check", "resume")),
     (registry, ("promote", "rollback", "history")),
-    (serving, ("predict",)),
+    (serving, ("predict", "monitor", "serve")),
     (platform, ("up", "down", "deploy")),
 ):
     for name in names:

@@ -59,7 +59,7 @@ def rollback(
 
 @command
 def history(model_name: str = typer.Argument(..., help="Registered model.")) -> None:
-    """Every alias move of a model, oldest first, and what holds each stage now."""
+    """Every alias move and drift check of a model, oldest first, and what holds each stage now."""
     from mlflow.tracking import MlflowClient
 
     from graftline.tasks.registry import contract, promotion, tracking
@@ -88,6 +88,11 @@ def history(model_name: str = typer.Argument(..., help="Registered model.")) -> 
                 f"trained in run {facts[contract.TRAINING_RUN]}"
             )
     for r in records:
+        if r["action"] == "monitor":
+            print(f"  {r['time']}  monitor  v{r['version']}: {r['detail']}  (run {r['run_id']})")
+            if r.get("retrain_flow_run_id"):
+                print(f"      retraining started: flow run {r['retrain_flow_run_id']}")
+            continue
         print(
             f"  {r['time']}  {r['action']:8s} {r['alias']:10s} v{r['from_version'] or '-'} -> v{r['to_version']}  "
             f"by {r['triggered_by']}  (run {r['run_id']})"

@@ -1,4 +1,4 @@
-"""`graftline predict`: score a file with a registered version (the `predict` flow)."""
+"""`graftline predict` and `graftline monitor`: the serving flows from the command line."""
 
 from __future__ import annotations
 
@@ -37,3 +37,92 @@ def predict(
         f"{done['rows']:.0f} rows scored with v{done['version']} ({done['form']}) in {done['seconds']:.2f} s: "
         f"{done['rows_per_second']:.0f} rows/s -> {output_path}"
     )
+
+
+@command
+def monitor(
+    model: str = typer.Argument(..., help="MODEL@ALIAS, MODEL/VERSION, or MODEL (its production version)."),
+    input_path: str | None = typer.Option(
+        None, "--input", help="New texts (CSV, JSONL, Parquet); default: the rows predict scored since the last check."
+    ),
+    text_column: str = typer.Option("text", help="Text column of the input."),
+    alpha: float = typer.Option(0.05, help="False-alarm rate of the verdict, shared by the four detectors."),
+    max_accuracy_drop: float = typer.Option(0.05, help="Estimated accuracy drop that makes drift harmful."),
+    accuracy_estimate: str = typer.Option("atc", help="atc | confidence: the label-free accuracy estimate."),
+    min_rows: int = typer.Option(50, help="Fewest new texts a check runs on."),
+    retrain: bool = typer.Option(
+        False, "--retrain/--no-retrain", help="On harmful drift, start the retrain deployment (needs `graftline up`)."
+    ),
+    experiment: str = typer.Option("graftline", help="MLflow experiment of the monitor run."),
+) -> None:
+    """Check new texts for drift against the version's own held-out data; prints the verdict and every statistic."""
+    from graftline.flows.params import MonitorParams
+    from graftline.flows.serving import monitor as monitor_flow
+
+    params = MonitorParams(
+        model=model,
+        input_path=input_path,
+        text_column=text_column,
+        alpha=alpha,
+        max_accuracy_drop=max_accuracy_drop,
+        accuracy_estimate=accuracy_estimate,
+        min_rows=min_rows,
+        retrain=retrain,
+        experiment=experiment,
+    )
+    done = monitor_flow(params)
+    if done["run_id"] is None:
+        print(f"{done['verdict']}: {done['window_rows']} rows scored since the last check, {min_rows} needed")
+        return
+    print(f"{done['verdict']} ({done['window_rows']:.0f} new rows, {done['reference_rows']:.0f} reference rows)")
+    for name in ("bbsd_ks", "mmd", "classifier", "label_shift"):
+        print(f"  {name:12s} statistic {done[f'{name}_statistic']:.4f}  p-value {done[f'{name}_p_value']:.3g}")
+    print(
+        f"  accuracy: {done['reference_accuracy']:.3f} on the reference, estimated {done['estimated_accuracy']:.3f} "
+        f"on the new rows; report in MLflow run {done['run_id']}"
+    )
+    if done["retrain_flow_run_id"]:
+        print(f"  retraining started: flow run {done['retrain_flow_run_id']}")
+
+
+@command
+def serve(
+    model: str = typer.Argument(..., help="MODEL@ALIAS, MODEL/VERSION, or MODEL (its production version)."),
+    form: str = typer.Option("onnx", help="onnx: the version's servable ONNX pyfunc | torch: the registered model."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (this machine only by default)."),
+    port: int = typer.Option(5001, help="Port of the scoring server."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the mlflow command instead of running it."),
+) -> None:
+    """Serve a registered version with MLflow's scoring server (POST /invocations)."""
+    import os
+    import shutil
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from graftline.tasks.predict import ModelReference, PredictionError, resolve_version
+    from graftline.tasks.registry import contract, tracking
+
+    if form not in ("onnx", "torch"):
+        raise PredictionError(f"form {form!r}: expected onnx or torch")
+    reference = ModelReference.parse(model)
+    tracking.configure("graftline")
+    client = MlflowClient()
+    version = resolve_version(client, reference)
+    uri = f"models:/{reference.name}/{version}"
+    if form == "onnx":
+        uri = client.get_model_version(reference.name, version).tags.get(contract.SERVABLE)
+        if not uri:
+            raise PredictionError(f"{reference.name} v{version} has no servable ONNX export; use --form torch")
+    beside = Path(sys.executable).with_name("mlflow")  # the mlflow of this installation
+    executable = str(beside) if beside.is_file() else shutil.which("mlflow") or "mlflow"
+    argv = [executable, "models", "serve", "-m", uri, "--env-manager", "local", "-h", host, "-p", str(port)]
+    print(" ".join(argv), flush=True)
+    if not dry_run:
+        import mlflow
+
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()  # where models:/ and runs:/ resolve
+        os.environ["MLFLOW_REGISTRY_URI"] = mlflow.get_registry_uri()
+        # MLflow starts its server as `uvicorn` from PATH: this installation's, even when it is not activated
+        os.environ["PATH"] = f"{Path(executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        os.execv(executable, argv)  # the server replaces this process: its signals and exit status are the user's

@@ -132,6 +132,17 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
         raise BackboneError(f"backbone {spec!r}: cannot load its tokenizer ({_first_line(exc)})") from exc
 
 
+def load_saved_tokenizer(folder: Path):
+    """A tokenizer saved on its own, without a model config beside it (a logged MLflow model's
+    `components/tokenizer`): never fetched, never remote code."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"{folder}: cannot load the saved tokenizer ({_first_line(exc)})") from exc
+
+
 def load_classifier(spec: str, labels: list[str] | None = None, trust_remote_code: bool = False):
     """A sequence classifier on the backbone; a new head when `labels` is given, else the saved one."""
     import torch

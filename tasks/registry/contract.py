@@ -18,6 +18,8 @@ them, "what does production run?" is one lookup of the production version's tags
     privacy_epsilon, privacy_delta   the differential-privacy budget spent by a privately fine-tuned teacher
     privacy_note         a student of a private teacher: why it carries no guarantee of its own
     export_run_id        the run holding its ONNX exports, when it was exported
+    servable_model_uri   its ONNX pyfunc (export servable.py): `mlflow models serve -m <uri>` serves the fast form
+    temperature          divides its logits before the softmax: calibrated confidence (fitted on validation)
     prefect_flow_run_id, git_commit   what ran it
 
 History records are registered-model tags `graftline.history.NNNNN`; the promotion lock is a
@@ -55,6 +57,8 @@ PRIVACY_EPSILON = "privacy_epsilon"
 PRIVACY_DELTA = "privacy_delta"
 PRIVACY_NOTE = "privacy_note"
 EXPORT_RUN = "export_run_id"
+TEMPERATURE = "temperature"
+SERVABLE = "servable_model_uri"
 FLOW_RUN = "prefect_flow_run_id"
 GIT_COMMIT = "git_commit"
 
@@ -72,6 +76,11 @@ def registered_name(model_name: str, role: str) -> str:
 
 def teacher_name(student_name: str) -> str:
     return student_name.removesuffix(STUDENT_SUFFIX)
+
+
+def recorded_temperature(tags: dict[str, str]) -> float:
+    """What a version's logits are divided by for calibrated probabilities (1: never calibrated)."""
+    return float(tags.get(TEMPERATURE, 1.0))
 
 
 def recorded_max_length(tags: dict[str, str]) -> int:

@@ -84,3 +84,16 @@ def _read_referenced(reference: dict) -> dict[str, Split]:
                 "pass the evaluation sets to score on (eval_sets / --eval)"
             )
     return {name: found[name] for name in reference["sets"]}
+
+
+def of_version(client, name: str, version: str) -> dict[str, Split]:
+    """The evaluation sets registered version `name` v`version` was scored on (its ingest run's), `test` first."""
+    import mlflow
+
+    run_id = client.get_model_version(name, version).tags.get(contract.INGEST_RUN)
+    if not run_id:
+        raise EvaluationSetsError(
+            f"{name} v{version} has no {contract.INGEST_RUN} tag: its evaluation sets are not known"
+        )
+    folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=contract.EVALUATION_SETS))
+    return load(folder, run_id)

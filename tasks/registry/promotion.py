@@ -101,7 +101,7 @@ def previous_holder(records: list[dict], alias: str) -> str | None:
     """Who held `alias` before its latest promotion that has not been rolled back."""
     stack: list[str | None] = []
     for record in records:
-        if record["alias"] != alias:
+        if record.get("alias") != alias:  # monitor records move no alias
             continue
         if record["action"] == "promote":
             stack.append(record["from_version"])
@@ -361,10 +361,15 @@ def registry_lock(client, name: str, owner: str, wait: float = 60.0, stale_after
         _delete_quietly(client, lock)
 
 
+def append_record(client, name: str, record: dict) -> None:
+    """Add `record` (with the time) as the next history record of registered model `name`."""
+    number = len(history(client, name)) + 1
+    record = {"time": datetime.now(UTC).isoformat(timespec="seconds"), **record}
+    client.set_registered_model_tag(name, f"{HISTORY_PREFIX}{number:05d}", json.dumps(record))
+
+
 def _append_history(client, outcome: Outcome, triggered_by: str) -> None:
-    records = history(client, outcome.model)
     record = {
-        "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "action": outcome.action,
         "alias": outcome.alias,
         "from_version": outcome.previous,
@@ -374,7 +379,7 @@ def _append_history(client, outcome: Outcome, triggered_by: str) -> None:
         "gates": {c.name: c.detail for c in outcome.checks},
         "scores": {v: {k: round(x, 4) for k, x in s.items()} for v, s in outcome.scores.items()},
     }
-    client.set_registered_model_tag(outcome.model, f"{HISTORY_PREFIX}{len(records) + 1:05d}", json.dumps(record))
+    append_record(client, outcome.model, record)
 
 
 def _log_run(outcome: Outcome, triggered_by: str, experiment: str) -> str:

@@ -1,0 +1,78 @@
+"""The servable variant of an exported classifier: an MLflow pyfunc wrapping onnxruntime and the tokenizer.
+
+The registry serves a version's torch model (the transformers flavor). The export step also logs
+this model, `servable`, in its run: the fastest ONNX file that passed parity (INT8 before fp32),
+the tokenizer, the labels, the text length and the temperature, behind MLflow's pyfunc interface.
+The version's tag `servable_model_uri` points at it, so either form serves with MLflow's own server:
+
+    mlflow models serve -m models:/graftline-demo-student@production --env-manager local     # torch
+    mlflow models serve -m runs:/<export run>/servable --env-manager local                   # ONNX
+    graftline serve graftline-demo-student@production                                        # the ONNX one
+
+Input: a DataFrame with a `text` column (or one column of strings), or a list of strings. Output:
+one row per text with `label`, `score` (its calibrated probability) and `score_<label>` per class.
+
+This file is the model's code (MLflow "models from code"): the export step logs the file itself, so
+it imports nothing of graftline, and a serving machine needs only the model's pip requirements
+(onnxruntime, transformers, tokenizers, numpy, pandas). graftline never imports it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow.models
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+SETTINGS = "servable.json"
+
+
+class OnnxClassifier(mlflow.pyfunc.PythonModel):
+    """Tokenise, run the ONNX graph, divide the logits by the temperature, softmax."""
+
+    def load_context(self, context) -> None:
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        settings = json.loads(Path(context.artifacts["settings"]).read_text())
+        self.labels, self.max_length = settings["labels"], settings["max_length"]
+        self.temperature = settings["temperature"]
+        self.tokenizer = AutoTokenizer.from_pretrained(context.artifacts["tokenizer"])
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(context.artifacts["onnx"], options, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        texts = _texts(model_input)
+        batch_size = int((params or {}).get("batch_size", 32))
+        logits = [self._logits(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+        scaled = (np.concatenate(logits) if logits else np.zeros((0, len(self.labels)))) / self.temperature
+        probabilities = np.exp(scaled - scaled.max(-1, keepdims=True))
+        probabilities /= probabilities.sum(-1, keepdims=True)
+        out = pd.DataFrame({"label": np.asarray(self.labels, dtype=object)[probabilities.argmax(-1)]})
+        out["score"] = probabilities.max(-1)
+        for i, label in enumerate(self.labels):
+            out[f"score_{label}"] = probabilities[:, i]
+        return out
+
+    def _logits(self, texts: list[str]) -> np.ndarray:
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+        return self.session.run(["logits"], {k: batch[k].astype(np.int64) for k in self.inputs})[0]
+
+
+def _texts(model_input) -> list[str]:
+    if isinstance(model_input, pd.DataFrame):
+        column = "text" if "text" in model_input.columns else model_input.columns[0]
+        return model_input[column].fillna("").astype(str).tolist()
+    if isinstance(model_input, pd.Series | np.ndarray | list | tuple):
+        return [str(t) for t in model_input]
+    if isinstance(model_input, str):
+        return [model_input]
+    raise TypeError(f"expected a DataFrame with a text column or a list of texts, got {type(model_input).__name__}")
+
+
+mlflow.models.set_model(OnnxClassifier())  # this file is the logged model's code (MLflow "models from code")

@@ -1,0 +1,256 @@
+"""Serving a registered version: `predict`, MLflow's scoring server, and the drift monitor closing the loop.
+
+One lifecycle run (the tiny random BERT on the demo data, exported) registers the versions every
+test here uses; a real temporary Prefect API and a real sqlite MLflow store. The tiny model's
+numbers are not judged, only what is written, logged and decided.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from graftline.flows.cli.app import app
+from graftline.flows.params import MonitorParams, PredictParams
+from graftline.flows.serving import monitor, predict
+from graftline.tasks.data import resolve_source
+from graftline.tasks.errors import GraftlineError
+from graftline.tasks.registry.promotion import history
+
+DEMO = Path(resolve_source("demo:home")).parent
+
+
+@pytest.fixture(scope="module")
+def served(prefect_harness, mlflow_store, tiny_backbone):
+    """A registered teacher and exported student (both at `production`) of one demo lifecycle run."""
+    import uuid
+
+    from graftline.flows.lifecycle import transfer
+    from graftline.tasks.settings import (
+        DistillParams,
+        ExportParams,
+        FinetuneParams,
+        GateParams,
+        ModelParams,
+        RegistryParams,
+        RunParams,
+    )
+
+    name = f"serve-{uuid.uuid4().hex[:8]}"
+    transfer(
+        model=ModelParams(max_length=32, seed=13),
+        finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=3, patience=3, learning_rate=3e-3),
+        distill=DistillParams(student="teacher-layers:1", epochs=2, learning_rate=3e-3),
+        export=ExportParams(enabled=True),
+        registry=RegistryParams(model_name=name, experiment=name, gates=GateParams(retention_floor=0.0)),
+        run=RunParams(reuse_steps=False),
+    )
+    return name
+
+
+def _input(tmp_path: Path, suffix: str, rows: int = 40) -> Path:
+    frame = pd.read_csv(DEMO / "home.csv").head(rows).assign(ticket=lambda f: range(len(f)))
+    path = tmp_path / f"new{suffix}"
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_parquet(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_predict_scores_every_format_with_the_fastest_passing_export(served, tmp_path, suffix):
+    student = f"{served}-student@production"
+    source = _input(tmp_path, suffix)
+    output = tmp_path / f"scored{suffix}"
+    done = predict(PredictParams(model=student, input_path=str(source), output_path=str(output), batch_size=16))
+    assert done["form"] == "onnx-int8" and done["rows"] == 40
+    scored = {".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True), ".parquet": pd.read_parquet}[
+        suffix
+    ](output)
+    labels = ["billing", "defect", "delivery", "praise"]
+    assert list(scored.columns) == [
+        "text",
+        "label",
+        "ticket",
+        "predicted_label",
+        *[f"score_{label}" for label in labels],
+        "model_version",
+    ]
+    assert scored["ticket"].tolist() == list(range(40))  # every input column kept, in order
+    scores = scored[[f"score_{label}" for label in labels]].to_numpy()
+    assert abs(scores.sum(1) - 1).max() < 1e-5
+    assert (scored["predicted_label"] == [labels[i] for i in scores.argmax(1)]).all()
+    assert set(scored["model_version"]) == {f"{served}-student/1"}
+    run = MlflowClient().get_run(done["run_id"])
+    assert run.data.tags["graftline.form"] == "onnx-int8" and run.data.tags["graftline.model_version"] == "1"
+    assert run.data.metrics["rows"] == 40 and sum(run.data.metrics[f"predicted_{label}"] for label in labels) == 40
+    assert "predict/confidence.png" in {f.path for f in MlflowClient().list_artifacts(done["run_id"], "predict")}
+
+
+def test_the_calibrated_temperature_travels_with_the_version(served):
+    from graftline.tasks.predict import ModelReference, load_scorer
+
+    client = MlflowClient()
+    for name in (served, f"{served}-student"):
+        tagged = float(client.get_model_version(name, "1").tags["temperature"])
+        assert load_scorer(client, ModelReference.parse(f"{name}/1"), "torch").temperature == tagged
+
+
+@pytest.mark.parametrize(
+    ("model", "make", "message"),
+    [
+        (
+            "{name}@production",
+            lambda p: pd.DataFrame({"body": ["a"]}).to_csv(p, index=False),
+            r"missing column\(s\) 'text'",
+        ),
+        ("{name}@production", lambda p: p.write_text("text,label\n"), "the dataset is empty"),
+        ("nobody-{name}@production", None, "not found"),
+        ("{name}@nightly", None, "no such version"),
+        ("{name}/99", None, "no such version"),
+    ],
+)
+def test_predict_refuses_bad_input_with_one_line_and_writes_nothing(served, tmp_path, model, make, message):
+    source = tmp_path / "in.csv"
+    make(source) if make else _input(tmp_path, ".csv").rename(source)
+    output = tmp_path / "out.csv"
+    with pytest.raises(GraftlineError, match=message) as raised:
+        predict(PredictParams(model=model.format(name=served), input_path=str(source), output_path=str(output)))
+    assert "\n" not in str(raised.value)
+    assert list(tmp_path.iterdir()) == [source]  # no output, no partial file
+
+
+def test_the_command_line_exits_2_on_an_unknown_output_format(served, tmp_path):
+    source = _input(tmp_path, ".csv")
+    result = CliRunner().invoke(
+        app, ["predict", f"{served}@production", "--input", str(source), "--output", str(tmp_path / "out.xlsx")]
+    )
+    assert result.exit_code == 2 and "unknown output format" in result.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _invoke(port: int, texts: list[str], process, timeout: float = 120) -> list:
+    body = json.dumps({"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts]}}).encode()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.loads(response.read())["predictions"]
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"scoring server on port {port} did not answer: {process.stdout.read()}") from None
+            time.sleep(0.5)
+
+
+def test_mlflow_models_serve_serves_the_registered_version_and_its_onnx_servable(served, tmp_path):
+    """The scoring server MLflow ships, started as a user would (`mlflow models serve`), on both forms."""
+    import os
+
+    client = MlflowClient()
+    student = client.get_model_version_by_alias(f"{served}-student", "production")
+    servable = student.tags["servable_model_uri"]
+    texts = pd.read_csv(DEMO / "home.csv")["text"].head(12).tolist()
+    expected = pd.read_csv(_predicted(served, texts, tmp_path))["predicted_label"].tolist()
+    mlflow = str(Path(sys.executable).with_name("mlflow"))
+    # as in an activated environment: MLflow starts its server as `uvicorn` from PATH
+    env = {**os.environ, "PATH": f"{Path(mlflow).parent}{os.pathsep}{os.environ['PATH']}"}
+    servers = {}
+    try:
+        for form, uri in (("onnx", servable), ("torch", f"models:/{served}-student/{student.version}")):
+            port = _free_port()
+            command = [
+                mlflow,
+                "models",
+                "serve",
+                "-m",
+                uri,
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ]
+            servers[form] = (
+                port,
+                subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+            )
+        onnx = _invoke(servers["onnx"][0], texts, servers["onnx"][1])
+        torch = _invoke(servers["torch"][0], texts, servers["torch"][1])
+    finally:
+        for _, process in servers.values():
+            process.terminate()
+            process.wait(30)
+    assert [row["label"] for row in onnx] == expected  # the same INT8 file predict used, the same answers
+    assert all(abs(sum(v for k, v in row.items() if k.startswith("score_")) - 1) < 1e-5 for row in onnx)
+    assert len(torch) == len(texts) and {row["label"] for row in torch} <= {"billing", "defect", "delivery", "praise"}
+
+
+def _predicted(served: str, texts: list[str], folder: Path) -> Path:
+    source, output = folder / "serve-in.csv", folder / "serve-out.csv"
+    pd.DataFrame({"text": texts}).to_csv(source, index=False)
+    predict(PredictParams(model=f"{served}-student@production", input_path=str(source), output_path=str(output)))
+    return output
+
+
+def test_a_harmful_drift_starts_retraining_and_same_domain_data_does_not(served, tmp_path):
+    """End to end on the real servers: the retrain deployment is registered as `graftline up` does; a
+    window of another domain that costs accuracy is found harmful and starts a retrain run with that
+    window as its target and evaluation set; a window of the version's own held-out rows does not."""
+    from prefect.client.orchestration import get_client
+
+    from graftline.flows.deploy import build
+    from graftline.tasks.registry import evaluation_sets
+
+    retrain = next(d for d in build() if d.name == "retrain")
+    retrain.apply()
+    client = MlflowClient()
+    model = f"{served}-student@production"
+    own = evaluation_sets.of_version(client, f"{served}-student", "1")["test"].frame
+    same = tmp_path / "same.csv"
+    pd.concat([own] * 3, ignore_index=True)[["text"]].to_csv(same, index=False)  # the reference's own rows
+    checked = monitor(MonitorParams(model=model, input_path=str(same), max_accuracy_drop=0.0))
+    assert checked["verdict"] == "no drift" and checked["retrain_flow_run_id"] is None
+
+    # Another domain, and the part of it this random tiny model is least sure of: a shift that costs
+    # accuracy by construction (a trained model on a real new domain does that by itself: BENCHMARKS).
+    home = pd.read_csv(_predicted(served, pd.read_csv(DEMO / "home.csv")["text"].tolist(), tmp_path))
+    home["label"] = pd.read_csv(DEMO / "home.csv")["label"]
+    confidence = home.filter(like="score_").max(axis=1)
+    shifted = tmp_path / "shifted.csv"
+    home.loc[confidence.nsmallest(150).index, ["text", "label"]].to_csv(shifted, index=False)
+    checked = monitor(MonitorParams(model=model, input_path=str(shifted), max_accuracy_drop=0.0))
+    assert checked["verdict"] == "harmful drift", checked
+    assert checked["mmd_p_value"] < 0.05 / 4 or checked["classifier_p_value"] < 0.05 / 4
+    with get_client(sync_client=True) as prefect:
+        run = prefect.read_flow_run(checked["retrain_flow_run_id"])
+    data = run.parameters["data"]
+    [window] = [path for name, path in data["target_sets"].items() if name.startswith("drift_")]
+    assert data["eval_sets"][next(n for n in data["target_sets"] if n.startswith("drift_"))] == window
+    assert len(pd.read_parquet(window)) == 150 and run.parameters["adapt"]["method"] == "self-training"
+    records = [r for r in history(client, f"{served}-student") if r["action"] == "monitor"]
+    assert [r["verdict"] for r in records] == ["no drift", "harmful drift"]
+    assert records[-1]["retrain_flow_run_id"] == checked["retrain_flow_run_id"]
+    files = {f.path for f in client.list_artifacts(checked["run_id"], "drift")}
+    assert files == {"drift/drift.png", "drift/drift.html"}
