@@ -62,10 +62,10 @@ def train_domain(folder: Path, domain: str, args, work: Path):
         Split("test", test.reset_index(drop=True), domain),
     )
     out = work / domain
-    if not (out / "model" / "config.json").is_file():
+    if not (out / "config.json").is_file():
         settings = dict(MEASURED_WITH, backbone=args.backbone, epochs=args.epochs, batch_size=16, patience=args.epochs)
         finetune(splits, FinetuneParams(**settings), ModelParams(max_length=args.max_length, seed=SEED), out)
-    return out / "model", splits
+    return out, splits
 
 
 def profiled(model, tokenizer, frame, labels, max_length: int, temperature: float) -> tuple[Profile, np.ndarray]:

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from graftline.tasks import drift
+from graftline.tasks.calibration import softmax
 from graftline.tasks.engine.training import autocast, batches, encode, model_inputs, resolve_device
 
 CONFIDENT = 0.9  # top softmax probability of a "confident" prediction
@@ -48,10 +50,14 @@ class DomainGap:
 
 @dataclass(frozen=True)
 class Embedded:
-    """Mean-pooled last hidden states and, for a classifier, softmax probabilities."""
+    """Mean-pooled last hidden states and, for a classifier, its logits."""
 
     pooled: np.ndarray
-    probabilities: np.ndarray | None
+    logits: np.ndarray | None
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        return None if self.logits is None else softmax(self.logits)
 
 
 @torch.no_grad()
@@ -61,7 +67,7 @@ def embed(model, tokenizer, texts: list[str], max_length: int, batch_size: int =
     model.to(device).eval()
     split = encode(tokenizer, texts, [0] * len(texts), max_length)  # no labels: placeholders
     order = np.argsort(-split.lengths, kind="stable")
-    pooled, probabilities = [], []
+    pooled, logits = [], []
     classifier = model.base_model is not model  # a head on an encoder, not the bare encoder
     for batch in batches(split, batch_size, tokenizer.pad_token_id, order):
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -71,14 +77,14 @@ def embed(model, tokenizer, texts: list[str], max_length: int, batch_size: int =
         mask = batch["attention_mask"].unsqueeze(-1).float()
         pooled.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())
         if classifier:
-            probabilities.append(torch.softmax(out.logits.float(), -1).cpu())
+            logits.append(out.logits.float().cpu())
     pooled_all = np.empty((len(texts), pooled[0].shape[1]), dtype=np.float32)
     pooled_all[order] = torch.cat(pooled).numpy()
     if not classifier:
         return Embedded(pooled_all, None)
-    probs = np.empty((len(texts), probabilities[0].shape[1]), dtype=np.float32)
-    probs[order] = torch.cat(probabilities).numpy()
-    return Embedded(pooled_all, probs)
+    logits_all = np.empty((len(texts), logits[0].shape[1]), dtype=np.float32)
+    logits_all[order] = torch.cat(logits).numpy()
+    return Embedded(pooled_all, logits_all)
 
 
 def confident_share(probabilities: np.ndarray) -> float:
@@ -102,17 +108,8 @@ def proxy_a_distance(source: np.ndarray, target: np.ndarray, seed: int = 0) -> f
 
 
 def mmd(source: np.ndarray, target: np.ndarray) -> float:
-    """Unbiased squared MMD with an RBF kernel; bandwidth: median pairwise distance of the pooled sample."""
-    x, y = torch.from_numpy(source).double(), torch.from_numpy(target).double()
-    pooled = torch.cat([x, y])
-    distances = torch.cdist(pooled, pooled)
-    bandwidth = distances[distances > 0].median().clamp(min=1e-12)
-    kernel = torch.exp(-(distances**2) / (2 * bandwidth**2))
-    n, m = len(x), len(y)
-    kxx, kyy, kxy = kernel[:n, :n], kernel[n:, n:], kernel[:n, n:]
-    within_x = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-    within_y = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
-    return float(within_x + within_y - 2 * kxy.mean())
+    """Unbiased squared MMD with an RBF kernel (the drift monitor's statistic, drift.mmd2)."""
+    return drift.mmd2(source.astype(np.float64), target.astype(np.float64))
 
 
 def gap(name: str, source: Embedded, target: Embedded, labels: list[str] | None, seed: int) -> DomainGap:

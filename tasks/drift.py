@@ -162,6 +162,15 @@ def mmd_test(
     return Detection("mmd", observed, p_value, alpha)
 
 
+def mmd2(reference: np.ndarray, window: np.ndarray) -> float:
+    """The unbiased MMD^2 of `mmd_test` alone (no permutations): a distance, not a test."""
+    reference, window = _pair(reference, window, min_rows=2)
+    kernel = _rbf_kernel(np.concatenate([reference, window]))
+    np.fill_diagonal(kernel, 0.0)
+    mask = (np.arange(len(reference) + len(window)) < len(reference))[None, :].astype(np.float64)
+    return float(_mmd2_unbiased(kernel, mask, len(reference), len(window))[0])
+
+
 def classifier_test(
     reference: np.ndarray, window: np.ndarray, alpha: float = 0.05, folds: int = 5, seed: int = 0
 ) -> Detection:

@@ -124,33 +124,14 @@ class DriftReport:
         )
 
 
-def profile(model, tokenizer, texts: list[str], max_length: int, temperature: float, batch_size: int = 64) -> Profile:
-    """One forward pass over `texts` (longest first, to pad little): probabilities and embeddings."""
-    import torch
+def profile(model, tokenizer, texts: list[str], max_length: int, temperature: float) -> Profile:
+    """One forward pass over `texts` (domain_gap.embed): calibrated probabilities and embeddings."""
+    from graftline.tasks.domain_gap import embed
 
-    model.eval()
-    order = np.argsort([-len(t) for t in texts], kind="stable")
-    logits, pooled = [], []
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(
-                [texts[i] for i in order[start : start + batch_size]],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
-            inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-            out = model(**inputs, output_hidden_states=True)
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            pooled.append(((out.hidden_states[-1].float() * mask).sum(1) / mask.sum(1)).numpy())
-            logits.append(out.logits.float().numpy())
-    if not logits:
-        raise ValueError("no texts to profile")
-    probabilities, embeddings = np.empty((len(texts), logits[0].shape[1])), np.empty((len(texts), pooled[0].shape[1]))
-    probabilities[order] = softmax(np.concatenate(logits), temperature)
-    embeddings[order] = np.concatenate(pooled)
-    return Profile(probabilities, embeddings.astype(np.float32))
+    if not texts:
+        raise MonitorError("no texts to profile")
+    embedded = embed(model, tokenizer, texts, max_length)
+    return Profile(softmax(embedded.logits, temperature), embedded.pooled)
 
 
 def compare(reference: Reference, window: Profile, labels: list[str], thresholds: Thresholds) -> DriftReport:

@@ -183,7 +183,7 @@ def test_deploy_registers_the_deployments_on_a_new_kubernetes_pool(prefect_harne
         work_pool = client.read_work_pool(pool)
         deployments = [client.read_deployment(uuid.UUID(i)) for i in ids]
     assert work_pool.type == "kubernetes" and work_pool.base_job_template == json.loads(TEMPLATE.read_text())
-    assert sorted(d.name for d in deployments) == ["promote", "retrain", "rollback", "transfer"]
+    assert sorted(d.name for d in deployments) == ["monitor", "predict", "promote", "retrain", "rollback", "transfer"]
     for deployment in deployments:
         assert deployment.work_pool_name == pool
         assert deployment.job_variables == {"image": IMAGE, "mlflow_tracking_uri": "http://mlflow.mlops:5000"}

@@ -254,3 +254,16 @@ def test_a_harmful_drift_starts_retraining_and_same_domain_data_does_not(served,
     assert records[-1]["retrain_flow_run_id"] == checked["retrain_flow_run_id"]
     files = {f.path for f in client.list_artifacts(checked["run_id"], "drift")}
     assert files == {"drift/drift.png", "drift/drift.html"}
+
+
+def test_graftline_monitor_prints_the_verdict_and_refuses_a_missing_file_first(served, tmp_path):
+    runner = CliRunner()
+    missing = runner.invoke(app, ["monitor", f"{served}@production", "--input", str(tmp_path / "nothing.csv")])
+    assert missing.exit_code == 2 and "nothing.csv" in missing.output and len(missing.output.strip().splitlines()) == 1
+    window = tmp_path / "window.csv"
+    pd.read_csv(DEMO / "electronics.csv").head(120)[["text"]].to_csv(window, index=False)
+    checked = runner.invoke(app, ["monitor", f"{served}@production", "--input", str(window)])
+    assert checked.exit_code == 0, checked.output
+    lines = checked.output.strip().splitlines()
+    assert lines[0].split(" (")[0] in ("no drift", "drift", "harmful drift") and "120 new rows" in lines[0]
+    assert [line.split()[0] for line in lines[1:5]] == ["bbsd_ks", "mmd", "classifier", "label_shift"]

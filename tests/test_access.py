@@ -1,8 +1,9 @@
 """`graftline up --auth` against real servers: MLflow's basic-auth app and Prefect's auth string,
 the generated credentials, and who may do what. The fixture stops everything it started.
 
-Named to run last: after it, an in-process test reaching MLflow still found the stopped server's
-address (a process-wide MLflow setting this module does not yet put back completely)."""
+Nothing here changes this process's MLflow settings (tracking URI, active experiment): the service
+user's registration runs in its own process and the checks use clients bound to the secured server,
+so the tests after these still reach the suite's own store."""
 
 import base64
 import json
@@ -12,12 +13,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import short_texts, toy_frame
+from tests.conftest import toy_frame
 from tests.test_platform import free_port
 
 pytestmark = pytest.mark.slow
@@ -72,41 +72,54 @@ def test_without_the_password_both_servers_answer_401(secured):
     assert status_of(f"{secured.prefect_api_url}/health") == 200  # probes stay open
 
 
-@pytest.fixture
-def request_cleanup():
-    """(setter, value) pairs called on the way out, even when the test fails."""
-    undo: list = []
-    yield undo
-    for setter, value in undo:
-        setter(value)
+REGISTER_AS_SERVICE = """
+import sys
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from graftline.tasks.data import Split, Splits
+from graftline.tasks.finetune import finetune
+from graftline.tasks.registry.versions import Candidate, log_classifier, register_all
+from graftline.tasks.settings import FinetuneParams
+from tests.conftest import toy_frame
+
+backbone, work = sys.argv[1], Path(sys.argv[2])
+mlflow.set_experiment("secured")
+splits = Splits(*(Split(n, toy_frame(20, i), "toy") for i, n in enumerate(["train", "validation", "test"])))
+trained = finetune(splits, FinetuneParams(backbone=backbone, epochs=1), short_texts(), work / "m")
+with mlflow.start_run():
+    uri = log_classifier(trained.model_dir, ["hello"]).model_uri
+register_all(MlflowClient(), [Candidate("secured-demo", uri, {"validation_success": "true", "max_length": "32"})])
+"""
 
 
-def test_only_graftline_moves_aliases_the_reader_only_reads(
-    secured, tiny_backbone, monkeypatch, tmp_path, request_cleanup
-):
+def test_only_graftline_moves_aliases_the_reader_only_reads(secured, tiny_backbone, monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from graftline.tasks.data import Split, Splits
-    from graftline.tasks.finetune import finetune
-    from graftline.tasks.registry.versions import Candidate, log_classifier, register_all
-    from graftline.tasks.settings import FinetuneParams
-
     service = dict(line.removeprefix("export ").split("=", 1) for line in _lines(secured, "service.env"))
-    for key, value in service.items():
-        monkeypatch.setenv(key, value)
-    # MLflow's tracking URI is process-wide: put the suite's store back afterwards
-    for setter, previous in ((mlflow.set_tracking_uri, mlflow.get_tracking_uri()),
-                             (mlflow.set_registry_uri, mlflow.get_registry_uri())):  # fmt: skip
-        request_cleanup.append((setter, previous))
-    mlflow.set_tracking_uri(secured.mlflow_url)
-    mlflow.set_registry_uri(secured.mlflow_url)
-    mlflow.set_experiment("secured")
-    splits = Splits(*(Split(n, toy_frame(20, i), "toy") for i, n in enumerate(["train", "validation", "test"])))
-    trained = finetune(splits, FinetuneParams(backbone=str(tiny_backbone), epochs=1), short_texts(), tmp_path / "m")
-    with mlflow.start_run():
-        uri = log_classifier(trained.model_dir, ["hello"]).model_uri
-    register_all(MlflowClient(), [Candidate("secured-demo", uri, {"validation_success": "true", "max_length": "32"})])
+    # The service user registers a model in its own process: MLflow's tracking URI and active
+    # experiment are process-wide, and this process's belong to the rest of the suite.
+    env = {**os.environ, **service, "MLFLOW_TRACKING_URI": secured.mlflow_url}
+    env.pop("MLFLOW_REGISTRY_URI", None)
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", REGISTER_AS_SERVICE, str(tiny_backbone), str(tmp_path)],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(key, service[key])
+    client = MlflowClient(tracking_uri=secured.mlflow_url, registry_uri=secured.mlflow_url)
 
     # the promote deployment, run by the worker as graftline's service user
     toy_frame(10, 7).to_csv(tmp_path / "test.csv", index=False)
@@ -117,14 +130,14 @@ def test_only_graftline_moves_aliases_the_reader_only_reads(
     ):
         promoted = run_deployment("promote/promote", parameters={"params": params}, timeout=360)
     assert promoted.state.is_completed(), promoted.state.message
-    assert {a: str(v) for a, v in MlflowClient().get_registered_model("secured-demo").aliases.items()} == {
+    assert {a: str(v) for a, v in client.get_registered_model("secured-demo").aliases.items()} == {
         "candidate": "1",
         "staging": "1",
     }
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", passwords(secured)["reader_password"])
-    reader = MlflowClient()
+    reader = MlflowClient(tracking_uri=secured.mlflow_url, registry_uri=secured.mlflow_url)
     assert reader.get_model_version_by_alias("secured-demo", "staging").version == "1"  # may read
     for change in (
         lambda: reader.set_registered_model_alias("secured-demo", "production", "1"),
