@@ -39,7 +39,7 @@ from graftline.tasks.environment import apply_defaults
 apply_defaults(HF_HUB_OFFLINE="1")
 
 from graftline.tasks import drift  # noqa: E402
-from graftline.tasks.calibration import fit_temperature  # noqa: E402
+from graftline.tasks.calibration import expected_calibration_error, fit_temperature, softmax  # noqa: E402
 from graftline.tasks.data import Split, Splits, encode_labels, read_table, stratified_split  # noqa: E402
 from graftline.tasks.engine import backbones  # noqa: E402
 from graftline.tasks.monitor import DETECTORS, Profile, Reference, Thresholds, compare, profile  # noqa: E402
@@ -100,6 +100,7 @@ def main() -> None:
     flags: dict[tuple[str, str], dict[str, list[bool]]] = {}
     accuracy: dict[tuple[str, str], dict[str, float]] = {}
     timing = {}
+    ece: dict[tuple[str, str], tuple[float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="graftline-drift-") as tmp:
         work = args.work or Path(tmp)
         for source in DOMAINS:
@@ -119,7 +120,12 @@ def main() -> None:
             for target in DOMAINS:
                 file = "dev.csv" if target == source else "all.csv"
                 frame = read_table(str(folder / target / file), "text", "label")
-                pool, truth = profiled(model, tokenizer, frame, labels, args.max_length, temperature)
+                raw, truth = profiled(model, tokenizer, frame, labels, args.max_length, 1.0)
+                pool = Profile(softmax(np.log(raw.probabilities), temperature), raw.embeddings)
+                ece[source, target] = (
+                    expected_calibration_error(raw.probabilities, truth),
+                    expected_calibration_error(pool.probabilities, truth),
+                )
                 if target != source and len(frame) >= 2000 and source not in timing:
                     texts = frame["text"].fillna("").astype(str).tolist()[:2000]
                     started = time.perf_counter()
@@ -132,6 +138,7 @@ def main() -> None:
                     "true": float(correct.mean()),
                     "atc": drift.estimate_accuracy(pool.confidence, reference.atc_threshold),
                     "confidence": drift.estimate_accuracy(pool.confidence),
+                    "raw_confidence": drift.estimate_accuracy(raw.confidence),
                 }
                 votes: dict[str, list[bool]] = {name: [] for name in (*DETECTORS, "verdict")}
                 for _ in range(args.windows):
@@ -147,10 +154,10 @@ def main() -> None:
                     "flagged " + ", ".join(f"{n} {np.mean(v):.2f}" for n, v in votes.items()),
                     flush=True,
                 )
-    report(flags, accuracy, timing, args)
+    report(flags, accuracy, timing, ece, args)
 
 
-def report(flags, accuracy, timing, args) -> None:
+def report(flags, accuracy, timing, ece, args) -> None:
     names = (*DETECTORS, "verdict")
     same = [pair for pair in flags if pair[0] == pair[1]]
     cross = [pair for pair in flags if pair[0] != pair[1]]
@@ -168,19 +175,26 @@ def report(flags, accuracy, timing, args) -> None:
     for source in DOMAINS:
         print(f"| {source} | " + " | ".join(f"{np.mean(flags[source, t]['verdict']):.2f}" for t in DOMAINS) + " |")
     print("\nLabel-free accuracy estimate on each cross-domain pair (the target's 2 000 rows)")
-    print("| pair | true accuracy | ATC estimate | error | mean-confidence estimate | error |")
-    print("|---|---|---|---|---|---|")
-    errors = {"atc": [], "confidence": []}
+    print("| pair | true accuracy | ATC estimate | error | mean-confidence estimate | error | uncalibrated | error |")
+    print("|---|---|---|---|---|---|---|---|")
+    errors = {"atc": [], "confidence": [], "raw_confidence": []}
     for source, target in cross:
         a = accuracy[source, target]
         for method in errors:
             errors[method].append(a[method] - a["true"])
         print(
             f"| {source} -> {target} | {a['true']:.3f} | {a['atc']:.3f} | {a['atc'] - a['true']:+.3f} | "
-            f"{a['confidence']:.3f} | {a['confidence'] - a['true']:+.3f} |"
+            f"{a['confidence']:.3f} | {a['confidence'] - a['true']:+.3f} | "
+            f"{a['raw_confidence']:.3f} | {a['raw_confidence'] - a['true']:+.3f} |"
         )
     for method, e in errors.items():
         print(f"{method}: mean absolute error {np.mean(np.abs(e)):.4f}, mean error {np.mean(e):+.4f}")
+    print("\nExpected calibration error (15 bins) before and after temperature scaling, per (model, set)")
+    print("| trained on | set | ECE before | ECE after | lower? |")
+    print("|---|---|---|---|---|")
+    for (source, target), (before, after) in ece.items():
+        where = "dev (same domain)" if source == target else f"{target} (all)"
+        print(f"| {source} | {where} | {before:.4f} | {after:.4f} | {'yes' if after < before else 'no'} |")
     print("\nDecision time for 2 000 texts (profile + every test, cached reference): "
           + ", ".join(f"{s} {t:.1f} s" for s, t in timing.items()))  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -194,6 +208,7 @@ def report(flags, accuracy, timing, args) -> None:
                 },
                 "accuracy": {f"{s}->{t}": a for (s, t), a in accuracy.items()},
                 "decision_seconds_2000": timing,
+                "ece": {f"{s}->{t}": {"before": b, "after": a} for (s, t), (b, a) in ece.items()},
             },
             indent=1,
         )

@@ -2,7 +2,7 @@
 
     ingest -> validate (GX) -> select backbone (fixed, or `auto` by transferability score)
            -> fine-tune (adapted to data.target_sets by adapt.method) -> evaluate (-> domain gap)
-           -> distill (retention gate) -> export (ONNX, INT8, parity, latency)
+           (-> explain) -> distill (retention gate) (-> explain) -> export (ONNX, INT8, parity, latency)
            -> register (alias `candidate`) and promote (to `registry.promote_to`, behind the gates)
 
 Where each step lives (its Prefect task in flows/steps.py only tracks; the work is in tasks/, and
@@ -15,6 +15,7 @@ every default is in tasks/settings.py under the group named here):
     finetune  finetune, adapt, model  finetune.py                           engine/training.py, mlm.py, checkpoints.py
     evaluate  model                   evaluate.py                           engine/training.py
     gap       model (with targets)    domain_gap.py                         scikit-learn
+    explain   explain, model          explain.py                            captum
     distill   distill, model          distill.py, evaluate.py (retention)   engine/training.py
     export    export, model           export.py                             onnxruntime
     register  registry (gates)        registry/versions.py, promotion.py    registry/contract.py, tracking.py
@@ -46,6 +47,7 @@ from graftline.tasks.settings import (
     AdaptParams,
     DataParams,
     DistillParams,
+    ExplainParams,
     ExportParams,
     FinetuneParams,
     ModelParams,
@@ -81,6 +83,7 @@ def transfer(
     adapt: AdaptParams = AdaptParams(),
     distill: DistillParams = DistillParams(),
     export: ExportParams = ExportParams(),
+    explain: ExplainParams = ExplainParams(),
     registry: RegistryParams = RegistryParams(),
     tracking: TrackingParams = TrackingParams(),  # shadows the module here only: _lifecycle uses the module
     run: RunParams = RunParams(),
@@ -95,6 +98,7 @@ def transfer(
         adapt=adapt,
         distill=distill,
         export=export,
+        explain=explain,
         registry=registry,
         tracking=tracking,
         run=run,
@@ -164,10 +168,13 @@ def _lifecycle(params: TransferParams) -> LifecycleSummary:
         if splits.targets:
             teacher = teacher.but(report={**teacher.report, **call(steps.domain_gap, teacher, splits, context)})
         models: list[TrainedModel] = [teacher]
+        explained = steps.explain(teacher, splits, params.explain, None, context) if params.explain.enabled else None
         if distill.enabled:
             retention = (gates.retention_floor, gates.retention_sets)
             student = call(steps.distill, teacher, splits, distill, retention, context, retried=True)
             models.append(reuse.materialize(student, context.work_dir / "student"))
+            if explained is not None:
+                steps.explain(models[-1], splits, params.explain, explained, context)
         admitted = [m for m in models if m.gate_failure is None]
         exported = None
         if params.export.enabled and admitted:

@@ -60,7 +60,8 @@ def predict(params: PredictParams) -> dict:
                 "batch_size": params.batch_size,
             }
         )
-        predictions = predict_frame(scorer, frame, params.text_column, output, params.batch_size)
+        explainer = _explainer(reference, scorer) if params.explain else None
+        predictions = predict_frame(scorer, frame, params.text_column, output, params.batch_size, explainer)
         metrics = predictions.metrics()
         mlflow.log_metrics(metrics)
         mlflow.log_figure(_confidence_histogram(predictions.confidences), "predict/confidence.png")
@@ -76,6 +77,26 @@ def predict(params: PredictParams) -> dict:
         output,
     )
     return {**metrics, "version": scorer.version, "form": scorer.form, "run_id": run.info.run_id}
+
+
+def _explainer(reference, scorer):
+    """texts -> the words that pushed each towards its prediction (IG on the version's torch model)."""
+    from mlflow.tracking import MlflowClient
+
+    from graftline.tasks.explain import explain
+    from graftline.tasks.predict import ModelReference, fetch_version
+
+    version = fetch_version(MlflowClient(), ModelReference(reference.name, version=scorer.version))
+    model, tokenizer = version.classifier(), version.tokenizer()
+
+    def top_words(texts: list[str]) -> list[list[str]]:
+        explained = {}
+        present = [t for t in dict.fromkeys(texts) if t.strip()]
+        if present:
+            explained = {e.text: e.top_words(5) for e in explain(model, tokenizer, present, version.max_length, 32)}
+        return [explained.get(t, []) for t in texts]
+
+    return top_words
 
 
 def _confidence_histogram(confidences):

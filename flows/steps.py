@@ -33,6 +33,7 @@ from graftline.tasks.settings import (
     AdaptParams,
     DataParams,
     DistillParams,
+    ExplainParams,
     ExportParams,
     FinetuneParams,
     RegistryParams,
@@ -291,6 +292,37 @@ def evaluate(model: TrainedModel, splits: Splits, context: StepContext) -> tuple
         evaluations, calibration = evaluate_sets(model.model_dir, splits, context.model)
         _log_evaluations(model.role, evaluations, calibration, context.folder("evaluate"))
     return evaluations, calibration
+
+
+@task(name="explain", **STEP)
+def explain(model: TrainedModel, splits: Splits, params: ExplainParams, teacher, context: StepContext):
+    """Token attributions of `model` on a sample of every evaluation set (a student: on its teacher's
+    sample, `teacher` being the teacher's report), their faithfulness, and the HTML report."""
+    import json
+
+    import mlflow
+
+    from graftline.tasks.explain import explain_sets, write_html
+
+    with tracking.step_run(f"explain_{model.role}", context.parent_run_id):
+        tracking.log_params(params.model_dump(), "explain.")
+        report = explain_sets(model.model_dir, splits, params, context.model, teacher)
+        mlflow.log_metrics(report.metrics())
+        folder = context.folder(f"explain-{model.role}")
+        page = write_html(folder / "explanations.html", report.sets, f"{model.role}: explanations", report.cues)
+        mlflow.log_artifact(str(page), "explain")
+        mlflow.log_dict(json.loads(json.dumps(report.cues)), "explain/class_cues.json")
+    metrics = report.metrics()
+    get_run_logger().info(
+        "%s explanations: %d texts, %.2f s each; comprehensiveness IG %.3f vs random %.3f%s",
+        model.role,
+        metrics["explained_texts"],
+        metrics["explain_seconds_per_example"],
+        metrics["ig_comprehensiveness"],
+        metrics["random_comprehensiveness"],
+        f"; agreement with the teacher: Kendall tau {report.agreement.kendall_tau:.3f}" if report.agreement else "",
+    )
+    return report
 
 
 @task(name="domain_gap", **STEP)

@@ -17,6 +17,7 @@ QUIET = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",  # a first temporary server takes ~10 s on 2 cores
     "TRANSFORMERS_VERBOSITY": "error",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one bar per download, in the middle of a command's output
     "TOKENIZERS_PARALLELISM": "false",  # the tokenizers' thread pool would fight torch's after a fork
 }
 

@@ -210,9 +210,10 @@ def output_format(output: Path) -> str:
 
 
 def predict_frame(
-    scorer: Scorer, frame: pd.DataFrame, text_column: str, output: Path, batch_size: int = 32
+    scorer: Scorer, frame: pd.DataFrame, text_column: str, output: Path, batch_size: int = 32, explainer=None
 ) -> Predictions:
-    """Score every row of `frame` (from `read_input`) and write them, with the predictions, to `output`."""
+    """Score every row of `frame` (from `read_input`) and write them, with the predictions, to `output`;
+    with `explainer` (texts -> top words of each), also a `top_words` column."""
     fmt = output_format(output)
     if batch_size < 1:
         raise PredictionError(f"batch size {batch_size}: must be at least 1")
@@ -227,6 +228,8 @@ def predict_frame(
     for i, label in enumerate(scorer.labels):
         scored[f"score_{label}"] = probabilities[:, i]
     scored["model_version"] = f"{scorer.name}/{scorer.version}"
+    if explainer is not None:
+        scored["top_words"] = [" ".join(words) for words in explainer(texts)]
     _write(scored, output, fmt)
     counts = pd.Series(predicted).value_counts()
     return Predictions(

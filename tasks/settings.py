@@ -421,6 +421,19 @@ class ExportParams(Params):
     )
 
 
+class ExplainParams(Params):
+    """Token attributions (Integrated Gradients) of the teacher and the student on every evaluation set,
+    their faithfulness against random and attention, and the student's agreement with its teacher."""
+
+    enabled: bool = Field(
+        False, description="Explain a sample of every evaluation set after evaluation (adds minutes on a CPU)."
+    )  # opt-in: on the demo it adds more than 15% to the run's wall time (BENCHMARKS: explanations)
+    rows: int = Field(16, ge=1, le=1000, description="Texts sampled from each evaluation set.")
+    errors: int = Field(4, ge=0, le=1000, description="Plus each set's most confident errors.")
+    n_steps: int = Field(32, ge=2, le=1000, description="Integrated Gradients: points on the path from the baseline.")
+    internal_batch_size: int = Field(64, ge=1, le=4096, description="Path points computed per forward pass.")
+
+
 class GateParams(Params):
     """What a version must show before `staging` or `production` moves to it (docs: registry)."""
 

@@ -1,7 +1,8 @@
-"""Serving a registered version: `predict`, MLflow's scoring server, and the drift monitor closing the loop.
+"""Using a registered version: `predict`, MLflow's scoring server, explanations, and the drift monitor
+closing the loop.
 
-One lifecycle run (the tiny random BERT on the demo data, exported) registers the versions every
-test here uses; a real temporary Prefect API and a real sqlite MLflow store. The tiny model's
+One lifecycle run (the tiny random BERT on the demo data, exported, explained) registers the versions
+every test here uses; a real temporary Prefect API and a real sqlite MLflow store. The tiny model's
 numbers are not judged, only what is written, logged and decided.
 """
 
@@ -38,6 +39,7 @@ def served(prefect_harness, mlflow_store, tiny_backbone):
     from graftline.flows.lifecycle import transfer
     from graftline.tasks.settings import (
         DistillParams,
+        ExplainParams,
         ExportParams,
         FinetuneParams,
         GateParams,
@@ -52,6 +54,7 @@ def served(prefect_harness, mlflow_store, tiny_backbone):
         finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=3, patience=3, learning_rate=3e-3),
         distill=DistillParams(student="teacher-layers:1", epochs=2, learning_rate=3e-3),
         export=ExportParams(enabled=True),
+        explain=ExplainParams(enabled=True, rows=4, errors=2, n_steps=8),
         registry=RegistryParams(model_name=name, experiment=name, gates=GateParams(retention_floor=0.0)),
         run=RunParams(reuse_steps=False),
     )
@@ -267,3 +270,42 @@ def test_graftline_monitor_prints_the_verdict_and_refuses_a_missing_file_first(s
     lines = checked.output.strip().splitlines()
     assert lines[0].split(" (")[0] in ("no drift", "drift", "harmful drift") and "120 new rows" in lines[0]
     assert [line.split()[0] for line in lines[1:5]] == ["bbsd_ks", "mmd", "classifier", "label_shift"]
+
+
+def test_the_lifecycle_explains_both_models_on_the_same_texts(served):
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(served)
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    teacher, student = runs["explain_teacher"], runs["explain_student"]
+    for run in (teacher, student):
+        metrics = run.data.metrics
+        assert metrics["explained_texts"] >= 2 * 4  # test and home: 4 drawn each, plus their confident errors
+        assert {"ig_comprehensiveness", "random_comprehensiveness", "attention_sufficiency"} <= set(metrics)
+        files = {f.path for f in client.list_artifacts(run.info.run_id, "explain")}
+        assert files == {"explain/explanations.html", "explain/class_cues.json"}
+    assert student.data.metrics["explained_texts"] == teacher.data.metrics["explained_texts"]
+    assert -1 <= student.data.metrics["teacher_agreement_kendall_tau"] <= 1
+
+
+def test_graftline_explain_shades_a_text_and_refuses_bad_input(served, tmp_path):
+    runner = CliRunner()
+    page = tmp_path / "why.html"
+    done = runner.invoke(
+        app, ["explain", f"{served}@production", "my <b>parcel</b> never arrived", "--html", str(page), "--steps", "8"]
+    )
+    assert done.exit_code == 0, done.output
+    assert done.output.startswith(f"{served} v1: ") and "towards it:" in done.output
+    assert "&lt;" in page.read_text() and "<b>parcel" not in page.read_text()  # shown, not rendered
+    for args, message in (([f"nobody-{served}", "text"], "not found"), ([served, "  "], "text is empty")):
+        refused = runner.invoke(app, ["explain", *args])
+        assert refused.exit_code == 2 and message in refused.output and len(refused.output.strip().splitlines()) == 1
+
+
+def test_predict_explain_adds_the_top_words_of_each_row(served, tmp_path):
+    source, output = _input(tmp_path, ".csv", rows=6), tmp_path / "scored.csv"
+    predict(PredictParams(model=f"{served}@production", input_path=str(source), output_path=str(output), explain=True))
+    scored = pd.read_csv(output, keep_default_na=False)
+    assert scored.columns[-1] == "top_words" and len(scored) == 6
+    assert any(scored["top_words"])
+    for text, words in zip(scored["text"], scored["top_words"], strict=True):
+        assert len(words.split()) <= 5 and all(w in text.lower() for w in words.split())  # the row's own words

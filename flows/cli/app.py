@@ -11,6 +11,7 @@
     graftline predict graftline-demo-student@production --input new.csv --output scored.csv
     graftline monitor graftline-demo-student@production --input new.csv   drift check (default: rows predict scored)
     graftline serve graftline-demo-student@production      MLflow's scoring server on the ONNX form
+    graftline explain graftline-demo@production "my parcel never came"   the words behind a prediction
     graftline up | down | deploy                  servers, worker and deployments
     graftline zoo list | install | verify         the backbone catalog
 
@@ -40,7 +41,7 @@ def _main() -> None:
 for module, names in (
     (lifecycle, ("run", "check", "resume")),
     (registry, ("promote", "rollback", "history")),
-    (serving, ("predict", "monitor", "serve")),
+    (serving, ("predict", "monitor", "serve", "explain")),
     (platform, ("up", "down", "deploy")),
 ):
     for name in names:

@@ -17,6 +17,7 @@ def predict(
     text_column: str = typer.Option("text", help="Text column of the input."),
     batch_size: int = typer.Option(32, help="Texts scored per call."),
     form: str = typer.Option("auto", help="auto (fastest export that passed parity) | onnx-int8 | onnx | torch."),
+    explain: bool = typer.Option(False, "--explain", help="Add top_words per row (Integrated Gradients; slower)."),
     experiment: str = typer.Option("graftline", help="MLflow experiment of the prediction run."),
 ) -> None:
     """Score every row of a file with a registered version; writes label, score per class and version."""
@@ -30,6 +31,7 @@ def predict(
         text_column=text_column,
         batch_size=batch_size,
         form=form,
+        explain=explain,
         experiment=experiment,
     )
     done = predict_flow(params)
@@ -126,3 +128,43 @@ def serve(
         # MLflow starts its server as `uvicorn` from PATH: this installation's, even when it is not activated
         os.environ["PATH"] = f"{Path(executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         os.execv(executable, argv)  # the server replaces this process: its signals and exit status are the user's
+
+
+@command
+def explain(
+    model: str = typer.Argument(..., help="MODEL@ALIAS, MODEL/VERSION, or MODEL (its production version)."),
+    text: str = typer.Argument(..., help="The text to explain."),
+    html: Path | None = typer.Option(None, "--html", help="Also write the explanation as an HTML page."),
+    steps: int = typer.Option(50, help="Integrated Gradients: points on the path from the baseline."),
+) -> None:
+    """Predict one text and shade each word by how much it pushed towards the prediction."""
+    from rich.console import Console
+    from rich.text import Text
+
+    from graftline.tasks.explain import ExplainError, explain, write_html
+    from graftline.tasks.predict import ModelReference, fetch_version
+    from graftline.tasks.registry import tracking
+
+    if not text.strip():
+        raise ExplainError("nothing to explain: the text is empty")
+    reference = ModelReference.parse(model)
+    tracking.configure("graftline")
+    from mlflow.tracking import MlflowClient
+
+    version = fetch_version(MlflowClient(), reference)
+    [explained] = explain(version.classifier(), version.tokenizer(), [text], version.max_length, n_steps=steps)
+    words = explained.words()
+    scale = max((abs(s) for _, s in words), default=0.0) or 1.0
+    shaded = Text()
+    for word, score in words:
+        strength = int(40 + 200 * min(1.0, abs(score) / scale))
+        colour = f"rgb({strength},60,60)" if score > 0 else f"rgb(60,60,{strength})"
+        shaded.append(word, style=f"on {colour}" if abs(score) / scale > 0.1 else "")
+        shaded.append(" ")
+    console = Console()
+    console.print(f"{version.name} v{version.version}: [bold]{explained.label}[/bold] ({explained.probability:.3f})")
+    console.print(shaded)
+    console.print("towards it: " + ", ".join(explained.top_words(5)) + "   (red: towards, blue: away)")
+    if html:
+        write_html(html, {"explanation": [explained]}, f"{version.name} v{version.version}")
+        console.print(f"written to {html}")
