@@ -76,13 +76,14 @@ def test_mmd_of_identical_rows_is_zero_and_not_flagged():
     assert found.statistic == pytest.approx(0.0) and found.p_value == 1.0
 
 
-def test_classifier_cannot_tell_one_distribution_from_itself():
+def test_classifier_cannot_tell_one_distribution_from_itself_and_its_p_value_holds():
+    """Many dimensions for few rows, where a pooled cross-validated p-value flagged far too often."""
     results = []
-    for seed in range(8):
+    for seed in range(40):
         rng = np.random.default_rng(seed)
-        results.append(classifier_test(rng.normal(size=(200, 5)), rng.normal(size=(100, 5)), seed=seed))
-    assert all(abs(r.statistic - 0.5) < 0.12 for r in results)
-    assert sum(r.detected for r in results) <= 2
+        results.append(classifier_test(rng.normal(size=(200, 64)), rng.normal(size=(100, 64)), seed=seed))
+    assert all(abs(r.statistic - 0.5) < 0.2 for r in results)
+    assert sum(r.detected for r in results) <= 5  # alpha 0.05 of 40: 2 expected
 
 
 def test_classifier_detects_a_separable_shift():
@@ -153,8 +154,8 @@ _PROBS = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]])
         (lambda: mmd_test(np.zeros((5, 3)), np.zeros((5, 4))), "columns"),
         (lambda: mmd_test(np.full((5, 3), np.nan), np.zeros((5, 3))), "NaN"),
         (lambda: mmd_test(np.zeros((5, 3)), np.zeros((5, 3)), permutations=0), "permutations"),
-        (lambda: classifier_test(np.zeros((10, 3)), np.zeros((3, 3))), "window needs at least 5"),
-        (lambda: classifier_test(np.zeros((10, 3)), np.zeros((10, 3)), folds=1), "folds"),
+        (lambda: classifier_test(np.zeros((10, 3)), np.zeros((3, 3))), "window needs at least 4"),
+        (lambda: classifier_test(np.zeros((10, 3)), np.zeros((10, 3)), holdout=1.0), "holdout"),
         (lambda: label_shift(np.array([0, 1]), np.array([], dtype=int), classes=2), "window must be a non-empty"),
         (lambda: label_shift(np.array([0, 3]), np.array([0, 1]), classes=3), "outside \\[0, 3\\)"),
         (lambda: label_shift(np.array([0.5, 1.0]), np.array([0, 1]), classes=2), "integer class ids"),
