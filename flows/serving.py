@@ -159,10 +159,14 @@ def monitor(params: MonitorParams) -> dict:
         mlflow.log_artifact(str(write_html(report, picture, folder / "drift.html", title)), "drift")
     logger = get_run_logger()
     logger.info("%s: %s", title, report.summary())
-    retrain_run = None
+    retrain_run, retrain_error = None, None
     if report.verdict == HARMFUL and params.retrain:
-        retrain_run = _start_retraining(params, window, version)
-        logger.warning("harmful drift: retraining started (flow run %s)", retrain_run)
+        try:
+            retrain_run = _start_retraining(params, window, version)
+            logger.warning("harmful drift: retraining started (flow run %s)", retrain_run)
+        except Exception as error:  # the check stands; say why nothing was started (no server, no deployment)
+            retrain_error = f"{params.retrain_deployment} not started: {type(error).__name__}: {error}".splitlines()[0]
+            logger.error("harmful drift, but %s", retrain_error)
     append_record(
         client,
         version.name,

@@ -11,6 +11,7 @@ import pytest
 from graftline.tasks.explain import (
     ExplainError,
     agreement,
+    attention_scores,
     class_cues,
     explain,
     faithfulness,
@@ -90,6 +91,15 @@ def test_integrated_gradients_is_more_faithful_than_random(keyed, explained):
     chance = faithfulness(model, explained, random_scores(explained, seed=1))
     assert ig.comprehensiveness > chance.comprehensiveness
     assert ig.sufficiency < chance.sufficiency
+
+
+def test_the_attention_baseline_reads_the_last_layer_and_leaves_the_model_as_it_was(keyed, explained):
+    model, _ = keyed
+    before = model.config._attn_implementation
+    scores = [attention_scores(model, e) for e in explained[:6]]
+    assert all(len(s) == len(e.tokens) and (s >= 0).all() for s, e in zip(scores, explained, strict=False))
+    assert model.config._attn_implementation == before
+    assert 0 <= faithfulness(model, explained[:6], scores).comprehensiveness <= 1
 
 
 def test_a_model_agrees_with_itself_and_less_with_noise(explained):

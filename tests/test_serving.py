@@ -257,6 +257,8 @@ def test_a_harmful_drift_starts_retraining_and_same_domain_data_does_not(served,
     assert records[-1]["retrain_flow_run_id"] == checked["retrain_flow_run_id"]
     files = {f.path for f in client.list_artifacts(checked["run_id"], "drift")}
     assert files == {"drift/drift.png", "drift/drift.html"}
+    shown = CliRunner().invoke(app, ["history", f"{served}-student"]).output
+    assert "monitor  v1: harmful drift" in shown and f"flow run {checked['retrain_flow_run_id']}" in shown
 
 
 def test_graftline_monitor_prints_the_verdict_and_refuses_a_missing_file_first(served, tmp_path):

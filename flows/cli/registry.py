@@ -92,6 +92,8 @@ def history(model_name: str = typer.Argument(..., help="Registered model.")) -> 
             print(f"  {r['time']}  monitor  v{r['version']}: {r['detail']}  (run {r['run_id']})")
             if r.get("retrain_flow_run_id"):
                 print(f"      retraining started: flow run {r['retrain_flow_run_id']}")
+            elif r.get("retrain_error"):
+                print(f"      {r['retrain_error']}")
             continue
         print(
             f"  {r['time']}  {r['action']:8s} {r['alias']:10s} v{r['from_version'] or '-'} -> v{r['to_version']}  "

@@ -85,6 +85,8 @@ def monitor(
     )
     if done["retrain_flow_run_id"]:
         print(f"  retraining started: flow run {done['retrain_flow_run_id']}")
+    elif done["retrain_error"]:
+        print(f"  harmful drift, but {done['retrain_error']}")
 
 
 @command
