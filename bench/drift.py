@@ -154,10 +154,10 @@ def main() -> None:
                     "flagged " + ", ".join(f"{n} {np.mean(v):.2f}" for n, v in votes.items()),
                     flush=True,
                 )
-    report(flags, accuracy, timing, ece, args)
+    print_results(flags, accuracy, timing, ece, args)
 
 
-def report(flags, accuracy, timing, ece, args) -> None:
+def print_results(flags, accuracy, timing, ece, args) -> None:
     names = (*DETECTORS, "verdict")
     same = [pair for pair in flags if pair[0] == pair[1]]
     cross = [pair for pair in flags if pair[0] != pair[1]]

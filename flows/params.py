@@ -123,8 +123,9 @@ class MonitorParams(settings.Params):
     max_accuracy_drop: float = Field(
         0.05, ge=0, le=1, description="Drift whose estimated accuracy falls this far below the reference's is harmful."
     )
-    accuracy_estimate: Literal["atc", "confidence"] = Field(
-        "atc", description="Label-free accuracy estimate: ATC (thresholded confidence) or mean calibrated confidence."
+    accuracy_estimate: Literal["confidence", "atc"] = Field(
+        "confidence",
+        description="Label-free accuracy estimate: mean calibrated confidence, or ATC (thresholded confidence).",
     )
     min_rows: int = Field(50, ge=10, description="Fewest new texts a check runs on (fewer: too little power).")
     reference_rows: int = Field(1000, ge=50, description="Most held-out rows of the version used as the reference.")

@@ -50,7 +50,7 @@ def monitor(
     text_column: str = typer.Option("text", help="Text column of the input."),
     alpha: float = typer.Option(0.05, help="False-alarm rate of the verdict, shared by the four detectors."),
     max_accuracy_drop: float = typer.Option(0.05, help="Estimated accuracy drop that makes drift harmful."),
-    accuracy_estimate: str = typer.Option("atc", help="atc | confidence: the label-free accuracy estimate."),
+    accuracy_estimate: str = typer.Option("confidence", help="confidence | atc: the label-free accuracy estimate."),
     min_rows: int = typer.Option(50, help="Fewest new texts a check runs on."),
     retrain: bool = typer.Option(
         False, "--retrain/--no-retrain", help="On harmful drift, start the retrain deployment (needs `graftline up`)."
