@@ -16,7 +16,8 @@ profiles (one forward pass per text either way).
 The label-free accuracy estimate (ATC, and mean calibrated confidence as its peer) is compared with
 the true accuracy on each of the 12 (source, target) pairs, over the target's whole pool. The
 decision time is the monitor's whole check on 2 000 texts: profile them, then every test, against a
-cached reference.
+cached reference; it is timed on the fine-tuned model and on a copy keeping 3 of its 6 layers (the
+shape of the distilled student a lifecycle serves; its predictions are not used).
 
     .venv/bin/python bench/drift.py                 # ~20 min on 2 cores (4 fine-tunings)
     .venv/bin/python bench/drift.py --work /tmp/d   # keeps the models there; a rerun reuses them
@@ -41,7 +42,9 @@ apply_defaults(HF_HUB_OFFLINE="1")
 from graftline.tasks import drift  # noqa: E402
 from graftline.tasks.calibration import expected_calibration_error, fit_temperature, softmax  # noqa: E402
 from graftline.tasks.data import Split, Splits, encode_labels, read_table, stratified_split  # noqa: E402
+from graftline.tasks.distill import make_layer_student  # noqa: E402
 from graftline.tasks.engine import backbones  # noqa: E402
+from graftline.tasks.engine.backbones import student_layers  # noqa: E402
 from graftline.tasks.monitor import DETECTORS, Profile, Reference, Thresholds, compare, profile  # noqa: E402
 from graftline.tasks.settings import FinetuneParams, ModelParams  # noqa: E402
 
@@ -75,6 +78,13 @@ def profiled(model, tokenizer, frame, labels, max_length: int, temperature: floa
     )
 
 
+def decision_seconds(model, tokenizer, texts, reference, labels, thresholds, args) -> float:
+    """Wall time of one monitor check of `texts`: profile them, then every test and the estimate."""
+    started = time.perf_counter()
+    compare(reference, profile(model, tokenizer, texts, args.max_length, 1.0), labels, thresholds)
+    return time.perf_counter() - started
+
+
 def subset(p: Profile, rows: np.ndarray) -> Profile:
     return Profile(p.probabilities[rows], p.embeddings[rows])
 
@@ -90,6 +100,9 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=200, help="texts per window")
     parser.add_argument("--windows", type=int, default=20, help="windows per (source, target) pair")
     parser.add_argument("--alpha", type=float, default=0.05, help="false-alarm rate of the verdict")
+    parser.add_argument(
+        "--student-layers", type=int, default=3, help="also time the check on a copy keeping this many layers (0: no)"
+    )
     parser.add_argument("--work", type=Path, help="keep the fine-tuned models here (reused when present)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "drift.json")
     args = parser.parse_args()
@@ -128,11 +141,13 @@ def main() -> None:
                 )
                 if target != source and len(frame) >= 2000 and source not in timing:
                     texts = frame["text"].fillna("").astype(str).tolist()[:2000]
-                    started = time.perf_counter()
-                    compare(
-                        reference, profile(model, tokenizer, texts, args.max_length, temperature), labels, thresholds
-                    )
-                    timing[source] = time.perf_counter() - started
+                    timing[source] = decision_seconds(model, tokenizer, texts, reference, labels, thresholds, args)
+                    if args.student_layers:  # the served model's shape: a distilled student keeps fewer layers
+                        kept = student_layers(f"teacher-layers:{args.student_layers}", model.config.num_hidden_layers)
+                        student = make_layer_student(model, kept).eval()
+                        timing[f"{source} ({args.student_layers}-layer student)"] = decision_seconds(
+                            student, tokenizer, texts, reference, labels, thresholds, args
+                        )
                 correct = pool.predicted == truth
                 accuracy[source, target] = {
                     "true": float(correct.mean()),

@@ -302,6 +302,7 @@ def log_servable(onnx: Path, tokenizer_dir: Path, labels: list[str], max_length:
     import json
     from importlib.metadata import version
 
+    import mlflow.models
     import mlflow.pyfunc
     import pandas as pd
 
@@ -309,10 +310,16 @@ def log_servable(onnx: Path, tokenizer_dir: Path, labels: list[str], max_length:
     settings = folder / "servable.json"
     settings.write_text(json.dumps({"labels": labels, "max_length": max_length, "temperature": temperature}))
     packages = ["onnxruntime", "transformers", "tokenizers", "numpy", "pandas"]
+    example = pd.DataFrame({"text": ["An example text to classify.", "Another one, a little longer."]})
+    output = pd.DataFrame(
+        {"label": labels[:2], "score": [0.5, 0.5], **{f"score_{label}": [0.5, 0.5] for label in labels}}
+    )
+    signature = mlflow.models.infer_signature(example, output, params={"batch_size": 32})
     return mlflow.pyfunc.log_model(
         name="servable",
         python_model=str(Path(__file__).with_name("servable.py")),
         artifacts={"onnx": str(onnx), "tokenizer": str(tokenizer_dir), "settings": str(settings)},
         pip_requirements=[f"{p}=={version(p).split('+')[0]}" for p in packages],
-        input_example=pd.DataFrame({"text": ["An example text to classify.", "Another one, a little longer."]}),
+        input_example=example,
+        signature=signature,
     )

@@ -131,7 +131,9 @@ def log_classifier(model_dir: Path, input_example: list[str]):
     """Log a saved classifier folder with the transformers flavor (safetensors, signature, example)."""
     import logging
 
+    import mlflow.models
     import mlflow.transformers
+    import pandas as pd
     from transformers import pipeline
 
     from graftline.tasks.engine.backbones import load_classifier, load_tokenizer
@@ -142,10 +144,16 @@ def log_classifier(model_dir: Path, input_example: list[str]):
     classifier = pipeline(
         "text-classification", model=load_classifier(str(model_dir)), tokenizer=load_tokenizer(str(model_dir))
     )
+    # The params schema lets a caller (and MLflow's scoring server) pass batch_size; without one MLflow
+    # drops it and the pipeline scores one text at a time.
+    signature = mlflow.models.infer_signature(
+        input_example, pd.DataFrame(classifier(input_example)), params={"batch_size": 1}
+    )
     return mlflow.transformers.log_model(
         classifier,
         name="model",
         task="text-classification",
         pip_requirements=pip_requirements(),
         input_example=input_example,
+        signature=signature,
     )
