@@ -149,3 +149,35 @@ def dead_backbone(tiny_backbone, tmp_path_factory):
     model.save_pretrained(folder, safe_serialization=True)
     load_tokenizer(str(tiny_backbone)).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def exported_run(prefect_harness, mlflow_store, tiny_backbone):
+    """One lifecycle run of the demo data on the tiny BERT, exported and explained: (model name, summary).
+
+    Shared by the flow tests (what it tracks and registers) and the serving tests (what its versions
+    do next), so the suite pays for it once. Its registered models are `<name>` and `<name>-student`,
+    both at `production`; tests that add to them (monitor records) must not assume they are alone."""
+    from graftline.flows.lifecycle import transfer
+    from graftline.tasks.settings import (
+        DistillParams,
+        ExplainParams,
+        ExportParams,
+        FinetuneParams,
+        GateParams,
+        ModelParams,
+        RegistryParams,
+        RunParams,
+    )
+
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    summary = transfer(
+        model=ModelParams(max_length=32, seed=13),
+        finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=2, patience=2, learning_rate=3e-3),
+        distill=DistillParams(student="teacher-layers:1", epochs=1, learning_rate=3e-3),
+        export=ExportParams(enabled=True),
+        explain=ExplainParams(enabled=True, rows=4, errors=2, n_steps=8),
+        registry=RegistryParams(model_name=name, experiment=name, gates=GateParams(retention_floor=0.0)),
+        run=RunParams(reuse_steps=False),
+    )
+    return name, summary

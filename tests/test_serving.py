@@ -1,9 +1,10 @@
 """Using a registered version: `predict`, MLflow's scoring server, explanations, and the drift monitor
 closing the loop.
 
-One lifecycle run (the tiny random BERT on the demo data, exported, explained) registers the versions
-every test here uses; a real temporary Prefect API and a real sqlite MLflow store. The tiny model's
-numbers are not judged, only what is written, logged and decided.
+One lifecycle run (the tiny random BERT on the demo data, exported, explained; conftest's
+`exported_run`, shared with the flow tests) registers the versions every test here uses, on a real
+temporary Prefect API and a real sqlite MLflow store. The tiny model's numbers are not judged, only
+what is written, logged and decided.
 """
 
 from __future__ import annotations
@@ -32,33 +33,9 @@ DEMO = Path(resolve_source("demo:home")).parent
 
 
 @pytest.fixture(scope="module")
-def served(prefect_harness, mlflow_store, tiny_backbone):
-    """A registered teacher and exported student (both at `production`) of one demo lifecycle run."""
-    import uuid
-
-    from graftline.flows.lifecycle import transfer
-    from graftline.tasks.settings import (
-        DistillParams,
-        ExplainParams,
-        ExportParams,
-        FinetuneParams,
-        GateParams,
-        ModelParams,
-        RegistryParams,
-        RunParams,
-    )
-
-    name = f"serve-{uuid.uuid4().hex[:8]}"
-    transfer(
-        model=ModelParams(max_length=32, seed=13),
-        finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=3, patience=3, learning_rate=3e-3),
-        distill=DistillParams(student="teacher-layers:1", epochs=2, learning_rate=3e-3),
-        export=ExportParams(enabled=True),
-        explain=ExplainParams(enabled=True, rows=4, errors=2, n_steps=8),
-        registry=RegistryParams(model_name=name, experiment=name, gates=GateParams(retention_floor=0.0)),
-        run=RunParams(reuse_steps=False),
-    )
-    return name
+def served(exported_run) -> str:
+    """The registered model name of the shared exported and explained lifecycle run (conftest)."""
+    return exported_run[0]
 
 
 def _input(tmp_path: Path, suffix: str, rows: int = 40) -> Path:
