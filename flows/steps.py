@@ -45,9 +45,7 @@ from graftline.tasks.settings import (
 from graftline.tasks.validate import ValidationReport, validate_splits
 
 STEP = dict(cache_policy=NO_CACHE, persist_result=False)
-# The logged models' input example: written here, never rows of the data (which may hold personal
-# data that the model page would show to everyone who can read the store).
-INPUT_EXAMPLE = ["An example text to classify.", "Another one, a little longer than the first."]
+INPUT_EXAMPLE = contract.INPUT_EXAMPLE
 
 
 def reusable(step, run: RunParams):

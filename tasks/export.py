@@ -306,11 +306,13 @@ def log_servable(onnx: Path, tokenizer_dir: Path, labels: list[str], max_length:
     import mlflow.pyfunc
     import pandas as pd
 
+    from graftline.tasks.registry import contract
+
     folder.mkdir(parents=True, exist_ok=True)
     settings = folder / "servable.json"
     settings.write_text(json.dumps({"labels": labels, "max_length": max_length, "temperature": temperature}))
     packages = ["onnxruntime", "transformers", "tokenizers", "numpy", "pandas"]
-    example = pd.DataFrame({"text": ["An example text to classify.", "Another one, a little longer."]})
+    example = pd.DataFrame({"text": contract.INPUT_EXAMPLE})
     output = pd.DataFrame(
         {"label": labels[:2], "score": [0.5, 0.5], **{f"score_{label}": [0.5, 0.5] for label in labels}}
     )

@@ -63,6 +63,9 @@ FLOW_RUN = "prefect_flow_run_id"
 GIT_COMMIT = "git_commit"
 
 TEXT = "text"
+# Every logged model's input example: written here, never rows of the data (which may hold personal
+# data that the model page would show to everyone who can read the store).
+INPUT_EXAMPLE = ["An example text to classify.", "Another one, a little longer than the first."]
 # Versions registered before `max_length` was recorded were trained at the then default.
 UNRECORDED_MAX_LENGTH = 128
 
