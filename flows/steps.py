@@ -472,7 +472,9 @@ def _log_servable(served: TrainedModel, report, context: StepContext) -> str | N
     labels = backbones.labels_of(backbones.load_classifier(str(served.model_dir)))
     temperature = served.calibration.temperature if served.calibration else 1.0
     folder = context.folder("servable")
-    info = log_servable(Path(chosen.file), served.model_dir, labels, context.model.max_length, temperature, folder)
+    tokenizer = folder / "tokenizer"  # the tokenizer's files only: the torch weights stay out of the servable
+    backbones.load_tokenizer(str(served.model_dir)).save_pretrained(str(tokenizer))
+    info = log_servable(Path(chosen.file), tokenizer, labels, context.model.max_length, temperature, folder)
     return info.model_uri
 
 
