@@ -1,0 +1,179 @@
+"""Image datasets: how they are read, what identifies their content, and what each image is.
+
+Two layouts, the same columns as text data (`image` instead of `text`):
+
+- a **folder with one subfolder per class** (`train/ants/*.jpg`, `train/bees/*.jpg`): the label is
+  the subfolder's name; files with an image suffix are read, in sorted order;
+- a **table** (CSV, JSONL or Parquet, read by data.read_frame) with an image column of paths or fsspec
+  URLs and a label column; relative paths are relative to the table's own folder.
+
+Either way the frame has `image` (an absolute path or URL), `label` and `row` (the 1-based row in the
+table, or the position in the folder listing), so a fault can point at its row.
+
+`digest` identifies a set by the bytes of its images (renaming a file does not change it, editing a
+pixel does). `profile` decodes every image once and records what validation checks: whether it
+decodes, width, height, channels, the SHA-256 of its bytes (exact duplicates) and a 64-bit
+difference hash of its pixels (near duplicates: the same picture resized or re-encoded).
+
+The difference hash (dHash) is written here rather than taken from `imagehash`: it is ten lines on
+Pillow, and that package would bring PyWavelets and scipy pins for hashes graftline does not use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from graftline.tasks.errors import DataError
+
+SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+HASH_SIZE = 8  # dHash of 8 x 8 differences: 64 bits
+
+
+def is_image_path(value: str) -> bool:
+    return Path(str(value).split("?")[0]).suffix.lower() in SUFFIXES
+
+
+def read_images(source: str, image_column: str = "image", label_column: str | None = "label") -> pd.DataFrame:
+    """An image set as a frame of `image`, `label` (unless `label_column` is None) and `row`."""
+    if Path(source).is_dir():
+        return _read_folder(Path(source), with_labels=label_column is not None)
+    from graftline.tasks.data import read_frame
+
+    frame = read_frame(source)
+    wanted = [image_column] + ([label_column] if label_column else [])
+    missing = [c for c in wanted if c not in frame.columns]
+    if missing:
+        found = ", ".join(map(repr, frame.columns))
+        raise DataError(f"{source}: missing column(s) {', '.join(map(repr, missing))}; found {found}")
+    if frame.empty:
+        raise DataError(f"{source}: the dataset is empty")
+    base = Path(source).parent
+    images = frame[image_column].astype("string")
+    blank = images.isna() | (images.str.strip() == "")
+    if blank.any():
+        raise DataError(f"{source}: row(s) {_rows(np.flatnonzero(blank))} have no image path")
+    out = pd.DataFrame({"image": [_absolute(str(v), base) for v in images]})
+    if label_column:
+        out["label"] = frame[label_column].astype("string").str.strip().to_numpy()
+    out["row"] = np.arange(1, len(out) + 1)
+    return out
+
+
+def _read_folder(folder: Path, with_labels: bool) -> pd.DataFrame:
+    if not with_labels:
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_path(p.name))
+        if not files:
+            raise DataError(f"{folder}: no image files ({', '.join(SUFFIXES)})")
+        return pd.DataFrame({"image": [str(p.resolve()) for p in files], "row": np.arange(1, len(files) + 1)})
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{folder}: no class subfolders (expected one folder of images per class)")
+    rows = []
+    for label_dir in classes:
+        files = sorted(p for p in label_dir.rglob("*") if p.is_file() and is_image_path(p.name))
+        if not files:
+            raise DataError(f"{label_dir}: empty class folder (no image files)")
+        rows += [(str(p.resolve()), label_dir.name) for p in files]
+    out = pd.DataFrame(rows, columns=["image", "label"])
+    out["row"] = np.arange(1, len(out) + 1)
+    return out
+
+
+def _absolute(value: str, base: Path) -> str:
+    if "://" in value or Path(value).is_absolute():
+        return value
+    return str((base / value).resolve())
+
+
+def _rows(positions, shown: int = 5) -> str:
+    listed = ", ".join(str(int(p) + 1) for p in positions[:shown])
+    return listed + (f" and {len(positions) - shown} more" if len(positions) > shown else "")
+
+
+def read_bytes(path: str) -> bytes:
+    """The file's bytes (a local path or an fsspec URL); a missing file is an error naming it."""
+    import fsspec
+
+    try:
+        with fsspec.open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read the image file ({error})") from None
+
+
+def digest(paths: list[str]) -> str:
+    """One hash of the images' bytes, in order."""
+    whole = hashlib.sha256()
+    for path in paths:
+        whole.update(hashlib.sha256(read_bytes(path)).digest())
+    return whole.hexdigest()[:16]
+
+
+def difference_hash(image) -> int:
+    """dHash: the image in grey at 9 x 8 pixels, one bit per horizontal neighbour pair (left brighter)."""
+    from PIL import Image
+
+    small = np.asarray(image.convert("L").resize((HASH_SIZE + 1, HASH_SIZE), Image.Resampling.LANCZOS), dtype=int)
+    bits = (small[:, 1:] > small[:, :-1]).flatten()
+    return int("".join("1" if b else "0" for b in bits), 2)
+
+
+def hamming(a: int, b: int) -> int:
+    return (a ^ b).bit_count()
+
+
+def profile(paths: list[str]) -> pd.DataFrame:
+    """One row per image: decodes, width, height, channels, sha256, dhash, error (why it does not decode)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    rows = []
+    for path in paths:
+        data = read_bytes(path)
+        row = {"decodes": False, "width": 0, "height": 0, "channels": 0, "dhash": -1, "error": ""}
+        row["sha256"] = hashlib.sha256(data).hexdigest()
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                row.update(
+                    decodes=True,
+                    width=image.width,
+                    height=image.height,
+                    channels=len(image.getbands()),
+                    dhash=difference_hash(image),
+                )
+        except (UnidentifiedImageError, OSError, ValueError) as error:
+            row["error"] = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["decodes", "width", "height", "channels", "sha256", "dhash", "error"])
+
+
+def near_duplicate_of(hashes: list[int], others: list[int] | None = None, max_distance: int = 4) -> list[int]:
+    """For each hash, the index of the first *earlier* hash in `hashes` (or, given `others`, of the first
+    hash there) at most `max_distance` bits away; -1 when there is none. Undecoded images (-1) match nothing."""
+    mine, valid = _as_bits(hashes)
+    theirs, their_valid = (mine, valid) if others is None else _as_bits(others)
+    out = np.full(len(hashes), -1)
+    for start in range(0, len(hashes), 256):  # (256 x n x 64) bits at a time
+        block = mine[start : start + 256]
+        distance = np.unpackbits((block[:, None, :] ^ theirs[None, :, :]), axis=-1).sum(-1)
+        close = (distance <= max_distance) & their_valid[None, :] & valid[start : start + 256, None]
+        if others is None:  # only earlier images count: the first of a group is not its own duplicate
+            close &= np.arange(len(theirs))[None, :] < np.arange(start, start + len(block))[:, None]
+        found = close.argmax(1)
+        out[start : start + len(block)] = np.where(close.any(1), found, -1)
+    return out.tolist()
+
+
+def _as_bits(hashes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 8) bytes of each 64-bit hash, and which hashes are real (not the -1 of an undecoded image)."""
+    valid = np.asarray([h >= 0 for h in hashes], dtype=bool)
+    packed = np.asarray([h if h >= 0 else 0 for h in hashes], dtype=np.uint64).reshape(-1, 1)
+    return packed.view(np.uint8).reshape(len(hashes), 8), valid
