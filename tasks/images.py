@@ -129,7 +129,8 @@ def hamming(a: int, b: int) -> int:
 
 
 def profile(paths: list[str]) -> pd.DataFrame:
-    """One row per image: decodes, width, height, channels, sha256, dhash, error (why it does not decode)."""
+    """One row per image: decodes, width, height, channels (empty when it does not decode), sha256,
+    dhash (-1 when it does not decode), error (why it does not decode)."""
     import io
 
     from PIL import Image, UnidentifiedImageError
@@ -137,7 +138,7 @@ def profile(paths: list[str]) -> pd.DataFrame:
     rows = []
     for path in paths:
         data = read_bytes(path)
-        row = {"decodes": False, "width": 0, "height": 0, "channels": 0, "dhash": -1, "error": ""}
+        row = {"decodes": False, "width": None, "height": None, "channels": None, "dhash": -1, "error": ""}
         row["sha256"] = hashlib.sha256(data).hexdigest()
         try:
             with Image.open(io.BytesIO(data)) as image:
@@ -152,7 +153,8 @@ def profile(paths: list[str]) -> pd.DataFrame:
         except (UnidentifiedImageError, OSError, ValueError) as error:
             row["error"] = f"{type(error).__name__}: {error}".splitlines()[0][:200]
         rows.append(row)
-    return pd.DataFrame(rows, columns=["decodes", "width", "height", "channels", "sha256", "dhash", "error"])
+    frame = pd.DataFrame(rows, columns=["decodes", "width", "height", "channels", "sha256", "dhash", "error"])
+    return frame.astype({"width": "Int64", "height": "Int64", "channels": "Int64"})
 
 
 def near_duplicate_of(hashes: list[int], others: list[int] | None = None, max_distance: int = 4) -> list[int]:

@@ -108,6 +108,17 @@ class ValidationParams(Params):
     max_overlap_fraction: float = Field(
         0.01, ge=0, le=1, description="Largest share of test/eval texts also in train (leakage)."
     )
+    min_image_side: int = Field(32, ge=1, description="Images: smallest acceptable width and height, in pixels.")
+    max_image_side: int = Field(
+        10_000, ge=1, description="Images: largest acceptable width and height, in pixels (a guard against scans)."
+    )
+    near_duplicate_bits: int = Field(
+        4,
+        ge=0,
+        le=32,
+        description="Images: two pictures whose 64-bit difference hashes differ in at most this many bits are "
+        "near duplicates (the same picture resized or re-encoded); 0: exact pixels only.",
+    )
     min_examples_per_class: int = Field(5, ge=1, description="Fewest training rows a class may have.")
     max_class_ratio: float = Field(
         20.0, ge=1, description="Largest allowed ratio of biggest to smallest training class."

@@ -98,6 +98,7 @@ def test_the_profile_finds_broken_tiny_exact_and_near_duplicate_images(folder, t
     assert meta["decodes"].tolist() == [True] * 6 + [False, True, True, True]
     assert "UnidentifiedImageError" in meta.loc[6, "error"]
     assert (meta.loc[7, ["width", "height", "channels"]] == [1, 1, 1]).all()
+    assert meta.loc[6, ["width", "height", "channels"]].isna().all()  # undecodable: no size, not size 0
     assert meta.loc[0, ["width", "height", "channels"]].tolist() == [48, 32, 3]
     assert meta.loc[8, "sha256"] == meta.loc[0, "sha256"]  # exact duplicate
     near = images.near_duplicate_of(meta["dhash"].tolist())
@@ -105,3 +106,62 @@ def test_the_profile_finds_broken_tiny_exact_and_near_duplicate_images(folder, t
     assert near[6] == -1 and all(n == -1 for n in near[1:6])  # distinct pictures and the broken file: none
     across = images.near_duplicate_of(meta["dhash"].tolist()[8:], others=meta["dhash"].tolist()[:6])
     assert across == [0, 0]  # leakage: both copies are found among the "training" images
+
+
+def _image_splits(root: Path) -> dict[str, Path]:
+    """A clean train/test pair of folders: 6 distinct pictures per class in train, 2 in test."""
+    for c, label in enumerate(("ants", "bees")):
+        for i in range(6):
+            _picture(root / "train" / label / f"{label}{i}.png", seed=100 * c + i)
+        for i in range(2):
+            _picture(root / "test" / label / f"{label}{i}.png", seed=100 * c + 50 + i)
+    return {"train": root / "train", "test": root / "test"}
+
+
+def _validate(folders: dict[str, Path], tmp_path: Path, **settings):
+    from graftline.tasks.image_validation import validate_images
+    from graftline.tasks.settings import ValidationParams
+
+    frames = {name: images.read_images(str(folder)) for name, folder in folders.items()}
+    return validate_images(frames, ValidationParams(**settings), tmp_path / "report")
+
+
+def test_a_clean_image_set_passes(tmp_path):
+    report = _validate(_image_splits(tmp_path / "set"), tmp_path)
+    assert report.success, report.table()
+    assert report.statistics["test_overlap_with_train"] == 0.0 and (tmp_path / "report" / "report.md").is_file()
+
+
+def test_broken_tiny_and_leaked_images_are_each_a_finding_naming_the_files(tmp_path):
+    folders = _image_splits(tmp_path / "set")
+    (folders["train"] / "ants" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    _picture(folders["train"] / "bees" / "tiny.png", seed=7, size=(1, 1))
+    leaked = folders["test"] / "bees" / "leaked.png"
+    leaked.write_bytes((folders["train"] / "ants" / "ants0.png").read_bytes())
+    report = _validate(folders, tmp_path, min_examples_per_class=2)
+    checks = {(f.split, f.check): f for f in report.findings}
+    assert set(checks) == {
+        ("train", "undecodable image"),
+        ("train", "width out of bounds"),
+        ("train", "height out of bounds"),
+        ("test", "leakage from train"),
+    }, report.table()
+    assert "broken.jpg" in checks["train", "undecodable image"].examples[0]
+    assert "tiny.png" in checks["train", "width out of bounds"].examples[0]
+    assert checks["test", "leakage from train"].failing == "1 of 5 images"
+    assert "leaked.png" in checks["test", "leakage from train"].examples[0]
+    assert all("\n" not in f.line() for f in report.findings)
+    assert report.summary() == "data validation failed: 4 expectations on 2 splits; see the report"
+
+
+def test_near_duplicates_within_a_split_count_against_the_duplicate_share(tmp_path):
+    from PIL import Image
+
+    folders = _image_splits(tmp_path / "set")
+    for i in range(3):  # half the ants again, each re-encoded at another size
+        original = folders["train"] / "ants" / f"ants{i}.png"
+        Image.open(original).resize((96, 64)).save(original.with_name(f"again{i}.jpg"), quality=80)
+    report = _validate(folders, tmp_path, max_duplicate_fraction=0.1)
+    [finding] = report.findings
+    assert (finding.split, finding.check, finding.failing) == ("train", "duplicate images", "3 of 15 images")
+    assert _validate(folders, tmp_path, max_duplicate_fraction=0.25).success

@@ -55,3 +55,18 @@ def test_default_thresholds_on_real_data(case, tmp_path):
     report = validate_splits(checked.splits, ValidationParams(), tmp_path)
     found = {(f.split, f.check): (f.failing, f.observed, f.relax.split()[0]) for f in report.findings}
     assert found == expected, report.table()
+
+
+def test_the_ants_and_bees_images_pass_the_image_checks(tmp_path):
+    """397 real photographs (folders per class, train and val): they decode, are large enough, hold no
+    duplicates and leak nothing from train into val."""
+    from graftline.tasks import images
+    from graftline.tasks.image_validation import validate_images
+
+    root = DATA / "hymenoptera_ants_bees"
+    if not root.is_dir():
+        pytest.skip(f"{root} not found")
+    frames = {"train": images.read_images(str(root / "train")), "test": images.read_images(str(root / "val"))}
+    report = validate_images(frames, ValidationParams(), tmp_path)
+    assert report.success, report.table()
+    assert report.statistics["train_rows"] == 244 and report.statistics["test_rows"] == 153
