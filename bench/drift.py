@@ -16,8 +16,9 @@ profiles (one forward pass per text either way).
 The label-free accuracy estimate (ATC, and mean calibrated confidence as its peer) is compared with
 the true accuracy on each of the 12 (source, target) pairs, over the target's whole pool. The
 decision time is the monitor's whole check on 2 000 texts: profile them, then every test, against a
-cached reference; it is timed on the fine-tuned model and on a copy keeping 3 of its 6 layers (the
-shape of the distilled student a lifecycle serves; its predictions are not used).
+cached reference; it is timed on the fine-tuned model, on a copy keeping 3 of its 6 layers (the
+shape of the distilled student a lifecycle serves; its predictions are not used), and on that copy's
+INT8 export (what the monitor runs when a version has one).
 
     .venv/bin/python bench/drift.py                 # ~20 min on 2 cores (4 fine-tunings)
     .venv/bin/python bench/drift.py --work /tmp/d   # keeps the models there; a rerun reuses them
@@ -45,7 +46,15 @@ from graftline.tasks.data import Split, Splits, encode_labels, read_table, strat
 from graftline.tasks.distill import make_layer_student  # noqa: E402
 from graftline.tasks.engine import backbones  # noqa: E402
 from graftline.tasks.engine.backbones import student_layers  # noqa: E402
-from graftline.tasks.monitor import DETECTORS, Profile, Reference, Thresholds, compare, profile  # noqa: E402
+from graftline.tasks.monitor import (  # noqa: E402
+    DETECTORS,
+    Profile,
+    Reference,
+    Thresholds,
+    compare,
+    profile,
+    profile_with,
+)
 from graftline.tasks.settings import FinetuneParams, ModelParams  # noqa: E402
 
 DOMAINS = ("books", "dvd", "electronics", "kitchen")
@@ -78,11 +87,22 @@ def profiled(model, tokenizer, frame, labels, max_length: int, temperature: floa
     )
 
 
-def decision_seconds(model, tokenizer, texts, reference, labels, thresholds, args) -> float:
-    """Wall time of one monitor check of `texts`: profile them, then every test and the estimate."""
+def decision_seconds(model, tokenizer, texts, reference, labels, thresholds, args, forward=None) -> float:
+    """Wall time of one monitor check of `texts`: profile them (with the torch model, or `forward`:
+    the INT8 export's), then every test and the estimate."""
     started = time.perf_counter()
-    compare(reference, profile(model, tokenizer, texts, args.max_length, 1.0), labels, thresholds)
+    window = profile_with(forward, texts, 1.0) if forward else profile(model, tokenizer, texts, args.max_length, 1.0)
+    compare(reference, window, labels, thresholds)
     return time.perf_counter() - started
+
+
+def int8_forward(model, tokenizer, max_length: int, folder: Path):
+    """The monitor's forward pass through an INT8 export of `model`, as the export step writes it."""
+    from graftline.tasks.export import export_onnx, onnx_profiler, quantize_int8
+
+    folder.mkdir(parents=True, exist_ok=True)
+    int8 = quantize_int8(export_onnx(model, tokenizer, folder / "model.onnx"), folder / "model.int8.onnx")
+    return onnx_profiler(int8, tokenizer, max_length)
 
 
 def subset(p: Profile, rows: np.ndarray) -> Profile:
@@ -147,6 +167,10 @@ def main() -> None:
                         student = make_layer_student(model, kept).eval()
                         timing[f"{source} ({args.student_layers}-layer student)"] = decision_seconds(
                             student, tokenizer, texts, reference, labels, thresholds, args
+                        )
+                        forward = int8_forward(student, tokenizer, args.max_length, work / f"{source}-student-onnx")
+                        timing[f"{source} ({args.student_layers}-layer student, INT8 export)"] = decision_seconds(
+                            student, tokenizer, texts, reference, labels, thresholds, args, forward
                         )
                 correct = pool.predicted == truth
                 accuracy[source, target] = {

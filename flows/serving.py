@@ -134,7 +134,13 @@ def monitor(params: MonitorParams) -> dict:
             get_run_logger().info(
                 "%d new rows scored since the last check: waiting for %d", len(window), params.min_rows
             )
-            return {"verdict": WAITING, "window_rows": len(window), "run_id": None, "retrain_flow_run_id": None}
+            return {
+                "verdict": WAITING,
+                "window_rows": len(window),
+                "run_id": None,
+                "retrain_flow_run_id": None,
+                "retrain_error": None,
+            }
     if len(window) < params.min_rows:
         raise MonitorError(f"{len(window)} new texts: a check needs at least {params.min_rows} (min_rows)")
     texts = window[params.text_column if params.input_path else "text"].fillna("").astype(str).tolist()
@@ -148,6 +154,7 @@ def monitor(params: MonitorParams) -> dict:
                 "graftline.model": version.name,
                 "graftline.model_version": version.version,
                 "graftline.verdict": report.verdict,
+                "graftline.form": checked.form,  # what computed the profiles: torch or the INT8 export
             }
         )
         mlflow.log_params({"model": str(reference), "input_path": params.input_path or "predictions since last check"})
@@ -177,6 +184,7 @@ def monitor(params: MonitorParams) -> dict:
             "detail": report.summary(),
             "run_id": run.info.run_id,
             "retrain_flow_run_id": retrain_run,
+            **({"retrain_error": retrain_error} if retrain_error else {}),
             "triggered_by": who(),
         },
     )
@@ -185,6 +193,7 @@ def monitor(params: MonitorParams) -> dict:
         "verdict": report.verdict,
         "run_id": run.info.run_id,
         "retrain_flow_run_id": retrain_run,
+        "retrain_error": retrain_error,
     }
 
 

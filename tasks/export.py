@@ -165,8 +165,8 @@ def export_and_measure(
 
 
 def export_onnx(model, tokenizer, path: Path) -> Path:
-    """The classifier as one ONNX file with dynamic batch and sequence axes."""
-    wrapped = _LogitsOnly(model).eval()
+    """The classifier as one ONNX file with dynamic batch and sequence axes; outputs `logits` and `pooled`."""
+    wrapped = _LogitsAndPooled(model).eval()
     example = tokenizer(
         ["an example input", "a second, somewhat longer example input"], padding=True, return_tensors="pt"
     )
@@ -178,7 +178,7 @@ def export_onnx(model, tokenizer, path: Path) -> Path:
                 tuple(example[k] for k in INPUTS),
                 str(path),
                 input_names=list(INPUTS),
-                output_names=["logits"],
+                output_names=["logits", "pooled"],
                 dynamic_shapes=tuple({0: batch, 1: sequence} for _ in INPUTS),
                 dynamo=True,
                 external_data=False,
@@ -208,6 +208,34 @@ def torch_predictor(model, tokenizer, max_length: int) -> Predict:
         return model(**{k: batch[k] for k in INPUTS}).logits.float().numpy()
 
     return predict
+
+
+def onnx_profiler(path: Path, tokenizer, max_length: int, batch_size: int = 64):
+    """texts -> (logits, pooled states) from an exported file with a `pooled` output, else None
+    (files exported before it had one): the drift monitor's forward pass at the export's speed."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if "pooled" not in {o.name for o in session.get_outputs()}:
+        return None
+
+    def profile(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths together: little padding
+        logits, pooled = [None] * len(texts), [None] * len(texts)
+        for start in range(0, len(texts), batch_size):
+            rows = order[start : start + batch_size]
+            batch = tokenizer(
+                [texts[i] for i in rows], padding=True, truncation=True, max_length=max_length, return_tensors="np"
+            )
+            out = session.run(["logits", "pooled"], {k: batch[k].astype(np.int64) for k in INPUTS})
+            for j, i in enumerate(rows):
+                logits[i], pooled[i] = out[0][j], out[1][j]
+        return np.stack(logits), np.stack(pooled).astype(np.float32)
+
+    return profile
 
 
 def onnx_predictor(path: Path, tokenizer, max_length: int) -> Predict:
@@ -269,15 +297,19 @@ def plot_tradeoff(report: ExportReport, path: Path, title: str = "accuracy again
     return path
 
 
-class _LogitsOnly(torch.nn.Module):
-    """The exported graph: (input_ids, attention_mask) -> logits."""
+class _LogitsAndPooled(torch.nn.Module):
+    """The exported graph: (input_ids, attention_mask) -> logits, and `pooled`: the mean of the last
+    hidden states over the real tokens (what the drift monitor compares; scoring reads only logits)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        mask = attention_mask.unsqueeze(-1).to(out.hidden_states[-1].dtype)
+        pooled = (out.hidden_states[-1] * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return out.logits, pooled
 
 
 @contextmanager

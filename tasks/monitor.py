@@ -125,14 +125,28 @@ class DriftReport:
         )
 
 
-def profile(model, tokenizer, texts: list[str], max_length: int, temperature: float) -> Profile:
-    """One forward pass over `texts` (domain_gap.embed): calibrated probabilities and embeddings."""
+def torch_forward(model, tokenizer, max_length: int):
+    """texts -> (logits, pooled states) of the torch model (domain_gap.embed)."""
     from graftline.tasks.domain_gap import embed
 
+    def forward(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        embedded = embed(model, tokenizer, texts, max_length)
+        return embedded.logits, embedded.pooled
+
+    return forward
+
+
+def profile(model, tokenizer, texts: list[str], max_length: int, temperature: float) -> Profile:
+    """One forward pass of the torch model over `texts`: calibrated probabilities and embeddings."""
+    return profile_with(torch_forward(model, tokenizer, max_length), texts, temperature)
+
+
+def profile_with(forward, texts: list[str], temperature: float) -> Profile:
+    """One pass of `forward` (texts -> logits, pooled states) over `texts`."""
     if not texts:
         raise MonitorError("no texts to profile")
-    embedded = embed(model, tokenizer, texts, max_length)
-    return Profile(softmax(embedded.logits, temperature), embedded.pooled)
+    logits, pooled = forward(texts)
+    return Profile(softmax(logits, temperature), pooled)
 
 
 def compare(reference: Reference, window: Profile, labels: list[str], thresholds: Thresholds) -> DriftReport:
@@ -267,6 +281,7 @@ class Monitored:
     reference: Reference
     window: Profile
     report: DriftReport
+    form: str = "torch"  # what computed the profiles: torch, or the version's INT8 export
 
 
 def check(
@@ -280,19 +295,38 @@ def check(
     version = fetch_version(client, ModelReference.parse(model))
     classifier, tokenizer = version.classifier(), version.tokenizer()
     labels = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
-    reference = _reference(client, version, classifier, tokenizer, labels, reference_rows, cache, thresholds.seed)
+    form, forward = _fastest_forward(client, version, classifier, tokenizer)
+    reference = _reference(client, version, forward, form, labels, reference_rows, cache, thresholds.seed)
     started = time.perf_counter()
-    window = profile(classifier, tokenizer, texts, version.max_length, version.temperature)
+    window = profile_with(forward, texts, version.temperature)
     report = compare(reference, window, labels, thresholds)
     report = replace(report, seconds=time.perf_counter() - started)
-    return Monitored(version, reference, window, report)
+    return Monitored(version, reference, window, report, form)
+
+
+def _fastest_forward(client, version, classifier, tokenizer):
+    """(form, texts -> logits and pooled states): the version's INT8 export when it passed parity and
+    has a `pooled` output, else the torch model. Reference and window always use the same one."""
+    import mlflow
+
+    from graftline.tasks.export import onnx_profiler
+    from graftline.tasks.predict import EXPORT_FILES, passed_exports
+    from graftline.tasks.registry import contract
+
+    exports = passed_exports(client, version.tags.get(contract.EXPORT_RUN))
+    if "onnx-int8" in exports:
+        path = mlflow.artifacts.download_artifacts(run_id=exports["onnx-int8"], artifact_path=EXPORT_FILES["onnx-int8"])
+        forward = onnx_profiler(Path(path), tokenizer, version.max_length)
+        if forward is not None:
+            return "onnx-int8", forward
+    return "torch", torch_forward(classifier, tokenizer, version.max_length)
 
 
 class MonitorError(GraftlineError):
     """A window or a version that cannot be monitored."""
 
 
-def _reference(client, version, classifier, tokenizer, labels, rows: int, cache: Path | None, seed: int) -> Reference:
+def _reference(client, version, forward, form: str, labels, rows: int, cache: Path | None, seed: int) -> Reference:
     """The version's profile on (up to `rows` of) its held-out test set, from the cache when it is there."""
     from graftline.tasks.data import encode_labels
     from graftline.tasks.registry import evaluation_sets
@@ -301,13 +335,13 @@ def _reference(client, version, classifier, tokenizer, labels, rows: int, cache:
     frame = test.frame
     if len(frame) > rows:
         frame = frame.sample(n=rows, random_state=seed)
-    key = f"{version.name}-v{version.version}-{test.digest[:16]}-{len(frame)}-{seed}.npz"
+    key = f"{version.name}-v{version.version}-{form}-{test.digest[:16]}-{len(frame)}-{seed}.npz"
     path = (cache or tracking.home() / "monitor") / key
     cached = load_profile(path)
     if cached is not None:
         return cached
     texts = frame["text"].fillna("").astype(str).tolist()
     truth = np.asarray(encode_labels(frame["label"], labels, "test"))
-    reference = Reference(profile(classifier, tokenizer, texts, version.max_length, version.temperature), truth)
+    reference = Reference(profile_with(forward, texts, version.temperature), truth)
     save_profile(path, reference)
     return reference

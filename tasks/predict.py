@@ -168,7 +168,7 @@ def load_scorer(client, reference: ModelReference, form: str = "auto") -> Scorer
     fetched = fetch_version(client, reference)
     version, folder, max_length, temperature = fetched.version, fetched.folder, fetched.max_length, fetched.temperature
     tokenizer = fetched.tokenizer()
-    exports = _passed_exports(client, fetched.tags.get(contract.EXPORT_RUN))
+    exports = passed_exports(client, fetched.tags.get(contract.EXPORT_RUN))
     wanted = [f for f in FORMS if f in exports or f == "torch"] if form == "auto" else [form]
     chosen = wanted[0]
     if chosen != "torch":
@@ -184,7 +184,7 @@ def load_scorer(client, reference: ModelReference, form: str = "auto") -> Scorer
     return Scorer(reference.name, version, "torch", labels, max_length, predict, temperature)
 
 
-def _passed_exports(client, run_id: str | None) -> dict[str, str]:
+def passed_exports(client, run_id: str | None) -> dict[str, str]:
     """{form: export run id} for the forms the version's export run logged (only files that passed parity are)."""
     if not run_id:
         return {}

@@ -83,7 +83,7 @@ from graftline.tasks.data import Split, Splits
 from graftline.tasks.finetune import finetune
 from graftline.tasks.registry.versions import Candidate, log_classifier, register_all
 from graftline.tasks.settings import FinetuneParams
-from tests.conftest import toy_frame
+from tests.conftest import short_texts, toy_frame
 
 backbone, work = sys.argv[1], Path(sys.argv[2])
 mlflow.set_experiment("secured")

@@ -199,12 +199,16 @@ def test_a_harmful_drift_starts_retraining_and_same_domain_data_does_not(served,
     window of another domain that costs accuracy is found harmful and starts a retrain run with that
     window as its target and evaluation set; a window of the version's own held-out rows does not."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
 
     from graftline.flows.deploy import build
     from graftline.tasks.registry import evaluation_sets
 
+    # on a process pool of its own: the shared API may hold a `retrain` on another pool (test_cluster's)
+    with get_client(sync_client=True) as prefect:
+        prefect.create_work_pool(WorkPoolCreate(name="serving-tests", type="process"), overwrite=True)
     retrain = next(d for d in build() if d.name == "retrain")
-    retrain.apply()
+    retrain.apply(work_pool_name="serving-tests")
     client = MlflowClient()
     model = f"{served}-student@production"
     own = evaluation_sets.of_version(client, f"{served}-student", "1")["test"].frame
@@ -234,6 +238,7 @@ def test_a_harmful_drift_starts_retraining_and_same_domain_data_does_not(served,
     assert records[-1]["retrain_flow_run_id"] == checked["retrain_flow_run_id"]
     files = {f.path for f in client.list_artifacts(checked["run_id"], "drift")}
     assert files == {"drift/drift.png", "drift/drift.html"}
+    assert client.get_run(checked["run_id"]).data.tags["graftline.form"] == "onnx-int8"  # the fast forward pass
     shown = CliRunner().invoke(app, ["history", f"{served}-student"]).output
     assert "monitor  v1: harmful drift" in shown and f"flow run {checked['retrain_flow_run_id']}" in shown
 
