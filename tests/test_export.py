@@ -57,12 +57,19 @@ def test_onnx_export_computes_what_torch_computes(trained, tmp_path):
     path = export_onnx(model, tokenizer, tmp_path / "model.onnx")
     graph = onnx.load(str(path))
     assert [i.name for i in graph.graph.input] == ["input_ids", "attention_mask"]
-    assert [o.name for o in graph.graph.output] == ["logits"]
+    assert [o.name for o in graph.graph.output] == ["logits", "pooled"]
     texts = splits.test.frame["text"].tolist() + ["x", "a much longer text than the export example ever had " * 3]
     for batch in (1, 7, 64):  # dynamic batch and sequence axes
         ours = predict_in_batches(torch_predictor(model, tokenizer, 32), texts, batch)
         theirs = predict_in_batches(onnx_predictor(path, tokenizer, 32), texts, batch)
         assert np.abs(ours - theirs).max() < 1e-4
+    # the second output is the drift monitor's embedding: the torch model's mean-pooled last states
+    from graftline.tasks.export import onnx_profiler
+    from graftline.tasks.monitor import torch_forward
+
+    logits, pooled = onnx_profiler(path, tokenizer, 32, batch_size=7)(texts)
+    torch_logits, torch_pooled = torch_forward(model, tokenizer, 32)(texts)
+    assert np.abs(logits - torch_logits).max() < 1e-4 and np.abs(pooled - torch_pooled).max() < 1e-4
 
 
 def test_int8_model_is_smaller_and_agrees(trained, tmp_path):
