@@ -50,34 +50,44 @@ def _input(tmp_path: Path, suffix: str, rows: int = 40) -> Path:
     return path
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
-def test_predict_scores_every_format_with_the_fastest_passing_export(served, tmp_path, suffix):
+def test_predict_scores_every_format_with_the_fastest_passing_export(served, tmp_path):
+    """The flow on CSV (what it tracks), then the same scorer on JSONL and Parquet (what it writes)."""
+    from graftline.tasks.predict import ModelReference, load_scorer, predict_frame, read_input
+
     student = f"{served}-student@production"
-    source = _input(tmp_path, suffix)
-    output = tmp_path / f"scored{suffix}"
-    done = predict(PredictParams(model=student, input_path=str(source), output_path=str(output), batch_size=16))
-    assert done["form"] == "onnx-int8" and done["rows"] == 40
-    scored = {".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True), ".parquet": pd.read_parquet}[
-        suffix
-    ](output)
     labels = ["billing", "defect", "delivery", "praise"]
-    assert list(scored.columns) == [
-        "text",
-        "label",
-        "ticket",
-        "predicted_label",
-        *[f"score_{label}" for label in labels],
-        "model_version",
-    ]
-    assert scored["ticket"].tolist() == list(range(40))  # every input column kept, in order
-    scores = scored[[f"score_{label}" for label in labels]].to_numpy()
-    assert abs(scores.sum(1) - 1).max() < 1e-5
-    assert (scored["predicted_label"] == [labels[i] for i in scores.argmax(1)]).all()
-    assert set(scored["model_version"]) == {f"{served}-student/1"}
+    done = predict(
+        PredictParams(
+            model=student, input_path=str(_input(tmp_path, ".csv")), output_path=str(tmp_path / "s.csv"), batch_size=16
+        )
+    )
+    assert done["form"] == "onnx-int8" and done["rows"] == 40
     run = MlflowClient().get_run(done["run_id"])
     assert run.data.tags["graftline.form"] == "onnx-int8" and run.data.tags["graftline.model_version"] == "1"
     assert run.data.metrics["rows"] == 40 and sum(run.data.metrics[f"predicted_{label}"] for label in labels) == 40
     assert "predict/confidence.png" in {f.path for f in MlflowClient().list_artifacts(done["run_id"], "predict")}
+    scorer = load_scorer(MlflowClient(), ModelReference.parse(student))
+    readers = {".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True), ".parquet": pd.read_parquet}
+    for suffix, read in readers.items():
+        if suffix != ".csv":
+            predict_frame(
+                scorer, read_input(str(_input(tmp_path, suffix)), "text"), "text", tmp_path / f"s{suffix}", 16
+            )
+        scored = read(tmp_path / f"s{suffix}")
+        columns = [
+            "text",
+            "label",
+            "ticket",
+            "predicted_label",
+            *[f"score_{label}" for label in labels],
+            "model_version",
+        ]
+        assert list(scored.columns) == columns, suffix
+        assert scored["ticket"].tolist() == list(range(40))  # every input column kept, in order
+        scores = scored[[f"score_{label}" for label in labels]].to_numpy()
+        assert abs(scores.sum(1) - 1).max() < 1e-5
+        assert (scored["predicted_label"] == [labels[i] for i in scores.argmax(1)]).all()
+        assert set(scored["model_version"]) == {f"{served}-student/1"}
 
 
 def test_the_calibrated_temperature_travels_with_the_version(served):
@@ -293,3 +303,14 @@ def test_predict_explain_adds_the_top_words_of_each_row(served, tmp_path):
     assert any(scored["top_words"])
     for text, words in zip(scored["text"], scored["top_words"], strict=True):
         assert len(words.split()) <= 5 and all(w in text.lower() for w in words.split())  # the row's own words
+
+
+def test_graftline_serve_resolves_the_alias_to_the_servable_or_the_registered_model(served):
+    runner, client = CliRunner(), MlflowClient()
+    servable = client.get_model_version(f"{served}-student", "1").tags["servable_model_uri"]
+    onnx = runner.invoke(app, ["serve", f"{served}-student@production", "--dry-run", "--port", "5077"])
+    assert onnx.exit_code == 0 and f"models serve -m {servable} --env-manager local -h 127.0.0.1 -p 5077" in onnx.output
+    torch = runner.invoke(app, ["serve", f"{served}@production", "--form", "torch", "--dry-run"])
+    assert torch.exit_code == 0 and f"-m models:/{served}/1 " in torch.output
+    teacher = runner.invoke(app, ["serve", f"{served}@production", "--dry-run"])  # the teacher was not exported
+    assert teacher.exit_code == 2 and "has no servable ONNX export; use --form torch" in teacher.output
