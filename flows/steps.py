@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from graftline.flows import reuse
 from graftline.flows.progress import TrainingMonitor
-from graftline.tasks import pii
+from graftline.tasks import images, pii
 from graftline.tasks.calibration import Calibration, plot_reliability
 from graftline.tasks.data import Splits, load_splits, read_texts
 from graftline.tasks.engine import backbones
@@ -89,6 +89,7 @@ def ingest(
     with tracking.step_run("ingest", context.parent_run_id) as run:
         tracking.log_params(params.model_dump(exclude={"eval_sets"}), "data.")
         unlabeled = [text for path in unlabeled_paths for text in read_texts(path, unlabeled_text_column)]
+        images.require_text(params)  # a deployment run's data is read here first
         splits = load_splits(params, unlabeled)
         if validation.pii == "redact":
             splits, replaced = pii.redact_splits(splits, pii.Scanner(validation.pii_patterns))

@@ -179,3 +179,74 @@ def _as_bits(hashes: list[int]) -> tuple[np.ndarray, np.ndarray]:
     valid = np.asarray([h >= 0 for h in hashes], dtype=bool)
     packed = np.asarray([h if h >= 0 else 0 for h in hashes], dtype=np.uint64).reshape(-1, 1)
     return packed.view(np.uint8).reshape(len(hashes), 8), valid
+
+
+# -- image splits ---------------------------------------------------------------------------------
+
+
+def modality_of(data) -> str:
+    """`data.modality`, or for `auto`: image when the training data is a folder of class folders, or a
+    table with `data.image_column` and without `data.text_column`; else text."""
+    if data.modality != "auto":
+        return data.modality
+    from graftline.tasks.data import resolve_source
+
+    source = resolve_source(data.train_path)
+    if Path(source).is_dir():
+        return "image"
+    columns = _columns(source, data.format)
+    return "image" if data.image_column in columns and data.text_column not in columns else "text"
+
+
+def _columns(source: str, fmt: str) -> set[str]:
+    """The column names of a table, read from its head only (a missing or unreadable file: none)."""
+    try:
+        from graftline.tasks.data import _format_of
+
+        fmt = _format_of(source) if fmt == "auto" else fmt
+        if fmt == "csv":
+            return set(pd.read_csv(source, nrows=0).columns)
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return set(pq.read_schema(source).names)
+        return set(pd.read_json(source, lines=True, nrows=1).columns)
+    except Exception:  # the text reader reports the file's fault in its own words
+        return set()
+
+
+def require_text(data) -> None:
+    """Refuse image data where only text is handled yet (the lifecycle), naming what does take it."""
+    if modality_of(data) == "image":
+        raise DataError(
+            f"{data.train_path}: image data; the lifecycle trains text classifiers only so far "
+            "(`graftline check` validates image data)"
+        )
+
+
+def load_image_splits(data) -> dict[str, pd.DataFrame]:
+    """train, validation, test and every evaluation set as image frames (read_images): given files or
+    folders, else carved out of the training data with the same seeded stratified split as text."""
+    from graftline.tasks.data import resolve_source, stratified_split
+
+    def read(path: str) -> pd.DataFrame:
+        return read_images(resolve_source(path), data.image_column, data.label_column)
+
+    def carve(frame: pd.DataFrame, share: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+        # The unit of the split is the distinct image file, as it is the distinct text for text data.
+        kept, held = stratified_split(frame.rename(columns={"image": "text"}), share, seed, data.train_path)
+        return kept.rename(columns={"text": "image"}), held.rename(columns={"text": "image"})
+
+    train = read(data.train_path)
+    if train["label"].nunique() < 2:
+        raise DataError(f"{data.train_path}: needs at least two classes, found {train['label'].nunique()}")
+    test = read(data.test_path) if data.test_path else None
+    if test is None:
+        train, test = carve(train, data.test_fraction, data.split_seed)
+    validation = read(data.validation_path) if data.validation_path else None
+    if validation is None:
+        share = data.validation_fraction / (1 - (0 if data.test_path else data.test_fraction))
+        train, validation = carve(train, share, data.split_seed + 1)
+    sets = {"train": train, "validation": validation, "test": test}
+    sets |= {name: read(path) for name, path in data.eval_sets.items()}
+    return {name: frame.reset_index(drop=True) for name, frame in sets.items()}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from graftline.tasks import images
 from graftline.tasks.data import Splits, load_splits, read_texts
 from graftline.tasks.engine import backbones
 from graftline.tasks.settings import DataParams, DistillParams, FinetuneParams, SelectParams
@@ -42,6 +43,7 @@ class Checked:
 def check(data: DataParams, finetune: FinetuneParams, select: SelectParams, distill: DistillParams) -> Checked:
     """Raise the first fault found (DataError, BackboneError), most basic first; else what was read."""
     started = time.perf_counter()
+    images.require_text(data)
     specs = list(select.candidates) if finetune.backbone == "auto" else [finetune.backbone]
     configs = {spec: backbones.check(spec) for spec in specs}
     unlabeled = []

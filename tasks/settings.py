@@ -42,7 +42,13 @@ class DataParams(Params):
     )
     validation_path: str | None = Field(None, description="Validation file; carved from the training data when empty.")
     test_path: str | None = Field(None, description="Test file; carved from the training data when empty.")
+    modality: Literal["auto", "text", "image"] = Field(
+        "auto",
+        description="text or image data; auto: image when train_path is a folder (one subfolder per class) or "
+        "a table with image_column and without text_column, else text.",
+    )
     text_column: str = Field("text", min_length=1, description="Column holding the text.")
+    image_column: str = Field("image", min_length=1, description="Images in a table: the column of paths or URLs.")
     label_column: str = Field("label", min_length=1, description="Column holding the class name.")
     format: Literal["auto", "csv", "jsonl", "parquet"] = Field(
         "auto", description="File format; auto reads the suffix."

@@ -165,3 +165,36 @@ def test_near_duplicates_within_a_split_count_against_the_duplicate_share(tmp_pa
     [finding] = report.findings
     assert (finding.split, finding.check, finding.failing) == ("train", "duplicate images", "3 of 15 images")
     assert _validate(folders, tmp_path, max_duplicate_fraction=0.25).success
+
+
+def test_graftline_check_validates_image_folders_and_run_refuses_them_first(tmp_path):
+    from typer.testing import CliRunner
+
+    from graftline.flows.cli.app import app
+
+    folders = _image_splits(tmp_path / "set")
+    runner = CliRunner()
+    few = ["--set", "validation.min_examples_per_class=2"]  # 12 pictures, carved three ways
+    done = runner.invoke(app, ["check", "--train", str(folders["train"]), "--out", str(tmp_path / "ok"), *few])
+    assert done.exit_code == 0, done.output
+    assert "image data: train 8, validation 2, test 2 images, 2 classes" in done.output  # carved, stratified
+    assert "data validation passed" in done.output
+    (folders["train"] / "ants" / "broken.jpg").write_bytes(b"not an image")
+    failed = runner.invoke(
+        app,
+        [
+            "check",
+            "--train",
+            str(folders["train"]),
+            "--test",
+            str(folders["test"]),
+            "--out",
+            str(tmp_path / "no"),
+            *few,
+        ],
+    )
+    assert failed.exit_code == 2
+    assert "graftline: error: data validation failed: 1 expectation on 1 split; see the report" in failed.output
+    assert "undecodable image" in failed.output and "broken.jpg" in (tmp_path / "no" / "report.md").read_text()
+    refused = runner.invoke(app, ["run", "--train", str(folders["train"])])
+    assert refused.exit_code == 2 and "image data; the lifecycle trains text classifiers only so far" in refused.output

@@ -93,11 +93,15 @@ def check(
 
     overrides = data_overrides(train, validation, test, text_column, label_column)
     params = build_params(config, overrides, eval_set, set_, target)
+    folder = out or Path(tempfile.mkdtemp(prefix="graftline-check-"))
+    from graftline.tasks.images import modality_of
+
+    if modality_of(params.data) == "image":
+        return _check_images(params, folder)
     checked = preflight(params)
     print(checked.line(), file=sys.stderr)
     from graftline.tasks.validate import validate_splits
 
-    folder = out or Path(tempfile.mkdtemp(prefix="graftline-check-"))
     splits = checked.splits
     with live_progress(), activity("validating the data"):
         if params.validation.pii == "redact":  # as the run's ingest step does, before validation
@@ -111,6 +115,21 @@ def check(
     if not report.success:
         raise report.error(str(folder / "report.md"), docs)
     print(f"data validation passed\nreport: {folder / 'report.md'}" + (f"\nData Docs: {docs}" if docs else ""))
+
+
+def _check_images(params, folder: Path) -> None:
+    """`graftline check` on image data: the splits read (or carved), then the image validation suite."""
+    from graftline.tasks.image_validation import validate_images
+    from graftline.tasks.images import load_image_splits
+
+    splits = load_image_splits(params.data)
+    counts = ", ".join(f"{name} {len(frame)}" for name, frame in splits.items())
+    print(f"image data: {counts} images, {splits['train']['label'].nunique()} classes", file=sys.stderr)
+    with live_progress(), activity("validating the images"):
+        report = validate_images(splits, params.validation, folder)
+    if not report.success:
+        raise report.error(str(folder / "report.md"), None)
+    print(f"data validation passed\nreport: {folder / 'report.md'}")
 
 
 def preflight(params):
