@@ -80,12 +80,17 @@ class PromoteParams(settings.Params):
     experiment: str = Field("graftline", min_length=1, description="MLflow experiment of the promotion runs.")
 
 
-class PredictParams(settings.Params):
-    model: str = Field(
+def version_field(purpose: str):
+    """The one form field naming a registered version (tasks/predict.ModelReference reads it)."""
+    return Field(
         "graftline-demo-student@production",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*(@[A-Za-z0-9_-]+|/[0-9]+)?$",
-        description="Registered version to score with: MODEL@ALIAS, MODEL/VERSION, or MODEL (its production version).",
+        description=f"Registered version {purpose}: MODEL@ALIAS, MODEL/VERSION, or MODEL (its production version).",
     )
+
+
+class PredictParams(settings.Params):
+    model: str = version_field("to score with")
     input_path: str = Field(
         ..., min_length=1, description="Texts to score: CSV, JSONL or Parquet (path or fsspec URL)."
     )
@@ -107,11 +112,7 @@ class PredictParams(settings.Params):
 class MonitorParams(settings.Params):
     """A drift check of a registered version on new texts, and what happens when it finds harmful drift."""
 
-    model: str = Field(
-        "graftline-demo-student@production",
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*(@[A-Za-z0-9_-]+|/[0-9]+)?$",
-        description="Registered version to check: MODEL@ALIAS, MODEL/VERSION, or MODEL (its production version).",
-    )
+    model: str = version_field("to check")
     input_path: str | None = Field(
         None,
         min_length=1,

@@ -60,7 +60,7 @@ def predict(params: PredictParams) -> dict:
                 "batch_size": params.batch_size,
             }
         )
-        explainer = _explainer(reference, scorer) if params.explain else None
+        explainer = _explainer(scorer.source) if params.explain else None
         predictions = predict_frame(scorer, frame, params.text_column, output, params.batch_size, explainer)
         metrics = predictions.metrics()
         mlflow.log_metrics(metrics)
@@ -79,14 +79,10 @@ def predict(params: PredictParams) -> dict:
     return {**metrics, "version": scorer.version, "form": scorer.form, "run_id": run.info.run_id}
 
 
-def _explainer(reference, scorer):
+def _explainer(version):
     """texts -> the words that pushed each towards its prediction (IG on the version's torch model)."""
-    from mlflow.tracking import MlflowClient
-
     from graftline.tasks.explain import explain
-    from graftline.tasks.predict import ModelReference, fetch_version
 
-    version = fetch_version(MlflowClient(), ModelReference(reference.name, version=scorer.version))
     model, tokenizer = version.classifier(), version.tokenizer()
 
     def top_words(texts: list[str]) -> list[list[str]]:

@@ -45,7 +45,6 @@ from graftline.tasks.settings import (
 from graftline.tasks.validate import ValidationReport, validate_splits
 
 STEP = dict(cache_policy=NO_CACHE, persist_result=False)
-INPUT_EXAMPLE = contract.INPUT_EXAMPLE
 
 
 def reusable(step, run: RunParams):
@@ -237,7 +236,7 @@ def finetune(splits: Splits, params: FinetuneParams, adapt: AdaptParams, context
         mlflow.set_tags(_privacy_tags(result.privacy))
         if result.self_training:
             mlflow.log_dict([asdict(r) for r in result.self_training.rounds], "self_training/rounds.json")
-        info = log_classifier(result.model_dir, INPUT_EXAMPLE)
+        info = log_classifier(result.model_dir, contract.INPUT_EXAMPLE)
     logger = get_run_logger()
     logger.info(
         "teacher: best validation macro-F1 %.4f at epoch %d on %s",
@@ -383,7 +382,7 @@ def distill(
             }
         )
         mlflow.set_tag("graftline.gate", judged.gate(*retention))
-        uri = log_classifier(result.model_dir, INPUT_EXAMPLE).model_uri
+        uri = log_classifier(result.model_dir, contract.INPUT_EXAMPLE).model_uri
     logger = get_run_logger()
     logger.info(
         "student: %s parameters (%.2fx the teacher), test accuracy retention %.3f, CPU speedup %.2fx",

@@ -213,12 +213,7 @@ def torch_predictor(model, tokenizer, max_length: int) -> Predict:
 def onnx_profiler(path: Path, tokenizer, max_length: int, batch_size: int = 64):
     """texts -> (logits, pooled states) from an exported file with a `pooled` output, else None
     (files exported before it had one): the drift monitor's forward pass at the export's speed."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = _session(path)
     if "pooled" not in {o.name for o in session.get_outputs()}:
         return None
 
@@ -238,13 +233,17 @@ def onnx_profiler(path: Path, tokenizer, max_length: int, batch_size: int = 64):
     return profile
 
 
-def onnx_predictor(path: Path, tokenizer, max_length: int) -> Predict:
+def _session(path: Path):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # the same CPU threads as torch gets
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_predictor(path: Path, tokenizer, max_length: int) -> Predict:
+    session = _session(path)
 
     def predict(texts: list[str]) -> np.ndarray:
         batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")

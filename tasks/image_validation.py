@@ -28,6 +28,10 @@ from graftline.tasks.settings import ValidationParams
 from graftline.tasks.validate import EXAMPLES, Finding, ValidationReport, _custom_expectations
 
 CHANNELS = [1, 3, 4]
+SHARES = {  # column -> (the check's name, the parameter bounding the share of rows it flags)
+    "duplicate": ("duplicate images", "max_duplicate_fraction"),
+    "seen_in_train": ("leakage from train", "max_overlap_fraction"),
+}
 
 
 def validate_images(splits: dict[str, pd.DataFrame], t: ValidationParams, out_dir: Path) -> ValidationReport:
@@ -125,22 +129,10 @@ def _finding(split: str, frame: pd.DataFrame, result, t: ValidationParams) -> Fi
         return make(f"{column} out of bounds", bounds, observed, relax)
     if column == "channels":
         return make("unsupported channels", "1, 3 or 4", failing, "convert those images to RGB")
-    if column == "duplicate":
+    if column in SHARES:  # a share of the split: the parameter, and a value that would pass
+        check, parameter = SHARES[column]
         passing = min(1.0, (count or 0) / max(total, 1) + 0.01)
-        return make(
-            "duplicate images",
-            f"<= {t.max_duplicate_fraction:.0%}",
-            share,
-            f"validation.max_duplicate_fraction={passing:.2f}",
-        )
-    if column == "seen_in_train":
-        passing = min(1.0, (count or 0) / max(total, 1) + 0.01)
-        return make(
-            "leakage from train",
-            f"<= {t.max_overlap_fraction:.0%}",
-            share,
-            f"validation.max_overlap_fraction={passing:.2f}",
-        )
+        return make(check, f"<= {getattr(t, parameter):.0%}", share, f"validation.{parameter}={passing:.2f}")
     if kind == "column_class_counts_to_be_balanced":
         details = r.get("details") or {}
         observed = f"smallest {details.get('smallest')}, ratio {details.get('ratio')}"

@@ -293,9 +293,8 @@ def check(
     if not texts:
         raise MonitorError("no texts to monitor: the window is empty")
     version = fetch_version(client, ModelReference.parse(model))
-    classifier, tokenizer = version.classifier(), version.tokenizer()
-    labels = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
-    form, forward = _fastest_forward(client, version, classifier, tokenizer)
+    labels, tokenizer = version.labels(), version.tokenizer()
+    form, forward = _fastest_forward(client, version, tokenizer)
     reference = _reference(client, version, forward, form, labels, reference_rows, cache, thresholds.seed)
     started = time.perf_counter()
     window = profile_with(forward, texts, version.temperature)
@@ -304,7 +303,7 @@ def check(
     return Monitored(version, reference, window, report, form)
 
 
-def _fastest_forward(client, version, classifier, tokenizer):
+def _fastest_forward(client, version, tokenizer):
     """(form, texts -> logits and pooled states): the version's INT8 export when it passed parity and
     has a `pooled` output, else the torch model. Reference and window always use the same one."""
     import mlflow
@@ -319,7 +318,7 @@ def _fastest_forward(client, version, classifier, tokenizer):
         forward = onnx_profiler(Path(path), tokenizer, version.max_length)
         if forward is not None:
             return "onnx-int8", forward
-    return "torch", torch_forward(classifier, tokenizer, version.max_length)
+    return "torch", torch_forward(version.classifier(), tokenizer, version.max_length)  # weights only when needed
 
 
 class MonitorError(GraftlineError):

@@ -69,6 +69,7 @@ class Scorer:
     max_length: int
     predict: object  # Callable[[list[str]], np.ndarray]
     temperature: float = 1.0  # logits are divided by it: calibrated probabilities
+    source: Version | None = field(default=None, repr=False)  # the downloaded version (its torch model, tokenizer)
 
     def probabilities(self, texts: list[str], batch_size: int = 32, shown=None) -> np.ndarray:
         """Calibrated class probabilities of `texts`, scored `batch_size` at a time."""
@@ -146,6 +147,13 @@ class Version:
 
         return backbones.load_classifier(str(self.folder / "model")).eval()
 
+    def labels(self) -> list[str]:
+        """The class names in logit order, from the model's config (no weights loaded)."""
+        import json
+
+        id2label = json.loads((self.folder / "model" / "config.json").read_text())["id2label"]
+        return [id2label[str(i)] for i in range(len(id2label))]
+
 
 def fetch_version(client, reference: ModelReference) -> Version:
     """The version `reference` names, downloaded (MLflow caches nothing: each call downloads)."""
@@ -166,7 +174,7 @@ def load_scorer(client, reference: ModelReference, form: str = "auto") -> Scorer
     if form not in ("auto", *FORMS):
         raise PredictionError(f"form {form!r}: expected auto or one of {', '.join(FORMS)}")
     fetched = fetch_version(client, reference)
-    version, folder, max_length, temperature = fetched.version, fetched.folder, fetched.max_length, fetched.temperature
+    version, max_length, temperature = fetched.version, fetched.max_length, fetched.temperature
     tokenizer = fetched.tokenizer()
     exports = passed_exports(client, fetched.tags.get(contract.EXPORT_RUN))
     wanted = [f for f in FORMS if f in exports or f == "torch"] if form == "auto" else [form]
@@ -175,13 +183,10 @@ def load_scorer(client, reference: ModelReference, form: str = "auto") -> Scorer
         if chosen not in exports:
             raise PredictionError(f"{reference.name} v{version} has no {chosen} export that passed its parity check")
         onnx = mlflow.artifacts.download_artifacts(run_id=exports[chosen], artifact_path=EXPORT_FILES[chosen])
-        labels = _labels(folder / "model" / "config.json")
         predict = onnx_predictor(Path(onnx), tokenizer, max_length)
-        return Scorer(reference.name, version, chosen, labels, max_length, predict, temperature)
-    model = fetched.classifier()
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    predict = torch_predictor(model, tokenizer, max_length)
-    return Scorer(reference.name, version, "torch", labels, max_length, predict, temperature)
+        return Scorer(reference.name, version, chosen, fetched.labels(), max_length, predict, temperature, fetched)
+    predict = torch_predictor(fetched.classifier(), tokenizer, max_length)
+    return Scorer(reference.name, version, "torch", fetched.labels(), max_length, predict, temperature, fetched)
 
 
 def passed_exports(client, run_id: str | None) -> dict[str, str]:
@@ -190,13 +195,6 @@ def passed_exports(client, run_id: str | None) -> dict[str, str]:
         return {}
     logged = {f.path for f in client.list_artifacts(run_id, "export")}
     return {form: run_id for form, path in EXPORT_FILES.items() if path in logged}
-
-
-def _labels(config: Path) -> list[str]:
-    import json
-
-    id2label = json.loads(config.read_text())["id2label"]
-    return [id2label[str(i)] for i in range(len(id2label))]
 
 
 def output_format(output: Path) -> str:

@@ -13,9 +13,9 @@ from mlflow.tracking import MlflowClient
 from prefect.artifacts import Artifact
 
 from graftline.flows.lifecycle import transfer
-from graftline.flows.steps import INPUT_EXAMPLE
 from graftline.tasks.data import resolve_source
 from graftline.tasks.errors import ValidationFailed
+from graftline.tasks.registry import contract
 from graftline.tasks.registry.promotion import history
 from graftline.tasks.settings import (
     AdaptParams,
@@ -488,7 +488,7 @@ def test_personal_data_stops_the_run_unless_redacted_and_never_reaches_the_store
     assert not [secret for secret in SECRETS if secret.encode() in stored]  # ...the secrets are not
     examples = [json.loads(p.read_text()) for p in Path(mlflow_store).rglob("input_example.json")]
     texts = [[row[0] for row in e["data"]] if isinstance(e, dict) else e for e in examples]  # the servable's: a frame
-    assert texts and all(t == INPUT_EXAMPLE for t in texts), examples[:1]  # written, not rows of the data
+    assert texts and all(t == contract.INPUT_EXAMPLE for t in texts), examples[:1]  # written, not rows of the data
 
 
 def _readable(path: Path) -> bytes:

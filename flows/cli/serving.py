@@ -1,4 +1,4 @@
-"""`graftline predict` and `graftline monitor`: the serving flows from the command line."""
+"""`graftline predict`, `monitor`, `serve` and `explain`: using a registered version from the command line."""
 
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ def monitor(
     """Check new texts for drift against the version's own held-out data; prints the verdict and every statistic."""
     from graftline.flows.params import MonitorParams
     from graftline.flows.serving import monitor as monitor_flow
+    from graftline.tasks.monitor import DETECTORS
 
     params = MonitorParams(
         model=model,
@@ -77,7 +78,7 @@ def monitor(
         print(f"{done['verdict']}: {done['window_rows']} rows scored since the last check, {min_rows} needed")
         return
     print(f"{done['verdict']} ({done['window_rows']:.0f} new rows, {done['reference_rows']:.0f} reference rows)")
-    for name in ("bbsd_ks", "mmd", "classifier", "label_shift"):
+    for name in DETECTORS:
         print(f"  {name:12s} statistic {done[f'{name}_statistic']:.4f}  p-value {done[f'{name}_p_value']:.3g}")
     print(
         f"  accuracy: {done['reference_accuracy']:.3f} on the reference, estimated {done['estimated_accuracy']:.3f} "
