@@ -314,6 +314,12 @@ def _format_of(source: str) -> str:
     raise DataError(f"{source}: unknown file format; use .csv, .jsonl or .parquet (or set the format)")
 
 
+def require_exists(source: str) -> None:
+    """A one-line error when `source` (a path or fsspec URL) is not there: the check a command makes
+    before it starts anything."""
+    _require_exists(resolve_source(source))
+
+
 def _require_exists(source: str) -> None:
     import fsspec
 

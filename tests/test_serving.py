@@ -129,6 +129,14 @@ def test_the_command_line_exits_2_on_an_unknown_output_format(served, tmp_path):
         app, ["predict", f"{served}@production", "--input", str(source), "--output", str(tmp_path / "out.xlsx")]
     )
     assert result.exit_code == 2 and "unknown output format" in result.output
+    missing = CliRunner().invoke(
+        app,
+        ["predict", f"{served}@production", "--input", str(tmp_path / "none.csv"), "--output", str(tmp_path / "o.csv")],
+    )
+    assert (
+        missing.exit_code == 2
+        and missing.output.strip() == f"graftline: error: {tmp_path / 'none.csv'}: file not found"
+    )
 
 
 def _free_port() -> int:

@@ -23,6 +23,8 @@ def predict(
     """Score every row of a file with a registered version; writes label, score per class and version."""
     from graftline.flows.params import PredictParams
     from graftline.flows.serving import predict as predict_flow
+    from graftline.tasks.data import require_exists
+    from graftline.tasks.predict import ModelReference, output_format
 
     params = PredictParams(
         model=model,
@@ -34,6 +36,9 @@ def predict(
         explain=explain,
         experiment=experiment,
     )
+    ModelReference.parse(model)  # bad input fails here, before Prefect's server starts
+    require_exists(input_path)
+    output_format(output_path.expanduser().resolve())
     done = predict_flow(params)
     print(
         f"{done['rows']:.0f} rows scored with v{done['version']} ({done['form']}) in {done['seconds']:.2f} s: "
@@ -60,6 +65,7 @@ def monitor(
     """Check new texts for drift against the version's own held-out data; prints the verdict and every statistic."""
     from graftline.flows.params import MonitorParams
     from graftline.flows.serving import monitor as monitor_flow
+    from graftline.tasks.data import require_exists
     from graftline.tasks.monitor import DETECTORS
 
     params = MonitorParams(
@@ -73,6 +79,8 @@ def monitor(
         retrain=retrain,
         experiment=experiment,
     )
+    if input_path:
+        require_exists(input_path)  # before Prefect's server starts
     done = monitor_flow(params)
     if done["run_id"] is None:
         print(f"{done['verdict']}: {done['window_rows']} rows scored since the last check, {min_rows} needed")
