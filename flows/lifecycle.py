@@ -88,7 +88,8 @@ def transfer(
     tracking: TrackingParams = TrackingParams(),  # shadows the module here only: _lifecycle uses the module
     run: RunParams = RunParams(),
 ) -> LifecycleSummary:
-    """Validate, fine-tune, evaluate, distil, export and register one text classifier; returns a summary."""
+    """Validate, fine-tune, evaluate, distil, export and register one text or image classifier; returns a
+    summary."""
     given = TransferParams(
         data=data,
         validation=validation,
@@ -103,7 +104,8 @@ def transfer(
         tracking=tracking,
         run=run,
     )
-    return _lifecycle(TransferParams.model_validate(with_deployment_defaults(given.model_dump())))
+    params = TransferParams.model_validate(with_deployment_defaults(given.model_dump()))
+    return _lifecycle(params.for_modality())
 
 
 def _lifecycle(params: TransferParams) -> LifecycleSummary:
@@ -168,7 +170,10 @@ def _lifecycle(params: TransferParams) -> LifecycleSummary:
         if splits.targets:
             teacher = teacher.but(report={**teacher.report, **call(steps.domain_gap, teacher, splits, context)})
         models: list[TrainedModel] = [teacher]
-        explained = steps.explain(teacher, splits, params.explain, None, context) if params.explain.enabled else None
+        explaining = params.explain.enabled and splits.modality == "text"
+        if params.explain.enabled and not explaining:
+            get_run_logger().warning("explain: token attributions are for text; not run on %s data", splits.modality)
+        explained = steps.explain(teacher, splits, params.explain, None, context) if explaining else None
         if distill.enabled:
             retention = (gates.retention_floor, gates.retention_sets)
             student = call(steps.distill, teacher, splits, distill, retention, context, retried=True)

@@ -55,6 +55,27 @@ class TransferParams(settings.Params):
             raise ValueError(f"registry.gates.retention_sets {unknown} are not evaluation sets ({sets})")
         return self
 
+    def for_modality(self) -> TransferParams:
+        """These parameters as the data needs them: for image data (`data.modality`, or what `auto` finds),
+        every parameter of settings.IMAGE_DEFAULTS still at its text default takes its image default, so
+        `--modality image` alone runs the image demo and an image folder alone trains an image model."""
+        from graftline.tasks.images import modality_of
+
+        if self.data.modality == "text" or (self.data.modality == "auto" and modality_of(self.data) != "image"):
+            return self
+        changed = settings.IMAGE_DEFAULTS
+        if self.data.train_path in (settings.DEMO_TRAIN, settings.IMAGE_DEMO_TRAIN):
+            changed = changed | settings.IMAGE_DEMO_DEFAULTS
+        groups = {}
+        for name, values in changed.items():
+            group = getattr(self, name)
+            untouched = type(group)()  # the group's defaults
+            kept = {key: value for key, value in values.items() if getattr(group, key) == getattr(untouched, key)}
+            groups[name] = group.model_copy(update=kept)
+        data = groups.get("data", self.data)
+        groups["data"] = data.model_copy(update={"modality": "image"})
+        return self.model_copy(update=groups)
+
     def groups(self) -> dict:
         """The groups by name: the keyword arguments of the `transfer` flow."""
         return {name: getattr(self, name) for name in type(self).model_fields}

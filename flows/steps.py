@@ -22,11 +22,17 @@ from graftline.flows import reuse
 from graftline.flows.progress import TrainingMonitor
 from graftline.tasks import images, pii
 from graftline.tasks.calibration import Calibration, plot_reliability
-from graftline.tasks.data import Splits, load_splits, read_texts
+from graftline.tasks.data import Splits, read_texts
 from graftline.tasks.engine import backbones
 from graftline.tasks.engine.training import TrainingIO
 from graftline.tasks.errors import GraftlineError
-from graftline.tasks.evaluate import Evaluation, cross_domain_gaps, evaluate_sets, plot_confusion
+from graftline.tasks.evaluate import (
+    Evaluation,
+    cross_domain_gaps,
+    evaluate_sets,
+    plot_confusion,
+    plot_misclassified,
+)
 from graftline.tasks.records import Exported, Ingested, Registration, StepContext, TrainedModel
 from graftline.tasks.registry import contract, evaluation_sets, tracking
 from graftline.tasks.settings import (
@@ -88,9 +94,9 @@ def ingest(
     with tracking.step_run("ingest", context.parent_run_id) as run:
         tracking.log_params(params.model_dump(exclude={"eval_sets"}), "data.")
         unlabeled = [text for path in unlabeled_paths for text in read_texts(path, unlabeled_text_column)]
-        images.require_text(params)  # a deployment run's data is read here first
-        splits = load_splits(params, unlabeled)
-        if validation.pii == "redact":
+        splits = images.load_any(params, unlabeled)
+        mlflow.set_tag(contract.MODALITY, splits.modality)
+        if validation.pii == "redact" and splits.modality == "text":  # images hold no text to scan
             splits, replaced = pii.redact_splits(splits, pii.Scanner(validation.pii_patterns))
             mlflow.log_metrics({f"pii_redacted_{kind}": n for kind, n in replaced.items()} or {"pii_redacted": 0})
             get_run_logger().info(
@@ -124,6 +130,8 @@ def ingest(
 
 
 def _holds_personal_data(splits: Splits, validation: ValidationParams) -> bool:
+    if splits.modality != "text":
+        return False
     scanner = pii.Scanner(validation.pii_patterns)
     return any(scanner.find(text) for split in splits.evaluation_sets().values() for text in split.texts)
 
@@ -135,7 +143,13 @@ def validate(splits: Splits, params: ValidationParams, context: StepContext) -> 
     with tracking.step_run("validate", context.parent_run_id):
         tracking.log_params(params.model_dump(), "validation.")
         folder = context.folder("validation")
-        report = validate_splits(splits, params, folder)
+        if splits.modality == "image":
+            from graftline.tasks.image_validation import validate_images
+
+            frames = {s.name: s.frame for s in (splits.train, splits.validation, *splits.evaluation_sets().values())}
+            report = validate_images(frames, params, folder)
+        else:
+            report = validate_splits(splits, params, folder)
         mlflow.log_metrics({**report.statistics, "failed_expectations": len(report.findings)})
         for name in ("gx_results.json", "report.md"):
             mlflow.log_artifact(str(folder / name), "validation")
@@ -179,9 +193,11 @@ def select(splits: Splits, backbone: str, student: str | None, params: SelectPar
         else:
             mlflow.set_tag("graftline.selection", f"{backbone}: fixed by the finetune.backbone parameter")
         trust = context.model.trust_remote_code
+        backbones.require_kind(backbone, splits.modality)
         config = backbones.load_config(backbone, trust)
         mlflow.log_params({"backbone": backbone, **_describe(config, "backbone.")})
         if student is not None:
+            backbones.require_student_kind(student, splits.modality)
             if student_layers(student, config.num_hidden_layers) is None:
                 mlflow.log_params(_describe(backbones.load_config(student, trust), "student."))
             mlflow.log_param("student", student)
@@ -274,6 +290,7 @@ def finetune(splits: Splits, params: FinetuneParams, adapt: AdaptParams, context
         params.backbone,
         report=result.self_training.summary() if result.self_training else {},
         privacy=_privacy_tags(result.privacy),
+        modality=splits.modality,
     )
 
 
@@ -288,7 +305,7 @@ def evaluate(model: TrainedModel, splits: Splits, context: StepContext) -> tuple
     """`model` scored on every evaluation set, and its temperature fitted on the validation split."""
     with tracking.step_run("evaluate", context.parent_run_id):
         evaluations, calibration = evaluate_sets(model.model_dir, splits, context.model)
-        _log_evaluations(model.role, evaluations, calibration, context.folder("evaluate"))
+        _log_evaluations(model.role, evaluations, calibration, context.folder("evaluate"), splits)
     return evaluations, calibration
 
 
@@ -373,7 +390,7 @@ def distill(
         judged = judge_student(
             result.model_dir, teacher.model_dir, teacher.evaluations, splits, context.model, *retention
         )
-        _log_evaluations(contract.STUDENT, judged.evaluations, judged.calibration, context.folder("distill"))
+        _log_evaluations(contract.STUDENT, judged.evaluations, judged.calibration, context.folder("distill"), splits)
         mlflow.log_metrics(
             {
                 **judged.report,
@@ -409,6 +426,7 @@ def distill(
         report=judged.report,
         gate_failure=judged.gate_failure,
         privacy=privacy,
+        modality=splits.modality,
     )
 
 
@@ -434,7 +452,15 @@ def export(
     with tracking.step_run("export", context.parent_run_id) as run:
         tracking.log_params(params.model_dump(), "export.")
         compared = teacher.model_dir if served is not teacher else None
-        report = export_and_measure(served.model_dir, compared, splits.test, params, context.model.max_length, folder)
+        report = export_and_measure(
+            served.model_dir,
+            compared,
+            splits.test,
+            params,
+            context.model.max_length,
+            folder,
+            calibration=splits.train.inputs if splits.modality == "image" else None,
+        )
         mlflow.log_metrics(report.metrics())
         mlflow.log_table(pd.DataFrame(report.table()), "export/latency.json")
         title = f"{served.role} export: accuracy against CPU latency"
@@ -472,6 +498,11 @@ def _log_servable(served: TrainedModel, report, context: StepContext) -> str | N
     labels = backbones.labels_of(backbones.load_classifier(str(served.model_dir)))
     temperature = served.calibration.temperature if served.calibration else 1.0
     folder = context.folder("servable")
+    if served.modality == "image":
+        from graftline.tasks.export import log_image_model
+
+        processor = backbones.load_tokenizer(str(served.model_dir))
+        return log_image_model(Path(chosen.file), None, labels, processor, temperature, folder, "servable").model_uri
     tokenizer = folder / "tokenizer"  # the tokenizer's files only: the torch weights stay out of the servable
     backbones.load_tokenizer(str(served.model_dir)).save_pretrained(str(tokenizer))
     info = log_servable(Path(chosen.file), tokenizer, labels, context.model.max_length, temperature, folder)
@@ -526,9 +557,12 @@ def register(
     return registrations
 
 
-def _log_evaluations(role: str, evaluations: dict[str, Evaluation], calibration: Calibration, folder) -> None:
-    """Every evaluation set's metrics, confusion matrix and report, the cross-domain gaps, and the
-    calibration: temperature, ECE before/after per set, reliability diagram."""
+def _log_evaluations(
+    role: str, evaluations: dict[str, Evaluation], calibration: Calibration, folder, splits: Splits
+) -> None:
+    """Every evaluation set's metrics, confusion matrix and report (for images, a grid of the most
+    confident errors), the cross-domain gaps, and the calibration: temperature, ECE before/after per
+    set, reliability diagram."""
     import mlflow
 
     mlflow.log_metrics(calibration.metrics())
@@ -550,6 +584,11 @@ def _log_evaluations(role: str, evaluations: dict[str, Evaluation], calibration:
         title = f"{role} on {name}: accuracy {result.accuracy:.3f}"
         mlflow.log_artifact(str(plot_confusion(result, folder / f"{name}_confusion.png", title)), "evaluation")
         mlflow.log_dict(asdict(result), f"evaluation/{name}_report.json")
+        if splits.modality == "image":
+            inputs = splits.evaluation_sets()[name].inputs
+            grid = plot_misclassified(result, inputs, folder / f"{name}_misclassified.png")
+            if grid is not None:
+                mlflow.log_artifact(str(grid), "evaluation")
     mlflow.log_metrics(cross_domain_gaps(evaluations))
 
 
@@ -578,4 +617,5 @@ def _log_training(result, monitor: TrainingMonitor) -> None:
 
 def _describe(config, prefix: str) -> dict[str, object]:
     keys = ("model_type", "num_hidden_layers", "hidden_size", "vocab_size", "max_position_embeddings")
+    keys += ("architecture", "image_size")  # an image classifier's config
     return {prefix + k: getattr(config, k) for k in keys if hasattr(config, k)}

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from graftline.tasks import demo_images
 from graftline.tasks.errors import DataError
 
 if TYPE_CHECKING:
@@ -35,10 +36,18 @@ class Split:
     frame: pd.DataFrame  # columns: text, label (strings), whatever the user's column names were; row (in the file)
     source: str
 
+    modality = "text"
+    input_column = "text"  # the column a model reads
+
     @property
     def texts(self) -> list[str]:
         """The texts as a model reads them: a missing one (reported by validation) is empty."""
         return self.frame["text"].fillna("").tolist()
+
+    @property
+    def inputs(self) -> list[str]:
+        """What a model reads: the texts here, the image paths of an image split (images.ImageSplit)."""
+        return self.texts
 
     @cached_property  # frozen: the rows cannot change, so they are hashed once
     def digest(self) -> str:
@@ -68,6 +77,10 @@ class Splits:
     def labels(self) -> list[str]:
         return sorted(self.train.frame["label"].dropna().unique())
 
+    @property
+    def modality(self) -> str:
+        return self.train.modality
+
     @cached_property  # frozen: the rows cannot change, so they are hashed once
     def digest(self) -> str:
         """One hash for the data a model was trained and tested on (train, validation, test)."""
@@ -94,7 +107,7 @@ def read_table(source: str, text_column: str, label_column: str | None, fmt: str
 
 def read_frame(source: str, fmt: str = "auto") -> pd.DataFrame:
     """Every column of one file, as written (CSV cells as strings); a fault names the file."""
-    fmt = _format_of(source) if fmt == "auto" else fmt
+    fmt = format_of(source) if fmt == "auto" else fmt
     _require_exists(source)
     try:
         if fmt == "csv":
@@ -254,7 +267,7 @@ def load_splits(params: DataParams, unlabeled: list[str] | tuple[str, ...] = ())
             for name, path in targets.items()
         },  # fmt: skip
     )
-    _require_known_labels(splits)
+    require_known_labels(splits)
     return splits
 
 
@@ -285,14 +298,17 @@ def stratified_split(frame: pd.DataFrame, fraction: float, seed: int, source: st
 
 
 def resolve_source(source: str) -> str:
-    """Expand `demo:<name>` to the embedded demo file; anything else is returned as given."""
+    """Expand `demo:<name>` to the embedded demo file (or the drawn demo images' folder, demo_images.py);
+    anything else is returned as given."""
     if not source.startswith(DEMO_PREFIX):
         return source
     name = source.removeprefix(DEMO_PREFIX)
+    if name in demo_images.DOMAINS:
+        return str(demo_images.folder(name))
     path = DEMO_DIR / f"{name}.csv"
     if not path.is_file():
-        known = ", ".join(sorted(DEMO_PREFIX + p.stem for p in DEMO_DIR.glob("*.csv")))
-        raise DataError(f"{source}: no such demo dataset (known: {known})")
+        known = [DEMO_PREFIX + p.stem for p in DEMO_DIR.glob("*.csv")] + [DEMO_PREFIX + d for d in demo_images.DOMAINS]
+        raise DataError(f"{source}: no such demo dataset (known: {', '.join(sorted(known))})")
     return str(path)
 
 
@@ -306,7 +322,7 @@ def encode_labels(labels: pd.Series, label_names: list[str], split_name: str) ->
     return [index[v] for v in labels]
 
 
-def _format_of(source: str) -> str:
+def format_of(source: str) -> str:
     suffixes = Path(source.split("?")[0]).suffixes
     for suffix in reversed(suffixes):
         if suffix.lower() in FORMATS:
@@ -337,7 +353,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
-def _require_known_labels(splits: Splits) -> None:
+def require_known_labels(splits: Splits) -> None:
     """Every evaluated label must be one the model learns: the training split defines the classes."""
     known = set(splits.labels)
     for split in [splits.validation, *splits.evaluation_sets().values()]:

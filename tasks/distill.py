@@ -16,6 +16,11 @@ Students:
 
 Transfer data: unlabeled texts (e.g. from the target domain) and augmented copies of the training
 texts are added to the training rows with soft labels only (their cross-entropy term is masked out).
+
+Images: the student is another image backbone (EfficientNet-Lite2 -> Lite0, say) with its own input
+size; the teacher's targets are computed once on centre crops while the student trains on random
+crops and flips of the same images (offline distillation: the teacher does not see the student's
+crop). Layer students and hidden-state matching are for transformers.
 `judge_student` evaluates the student on every evaluation set, compares it with its teacher
 (`distillation_report`: size, retention on every evaluation set, CPU speed) and asks the one
 retention gate (evaluate.py) whether it keeps enough to be registered.
@@ -49,7 +54,7 @@ from graftline.tasks.engine.training import (
 )
 from graftline.tasks.errors import BackboneError
 from graftline.tasks.evaluate import Evaluation, evaluate_sets, headline_scores, retention, retention_gate
-from graftline.tasks.finetune import encode_split, save_model
+from graftline.tasks.finetune import augmentation, encode_split, save_model
 from graftline.tasks.settings import DistillParams, ModelParams
 
 UNLABELED = -100  # label id of transfer rows: soft targets only, no cross-entropy
@@ -114,19 +119,22 @@ def distill(
     teacher_tokenizer = backbones.load_tokenizer(str(teacher_dir))
     labels = backbones.labels_of(teacher)
 
+    image = splits.modality == "image"
+    if image:
+        _require_image_student(params)
     kept = student_layers(params.student, teacher.config.num_hidden_layers)
     seed_everything(model.seed)  # a catalog student's new head is initialised from this seed
     if kept is not None:
         student, tokenizer = make_layer_student(teacher, kept), teacher_tokenizer
     else:
-        tokenizer = backbones.load_tokenizer(params.student, model.trust_remote_code)
-        student = backbones.load_classifier(params.student, labels, model.trust_remote_code)
+        tokenizer = backbones.load_tokenizer(params.student, model.trust_remote_code, model.image_size)
+        student = backbones.load_classifier(params.student, labels, model.trust_remote_code, model.image_size)
 
     # Training rows: the labeled split, then transfer rows that only the teacher labels: the
     # unlabeled files, the target sets' texts (the student adapts too), augmented training texts.
-    transfer = list(splits.unlabeled) + splits.target_texts()
-    transfer += augment(splits.train.texts, params.augment_copies, model.seed)
-    texts = splits.train.texts + transfer
+    transfer = [] if image else list(splits.unlabeled) + splits.target_texts()
+    transfer += [] if image else augment(splits.train.texts, params.augment_copies, model.seed)
+    texts = splits.train.inputs + transfer
     ids = encode_labels(splits.train.frame["label"], labels, "train") + [UNLABELED] * len(transfer)
     layer_map = (
         uniform_layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
@@ -149,6 +157,9 @@ def distill(
     train_split = encode(tokenizer, texts, ids, model.max_length, io.cache_dir)
     train_split.extras["teacher_logits"] = soft
     val_split = encode_split(tokenizer, splits.validation, labels, model.max_length, io.cache_dir)
+    if image:
+        train_split = train_split.augmented(augmentation(params.images, model.seed))
+        student.freeze_batchnorm(params.images.freezes_batchnorm(params.batch_size))
     trained = student
     if layer_map:
         train_split.extras["teacher_hidden"] = pooled
@@ -184,6 +195,12 @@ def distill(
         transfer_rows=len(transfer),
         layer_map=layer_map,
     )
+
+
+def _require_image_student(params: DistillParams) -> None:
+    backbones.require_student_kind(params.student, "image")
+    if params.hidden_weight > 0:
+        raise BackboneError("distill.hidden_weight matches transformer layers; set it to 0 for image models")
 
 
 @dataclass
@@ -311,7 +328,7 @@ def judge_student(
     """Score the student on every evaluation set, compare it with its teacher, and ask the retention gate."""
     evaluations, calibration = evaluate_sets(student_dir, splits, model)
     report = distillation_report(
-        teacher_dir, student_dir, teacher_scores, evaluations, splits.test.texts, model.max_length
+        teacher_dir, student_dir, teacher_scores, evaluations, splits.test.inputs, model.max_length
     )
     return Judgement(evaluations, calibration, report, retention_gate(report, floor, sets))
 

@@ -4,7 +4,7 @@ temperature that calibrates the model's confidence (calibration.py)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,8 @@ class Evaluation:
     confusion: list[list[int]]  # rows: true label, columns: predicted label (label order)
     labels: list[str]
     examples_per_second: float
+    # The most confident errors, most confident first: (row in the split, true label, predicted, confidence)
+    misclassified: list[tuple[int, str, str, float]] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
         """Flat metric names for MLflow, prefixed by the evaluation set's name."""
@@ -56,13 +58,16 @@ def _score(model, tokenizer, split: Split, max_length: int, batch_size: int, dev
 
     labels = labels_of(model)
     truth = encode_labels(split.frame["label"], labels, split.name)
-    encoded = encode(tokenizer, split.texts, truth, max_length)
+    encoded = encode(tokenizer, split.inputs, truth, max_length)
     model.to(resolve_device(device))
     started = time.perf_counter()
     logits = predict_logits(model, encoded, batch_size, tokenizer.pad_token_id)
     seconds = time.perf_counter() - started
     predictions = logits.argmax(-1)
     ids = list(range(len(labels)))
+    confidence = _softmax(logits).max(-1)
+    wrong = np.flatnonzero(predictions != np.asarray(truth))
+    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:MISCLASSIFIED_KEPT]
     precision, recall, f1, support = precision_recall_fscore_support(truth, predictions, labels=ids, zero_division=0)
     evaluation = Evaluation(
         name=split.name,
@@ -81,6 +86,7 @@ def _score(model, tokenizer, split: Split, max_length: int, batch_size: int, dev
         confusion=confusion_matrix(truth, predictions, labels=ids).tolist(),
         labels=labels,
         examples_per_second=len(truth) / seconds if seconds > 0 else float("inf"),
+        misclassified=[(int(i), labels[truth[i]], labels[predictions[i]], float(confidence[i])) for i in wrong],
     )
     return evaluation, logits, truth
 
@@ -98,6 +104,46 @@ def evaluate_sets(model_dir: Path, splits, model: ModelParams) -> tuple[dict[str
     validation = scored.pop("validation")
     calibration = calibrate(validation[1:], {name: (logits, truth) for name, (_, logits, truth) in scored.items()})
     return {name: evaluation for name, (evaluation, _, _) in scored.items()}, calibration
+
+
+MISCLASSIFIED_KEPT = 32
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
+
+
+def plot_misclassified(evaluation: Evaluation, images: list[str], path: Path, columns: int = 8) -> Path | None:
+    """A grid of an image set's most confident errors (`images`: the split's paths, in row order), each
+    captioned true -> predicted and the confidence; None when there is no error to show."""
+    if not evaluation.misclassified:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    shown = evaluation.misclassified
+    rows = -(-len(shown) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (row, truth, predicted, confidence) in zip(axes.flat, shown, strict=False):
+        try:
+            with Image.open(images[row]) as picture:
+                picture.thumbnail((160, 160))
+                ax.imshow(picture.convert("RGB"))
+        except OSError:
+            ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
+        ax.set_title(f"{truth} -> {predicted}\n{confidence:.2f}", fontsize=7)
+    fig.suptitle(f"{evaluation.name}: the {len(shown)} most confident errors of {evaluation.rows} images", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def plot_confusion(evaluation: Evaluation, path: Path, title: str | None = None) -> Path:

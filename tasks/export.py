@@ -1,9 +1,12 @@
 """ONNX export of a classifier, dynamic INT8 quantisation, a parity check and CPU latency.
 
 - `export_onnx`: torch.onnx's dynamo exporter, dynamic batch and sequence axes, inputs
-  `input_ids` + `attention_mask`, output `logits`, weights inside the one .onnx file.
+  `input_ids` + `attention_mask` (an image classifier: `pixel_values`, dynamic batch axis), outputs
+  `logits` and `pooled`, weights inside the one .onnx file.
 - `quantize_int8`: onnxruntime's dynamic quantisation (int8 weights, activations quantised at run
-  time): no calibration data needed.
+  time): no calibration data needed. A convolutional network is quantised statically instead (QDQ,
+  per-channel weights, activation ranges calibrated on up to 128 training images): dynamic
+  quantisation turns its convolutions into ConvInteger, slower than fp32 and less accurate.
 - parity (in `export_and_measure`): an export must predict the same class as the torch model on
   at least `min_agreement` of the test rows and lose at most `max_accuracy_drop` of its accuracy;
   its largest logit difference is reported too.
@@ -28,12 +31,23 @@ import torch
 from graftline.tasks import progress
 from graftline.tasks.data import Split, encode_labels
 from graftline.tasks.engine import backbones
+from graftline.tasks.engine.image_inputs import ImageProcessor
 from graftline.tasks.errors import GraftlineError
 from graftline.tasks.settings import ExportParams
 
 INPUTS = ("input_ids", "attention_mask")
 
-Predict = Callable[[list[str]], np.ndarray]  # texts -> logits
+Predict = Callable[[list[str]], np.ndarray]  # texts (or image paths) -> logits
+
+
+def model_inputs(tokenizer, inputs: list, max_length: int, tensors: str = "pt") -> dict:
+    """What an exported or torch classifier reads for `inputs`: token ids and mask for texts, pixel values
+    for images (the tokenizer is then an ImageProcessor: decoding is part of the work, as tokenising is)."""
+    if isinstance(tokenizer, ImageProcessor):
+        pixels = tokenizer.prepare(inputs)
+        return {"pixel_values": pixels if tensors == "pt" else pixels.numpy()}
+    batch = tokenizer(inputs, padding=True, truncation=True, max_length=max_length, return_tensors=tensors)
+    return {k: batch[k] if tensors == "pt" else batch[k].astype(np.int64) for k in INPUTS}
 
 
 @dataclass
@@ -103,17 +117,24 @@ class ExportReport:
 
 
 def export_and_measure(
-    model_dir: Path, teacher_dir: Path | None, test: Split, params: ExportParams, max_length: int, out_dir: Path
+    model_dir: Path,
+    teacher_dir: Path | None,
+    test: Split,
+    params: ExportParams,
+    max_length: int,
+    out_dir: Path,
+    calibration: list[str] | None = None,
 ) -> ExportReport:
     """Export the served model `model_dir` to ONNX (and INT8), check parity on `test`, time everything.
 
     The served model is the student, compared with `teacher_dir` for speed; or, without
-    distillation, the teacher itself (`teacher_dir` None)."""
+    distillation, the teacher itself (`teacher_dir` None). An image model's INT8 file is calibrated
+    on `calibration` (training image paths; never the test set it is then checked on)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     served = "student" if teacher_dir is not None else "teacher"
     model = backbones.load_classifier(str(model_dir)).eval()
     tokenizer = backbones.load_tokenizer(str(model_dir))
-    texts = test.texts
+    texts = test.inputs
     if not texts:
         raise GraftlineError(f"{test.name}: no rows to check the exported model's parity on")
     truth = np.asarray(encode_labels(test.frame["label"], backbones.labels_of(model), test.name))
@@ -121,7 +142,9 @@ def export_and_measure(
     with progress.activity("exporting to ONNX" + (" and INT8" if params.quantize else "")):
         exported = {f"{served}-onnx": export_onnx(model, tokenizer, out_dir / "model.onnx")}
         if params.quantize:
-            exported[f"{served}-onnx-int8"] = quantize_int8(exported[f"{served}-onnx"], out_dir / "model.int8.onnx")
+            exported[f"{served}-onnx-int8"] = quantize_int8(
+                exported[f"{served}-onnx"], out_dir / "model.int8.onnx", _calibration(tokenizer, calibration)
+            )
 
     models: dict[str, tuple[Predict, Path]] = {}  # name -> (predict, weights file)
     if teacher_dir is not None:
@@ -166,20 +189,27 @@ def export_and_measure(
 
 def export_onnx(model, tokenizer, path: Path) -> Path:
     """The classifier as one ONNX file with dynamic batch and sequence axes; outputs `logits` and `pooled`."""
-    wrapped = _LogitsAndPooled(model).eval()
-    example = tokenizer(
-        ["an example input", "a second, somewhat longer example input"], padding=True, return_tensors="pt"
-    )
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    if isinstance(tokenizer, ImageProcessor):
+        wrapped = _ImageLogitsAndPooled(model).eval()
+        size = tokenizer.image_size
+        example = {"pixel_values": torch.randn(2, 3, size, size)}
+        names, dynamic = ["pixel_values"], ({0: batch},)
+    else:
+        wrapped = _LogitsAndPooled(model).eval()
+        example = tokenizer(
+            ["an example input", "a second, somewhat longer example input"], padding=True, return_tensors="pt"
+        )
+        names, dynamic = list(INPUTS), tuple({0: batch, 1: sequence} for _ in INPUTS)
     try:
         with _quiet("torch.onnx", "onnxscript"):
             torch.onnx.export(
                 wrapped,
-                tuple(example[k] for k in INPUTS),
+                tuple(example[k] for k in names),
                 str(path),
-                input_names=list(INPUTS),
+                input_names=names,
                 output_names=["logits", "pooled"],
-                dynamic_shapes=tuple({0: batch, 1: sequence} for _ in INPUTS),
+                dynamic_shapes=dynamic,
                 dynamo=True,
                 external_data=False,
                 verbose=False,
@@ -189,13 +219,53 @@ def export_onnx(model, tokenizer, path: Path) -> Path:
     return path
 
 
-def quantize_int8(onnx_path: Path, path: Path) -> Path:
-    """Dynamic INT8 quantisation: weights stored as int8, activations quantised per call."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def quantize_int8(onnx_path: Path, path: Path, calibration: list[dict] | None = None) -> Path:
+    """INT8 quantisation: dynamic (weights stored as int8, activations quantised per call), or, given
+    `calibration` batches of model inputs, static QDQ with per-channel weights."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with _quiet("root"):  # onnxruntime suggests its pre-processing through the root logger
-        quantize_dynamic(str(onnx_path), str(path), weight_type=QuantType.QInt8)
+        if calibration is None:
+            quantize_dynamic(str(onnx_path), str(path), weight_type=QuantType.QInt8)
+            return path
+        prepared = path.with_name(path.stem + ".prepared.onnx")
+        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+        try:
+            quantize_static(
+                str(prepared),
+                str(path),
+                _Batches(calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
+        finally:
+            prepared.unlink(missing_ok=True)
     return path
+
+
+CALIBRATION_IMAGES = 128
+
+
+def _calibration(tokenizer, inputs: list | None) -> list[dict] | None:
+    """Batches of pixel values to calibrate an image model's activation ranges on; None for text."""
+    if not isinstance(tokenizer, ImageProcessor) or not inputs:
+        return None
+    step = max(1, len(inputs) // CALIBRATION_IMAGES)
+    chosen = list(inputs)[::step][:CALIBRATION_IMAGES]
+    return [model_inputs(tokenizer, chosen[i : i + 16], 0, "np") for i in range(0, len(chosen), 16)]
+
+
+class _Batches:
+    """onnxruntime's CalibrationDataReader over prepared batches."""
+
+    def __init__(self, batches: list[dict]):
+        self.batches = iter(batches)
+
+    def get_next(self) -> dict | None:
+        return next(self.batches, None)
 
 
 def torch_predictor(model, tokenizer, max_length: int) -> Predict:
@@ -204,8 +274,7 @@ def torch_predictor(model, tokenizer, max_length: int) -> Predict:
     @torch.inference_mode()
     def predict(texts: list[str]) -> np.ndarray:
         torch.set_num_threads(threads)
-        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        return model(**{k: batch[k] for k in INPUTS}).logits.float().numpy()
+        return model(**model_inputs(tokenizer, texts, max_length)).logits.float().numpy()
 
     return predict
 
@@ -222,10 +291,7 @@ def onnx_profiler(path: Path, tokenizer, max_length: int, batch_size: int = 64):
         logits, pooled = [None] * len(texts), [None] * len(texts)
         for start in range(0, len(texts), batch_size):
             rows = order[start : start + batch_size]
-            batch = tokenizer(
-                [texts[i] for i in rows], padding=True, truncation=True, max_length=max_length, return_tensors="np"
-            )
-            out = session.run(["logits", "pooled"], {k: batch[k].astype(np.int64) for k in INPUTS})
+            out = session.run(["logits", "pooled"], model_inputs(tokenizer, [texts[i] for i in rows], max_length, "np"))
             for j, i in enumerate(rows):
                 logits[i], pooled[i] = out[0][j], out[1][j]
         return np.stack(logits), np.stack(pooled).astype(np.float32)
@@ -246,8 +312,7 @@ def onnx_predictor(path: Path, tokenizer, max_length: int) -> Predict:
     session = _session(path)
 
     def predict(texts: list[str]) -> np.ndarray:
-        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
-        return session.run(["logits"], {k: batch[k].astype(np.int64) for k in INPUTS})[0]
+        return session.run(["logits"], model_inputs(tokenizer, texts, max_length, "np"))[0]
 
     return predict
 
@@ -311,6 +376,18 @@ class _LogitsAndPooled(torch.nn.Module):
         return out.logits, pooled
 
 
+class _ImageLogitsAndPooled(torch.nn.Module):
+    """The exported graph of an image classifier: pixel_values -> logits, and `pooled` (its features)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        out = self.model(pixel_values=pixel_values)
+        return out.logits, out.pooled
+
+
 @contextmanager
 def _quiet(*loggers: str):
     """Silence chatty exporters for the duration of a call."""
@@ -326,6 +403,56 @@ def _quiet(*loggers: str):
     finally:
         for name, level in saved.items():
             logging.getLogger(None if name == "root" else name).setLevel(level)
+
+
+def log_image_model(
+    onnx: Path, model_dir: Path | None, labels: list[str], processor, temperature: float, folder: Path, name: str
+):
+    """Log an image classifier as the pyfunc of image_servable.py under `name` in the active run: the ONNX
+    file, its settings and (for graftline to train or re-evaluate from) the safetensors folder."""
+    import json
+    from importlib.metadata import version
+
+    import mlflow.models
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from graftline.tasks.registry import contract
+
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = folder / "image_servable.json"
+    settings.write_text(
+        json.dumps(
+            {
+                "labels": labels,
+                "temperature": temperature,
+                "image_size": processor.image_size,
+                "mean": list(processor.mean),
+                "std": list(processor.std),
+            }
+        )
+    )
+    packages = ["onnxruntime", "pillow", "fsspec", "numpy", "pandas"]
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    output = pd.DataFrame(
+        {"label": labels[:2], "score": [0.5, 0.5], **{f"score_{label}": [0.5, 0.5] for label in labels}}
+    )
+    inferred = mlflow.models.infer_signature(pd.DataFrame({"image": ["a.jpg"]}), output, params={"batch_size": 32})
+    # Images by path or URL (`image`) or as encoded bytes (`image_bytes`): one of the two columns per call.
+    images = Schema([ColSpec("string", "image", required=False), ColSpec("binary", "image_bytes", required=False)])
+    signature = ModelSignature(inputs=images, outputs=inferred.outputs, params=inferred.params)
+    artifacts = {"onnx": str(onnx), "settings": str(settings)}
+    if model_dir is not None:
+        artifacts[contract.IMAGE_WEIGHTS] = str(model_dir)
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(Path(__file__).with_name("image_servable.py")),
+        artifacts=artifacts,
+        pip_requirements=[f"{p}=={version(p).split('+')[0]}" for p in packages],
+        signature=signature,
+    )
 
 
 def log_servable(onnx: Path, tokenizer_dir: Path, labels: list[str], max_length: int, temperature: float, folder: Path):

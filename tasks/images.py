@@ -22,11 +22,22 @@ Pillow, and that package would bring PyWavelets and scipy pins for hashes graftl
 from __future__ import annotations
 
 import hashlib
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from graftline.tasks.data import (
+    Split,
+    Splits,
+    format_of,
+    load_splits,
+    read_frame,
+    require_known_labels,
+    resolve_source,
+    stratified_split,
+)
 from graftline.tasks.errors import DataError
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -41,8 +52,6 @@ def read_images(source: str, image_column: str = "image", label_column: str | No
     """An image set as a frame of `image`, `label` (unless `label_column` is None) and `row`."""
     if Path(source).is_dir():
         return _read_folder(Path(source), with_labels=label_column is not None)
-    from graftline.tasks.data import read_frame
-
     frame = read_frame(source)
     wanted = [image_column] + ([label_column] if label_column else [])
     missing = [c for c in wanted if c not in frame.columns]
@@ -189,8 +198,6 @@ def modality_of(data) -> str:
     table with `data.image_column` and without `data.text_column`; else text."""
     if data.modality != "auto":
         return data.modality
-    from graftline.tasks.data import resolve_source
-
     source = resolve_source(data.train_path)
     if Path(source).is_dir():
         return "image"
@@ -201,9 +208,7 @@ def modality_of(data) -> str:
 def _columns(source: str, fmt: str) -> set[str]:
     """The column names of a table, read from its head only (a missing or unreadable file: none)."""
     try:
-        from graftline.tasks.data import _format_of
-
-        fmt = _format_of(source) if fmt == "auto" else fmt
+        fmt = format_of(source) if fmt == "auto" else fmt
         if fmt == "csv":
             return set(pd.read_csv(source, nrows=0).columns)
         if fmt == "parquet":
@@ -215,6 +220,17 @@ def _columns(source: str, fmt: str) -> set[str]:
         return set()
 
 
+def load_any(data, unlabeled: list[str] | tuple[str, ...] = ()) -> Splits:
+    """The splits of `data`, text or image (modality_of): the lifecycle's one call to read its data."""
+    if modality_of(data) == "image":
+        if unlabeled or data.target_sets:
+            raise DataError(
+                f"{data.train_path}: image data; unlabeled distillation files and target sets are read for text only"
+            )
+        return image_splits(data)
+    return load_splits(data, unlabeled)
+
+
 def require_text(data) -> None:
     """Refuse image data where only text is handled yet (the lifecycle), naming what does take it."""
     if modality_of(data) == "image":
@@ -224,10 +240,37 @@ def require_text(data) -> None:
         )
 
 
+class ImageSplit(Split):
+    """A split of images: `frame` has `image` (paths or URLs), `label` and `row`."""
+
+    modality = "image"
+    input_column = "image"
+
+    @property
+    def inputs(self) -> list[str]:
+        return self.frame["image"].tolist()
+
+    @cached_property
+    def digest(self) -> str:
+        """The bytes of every image, in order, and the labels (renaming a file keeps it)."""
+        labels = pd.util.hash_pandas_object(self.frame["label"], index=False).to_numpy().tobytes()
+        return hashlib.sha256(digest(self.inputs).encode() + labels).hexdigest()[:16]
+
+
+def image_splits(data) -> Splits:
+    """The lifecycle's splits of an image dataset (load_image_splits), labels checked as for text."""
+    frames = load_image_splits(data)
+    sources = {"train": data.train_path, "validation": data.validation_path, "test": data.test_path}
+    named = {name: ImageSplit(name, frame, sources.get(name) or data.train_path) for name, frame in frames.items()}
+    extra = {name: named[name] for name in data.eval_sets}
+    splits = Splits(named["train"], named["validation"], named["test"], extra=extra)
+    require_known_labels(splits)
+    return splits
+
+
 def load_image_splits(data) -> dict[str, pd.DataFrame]:
     """train, validation, test and every evaluation set as image frames (read_images): given files or
     folders, else carved out of the training data with the same seeded stratified split as text."""
-    from graftline.tasks.data import resolve_source, stratified_split
 
     def read(path: str) -> pd.DataFrame:
         return read_images(resolve_source(path), data.image_column, data.label_column)

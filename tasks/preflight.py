@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from graftline.tasks import images
-from graftline.tasks.data import Splits, load_splits, read_texts
+from graftline.tasks.data import Splits, read_texts
 from graftline.tasks.engine import backbones
 from graftline.tasks.settings import DataParams, DistillParams, FinetuneParams, SelectParams
 
@@ -43,20 +43,24 @@ class Checked:
 def check(data: DataParams, finetune: FinetuneParams, select: SelectParams, distill: DistillParams) -> Checked:
     """Raise the first fault found (DataError, BackboneError), most basic first; else what was read."""
     started = time.perf_counter()
-    images.require_text(data)
+    modality = images.modality_of(data)
     specs = list(select.candidates) if finetune.backbone == "auto" else [finetune.backbone]
     configs = {spec: backbones.check(spec) for spec in specs}
+    for spec in specs:
+        backbones.require_kind(spec, modality)
     unlabeled = []
     if distill.enabled:
-        _check_student(distill.student, configs)
+        _check_student(distill.student, configs, modality)
         unlabeled = [t for path in distill.unlabeled_paths for t in read_texts(path, distill.unlabeled_text_column)]
-    splits = load_splits(data, unlabeled)
+    splits = images.load_any(data, unlabeled)
     return Checked(splits, tuple(specs), time.perf_counter() - started)
 
 
-def _check_student(student: str, teachers: dict[str, dict | None]) -> None:
+def _check_student(student: str, teachers: dict[str, dict | None], modality: str) -> None:
     if not student.startswith(backbones.LAYER_PREFIX):
         backbones.check(student)
+    backbones.require_student_kind(student, modality)
+    if not student.startswith(backbones.LAYER_PREFIX):
         return
     for config in teachers.values():  # a layer count the teacher's config says it cannot give
         layers = (config or {}).get("num_hidden_layers")

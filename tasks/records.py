@@ -55,6 +55,7 @@ class TrainedModel:
     servable_uri: str | None = None  # its ONNX pyfunc, when an export passed parity
     privacy: dict[str, str] = field(default_factory=dict)  # version tags: the DP budget spent, or why none
     calibration: Calibration | None = None  # its temperature, fitted when it was evaluated
+    modality: str = "text"  # text | image: what it classifies
 
     def but(self, **changes) -> TrainedModel:
         """A copy with `changes`: the one way a later step adds to a model's record."""

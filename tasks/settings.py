@@ -27,6 +27,19 @@ if TYPE_CHECKING:  # the engine imports torch; the settings stay light for the c
 
 DEMO_TRAIN = "demo:electronics"
 DEMO_EVAL_SETS = {"home": "demo:home"}
+IMAGE_DEMO_TRAIN = "demo:shapes"  # drawn by tasks/demo_images.py
+IMAGE_DEMO_EVAL_SETS = {"outlines": "demo:outlines"}
+# What image data changes: each of these parameters still at its (text) default takes this value
+# instead (flows.params.TransferParams.for_modality). The optimisation settings are the ones the image
+# benchmark measured: a probe at 1e-3, then the backbone at a tenth of 3e-4.
+IMAGE_DEFAULTS = {
+    "data": {"train_path": IMAGE_DEMO_TRAIN, "eval_sets": IMAGE_DEMO_EVAL_SETS},
+    "select": {"candidates": ["efficientnet-lite0", "efficientnet-lite2"]},
+    "finetune": {"backbone": "efficientnet-lite2", "strategy": "lp-ft", "epochs": 8, "learning_rate": 3e-4},
+    "distill": {"student": "efficientnet-lite0", "epochs": 8, "learning_rate": 3e-4},
+}
+# The drawn demo pictures are 64 x 64: read at that size, the demo trains in a few minutes on a CPU.
+IMAGE_DEMO_DEFAULTS = {"model": {"image_size": 64}}
 RESERVED_SPLITS = {"train", "validation", "test"}
 
 
@@ -161,6 +174,13 @@ class ModelParams(Params):
         description="auto: bf16 autocast on GPUs, fp32 on CPUs; bf16 also speeds up CPUs with bf16 units "
         "(avx512_bf16, AMX).",
     )
+    image_size: int | None = Field(
+        None,
+        ge=16,
+        le=1024,
+        description="Images: side of the square an image classifier reads; empty: the backbone's own (224 for "
+        "EfficientNet-Lite0, 260 for Lite2). Smaller is faster and loses detail.",
+    )
     seed: int = Field(13, description="Seed of weight initialisation, batch order and dropout.")
     trust_remote_code: bool = Field(False, description="Run model code shipped with a hub backbone. Off by default.")
 
@@ -238,6 +258,29 @@ class AdaptParams(Params):
         )
 
 
+class ImageTrainingParams(Params):
+    """How an image classifier trains: augmentation and BatchNorm (ignored for text)."""
+
+    crop_scale_min: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="Random resized crop: the smallest share of the image's area a training crop keeps (1: no "
+        "cropping). torchvision's default is 0.08; short fine-tuning runs keep more of the picture.",
+    )
+    flip: bool = Field(True, description="Flip half the training images left-right.")
+    freeze_batchnorm: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Keep the BatchNorm statistics of the pretrained backbone fixed while training; auto: when "
+        "fewer than 16 images per process make a batch (their statistics are too noisy).",
+    )
+
+    def freezes_batchnorm(self, batch_size: int, processes: int = 1) -> bool:
+        if self.freeze_batchnorm == "auto":
+            return batch_size // processes < 16
+        return self.freeze_batchnorm == "on"
+
+
 class TrainingParams(Params):
     """The optimisation settings of a training step (fine-tuning and distillation each have their own)."""
 
@@ -276,12 +319,15 @@ class TrainingParams(Params):
         description="A checkpoint that is due (every checkpoint_every steps, each epoch's end) is written only "
         "when this many seconds of training have passed since the last one (0: every one is written).",
     )
+    images: ImageTrainingParams = Field(
+        default_factory=lambda: ImageTrainingParams(), description="Image classifiers: augmentation and BatchNorm."
+    )
 
     def train_config(self, model: ModelParams) -> TrainConfig:
         """The engine's configuration: the one translation from parameters to the training loop."""
         from graftline.tasks.engine.training import TrainConfig
 
-        own = self.model_dump(include=set(TrainingParams.model_fields))
+        own = self.model_dump(include=set(TrainingParams.model_fields) - {"images"})
         own["group_by_length"] = {"auto": None, "on": True, "off": False}[self.group_by_length]
         return TrainConfig(**own, seed=model.seed, device=model.device, precision=model.precision)
 
@@ -313,10 +359,22 @@ class FinetuneParams(TrainingParams):
         description="Catalog backbone name, local folder, Hugging Face hub id, or `auto` to choose among "
         "select.candidates by transferability score.",
     )
-    strategy: Literal["full", "linear-probe", "lora"] = Field(
+    strategy: Literal["full", "linear-probe", "lp-ft", "lora"] = Field(
         "full",
-        description="full: train every weight; linear-probe: frozen backbone; "
+        description="full: train every weight; linear-probe: frozen backbone; lp-ft: a linear probe first "
+        "(probe_epochs), then every weight, the backbone at backbone_rate x the learning rate; "
         "lora: low-rank adapters (peft), merged before export.",
+    )
+    probe_epochs: int = Field(3, ge=1, le=100, description="lp-ft: epochs of the linear probe before unfreezing.")
+    probe_learning_rate: float = Field(
+        1e-3, gt=0, le=1, description="lp-ft: learning rate of the probe (a lone new head learns fast)."
+    )
+    backbone_rate: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Backbone learning rate as a share of learning_rate while the head trains at the full rate "
+        "(full and the lp-ft fine-tuning stage).",
     )
     lora_rank: int = Field(8, ge=1, le=512, description="LoRA strategy: rank of the adapters.")
     lora_alpha: int = Field(

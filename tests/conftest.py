@@ -69,6 +69,33 @@ def build_tiny_bert(folder: Path, width: int, layers: int, dropout: float = 0.1)
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_image_backbone(tmp_path_factory) -> Path:
+    """A two-stage EfficientNet-Lite of a few thousand weights (random), read at 32 x 32: the image
+    counterpart of the tiny BERT, built from config with nothing downloaded."""
+    import torch
+
+    from graftline.tasks.engine import vision
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-lite")
+    vision.build(vision.tiny_config(["x"])).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def shape_images(tmp_path_factory) -> dict[str, Path]:
+    """Drawn pictures of three classes (demo_images): `train` (14 a class) and `outlines` (4 a class,
+    the other look), one folder per class each."""
+    from graftline.tasks import demo_images
+
+    root = tmp_path_factory.mktemp("shapes")
+    return {
+        "train": demo_images.draw_set(root / "train", 14, outline=False, seed=1),
+        "outlines": demo_images.draw_set(root / "outlines", 4, outline=True, seed=2),
+    }
+
+
 @pytest.fixture(scope="session", autouse=True)
 def graftline_home(tmp_path_factory) -> Path:
     """graftline's folder (reused step results, checkpoints, token cache) for this session only."""

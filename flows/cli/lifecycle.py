@@ -21,6 +21,7 @@ TARGET = typer.Option([], "--target", help="Unlabeled texts of a domain the mode
 TEXT_COLUMN = typer.Option(None, help="Text column name.")
 LABEL_COLUMN = typer.Option(None, help="Label column name.")
 SET = typer.Option([], "--set", help="Any parameter as dotted.path=value (repeatable).")
+MODALITY = typer.Option(None, help="text | image | auto (default: image for a folder of class folders).")
 
 
 def data_overrides(train, validation, test, text_column, label_column) -> dict:
@@ -46,17 +47,20 @@ def run(
     text_column: str | None = TEXT_COLUMN,
     label_column: str | None = LABEL_COLUMN,
     backbone: str | None = typer.Option(None, help="Backbone: packaged name, local folder or hub id."),
-    strategy: str | None = typer.Option(None, help="full | linear-probe | lora."),
+    strategy: str | None = typer.Option(None, help="full | linear-probe | lp-ft | lora."),
     epochs: int | None = typer.Option(None, help="Fine-tuning epochs."),
     student: str | None = typer.Option(None, help="Distillation student (e.g. teacher-layers:3)."),
     no_distill: bool = typer.Option(False, "--no-distill", help="Skip distillation."),
     model_name: str | None = typer.Option(None, help="Registered model name."),
     validation_mode: str | None = typer.Option(None, help="fail | warn."),
+    modality: str | None = MODALITY,
     set_: list[str] = SET,
 ) -> None:
-    """Run the whole lifecycle; with no options, on the embedded demo data."""
+    """Run the whole lifecycle; with no options, on the embedded demo data (`--modality image`: the drawn
+    image demo)."""
     overrides = {
         **data_overrides(train, validation, test, text_column, label_column),
+        "data.modality": modality,
         "finetune.backbone": backbone,
         "finetune.strategy": strategy,
         "finetune.epochs": epochs,
@@ -65,7 +69,7 @@ def run(
         "registry.model_name": model_name,
         "validation.mode": validation_mode,
     }
-    params = build_params(config, overrides, eval_set, set_, target)
+    params = build_params(config, overrides, eval_set, set_, target).for_modality()
     print(preflight(params).line(), file=sys.stderr)  # bad input stops here, before any server starts
     from graftline.flows.lifecycle import transfer
 
@@ -85,14 +89,15 @@ def check(
     text_column: str | None = TEXT_COLUMN,
     label_column: str | None = LABEL_COLUMN,
     out: Path | None = typer.Option(None, help="Folder for the report and Data Docs (default: a new temporary one)."),
+    modality: str | None = MODALITY,
     set_: list[str] = SET,
 ) -> None:
     """Check and validate data as `graftline run` would, without training or tracking anything: the
     pre-flight checks, then the full validation suite, its table and report. Exit 2 when it fails."""
     import tempfile
 
-    overrides = data_overrides(train, validation, test, text_column, label_column)
-    params = build_params(config, overrides, eval_set, set_, target)
+    overrides = data_overrides(train, validation, test, text_column, label_column) | {"data.modality": modality}
+    params = build_params(config, overrides, eval_set, set_, target).for_modality()
     folder = out or Path(tempfile.mkdtemp(prefix="graftline-check-"))
     from graftline.tasks.images import modality_of
 

@@ -5,14 +5,21 @@ A backbone is one of
 - a local folder holding a transformers checkpoint (config, safetensors weights, tokenizer),
 - a Hugging Face hub id (needs network; refused quickly when HF_HUB_OFFLINE=1 and not cached).
 
+A backbone is of one kind, text or image (`kind_of`). An image backbone (the catalog's EfficientNet-Lite,
+or a folder saved by one: engine/vision.py) loads as an image classifier, and its "tokenizer" is an
+`ImageProcessor` (engine/image_inputs.py): the same role, inputs to model inputs, so the steps that
+train and score a model take either kind. Image models from the hub (transformers or timm) are not
+loaded yet.
+
 Weights load from safetensors only; `trust_remote_code` stays off unless the caller turns it on.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-from graftline.tasks.engine import catalog
+from graftline.tasks.engine import catalog, image_config
 from graftline.tasks.errors import BackboneError
 
 LAYER_PREFIX = "teacher-layers:"  # a student made of some of the teacher's layers: teacher-layers:3
@@ -21,7 +28,6 @@ LAYER_PREFIX = "teacher-layers:"  # a student made of some of the teacher's laye
 def resolve(spec: str) -> str:
     """A loadable source for `spec`: a catalog name's folder, a local folder, or the hub id as is."""
     if spec in catalog.CATALOG:
-        _require_text_entry(spec)
         return str(catalog.folder(spec))
     if Path(spec).expanduser().is_dir():
         folder = Path(spec).expanduser().resolve()
@@ -39,7 +45,7 @@ def check(spec: str) -> dict | None:
     import os
 
     if spec in catalog.CATALOG:
-        entry = _require_text_entry(spec)
+        entry = catalog.get(spec)
         if not catalog.installed(entry):
             raise BackboneError(f"backbone {spec!r} is not installed: graftline zoo install {spec}")
         return catalog.config(spec)
@@ -77,9 +83,45 @@ def read_folder_config(folder: Path) -> dict:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise BackboneError(f"{path}: not valid JSON ({_first_line(exc)})") from None
-    if not isinstance(config, dict) or "model_type" not in config:
+    if not isinstance(config, dict) or ("model_type" not in config and not image_config.is_image_folder(folder)):
         raise BackboneError(f"{path}: no 'model_type' (not a transformers config)")
     return config
+
+
+def require_student_kind(student: str, modality: str) -> None:
+    """A distillation student fit for the data: layer students are cut from transformers, so an image
+    teacher distils into another image backbone."""
+    if not student.startswith(LAYER_PREFIX):
+        require_kind(student, modality, "distill.student")
+    elif modality == "image":
+        raise BackboneError(
+            f"distill.student {student!r}: layer students are cut from transformers; an image teacher distils "
+            "into another image backbone (e.g. efficientnet-lite0)"
+        )
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
+
+
+def kind_of(spec: str) -> str:
+    """`text` or `image`: what a backbone classifies (a hub id is taken as text)."""
+    if spec in catalog.CATALOG:
+        return catalog.get(spec).kind
+    if spec.startswith(LAYER_PREFIX):
+        raise ValueError(f"{spec!r} names a part of a teacher, not a backbone")
+    folder = Path(spec).expanduser()
+    return "image" if folder.is_dir() and image_config.is_image_folder(folder) else "text"
+
+
+def require_kind(spec: str, modality: str, role: str = "backbone") -> None:
+    """Refuse a backbone of the other kind, naming the ones that fit."""
+    kind = kind_of(spec)
+    if kind != modality:
+        fitting = ", ".join(name for name, entry in catalog.CATALOG.items() if entry.kind == modality)
+        raise BackboneError(
+            f"{role} {spec!r} is {_a(kind)} backbone; {modality} data needs {_a(modality)} one (catalog: {fitting})"
+        )
 
 
 def student_layers(spec: str, teacher_layers: int) -> list[int] | None:
@@ -110,6 +152,8 @@ def load_config(spec: str, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
     source = resolve(spec)
+    if _is_image(source):
+        return image_config.ImageConfig.read(Path(source))
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -122,10 +166,13 @@ def load_config(spec: str, trust_remote_code: bool = False):
         ) from exc
 
 
-def load_tokenizer(spec: str, trust_remote_code: bool = False):
+def load_tokenizer(spec: str, trust_remote_code: bool = False, image_size: int | None = None):
+    """The backbone's tokenizer; for an image backbone its ImageProcessor (at `image_size` when given)."""
     from transformers import AutoTokenizer
 
     source = resolve(spec)
+    if _is_image(source):
+        return image_processor(image_config.ImageConfig.read(Path(source)), image_size)
     try:
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -137,18 +184,30 @@ def load_saved_tokenizer(folder: Path):
     `components/tokenizer`): never fetched, never remote code."""
     from transformers import AutoTokenizer
 
+    if _is_image(str(folder)):
+        return image_processor(image_config.ImageConfig.read(Path(folder)))
     try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise BackboneError(f"{folder}: cannot load the saved tokenizer ({_first_line(exc)})") from exc
 
 
-def load_classifier(spec: str, labels: list[str] | None = None, trust_remote_code: bool = False):
-    """A sequence classifier on the backbone; a new head when `labels` is given, else the saved one."""
+def load_classifier(
+    spec: str, labels: list[str] | None = None, trust_remote_code: bool = False, image_size: int | None = None
+):
+    """A sequence (or image) classifier on the backbone; a new head when `labels` is given, else the
+    saved one. `image_size` changes an image backbone's input size (its weights work at any size)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
     source = resolve(spec)
+    if _is_image(source):
+        from graftline.tasks.engine import vision
+
+        try:
+            return vision.load(Path(source), labels, image_size)
+        except Exception as exc:  # a SafetensorError, a missing file, a shape mismatch: all unusable weights
+            raise BackboneError(f"backbone {spec!r}: cannot load weights ({_first_line(exc)})") from exc
     kwargs = {}
     if labels is not None:
         kwargs = dict(
@@ -169,11 +228,14 @@ def load_classifier(spec: str, labels: list[str] | None = None, trust_remote_cod
     return model
 
 
-def load_encoder(spec: str, trust_remote_code: bool = False):
-    """The bare backbone (no head), for embedding text with frozen weights."""
+def load_encoder(spec: str, trust_remote_code: bool = False, image_size: int | None = None):
+    """The bare backbone (no head), for embedding text with frozen weights; an image backbone comes
+    whole (its `features` embed)."""
     import torch
     from transformers import AutoModel
 
+    if _is_image(resolve(spec)):
+        return load_classifier(spec, [], image_size=image_size)
     try:
         return AutoModel.from_pretrained(
             resolve(spec), use_safetensors=True, trust_remote_code=trust_remote_code, dtype=torch.float32
@@ -194,11 +256,17 @@ def count_parameters(model, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def _require_text_entry(spec: str) -> catalog.Entry:
-    entry = catalog.get(spec)
-    if not entry.text:
-        raise BackboneError(f"backbone {spec!r} is an {entry.kind} backbone; text classification needs a text one")
-    return entry
+def image_processor(config, image_size: int | None = None):
+    """The input preparer (image_inputs.ImageProcessor) of an image classifier's config, at `image_size`
+    when given."""
+    from graftline.tasks.engine.image_inputs import ImageProcessor
+
+    processor = ImageProcessor.of(config)
+    return replace(processor, image_size=image_size) if image_size else processor
+
+
+def _is_image(source: str) -> bool:
+    return Path(source).is_dir() and image_config.is_image_folder(Path(source))
 
 
 def _first_line(exc: BaseException) -> str:

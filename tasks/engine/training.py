@@ -46,6 +46,7 @@ import torch
 from graftline.tasks import progress
 from graftline.tasks.engine import kernels
 from graftline.tasks.engine.checkpoints import Checkpoints, LoopState
+from graftline.tasks.engine.image_inputs import DecodedImages, ImageProcessor
 from graftline.tasks.progress import TrainingProgress
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class TrainConfig:
     checkpoint_seconds: float  # a due checkpoint is skipped when the last one is younger than this
     max_grad_norm: float = 1.0
     eval_batch_size: int = 64
+    backbone_rate: float = 1.0  # everything below the head trains at this share of the rate
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,8 @@ def encode(
 
     The cache key is (digest of the texts, fingerprint of the tokenizer, max_length): a changed
     vocabulary, normaliser or truncation length never reuses stale ids."""
+    if isinstance(tokenizer, ImageProcessor):  # an image classifier's input preparer: `texts` are image paths
+        return tokenizer.encode(list(texts), labels, cache_dir)
     texts = list(texts)
     path = None
     if cache_dir is not None:
@@ -241,7 +245,9 @@ def padding_share(lengths: np.ndarray, plan: list[np.ndarray]) -> float:
 
 
 def collate(split: EncodedSplit, rows: np.ndarray, pad_id: int, pin: bool = False) -> dict[str, torch.Tensor]:
-    """Rows `rows` padded to their own longest row."""
+    """Rows `rows` padded to their own longest row (images: cropped and normalised by their split)."""
+    if isinstance(split, DecodedImages):
+        return split.collate(rows, pin)
     lengths = np.fromiter((len(split.ids[i]) for i in rows), dtype=np.int64, count=len(rows))
     ids = np.full((len(rows), int(lengths.max(initial=1))), pad_id, dtype=np.int64)
     for j, i in enumerate(rows):
@@ -362,7 +368,7 @@ class _Loop:
                 self.state.step_in_epoch,
             )
         self.flops_per_token = training_flops_per_token(model)
-        self.peak = peak_flops(self.device, self.precision)
+        self.peak = peak_flops(self.device, self.precision) if self.flops_per_token else None
 
     def steps_of(self, epoch: int) -> list[list[np.ndarray]]:
         """The optimizer steps of `epoch`, each a list of micro-batches (row indices)."""
@@ -524,10 +530,12 @@ def _close_steps(state: LoopState, step_sums: torch.Tensor, groups: list) -> Non
 
 def make_optimizer(model, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW (fused kernel where the device has one). Biases and LayerNorm weights are not decayed;
-    with `layer_decay` < 1 every transformer layer gets its own learning rate."""
+    with `layer_decay` < 1 every transformer layer gets its own learning rate, and with
+    `backbone_rate` < 1 everything below the head trains slower than the head."""
     depth_of, layers = _layer_depths(model)
-    if config.layer_decay == 1:  # one learning rate: two groups (two fused kernel calls a step, not 2(L + 2))
-        depth_of = lambda name: layers + 1  # noqa: E731
+    if config.layer_decay == 1:  # one rate per side of the head: few groups (few fused kernel calls a step)
+        exact = depth_of
+        depth_of = lambda name: layers + 1 if config.backbone_rate == 1 or exact(name) > layers else 0  # noqa: E731
     groups: dict[tuple[int, bool], list] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -536,7 +544,9 @@ def make_optimizer(model, config: TrainConfig, device: torch.device) -> torch.op
         {
             "params": params,
             "weight_decay": config.weight_decay if decayed else 0.0,
-            "lr": config.learning_rate * config.layer_decay ** (layers + 1 - depth),
+            "lr": config.learning_rate
+            * config.layer_decay ** (layers + 1 - depth)
+            * (config.backbone_rate if depth <= layers else 1.0),
         }
         for (depth, decayed), params in sorted(groups.items())
     ]
@@ -549,6 +559,8 @@ def _layer_depths(model) -> tuple[Callable[[str], int], int]:
     (pooler, classifier head)."""
     pattern = re.compile(r"\.layers?\.(\d+)\.")
     layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 0
+    if hasattr(model, "layer_depth"):  # a model that knows its own layers (vision.EfficientNetLite)
+        return model.layer_depth, layers
 
     def depth_of(name: str) -> int:
         found = pattern.search(name)
@@ -576,7 +588,11 @@ def autocast(device: torch.device, precision: Precision = "auto"):
 
 def training_flops_per_token(model) -> float:
     """Model FLOPs of one training token: 6 per non-embedding weight (forward 2, backward 4), the
-    usual estimate (Kaplan et al.); attention's sequence-length term is left out (short texts)."""
+    usual estimate (Kaplan et al.); attention's sequence-length term is left out (short texts). A
+    convolutional network reuses each weight at every position, so the estimate does not hold: 0 (no
+    utilisation reported)."""
+    if getattr(model, "main_input_name", "input_ids") == "pixel_values":
+        return 0.0
     weights = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
     return 6.0 * weights
 
@@ -658,4 +674,4 @@ def _score(model, split, batch_size, pad_id, device, precision) -> tuple[float, 
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids", "pixel_values")}

@@ -63,6 +63,8 @@ FLOW_RUN = "prefect_flow_run_id"
 GIT_COMMIT = "git_commit"
 
 TEXT = "text"
+IMAGE = "image"
+IMAGE_WEIGHTS = "weights"  # artifact folder of a logged image model: its safetensors classifier folder
 # Every logged model's input example: written here, never rows of the data (which may hold personal
 # data that the model page would show to everyone who can read the store).
 INPUT_EXAMPLE = ["An example text to classify.", "Another one, a little longer than the first."]

@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from graftline.tasks import pii
-from graftline.tasks.data import Split, Splits, load_splits
+from graftline.tasks import images, pii
+from graftline.tasks.data import Split, Splits
 from graftline.tasks.errors import GraftlineError
 from graftline.tasks.registry import contract
 from graftline.tasks.settings import DataParams, ValidationParams
@@ -34,8 +34,8 @@ def keep(splits: Splits, data: DataParams, validation: ValidationParams, copy: b
     """Write what `load` needs into `folder` (then logged as the run's `evaluation_sets/`)."""
     sets = splits.evaluation_sets()
     if copy:
-        for name, split in sets.items():
-            split.frame[["text", "label"]].to_parquet(folder / f"{name}.parquet", index=False)
+        for name, split in sets.items():  # images: their paths (the pictures stay where they are)
+            split.frame[[split.input_column, "label"]].to_parquet(folder / f"{name}.parquet", index=False)
         return
     reference = {
         "data": data.model_dump(mode="json", exclude={"target_sets"}),  # adaptation input: never scored
@@ -55,17 +55,20 @@ def load(folder: Path, run_id: str) -> dict[str, Split]:
     else:
         import pandas as pd
 
-        sets = {
-            p.stem: Split(p.stem, pd.read_parquet(p), f"runs:/{run_id}/{contract.EVALUATION_SETS}/{p.name}")
-            for p in folder.glob("*.parquet")
-        }
+        from graftline.tasks.images import ImageSplit
+
+        sets = {}
+        for p in folder.glob("*.parquet"):
+            frame = pd.read_parquet(p)
+            kind = ImageSplit if "image" in frame.columns and "text" not in frame.columns else Split
+            sets[p.stem] = kind(p.stem, frame, f"runs:/{run_id}/{contract.EVALUATION_SETS}/{p.name}")
     return dict(sorted(sets.items(), key=lambda item: (item[0] != "test", item[0])))
 
 
 def _read_referenced(reference: dict) -> dict[str, Split]:
     data = DataParams.model_validate(reference["data"])
     try:
-        splits = load_splits(data)
+        splits = images.load_any(data)
     except GraftlineError as error:
         raise EvaluationSetsError(
             f"the version's evaluation sets are referenced, not copied, and cannot be read again: {error}; "

@@ -211,7 +211,8 @@ def log_datasets(run_id: str, splits) -> None:
 
     inputs = []
     labeled = [
-        (s, s.name, ["text", "label"]) for s in [splits.train, splits.validation, *splits.evaluation_sets().values()]
+        (s, s.name, [s.input_column, "label"])
+        for s in [splits.train, splits.validation, *splits.evaluation_sets().values()]
     ]
     targets = [(s, f"target_{name}", ["text"]) for name, s in splits.targets.items()]  # unlabeled: no targets
     for split, name, columns in labeled + targets:

@@ -39,7 +39,7 @@ def candidates(models: list[TrainedModel], model_name: str, tags: dict[str, str]
                 contract.ROLE: m.role,
                 contract.BACKBONE: m.backbone,
                 contract.MAX_LENGTH: str(max_length),
-                contract.MODALITY: contract.TEXT,
+                contract.MODALITY: m.modality,
                 contract.TRAINING_RUN: m.run_id,
                 **({contract.EXPORT_RUN: m.export_run_id} if m.export_run_id else {}),
                 **({contract.SERVABLE: m.servable_uri} if m.servable_uri else {}),
@@ -54,11 +54,31 @@ def candidates(models: list[TrainedModel], model_name: str, tags: dict[str, str]
 
 
 def load_version(name: str, version: str):
-    """(model, tokenizer) of a registered transformers version, for re-evaluation."""
+    """(model, tokenizer) of a registered version, for re-evaluation: a transformers model, or an image
+    classifier (from the safetensors folder logged beside its ONNX graph) and its ImageProcessor."""
     import mlflow.transformers
+    from mlflow.tracking import MlflowClient
+
+    if MlflowClient().get_model_version(name, version).tags.get(contract.MODALITY) == contract.IMAGE:
+        folder = image_weights(f"models:/{name}/{version}")
+        from graftline.tasks.engine import backbones
+
+        return backbones.load_classifier(str(folder)), backbones.load_tokenizer(str(folder))
 
     components = mlflow.transformers.load_model(f"models:/{name}/{version}", return_type="components")
     return components["model"], components["tokenizer"]
+
+
+def image_weights(model_uri: str) -> Path:
+    """The safetensors classifier folder inside a logged image model (downloaded)."""
+    import mlflow.artifacts
+    from mlflow.models import Model
+
+    root = Path(mlflow.artifacts.download_artifacts(model_uri))
+    artifacts = Model.load(str(root / "MLmodel")).flavors["python_function"].get("artifacts", {})
+    if contract.IMAGE_WEIGHTS not in artifacts:
+        raise FileNotFoundError(f"{model_uri}: no {contract.IMAGE_WEIGHTS} artifact (not an image classifier)")
+    return root / artifacts[contract.IMAGE_WEIGHTS]["path"]
 
 
 def register_all(client, candidates: list[Candidate]) -> list[Registration]:
@@ -128,8 +148,21 @@ def pip_requirements() -> list[str]:
 
 
 def log_classifier(model_dir: Path, input_example: list[str]):
-    """Log a saved classifier folder with the transformers flavor (safetensors, signature, example)."""
+    """Log a saved classifier folder with the transformers flavor (safetensors, signature, example); an
+    image classifier as the ONNX pyfunc of image_servable.py, its safetensors folder beside it."""
     import logging
+    import tempfile
+
+    from graftline.tasks.engine import backbones
+
+    if backbones.kind_of(str(model_dir)) == contract.IMAGE:
+        from graftline.tasks.export import export_onnx, log_image_model
+
+        classifier, processor = backbones.load_classifier(str(model_dir)), backbones.load_tokenizer(str(model_dir))
+        with tempfile.TemporaryDirectory(prefix="graftline-image-model-") as tmp:
+            onnx = export_onnx(classifier.eval(), processor, Path(tmp) / "model.onnx")
+            labels = backbones.labels_of(classifier)
+            return log_image_model(onnx, model_dir, labels, processor, 1.0, Path(tmp), "model")
 
     import mlflow.models
     import mlflow.transformers
