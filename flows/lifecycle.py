@@ -104,8 +104,9 @@ def transfer(
         tracking=tracking,
         run=run,
     )
-    params = TransferParams.model_validate(with_deployment_defaults(given.model_dump()))
-    return _lifecycle(params.for_modality())
+    # The image defaults go only where the caller gave nothing: decided before the dump marks every field set.
+    given = given.for_modality()
+    return _lifecycle(TransferParams.model_validate(with_deployment_defaults(given.model_dump())))
 
 
 def _lifecycle(params: TransferParams) -> LifecycleSummary:

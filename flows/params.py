@@ -57,21 +57,21 @@ class TransferParams(settings.Params):
 
     def for_modality(self) -> TransferParams:
         """These parameters as the data needs them: for image data (`data.modality`, or what `auto` finds),
-        every parameter of settings.IMAGE_DEFAULTS still at its text default takes its image default, so
-        `--modality image` alone runs the image demo and an image folder alone trains an image model."""
+        every parameter of settings.IMAGE_DEFAULTS that was not given takes its image default, so
+        `--modality image` alone runs the image demo and an image folder alone trains an image model. A
+        parameter given explicitly is kept, even at its text default (a text backbone is then refused)."""
         from graftline.tasks.images import modality_of
 
         if self.data.modality == "text" or (self.data.modality == "auto" and modality_of(self.data) != "image"):
             return self
         changed = settings.IMAGE_DEFAULTS
-        if self.data.train_path in (settings.DEMO_TRAIN, settings.IMAGE_DEMO_TRAIN):
+        if "train_path" not in self.data.model_fields_set or self.data.train_path == settings.IMAGE_DEMO_TRAIN:
             changed = changed | settings.IMAGE_DEMO_DEFAULTS
         groups = {}
         for name, values in changed.items():
             group = getattr(self, name)
-            untouched = type(group)()  # the group's defaults
-            kept = {key: value for key, value in values.items() if getattr(group, key) == getattr(untouched, key)}
-            groups[name] = group.model_copy(update=kept)
+            unset = {key: value for key, value in values.items() if key not in group.model_fields_set}
+            groups[name] = group.model_copy(update=unset)
         data = groups.get("data", self.data)
         groups["data"] = data.model_copy(update={"modality": "image"})
         return self.model_copy(update=groups)

@@ -115,8 +115,9 @@ def _finding(split: str, frame: pd.DataFrame, result, t: ValidationParams) -> Fi
     make = lambda check, threshold, observed, relax: Finding(  # noqa: E731
         split, check, failing, threshold, observed, relax, files
     )
+    named = _names(bad)  # the files themselves: a path names a picture, it does not show it
     if column == "decodes":
-        return make("undecodable image", "none", failing, "remove or replace those files")
+        return make("undecodable image", "none", named, "remove or replace those files")
     if column in ("width", "height"):
         observed = f"{int(frame[column].min())}..{int(frame[column].max())} px"
         smallest, largest = int(frame[column].min()), int(frame[column].max())
@@ -126,9 +127,9 @@ def _finding(split: str, frame: pd.DataFrame, result, t: ValidationParams) -> Fi
             else f"validation.max_image_side={largest}"
         )
         bounds = f"{t.min_image_side}..{t.max_image_side} px"
-        return make(f"{column} out of bounds", bounds, observed, relax)
+        return make(f"{column} out of bounds", bounds, f"{observed}: {named}", relax)
     if column == "channels":
-        return make("unsupported channels", "1, 3 or 4", failing, "convert those images to RGB")
+        return make("unsupported channels", "1, 3 or 4", named, "convert those images to RGB")
     if column in SHARES:  # a share of the split: the parameter, and a value that would pass
         check, parameter = SHARES[column]
         passing = min(1.0, (count or 0) / max(total, 1) + 0.01)
@@ -144,6 +145,12 @@ def _finding(split: str, frame: pd.DataFrame, result, t: ValidationParams) -> Fi
         unknown = sorted(set(frame["label"].dropna()) - set(config.kwargs.get("value_set") or []))
         return make("unknown labels", "training labels", ", ".join(map(repr, unknown)), "fix or remove those images")
     return make(kind.replace("_", " "), "-", failing, "see the report")
+
+
+def _names(bad: list[tuple], shown: int = 3) -> str:
+    """The first failing files by name, and how many more."""
+    names = [Path(str(image).split("?")[0]).name for _, image, _ in bad[:shown]]
+    return ", ".join(names) + (f" (+{len(bad) - shown} more)" if len(bad) > shown else "")
 
 
 def _failing_rows(frame: pd.DataFrame, kind: str, column: str | None, t: ValidationParams) -> list[tuple]:

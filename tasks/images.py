@@ -231,15 +231,6 @@ def load_any(data, unlabeled: list[str] | tuple[str, ...] = ()) -> Splits:
     return load_splits(data, unlabeled)
 
 
-def require_text(data) -> None:
-    """Refuse image data where only text is handled yet (the lifecycle), naming what does take it."""
-    if modality_of(data) == "image":
-        raise DataError(
-            f"{data.train_path}: image data; the lifecycle trains text classifiers only so far "
-            "(`graftline check` validates image data)"
-        )
-
-
 class ImageSplit(Split):
     """A split of images: `frame` has `image` (paths or URLs), `label` and `row`."""
 

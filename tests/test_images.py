@@ -167,7 +167,7 @@ def test_near_duplicates_within_a_split_count_against_the_duplicate_share(tmp_pa
     assert _validate(folders, tmp_path, max_duplicate_fraction=0.25).success
 
 
-def test_graftline_check_validates_image_folders_and_run_refuses_them_first(tmp_path):
+def test_graftline_check_validates_image_folders_and_run_refuses_a_text_backbone_first(tmp_path):
     from typer.testing import CliRunner
 
     from graftline.flows.cli.app import app
@@ -196,5 +196,6 @@ def test_graftline_check_validates_image_folders_and_run_refuses_them_first(tmp_
     assert failed.exit_code == 2
     assert "graftline: error: data validation failed: 1 expectation on 1 split; see the report" in failed.output
     assert "undecodable image" in failed.output and "broken.jpg" in (tmp_path / "no" / "report.md").read_text()
-    refused = runner.invoke(app, ["run", "--train", str(folders["train"])])
-    assert refused.exit_code == 2 and "image data; the lifecycle trains text classifiers only so far" in refused.output
+    refused = runner.invoke(app, ["run", "--train", str(folders["train"]), "--backbone", "minilm-l6"])
+    assert refused.exit_code == 2  # before any server starts: the backbone cannot read images
+    assert "backbone 'minilm-l6' is a text backbone; image data needs an image one" in refused.output

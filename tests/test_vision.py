@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from graftline.tasks import images
-from graftline.tasks.engine import backbones, catalog, vision
+from graftline.tasks.engine import backbones, catalog
 from graftline.tasks.engine.checkpoints import Checkpoints
-from graftline.tasks.engine.image_inputs import Augmentation, ImageProcessor
+from graftline.tasks.engine.image_inputs import Augmentation
 from graftline.tasks.engine.training import TrainConfig, encode, make_optimizer, train
 from graftline.tasks.errors import BackboneError, DataError
 from graftline.tasks.settings import DataParams, FinetuneParams, ImageTrainingParams, ModelParams
