@@ -20,6 +20,7 @@ MEASURED_WITH = dict(
     compile=False,
     fast_cpu_dropout=True,
     layer_decay=1.0,
+    backbone_rate=1.0,
     checkpoint_every=0,
 )
 

@@ -55,13 +55,13 @@ from graftline.tasks.settings import (  # noqa: E402
 # Every optimisation setting spelt out (graftline's image defaults when this was written), so the
 # measured work does not move with the project's defaults.
 IMAGES = ImageTrainingParams(crop_scale_min=0.25, flip=True, freeze_batchnorm="auto")
-BUDGET = dict(epochs=8, batch_size=16, patience=2, images=IMAGES, **MEASURED_WITH)
+BUDGET = MEASURED_WITH | dict(epochs=8, batch_size=16, patience=2, images=IMAGES)
 STRATEGIES = {  # strategy -> its settings
     "linear-probe": dict(learning_rate=1e-3),
     "full": dict(learning_rate=3e-4),
     "lp-ft": dict(learning_rate=3e-4, probe_epochs=3, probe_learning_rate=1e-3, backbone_rate=0.1),
 }
-STUDENT = dict(student="efficientnet-lite0", alpha=0.5, temperature=2.0, learning_rate=3e-4, **BUDGET)
+STUDENT = BUDGET | dict(student="efficientnet-lite0", alpha=0.5, temperature=2.0, learning_rate=3e-4)
 SEEDS = (13, 14, 15)
 
 
@@ -100,7 +100,7 @@ def main() -> None:
             for strategy in args.strategies:
                 for seed in seeds:
                     model = ModelParams(seed=seed)
-                    params = FinetuneParams(backbone=backbone, strategy=strategy, **STRATEGIES[strategy], **BUDGET)
+                    params = FinetuneParams(backbone=backbone, strategy=strategy, **BUDGET | STRATEGIES[strategy])
                     folder_out = root / f"{backbone}-{strategy}-{seed}"
                     started = time.perf_counter()
                     result = finetune(splits, params, model, folder_out, io)

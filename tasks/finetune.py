@@ -113,7 +113,7 @@ def finetune(
     if image:
         train_split = train_split.augmented(augmentation(params.images, model.seed))
         classifier.freeze_batchnorm(params.images.freezes_batchnorm(params.batch_size, params.processes))
-    config = replace(params.train_config(model), backbone_rate=params.backbone_rate)
+    config = params.train_config(model)
     if params.privacy.enabled:
         if adapt.method != "none":
             raise GraftlineError(f"adapt.method {adapt.method!r} is not available with finetune.privacy")

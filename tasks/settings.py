@@ -35,7 +35,13 @@ IMAGE_DEMO_EVAL_SETS = {"outlines": "demo:outlines"}
 IMAGE_DEFAULTS = {
     "data": {"train_path": IMAGE_DEMO_TRAIN, "eval_sets": IMAGE_DEMO_EVAL_SETS},
     "select": {"candidates": ["efficientnet-lite0", "efficientnet-lite2"]},
-    "finetune": {"backbone": "efficientnet-lite2", "strategy": "lp-ft", "epochs": 8, "learning_rate": 3e-4},
+    "finetune": {
+        "backbone": "efficientnet-lite2",
+        "strategy": "lp-ft",
+        "epochs": 8,
+        "learning_rate": 3e-4,
+        "backbone_rate": 0.1,  # the pretrained layers move at a tenth of the new head's rate
+    },
     "distill": {"student": "efficientnet-lite0", "epochs": 8, "learning_rate": 3e-4},
 }
 # The drawn demo pictures are 64 x 64: read at that size, the demo trains in a few minutes on a CPU.
@@ -310,6 +316,13 @@ class TrainingParams(Params):
         le=1,
         description="Layer-wise learning-rate decay: each layer below the top trains at this factor of the one above.",
     )
+    backbone_rate: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Everything below the classification head trains at this share of learning_rate, the head at "
+        "all of it (lp-ft: in its second stage).",
+    )
     checkpoint_every: int = Field(
         500, ge=0, description="Optimizer steps between resumable checkpoints (0: only at each epoch's end)."
     )
@@ -368,13 +381,6 @@ class FinetuneParams(TrainingParams):
     probe_epochs: int = Field(3, ge=1, le=100, description="lp-ft: epochs of the linear probe before unfreezing.")
     probe_learning_rate: float = Field(
         1e-3, gt=0, le=1, description="lp-ft: learning rate of the probe (a lone new head learns fast)."
-    )
-    backbone_rate: float = Field(
-        1.0,
-        gt=0,
-        le=1,
-        description="Backbone learning rate as a share of learning_rate while the head trains at the full rate "
-        "(full and the lp-ft fine-tuning stage).",
     )
     lora_rank: int = Field(8, ge=1, le=512, description="LoRA strategy: rank of the adapters.")
     lora_alpha: int = Field(

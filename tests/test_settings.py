@@ -50,6 +50,7 @@ def test_train_config_carries_every_setting_of_the_group(group):
         "compile": True,
         "fast_cpu_dropout": False,
         "layer_decay": 0.5,
+        "backbone_rate": 0.25,
         "checkpoint_every": 11,
         "checkpoint_seconds": 5.0,
     }

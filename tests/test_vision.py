@@ -44,6 +44,7 @@ def engine(**changes) -> TrainConfig:
         compile=False,
         fast_cpu_dropout=True,
         layer_decay=1.0,
+        backbone_rate=1.0,
         checkpoint_every=0,
         checkpoint_seconds=0,
     )

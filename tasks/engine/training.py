@@ -86,11 +86,11 @@ class TrainConfig:
     compile: bool  # torch.compile the model (dynamic shapes); pays a compile once
     fast_cpu_dropout: bool  # on CPUs, dropout masks from 64-bit random words (engine/kernels.py)
     layer_decay: float  # layer-wise LR decay: layer i of L trains at lr * decay**(L + 1 - i)
+    backbone_rate: float  # everything below the head trains at this share of the rate
     checkpoint_every: int  # optimizer steps between checkpoints (0: only at each epoch's end)
     checkpoint_seconds: float  # a due checkpoint is skipped when the last one is younger than this
     max_grad_norm: float = 1.0
     eval_batch_size: int = 64
-    backbone_rate: float = 1.0  # everything below the head trains at this share of the rate
 
 
 @dataclass(frozen=True)
