@@ -4,7 +4,8 @@
 wherever its folder lands on sys.path.)
 
 For each candidate backbone: embed a stratified sample of the training split with the frozen
-backbone (mean-pooled token states, of the last layer or averaged over all layers), score how well
+backbone (mean-pooled token states, of the last layer or averaged over all layers; an image
+backbone's globally pooled features), score how well
 those features explain the labels, and measure what the backbone costs (parameters, latency per
 example). The estimators are transformer-ranker's maintained implementations:
 
@@ -36,6 +37,7 @@ import torch
 
 from graftline.tasks import progress
 from graftline.tasks.engine import backbones
+from graftline.tasks.engine.image_inputs import ImageProcessor
 from graftline.tasks.errors import GraftlineError
 from graftline.tasks.registry.tracking import metric_safe
 from graftline.tasks.settings import ModelParams, SelectParams
@@ -95,8 +97,14 @@ def stratified_sample(frame: pd.DataFrame, size: int, seed: int) -> pd.DataFrame
 def embed(
     encoder, tokenizer, texts: list[str], max_length: int, batch_size: int, pooling: Pooling, device: torch.device
 ) -> np.ndarray:
-    """Mean-pooled token states (padding excluded) of the last layer or of all layers averaged."""
+    """Mean-pooled token states (padding excluded) of the last layer or of all layers averaged; for an
+    image backbone (`tokenizer` an ImageProcessor, `texts` image paths) its pooled features."""
     encoder.to(device).eval()
+    if isinstance(tokenizer, ImageProcessor):
+        chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+        return np.concatenate(
+            [encoder.features(tokenizer.prepare(chunk).to(device)).float().cpu().numpy() for chunk in chunks]
+        )
     # Sorting by length keeps padding low; the original order is restored at the end.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
@@ -140,8 +148,8 @@ def score_candidate(
     in another process or on another machine: the Dask fan-out ships exactly this call."""
     device = _device(model.device)
     started = time.perf_counter()
-    encoder = backbones.load_encoder(spec, model.trust_remote_code)
-    tokenizer = backbones.load_tokenizer(spec, model.trust_remote_code)
+    encoder = backbones.load_encoder(spec, model.trust_remote_code, model.image_size)
+    tokenizer = backbones.load_tokenizer(spec, model.trust_remote_code, model.image_size)
     timed = time.perf_counter()
     features = embed(encoder, tokenizer, texts, model.max_length, params.batch_size, params.pooling, device)
     ms = (time.perf_counter() - timed) * 1000 / len(texts)
@@ -150,7 +158,7 @@ def score_candidate(
         backbone=spec,
         parameters=backbones.count_parameters(encoder),
         layers=getattr(encoder.config, "num_hidden_layers", None),
-        width=getattr(encoder.config, "hidden_size", None),
+        width=getattr(encoder.config, "hidden_size", getattr(encoder.config, "head", None)),
         scores={method: score_features(features, labels, method) for method in METHODS},
         cpu_ms_per_example=cpu_ms,
         gpu_ms_per_example=gpu_ms,
@@ -212,7 +220,8 @@ def select_backbone(
     sample = stratified_sample(frame, params.sample_size, model.seed)
     label_names = sorted(sample["label"].unique())
     labels = sample["label"].map({name: i for i, name in enumerate(label_names)}).to_numpy(np.int64)
-    selection = choose(score_all(sample["text"].fillna("").tolist(), labels, params, model), params)
+    column = "image" if "image" in sample.columns and "text" not in sample.columns else "text"  # what a model reads
+    selection = choose(score_all(sample[column].fillna("").tolist(), labels, params, model), params)
     selection.seconds = time.perf_counter() - started
     return selection
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from graftline.tasks import images
-from graftline.tasks.engine import backbones, catalog
+from graftline.tasks.engine import backbones, catalog, vision
 from graftline.tasks.engine.checkpoints import Checkpoints
 from graftline.tasks.engine.image_inputs import Augmentation
 from graftline.tasks.engine.training import TrainConfig, encode, make_optimizer, train
@@ -252,3 +252,17 @@ def test_image_data_is_split_and_digested_by_its_bytes(splits, shape_images, tmp
     again = images.load_any(DataParams(train_path=str(copy), eval_sets={}))
     assert again.train.digest == splits.train.digest  # the same pictures under other names
     assert replace(splits.train, frame=splits.train.frame.iloc[1:]).digest != splits.train.digest
+
+
+def test_auto_selection_scores_image_candidates_on_their_features(splits, tiny_image_backbone, tmp_path):
+    from graftline.tasks.selection import select_backbone
+    from graftline.tasks.settings import SelectParams
+
+    torch.manual_seed(1)
+    other = tmp_path / "other"
+    vision.build(vision.tiny_config(["x"])).save_pretrained(other)
+    params = SelectParams(candidates=[str(tiny_image_backbone), str(other)], sample_size=30)
+    selection = select_backbone(splits.train.frame, params, MODEL)
+    assert selection.choice in params.candidates and len(selection.leaderboard) == 2
+    report = selection.leaderboard[0]
+    assert report.width == 32 and report.layers == 3 and np.isfinite(report.scores["knn"])
