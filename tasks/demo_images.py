@@ -19,10 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from graftline.tasks.image_hash import difference_hash, hamming
+
 CLASSES = ("circle", "square", "triangle")
 DOMAINS = {"shapes": 100, "outlines": 40}  # name -> images per class
 SIZE = 64
-VERSION = "v1"  # bump when the drawing changes: a new folder, never a stale one
+VERSION = "v2"  # bump when the drawing changes: a new folder, never a stale one
+DISTINCT_BITS = 8  # every picture differs from the others of its set in more dHash bits than this
 
 
 def folder(name: str) -> Path:
@@ -47,11 +50,17 @@ def draw_set(out: Path, per_class: int, outline: bool, seed: int) -> Path:
     from PIL import Image
 
     rng = np.random.default_rng([7, seed])
+    hashes: list[int] = []
     for label in CLASSES:
         (out / label).mkdir(parents=True)
         for index in range(per_class):
-            pixels = _draw(label, outline=outline, rng=rng)
-            Image.fromarray(pixels).save(out / label / f"{label}-{index:03d}.png")
+            while True:  # no near duplicates: the set must pass the validation it demonstrates
+                picture = Image.fromarray(_draw(label, outline=outline, rng=rng))
+                hashed = difference_hash(picture)
+                if all(hamming(hashed, other) > DISTINCT_BITS for other in hashes):
+                    break
+            hashes.append(hashed)
+            picture.save(out / label / f"{label}-{index:03d}.png")
     return out
 
 

@@ -13,10 +13,7 @@ table, or the position in the folder listing), so a fault can point at its row.
 `digest` identifies a set by the bytes of its images (renaming a file does not change it, editing a
 pixel does). `profile` decodes every image once and records what validation checks: whether it
 decodes, width, height, channels, the SHA-256 of its bytes (exact duplicates) and a 64-bit
-difference hash of its pixels (near duplicates: the same picture resized or re-encoded).
-
-The difference hash (dHash) is written here rather than taken from `imagehash`: it is ten lines on
-Pillow, and that package would bring PyWavelets and scipy pins for hashes graftline does not use.
+difference hash of its pixels (near duplicates: the same picture resized or re-encoded; image_hash.py).
 """
 
 from __future__ import annotations
@@ -39,9 +36,9 @@ from graftline.tasks.data import (
     stratified_split,
 )
 from graftline.tasks.errors import DataError
+from graftline.tasks.image_hash import difference_hash, hamming  # noqa: F401  (part of this module's interface)
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-HASH_SIZE = 8  # dHash of 8 x 8 differences: 64 bits
 
 
 def is_image_path(value: str) -> bool:
@@ -122,19 +119,6 @@ def digest(paths: list[str]) -> str:
     for path in paths:
         whole.update(hashlib.sha256(read_bytes(path)).digest())
     return whole.hexdigest()[:16]
-
-
-def difference_hash(image) -> int:
-    """dHash: the image in grey at 9 x 8 pixels, one bit per horizontal neighbour pair (left brighter)."""
-    from PIL import Image
-
-    small = np.asarray(image.convert("L").resize((HASH_SIZE + 1, HASH_SIZE), Image.Resampling.LANCZOS), dtype=int)
-    bits = (small[:, 1:] > small[:, :-1]).flatten()
-    return int("".join("1" if b else "0" for b in bits), 2)
-
-
-def hamming(a: int, b: int) -> int:
-    return (a ^ b).bit_count()
 
 
 def profile(paths: list[str]) -> pd.DataFrame:
@@ -251,8 +235,9 @@ class ImageSplit(Split):
 def image_splits(data) -> Splits:
     """The lifecycle's splits of an image dataset (load_image_splits), labels checked as for text."""
     frames = load_image_splits(data)
-    sources = {"train": data.train_path, "validation": data.validation_path, "test": data.test_path}
-    named = {name: ImageSplit(name, frame, sources.get(name) or data.train_path) for name, frame in frames.items()}
+    given = {"train": data.train_path, "validation": data.validation_path, "test": data.test_path, **data.eval_sets}
+    sources = {name: resolve_source(path or data.train_path) for name, path in given.items()}
+    named = {name: ImageSplit(name, frame, sources[name]) for name, frame in frames.items()}
     extra = {name: named[name] for name in data.eval_sets}
     splits = Splits(named["train"], named["validation"], named["test"], extra=extra)
     require_known_labels(splits)
