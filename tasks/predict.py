@@ -161,6 +161,11 @@ def fetch_version(client, reference: ModelReference) -> Version:
 
     version = resolve_version(client, reference)
     tags = dict(client.get_model_version(reference.name, version).tags)
+    if tags.get(contract.MODALITY) == contract.IMAGE:
+        raise PredictionError(
+            f"{reference.name} v{version} classifies images; predict, monitor and explain read texts "
+            f"(score images with mlflow.pyfunc.load_model('models:/{reference.name}/{version}') or graftline serve)"
+        )
     folder = Path(mlflow.artifacts.download_artifacts(f"models:/{reference.name}/{version}"))
     return Version(reference.name, version, tags, folder)
 
