@@ -18,9 +18,11 @@ Transfer data: unlabeled texts (e.g. from the target domain) and augmented copie
 texts are added to the training rows with soft labels only (their cross-entropy term is masked out).
 
 Images: the student is another image backbone (EfficientNet-Lite2 -> Lite0, say) with its own input
-size; the teacher's targets are computed once on centre crops while the student trains on random
-crops and flips of the same images (offline distillation: the teacher does not see the student's
-crop). Layer students and hidden-state matching are for transformers.
+size, or `teacher-layers:N`: the teacher keeping N of its blocks (every stage's first block, which
+changes the shape, and evenly spaced residual ones; engine/vision.py). The teacher's targets are
+computed once on centre crops while the student trains on random crops and flips of the same images
+(offline distillation: the teacher does not see the student's crop). Hidden-state matching is for
+transformers.
 `judge_student` evaluates the student on every evaluation set, compares it with its teacher
 (`distillation_report`: size, retention on every evaluation set, CPU speed) and asks the one
 retention gate (evaluate.py) whether it keeps enough to be registered.
@@ -39,7 +41,7 @@ import torch.nn.functional as F
 
 from graftline.tasks.calibration import Calibration
 from graftline.tasks.data import Splits, encode_labels
-from graftline.tasks.engine import backbones
+from graftline.tasks.engine import backbones, vision
 from graftline.tasks.engine.backbones import LAYER_PREFIX, student_layers  # noqa: F401  (the student syntax)
 from graftline.tasks.engine.checkpoints import Checkpoints
 from graftline.tasks.engine.training import (
@@ -122,9 +124,11 @@ def distill(
     image = splits.modality == "image"
     if image:
         _require_image_student(params)
-    kept = student_layers(params.student, teacher.config.num_hidden_layers)
     seed_everything(model.seed)  # a catalog student's new head is initialised from this seed
-    if kept is not None:
+    if image and params.student.startswith(LAYER_PREFIX):
+        kept = image_student_blocks(params.student, teacher.config)
+        student, tokenizer = vision.layer_student(teacher, kept), teacher_tokenizer
+    elif (kept := student_layers(params.student, teacher.config.num_hidden_layers)) is not None:
         student, tokenizer = make_layer_student(teacher, kept), teacher_tokenizer
     else:
         tokenizer = backbones.load_tokenizer(params.student, model.trust_remote_code, model.image_size)
@@ -195,6 +199,18 @@ def distill(
         transfer_rows=len(transfer),
         layer_map=layer_map,
     )
+
+
+def image_student_blocks(spec: str, config) -> list[int]:
+    """The teacher blocks an image `teacher-layers:N` (or `teacher-layers:0,1,3,...`) student keeps."""
+    value = spec.removeprefix(LAYER_PREFIX)
+    try:
+        if "," in value:
+            return vision.kept_blocks(config, named=[int(v) for v in value.split(",")])
+        return vision.kept_blocks(config, count=int(value))
+    except ValueError as exc:
+        detail = str(exc) if not str(exc).startswith("invalid literal") else "expected a number or a list of blocks"
+        raise BackboneError(f"distill.student {spec!r}: {detail}") from None
 
 
 def _require_image_student(params: DistillParams) -> None:

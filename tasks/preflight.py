@@ -59,8 +59,7 @@ def check(data: DataParams, finetune: FinetuneParams, select: SelectParams, dist
 def _check_student(student: str, teachers: dict[str, dict | None], modality: str) -> None:
     if not student.startswith(backbones.LAYER_PREFIX):
         backbones.check(student)
-    backbones.require_student_kind(student, modality)
-    if not student.startswith(backbones.LAYER_PREFIX):
+        backbones.require_student_kind(student, modality)
         return
     for config in teachers.values():  # a layer count the teacher's config says it cannot give
         layers = (config or {}).get("num_hidden_layers")

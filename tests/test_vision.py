@@ -84,8 +84,8 @@ def test_text_and_image_backbones_are_refused_for_the_other_kind(tiny_image_back
         backbones.require_kind("minilm-l6", "image")
     with pytest.raises(BackboneError, match=r"is an image backbone; text data needs a text one"):
         backbones.require_kind(str(tiny_image_backbone), "text")
-    with pytest.raises(BackboneError, match="layer students are cut from transformers"):
-        backbones.require_student_kind("teacher-layers:2", "image")
+    with pytest.raises(BackboneError, match=r"distill.student 'minilm-l3' is a text backbone"):
+        backbones.require_student_kind("minilm-l3", "image")
 
 
 def test_training_crops_follow_the_rows_and_the_seed_and_evaluation_takes_the_centre(splits, tiny_image_backbone):
@@ -266,3 +266,42 @@ def test_auto_selection_scores_image_candidates_on_their_features(splits, tiny_i
     assert selection.choice in params.candidates and len(selection.leaderboard) == 2
     report = selection.leaderboard[0]
     assert report.width == 32 and report.layers == 3 and np.isfinite(report.scores["knn"])
+
+
+def test_a_layer_student_keeps_every_stage_entry_and_computes_as_its_teacher_without_the_dropped_blocks():
+    from graftline.tasks.distill import image_student_blocks
+
+    config = vision.tiny_config(["a", "b"])
+    config.stages = [[1, 3, 1, 1, 8, 8], [3, 3, 2, 2, 8, 16]]  # blocks 0 | 1 2 3: 2 and 3 are residual
+    torch.manual_seed(0)
+    teacher = vision.build(config).eval()
+    assert image_student_blocks("teacher-layers:3", config) == [0, 1, 2]
+    assert image_student_blocks("teacher-layers:0,1,3", config) == [0, 1, 3]
+    for bad in ("teacher-layers:1", "teacher-layers:0,2", "teacher-layers:x"):
+        with pytest.raises(BackboneError, match=r"distill.student 'teacher-layers:"):
+            image_student_blocks(bad, config)
+    student = vision.layer_student(teacher, [0, 1, 3]).eval()
+    assert len(student._blocks) == 3 and backbones.labels_of(student) == ["a", "b"]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        by_hand = teacher._blocks[3](
+            teacher._blocks[1](teacher._blocks[0](teacher._bn0(teacher._conv_stem(x)).clamp(0, 6)))
+        )
+        head = teacher._fc(torch.nn.functional.relu6(teacher._bn1(teacher._conv_head(by_hand))).mean(dim=(2, 3)))
+        assert torch.allclose(student(pixel_values=x).logits, head, atol=1e-5)
+
+
+def test_an_image_teacher_distils_into_its_own_blocks(splits, tiny_image_backbone, tmp_path):
+    from graftline.tasks.distill import distill
+    from graftline.tasks.finetune import finetune
+    from graftline.tasks.settings import DistillParams
+
+    params = FinetuneParams(backbone=str(tiny_image_backbone), epochs=1, batch_size=8, learning_rate=3e-3)
+    teacher = finetune(splits, params, MODEL, tmp_path / "teacher").model_dir
+    student = DistillParams(student="teacher-layers:2", epochs=1, batch_size=8, learning_rate=3e-3)
+    result = distill(teacher, splits, student, MODEL, tmp_path / "student")
+    assert result.kept_layers == [0, 1] and result.student_parameters < result.teacher_parameters
+    saved = backbones.load_classifier(str(tmp_path / "student"))
+    assert len(saved._blocks) == 2 and saved.config.image_size == 32
+    with pytest.raises(BackboneError, match="hidden_weight matches transformer layers"):
+        distill(teacher, splits, student.model_copy(update={"hidden_weight": 1.0}), MODEL, tmp_path / "again")

@@ -163,6 +163,58 @@ class EfficientNetLite(nn.Module):
         save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
 
 
+def stage_of_blocks(config: ImageConfig) -> list[int]:
+    """The stage each block belongs to, in block order."""
+    return [stage for stage, (repeats, *_) in enumerate(config.scaled_stages()) for _ in range(repeats)]
+
+
+def kept_blocks(config: ImageConfig, count: int | None = None, named: list[int] | None = None) -> list[int]:
+    """The blocks a `teacher-layers:` student of this network keeps: every stage's first block (it changes
+    the shape, so it cannot go) and, of the residual blocks, `count` minus those evenly spaced, or the
+    `named` ones. Raises ValueError naming what is possible."""
+    stages = stage_of_blocks(config)
+    first = [i for i, stage in enumerate(stages) if i == 0 or stages[i - 1] != stage]
+    residual = [i for i in range(len(stages)) if i not in first]
+    if named is not None:
+        if not set(first) <= set(named) or not set(named) <= set(range(len(stages))):
+            raise ValueError(
+                f"the kept blocks must include every stage's first block {first}, within 0..{len(stages) - 1}"
+            )
+        return sorted(set(named))
+    if count is None or not len(first) <= count <= len(stages):
+        raise ValueError(f"an image student keeps {len(first)}..{len(stages)} of the teacher's {len(stages)} blocks")
+    extra = count - len(first)
+    chosen = [residual[int(j * len(residual) / extra)] for j in range(extra)] if extra else []
+    return sorted(first + chosen)
+
+
+def layer_student(teacher: EfficientNetLite, kept: list[int]) -> EfficientNetLite:
+    """A copy of `teacher` keeping only the `kept` blocks (kept_blocks), weights and head included: the
+    dropped blocks are residual, so the shapes still fit (EfficientNet trains with whole blocks dropped
+    at random: stochastic depth)."""
+    import copy
+
+    stages = stage_of_blocks(teacher.config)
+    config = copy.deepcopy(teacher.config)
+    repeats = [sum(1 for i in kept if stages[i] == stage) for stage in range(len(config.stages))]
+    scaled = teacher.config.scaled_stages()
+    # the kept repeats, at depth 1 and with each stage's channels as the teacher had them after scaling
+    config.stages = [[count, *stage[1:]] for count, stage in zip(repeats, scaled, strict=True)]
+    config.width, config.depth, config.variant = 1.0, 1.0, f"{teacher.config.variant or 'lite'}-blocks-{len(kept)}"
+    student = build(config)
+    state = teacher.state_dict()
+    renamed = {}
+    for key, value in state.items():
+        if key.startswith("_blocks."):
+            index = int(key.split(".")[1])
+            if index not in kept:
+                continue
+            key = f"_blocks.{kept.index(index)}." + key.split(".", 2)[2]
+        renamed[key] = value
+    student.load_state_dict(renamed)
+    return student
+
+
 def build(config: ImageConfig) -> EfficientNetLite:
     return EfficientNetLite(config)
 
