@@ -28,6 +28,15 @@ def splits(shape_images):
     return images.load_any(data)
 
 
+@pytest.fixture(scope="module")
+def tuned(splits, tiny_image_backbone, tmp_path_factory) -> Path:
+    """The tiny network fine-tuned for two epochs on the shapes: what export and distillation start from."""
+    from graftline.tasks.finetune import finetune
+
+    params = FinetuneParams(backbone=str(tiny_image_backbone), epochs=2, batch_size=8, learning_rate=3e-3)
+    return finetune(splits, params, MODEL, tmp_path_factory.mktemp("tuned") / "model").model_dir
+
+
 def engine(**changes) -> TrainConfig:
     settings = dict(
         epochs=2,
@@ -188,17 +197,15 @@ def test_image_training_resumes_after_a_crash_mid_epoch_to_the_uninterrupted_res
 
 
 def test_static_int8_export_agrees_and_the_logged_model_predicts_from_paths_and_bytes(
-    splits, tiny_image_backbone, mlflow_store, tmp_path
+    splits, tuned, mlflow_store, tmp_path
 ):
     import mlflow
     import pandas as pd
 
     from graftline.tasks.export import export_and_measure, log_image_model
-    from graftline.tasks.finetune import finetune
     from graftline.tasks.settings import ExportParams
 
-    params = FinetuneParams(backbone=str(tiny_image_backbone), epochs=2, batch_size=8, learning_rate=3e-3)
-    model_dir = finetune(splits, params, MODEL, tmp_path / "model").model_dir
+    model_dir = tuned
     report = export_and_measure(
         model_dir,
         None,
@@ -291,13 +298,11 @@ def test_a_layer_student_keeps_every_stage_entry_and_computes_as_its_teacher_wit
         assert torch.allclose(student(pixel_values=x).logits, head, atol=1e-5)
 
 
-def test_an_image_teacher_distils_into_its_own_blocks(splits, tiny_image_backbone, tmp_path):
+def test_an_image_teacher_distils_into_its_own_blocks(splits, tuned, tmp_path):
     from graftline.tasks.distill import distill
-    from graftline.tasks.finetune import finetune
     from graftline.tasks.settings import DistillParams
 
-    params = FinetuneParams(backbone=str(tiny_image_backbone), epochs=1, batch_size=8, learning_rate=3e-3)
-    teacher = finetune(splits, params, MODEL, tmp_path / "teacher").model_dir
+    teacher = tuned
     student = DistillParams(student="teacher-layers:2", epochs=1, batch_size=8, learning_rate=3e-3)
     result = distill(teacher, splits, student, MODEL, tmp_path / "student")
     assert result.kept_layers == [0, 1] and result.student_parameters < result.teacher_parameters
