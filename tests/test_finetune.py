@@ -64,7 +64,7 @@ def test_early_stopping_restores_the_best_epoch(tiny_backbone, toy_splits, tmp_p
     config = FinetuneParams(backbone=str(tiny_backbone), epochs=8, learning_rate=3e-3, patience=1, warmup_ratio=0)
     history = []
     result = finetune(toy_splits, config, short_texts(), tmp_path / "m", TrainingIO(on_epoch=history.append))
-    best = max(history, key=lambda r: r.val_macro_f1)
+    best = max(history, key=lambda r: (r.val_macro_f1, -r.val_loss))  # a tie goes to the lower loss
     assert result.training.best_epoch == best.epoch
     if result.training.stopped_early:
         assert history[-1].val_macro_f1 <= best.val_macro_f1

@@ -161,3 +161,18 @@ def _setup(backbone, splits, seed: int):
         encode_split(tokenizer, splits.validation, splits.labels, 32),
         tokenizer.pad_token_id,
     )
+
+
+def test_an_epoch_tying_the_best_macro_f1_with_a_lower_validation_loss_is_the_better_one(
+    tiny_backbone, toy_splits, monkeypatch
+):
+    """A small validation set reaches its macro-F1 ceiling early; the loss then decides (and patience
+    counts from the last epoch that was better by it)."""
+    from graftline.tasks.engine import training
+
+    scores = iter([(1.0, 1.0, 0.50), (1.0, 1.0, 0.30), (1.0, 1.0, 0.40), (1.0, 1.0, 0.35), (0.9, 0.9, 0.1)])
+    monkeypatch.setattr(training, "_score", lambda *args: next(scores))  # scripted validation: the rule under test
+    model, train_split, val_split, pad = _setup(tiny_backbone, toy_splits, 13)
+    result = train(model, train_split, val_split, engine(epochs=5, patience=2, checkpoint_every=0), pad)
+    assert result.best_epoch == 2 and [r.val_loss for r in result.history] == [0.50, 0.30, 0.40, 0.35]
+    assert result.stopped_early  # epochs 3 and 4 were no better: stopped before the fifth

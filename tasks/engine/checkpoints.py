@@ -46,6 +46,7 @@ class LoopState:
     step_losses: list[float] = field(default_factory=list)  # every optimizer step's mean loss, all epochs
     history: list[dict] = field(default_factory=list)  # EpochRecord fields per finished epoch
     best_f1: float = -1.0
+    best_loss: float = float("inf")  # the best epoch's validation loss: the tie-break between equal macro-F1
     best_epoch: int = 0
     stale: int = 0
     done: bool = False  # early stopping or the last epoch ended

@@ -117,7 +117,7 @@ def train_private(
         with kernels.cpu_dropout(model) if fast_dropout else nullcontext():
             for epoch in range(1, config.epochs + 1):
                 loss, seen, seconds = loop.epoch()
-                accuracy, f1 = _score(model, val_split, config.eval_batch_size, pad_id, device, "fp32")
+                accuracy, f1, val_loss = _score(model, val_split, config.eval_batch_size, pad_id, device, "fp32")
                 record = EpochRecord(
                     epoch=epoch,
                     train_loss=loss,
@@ -128,6 +128,7 @@ def train_private(
                     examples_per_second=seen / seconds if seconds else 0.0,
                     tokens_per_second=0.0,  # not counted: Poisson samples are computed as they come
                     padding_share=0.0,
+                    val_loss=val_loss,
                 )
                 history.append(record)
                 if on_epoch is not None:
