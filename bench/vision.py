@@ -16,7 +16,7 @@ momentum 0.9 at 0.001), for the same epochs: its test accuracy and training seco
     .venv/bin/python bench/vision.py                          # everything, ~90 min on 2 CPU cores
     .venv/bin/python bench/vision.py --backbones efficientnet-lite0 --seeds 1   # a quick look
     .venv/bin/python bench/vision.py --data DIR               # the datasets from another folder
-Results also go to bench/results/vision.json (rewritten after every row).
+Results also go to bench/results/vision.json (--out: another file; rewritten after every row).
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=len(SEEDS), choices=range(1, len(SEEDS) + 1))
     parser.add_argument("--epochs", type=int, default=BUDGET["epochs"], help="most epochs of every training")
     parser.add_argument("--no-peer", action="store_true", help="skip the plain PyTorch loop")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "vision.json")
     add_data_option(parser, "holding hymenoptera_ants_bees/")
     args = parser.parse_args()
     folder = args.data / "hymenoptera_ants_bees"
@@ -84,8 +85,8 @@ def main() -> None:
         "split": "the set's own train/val folders; validation carved from train",
         "runs": [],
     }
-    out = Path(__file__).parent / "results" / "vision.json"
-    out.parent.mkdir(exist_ok=True)
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     seeds = SEEDS[: args.seeds]
     BUDGET["epochs"] = STUDENT["epochs"] = args.epochs
 
