@@ -277,9 +277,11 @@ def print_table(report: dict) -> None:
         peer, ours = report["peer"], report["peer"].get("graftline_full")
         line = f"plain PyTorch loop (full, {peer['epochs']} epochs): accuracy {peer['accuracy']:.4f}"
         line += f" in {peer['train_seconds']:.0f} s"
-        if ours:
+        if ours:  # per epoch: early stopping may end graftline's run sooner
+            per_epoch = ours["train_seconds"] / ours["epochs"], peer["train_seconds"] / peer["epochs"]
             line += f"; graftline full seed {ours['seed']}: {ours['accuracy']:.4f} in {ours['train_seconds']:.0f} s"
-            line += f" ({peer['train_seconds'] / ours['train_seconds']:.2f}x faster)"
+            line += f" ({ours['epochs']} epochs); {per_epoch[1]:.1f} s against {per_epoch[0]:.1f} s an epoch"
+            line += f" ({per_epoch[1] / per_epoch[0]:.2f}x)"
         print(line)
 
 
