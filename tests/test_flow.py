@@ -276,7 +276,7 @@ def test_retrain_proposes_for_staging_then_promote_and_rollback_flows_move_produ
     from graftline.flows.operations import promote, rollback
     from graftline.flows.params import PromoteParams
 
-    run_flow()  # v1: candidate and production
+    run_flow(distill=DistillParams(enabled=False))  # v1: candidate and production (the teacher is the question)
     transfer(  # what the retrain deployment runs, set to propose its result for staging
         model=ModelParams(max_length=32),
         finetune=FinetuneParams(backbone=str(tiny_backbone), epochs=2, learning_rate=3e-3),
