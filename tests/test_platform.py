@@ -142,21 +142,6 @@ def test_the_command_line_talks_to_the_same_servers(platform):
     assert "candidate v2, staging v2, production v1" in done.stdout
 
 
-def test_down_stops_exactly_what_up_started(tmp_path):
-    from graftline.flows import servers
-
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    try:
-        started = servers.up(tmp_path, prefect_port=free_port(), mlflow_port=free_port())
-        stopped = servers.down(tmp_path)
-        assert stopped.pids == started.pids
-        assert not any(servers._alive(pid) for pid in started.pids.values())
-        assert bystander.poll() is None  # not ours: untouched
-        assert servers.down(tmp_path) is None and not (tmp_path / "platform.json").exists()
-    finally:
-        bystander.kill()
-
-
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package: never a downloaded browser
 BROWSER_FLAGS = [
     "--no-sandbox",
@@ -259,3 +244,20 @@ def test_a_run_started_from_the_prefect_ui_form_uses_the_changed_value(platform)
     assert flow_run.parameters["finetune"]["backbone"].endswith("tiny-bert0")  # the form's other values stayed
     version = client(platform).get_model_version_by_alias(model_name, "candidate")
     assert version.tags["prefect_flow_run_id"] == str(flow_run.id)
+
+
+def test_down_stops_exactly_what_up_started(platform):
+    """The module's last test (it runs last: pytest keeps the file's order): `down` stops the servers and
+    worker the fixture's `up` started, and nothing else; the fixture's own `down` then finds nothing."""
+    from graftline.flows import servers
+
+    home = Path(platform.home)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        stopped = servers.down(home)
+        assert stopped.pids == platform.pids
+        assert not any(servers._alive(pid) for pid in platform.pids.values())
+        assert bystander.poll() is None  # not ours: untouched
+        assert servers.down(home) is None and not (home / "platform.json").exists()
+    finally:
+        bystander.kill()
