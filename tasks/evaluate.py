@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graftline.tasks.calibration import Calibration, calibrate
+from graftline.tasks.calibration import Calibration, calibrate, softmax
 from graftline.tasks.data import Split
 from graftline.tasks.engine.training import encode, predict_logits, resolve_device
 from graftline.tasks.registry.tracking import metric_safe
@@ -65,7 +65,7 @@ def _score(model, tokenizer, split: Split, max_length: int, batch_size: int, dev
     seconds = time.perf_counter() - started
     predictions = logits.argmax(-1)
     ids = list(range(len(labels)))
-    confidence = _softmax(logits).max(-1)
+    confidence = softmax(logits).max(-1)
     wrong = np.flatnonzero(predictions != np.asarray(truth))
     wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:MISCLASSIFIED_KEPT]
     precision, recall, f1, support = precision_recall_fscore_support(truth, predictions, labels=ids, zero_division=0)
@@ -107,11 +107,6 @@ def evaluate_sets(model_dir: Path, splits, model: ModelParams) -> tuple[dict[str
 
 
 MISCLASSIFIED_KEPT = 32
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(-1, keepdims=True))
-    return shifted / shifted.sum(-1, keepdims=True)
 
 
 def plot_misclassified(evaluation: Evaluation, images: list[str], path: Path, columns: int = 8) -> Path | None:
