@@ -1,4 +1,5 @@
-"""Backbone scoring fanned out over Dask (`select.runner: dask`).
+"""Work fanned out over Dask: backbone scoring (`select.runner: dask`) and search trials
+(`finetune.search.runner: dask`).
 
 Each candidate becomes one Prefect task run of `score_candidate`, mapped over the candidates on a
 prefect-dask `DaskTaskRunner`: a temporary local cluster (one single-threaded worker process per
@@ -16,6 +17,7 @@ Latency is measured where a candidate ran: a local cluster's workers use one CPU
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 from prefect import task
@@ -60,11 +62,38 @@ def dask_scorer(address: str | None = None) -> ScoreAll:
     return score_on_dask
 
 
-def _task_runner(address: str | None, candidates: int):
+@task(name="search-worker", task_run_name="search worker {copy}", cache_policy=NO_CACHE, persist_result=False)
+def search_worker(work: Callable[[], None], copy: int) -> None:
+    """One worker of a parallel search (tasks.search.Worker): trials of the shared study until its budget is spent."""
+    work()
+
+
+def dask_launcher(address: str | None = None) -> Callable[[Callable[[], None], int], None]:
+    """A `launch` for tasks.search.search: `copies` search workers as tasks on Dask (0: one per worker
+    of the cluster, or per CPU core of a temporary local cluster), returning when all have stopped."""
+
+    def launch(work: Callable[[], None], copies: int) -> None:
+        copies = copies or (_cluster_workers(address) if address else os.cpu_count() or 1)
+        with _task_runner(address, copies, "finetune.search.runner") as runner:
+            futures = runner.map(search_worker, {"work": unmapped(work), "copy": list(range(copies))})
+            for future in futures:
+                future.result()
+
+    return launch
+
+
+def _cluster_workers(address: str) -> int:
+    from distributed import Client
+
+    with Client(address, timeout=30) as client:
+        return max(1, len(client.scheduler_info()["workers"]))
+
+
+def _task_runner(address: str | None, candidates: int, setting: str = "select.runner"):
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError:
-        raise GraftlineError("select.runner 'dask' needs prefect-dask: pip install 'graftline[cluster]'") from None
+        raise GraftlineError(f"{setting} 'dask' needs prefect-dask: pip install 'graftline[cluster]'") from None
     if address:
         return DaskTaskRunner(address=address)
     return DaskTaskRunner(

@@ -44,6 +44,11 @@ class TransferParams(settings.Params):
             )
         if self.adapt.method != "none" and self.finetune.processes > 1:
             raise ValueError(f"adapt.method {self.adapt.method!r} trains in one process; set finetune.processes=1")
+        if self.adapt.self_trains and self.finetune.search.enabled:
+            raise ValueError(
+                f"finetune.search with adapt.method {self.adapt.method!r}: every trial would run its own pseudo-label "
+                "rounds; search with adapt.method none or mlm"
+            )
         return self
 
     @model_validator(mode="after")

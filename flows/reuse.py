@@ -30,7 +30,7 @@ from graftline.tasks.records import StepContext, TrainedModel
 from graftline.tasks.registry import tracking
 
 # Parameters that decide where or how often work happens, not what it computes.
-EXECUTION_ONLY = {"runner", "dask_address", "checkpoint_every", "checkpoint_seconds"}
+EXECUTION_ONLY = {"runner", "dask_address", "workers", "storage", "checkpoint_every", "checkpoint_seconds"}
 
 
 def fingerprint(step: str, parameters: dict) -> str:
@@ -63,8 +63,23 @@ def _describe(value) -> str:
     if isinstance(value, TrainedModel):
         return f"model:{value.model_uri}"
     if isinstance(value, BaseModel):
-        return value.model_dump_json(exclude=EXECUTION_ONLY & set(type(value).model_fields))
+        return json.dumps(_decisive(value), sort_keys=True)
     return json.dumps(value, sort_keys=True, default=str)
+
+
+def _decisive(group: BaseModel) -> dict:
+    """What of a parameter group decides a result: every setting but the execution-only ones, at any
+    depth, and a nested group that is switched off (`enabled: false`, e.g. finetune.search) as just that."""
+    decisive = {}
+    for name in type(group).model_fields:
+        value = getattr(group, name)
+        if name in EXECUTION_ONLY:
+            continue
+        if isinstance(value, BaseModel):
+            decisive[name] = {"enabled": False} if getattr(value, "enabled", True) is False else _decisive(value)
+        else:
+            decisive[name] = group.model_dump(mode="json", include={name})[name]
+    return decisive
 
 
 @lru_cache(maxsize=1)

@@ -245,7 +245,12 @@ def finetune(splits: Splits, params: FinetuneParams, adapt: AdaptParams, context
         tracking.log_params(context.model.model_dump(), "model.")
         tracking.log_params(adapt.model_dump(), "adapt.")
         with _training("finetune", splits=splits, params=params, adapt=adapt, context=context) as (io, monitor):
-            result = run_finetune(splits, params, context.model, context.work_dir / "teacher", io, adapt)
+            if params.search.enabled:
+                result = _search(splits, params, adapt, context, io, run).finetune
+                for record in result.training.history:  # the best trial's epochs: the teacher's curve
+                    tracking.log_epoch(record)
+            else:
+                result = run_finetune(splits, params, context.model, context.work_dir / "teacher", io, adapt)
         _log_training(result.training, monitor)
         mlflow.log_metrics(result.metrics())
         mlflow.set_tags({"device": result.training.device, "stopped_early": str(result.training.stopped_early)})
@@ -292,6 +297,63 @@ def finetune(splits: Splits, params: FinetuneParams, adapt: AdaptParams, context
         privacy=_privacy_tags(result.privacy),
         modality=splits.modality,
     )
+
+
+def _search(splits: Splits, params: FinetuneParams, adapt: AdaptParams, context: StepContext, io: TrainingIO, run):
+    """The hyper-parameter search (tasks/search.py) in the finetune step's run: each trial a nested run
+    as it ends, then the leaderboard, the optimisation-history picture and the best settings. The
+    study is named by the step's fingerprint (as its checkpoint folder is): the same search, run
+    again after a crash or by `graftline resume`, continues that study."""
+    import mlflow
+
+    from graftline.tasks.search import Study, plot_search, search
+
+    settings, logger = params.search, get_run_logger()
+    name = io.checkpoint_dir.name
+    study = Study(settings.storage, name) if settings.storage else Study.beside(tracking.home(), name)
+    launch = None
+    if settings.runner == "dask":
+        from graftline.flows.fanout import dask_launcher
+
+        launch = dask_launcher(settings.dask_address)
+
+    def on_trial(record) -> None:
+        tracking.log_trial(record, run.info.run_id, run.info.experiment_id)
+        logger.info(
+            "search trial %d %s: validation macro-F1 %s after %d reports, %.0f s (%s)",
+            record.number,
+            record.state + (f" by the {record.stopped_by}" if record.stopped_by else ""),
+            "-" if record.value is None else f"{record.value:.4f}",
+            len(record.reports),
+            record.seconds,
+            ", ".join(f"{k}={v:.3g}" for k, v in record.settings.items()),
+        )
+
+    result = search(
+        splits, params, context.model, context.work_dir / "teacher", study, io.cache_dir, adapt, on_trial, launch
+    )
+    best = result.best
+    mlflow.log_metrics(result.metrics())
+    mlflow.log_params({f"search.best.{k}": v for k, v in best.settings.items()})
+    table = result.table()
+    mlflow.log_table(table, "search/leaderboard.json")
+    mlflow.log_text(table.to_csv(index=False), "search/leaderboard.csv")
+    mlflow.log_artifact(str(plot_search(result, context.folder("search") / "search.png")), "search")
+    chosen = ", ".join(f"{k}={v:.4g}" for k, v in best.settings.items())
+    mlflow.set_tag("graftline.search", f"trial {best.number} of {len(result.trials)}: {chosen}")
+    metrics = result.metrics()
+    logger.info(
+        "search: trial %d is the teacher (validation macro-F1 %.4f; %s); %d trials, %d pruned (%.0f%% of %.0f s)%s",
+        best.number,
+        best.value,
+        chosen,
+        metrics["search_trials"],
+        metrics["search_pruned"],
+        100 * metrics["search_pruned_share_of_seconds"],
+        metrics["search_seconds"],
+        "; its folder was out of reach, so its settings were trained again" if result.retrained else "",
+    )
+    return result
 
 
 def _privacy_tags(spent) -> dict[str, str]:

@@ -303,20 +303,12 @@ def augment(texts: list[str], copies: int, seed: int) -> list[str]:
 def make_layer_student(teacher, kept: list[int]):
     """A copy of `teacher` with only the `kept` encoder layers (weights copied, head included)."""
     student = copy.deepcopy(teacher)
-    path, layers = _encoder_layers(student)
+    path, layers = backbones.encoder_layers(student)
     parent_name, _, attribute = path.rpartition(".")
     parent = student.get_submodule(parent_name) if parent_name else student
     setattr(parent, attribute, torch.nn.ModuleList([layers[i] for i in kept]))
     student.config.num_hidden_layers = len(kept)
     return student
-
-
-def _encoder_layers(model) -> tuple[str, torch.nn.ModuleList]:
-    count = model.config.num_hidden_layers
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
-            return name, module
-    raise BackboneError(f"cannot find the {count} encoder layers of {type(model).__name__} to copy")
 
 
 @dataclass(frozen=True)

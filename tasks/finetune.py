@@ -105,6 +105,7 @@ def finetune(
     tokenizer = backbones.load_tokenizer(params.backbone, model.trust_remote_code, model.image_size)
     seed_everything(model.seed)  # the new classification head is initialised from this seed
     classifier = backbones.load_classifier(params.backbone, labels, model.trust_remote_code, model.image_size)
+    backbones.reinitialise_top_layers(classifier, params.reinit_layers)
     classifier = apply_strategy(classifier, params)
     trainable = backbones.count_parameters(classifier, trainable_only=True)
 

@@ -17,9 +17,10 @@ messages about home goods as a second domain to measure cross-domain transfer.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Literal
+from functools import cache
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 if TYPE_CHECKING:  # the engine imports torch; the settings stay light for the command line and the UI
     from graftline.tasks.engine.training import TrainConfig
@@ -366,6 +367,139 @@ class PrivacyParams(Params):
     )
 
 
+class SearchRange(Params):
+    """The values one setting may take in the search: a range from `low` to `high` (on a log scale with
+    `log`), or a list of `choices`. Whole numbers for settings that are whole numbers (epochs, batch_size,
+    reinit_layers)."""
+
+    low: float | None = Field(None, description="Smallest value of the range.")
+    high: float | None = Field(None, description="Largest value of the range.")
+    log: bool = Field(False, description="Sample the range on a log scale (learning rates).")
+    choices: list[float] | None = Field(None, description="The values to choose from, instead of a range.")
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SearchRange:
+        if self.choices is not None:
+            if not self.choices:
+                raise ValueError("choices is empty")
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either low and high or choices, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give low and high, or choices")
+        if self.low > self.high:
+            raise ValueError(f"low {self.low:g} is above high {self.high:g}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, not {self.low:g}")
+        return self
+
+    def values(self) -> list[float]:
+        """The values the range's ends or choices name (each must be a valid setting)."""
+        return list(self.choices) if self.choices is not None else [self.low, self.high]
+
+
+# What the search tries when the space is not given: the settings that decide most how fine-tuning
+# ends (Mosbach et al. 2021, Zhang et al. 2021: learning rate, training length, warmup, re-initialising
+# the top layers), in ranges that train BERT-style backbones.
+DEFAULT_SEARCH_SPACE = {
+    "learning_rate": {"low": 1e-5, "high": 3e-4, "log": True},
+    "epochs": {"low": 1, "high": 5},
+    "warmup_ratio": {"low": 0.0, "high": 0.2},
+    "weight_decay": {"low": 0.0, "high": 0.1},
+    "batch_size": {"choices": [16, 32]},
+    "layer_decay": {"low": 0.7, "high": 1.0},
+    "reinit_layers": {"low": 0, "high": 2},
+}
+SEARCHABLE = (
+    "learning_rate",
+    "epochs",
+    "warmup_ratio",
+    "weight_decay",
+    "batch_size",
+    "layer_decay",
+    "reinit_layers",
+    "backbone_rate",
+    "probe_learning_rate",
+    "probe_epochs",
+)
+
+
+class SearchParams(Params):
+    """Automatic fine-tuning: a hyper-parameter search (Optuna) whose best trial is the teacher (docs: search)."""
+
+    enabled: bool = Field(
+        False,
+        description="Search the fine-tuning settings in `space` instead of training once; the best trial by "
+        "validation macro-F1 becomes the teacher.",
+    )
+    trials: int | None = Field(
+        20, ge=1, le=10_000, description="Budget: most trials (finished and pruned); empty: as many as fit in seconds."
+    )
+    seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Budget: wall-clock seconds of the whole search; a trial running when they are spent is "
+        "stopped once one trial has finished. Empty: trials alone decide.",
+    )
+    space: dict[str, SearchRange] = Field(
+        default_factory=lambda: {name: SearchRange(**spec) for name, spec in DEFAULT_SEARCH_SPACE.items()},
+        description="Setting name -> range or choices. Only these settings are searched; the others keep "
+        f"their finetune values. Searchable: {', '.join(SEARCHABLE)}.",
+    )
+    start_from_settings: bool = Field(
+        True,
+        description="The first trial trains the finetune settings as given (brought inside the space), so the "
+        "search can only beat them on validation.",
+    )
+    pruner: Literal["successive-halving", "hyperband", "none"] = Field(
+        "successive-halving",
+        description="How unpromising trials are stopped early: asynchronous successive halving, Hyperband, or never.",
+    )
+    reduction_factor: int = Field(
+        3, ge=2, le=10, description="Pruning: one trial in this many goes on past each checkpoint of the pruner."
+    )
+    reports_per_epoch: int = Field(
+        4, ge=1, le=100, description="Validation macro-F1 reports a trial makes per epoch, for the pruner."
+    )
+    min_reports: int = Field(2, ge=1, le=10_000, description="Pruning: reports a trial makes before it can be stopped.")
+    runner: Literal["local", "dask"] = Field(
+        "local",
+        description="Where trials run: local, one after the other in the flow's process; dask, one trial per "
+        "worker of a Dask cluster at a time, sharing the study (needs the `cluster` extra).",
+    )
+    workers: int | None = Field(
+        None, ge=1, le=1024, description="runner dask: trials running at once; empty: the cluster's workers."
+    )
+    dask_address: str | None = Field(
+        None,
+        min_length=1,
+        description="runner dask: scheduler of an existing cluster (e.g. tcp://dask-scheduler:8786); empty: a "
+        "temporary local cluster on this machine.",
+    )
+    storage: str | None = Field(
+        None,
+        min_length=1,
+        description="Database URL of the study (e.g. postgresql://... for trials on several machines); empty: a "
+        "sqlite file beside the tracking store (<home>/search/studies.db).",
+    )
+
+    @field_validator("space")
+    @classmethod
+    def _searchable(cls, space: dict[str, SearchRange]) -> dict[str, SearchRange]:
+        if not space:
+            raise ValueError("the search space is empty")
+        unknown = sorted(set(space) - set(SEARCHABLE))
+        if unknown:
+            raise ValueError(f"cannot search {', '.join(unknown)}: searchable settings are {', '.join(SEARCHABLE)}")
+        return space
+
+    @model_validator(mode="after")
+    def _has_budget(self) -> SearchParams:
+        if self.trials is None and self.seconds is None:
+            raise ValueError("the search needs a budget: trials, seconds or both")
+        return self
+
+
 class FinetuneParams(TrainingParams):
     backbone: str = Field(
         "minilm-l6",
@@ -387,12 +521,41 @@ class FinetuneParams(TrainingParams):
         16, ge=1, le=4096, description="LoRA strategy: scaling numerator (updates are scaled by alpha / rank)."
     )
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="LoRA strategy: dropout on the adapters' input.")
+    reinit_layers: int = Field(
+        0,
+        ge=0,
+        le=48,
+        description="Re-initialise the top this many transformer layers before fine-tuning (their pretraining "
+        "can suit the new task worse than fresh weights; text backbones).",
+    )
     processes: int = Field(
         1, ge=1, le=64, description="Data-parallel processes (torchrun DDP): one per GPU, or CPU processes (gloo)."
     )
     privacy: PrivacyParams = Field(
         default_factory=lambda: PrivacyParams(), description="Differentially private fine-tuning (DP-SGD)."
     )
+    search: SearchParams = Field(
+        default_factory=lambda: SearchParams(),
+        description="Automatic fine-tuning: a hyper-parameter search for the teacher's settings.",
+    )
+
+    @model_validator(mode="after")
+    def _search_space_in_bounds(self) -> FinetuneParams:
+        if not self.search.enabled:
+            return self
+        for name, values in self.search.space.items():
+            for value in values.values():
+                problem = _setting_problem(name, value)
+                if problem:
+                    raise ValueError(f"search space {name}: {value:g} is not a valid {name} ({problem})")
+        if self.privacy.enabled:
+            raise ValueError(
+                "finetune.search with finetune.privacy: choosing among trials by their validation scores spends "
+                "privacy budget that no trial accounts for; search without privacy, then train privately"
+            )
+        if self.processes > 1:
+            raise ValueError("finetune.search trains each trial in one process; set finetune.processes=1")
+        return self
 
     @model_validator(mode="after")
     def _private_training_is_plain(self) -> FinetuneParams:
@@ -411,6 +574,21 @@ class FinetuneParams(TrainingParams):
                     f"finetune.privacy trains one plain model in one process; not with {', '.join(unsupported)}"
                 )
         return self
+
+
+def _setting_problem(name: str, value: float) -> str | None:
+    """Why `value` cannot be fine-tuning setting `name` (its field's type and bounds), or None."""
+    try:
+        _setting_adapter(name).validate_python(int(value) if value == int(value) else value)
+    except ValidationError as error:
+        return error.errors()[0]["msg"]
+    return None
+
+
+@cache
+def _setting_adapter(name: str) -> TypeAdapter:
+    field = FinetuneParams.model_fields[name]
+    return TypeAdapter(Annotated[field.annotation, field])
 
 
 class SelectParams(Params):

@@ -247,6 +247,37 @@ def labels_of(model) -> list[str]:
     return [id2label[i] for i in range(len(id2label))]
 
 
+def encoder_layers(model):
+    """(name, ModuleList) of a transformers model's stack of `num_hidden_layers` layers."""
+    import torch
+
+    count = model.config.num_hidden_layers
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return name, module
+    raise BackboneError(f"cannot find the {count} encoder layers of {type(model).__name__}")
+
+
+def reinitialise_top_layers(model, count: int) -> None:
+    """Draw the top `count` transformer layers afresh, as the architecture initialises new weights
+    (Zhang et al. 2021: the top layers of a pretrained encoder are specialised to its pretraining task,
+    and fresh ones can fine-tune better). Seed the random generators first for a repeatable draw."""
+    if count == 0:
+        return
+    if hasattr(model, "layer_depth"):  # an image classifier (engine/vision.py)
+        raise BackboneError("reinit_layers re-initialises transformer layers; image backbones have none")
+    _, layers = encoder_layers(model)
+    if count > len(layers):
+        raise BackboneError(f"reinit_layers {count}: the backbone has only {len(layers)} layers")
+    for layer in layers[len(layers) - count :]:
+        for module in layer.modules():
+            # transformers skips tensors flagged as loaded from the checkpoint: these are to be drawn anew
+            for tensor in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
+                tensor._is_hf_initialized = False
+            module._is_hf_initialized = False
+            model._init_weights(module)
+
+
 def count_parameters(model, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 

@@ -22,6 +22,10 @@ One loop, with the loss injected (fine-tuning: cross-entropy; distillation: soft
 - Several processes. Under torch.distributed (torchrun; see tasks.distributed) the model is wrapped
   in DistributedDataParallel and every global batch is split across the processes; losses are
   weighted so the averaged gradient equals the single-process one.
+- Reports for a search. With `on_report`, the validation macro-F1 is also measured
+  `reports_per_epoch` times per epoch, at evenly spaced steps (the last at the epoch's end), and passed
+  on: what a hyper-parameter search's pruner reads (tasks/search.py). `on_report` may raise to stop
+  the training there.
 - Early stopping on validation macro-F1, with the best epoch's weights restored at the end. An
   epoch that ties the best macro-F1 counts as better when its validation loss is lower: on a small
   validation set macro-F1 takes few values (24 images: steps of about 4 points) and often reaches
@@ -101,21 +105,30 @@ class TrainConfig:
 class TrainingIO:
     """What a training step reads and writes besides its model folder: the tokenisation cache, its
     resumable checkpoints (removed once the model is saved), who hears of each finished epoch, and
-    who hears of each optimizer step (with the step losses read every `progress_every` steps)."""
+    who hears of each optimizer step (with the step losses read every `progress_every` steps), and who
+    hears the validation macro-F1 `reports_per_epoch` times per epoch (a search's pruner)."""
 
     cache_dir: Path | None = None
     checkpoint_dir: Path | None = None
     on_epoch: Callable[[EpochRecord], None] | None = None
     on_progress: Callable[[TrainingProgress], None] | None = None
     progress_every: int = PROGRESS_EVERY
+    on_report: Callable[[float], None] | None = None
+    reports_per_epoch: int = 1
 
     def listeners(self) -> dict:
         """The keyword arguments of `train` that report progress."""
-        return {"on_epoch": self.on_epoch, "on_progress": self.on_progress, "progress_every": self.progress_every}
+        return {
+            "on_epoch": self.on_epoch,
+            "on_progress": self.on_progress,
+            "progress_every": self.progress_every,
+            "on_report": self.on_report,
+            "reports_per_epoch": self.reports_per_epoch,
+        }
 
     def unheard(self) -> TrainingIO:
         """The same without listeners (for processes that cannot reach the caller's)."""
-        return replace(self, on_epoch=None, on_progress=None)
+        return replace(self, on_epoch=None, on_progress=None, on_report=None)
 
 
 @dataclass
@@ -292,18 +305,21 @@ def train(
     auxiliary: Auxiliary | None = None,
     on_progress: Callable[[TrainingProgress], None] | None = None,
     progress_every: int = PROGRESS_EVERY,
+    on_report: Callable[[float], None] | None = None,
+    reports_per_epoch: int = 1,
 ) -> TrainResult:
     """Train `model` in place; on return it holds the weights of its best validation epoch.
 
     With `checkpoint_dir`, checkpoints go there and a call finding one there resumes from it. With
     `auxiliary` (e.g. masked-language modelling on target texts, engine/mlm.py), each micro-batch's
     loss is `loss_fn` plus what it returns for (model, epoch, step, micro-batch, rows, device).
-    `on_progress` hears of every optimizer step; the losses come with every `progress_every`-th."""
+    `on_progress` hears of every optimizer step; the losses come with every `progress_every`-th.
+    `on_report` hears the validation macro-F1 `reports_per_epoch` times per epoch."""
     from graftline.tasks.engine import distributed
 
     if auxiliary is not None and distributed.rank_and_size()[1] > 1:
         raise NotImplementedError("an auxiliary loss is computed outside DDP's forward; train it in one process")
-    listeners = (on_epoch, on_progress, max(1, progress_every))
+    listeners = (on_epoch, on_progress, max(1, progress_every), on_report, max(1, reports_per_epoch))
     return _Loop(model, train_split, val_split, config, pad_id, loss_fn, listeners, checkpoint_dir, auxiliary).run()
 
 
@@ -334,7 +350,8 @@ class _Loop:
 
         self.model, self.train_split, self.val_split, self.config = model, train_split, val_split, config
         self.pad_id, self.loss_fn, self.auxiliary = pad_id, loss_fn, auxiliary
-        self.on_epoch, self.on_progress, self.progress_every = listeners  # (on_epoch, on_progress, every n steps)
+        # on_epoch, on_progress (every n steps), on_report (n times an epoch)
+        self.on_epoch, self.on_progress, self.progress_every, self.on_report, self.reports_per_epoch = listeners
         self.reported = 0  # step losses already passed to on_progress
         self.rank, self.processes = distributed.rank_and_size()
         seed_everything(config.seed)
@@ -416,6 +433,7 @@ class _Loop:
         # Losses stay on the device (one row-weighted sum per step): no host sync per step.
         step_sums = torch.zeros(len(steps), device=self.device)
         started, resumed_at = time.perf_counter(), state.step_in_epoch
+        reports = self._report_steps(len(steps))
         for step in range(state.step_in_epoch, len(steps)):
             self._step(steps[step], step_sums, step, seen)
             state.step_in_epoch, state.global_step = step + 1, state.global_step + 1
@@ -424,6 +442,8 @@ class _Loop:
                 self._checkpoint()
             if self.on_progress is not None:
                 self._report(steps, step_sums, time.perf_counter() - started, seen, resumed_at)
+            if step + 1 in reports:
+                self._report_validation()
         seconds = time.perf_counter() - started
         _close_steps(state, step_sums, steps)
         self._end_epoch(seconds, seen)
@@ -452,6 +472,23 @@ class _Loop:
         self.optimizer.step()
         self.scheduler.step()
         kernels.zero_grads(self.optimizer, self.kept_grads)
+
+    def _report_steps(self, steps: int) -> set[int]:
+        """The steps within an epoch after which `on_report` hears the validation score (the epoch's
+        end reports separately)."""
+        if self.on_report is None:
+            return set()
+        n = self.reports_per_epoch
+        return {round(steps * k / n) for k in range(1, n)} - {0, steps}
+
+    def _report_validation(self) -> None:
+        config = self.config
+        _, macro_f1, _ = _score(
+            self.model, self.val_split, config.eval_batch_size, self.pad_id, self.device, self.precision
+        )
+        self.net.train()  # scoring switched the model to evaluation mode
+        if self.rank == 0:
+            self.on_report(macro_f1)
 
     def _report(self, steps: list, step_sums: torch.Tensor, seconds: float, seen: _Seen, resumed_at: int) -> None:
         """Tell `on_progress` of the step just taken; every `progress_every` steps and at the epoch's
@@ -497,6 +534,8 @@ class _Loop:
         state.history.append(asdict(record))
         if self.on_epoch and self.rank == 0:
             self.on_epoch(record)
+        if self.on_report and self.rank == 0:
+            self.on_report(macro_f1)
         improved = macro_f1 > state.best_f1 or (macro_f1 == state.best_f1 and val_loss < state.best_loss)
         if improved:
             state.best_f1, state.best_loss, state.best_epoch, state.stale = macro_f1, val_loss, state.epoch, 0

@@ -138,6 +138,36 @@ def log_epoch(record, prefix: str = "") -> None:
     mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in values.items()}, step=record.epoch)
 
 
+def log_trial(record, parent_run_id: str, experiment_id: str) -> str:
+    """A search trial (tasks.search.TrialRecord) as a finished nested run of `parent_run_id`: its
+    settings as parameters, its reports as the `val_macro_f1_report` curve, its state as tags
+    (FINISHED when complete, KILLED when pruned, FAILED). Thread-safe: it names its runs."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    started, ended = int(record.started * 1000), int((record.started + record.seconds) * 1000)
+    tags = {
+        "mlflow.parentRunId": parent_run_id,
+        "mlflow.runName": f"trial-{record.number}",
+        "graftline.step": "search-trial",
+        "graftline.trial": str(record.number),
+        "graftline.trial_state": record.state,
+    }
+    if record.stopped_by:
+        tags["graftline.trial_stopped_by"] = record.stopped_by
+    run_id = client.create_run(experiment_id, start_time=started, tags=tags).info.run_id
+    metrics = [Metric("val_macro_f1_report", value, ended, step) for step, value in enumerate(record.reports, 1)]
+    metrics.append(Metric("seconds", record.seconds, ended, 0))
+    if record.value is not None:
+        metrics.append(Metric("val_macro_f1", record.value, ended, 0))
+    params = [Param(name, str(value)) for name, value in record.settings.items()]
+    client.log_batch(run_id, metrics=metrics, params=params)
+    status = {"complete": "FINISHED", "pruned": "KILLED"}.get(record.state, "FAILED")
+    client.set_terminated(run_id, status, end_time=ended)
+    return run_id
+
+
 def log_step_losses(losses, first: int = 1, run_id: str | None = None) -> None:
     """Optimizer steps' losses (`first` is the number of losses[0]) on the `train_step_loss` curve of
     `run_id` (default: the active run), in batches of 1000. Safe to call from another thread with the

@@ -1,0 +1,542 @@
+"""Automatic fine-tuning: a hyper-parameter search whose best trial becomes the teacher.
+
+Fine-tuning results swing with the learning rate, the training length, warmup and even the seed
+(Dodge et al. 2020), and many runs are visibly going nowhere long before they end. `search` runs an
+Optuna study over the settings of `finetune.search.space`: the TPE sampler proposes each trial's
+settings from the trials before it; every trial is one ordinary `finetune` call that reports its
+validation macro-F1 `reports_per_epoch` times per epoch, and the pruner (asynchronous successive
+halving or Hyperband) stops a trial whose reports fall behind the others' at the same point. The
+first trial trains the settings as given (`start_from_settings`), so the search starts from a known
+baseline. The budget is a number of trials, wall-clock seconds, or both; when the seconds are spent,
+a running trial is stopped once some trial has finished.
+
+Every finished trial's model is saved in its own folder, and only the best one is kept, so the
+teacher *is* the best trial: nothing is trained twice. (When the best trial ran where its folder
+cannot be read, on another machine, its settings are trained again here.)
+
+The study lives in a database: by default a sqlite file beside the tracking store, named by the
+caller (the lifecycle names it by the finetune step's fingerprint). Running the same search again
+resumes it: finished trials are kept, a trial that was running when the process died is marked
+failed and queued again with the same settings, and the budget counts what was already spent. The
+same database lets several workers share one study (`run_trials`), which is how trials run in
+parallel on Dask.
+
+Why Optuna: a maintained, MIT-licensed library made for exactly this (samplers, pruners, storage
+that several processes share, parameter importances); the code here only maps graftline's settings
+onto it and keeps the models.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from graftline.tasks.data import Splits
+from graftline.tasks.engine.training import EpochRecord, TrainingIO, TrainResult
+from graftline.tasks.errors import GraftlineError
+from graftline.tasks.finetune import FinetuneResult, finetune
+from graftline.tasks.settings import AdaptParams, FinetuneParams, ModelParams, SearchParams, SearchRange
+
+TRIAL_RESULT = "trial.json"  # beside a finished trial's model: its training, to become the teacher's record
+FINISHED = ("COMPLETE", "PRUNED")  # the states that spend the trial budget
+
+
+@dataclass(frozen=True)
+class Study:
+    """Where a study is kept: a database URL and the study's name in it."""
+
+    storage: str
+    name: str
+
+    @classmethod
+    def beside(cls, home: Path, name: str) -> Study:
+        """The default: `<home>/search/studies.db`, one sqlite file for every study."""
+        folder = home / "search"
+        folder.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{folder / 'studies.db'}", name)
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the leaderboard and the tracking store see it."""
+
+    number: int
+    state: str  # complete | pruned | failed
+    value: float | None  # a finished trial's best validation macro-F1; a pruned one's last report
+    settings: dict[str, float]
+    reports: list[float]  # validation macro-F1, reports_per_epoch per epoch
+    seconds: float
+    started: float  # epoch seconds
+    stopped_by: str | None = None  # pruner | budget, for a pruned trial
+
+
+@dataclass
+class SearchResult:
+    finetune: FinetuneResult  # the teacher: the best trial's model
+    best: TrialRecord
+    trials: list[TrialRecord]
+    importances: dict[str, float] = field(default_factory=dict)  # fANOVA, when two trials finished
+    retrained: bool = False  # the best trial's folder was out of reach: its settings trained again here
+
+    @property
+    def seconds(self) -> float:
+        return sum(t.seconds for t in self.trials)
+
+    def metrics(self) -> dict[str, float]:
+        states = [t.state for t in self.trials]
+        pruned_seconds = sum(t.seconds for t in self.trials if t.state == "pruned")
+        return {
+            "search_trials": len(self.trials),
+            "search_complete": states.count("complete"),
+            "search_pruned": states.count("pruned"),
+            "search_seconds": self.seconds,
+            "search_pruned_share_of_seconds": pruned_seconds / self.seconds if self.seconds else 0.0,
+            "search_best_trial": self.best.number,
+            "search_best_val_macro_f1": self.best.value,
+        }
+
+    def table(self):
+        """The leaderboard: finished trials best first, then the pruned ones by their last report."""
+        import pandas as pd
+
+        order = {"complete": 0, "pruned": 1, "failed": 2}
+        rows = sorted(self.trials, key=lambda t: (order[t.state], -(t.value if t.value is not None else -1)))
+        return pd.DataFrame(
+            [
+                {
+                    "trial": t.number,
+                    "state": t.state,
+                    "val_macro_f1": t.value,
+                    "reports": len(t.reports),
+                    "seconds": round(t.seconds, 1),
+                    **t.settings,
+                }
+                for t in rows
+            ]
+        )
+
+
+def search(
+    splits: Splits,
+    params: FinetuneParams,
+    model: ModelParams,
+    out_dir: Path,
+    study: Study,
+    cache_dir: Path | None = None,
+    adapt: AdaptParams = AdaptParams(),
+    on_trial: Callable[[TrialRecord], None] | None = None,
+    launch: Callable[[Callable[[], None], int], None] | None = None,
+) -> SearchResult:
+    """Search `params.search.space` for the settings whose fine-tuning scores best on validation, and
+    leave the best trial's model in `out_dir`. `on_trial` hears of every trial as it ends (and of the
+    trials an earlier, interrupted search finished). With `launch`, the trials run wherever it runs
+    `copies` calls of the work it is given (e.g. Dask workers), sharing the study; without, here."""
+    import optuna
+
+    settings = params.search
+    trials_dir = out_dir.with_name(f"{out_dir.name}-trials")
+    runner = TrialRunner(splits, params, model, adapt, trials_dir, cache_dir)
+    space = runner.space()
+    opened = open_study(study, settings, model.seed, max_reports=_most_reports(params, space))
+    _requeue_interrupted(opened)
+    if settings.start_from_settings and not opened.trials:
+        opened.enqueue_trial(starting_point(params, space))
+    spent = sum(record.seconds for record in records(opened))
+    left = _left(settings, opened, spent)
+
+    heard: set[int] = set()
+
+    def tell_new(*_):
+        for record in records(opened):
+            if record.number not in heard:
+                heard.add(record.number)
+                if on_trial:
+                    on_trial(record)
+
+    tell_new()
+    if left is not None:
+        trials_left, seconds_left = left
+        deadline = None if seconds_left is None else time.time() + seconds_left
+        runner = replace(runner, deadline=deadline)
+        if launch is None:
+            opened.optimize(runner, n_trials=trials_left, timeout=seconds_left, callbacks=[tell_new])
+        else:
+            work = Worker(study, runner, settings.trials, seconds_left)
+            _while_waiting(lambda: launch(work, settings.workers or 0), tell_new)
+    tell_new()
+
+    complete = opened.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        raise GraftlineError("the search finished no trial: raise finetune.search.seconds or trials")
+    best = _best(complete)
+    result, retrained = _teacher(best, runner, out_dir)
+    shutil.rmtree(trials_dir, ignore_errors=True)
+    every = records(opened)
+    return SearchResult(
+        finetune=result,
+        best=next(r for r in every if r.number == best.number),
+        trials=every,
+        importances=importances(opened),
+        retrained=retrained,
+    )
+
+
+@dataclass(frozen=True)
+class TrialRunner:
+    """The objective: one trial's fine-tuning. Picklable, so Dask workers can run it too."""
+
+    splits: Splits
+    params: FinetuneParams
+    model: ModelParams
+    adapt: AdaptParams
+    folder: Path  # one sub-folder per finished trial, the best one's kept
+    cache_dir: Path | None
+    deadline: float | None = None  # epoch seconds after which a running trial stops (once one has finished)
+
+    def space(self) -> dict[str, SearchRange]:
+        """The search space this backbone can use: re-initialising layers is for transformer layers."""
+        from graftline.tasks.engine import backbones
+
+        space = dict(self.params.search.space)
+        if backbones.kind_of(self.params.backbone) == "image":
+            space.pop("reinit_layers", None)
+        return space
+
+    def settings(self, trial) -> dict[str, float]:
+        return suggest(trial, self.space())
+
+    def __call__(self, trial) -> float:
+        import optuna
+
+        settings = self.settings(trial)
+        trial_params = self.params.model_copy(update=settings)
+        reporter = _Reporter(trial, self.deadline, _most_reports(trial_params, {}))
+        io = TrainingIO(self.cache_dir, on_report=reporter, reports_per_epoch=self.params.search.reports_per_epoch)
+        folder = self.folder / f"trial-{trial.number}"
+        started = time.time()
+        try:
+            result = finetune(self.splits, trial_params, self.model, folder, io, self.adapt)
+        except optuna.TrialPruned:
+            trial.set_user_attr("seconds", time.time() - started)
+            raise
+        trial.set_user_attr("seconds", time.time() - started)
+        (folder / TRIAL_RESULT).write_text(json.dumps(_describe(result)))
+        value = result.final_training.best_val_macro_f1
+        _keep_best(trial, value, self.folder)
+        return value
+
+
+class _Reporter:
+    """A trial's `on_report`: each validation macro-F1 goes to the study, and the pruner (or the spent
+    budget) may stop the trial there; not at its last report, when stopping would save nothing."""
+
+    def __init__(self, trial, deadline: float | None, reports: int) -> None:
+        self.trial, self.deadline, self.reports, self.step = trial, deadline, reports, 0
+
+    def __call__(self, macro_f1: float) -> None:
+        import optuna
+
+        self.step += 1  # steps count reports from 1: the pruner's min_resource is reports made
+        self.trial.report(macro_f1, self.step)
+        if self.step >= self.reports:
+            return
+        if self.trial.should_prune():
+            self.trial.set_user_attr("stopped_by", "pruner")
+            raise optuna.TrialPruned(f"validation macro-F1 {macro_f1:.4f} behind other trials at report {self.step}")
+        if self.deadline is not None and time.time() > self.deadline and _any_complete(self.trial.study):
+            self.trial.set_user_attr("stopped_by", "budget")
+            raise optuna.TrialPruned("the search's seconds are spent")
+
+
+@dataclass(frozen=True)
+class Worker:
+    """What each parallel worker runs: trials of the shared study until the budget is spent."""
+
+    study: Study
+    runner: TrialRunner
+    trials: int | None
+    seconds: float | None
+
+    def __call__(self) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        shared = optuna.load_study(study_name=self.study.name, storage=_storage(self.study))
+        callbacks = [optuna.study.MaxTrialsCallback(self.trials, states=_finished_states())] if self.trials else []
+        shared.optimize(self.runner, timeout=self.seconds, callbacks=callbacks)
+
+
+def open_study(study: Study, settings: SearchParams, seed: int, max_reports: int):
+    """The study (created, or loaded to resume), with the TPE sampler and the configured pruner."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # graftline reports each trial itself
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    return optuna.create_study(
+        study_name=study.name,
+        storage=_storage(study),
+        sampler=sampler,
+        pruner=_pruner(settings, max_reports),
+        direction="maximize",
+        load_if_exists=True,
+    )
+
+
+def _storage(study: Study):
+    import optuna
+
+    if study.storage.startswith("sqlite"):  # several writers wait for each other instead of failing
+        return optuna.storages.RDBStorage(study.storage, engine_kwargs={"connect_args": {"timeout": 60}})
+    return study.storage
+
+
+def _pruner(settings: SearchParams, max_reports: int):
+    import optuna
+
+    if settings.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if settings.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=settings.min_reports,
+            max_resource=max(max_reports, settings.min_reports),
+            reduction_factor=settings.reduction_factor,
+        )
+    return optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=settings.min_reports, reduction_factor=settings.reduction_factor
+    )
+
+
+def _most_reports(params: FinetuneParams, space: dict[str, SearchRange]) -> int:
+    """The most reports a trial can make: Hyperband's largest budget."""
+    epochs = max(space["epochs"].values()) if "epochs" in space else params.epochs
+    probe = max(space["probe_epochs"].values()) if "probe_epochs" in space else params.probe_epochs
+    stages = epochs + (probe if params.strategy == "lp-ft" else 0)
+    return int(stages) * params.search.reports_per_epoch
+
+
+def suggest(trial, space: dict[str, SearchRange]) -> dict[str, float]:
+    """The trial's value of every searched setting (whole numbers for whole-number settings)."""
+    settings = {}
+    for name, values in space.items():
+        whole = FinetuneParams.model_fields[name].annotation in (int, "int")
+        if values.choices is not None:
+            choices = [int(v) if whole else float(v) for v in values.choices]
+            settings[name] = trial.suggest_categorical(name, choices)
+        elif whole:
+            settings[name] = trial.suggest_int(name, int(values.low), int(values.high), log=values.log)
+        else:
+            settings[name] = trial.suggest_float(name, values.low, values.high, log=values.log)
+    return settings
+
+
+def starting_point(params: FinetuneParams, space: dict[str, SearchRange]) -> dict[str, float]:
+    """The finetune settings as given, each brought inside its range (or to its nearest choice)."""
+    point = {}
+    for name, values in space.items():
+        given = getattr(params, name)
+        if values.choices is not None:
+            point[name] = min(values.choices, key=lambda choice: abs(choice - given))
+        else:
+            point[name] = min(max(given, values.low), values.high)
+        if FinetuneParams.model_fields[name].annotation in (int, "int"):
+            point[name] = int(point[name])
+    return point
+
+
+def records(study) -> list[TrialRecord]:
+    """The study's ended trials, in order."""
+    import optuna
+
+    states = {
+        optuna.trial.TrialState.COMPLETE: "complete",
+        optuna.trial.TrialState.PRUNED: "pruned",
+        optuna.trial.TrialState.FAIL: "failed",
+    }
+    ended = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state not in states or trial.user_attrs.get("requeued"):
+            continue
+        reports = [trial.intermediate_values[step] for step in sorted(trial.intermediate_values)]
+        value = trial.value if trial.state == optuna.trial.TrialState.COMPLETE else (reports[-1] if reports else None)
+        seconds = trial.user_attrs.get("seconds")
+        if seconds is None and trial.datetime_start and trial.datetime_complete:
+            seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        ended.append(
+            TrialRecord(
+                number=trial.number,
+                state=states[trial.state],
+                value=value,
+                settings=dict(trial.params),
+                reports=reports,
+                seconds=seconds or 0.0,
+                started=trial.datetime_start.timestamp() if trial.datetime_start else time.time(),
+                stopped_by=trial.user_attrs.get("stopped_by"),
+            )
+        )
+    return ended
+
+
+def importances(study) -> dict[str, float]:
+    """How much of the variation in the finished trials' scores each setting explains (fANOVA), when
+    at least two trials finished with different settings; else nothing."""
+    import optuna
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < 2 or len({json.dumps(t.params, sort_keys=True) for t in complete}) < 2:
+        return {}
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    try:
+        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+    except (RuntimeError, ValueError):  # e.g. every searched setting had one value only
+        return {}
+
+
+def plot_search(result: SearchResult, path: Path) -> Path:
+    """Two panels: every trial's validation macro-F1 in order with the best so far, and the settings'
+    importances."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (history, importance) = plt.subplots(1, 2, figsize=(11, 4))
+    for state, marker, colour in (("complete", "o", "tab:blue"), ("pruned", "x", "tab:grey")):
+        shown = [t for t in result.trials if t.state == state and t.value is not None]
+        history.scatter([t.number for t in shown], [t.value for t in shown], marker=marker, c=colour, label=state)
+    best, line = -math.inf, []
+    for trial in sorted(result.trials, key=lambda t: t.number):
+        if trial.state == "complete" and trial.value is not None:
+            best = max(best, trial.value)
+        line.append((trial.number, best if best > -math.inf else math.nan))
+    history.step([n for n, _ in line], [v for _, v in line], where="post", c="tab:orange", label="best so far")
+    history.set(xlabel="trial", ylabel="validation macro-F1", title="optimisation history")
+    history.legend(loc="lower right")
+    if result.importances:
+        names = sorted(result.importances, key=result.importances.get)
+        importance.barh(names, [result.importances[n] for n in names], color="tab:blue")
+        importance.set(xlabel="importance (fANOVA)", title="setting importance")
+    else:
+        importance.text(0.5, 0.5, "needs two finished trials\nwith different settings", ha="center", va="center")
+        importance.set_axis_off()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# -- the parts that keep a search resumable and its models small ---------------------------------
+
+
+def _left(settings: SearchParams, study, spent: float) -> tuple[int | None, float | None] | None:
+    """(trials, seconds) the budget still allows, or None when it is spent."""
+    import optuna
+
+    finished = len(study.get_trials(deepcopy=False, states=_finished_states()))
+    queued = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    trials = None if settings.trials is None else settings.trials - finished
+    seconds = None if settings.seconds is None else settings.seconds - spent
+    if (trials is not None and trials <= 0 and not queued) or (seconds is not None and seconds <= 0):
+        return None
+    return (max(trials, queued) if trials is not None else None), seconds
+
+
+def _finished_states():
+    import optuna
+
+    return tuple(getattr(optuna.trial.TrialState, state) for state in FINISHED)
+
+
+def _requeue_interrupted(study) -> None:
+    """A trial still RUNNING when a search starts belonged to a process that died: mark it failed
+    and queue its settings again. (Nothing else runs this study now: the lifecycle starts its workers
+    only after this.)"""
+    import optuna
+
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(trial._trial_id, "requeued", True)
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(trial.params, skip_if_exists=False)
+
+
+def _any_complete(study) -> bool:
+    import optuna
+
+    return bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def _keep_best(trial, value: float, folder: Path) -> None:
+    """Remove the folders of finished trials that are not the best (this one included, unless it is)."""
+    import optuna
+
+    complete = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    keep = trial.number
+    if complete and value <= _best(complete).value:  # a tie keeps the earlier trial
+        keep = _best(complete).number
+    for sub in folder.glob("trial-*"):
+        if sub.name != f"trial-{keep}":
+            shutil.rmtree(sub, ignore_errors=True)
+
+
+def _best(complete):
+    """The best finished trial; of equal scores, the first."""
+    return max(complete, key=lambda t: (t.value, -t.number))
+
+
+def _teacher(best, runner: TrialRunner, out_dir: Path) -> tuple[FinetuneResult, bool]:
+    """The best trial's model moved to `out_dir` with its training record, or, when its folder is out
+    of reach, its settings trained again."""
+    folder = runner.folder / f"trial-{best.number}"
+    if (folder / TRIAL_RESULT).is_file():
+        described = json.loads((folder / TRIAL_RESULT).read_text())
+        (folder / TRIAL_RESULT).unlink()
+        shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.move(str(folder), str(out_dir))
+        return _undescribe(described, out_dir), False
+    settings = {name: best.params[name] for name in runner.space()}
+    params = runner.params.model_copy(update=settings)
+    return finetune(runner.splits, params, runner.model, out_dir, TrainingIO(runner.cache_dir), runner.adapt), True
+
+
+def _describe(result: FinetuneResult) -> dict:
+    training = asdict(result.training)
+    return {
+        "labels": result.labels,
+        "training": training,
+        "parameters": result.parameters,
+        "trainable_parameters": result.trainable_parameters,
+    }
+
+
+def _undescribe(described: dict, model_dir: Path) -> FinetuneResult:
+    training = described["training"]
+    training["history"] = [EpochRecord(**record) for record in training["history"]]
+    return FinetuneResult(
+        model_dir=model_dir,
+        labels=described["labels"],
+        training=TrainResult(**training),
+        parameters=described["parameters"],
+        trainable_parameters=described["trainable_parameters"],
+    )
+
+
+def _while_waiting(work: Callable[[], None], every: Callable[[], None], seconds: float = 5.0) -> None:
+    """Run `work` on a thread (keeping the caller's context) and call `every` each `seconds` until it ends."""
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as Pending
+
+    context = contextvars.copy_context()
+    with ThreadPoolExecutor(1, thread_name_prefix="search") as pool:
+        running = pool.submit(context.run, work)
+        while True:
+            try:
+                running.result(timeout=seconds)
+                return
+            except Pending:
+                every()
