@@ -6,7 +6,8 @@ reported in about a second, instead of after Prefect's server has started and th
 missing, at least two classes, every evaluated label one that training has, the carved splits
 possible); the unlabeled files hold texts; every backbone named (the fine-tuning backbone or the
 `auto` candidates, a separate student) resolves without loading weights, and a `teacher-layers:`
-student fits its teacher. The flow still validates the data fully (Great Expectations) as a step.
+student and the re-initialised layers (`reinit_layers`, or the most a search may try) fit the backbone.
+The flow still validates the data fully (Great Expectations) as a step.
 
 Nothing here imports torch, transformers or Prefect: that is what keeps it fast.
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from graftline.tasks import images
 from graftline.tasks.data import Splits, read_texts
 from graftline.tasks.engine import backbones
+from graftline.tasks.errors import BackboneError
 from graftline.tasks.settings import DataParams, DistillParams, FinetuneParams, SelectParams
 
 
@@ -48,12 +50,29 @@ def check(data: DataParams, finetune: FinetuneParams, select: SelectParams, dist
     configs = {spec: backbones.check(spec) for spec in specs}
     for spec in specs:
         backbones.require_kind(spec, modality)
+    _check_reinit(finetune, configs, modality)
     unlabeled = []
     if distill.enabled:
         _check_student(distill.student, configs, modality)
         unlabeled = [t for path in distill.unlabeled_paths for t in read_texts(path, distill.unlabeled_text_column)]
     splits = images.load_any(data, unlabeled)
     return Checked(splits, tuple(specs), time.perf_counter() - started)
+
+
+def _check_reinit(finetune: FinetuneParams, configs: dict[str, dict | None], modality: str) -> None:
+    """Re-initialised layers (given, or the most a search may try) that the backbone has."""
+    reinit = finetune.reinit_layers
+    space = finetune.search.space.get("reinit_layers") if finetune.search.enabled else None
+    if space is not None:
+        reinit = max(reinit, int(max(space.values())))
+    if modality == "image":  # an image search leaves re-initialising out of its space (tasks/search.py)
+        if finetune.reinit_layers:
+            raise BackboneError("finetune.reinit_layers re-initialises transformer layers; image backbones have none")
+        return
+    for spec, config in configs.items():
+        layers = (config or {}).get("num_hidden_layers")
+        if isinstance(layers, int) and reinit > layers:
+            raise BackboneError(f"reinit_layers {reinit}: backbone {spec!r} has only {layers} layers")
 
 
 def _check_student(student: str, teachers: dict[str, dict | None], modality: str) -> None:

@@ -112,6 +112,16 @@ CASES = {
                                         r"adapt.method 'mlm' needs unlabeled target texts"),
     "invalid parameter": (["--train", "{train}", "--set", "finetune.epochs=0"],
                           r"invalid parameters: finetune.epochs: Input should be greater than or equal to 1"),
+    "search range upside down": (["--train", "{train}", "--set", "finetune.search.enabled=true", "--set",
+                                  "finetune.search.space={{learning_rate: {{low: 1e-3, high: 1e-5}}}}"],
+                                 r"finetune.search.space.learning_rate: Value error, low 0.001 is above high 1e-05"),
+    "unknown search setting": (["--train", "{train}", "--set", "finetune.search.space={{lr: {{low: 0, high: 1}}}}"],
+                               r"finetune.search.space: Value error, cannot search lr: searchable settings are"),
+    "empty search choices": (["--train", "{train}", "--set", "finetune.search.space={{batch_size: {{choices: []}}}}"],
+                             r"finetune.search.space.batch_size: Value error, choices is empty"),
+    "re-initialising more layers than the backbone has": (
+        ["--train", "{train}", "--backbone", "minilm-l6", "--set", "finetune.reinit_layers=7"],
+        r"reinit_layers 7: backbone 'minilm-l6' has only 6 layers"),
     "two label vocabularies (validation, in the flow)": (
         ["--train", "{two_vocabularies}"], r"data validation failed: 1 expectation on 1 split; see the report"),
 }

@@ -214,16 +214,19 @@ def test_warn_mode_records_the_failure_and_continues(run_flow, unique_name, dupl
     assert [r.version for r in summary.registered] == ["1"]
 
 
-def test_auto_backbone_chooses_by_transferability_inside_the_flow(
+def test_auto_backbone_chooses_by_transferability_then_a_search_tunes_it_inside_the_flow(
     prefect_harness, mlflow_store, tiny_backbone, dead_backbone, unique_name
 ):
-    from graftline.tasks.settings import SelectParams
+    from graftline.tasks.settings import SearchParams, SelectParams
 
+    space = {"learning_rate": {"low": 1e-4, "high": 3e-3, "log": True}, "batch_size": {"choices": [16, 32]}}
     summary = transfer(
         data=DataParams(eval_sets={}),
         select=SelectParams(candidates=[str(dead_backbone), str(tiny_backbone)], sample_size=200),
         model=ModelParams(max_length=32),
-        finetune=FinetuneParams(backbone="auto", epochs=1, learning_rate=3e-3),
+        finetune=FinetuneParams(
+            backbone="auto", epochs=1, learning_rate=3e-3, search=SearchParams(enabled=True, trials=2, space=space)
+        ),
         distill=DistillParams(enabled=False),
         registry=RegistryParams(model_name=unique_name, experiment=unique_name),
     )
@@ -236,7 +239,21 @@ def test_auto_backbone_chooses_by_transferability_inside_the_flow(
     assert math.isnan(dead) or dead < select.data.metrics[f"{tiny_backbone.name}_logme"]  # constant features: NaN
     files = {f.path for f in client.list_artifacts(select.info.run_id, "selection")}
     assert {"selection/leaderboard.csv", "selection/leaderboard.json", "selection/leaderboard.png"} <= files
-    assert runs["finetune"].data.params["finetune.backbone"] == str(tiny_backbone)
+    finetune = runs["finetune"]
+    assert finetune.data.params["finetune.backbone"] == str(tiny_backbone)
+
+    # the search: each trial a finished nested run of the finetune step, the best one's settings the teacher's
+    trials = [r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == finetune.info.run_id]
+    assert sorted(r.info.run_name for r in trials) == ["trial-0", "trial-1"]
+    assert all(r.info.status in ("FINISHED", "KILLED") and "val_macro_f1_report" in r.data.metrics for r in trials)
+    assert trials[0].data.params.keys() == {"learning_rate", "batch_size"}
+    best = int(finetune.data.metrics["search_best_trial"])
+    chosen = next(r for r in trials if r.info.run_name == f"trial-{best}")
+    for name in ("learning_rate", "batch_size"):
+        assert finetune.data.params[f"search.best.{name}"] == chosen.data.params[name]
+    assert finetune.data.metrics["best_val_macro_f1"] == chosen.data.metrics["val_macro_f1"]
+    files = {f.path for f in client.list_artifacts(finetune.info.run_id, "search")}
+    assert files == {"search/leaderboard.csv", "search/leaderboard.json", "search/search.png"}
 
 
 def test_a_student_below_the_retention_floor_is_not_registered(run_flow, unique_name, dead_backbone, tmp_path):
