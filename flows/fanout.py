@@ -63,19 +63,20 @@ def dask_scorer(address: str | None = None) -> ScoreAll:
 
 
 @task(name="search-worker", task_run_name="search worker {copy}", cache_policy=NO_CACHE, persist_result=False)
-def search_worker(work: Callable[[], None], copy: int) -> None:
-    """One worker of a parallel search (tasks.search.Worker): trials of the shared study until its budget is spent."""
-    work()
+def search_worker(work: Callable[[int, int], None], copy: int, copies: int) -> None:
+    """One worker of a parallel search (tasks.search.Worker): its share of the trials of the shared study."""
+    work(copy, copies)
 
 
-def dask_launcher(address: str | None = None) -> Callable[[Callable[[], None], int], None]:
+def dask_launcher(address: str | None = None) -> Callable[[Callable[[int, int], None], int], None]:
     """A `launch` for tasks.search.search: `copies` search workers as tasks on Dask (0: one per worker
     of the cluster, or per CPU core of a temporary local cluster), returning when all have stopped."""
 
-    def launch(work: Callable[[], None], copies: int) -> None:
+    def launch(work: Callable[[int, int], None], copies: int) -> None:
         copies = copies or (_cluster_workers(address) if address else os.cpu_count() or 1)
         with _task_runner(address, copies, "finetune.search.runner") as runner:
-            futures = runner.map(search_worker, {"work": unmapped(work), "copy": list(range(copies))})
+            parameters = {"work": unmapped(work), "copy": list(range(copies)), "copies": unmapped(copies)}
+            futures = runner.map(search_worker, parameters)
             for future in futures:
                 future.result()
 

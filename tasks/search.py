@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -73,6 +75,7 @@ class TrialRecord:
     seconds: float
     started: float  # epoch seconds
     stopped_by: str | None = None  # pruner | budget, for a pruned trial
+    worker: str | None = None  # host:pid of the process that ran it
 
 
 @dataclass
@@ -130,12 +133,13 @@ def search(
     cache_dir: Path | None = None,
     adapt: AdaptParams = AdaptParams(),
     on_trial: Callable[[TrialRecord], None] | None = None,
-    launch: Callable[[Callable[[], None], int], None] | None = None,
+    launch: Callable[[Callable[[int, int], None], int], None] | None = None,
 ) -> SearchResult:
     """Search `params.search.space` for the settings whose fine-tuning scores best on validation, and
     leave the best trial's model in `out_dir`. `on_trial` hears of every trial as it ends (and of the
     trials an earlier, interrupted search finished). With `launch`, the trials run wherever it runs
-    `copies` calls of the work it is given (e.g. Dask workers), sharing the study; without, here."""
+    `copies` calls `work(copy, copies)` of the work it is given (e.g. on Dask workers), sharing the
+    study; without, here."""
     import optuna
 
     settings = params.search
@@ -166,7 +170,7 @@ def search(
         if launch is None:
             opened.optimize(runner, n_trials=trials_left, timeout=seconds_left, callbacks=[tell_new])
         else:
-            work = Worker(study, runner, settings.trials, seconds_left)
+            work = Worker(study, runner, trials_left, seconds_left)
             _while_waiting(lambda: launch(work, settings.workers or 0), tell_new)
     tell_new()
 
@@ -218,6 +222,7 @@ class TrialRunner:
         reporter = _Reporter(trial, self.deadline, _most_reports(trial_params, {}))
         io = TrainingIO(self.cache_dir, on_report=reporter, reports_per_epoch=self.params.search.reports_per_epoch)
         folder = self.folder / f"trial-{trial.number}"
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         started = time.time()
         try:
             result = finetune(self.splits, trial_params, self.model, folder, io, self.adapt)
@@ -255,20 +260,23 @@ class _Reporter:
 
 @dataclass(frozen=True)
 class Worker:
-    """What each parallel worker runs: trials of the shared study until the budget is spent."""
+    """What each of `copies` parallel workers runs: its share of the trials left (so that together they
+    run exactly the budget), within the seconds left, in the shared study."""
 
     study: Study
     runner: TrialRunner
-    trials: int | None
+    trials: int | None  # left to run, over all workers
     seconds: float | None
 
-    def __call__(self) -> None:
+    def __call__(self, copy: int, copies: int) -> None:
         import optuna
 
+        share = None if self.trials is None else self.trials // copies + (copy < self.trials % copies)
+        if share == 0:
+            return
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         shared = optuna.load_study(study_name=self.study.name, storage=_storage(self.study))
-        callbacks = [optuna.study.MaxTrialsCallback(self.trials, states=_finished_states())] if self.trials else []
-        shared.optimize(self.runner, timeout=self.seconds, callbacks=callbacks)
+        shared.optimize(self.runner, n_trials=share, timeout=self.seconds)
 
 
 def open_study(study: Study, settings: SearchParams, seed: int, max_reports: int):
@@ -376,6 +384,7 @@ def records(study) -> list[TrialRecord]:
                 seconds=seconds or 0.0,
                 started=trial.datetime_start.timestamp() if trial.datetime_start else time.time(),
                 stopped_by=trial.user_attrs.get("stopped_by"),
+                worker=trial.user_attrs.get("worker"),
             )
         )
     return ended
@@ -471,16 +480,16 @@ def _any_complete(study) -> bool:
 
 
 def _keep_best(trial, value: float, folder: Path) -> None:
-    """Remove the folders of finished trials that are not the best (this one included, unless it is)."""
+    """Of the finished trials' folders, keep only the best one's (this trial's, unless an earlier trial
+    scored at least as well). Folders of trials still running elsewhere are not touched."""
     import optuna
 
     complete = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     keep = trial.number
     if complete and value <= _best(complete).value:  # a tie keeps the earlier trial
         keep = _best(complete).number
-    for sub in folder.glob("trial-*"):
-        if sub.name != f"trial-{keep}":
-            shutil.rmtree(sub, ignore_errors=True)
+    for number in {trial.number, *(t.number for t in complete)} - {keep}:
+        shutil.rmtree(folder / f"trial-{number}", ignore_errors=True)
 
 
 def _best(complete):

@@ -89,6 +89,27 @@ def test_dask_runner_logs_the_leaderboard_of_the_in_process_runner(
     assert sorted(states) == sorted(f"score {c}" for c in candidates) and set(states.values()) == {"COMPLETED"}, states
 
 
+@flow(name="search-on-dask")
+def search_on_dask(backbone: str, folder: Path):
+    from graftline.flows.fanout import dask_launcher
+    from graftline.tasks.search import Study, search
+    from tests.test_search import MODEL, searching, splits
+
+    params = searching(backbone)
+    params = params.model_copy(update={"search": params.search.model_copy(update={"trials": 4, "runner": "dask"})})
+    return search(splits(), params, MODEL, folder / "teacher", Study.beside(folder, "s"), launch=dask_launcher())
+
+
+def test_search_trials_run_in_parallel_dask_workers_sharing_one_study(prefect_harness, tiny_backbone, tmp_path):
+    import os
+
+    result = search_on_dask(str(tiny_backbone), tmp_path)
+    assert len(result.trials) == 4  # the budget, shared by the two workers (one per core here)
+    workers = {t.worker for t in result.trials}
+    assert all(w and not w.endswith(f":{os.getpid()}") for w in workers), workers  # none ran in this process
+    assert not result.retrained and (tmp_path / "teacher" / "model.safetensors").is_file()  # the same disk
+
+
 def _leaderboard(client: MlflowClient, run_id: str) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as tmp:
         return pd.read_csv(client.download_artifacts(run_id, "selection/leaderboard.csv", tmp))

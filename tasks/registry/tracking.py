@@ -156,6 +156,8 @@ def log_trial(record, parent_run_id: str, experiment_id: str) -> str:
     }
     if record.stopped_by:
         tags["graftline.trial_stopped_by"] = record.stopped_by
+    if record.worker:
+        tags["graftline.trial_worker"] = record.worker
     run_id = client.create_run(experiment_id, start_time=started, tags=tags).info.run_id
     metrics = [Metric("val_macro_f1_report", value, ended, step) for step, value in enumerate(record.reports, 1)]
     metrics.append(Metric("seconds", record.seconds, ended, 0))
