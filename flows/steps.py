@@ -329,9 +329,9 @@ def _search(splits: Splits, params: FinetuneParams, adapt: AdaptParams, context:
             ", ".join(f"{k}={v:.3g}" for k, v in record.settings.items()),
         )
 
-    result = search(
-        splits, params, context.model, context.work_dir / "teacher", study, io.cache_dir, adapt, on_trial, launch
-    )
+    trials = io.checkpoint_dir.with_name(f"{name}-trials")  # beside the checkpoints: found again on resume
+    teacher = context.work_dir / "teacher"
+    result = search(splits, params, context.model, teacher, study, io.cache_dir, adapt, on_trial, launch, trials)
     best = result.best
     mlflow.log_metrics(result.metrics())
     mlflow.log_params({f"search.best.{k}": v for k, v in best.settings.items()})

@@ -134,16 +134,18 @@ def search(
     adapt: AdaptParams = AdaptParams(),
     on_trial: Callable[[TrialRecord], None] | None = None,
     launch: Callable[[Callable[[int, int], None], int], None] | None = None,
+    trials_dir: Path | None = None,
 ) -> SearchResult:
     """Search `params.search.space` for the settings whose fine-tuning scores best on validation, and
     leave the best trial's model in `out_dir`. `on_trial` hears of every trial as it ends (and of the
     trials an earlier, interrupted search finished). With `launch`, the trials run wherever it runs
     `copies` calls `work(copy, copies)` of the work it is given (e.g. on Dask workers), sharing the
-    study; without, here."""
+    study; without, here. Finished trials' models wait in `trials_dir` (default: beside `out_dir`),
+    which a resumed search must find again."""
     import optuna
 
     settings = params.search
-    trials_dir = out_dir.with_name(f"{out_dir.name}-trials")
+    trials_dir = trials_dir or out_dir.with_name(f"{out_dir.name}-trials")
     runner = TrialRunner(splits, params, model, adapt, trials_dir, cache_dir)
     space = runner.space()
     opened = open_study(study, settings, model.seed, max_reports=_most_reports(params, space))
