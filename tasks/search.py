@@ -414,6 +414,7 @@ def plot_search(result: SearchResult, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (history, importance) = plt.subplots(1, 2, figsize=(11, 4))
     for state, marker, colour in (("complete", "o", "tab:blue"), ("pruned", "x", "tab:grey")):
@@ -426,6 +427,7 @@ def plot_search(result: SearchResult, path: Path) -> Path:
         line.append((trial.number, best if best > -math.inf else math.nan))
     history.step([n for n, _ in line], [v for _, v in line], where="post", c="tab:orange", label="best so far")
     history.set(xlabel="trial", ylabel="validation macro-F1", title="optimisation history")
+    history.xaxis.set_major_locator(MaxNLocator(integer=True))
     history.legend(loc="lower right")
     if result.importances:
         names = sorted(result.importances, key=result.importances.get)

@@ -95,3 +95,17 @@ def test_a_killed_search_resumes_with_its_finished_trial_kept(tiny_backbone, tmp
     assert [t.number for t in result.trials] == [0, 2, 3]  # 3 trials in all; the killed one is not counted
     assert result.trials[1].settings == interrupted  # the killed trial's settings ran again
     assert (tmp_path / "teacher" / "model.safetensors").is_file()
+
+
+def test_the_finetune_fingerprint_covers_the_search_only_when_it_is_on():
+    """Reuse (flows/reuse.py): the same search is reused, another space is not; where its trials run is
+    not part of it, and a search that is off changes nothing."""
+    from graftline.flows.reuse import fingerprint
+
+    def key(**search) -> str:
+        return fingerprint("finetune", {"params": FinetuneParams(search=SearchParams(**search))})
+
+    assert key(enabled=True) == key(enabled=True, runner="dask", workers=4, storage="sqlite:///elsewhere.db")
+    assert key(enabled=True) != key(enabled=True, space=SPACE)
+    assert key(enabled=True) != key(enabled=True, trials=5) != key()
+    assert key() == key(trials=5, space=SPACE)  # off: its settings decide nothing
