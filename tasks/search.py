@@ -271,30 +271,33 @@ class Worker:
     seconds: float | None
 
     def __call__(self, copy: int, copies: int) -> None:
-        import optuna
-
         share = None if self.trials is None else self.trials // copies + (copy < self.trials % copies)
         if share == 0:
             return
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        shared = optuna.load_study(study_name=self.study.name, storage=_storage(self.study))
-        shared.optimize(self.runner, n_trials=share, timeout=self.seconds)
+        runner = self.runner
+        reports = _most_reports(runner.params, runner.space())
+        shared = open_study(self.study, runner.params.search, runner.model.seed, reports, stream=copy + 1)
+        shared.optimize(runner, n_trials=share, timeout=self.seconds)
 
 
-def open_study(study: Study, settings: SearchParams, seed: int, max_reports: int):
-    """The study (created, or loaded to resume), with the TPE sampler and the configured pruner."""
+def open_study(study: Study, settings: SearchParams, seed: int, max_reports: int, stream: int = 0):
+    """The study (created, or loaded to resume), with the TPE sampler and the configured pruner.
+
+    The sampler's seed is `seed` for a new study. Loaded with trials, or opened by parallel worker
+    `stream`, it is moved on by both: a sampler seeded as before would draw its first random settings
+    again, repeating trials the study already has or that another worker is running."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # graftline reports each trial itself
-    sampler = optuna.samplers.TPESampler(seed=seed)
-    return optuna.create_study(
+    opened = optuna.create_study(
         study_name=study.name,
         storage=_storage(study),
-        sampler=sampler,
         pruner=_pruner(settings, max_reports),
         direction="maximize",
         load_if_exists=True,
     )
+    opened.sampler = optuna.samplers.TPESampler(seed=seed + 1_000 * stream + len(opened.trials))
+    return opened
 
 
 def _storage(study: Study):

@@ -94,6 +94,7 @@ def test_a_killed_search_resumes_with_its_finished_trial_kept(tiny_backbone, tmp
     assert heard[0] == first  # told first, as it was: not trained again
     assert [t.number for t in result.trials] == [0, 2, 3]  # 3 trials in all; the killed one is not counted
     assert result.trials[1].settings == interrupted  # the killed trial's settings ran again
+    assert result.trials[2].settings != interrupted  # a resumed sampler draws anew, not its first draws again
     assert (tmp_path / "teacher" / "model.safetensors").is_file()
 
 
