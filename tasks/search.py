@@ -213,13 +213,8 @@ class TrialRunner:
             space.pop("reinit_layers", None)
         return space
 
-    def settings(self, trial) -> dict[str, float]:
-        return suggest(trial, self.space())
-
     def __call__(self, trial) -> float:
-        import optuna
-
-        settings = self.settings(trial)
+        settings = suggest(trial, self.space())
         trial_params = self.params.model_copy(update=settings)
         reporter = _Reporter(trial, self.deadline, _most_reports(trial_params, {}))
         io = TrainingIO(self.cache_dir, on_report=reporter, reports_per_epoch=self.params.search.reports_per_epoch)
@@ -228,10 +223,8 @@ class TrialRunner:
         started = time.time()
         try:
             result = finetune(self.splits, trial_params, self.model, folder, io, self.adapt)
-        except optuna.TrialPruned:
+        finally:  # pruned trials spend seconds too
             trial.set_user_attr("seconds", time.time() - started)
-            raise
-        trial.set_user_attr("seconds", time.time() - started)
         (folder / TRIAL_RESULT).write_text(json.dumps(_describe(result)))
         value = result.final_training.best_val_macro_f1
         _keep_best(trial, value, self.folder)
