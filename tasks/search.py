@@ -45,7 +45,6 @@ from graftline.tasks.finetune import FinetuneResult, finetune
 from graftline.tasks.settings import AdaptParams, FinetuneParams, ModelParams, SearchParams, SearchRange
 
 TRIAL_RESULT = "trial.json"  # beside a finished trial's model: its training, to become the teacher's record
-FINISHED = ("COMPLETE", "PRUNED")  # the states that spend the trial budget
 
 
 @dataclass(frozen=True)
@@ -446,19 +445,14 @@ def _left(settings: SearchParams, study, spent: float) -> tuple[int | None, floa
     """(trials, seconds) the budget still allows, or None when it is spent."""
     import optuna
 
-    finished = len(study.get_trials(deepcopy=False, states=_finished_states()))
+    spending = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # what the trial budget counts
+    finished = len(study.get_trials(deepcopy=False, states=spending))
     queued = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
     trials = None if settings.trials is None else settings.trials - finished
     seconds = None if settings.seconds is None else settings.seconds - spent
     if (trials is not None and trials <= 0 and not queued) or (seconds is not None and seconds <= 0):
         return None
     return (max(trials, queued) if trials is not None else None), seconds
-
-
-def _finished_states():
-    import optuna
-
-    return tuple(getattr(optuna.trial.TrialState, state) for state in FINISHED)
 
 
 def _requeue_interrupted(study) -> None:
