@@ -35,11 +35,11 @@ from graftline.tasks.environment import apply_defaults
 apply_defaults(HF_HUB_OFFLINE="1")
 
 
-from graftline.tasks.data import Split, Splits, read_table  # noqa: E402
+from graftline.tasks.data.splits import Split, Splits, read_table  # noqa: E402
 from graftline.tasks.engine import backbones  # noqa: E402
-from graftline.tasks.evaluate import evaluate_model  # noqa: E402
-from graftline.tasks.finetune import finetune  # noqa: E402
+from graftline.tasks.evaluate.scores import evaluate_model  # noqa: E402
 from graftline.tasks.settings import AdaptParams, FinetuneParams, ModelParams  # noqa: E402
+from graftline.tasks.train.finetune import finetune  # noqa: E402
 
 DOMAINS = ("books", "dvd", "electronics", "kitchen")
 HARD = ("electronics:books", "electronics:dvd", "kitchen:books", "kitchen:dvd")  # product -> media

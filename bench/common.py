@@ -41,8 +41,8 @@ def require_folders(*folders: Path) -> None:
 def sst2_splits(folder: Path, train_rows: int, validation_rows: int, seed: int):
     """A seeded, stratified sample of SST-2's train file (deduplicated, without dev texts) split into
     train and validation; the dev file is the test set."""
-    from graftline.tasks.data import Split, Splits, read_table, stratified_split
-    from graftline.tasks.selection import stratified_sample
+    from graftline.tasks.data.splits import Split, Splits, read_table, stratified_split
+    from graftline.tasks.train.selection import stratified_sample
 
     pool = read_table(str(folder / "train.csv"), "text", "label").drop_duplicates("text")
     test = read_table(str(folder / "dev.csv"), "text", "label")

@@ -32,13 +32,13 @@ apply_defaults(HF_HUB_OFFLINE="1")
 
 import pandas as pd  # noqa: E402
 
-from graftline.tasks.data import Splits  # noqa: E402
-from graftline.tasks.distill import distill  # noqa: E402
+from graftline.tasks.data.splits import Splits  # noqa: E402
 from graftline.tasks.engine import backbones  # noqa: E402
-from graftline.tasks.evaluate import evaluate_model  # noqa: E402
-from graftline.tasks.export import export_and_measure  # noqa: E402
-from graftline.tasks.finetune import finetune  # noqa: E402
+from graftline.tasks.evaluate.scores import evaluate_model  # noqa: E402
+from graftline.tasks.export.onnx import export_and_measure  # noqa: E402
 from graftline.tasks.settings import DistillParams, ExportParams, FinetuneParams, ModelParams  # noqa: E402
+from graftline.tasks.train.distill import distill  # noqa: E402
+from graftline.tasks.train.finetune import finetune  # noqa: E402
 
 SEED, MAX_LENGTH, VALIDATION_ROWS = 13, 64, 500
 MODEL = ModelParams(max_length=MAX_LENGTH, device="auto", precision="auto", seed=SEED)

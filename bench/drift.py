@@ -9,7 +9,7 @@ split of the same file, as a registered version's is.
 Windows of --window texts (200) are then drawn:
     same domain    from the domain's dev file (never trained or calibrated on): a flag is a false alarm
     other domain   from each other domain's rows: a flag is a detection
-and every detector of the monitor (tasks/monitor.py) is run on each at the level it votes with
+and every detector of the monitor (tasks/serve/monitor.py) is run on each at the level it votes with
 (alpha / 4), plus the verdict. Rows are profiled once per model and windows are sampled from the
 profiles (one forward pass per text either way).
 
@@ -40,13 +40,12 @@ from graftline.tasks.environment import apply_defaults
 
 apply_defaults(HF_HUB_OFFLINE="1")
 
-from graftline.tasks import drift  # noqa: E402
-from graftline.tasks.calibration import expected_calibration_error, fit_temperature, softmax  # noqa: E402
-from graftline.tasks.data import Split, Splits, encode_labels, read_table, stratified_split  # noqa: E402
-from graftline.tasks.distill import make_layer_student  # noqa: E402
+from graftline.tasks.data.splits import Split, Splits, encode_labels, read_table, stratified_split  # noqa: E402
 from graftline.tasks.engine import backbones  # noqa: E402
 from graftline.tasks.engine.backbones import student_layers  # noqa: E402
-from graftline.tasks.monitor import (  # noqa: E402
+from graftline.tasks.evaluate import drift  # noqa: E402
+from graftline.tasks.evaluate.calibration import expected_calibration_error, fit_temperature, softmax  # noqa: E402
+from graftline.tasks.serve.monitor import (  # noqa: E402
     DETECTORS,
     Profile,
     Reference,
@@ -56,6 +55,7 @@ from graftline.tasks.monitor import (  # noqa: E402
     profile_with,
 )
 from graftline.tasks.settings import FinetuneParams, ModelParams  # noqa: E402
+from graftline.tasks.train.distill import make_layer_student  # noqa: E402
 
 DOMAINS = ("books", "dvd", "electronics", "kitchen")
 SEED = 13
@@ -63,7 +63,7 @@ SEED = 13
 
 def train_domain(folder: Path, domain: str, args, work: Path):
     """(model folder, reference split, validation split) of a classifier fine-tuned on `domain`."""
-    from graftline.tasks.finetune import finetune
+    from graftline.tasks.train.finetune import finetune
 
     pool = read_table(str(folder / domain / "train.csv"), "text", "label")
     rest, test = stratified_split(pool, args.reference_rows / len(pool), SEED, domain)
@@ -98,7 +98,7 @@ def decision_seconds(model, tokenizer, texts, reference, labels, thresholds, arg
 
 def int8_forward(model, tokenizer, max_length: int, folder: Path):
     """The monitor's forward pass through an INT8 export of `model`, as the export step writes it."""
-    from graftline.tasks.export import export_onnx, onnx_profiler, quantize_int8
+    from graftline.tasks.export.onnx import export_onnx, onnx_profiler, quantize_int8
 
     folder.mkdir(parents=True, exist_ok=True)
     int8 = quantize_int8(export_onnx(model, tokenizer, folder / "model.onnx"), folder / "model.int8.onnx")

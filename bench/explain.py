@@ -4,7 +4,7 @@ A MiniLM-L6 classifier is fine-tuned by graftline's fine-tuning step on a seeded
 train file (`sst2` in the datasets folder: --data DIR, else $GRAFTLINE_DATA, else the development
 datasets next to the repository) and distilled into a 3-layer student by graftline's distillation
 step. --texts texts of SST-2's dev file are then explained by both with the explain step's code
-(tasks/explain.py): Integrated Gradients on the embeddings (--steps points), and ERASER's
+(tasks/evaluate/explain.py): Integrated Gradients on the embeddings (--steps points), and ERASER's
 comprehensiveness and sufficiency (AOPC over the top 1/5/10/20/50% of tokens, deletion variant) for
 IG, for attention (last layer, [CLS] row, heads averaged) and for a random ranking: the peers IG must
 beat in the same run. Also the teacher-student agreement of the attributions and the seconds per
@@ -29,16 +29,16 @@ from graftline.tasks.environment import apply_defaults
 
 apply_defaults(HF_HUB_OFFLINE="1")
 
-from graftline.tasks import explain as ex  # noqa: E402
 from graftline.tasks.engine import backbones  # noqa: E402
+from graftline.tasks.evaluate import explain as ex  # noqa: E402
 from graftline.tasks.settings import DistillParams, FinetuneParams, ModelParams  # noqa: E402
 
 SEED, VALIDATION_ROWS = 13, 500
 
 
 def trained(splits, args, work: Path) -> tuple[Path, Path]:
-    from graftline.tasks.distill import distill
-    from graftline.tasks.finetune import finetune
+    from graftline.tasks.train.distill import distill
+    from graftline.tasks.train.finetune import finetune
 
     model = ModelParams(max_length=args.max_length, seed=SEED)
     teacher, student = work / "teacher", work / "student"

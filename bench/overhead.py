@@ -36,13 +36,13 @@ apply_defaults(HF_HUB_OFFLINE="1", PREFECT_LOGGING_LEVEL="WARNING")
 def plain(params, work: Path) -> dict[str, float]:
     """The lifecycle's work without Prefect or MLflow, from the same parameter groups as the flow;
     seconds per step, named as the flow's steps."""
-    from graftline.tasks.calibration import plot_reliability
-    from graftline.tasks.data import load_splits, read_texts
-    from graftline.tasks.distill import distill, distillation_report
-    from graftline.tasks.evaluate import evaluate_sets, plot_confusion, retention_gate
-    from graftline.tasks.export import export_and_measure, plot_tradeoff
-    from graftline.tasks.finetune import finetune
-    from graftline.tasks.validate import validate_splits
+    from graftline.tasks.data.splits import load_splits, read_texts
+    from graftline.tasks.data.validate import validate_splits
+    from graftline.tasks.evaluate.calibration import plot_reliability
+    from graftline.tasks.evaluate.scores import evaluate_sets, plot_confusion, retention_gate
+    from graftline.tasks.export.onnx import export_and_measure, plot_tradeoff
+    from graftline.tasks.train.distill import distill, distillation_report
+    from graftline.tasks.train.finetune import finetune
 
     model = params.model
     seconds, clock = {}, time.perf_counter()

@@ -235,7 +235,7 @@ def main() -> None:
     real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
     socket.socket.connect, socket.getaddrinfo = refuse, refuse
     started = time.perf_counter()
-    from graftline.tasks.pii import Scanner
+    from graftline.tasks.data.pii import Scanner
 
     scanner = Scanner()
     scanner.find("warm-up: jo@example.com +1 312-555-0100")

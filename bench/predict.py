@@ -50,7 +50,7 @@ def demo_student(tmp: Path) -> str:
 
 
 def texts(rows: int) -> list[str]:
-    from graftline.tasks.data import read_table, resolve_source
+    from graftline.tasks.data.splits import read_table, resolve_source
 
     pool = [
         t for name in ("demo:home", "demo:electronics") for t in read_table(resolve_source(name), "text", None)["text"]
@@ -81,8 +81,8 @@ def main() -> None:
         import mlflow.pyfunc
         from mlflow.tracking import MlflowClient
 
-        from graftline.tasks.predict import ModelReference, load_scorer
         from graftline.tasks.registry import contract, tracking
+        from graftline.tasks.serve.predict import ModelReference, load_scorer
 
         tracking.configure("graftline")
         client = MlflowClient()

@@ -31,9 +31,9 @@ from graftline.tasks.environment import apply_defaults
 apply_defaults(HF_HUB_OFFLINE="1")
 
 from graftline.tasks.engine import backbones  # noqa: E402
-from graftline.tasks.evaluate import evaluate_model  # noqa: E402
-from graftline.tasks.finetune import finetune  # noqa: E402
+from graftline.tasks.evaluate.scores import evaluate_model  # noqa: E402
 from graftline.tasks.settings import FinetuneParams, ModelParams, PrivacyParams  # noqa: E402
+from graftline.tasks.train.finetune import finetune  # noqa: E402
 
 SEED, VALIDATION_ROWS = 13, 500
 

@@ -63,9 +63,9 @@ DEFAULT_SETS = ["distill.epochs=1", "export.enabled=false"]
 def check(name: str, files: dict[str, Path], out: Path) -> dict:
     """The pre-flight checks and the validation suite with default thresholds, as `graftline check`."""
     from graftline.tasks import preflight
+    from graftline.tasks.data.validate import validate_splits
     from graftline.tasks.errors import GraftlineError
     from graftline.tasks.settings import DataParams, DistillParams, FinetuneParams, SelectParams, ValidationParams
-    from graftline.tasks.validate import validate_splits
 
     data = DataParams(
         train_path=str(files["train"]),

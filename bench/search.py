@@ -33,12 +33,12 @@ from graftline.tasks.environment import apply_defaults
 
 apply_defaults(HF_HUB_OFFLINE="1")
 
-from graftline.tasks.data import Split, Splits, read_table, stratified_split  # noqa: E402
+from graftline.tasks.data.splits import Split, Splits, read_table, stratified_split  # noqa: E402
 from graftline.tasks.engine import backbones  # noqa: E402
-from graftline.tasks.evaluate import evaluate_model  # noqa: E402
-from graftline.tasks.finetune import finetune  # noqa: E402
-from graftline.tasks.search import Study, search  # noqa: E402
+from graftline.tasks.evaluate.scores import evaluate_model  # noqa: E402
 from graftline.tasks.settings import FinetuneParams, ModelParams, SearchParams  # noqa: E402
+from graftline.tasks.train.finetune import finetune  # noqa: E402
+from graftline.tasks.train.search import Study, search  # noqa: E402
 
 DOMAINS = ("books", "dvd", "electronics", "kitchen")
 

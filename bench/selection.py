@@ -33,12 +33,12 @@ apply_defaults(HF_HUB_OFFLINE="1")
 import pandas as pd  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
-from graftline.tasks.data import Split, Splits, read_table, stratified_split  # noqa: E402
+from graftline.tasks.data.splits import Split, Splits, read_table, stratified_split  # noqa: E402
 from graftline.tasks.engine import backbones  # noqa: E402
-from graftline.tasks.evaluate import evaluate_model  # noqa: E402
-from graftline.tasks.finetune import finetune  # noqa: E402
-from graftline.tasks.selection import METHODS, select_backbone, stratified_sample  # noqa: E402
+from graftline.tasks.evaluate.scores import evaluate_model  # noqa: E402
 from graftline.tasks.settings import FinetuneParams, ModelParams, SelectParams  # noqa: E402
+from graftline.tasks.train.finetune import finetune  # noqa: E402
+from graftline.tasks.train.selection import METHODS, select_backbone, stratified_sample  # noqa: E402
 
 CANDIDATES = ("minilm-l3", "minilm-l6", "mpnet-base")
 TRAIN_ROWS, VALIDATION_ROWS, TEST_ROWS, SEED = 2000, 200, 1000, 13

@@ -49,14 +49,14 @@ apply_defaults(HF_HUB_OFFLINE="1")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from graftline.tasks.data import Split, Splits, encode_labels, read_table  # noqa: E402
+from graftline.tasks.data.splits import Split, Splits, encode_labels, read_table  # noqa: E402
 from graftline.tasks.engine import backbones  # noqa: E402
 from graftline.tasks.engine.training import batch_plan, encode  # noqa: E402
 from graftline.tasks.engine.training import padding_share as training_padding_share  # noqa: E402
-from graftline.tasks.evaluate import evaluate_model  # noqa: E402
-from graftline.tasks.finetune import finetune  # noqa: E402
-from graftline.tasks.selection import stratified_sample  # noqa: E402
+from graftline.tasks.evaluate.scores import evaluate_model  # noqa: E402
 from graftline.tasks.settings import FinetuneParams, ModelParams  # noqa: E402
+from graftline.tasks.train.finetune import finetune  # noqa: E402
+from graftline.tasks.train.selection import stratified_sample  # noqa: E402
 
 LR, SEED = 5e-5, 13
 BACKBONE, BATCH, MAX_LENGTH, EPOCHS, DEVICE = "minilm-l6", 32, 128, 1, "auto"  # set from the options

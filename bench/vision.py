@@ -37,12 +37,10 @@ apply_defaults(HF_HUB_OFFLINE="1")
 
 import pandas as pd  # noqa: E402
 
-from graftline.tasks import images  # noqa: E402
-from graftline.tasks.distill import distill  # noqa: E402
+from graftline.tasks.data import images  # noqa: E402
 from graftline.tasks.engine.training import TrainingIO  # noqa: E402
-from graftline.tasks.evaluate import evaluate_sets  # noqa: E402
-from graftline.tasks.export import export_and_measure  # noqa: E402
-from graftline.tasks.finetune import finetune  # noqa: E402
+from graftline.tasks.evaluate.scores import evaluate_sets  # noqa: E402
+from graftline.tasks.export.onnx import export_and_measure  # noqa: E402
 from graftline.tasks.settings import (  # noqa: E402
     DataParams,
     DistillParams,
@@ -51,6 +49,8 @@ from graftline.tasks.settings import (  # noqa: E402
     ImageTrainingParams,
     ModelParams,
 )
+from graftline.tasks.train.distill import distill  # noqa: E402
+from graftline.tasks.train.finetune import finetune  # noqa: E402
 
 # Every optimisation setting spelt out (graftline's image defaults when this was written), so the
 # measured work does not move with the project's defaults.

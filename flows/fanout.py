@@ -24,10 +24,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import unmapped
 
-from graftline.tasks import selection
 from graftline.tasks.errors import GraftlineError
-from graftline.tasks.selection import CandidateReport, ScoreAll
 from graftline.tasks.settings import ModelParams, SelectParams
+from graftline.tasks.train import selection
+from graftline.tasks.train.selection import CandidateReport, ScoreAll
 
 
 @task(name="score-candidate", task_run_name="score {spec}", cache_policy=NO_CACHE, persist_result=False)

@@ -72,7 +72,7 @@ def rollback(
 def _eval_sets(client, params: PromoteParams, version: str | None) -> dict:
     """The evaluation sets a promotion re-evaluates on: given files, or the version's own."""
 
-    from graftline.tasks.data import Split, read_table, resolve_source
+    from graftline.tasks.data.splits import Split, read_table, resolve_source
     from graftline.tasks.registry.promotion import PromotionError
 
     if params.eval_sets:

@@ -65,7 +65,7 @@ class TransferParams(settings.Params):
         every parameter of settings.IMAGE_DEFAULTS that was not given takes its image default, so
         `--modality image` alone runs the image demo and an image folder alone trains an image model. A
         parameter given explicitly is kept, even at its text default (a text backbone is then refused)."""
-        from graftline.tasks.images import modality_of
+        from graftline.tasks.data.images import modality_of
 
         if self.data.modality == "text" or (self.data.modality == "auto" and modality_of(self.data) != "image"):
             return self

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from graftline.tasks.data import Splits
+from graftline.tasks.data.splits import Splits
 from graftline.tasks.records import StepContext, TrainedModel
 from graftline.tasks.registry import tracking
 
@@ -116,7 +116,7 @@ def materialize(model: TrainedModel, folder: Path) -> TrainedModel:
         return model
     import mlflow.transformers
 
-    from graftline.tasks.finetune import save_model
+    from graftline.tasks.train.finetune import save_model
 
     components = mlflow.transformers.load_model(model.model_uri, return_type="components")
     save_model(components["model"], components["tokenizer"], folder)

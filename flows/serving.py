@@ -23,8 +23,8 @@ from prefect import flow, get_run_logger
 
 from graftline.flows.identity import triggered_by as who
 from graftline.flows.params import MonitorParams, PredictParams
-from graftline.tasks.monitor import HARMFUL
 from graftline.tasks.registry import tracking
+from graftline.tasks.serve.monitor import HARMFUL
 
 WAITING = "waiting for new rows"
 
@@ -35,7 +35,7 @@ def predict(params: PredictParams) -> dict:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from graftline.tasks.predict import ModelReference, load_scorer, output_format, predict_frame, read_input
+    from graftline.tasks.serve.predict import ModelReference, load_scorer, output_format, predict_frame, read_input
 
     reference = ModelReference.parse(params.model)
     output = Path(params.output_path).expanduser().resolve()
@@ -81,7 +81,7 @@ def predict(params: PredictParams) -> dict:
 
 def _explainer(version):
     """texts -> the words that pushed each towards its prediction (IG on the version's torch model)."""
-    from graftline.tasks.explain import explain
+    from graftline.tasks.evaluate.explain import explain
 
     model, tokenizer = version.classifier(), version.tokenizer()
 
@@ -116,9 +116,9 @@ def monitor(params: MonitorParams) -> dict:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from graftline.tasks.monitor import MonitorError, Thresholds, check, plot_report, write_html
-    from graftline.tasks.predict import ModelReference, read_input
     from graftline.tasks.registry.promotion import append_record
+    from graftline.tasks.serve.monitor import MonitorError, Thresholds, check, plot_report, write_html
+    from graftline.tasks.serve.predict import ModelReference, read_input
 
     reference = ModelReference.parse(params.model)
     window = read_input(params.input_path, params.text_column) if params.input_path else None  # fails early
@@ -198,7 +198,7 @@ def _scored_since_last_check(client, experiment: str, model_name: str):
     import mlflow
     import pandas as pd
 
-    from graftline.tasks.predict import read_input
+    from graftline.tasks.serve.predict import read_input
 
     model = f"tags.`graftline.model` = '{model_name}'"
     last = mlflow.search_runs(

@@ -20,13 +20,14 @@ from prefect.cache_policies import NO_CACHE
 
 from graftline.flows import reuse
 from graftline.flows.progress import TrainingMonitor
-from graftline.tasks import images, pii
-from graftline.tasks.calibration import Calibration, plot_reliability
-from graftline.tasks.data import Splits, read_texts
+from graftline.tasks.data import images, pii
+from graftline.tasks.data.splits import Splits, read_texts
+from graftline.tasks.data.validate import ValidationReport, validate_splits
 from graftline.tasks.engine import backbones
 from graftline.tasks.engine.training import TrainingIO
 from graftline.tasks.errors import GraftlineError
-from graftline.tasks.evaluate import (
+from graftline.tasks.evaluate.calibration import Calibration, plot_reliability
+from graftline.tasks.evaluate.scores import (
     Evaluation,
     cross_domain_gaps,
     evaluate_sets,
@@ -48,7 +49,6 @@ from graftline.tasks.settings import (
     TrackingParams,
     ValidationParams,
 )
-from graftline.tasks.validate import ValidationReport, validate_splits
 
 STEP = dict(cache_policy=NO_CACHE, persist_result=False)
 
@@ -144,7 +144,7 @@ def validate(splits: Splits, params: ValidationParams, context: StepContext) -> 
         tracking.log_params(params.model_dump(), "validation.")
         folder = context.folder("validation")
         if splits.modality == "image":
-            from graftline.tasks.image_validation import validate_images
+            from graftline.tasks.data.image_validation import validate_images
 
             frames = {s.name: s.frame for s in (splits.train, splits.validation, *splits.evaluation_sets().values())}
             report = validate_images(frames, params, folder)
@@ -185,7 +185,7 @@ def select(splits: Splits, backbone: str, student: str | None, params: SelectPar
     `student` (the distillation student, when there is one) is checked against it here, before training."""
     import mlflow
 
-    from graftline.tasks.distill import student_layers
+    from graftline.tasks.train.distill import student_layers
 
     with tracking.step_run("select", context.parent_run_id):
         if backbone == "auto":
@@ -207,7 +207,7 @@ def select(splits: Splits, backbone: str, student: str | None, params: SelectPar
 def _select_by_score(splits: Splits, params: SelectParams, context: StepContext) -> str:
     import mlflow
 
-    from graftline.tasks.selection import plot_leaderboard, select_backbone
+    from graftline.tasks.train.selection import plot_leaderboard, select_backbone
 
     tracking.log_params(params.model_dump(exclude={"candidates"}), "select.")
     mlflow.log_param("select.candidates", ", ".join(params.candidates))
@@ -224,7 +224,7 @@ def _select_by_score(splits: Splits, params: SelectParams, context: StepContext)
 
 def _scorer(params: SelectParams):
     """Where the candidates are scored: one after the other here, or each as a task on Dask."""
-    from graftline.tasks.selection import score_candidates
+    from graftline.tasks.train.selection import score_candidates
 
     if params.runner == "local":
         return score_candidates
@@ -237,8 +237,8 @@ def _scorer(params: SelectParams):
 def finetune(splits: Splits, params: FinetuneParams, adapt: AdaptParams, context: StepContext) -> TrainedModel:
     import mlflow
 
-    from graftline.tasks.finetune import finetune as run_finetune
     from graftline.tasks.registry.versions import log_classifier
+    from graftline.tasks.train.finetune import finetune as run_finetune
 
     with tracking.step_run("finetune", context.parent_run_id) as run:
         tracking.log_params(params.model_dump(), "finetune.")
@@ -300,13 +300,13 @@ def finetune(splits: Splits, params: FinetuneParams, adapt: AdaptParams, context
 
 
 def _search(splits: Splits, params: FinetuneParams, adapt: AdaptParams, context: StepContext, io: TrainingIO, run):
-    """The hyper-parameter search (tasks/search.py) in the finetune step's run: each trial a nested run
+    """The hyper-parameter search (tasks/train/search.py) in the finetune step's run: each trial a nested run
     as it ends, then the leaderboard, the optimisation-history picture and the best settings. The
     study is named by the step's fingerprint (as its checkpoint folder is): the same search, run
     again after a crash or by `graftline resume`, continues that study."""
     import mlflow
 
-    from graftline.tasks.search import Study, plot_search, search
+    from graftline.tasks.train.search import Study, plot_search, search
 
     settings, logger = params.search, get_run_logger()
     name = io.checkpoint_dir.name
@@ -379,7 +379,7 @@ def explain(model: TrainedModel, splits: Splits, params: ExplainParams, teacher,
 
     import mlflow
 
-    from graftline.tasks.explain import explain_sets, write_html
+    from graftline.tasks.evaluate.explain import explain_sets, write_html
 
     with tracking.step_run(f"explain_{model.role}", context.parent_run_id):
         tracking.log_params(params.model_dump(), "explain.")
@@ -407,7 +407,7 @@ def domain_gap(model: TrainedModel, splits: Splits, context: StepContext) -> dic
     """How far each target set is from the training data: for the pretrained backbone, and for `model`."""
     import mlflow
 
-    from graftline.tasks.domain_gap import report
+    from graftline.tasks.evaluate.domain_gap import report
 
     with tracking.step_run("domain_gap", context.parent_run_id):
         metrics, picture = report(model.model_dir, model.backbone, splits, context.model, context.folder("gap"))
@@ -438,9 +438,9 @@ def distill(
     retention gate (`retention`: the floor and the evaluation sets it holds on) whether it may be registered."""
     import mlflow
 
-    from graftline.tasks.distill import distill as run_distill
-    from graftline.tasks.distill import judge_student
     from graftline.tasks.registry.versions import log_classifier
+    from graftline.tasks.train.distill import distill as run_distill
+    from graftline.tasks.train.distill import judge_student
 
     with tracking.step_run("distill", context.parent_run_id) as run:
         tracking.log_params(params.model_dump(), "distill.")
@@ -508,7 +508,7 @@ def export(
     import mlflow
     import pandas as pd
 
-    from graftline.tasks.export import export_and_measure, plot_tradeoff
+    from graftline.tasks.export.onnx import export_and_measure, plot_tradeoff
 
     folder = context.folder("export")
     with tracking.step_run("export", context.parent_run_id) as run:
@@ -551,7 +551,7 @@ def export(
 
 def _log_servable(served: TrainedModel, report, context: StepContext) -> str | None:
     """The fastest ONNX file that passed parity (INT8 first) as an MLflow pyfunc; its URI, or None."""
-    from graftline.tasks.export import log_servable
+    from graftline.tasks.export.onnx import log_servable
 
     rows = [report.row(f"{report.served}-onnx-int8"), report.row(f"{report.served}-onnx")]
     chosen = next((r for r in rows if r and r.file and r.passed), None)
@@ -561,7 +561,7 @@ def _log_servable(served: TrainedModel, report, context: StepContext) -> str | N
     temperature = served.calibration.temperature if served.calibration else 1.0
     folder = context.folder("servable")
     if served.modality == "image":
-        from graftline.tasks.export import log_image_model
+        from graftline.tasks.export.onnx import log_image_model
 
         processor = backbones.load_tokenizer(str(served.model_dir))
         return log_image_model(Path(chosen.file), None, labels, processor, temperature, folder, "servable").model_uri

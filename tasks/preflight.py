@@ -17,8 +17,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from graftline.tasks import images
-from graftline.tasks.data import Splits, read_texts
+from graftline.tasks.data import images
+from graftline.tasks.data.splits import Splits, read_texts
 from graftline.tasks.engine import backbones
 from graftline.tasks.errors import BackboneError
 from graftline.tasks.settings import DataParams, DistillParams, FinetuneParams, SelectParams
@@ -65,7 +65,7 @@ def _check_reinit(finetune: FinetuneParams, configs: dict[str, dict | None], mod
     space = finetune.search.space.get("reinit_layers") if finetune.search.enabled else None
     if space is not None:
         reinit = max(reinit, int(max(space.values())))
-    if modality == "image":  # an image search leaves re-initialising out of its space (tasks/search.py)
+    if modality == "image":  # an image search leaves re-initialising out of its space (tasks/train/search.py)
         if finetune.reinit_layers:
             raise BackboneError("finetune.reinit_layers re-initialises transformer layers; image backbones have none")
         return

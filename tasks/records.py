@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from graftline.tasks.calibration import Calibration
-from graftline.tasks.data import Splits
-from graftline.tasks.evaluate import Evaluation, headline_scores
+from graftline.tasks.data.splits import Splits
+from graftline.tasks.evaluate.calibration import Calibration
+from graftline.tasks.evaluate.scores import Evaluation, headline_scores
 from graftline.tasks.settings import ModelParams
 
 

@@ -24,11 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 if TYPE_CHECKING:  # the engine imports torch; the settings stay light for the command line and the UI
     from graftline.tasks.engine.training import TrainConfig
-    from graftline.tasks.self_training import SelfTrainingSettings
+    from graftline.tasks.train.self_training import SelfTrainingSettings
 
 DEMO_TRAIN = "demo:electronics"
 DEMO_EVAL_SETS = {"home": "demo:home"}
-IMAGE_DEMO_TRAIN = "demo:shapes"  # drawn by tasks/demo_images.py
+IMAGE_DEMO_TRAIN = "demo:shapes"  # drawn by tasks/data/demo_images.py
 IMAGE_DEMO_EVAL_SETS = {"outlines": "demo:outlines"}
 # What image data changes: each of these parameters still at its (text) default takes this value
 # instead (flows.params.TransferParams.for_modality). The optimisation settings are the ones the image
@@ -98,7 +98,7 @@ class DataParams(Params):
         return value
 
 
-PII_KINDS = ("email", "card", "iban", "ip", "phone", "url")  # found by tasks/pii.py
+PII_KINDS = ("email", "card", "iban", "ip", "phone", "url")  # found by tasks/data/pii.py
 PII_CUSTOM_KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # a name for validation.pii_patterns
 
 
@@ -252,7 +252,7 @@ class AdaptParams(Params):
 
     def self_training(self) -> SelfTrainingSettings:
         """The rounds' settings: the one translation into the self-training loop."""
-        from graftline.tasks.self_training import SelfTrainingSettings
+        from graftline.tasks.train.self_training import SelfTrainingSettings
 
         return SelfTrainingSettings(
             rounds=self.rounds,

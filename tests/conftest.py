@@ -87,7 +87,7 @@ def tiny_image_backbone(tmp_path_factory) -> Path:
 def shape_images(tmp_path_factory) -> dict[str, Path]:
     """Drawn pictures of three classes (demo_images): `train` (14 a class) and `outlines` (4 a class,
     the other look), one folder per class each."""
-    from graftline.tasks import demo_images
+    from graftline.tasks.data import demo_images
 
     root = tmp_path_factory.mktemp("shapes")
     return {
@@ -151,7 +151,7 @@ def toy_frame(n_per_class: int = 40, seed: int = 0) -> pd.DataFrame:
 
 @pytest.fixture
 def toy_splits():
-    from graftline.tasks.data import Split, Splits
+    from graftline.tasks.data.splits import Split, Splits
 
     return Splits(
         train=Split("train", toy_frame(40, 0), "toy"),

@@ -79,8 +79,8 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from graftline.tasks.data import Split, Splits
-from graftline.tasks.finetune import finetune
+from graftline.tasks.data.splits import Split, Splits
+from graftline.tasks.train.finetune import finetune
 from graftline.tasks.registry.versions import Candidate, log_classifier, register_all
 from graftline.tasks.settings import FinetuneParams
 from tests.conftest import short_texts, toy_frame

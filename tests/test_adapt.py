@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
-from graftline.tasks.data import Split, load_splits
+from graftline.tasks.data.splits import Split, load_splits
 from graftline.tasks.engine import backbones, mlm
 from graftline.tasks.engine.checkpoints import Checkpoints
 from graftline.tasks.engine.training import batch_plan, collate, encode, train
-from graftline.tasks.finetune import encode_split, finetune
 from graftline.tasks.settings import AdaptParams, DataParams, FinetuneParams
+from graftline.tasks.train.finetune import encode_split, finetune
 from tests.conftest import short_texts, toy_frame
 
 TARGET_TEXTS = [f"the novel's plot in chapter {i} twists and turns" for i in range(24)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graftline.tasks.calibration import (
+from graftline.tasks.evaluate.calibration import (
     calibrate,
     expected_calibration_error,
     fit_temperature,

@@ -92,7 +92,7 @@ def test_dask_runner_logs_the_leaderboard_of_the_in_process_runner(
 @flow(name="search-on-dask")
 def search_on_dask(backbone: str, folder: Path):
     from graftline.flows.fanout import dask_launcher
-    from graftline.tasks.search import Study, search
+    from graftline.tasks.train.search import Study, search
     from tests.test_search import MODEL, searching, splits
 
     params = searching(backbone)

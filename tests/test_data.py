@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from graftline.tasks.data import encode_labels, load_splits, read_table, resolve_source
+from graftline.tasks.data.splits import encode_labels, load_splits, read_table, resolve_source
 from graftline.tasks.errors import DataError
 from graftline.tasks.settings import DataParams
 from tests.conftest import toy_frame
@@ -206,7 +206,7 @@ def test_faults_inside_a_file_name_the_file_and_where(tmp_path, case):
 def test_referenced_evaluation_sets_hold_no_rows_and_read_back_as_scored(tmp_path):
     """`tracking.copy_data: false`: the ingest run keeps a reference (URI, rows, digest); a promotion
     reads the files again, re-carving and redacting as the run did, and refuses changed files."""
-    from graftline.tasks import pii
+    from graftline.tasks.data import pii
     from graftline.tasks.registry import evaluation_sets
     from graftline.tasks.settings import ValidationParams
 

@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from graftline.tasks.distill import (
+from graftline.tasks.engine import backbones
+from graftline.tasks.errors import BackboneError
+from graftline.tasks.evaluate.scores import evaluate_model, plot_confusion, retention_gate
+from graftline.tasks.settings import DistillParams, FinetuneParams
+from graftline.tasks.train.distill import (
     UNLABELED,
     HiddenStateStudent,
     augment,
@@ -18,11 +22,7 @@ from graftline.tasks.distill import (
     student_layers,
     uniform_layer_map,
 )
-from graftline.tasks.engine import backbones
-from graftline.tasks.errors import BackboneError
-from graftline.tasks.evaluate import evaluate_model, plot_confusion, retention_gate
-from graftline.tasks.finetune import finetune
-from graftline.tasks.settings import DistillParams, FinetuneParams
+from graftline.tasks.train.finetune import finetune
 from tests.conftest import short_texts
 
 
@@ -192,7 +192,7 @@ def test_evaluation_numbers_agree_with_sklearn(tiny_backbone, toy_splits, tmp_pa
     from sklearn.metrics import accuracy_score, f1_score
 
     from graftline.tasks.engine.training import predict_logits
-    from graftline.tasks.finetune import encode_split
+    from graftline.tasks.train.finetune import encode_split
 
     model = backbones.load_classifier(str(tiny_backbone), ["bad", "good"])  # random head: imperfect
     tokenizer = backbones.load_tokenizer(str(tiny_backbone))

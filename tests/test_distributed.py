@@ -7,8 +7,8 @@ import torch
 
 from graftline.tasks.engine import backbones
 from graftline.tasks.engine.training import TrainingIO
-from graftline.tasks.finetune import finetune
 from graftline.tasks.settings import FinetuneParams
+from graftline.tasks.train.finetune import finetune
 from tests.conftest import short_texts
 
 

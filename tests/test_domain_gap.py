@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from graftline.tasks import domain_gap
+from graftline.tasks.evaluate import domain_gap
 
 
 def test_proxy_a_distance_and_mmd_tell_apart_only_what_differs():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.stats import ks_2samp
 
-from graftline.tasks.drift import (
+from graftline.tasks.evaluate.drift import (
     Detection,
     atc_threshold,
     bbsd_ks,

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from graftline.tasks.explain import (
+from graftline.tasks.evaluate.explain import (
     ExplainError,
     agreement,
     attention_scores,
@@ -40,10 +40,10 @@ def _frame(rows: int, seed: int) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def keyed(tiny_backbone, tmp_path_factory):
     """The tiny BERT fine-tuned until it keys on the trigger word (random weights otherwise)."""
-    from graftline.tasks.data import Split, Splits
+    from graftline.tasks.data.splits import Split, Splits
     from graftline.tasks.engine import backbones
-    from graftline.tasks.finetune import finetune
     from graftline.tasks.settings import FinetuneParams
+    from graftline.tasks.train.finetune import finetune
 
     splits = Splits(
         *(

@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from graftline.tasks.engine import backbones
-from graftline.tasks.export import (
+from graftline.tasks.export.onnx import (
     export_and_measure,
     export_onnx,
     onnx_predictor,
@@ -16,15 +16,15 @@ from graftline.tasks.export import (
     quantize_int8,
     torch_predictor,
 )
-from graftline.tasks.finetune import finetune
 from graftline.tasks.settings import DistillParams, ExportParams, FinetuneParams
+from graftline.tasks.train.finetune import finetune
 from tests.conftest import short_texts
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_backbone, tmp_path_factory):
     """A teacher and a 1-layer copy of it that learned the toy task (a stand-in for a student)."""
-    from graftline.tasks.data import Split, Splits
+    from graftline.tasks.data.splits import Split, Splits
     from tests.conftest import toy_frame
 
     splits = Splits(
@@ -39,7 +39,7 @@ def trained(tiny_backbone, tmp_path_factory):
         short_texts(),
         root / "teacher",
     )
-    from graftline.tasks.distill import distill
+    from graftline.tasks.train.distill import distill
 
     student = distill(
         teacher.model_dir,
@@ -64,8 +64,8 @@ def test_onnx_export_computes_what_torch_computes(trained, tmp_path):
         theirs = predict_in_batches(onnx_predictor(path, tokenizer, 32), texts, batch)
         assert np.abs(ours - theirs).max() < 1e-4
     # the second output is the drift monitor's embedding: the torch model's mean-pooled last states
-    from graftline.tasks.export import onnx_profiler
-    from graftline.tasks.monitor import torch_forward
+    from graftline.tasks.export.onnx import onnx_profiler
+    from graftline.tasks.serve.monitor import torch_forward
 
     logits, pooled = onnx_profiler(path, tokenizer, 32, batch_size=7)(texts)
     torch_logits, torch_pooled = torch_forward(model, tokenizer, 32)(texts)
@@ -105,7 +105,7 @@ def test_export_report_measures_every_served_model(trained, tmp_path):
 def test_an_export_that_loses_accuracy_fails_parity(trained, tmp_path, monkeypatch):
     # Stand-in for a broken export (mocked: a real one is hard to produce on purpose): the ONNX
     # model's logits come back reversed, so it predicts the other class.
-    import graftline.tasks.export as export
+    import graftline.tasks.export.onnx as export
 
     real = export.onnx_predictor
     monkeypatch.setattr(export, "onnx_predictor", lambda *a: lambda texts, p=real(*a): -p(texts))

@@ -8,8 +8,8 @@ import torch
 from graftline.tasks.engine import backbones
 from graftline.tasks.engine.training import TrainingIO, predict_logits
 from graftline.tasks.errors import BackboneError
-from graftline.tasks.finetune import apply_strategy, encode_split, finetune
 from graftline.tasks.settings import FinetuneParams
+from graftline.tasks.train.finetune import apply_strategy, encode_split, finetune
 from tests.conftest import short_texts
 
 

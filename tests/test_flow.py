@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from prefect.artifacts import Artifact
 
 from graftline.flows.lifecycle import transfer
-from graftline.tasks.data import resolve_source
+from graftline.tasks.data.splits import resolve_source
 from graftline.tasks.errors import ValidationFailed
 from graftline.tasks.registry import contract
 from graftline.tasks.registry.promotion import history

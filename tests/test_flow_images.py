@@ -78,7 +78,7 @@ def test_image_data_runs_the_lifecycle_and_registers_image_models_that_predict_f
     by_path = registered.predict(pd.DataFrame({"image": [str(p) for p in pictures]}))
     assert len(served) == len(by_path) == 3 and set(by_path["label"]) <= {"circle", "square", "triangle"}
 
-    from graftline.tasks.predict import ModelReference, PredictionError, load_scorer
+    from graftline.tasks.serve.predict import ModelReference, PredictionError, load_scorer
 
     with pytest.raises(PredictionError, match=r"classifies images; predict, monitor and explain read texts"):
         load_scorer(client, ModelReference.parse(f"{student.name}@production"))

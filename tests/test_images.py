@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from graftline.tasks import images
+from graftline.tasks.data import images
 from graftline.tasks.errors import DataError
 
 
@@ -119,7 +119,7 @@ def _image_splits(root: Path) -> dict[str, Path]:
 
 
 def _validate(folders: dict[str, Path], tmp_path: Path, **settings):
-    from graftline.tasks.image_validation import validate_images
+    from graftline.tasks.data.image_validation import validate_images
     from graftline.tasks.settings import ValidationParams
 
     frames = {name: images.read_images(str(folder)) for name, folder in folders.items()}

@@ -1,6 +1,6 @@
-"""The layers, checked from the source: flows call tasks and never the other way; the engine and
-the registry never reach up into the steps; and no two modules import each other, not even
-through an import placed inside a function to dodge the cycle."""
+"""The layers, checked from the source: flows call tasks and never the other way; inside tasks/, each
+capability folder imports only from the layers below it (LAYERS); and no two modules import each
+other, not even through an import placed inside a function to dodge the cycle."""
 
 import ast
 from pathlib import Path
@@ -36,12 +36,65 @@ def test_tasks_never_import_flows():
     assert not {k: v for k, v in offenders.items() if v}
 
 
-def test_the_engine_and_the_registry_do_not_reach_up_into_the_steps():
-    steps = {"data", "validate", "selection", "finetune", "evaluate", "distill", "export"}
-    lower = ("graftline.tasks.engine", "graftline.tasks.registry.contract")
+# The layers of tasks/, lowest first: a module imports only from its own layer and the ones below.
+# The registry's contract (tag keys, roles) and its tracking helpers are the vocabulary every step
+# logs with, so they sit at the bottom; the registry's versions and promotions re-score and export
+# versions, so they sit above evaluation and export.
+LAYERS = (
+    ("foundation", ("errors", "environment", "progress", "settings", "registry.contract", "registry.tracking")),
+    ("data", ("data",)),
+    ("engine", ("engine",)),
+    ("evaluate", ("evaluate",)),
+    ("export", ("export",)),
+    ("train", ("train",)),
+    ("records", ("records",)),
+    ("registry", ("registry",)),
+    ("serve", ("serve",)),
+    ("modality", ("modality",)),
+    ("preflight", ("preflight",)),
+)
+# Settings translate themselves into the engine's config dataclasses (the one translation), imported
+# where the translation happens.
+ALLOWED_UPWARD = {("settings", "engine.training"), ("settings", "train.self_training")}
+
+
+def layer_of(module: str) -> int:
+    """The index in LAYERS of a graftline.tasks module (its longest matching prefix)."""
+    name = module.removeprefix("graftline.tasks.")
+    best = None
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if name == prefix or name.startswith(prefix + "."):
+                if best is None or len(prefix) > best[1]:
+                    best = (index, len(prefix))
+    assert best is not None, f"{module} is in no layer of tests/test_layout.py::LAYERS"
+    return best[0]
+
+
+def test_every_tasks_module_imports_only_its_own_layer_and_below():
+    offenders = []
     for name, imports in module_imports().items():
-        if name.startswith(lower):
-            assert not {m for m in imports if m.rsplit(".", 1)[-1] in steps}, name
+        if not name.startswith("graftline.tasks.") or name == "graftline.tasks":
+            continue
+        for target in imports:
+            if not target.startswith("graftline.tasks.") or _is_package(target):
+                continue  # `from graftline.tasks.registry import contract` imports contract, checked on its own
+            short = (name.removeprefix("graftline.tasks."), target.removeprefix("graftline.tasks."))
+            if layer_of(target) > layer_of(name) and short not in ALLOWED_UPWARD:
+                offenders.append(
+                    f"{short[0]} ({LAYERS[layer_of(name)][0]}) -> {short[1]} ({LAYERS[layer_of(target)][0]})"
+                )
+    assert not offenders, "imports reaching up a layer:\n" + "\n".join(sorted(offenders))
+
+
+def _is_package(module: str) -> bool:
+    return (ROOT / "tasks" / module.removeprefix("graftline.tasks.").replace(".", "/")).is_dir()
+
+
+def test_tasks_has_no_loose_step_modules():
+    """Steps live in their capability's folder; the top of tasks/ holds only the shared foundation."""
+    top = {p.stem for p in (ROOT / "tasks").glob("*.py")} - {"__init__"}
+    assert top <= {"errors", "environment", "progress", "settings", "records", "preflight"}, sorted(top)
 
 
 def test_no_import_cycles():

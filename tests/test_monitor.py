@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graftline.tasks.monitor import (
+from graftline.tasks.serve.monitor import (
     DRIFT,
     HARMFUL,
     NO_DRIFT,

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from graftline.tasks import pii
-from graftline.tasks.data import Split, Splits
+from graftline.tasks.data import pii
+from graftline.tasks.data.splits import Split, Splits
+from graftline.tasks.data.validate import validate_splits
 from graftline.tasks.settings import ValidationParams
-from graftline.tasks.validate import validate_splits
 
 FOUND = {  # kind -> (text, the text redacted)
     "email": ("write to jane.roe@example.co.uk about it", "write to <EMAIL> about it"),

@@ -6,10 +6,10 @@ from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from graftline.flows.params import TransferParams
-from graftline.tasks.data import Split, Splits
-from graftline.tasks.finetune import finetune
+from graftline.tasks.data.splits import Split, Splits
 from graftline.tasks.registry.promotion import privacy_check
 from graftline.tasks.settings import FinetuneParams, PrivacyParams
+from graftline.tasks.train.finetune import finetune
 from tests.conftest import short_texts, toy_frame
 
 

@@ -9,8 +9,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from graftline.tasks.data import Split
-from graftline.tasks.finetune import finetune
+from graftline.tasks.data.splits import Split
 from graftline.tasks.registry import tracking
 from graftline.tasks.registry.contract import CANDIDATE, PRODUCTION, STAGING
 from graftline.tasks.registry.promotion import (
@@ -23,13 +22,14 @@ from graftline.tasks.registry.promotion import (
 )
 from graftline.tasks.registry.versions import Candidate, log_classifier, register_all
 from graftline.tasks.settings import FinetuneParams, GateParams
+from graftline.tasks.train.finetune import finetune
 from tests.conftest import short_texts, toy_frame
 
 
 @pytest.fixture(scope="module")
 def model_uris(mlflow_store, tiny_backbone, tmp_path_factory):
     """Logged MLflow models: `good` (learned the toy task) and `random` (untrained head)."""
-    from graftline.tasks.data import Splits
+    from graftline.tasks.data.splits import Splits
     from tests.conftest import toy_frame as frame
 
     tracking.configure("promotion-tests")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from graftline.tasks import preflight
+from graftline.tasks.data.validate import validate_splits
 from graftline.tasks.settings import DataParams, DistillParams, FinetuneParams, SelectParams, ValidationParams
-from graftline.tasks.validate import validate_splits
 
 DATA = Path(os.environ.get("GRAFTLINE_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
@@ -60,8 +60,8 @@ def test_default_thresholds_on_real_data(case, tmp_path):
 def test_the_ants_and_bees_images_pass_the_image_checks(tmp_path):
     """397 real photographs (folders per class, train and val): they decode, are large enough, hold no
     duplicates and leak nothing from train into val."""
-    from graftline.tasks import images
-    from graftline.tasks.image_validation import validate_images
+    from graftline.tasks.data import images
+    from graftline.tasks.data.image_validation import validate_images
 
     root = DATA / "hymenoptera_ants_bees"
     if not root.is_dir():

@@ -1,4 +1,4 @@
-"""The fine-tuning search (tasks/search.py): real Optuna studies in sqlite files, trials fine-tuning the
+"""The fine-tuning search (tasks/train/search.py): real Optuna studies in sqlite files, trials fine-tuning the
 tiny random BERT (20 optimizer steps an epoch). The flow's side (nested runs, the leaderboard) is in
 test_flow's auto-backbone test; bad search spaces are among test_cli's one-line errors."""
 
@@ -11,11 +11,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from graftline.tasks.data import Split, Splits
+from graftline.tasks.data.splits import Split, Splits
 from graftline.tasks.engine import backbones
-from graftline.tasks.evaluate import evaluate_model
-from graftline.tasks.search import Study, records, search
+from graftline.tasks.evaluate.scores import evaluate_model
 from graftline.tasks.settings import FinetuneParams, ModelParams, SearchParams
+from graftline.tasks.train.search import Study, records, search
 from tests.conftest import toy_frame
 
 # The given learning rate (3e-3) learns the toy task within an epoch; most of this range learns nothing
@@ -64,7 +64,7 @@ def test_a_poor_trial_is_pruned_and_the_best_trial_is_the_teacher(tiny_backbone,
 KILLED_SEARCH = """
 import os, signal, sys
 from pathlib import Path
-from graftline.tasks import search as searching
+from graftline.tasks.train import search as searching
 from tests.test_search import MODEL, searching as params, splits
 
 def dying(self, value):

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from graftline.tasks.errors import GraftlineError
-from graftline.tasks.selection import METHODS, CandidateReport, choose, score_features, stratified_sample
 from graftline.tasks.settings import SelectParams
+from graftline.tasks.train.selection import METHODS, CandidateReport, choose, score_features, stratified_sample
 
 
 def synthetic(separation: float, seed: int = 0, n: int = 300, dims: int = 32):

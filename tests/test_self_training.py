@@ -1,4 +1,4 @@
-"""Domain adaptation by self-training (tasks/self_training.py, adapt.method self-training): which
+"""Domain adaptation by self-training (tasks/train/self_training.py, adapt.method self-training): which
 pseudo-labels a round keeps, rounds that never read target labels, and resume inside a round."""
 
 from dataclasses import replace
@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from graftline.tasks.data import Split
+from graftline.tasks.data.splits import Split
 from graftline.tasks.engine import backbones
 from graftline.tasks.engine.checkpoints import Checkpoints
 from graftline.tasks.engine.training import TrainingIO
-from graftline.tasks.finetune import finetune
-from graftline.tasks.self_training import prediction_entropy, select_pseudo_labels
 from graftline.tasks.settings import AdaptParams, FinetuneParams
+from graftline.tasks.train.finetune import finetune
+from graftline.tasks.train.self_training import prediction_entropy, select_pseudo_labels
 from tests.conftest import short_texts, toy_frame
 
 

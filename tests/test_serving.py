@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from graftline.flows.cli.app import app
 from graftline.flows.params import MonitorParams, PredictParams
 from graftline.flows.serving import monitor, predict
-from graftline.tasks.data import resolve_source
+from graftline.tasks.data.splits import resolve_source
 from graftline.tasks.errors import GraftlineError
 from graftline.tasks.registry.promotion import history
 
@@ -52,7 +52,7 @@ def _input(tmp_path: Path, suffix: str, rows: int = 40) -> Path:
 
 def test_predict_scores_every_format_with_the_fastest_passing_export(served, tmp_path):
     """The flow on CSV (what it tracks), then the same scorer on JSONL and Parquet (what it writes)."""
-    from graftline.tasks.predict import ModelReference, load_scorer, predict_frame, read_input
+    from graftline.tasks.serve.predict import ModelReference, load_scorer, predict_frame, read_input
 
     student = f"{served}-student@production"
     labels = ["billing", "defect", "delivery", "praise"]
@@ -91,7 +91,7 @@ def test_predict_scores_every_format_with_the_fastest_passing_export(served, tmp
 
 
 def test_the_calibrated_temperature_travels_with_the_version(served):
-    from graftline.tasks.predict import ModelReference, load_scorer
+    from graftline.tasks.serve.predict import ModelReference, load_scorer
 
     client = MlflowClient()
     for name in (served, f"{served}-student"):

@@ -89,8 +89,8 @@ def test_the_command_line_states_no_default_of_its_own():
 
 def test_a_step_function_called_with_defaults_trains_what_the_lifecycle_trains():
     """The step functions take the groups themselves: their defaults are the flow's by construction."""
-    from graftline.tasks.distill import distill
-    from graftline.tasks.finetune import finetune
+    from graftline.tasks.train.distill import distill
+    from graftline.tasks.train.finetune import finetune
 
     for function, group in ((finetune, FinetuneParams), (distill, DistillParams)):
         parameters = inspect.signature(function).parameters

@@ -10,8 +10,8 @@ import torch
 from graftline.tasks.engine import backbones
 from graftline.tasks.engine.checkpoints import Checkpoints
 from graftline.tasks.engine.training import TrainConfig, batch_plan, encode, make_optimizer, padding_share, train
-from graftline.tasks.finetune import encode_split, finetune
 from graftline.tasks.settings import FinetuneParams, ModelParams
+from graftline.tasks.train.finetune import encode_split, finetune
 from tests.conftest import short_texts
 
 

@@ -5,9 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from graftline.tasks.data import Split, Splits, load_splits
+from graftline.tasks.data.splits import Split, Splits, load_splits
+from graftline.tasks.data.validate import validate_splits
 from graftline.tasks.settings import DataParams, ValidationParams
-from graftline.tasks.validate import validate_splits
 from tests.conftest import toy_frame
 
 
@@ -109,7 +109,7 @@ def test_a_label_column_with_two_vocabularies_fails(tmp_path, labels, fault):
 
 
 def test_one_vocabulary_passes_whatever_it_is():
-    from graftline.tasks.validate import vocabulary_faults
+    from graftline.tasks.data.validate import vocabulary_faults
 
     assert vocabulary_faults(["0", "1", "2"]) == {} == vocabulary_faults(["World", "Sports", "Sci/Tech"])
     assert vocabulary_faults(["1 star", "2 stars"]) == {}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from graftline.tasks import images
+from graftline.tasks.data import images
 from graftline.tasks.engine import backbones, catalog, vision
 from graftline.tasks.engine.checkpoints import Checkpoints
 from graftline.tasks.engine.image_inputs import Augmentation
@@ -31,7 +31,7 @@ def splits(shape_images):
 @pytest.fixture(scope="module")
 def tuned(splits, tiny_image_backbone, tmp_path_factory) -> Path:
     """The tiny network fine-tuned for two epochs on the shapes: what export and distillation start from."""
-    from graftline.tasks.finetune import finetune
+    from graftline.tasks.train.finetune import finetune
 
     params = FinetuneParams(backbone=str(tiny_image_backbone), epochs=2, batch_size=8, learning_rate=3e-3)
     return finetune(splits, params, MODEL, tmp_path_factory.mktemp("tuned") / "model").model_dir
@@ -126,7 +126,7 @@ def test_decoding_is_cached_and_an_undecodable_file_is_named(splits, tiny_image_
 
 
 def test_lp_ft_probes_with_the_backbone_fixed_then_tunes_it_at_a_lower_rate(splits, tiny_image_backbone, tmp_path):
-    from graftline.tasks.finetune import finetune, set_backbone_frozen
+    from graftline.tasks.train.finetune import finetune, set_backbone_frozen
 
     model = backbones.load_classifier(str(tiny_image_backbone), splits.labels)
     set_backbone_frozen(model, True)
@@ -202,7 +202,7 @@ def test_static_int8_export_agrees_and_the_logged_model_predicts_from_paths_and_
     import mlflow
     import pandas as pd
 
-    from graftline.tasks.export import export_and_measure, log_image_model
+    from graftline.tasks.export.onnx import export_and_measure, log_image_model
     from graftline.tasks.settings import ExportParams
 
     model_dir = tuned
@@ -262,8 +262,8 @@ def test_image_data_is_split_and_digested_by_its_bytes(splits, shape_images, tmp
 
 
 def test_auto_selection_scores_image_candidates_on_their_features(splits, tiny_image_backbone, tmp_path):
-    from graftline.tasks.selection import select_backbone
     from graftline.tasks.settings import SelectParams
+    from graftline.tasks.train.selection import select_backbone
 
     torch.manual_seed(1)
     other = tmp_path / "other"
@@ -276,7 +276,7 @@ def test_auto_selection_scores_image_candidates_on_their_features(splits, tiny_i
 
 
 def test_a_layer_student_keeps_every_stage_entry_and_computes_as_its_teacher_without_the_dropped_blocks():
-    from graftline.tasks.distill import image_student_blocks
+    from graftline.tasks.train.distill import image_student_blocks
 
     config = vision.tiny_config(["a", "b"])
     config.stages = [[1, 3, 1, 1, 8, 8], [3, 3, 2, 2, 8, 16]]  # blocks 0 | 1 2 3: 2 and 3 are residual
@@ -299,8 +299,8 @@ def test_a_layer_student_keeps_every_stage_entry_and_computes_as_its_teacher_wit
 
 
 def test_an_image_teacher_distils_into_its_own_blocks(splits, tuned, tmp_path):
-    from graftline.tasks.distill import distill
     from graftline.tasks.settings import DistillParams
+    from graftline.tasks.train.distill import distill
 
     teacher = tuned
     student = DistillParams(student="teacher-layers:2", epochs=1, batch_size=8, learning_rate=3e-3)

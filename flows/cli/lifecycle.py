@@ -99,18 +99,18 @@ def check(
     overrides = data_overrides(train, validation, test, text_column, label_column) | {"data.modality": modality}
     params = build_params(config, overrides, eval_set, set_, target).for_modality()
     folder = out or Path(tempfile.mkdtemp(prefix="graftline-check-"))
-    from graftline.tasks.images import modality_of
+    from graftline.tasks.data.images import modality_of
 
     if modality_of(params.data) == "image":
         return _check_images(params, folder)
     checked = preflight(params)
     print(checked.line(), file=sys.stderr)
-    from graftline.tasks.validate import validate_splits
+    from graftline.tasks.data.validate import validate_splits
 
     splits = checked.splits
     with live_progress(), activity("validating the data"):
         if params.validation.pii == "redact":  # as the run's ingest step does, before validation
-            from graftline.tasks import pii
+            from graftline.tasks.data import pii
 
             splits, replaced = pii.redact_splits(splits, pii.Scanner(params.validation.pii_patterns))
             found = ", ".join(f"{n} {kind}" for kind, n in replaced.most_common()) or "none found"
@@ -124,8 +124,8 @@ def check(
 
 def _check_images(params, folder: Path) -> None:
     """`graftline check` on image data: the splits read (or carved), then the image validation suite."""
-    from graftline.tasks.image_validation import validate_images
-    from graftline.tasks.images import load_image_splits
+    from graftline.tasks.data.image_validation import validate_images
+    from graftline.tasks.data.images import load_image_splits
 
     splits = load_image_splits(params.data)
     counts = ", ".join(f"{name} {len(frame)}" for name, frame in splits.items())

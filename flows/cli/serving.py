@@ -23,8 +23,8 @@ def predict(
     """Score every row of a file with a registered version; writes label, score per class and version."""
     from graftline.flows.params import PredictParams
     from graftline.flows.serving import predict as predict_flow
-    from graftline.tasks.data import require_exists
-    from graftline.tasks.predict import ModelReference, output_format
+    from graftline.tasks.data.splits import require_exists
+    from graftline.tasks.serve.predict import ModelReference, output_format
 
     params = PredictParams(
         model=model,
@@ -65,8 +65,8 @@ def monitor(
     """Check new texts for drift against the version's own held-out data; prints the verdict and every statistic."""
     from graftline.flows.params import MonitorParams
     from graftline.flows.serving import monitor as monitor_flow
-    from graftline.tasks.data import require_exists
-    from graftline.tasks.monitor import DETECTORS
+    from graftline.tasks.data.splits import require_exists
+    from graftline.tasks.serve.monitor import DETECTORS
 
     params = MonitorParams(
         model=model,
@@ -113,8 +113,8 @@ def serve(
 
     from mlflow.tracking import MlflowClient
 
-    from graftline.tasks.predict import ModelReference, PredictionError, resolve_version
     from graftline.tasks.registry import contract, tracking
+    from graftline.tasks.serve.predict import ModelReference, PredictionError, resolve_version
 
     if form not in ("onnx", "torch"):
         raise PredictionError(f"form {form!r}: expected onnx or torch")
@@ -152,9 +152,9 @@ def explain(
     from rich.console import Console
     from rich.text import Text
 
-    from graftline.tasks.explain import ExplainError, explain, write_html
-    from graftline.tasks.predict import ModelReference, fetch_version
+    from graftline.tasks.evaluate.explain import ExplainError, explain, write_html
     from graftline.tasks.registry import tracking
+    from graftline.tasks.serve.predict import ModelReference, fetch_version
 
     if not text.strip():
         raise ExplainError("nothing to explain: the text is empty")

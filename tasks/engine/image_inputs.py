@@ -196,7 +196,7 @@ def stored_square(image, size: int) -> np.ndarray:
         elif isinstance(image, bytes | bytearray):
             picture = Image.open(io.BytesIO(image))
         else:
-            from graftline.tasks.image_files import read_bytes
+            from graftline.tasks.data.image_files import read_bytes
 
             picture = Image.open(io.BytesIO(read_bytes(str(image))))
         picture = picture.convert("RGB")

@@ -24,7 +24,7 @@ One loop, with the loss injected (fine-tuning: cross-entropy; distillation: soft
   weighted so the averaged gradient equals the single-process one.
 - Reports for a search. With `on_report`, the validation macro-F1 is also measured
   `reports_per_epoch` times per epoch, at evenly spaced steps (the last at the epoch's end), and passed
-  on: what a hyper-parameter search's pruner reads (tasks/search.py). `on_report` may raise to stop
+  on: what a hyper-parameter search's pruner reads (tasks/train/search.py). `on_report` may raise to stop
   the training there.
 - Early stopping on validation macro-F1, with the best epoch's weights restored at the end. An
   epoch that ties the best macro-F1 counts as better when its validation loss is lower: on a small

@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from graftline.tasks import images, pii
-from graftline.tasks.data import Split, Splits
+from graftline.tasks.data import images, pii
+from graftline.tasks.data.splits import Split, Splits
 from graftline.tasks.errors import GraftlineError
 from graftline.tasks.registry import contract
 from graftline.tasks.settings import DataParams, ValidationParams
@@ -55,7 +55,7 @@ def load(folder: Path, run_id: str) -> dict[str, Split]:
     else:
         import pandas as pd
 
-        from graftline.tasks.images import ImageSplit
+        from graftline.tasks.data.images import ImageSplit
 
         sets = {}
         for p in folder.glob("*.parquet"):

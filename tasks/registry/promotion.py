@@ -118,7 +118,7 @@ def check_gates(
 ) -> tuple[list[Check], dict[str, dict[str, float]]]:
     """The gates of a promotion of `name` v`version` to `alias`, with every score they used."""
     from graftline.tasks.errors import DataError
-    from graftline.tasks.evaluate import retention, retention_gate
+    from graftline.tasks.evaluate.scores import retention, retention_gate
 
     tags = client.get_model_version(name, version).tags
     checks, scores = [], {}
@@ -204,7 +204,7 @@ def privacy_check(tags: dict[str, str], max_epsilon: float) -> Check:
 
 def _scores(client, name: str, version: str, eval_sets: dict) -> dict[str, float]:
     """`name` v`version` scored on `eval_sets` as it was evaluated when registered (its own max length)."""
-    from graftline.tasks.evaluate import evaluate_model, headline_scores
+    from graftline.tasks.evaluate.scores import evaluate_model, headline_scores
     from graftline.tasks.registry.versions import load_version
 
     max_length = recorded_max_length(client.get_model_version(name, version).tags)

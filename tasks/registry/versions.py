@@ -156,7 +156,7 @@ def log_classifier(model_dir: Path, input_example: list[str]):
     from graftline.tasks.engine import backbones
 
     if backbones.kind_of(str(model_dir)) == contract.IMAGE:
-        from graftline.tasks.export import export_onnx, log_image_model
+        from graftline.tasks.export.onnx import export_onnx, log_image_model
 
         classifier, processor = backbones.load_classifier(str(model_dir)), backbones.load_tokenizer(str(model_dir))
         with tempfile.TemporaryDirectory(prefix="graftline-image-model-") as tmp:

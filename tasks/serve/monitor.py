@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from graftline.tasks import drift
-from graftline.tasks.calibration import softmax
 from graftline.tasks.errors import GraftlineError
+from graftline.tasks.evaluate import drift
+from graftline.tasks.evaluate.calibration import softmax
 from graftline.tasks.registry import tracking
 
 NO_DRIFT, DRIFT, HARMFUL = "no drift", "drift", "harmful drift"
@@ -127,7 +127,7 @@ class DriftReport:
 
 def torch_forward(model, tokenizer, max_length: int):
     """texts -> (logits, pooled states) of the torch model (domain_gap.embed)."""
-    from graftline.tasks.domain_gap import embed
+    from graftline.tasks.evaluate.domain_gap import embed
 
     def forward(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         embedded = embed(model, tokenizer, texts, max_length)
@@ -288,7 +288,7 @@ def check(
     client, model: str, texts: list[str], thresholds: Thresholds, reference_rows: int = 1000, cache: Path | None = None
 ) -> Monitored:
     """Compare `texts` with the held-out data of registered version `model` (MODEL@ALIAS | MODEL/VERSION)."""
-    from graftline.tasks.predict import ModelReference, fetch_version
+    from graftline.tasks.serve.predict import ModelReference, fetch_version
 
     if not texts:
         raise MonitorError("no texts to monitor: the window is empty")
@@ -308,9 +308,9 @@ def _fastest_forward(client, version, tokenizer):
     has a `pooled` output, else the torch model. Reference and window always use the same one."""
     import mlflow
 
-    from graftline.tasks.export import onnx_profiler
-    from graftline.tasks.predict import EXPORT_FILES, passed_exports
+    from graftline.tasks.export.onnx import onnx_profiler
     from graftline.tasks.registry import contract
+    from graftline.tasks.serve.predict import EXPORT_FILES, passed_exports
 
     exports = passed_exports(client, version.tags.get(contract.EXPORT_RUN))
     if "onnx-int8" in exports:
@@ -327,7 +327,7 @@ class MonitorError(GraftlineError):
 
 def _reference(client, version, forward, form: str, labels, rows: int, cache: Path | None, seed: int) -> Reference:
     """The version's profile on (up to `rows` of) its held-out test set, from the cache when it is there."""
-    from graftline.tasks.data import encode_labels
+    from graftline.tasks.data.splits import encode_labels
     from graftline.tasks.registry import evaluation_sets
 
     test = evaluation_sets.of_version(client, version.name, version.version)["test"]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from graftline.tasks import progress
-from graftline.tasks.data import Split, encode_labels
+from graftline.tasks.data.splits import Split, encode_labels
 from graftline.tasks.engine import backbones
 from graftline.tasks.engine.image_inputs import ImageProcessor
 from graftline.tasks.errors import GraftlineError

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from graftline.tasks.calibration import Calibration, calibrate, softmax
-from graftline.tasks.data import Split
+from graftline.tasks.data.splits import Split
 from graftline.tasks.engine.training import encode, predict_logits, resolve_device
+from graftline.tasks.evaluate.calibration import Calibration, calibrate, softmax
 from graftline.tasks.registry.tracking import metric_safe
 from graftline.tasks.settings import ModelParams
 
@@ -53,7 +53,7 @@ def _score(model, tokenizer, split: Split, max_length: int, batch_size: int, dev
     """(Evaluation, logits, true class ids) of one labeled split."""
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-    from graftline.tasks.data import encode_labels
+    from graftline.tasks.data.splits import encode_labels
     from graftline.tasks.engine.backbones import labels_of
 
     labels = labels_of(model)

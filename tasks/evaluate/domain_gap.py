@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from graftline.tasks import drift
-from graftline.tasks.calibration import softmax
 from graftline.tasks.engine.training import autocast, batches, encode, model_inputs, resolve_device
+from graftline.tasks.evaluate import drift
+from graftline.tasks.evaluate.calibration import softmax
 
 CONFIDENT = 0.9  # top softmax probability of a "confident" prediction
 SAMPLE = 1000  # texts per domain measured (all of them when fewer)

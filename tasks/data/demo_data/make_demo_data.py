@@ -21,7 +21,7 @@ praise that says the parcel arrived early) while their main intent stays clear.
 
 Regenerate (deterministic, stdlib only) from the repository root:
 
-    python tasks/demo_data/make_demo_data.py
+    python tasks/data/demo_data/make_demo_data.py
 """
 
 import csv

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from graftline.tasks.data import (
+from graftline.tasks.data.image_files import difference_hash, hamming, read_bytes  # noqa: F401  (this module's interface)
+from graftline.tasks.data.splits import (
     Split,
     Splits,
     format_of,
@@ -36,7 +37,6 @@ from graftline.tasks.data import (
     stratified_split,
 )
 from graftline.tasks.errors import DataError
-from graftline.tasks.image_files import difference_hash, hamming, read_bytes  # noqa: F401  (this module's interface)
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 

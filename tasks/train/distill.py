@@ -39,8 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from graftline.tasks.calibration import Calibration
-from graftline.tasks.data import Splits, encode_labels
+from graftline.tasks.data.splits import Splits, encode_labels
 from graftline.tasks.engine import backbones, vision
 from graftline.tasks.engine.backbones import LAYER_PREFIX, student_layers  # noqa: F401  (the student syntax)
 from graftline.tasks.engine.checkpoints import Checkpoints
@@ -55,9 +54,10 @@ from graftline.tasks.engine.training import (
     train,
 )
 from graftline.tasks.errors import BackboneError
-from graftline.tasks.evaluate import Evaluation, evaluate_sets, headline_scores, retention, retention_gate
-from graftline.tasks.finetune import augmentation, encode_split, save_model
+from graftline.tasks.evaluate.calibration import Calibration
+from graftline.tasks.evaluate.scores import Evaluation, evaluate_sets, headline_scores, retention, retention_gate
 from graftline.tasks.settings import DistillParams, ModelParams
+from graftline.tasks.train.finetune import augmentation, encode_split, save_model
 
 UNLABELED = -100  # label id of transfer rows: soft targets only, no cross-entropy
 TEACHER_BATCH = 64  # rows per forward pass when computing teacher targets
@@ -350,7 +350,7 @@ def distillation_report(
     max_length: int,
 ) -> dict[str, float]:
     """Size, retention on every evaluation set, and CPU throughput of the student against its teacher."""
-    from graftline.tasks.export import latency, torch_predictor
+    from graftline.tasks.export.onnx import latency, torch_predictor
 
     classifiers = {
         role: backbones.load_classifier(str(folder)).eval()

@@ -325,7 +325,7 @@ class ExplainReport:
 
 def choose(model, tokenizer, split, rows: int, errors: int, max_length: int, seed: int) -> tuple[list[str], list[str]]:
     """`rows` texts of `split` drawn at random, then its `errors` most confident errors not already drawn."""
-    from graftline.tasks.data import encode_labels
+    from graftline.tasks.data.splits import encode_labels
     from graftline.tasks.engine.backbones import labels_of
     from graftline.tasks.engine.training import encode, predict_logits
 

@@ -23,7 +23,7 @@ With `adapt.method: mlm` the loss of every step is the source cross-entropy plus
 masked-language-modelling loss on the target texts (`splits.targets`; engine/mlm.py), after a short
 warm-up of the new MLM head; the head is dropped before saving. With `self-training` (or
 `mlm+self-training`) the source model is followed by rounds of confident, class-balanced
-pseudo-labels on the target texts (tasks/self_training.py). Epochs and rounds are chosen by the
+pseudo-labels on the target texts (tasks/train/self_training.py). Epochs and rounds are chosen by the
 source validation split: target labels are never read.
 
 With `privacy.enabled` the training is DP-SGD within (epsilon, delta) instead (engine/private.py),
@@ -40,13 +40,13 @@ import copy
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from graftline.tasks.data import Splits, encode_labels
+from graftline.tasks.data.splits import Splits, encode_labels
 from graftline.tasks.engine import backbones, distributed, mlm, private
 from graftline.tasks.engine.checkpoints import Checkpoints
 from graftline.tasks.engine.training import TrainingIO, TrainResult, encode, resolve_device, seed_everything, train
 from graftline.tasks.errors import GraftlineError
-from graftline.tasks.self_training import SelfTrainingResult, self_train
 from graftline.tasks.settings import AdaptParams, FinetuneParams, ModelParams
+from graftline.tasks.train.self_training import SelfTrainingResult, self_train
 
 
 @dataclass

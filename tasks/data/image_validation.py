@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from graftline.tasks import images
+from graftline.tasks.data import images
+from graftline.tasks.data.validate import EXAMPLES, Finding, ValidationReport, _custom_expectations
 from graftline.tasks.settings import ValidationParams
-from graftline.tasks.validate import EXAMPLES, Finding, ValidationReport, _custom_expectations
 
 CHANNELS = [1, 3, 4]
 SHARES = {  # column -> (the check's name, the parameter bounding the share of rows it flags)

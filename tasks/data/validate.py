@@ -7,7 +7,7 @@ largest/smallest class ratio, one label vocabulary); test and extra evaluation s
 check (share of their texts that also occur in train). Results and Data Docs
 HTML are written to a folder so the caller can log them.
 
-Personal data (`validation.pii`, tasks/pii.py): with `fail` or `warn`, every split's texts are
+Personal data (`validation.pii`, tasks/data/pii.py): with `fail` or `warn`, every split's texts are
 scanned and a custom expectation holds each split to none; its result names kinds and counts, never
 the text, and the report quotes such rows redacted. Under `warn` its finding is a notice: recorded,
 not a failure. Under `redact` the texts were redacted before validation (by the ingest step).
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from graftline.tasks.data import Split, Splits
+from graftline.tasks.data.pii import Scanner, counts_of
+from graftline.tasks.data.splits import Split, Splits
 from graftline.tasks.errors import ValidationFailed
-from graftline.tasks.pii import Scanner, counts_of
 from graftline.tasks.settings import ValidationParams
 
 EXAMPLES = 3  # rows quoted per finding in the report file

@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 
 from graftline.tasks import progress
-from graftline.tasks.calibration import softmax
-from graftline.tasks.data import FORMATS, read_frame, resolve_source, table_of
+from graftline.tasks.data.splits import FORMATS, read_frame, resolve_source, table_of
 from graftline.tasks.errors import GraftlineError
+from graftline.tasks.evaluate.calibration import softmax
 from graftline.tasks.registry import contract
 
 FORMS = ("onnx-int8", "onnx", "torch")  # fastest first
@@ -174,7 +174,7 @@ def load_scorer(client, reference: ModelReference, form: str = "auto") -> Scorer
     """The version `reference` names, in `form` (auto: the fastest that passed parity)."""
     import mlflow
 
-    from graftline.tasks.export import onnx_predictor, torch_predictor
+    from graftline.tasks.export.onnx import onnx_predictor, torch_predictor
 
     if form not in ("auto", *FORMS):
         raise PredictionError(f"form {form!r}: expected auto or one of {', '.join(FORMS)}")

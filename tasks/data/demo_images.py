@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graftline.tasks.image_files import difference_hash, hamming
+from graftline.tasks.data.image_files import difference_hash, hamming
 
 CLASSES = ("circle", "square", "triangle")
 DOMAINS = {"shapes": 100, "outlines": 40}  # name -> images per class

@@ -38,7 +38,7 @@ from functools import cache
 
 import pandas as pd
 
-from graftline.tasks.data import Split, Splits
+from graftline.tasks.data.splits import Split, Splits
 from graftline.tasks.errors import DataError
 from graftline.tasks.settings import PII_KINDS, check_pii_patterns
 

@@ -41,7 +41,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from graftline.tasks.domain_gap import confident_share
 from graftline.tasks.engine.training import (
     EncodedSplit,
     EpochRecord,
@@ -50,6 +49,7 @@ from graftline.tasks.engine.training import (
     predict_logits,
     train,
 )
+from graftline.tasks.evaluate.domain_gap import confident_share
 from graftline.tasks.progress import TrainingProgress
 
 

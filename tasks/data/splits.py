@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from graftline.tasks import demo_images
+from graftline.tasks.data import demo_images
 from graftline.tasks.errors import DataError
 
 if TYPE_CHECKING:
     from graftline.tasks.settings import DataParams
 
-DEMO_PREFIX = "demo:"  # demo:electronics -> the embedded demo file tasks/demo_data/electronics.csv
+DEMO_PREFIX = "demo:"  # demo:electronics -> the embedded demo file tasks/data/demo_data/electronics.csv
 DEMO_DIR = Path(__file__).parent / "demo_data"
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}

@@ -38,11 +38,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from graftline.tasks.data import Splits
+from graftline.tasks.data.splits import Splits
 from graftline.tasks.engine.training import EpochRecord, TrainingIO, TrainResult
 from graftline.tasks.errors import GraftlineError
-from graftline.tasks.finetune import FinetuneResult, finetune
 from graftline.tasks.settings import AdaptParams, FinetuneParams, ModelParams, SearchParams, SearchRange
+from graftline.tasks.train.finetune import FinetuneResult, finetune
 
 TRIAL_RESULT = "trial.json"  # beside a finished trial's model: its training, to become the teacher's record
 
