@@ -42,6 +42,7 @@ apply_defaults(HF_HUB_OFFLINE="1")
 
 from graftline.tasks.data.splits import Split, Splits, encode_labels, read_table, stratified_split  # noqa: E402
 from graftline.tasks.engine import backbones  # noqa: E402
+from graftline.tasks.engine.backbones import layer_student as make_layer_student  # noqa: E402
 from graftline.tasks.engine.backbones import student_layers  # noqa: E402
 from graftline.tasks.evaluate import drift  # noqa: E402
 from graftline.tasks.evaluate.calibration import expected_calibration_error, fit_temperature, softmax  # noqa: E402
@@ -49,13 +50,11 @@ from graftline.tasks.serve.monitor import (  # noqa: E402
     DETECTORS,
     Profile,
     Reference,
-    Thresholds,
     compare,
     profile,
     profile_with,
 )
-from graftline.tasks.settings import FinetuneParams, ModelParams  # noqa: E402
-from graftline.tasks.train.distill import make_layer_student  # noqa: E402
+from graftline.tasks.settings import FinetuneParams, ModelParams, MonitorParams  # noqa: E402
 
 DOMAINS = ("books", "dvd", "electronics", "kitchen")
 SEED = 13
@@ -129,7 +128,7 @@ def main() -> None:
     folder = args.data / "amazon_multidomain"
     require_folders(*(folder / d for d in DOMAINS))
     rng = np.random.default_rng(SEED)
-    thresholds = Thresholds(alpha=args.alpha, seed=SEED)
+    thresholds = MonitorParams(alpha=args.alpha, seed=SEED)
     flags: dict[tuple[str, str], dict[str, list[bool]]] = {}
     accuracy: dict[tuple[str, str], dict[str, float]] = {}
     timing = {}

@@ -37,7 +37,7 @@ from graftline.tasks.data.splits import Split, Splits, read_table, stratified_sp
 from graftline.tasks.engine import backbones  # noqa: E402
 from graftline.tasks.evaluate.scores import evaluate_model  # noqa: E402
 from graftline.tasks.settings import FinetuneParams, ModelParams, SearchParams  # noqa: E402
-from graftline.tasks.train.finetune import finetune  # noqa: E402
+from graftline.tasks.train.finetune import RECIPES, finetune  # noqa: E402
 from graftline.tasks.train.search import Study, search  # noqa: E402
 
 DOMAINS = ("books", "dvd", "electronics", "kitchen")
@@ -89,7 +89,7 @@ def run(name: str, args, work: Path) -> dict:
     study = Study(f"sqlite:///{work / 'studies.db'}", f"{name}-{args.seed}")
     heard = lambda r: print(f"  trial {r.number} {r.state} {r.value} {r.seconds:.0f} s {r.settings}", file=sys.stderr)  # noqa: E731
     started = time.perf_counter()
-    found = search(splits, searching, model, work / f"{name}-search", study, on_trial=heard)
+    found = search(splits, searching, model, work / f"{name}-search", study, RECIPES, on_trial=heard)
     search_seconds = time.perf_counter() - started
     search_accuracy = test_accuracy(found.finetune.model_dir, splits, model)
     metrics = found.metrics()

@@ -37,7 +37,7 @@ apply_defaults(HF_HUB_OFFLINE="1")
 
 import pandas as pd  # noqa: E402
 
-from graftline.tasks.data import images  # noqa: E402
+from graftline.tasks import modality as modalities  # noqa: E402
 from graftline.tasks.engine.training import TrainingIO  # noqa: E402
 from graftline.tasks.evaluate.scores import evaluate_sets  # noqa: E402
 from graftline.tasks.export.onnx import export_and_measure  # noqa: E402
@@ -78,7 +78,7 @@ def main() -> None:
     folder = args.data / "hymenoptera_ants_bees"
     require_folders(folder / "train", folder / "val")
     data = DataParams(train_path=str(folder / "train"), test_path=str(folder / "val"), eval_sets={})
-    splits = images.load_any(data)
+    splits = modalities.of_data(data).read_splits(data)  # a folder of class folders: images
     report = {
         "dataset": str(folder.name),
         "rows": splits.row_counts(),

@@ -25,10 +25,7 @@ import json
 from pathlib import Path
 
 from graftline.tasks.errors import GraftlineError
-
-WORK_POOL = "graftline"
-RETRAIN_CRON = "0 2 * * *"  # 02:00 every night, in the server's time zone (UTC unless told)
-MONITOR_CRON = "30 * * * *"  # every hour: a check waits (no run) until min_rows new rows were scored
+from graftline.tasks.settings import MONITOR_CRON, RETRAIN_CRON, WORK_POOL
 
 
 def build(retrain_cron: str = RETRAIN_CRON, params_file: Path | None = None, job_variables: dict | None = None) -> list:
@@ -66,7 +63,9 @@ def build(retrain_cron: str = RETRAIN_CRON, params_file: Path | None = None, job
         monitor.to_deployment(
             name="monitor",
             cron=MONITOR_CRON,
-            parameters={"params": MonitorParams().model_dump(mode="json")},
+            # the scheduled check closes the loop: on harmful drift it starts `retrain` (a command-line
+            # check only when asked, `graftline monitor --retrain`)
+            parameters={"params": MonitorParams(retrain=True).model_dump(mode="json")},
             description="Check the rows predict scored for drift; on harmful drift, start retraining.",
             **common,
         ),

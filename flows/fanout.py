@@ -38,6 +38,11 @@ def score_candidate(
     return selection.score_candidate(spec, texts, labels, params, model)
 
 
+def scorer(params: SelectParams) -> ScoreAll:
+    """Where the select step scores the candidates: one after the other here, or each as a task on Dask."""
+    return selection.score_candidates if params.runner == "local" else dask_scorer(params.dask_address)
+
+
 def dask_scorer(address: str | None = None) -> ScoreAll:
     """A `ScoreAll` for `select_backbone` that scores every candidate as its own task on Dask:
     on the cluster whose scheduler is at `address` (e.g. tcp://dask-scheduler:8786), or on a
@@ -64,13 +69,16 @@ def dask_scorer(address: str | None = None) -> ScoreAll:
 
 @task(name="search-worker", task_run_name="search worker {copy}", cache_policy=NO_CACHE, persist_result=False)
 def search_worker(work: Callable[[int, int], None], copy: int, copies: int) -> None:
-    """One worker of a parallel search (tasks.search.Worker): its share of the trials of the shared study."""
+    """One worker of a parallel search (tasks/train/search.py's Worker): its share of the trials of the
+    shared study."""
     work(copy, copies)
 
 
 def dask_launcher(address: str | None = None) -> Callable[[Callable[[int, int], None], int], None]:
-    """A `launch` for tasks.search.search: `copies` search workers as tasks on Dask (0: one per worker
-    of the cluster, or per CPU core of a temporary local cluster), returning when all have stopped."""
+    """A `Launch` for the search (tasks/train/search.py): `copies` search workers as tasks on Dask (0:
+    one per worker of the cluster, or per CPU core of a temporary local cluster), returning when all
+    have stopped. The finetune step hands this factory to `finetune(dask_launcher=...)`; the search
+    recipe calls it with `finetune.search.dask_address` when `finetune.search.runner` is dask."""
 
     def launch(work: Callable[[int, int], None], copies: int) -> None:
         copies = copies or (_cluster_workers(address) if address else os.cpu_count() or 1)

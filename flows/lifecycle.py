@@ -5,20 +5,20 @@
            (-> explain) -> distill (retention gate) (-> explain) -> export (ONNX, INT8, parity, latency)
            -> register (alias `candidate`) and promote (to `registry.promote_to`, behind the gates)
 
-Where each step lives (its Prefect task in flows/steps.py only tracks; the work is in tasks/, and
-every default is in tasks/settings.py under the group named here):
+Where each step lives (its Prefect task in flows/steps.py only tracks, through one shell; the work
+is in tasks/, and every default is in tasks/settings.py under the group named here):
 
-    step      parameters              logic (tasks/)                        below it
-    ingest    data                    data.py                               -
-    validate  validation              validate.py                           Great Expectations
-    select    select, model           selection.py                          engine/backbones.py, catalog.py
-    finetune  finetune, adapt, model  finetune.py                           engine/training.py, mlm.py, checkpoints.py
-    evaluate  model                   evaluate.py                           engine/training.py
-    gap       model (with targets)    domain_gap.py                         scikit-learn
-    explain   explain, model          explain.py                            captum
-    distill   distill, model          distill.py, evaluate.py (retention)   engine/training.py
-    export    export, model           export.py                             onnxruntime
-    register  registry (gates)        registry/versions.py, promotion.py    registry/contract.py, tracking.py
+    step        parameters              logic (tasks/)                                  below it
+    ingest      data                    data/ingest.py, data/splits.py, data/pii.py     registry/evaluation_sets.py
+    validate    validation              data/ingest.py, data/validate.py                Great Expectations
+    select      select, model           train/selection.py                              engine/backbones.py, catalog.py
+    finetune    finetune, adapt, model  train/finetune.py                               engine/training.py, mlm.py
+    evaluate    model                   evaluate/scores.py, evaluate/calibration.py     engine/training.py
+    domain_gap  model (with targets)    evaluate/domain_gap.py                          scikit-learn
+    explain     explain, model          evaluate/explain.py                             captum
+    distill     distill, model          train/distill.py, evaluate/scores.py            engine/training.py
+    export      export, model           export/served.py, export/onnx.py                onnxruntime
+    register    registry (gates)        registry/versions.py, registry/promotion.py     registry/contract.py
 
 One parent MLflow run per flow run, one nested run per step. Models are written to a temporary
 work folder, logged to MLflow by their step, and registered only after every step succeeded.
@@ -40,7 +40,9 @@ from prefect import flow, get_run_logger
 from graftline.flows import reuse, steps
 from graftline.flows.identity import triggered_by
 from graftline.flows.params import TransferParams
+from graftline.tasks import modality as modalities
 from graftline.tasks.errors import GraftlineError
+from graftline.tasks.modality.base import EXPLAIN
 from graftline.tasks.records import LifecycleSummary, StepContext, TrainedModel
 from graftline.tasks.registry import contract, tracking
 from graftline.tasks.settings import (
@@ -140,7 +142,7 @@ def _lifecycle(params: TransferParams) -> LifecycleSummary:
         tempfile.TemporaryDirectory(prefix="graftline-") as tmp,
         tracking.lifecycle_run(f"transfer-{flow_run.name or 'local'}", run_tags) as parent,
     ):
-        context = StepContext(parent.info.run_id, Path(tmp), params.model)
+        context = StepContext(parent.info.run_id, Path(tmp), params.model, modalities.of_data(params.data))
         get_run_logger().info(
             "MLflow run %s (if this run is interrupted: graftline resume %s)", parent.info.run_id, parent.info.run_id
         )
@@ -171,9 +173,10 @@ def _lifecycle(params: TransferParams) -> LifecycleSummary:
         if splits.targets:
             teacher = teacher.but(report={**teacher.report, **call(steps.domain_gap, teacher, splits, context)})
         models: list[TrainedModel] = [teacher]
-        explaining = params.explain.enabled and splits.modality == "text"
+        explaining = params.explain.enabled and context.modality.supports(EXPLAIN)
         if params.explain.enabled and not explaining:
-            get_run_logger().warning("explain: token attributions are for text; not run on %s data", splits.modality)
+            refused = context.modality.refusal(EXPLAIN)
+            get_run_logger().warning("explain: %s; not run on %s data", refused, context.modality.name)
         explained = steps.explain(teacher, splits, params.explain, None, context) if explaining else None
         if distill.enabled:
             retention = (gates.retention_floor, gates.retention_sets)

@@ -14,7 +14,7 @@ from typing import Literal
 from prefect import flow, get_run_logger
 
 from graftline.flows.identity import triggered_by as who
-from graftline.flows.params import PromoteParams
+from graftline.flows.params import PromoteParams, RollbackParams
 from graftline.tasks.registry import contract, evaluation_sets, tracking
 from graftline.tasks.registry.promotion import Outcome
 
@@ -51,11 +51,14 @@ def promote(params: PromoteParams = PromoteParams(), triggered_by: str | None = 
     return outcome
 
 
+ROLLBACK = RollbackParams()  # the form's defaults (its fields are the flow's parameters, flat as before)
+
+
 @flow(name="rollback", log_prints=True, persist_result=False)
 def rollback(
-    model_name: str = "graftline-demo",
-    alias: Literal["staging", "production"] = "production",
-    experiment: str = "graftline",
+    model_name: str = ROLLBACK.model_name,
+    alias: Literal["staging", "production"] = ROLLBACK.alias,
+    experiment: str = ROLLBACK.experiment,
     triggered_by: str | None = None,
 ) -> Outcome:
     """Return `alias` of `model_name` to the version that held it before its last promotion."""

@@ -27,6 +27,9 @@ from pathlib import Path
 from graftline.flows import access
 from graftline.tasks import environment
 from graftline.tasks.errors import GraftlineError
+from graftline.tasks.settings import PlatformParams
+
+PLATFORM = PlatformParams()  # the defaults of `graftline up`
 
 STATE_FILE = "platform.json"
 
@@ -84,12 +87,12 @@ def require_loopback(host: str, unauthenticated: bool = False) -> None:
 
 def up(
     home: Path,
-    host: str = "127.0.0.1",
-    prefect_port: int = 4200,
-    mlflow_port: int = 5000,
+    host: str = PLATFORM.host,
+    prefect_port: int = PLATFORM.prefect_port,
+    mlflow_port: int = PLATFORM.mlflow_port,
     backend_store_uri: str | None = None,
     artifacts_destination: str | None = None,
-    work_pool: str = "graftline",
+    work_pool: str = PLATFORM.work_pool,
     retrain_cron: str | None = None,
     params_file: Path | None = None,
     timeout: float = 120.0,

@@ -24,14 +24,15 @@ from prefect import flow, get_run_logger
 from graftline.flows.identity import triggered_by as who
 from graftline.flows.params import MonitorParams, PredictParams
 from graftline.tasks.registry import tracking
-from graftline.tasks.serve.monitor import HARMFUL
+from graftline.tasks.serve.monitor import HARMFUL, MonitorOutcome
+from graftline.tasks.serve.predict import PredictionRun
 
 WAITING = "waiting for new rows"
 
 
 @flow(name="predict", log_prints=True, persist_result=False)
-def predict(params: PredictParams) -> dict:
-    """Score `params.input_path` with `params.model`; returns the prediction run's numbers."""
+def predict(params: PredictParams) -> PredictionRun:
+    """Score `params.input_path` with `params.model`; returns what the prediction run did."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -76,7 +77,7 @@ def predict(params: PredictParams) -> dict:
         ", ".join(f"{label} {n}" for label, n in predictions.label_counts.items()),
         output,
     )
-    return {**metrics, "version": scorer.version, "form": scorer.form, "run_id": run.info.run_id}
+    return PredictionRun(predictions, scorer.version, scorer.form, run.info.run_id)
 
 
 def _explainer(version):
@@ -89,7 +90,7 @@ def _explainer(version):
         explained = {}
         present = [t for t in dict.fromkeys(texts) if t.strip()]
         if present:
-            explained = {e.text: e.top_words(5) for e in explain(model, tokenizer, present, version.max_length, 32)}
+            explained = {e.text: e.top_words(5) for e in explain(model, tokenizer, present, version.max_length)}
         return [explained.get(t, []) for t in texts]
 
     return top_words
@@ -111,13 +112,13 @@ def _confidence_histogram(confidences):
 
 
 @flow(name="monitor", log_prints=True, persist_result=False)
-def monitor(params: MonitorParams) -> dict:
+def monitor(params: MonitorParams) -> MonitorOutcome:
     """Check new texts against `params.model`'s own held-out data; on harmful drift, start retraining."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     from graftline.tasks.registry.promotion import append_record
-    from graftline.tasks.serve.monitor import MonitorError, Thresholds, check, plot_report, write_html
+    from graftline.tasks.serve.monitor import MonitorError, check, plot_report, write_html
     from graftline.tasks.serve.predict import ModelReference, read_input
 
     reference = ModelReference.parse(params.model)
@@ -130,18 +131,11 @@ def monitor(params: MonitorParams) -> dict:
             get_run_logger().info(
                 "%d new rows scored since the last check: waiting for %d", len(window), params.min_rows
             )
-            return {
-                "verdict": WAITING,
-                "window_rows": len(window),
-                "run_id": None,
-                "retrain_flow_run_id": None,
-                "retrain_error": None,
-            }
+            return MonitorOutcome(WAITING, len(window))
     if len(window) < params.min_rows:
         raise MonitorError(f"{len(window)} new texts: a check needs at least {params.min_rows} (min_rows)")
     texts = window[params.text_column if params.input_path else "text"].fillna("").astype(str).tolist()
-    thresholds = Thresholds(params.alpha, params.max_accuracy_drop, params.accuracy_estimate, params.permutations)
-    checked = check(client, params.model, texts, thresholds, params.reference_rows)
+    checked = check(client, texts, params)
     report, version = checked.report, checked.version
     title = f"{version.name} v{version.version}: {report.verdict}"
     with mlflow.start_run(run_name="monitor", tags={"graftline.flow": "monitor"}) as run:
@@ -154,7 +148,7 @@ def monitor(params: MonitorParams) -> dict:
             }
         )
         mlflow.log_params({"model": str(reference), "input_path": params.input_path or "predictions since last check"})
-        mlflow.log_params({k: v for k, v in vars(thresholds).items()})
+        mlflow.log_params(params.thresholds())
         mlflow.log_metrics(report.metrics())
         folder = tracking.home() / "monitor" / "reports" / run.info.run_id
         picture = plot_report(report, checked.reference, checked.window, folder / "drift.png", title)
@@ -184,13 +178,7 @@ def monitor(params: MonitorParams) -> dict:
             "triggered_by": who(),
         },
     )
-    return {
-        **report.metrics(),
-        "verdict": report.verdict,
-        "run_id": run.info.run_id,
-        "retrain_flow_run_id": retrain_run,
-        "retrain_error": retrain_error,
-    }
+    return MonitorOutcome(report.verdict, report.window_rows, report, run.info.run_id, retrain_run, retrain_error)
 
 
 def _scored_since_last_check(client, experiment: str, model_name: str):

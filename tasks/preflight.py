@@ -17,10 +17,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from graftline.tasks.data import images
+from graftline.tasks import modality as modalities
 from graftline.tasks.data.splits import Splits, read_texts
 from graftline.tasks.engine import backbones
 from graftline.tasks.errors import BackboneError
+from graftline.tasks.modality.base import REINIT, Modality
 from graftline.tasks.settings import DataParams, DistillParams, FinetuneParams, SelectParams
 
 
@@ -45,29 +46,29 @@ class Checked:
 def check(data: DataParams, finetune: FinetuneParams, select: SelectParams, distill: DistillParams) -> Checked:
     """Raise the first fault found (DataError, BackboneError), most basic first; else what was read."""
     started = time.perf_counter()
-    modality = images.modality_of(data)
+    modality = modalities.of_data(data)
     specs = list(select.candidates) if finetune.backbone == "auto" else [finetune.backbone]
     configs = {spec: backbones.check(spec) for spec in specs}
     for spec in specs:
-        backbones.require_kind(spec, modality)
+        modality.require_backbone(spec)
     _check_reinit(finetune, configs, modality)
     unlabeled = []
     if distill.enabled:
         _check_student(distill.student, configs, modality)
         unlabeled = [t for path in distill.unlabeled_paths for t in read_texts(path, distill.unlabeled_text_column)]
-    splits = images.load_any(data, unlabeled)
+    splits = modality.read_splits(data, unlabeled)
     return Checked(splits, tuple(specs), time.perf_counter() - started)
 
 
-def _check_reinit(finetune: FinetuneParams, configs: dict[str, dict | None], modality: str) -> None:
+def _check_reinit(finetune: FinetuneParams, configs: dict[str, dict | None], modality: Modality) -> None:
     """Re-initialised layers (given, or the most a search may try) that the backbone has."""
     reinit = finetune.reinit_layers
     space = finetune.search.space.get("reinit_layers") if finetune.search.enabled else None
     if space is not None:
         reinit = max(reinit, int(max(space.values())))
-    if modality == "image":  # an image search leaves re-initialising out of its space (tasks/train/search.py)
+    if not modality.supports(REINIT):  # a search leaves re-initialising out of its space (tasks/train/search.py)
         if finetune.reinit_layers:
-            raise BackboneError("finetune.reinit_layers re-initialises transformer layers; image backbones have none")
+            raise BackboneError(f"finetune.reinit_layers {modality.refusal(REINIT)}")
         return
     for spec, config in configs.items():
         layers = (config or {}).get("num_hidden_layers")
@@ -75,10 +76,10 @@ def _check_reinit(finetune: FinetuneParams, configs: dict[str, dict | None], mod
             raise BackboneError(f"reinit_layers {reinit}: backbone {spec!r} has only {layers} layers")
 
 
-def _check_student(student: str, teachers: dict[str, dict | None], modality: str) -> None:
+def _check_student(student: str, teachers: dict[str, dict | None], modality: Modality) -> None:
     if not student.startswith(backbones.LAYER_PREFIX):
         backbones.check(student)
-        backbones.require_student_kind(student, modality)
+        modality.require_student(student)
         return
     for config in teachers.values():  # a layer count the teacher's config says it cannot give
         layers = (config or {}).get("num_hidden_layers")

@@ -11,20 +11,26 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from graftline.tasks import modality as modalities
 from graftline.tasks.data.splits import Splits
 from graftline.tasks.evaluate.calibration import Calibration
 from graftline.tasks.evaluate.scores import Evaluation, headline_scores
+from graftline.tasks.modality.base import Modality
+from graftline.tasks.registry.contract import STUDENT
+from graftline.tasks.registry.tracking import StepLog
 from graftline.tasks.settings import ModelParams
 
 
 @dataclass(frozen=True)
 class StepContext:
-    """What every step of one lifecycle run shares: where it tracks, where it writes, and the
-    model-wide settings (max length, device, precision, seed, remote code) every step reads."""
+    """What every step of one lifecycle run shares: where it tracks, where it writes, the
+    model-wide settings (max length, device, precision, seed, remote code) every step reads, and the
+    modality of its data (tasks/modality/), resolved once where the context is made."""
 
     parent_run_id: str
     work_dir: Path
     model: ModelParams = field(default_factory=ModelParams)
+    modality: Modality = field(default_factory=modalities.default)
 
     def folder(self, name: str) -> Path:
         path = self.work_dir / name
@@ -65,6 +71,25 @@ class TrainedModel:
         """The headline numbers: accuracy and macro-F1 on every evaluation set, then its report."""
         return {**headline_scores(self.evaluations), **self.report}
 
+    @classmethod
+    def student(cls, distilled, model_uri: str, run_id: str, backbone: str, modality: str) -> TrainedModel:
+        """The record of a student (`distilled`: train/distill.py's Distilled) logged as `model_uri`."""
+        judged = distilled.judged
+        return cls(
+            STUDENT,
+            distilled.result.model_dir,
+            model_uri,
+            run_id,
+            distilled.result.student_parameters,
+            backbone,
+            evaluations=judged.evaluations,
+            calibration=judged.calibration,
+            report=judged.report,
+            gate_failure=judged.gate_failure,
+            privacy=distilled.privacy,
+            modality=modality,
+        )
+
 
 @dataclass(frozen=True)
 class Exported:
@@ -83,6 +108,26 @@ class Registration:
     promoted: bool = False
     reason: str = "registered as candidate"
     promotion_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Registered:
+    """What the register step did for each model (`roles`, in the order of `registrations`)."""
+
+    roles: tuple[str, ...]
+    registrations: tuple[Registration, ...]
+
+    def logged(self) -> StepLog:
+        """Per role: the version, whether it was promoted and why (tags); a line per registration."""
+        log = StepLog()
+        for role, r in zip(self.roles, self.registrations, strict=True):
+            log.tags |= {
+                f"{role}.version": r.version,
+                f"{role}.promoted": str(r.promoted).lower(),
+                f"{role}.decision": r.reason[:5000],
+            }
+            log.lines.append(f"{r.name} v{r.version} -> {', '.join(r.aliases)} ({r.reason})")
+        return log
 
 
 @dataclass(frozen=True)

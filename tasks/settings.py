@@ -5,7 +5,11 @@ descriptions, enums and bounds), what the command line and parameter files are c
 what the step functions in tasks/ take as their configuration, so there is no second copy of a
 default to drift: `finetune(splits, FinetuneParams(), ModelParams(), out)` trains what `graftline run`
 trains. The groups live here, in tasks/, because steps take them and tasks never import flows;
-flows/params.py assembles them into the flows' parameters.
+flows/params.py assembles them into the flows' parameters. Every command has its group here too
+(promote, rollback, predict, monitor, serve, explain, the platform): each command-line option takes
+its default from its field (flows/cli/options.py), and the names several commands share (the
+experiment, the demo's model, the work pool) are written once, below. What image data changes is
+IMAGE_DEFAULTS, noted in the description of every field it changes.
 
 The training engine (tasks/engine/training.py) keeps its own small dataclass, `TrainConfig`, with no
 defaults for anything a user sets; `TrainingParams.train_config` is the one translation into it.
@@ -18,13 +22,24 @@ from __future__ import annotations
 
 import re
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from graftline.tasks.registry.contract import PRODUCTION, STUDENT_SUFFIX
+
 if TYPE_CHECKING:  # the engine imports torch; the settings stay light for the command line and the UI
     from graftline.tasks.engine.training import TrainConfig
     from graftline.tasks.train.self_training import SelfTrainingSettings
+
+# Names written once, used by every command that needs them.
+EXPERIMENT = "graftline"  # the MLflow experiment of every run, unless a command is told another
+DEMO_MODEL = "graftline-demo"  # the demo's registered model (its student: `graftline-demo-student`)
+DEMO_SERVED = f"{DEMO_MODEL}{STUDENT_SUFFIX}@{PRODUCTION}"  # what the demo serves: its student in production
+WORK_POOL = "graftline"  # the Prefect work pool `graftline up` creates and the deployments run on
+RETRAIN_CRON = "0 2 * * *"  # 02:00 every night, in the server's time zone (UTC unless told)
+MONITOR_CRON = "30 * * * *"  # every hour: a check waits (no run) until min_rows new rows were scored
 
 DEMO_TRAIN = "demo:electronics"
 DEMO_EVAL_SETS = {"home": "demo:home"}
@@ -689,7 +704,12 @@ class ExplainParams(Params):
     )  # opt-in: on the demo it adds more than 15% to the run's wall time (BENCHMARKS: explanations)
     rows: int = Field(16, ge=1, le=1000, description="Texts sampled from each evaluation set.")
     errors: int = Field(4, ge=0, le=1000, description="Plus each set's most confident errors.")
-    n_steps: int = Field(32, ge=2, le=1000, description="Integrated Gradients: points on the path from the baseline.")
+    n_steps: int = Field(
+        32,  # the lifecycle's value; `graftline explain`, `predict --explain` and explain() use it too
+        ge=2,
+        le=1000,
+        description="Integrated Gradients: points on the path from the baseline.",
+    )
     internal_batch_size: int = Field(64, ge=1, le=4096, description="Path points computed per forward pass.")
 
 
@@ -725,11 +745,11 @@ class GateParams(Params):
 
 class RegistryParams(Params):
     model_name: str = Field(
-        "graftline-demo",
+        DEMO_MODEL,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="Registered model name; the student registers as `<name>-student`.",
     )
-    experiment: str = Field("graftline", min_length=1, description="MLflow experiment of the runs.")
+    experiment: str = Field(EXPERIMENT, min_length=1, description="MLflow experiment of the runs.")
     promote_to: Literal["none", "staging", "production"] = Field(
         "production",
         description="After registering (alias `candidate`), promote each new version to this stage if its gates pass.",
@@ -762,3 +782,199 @@ class RunParams(Params):
     resumed_from: str | None = Field(
         None, description="MLflow run id of the killed run this one resumes (set by `graftline resume`)."
     )
+
+
+def _shown(value) -> str:
+    """A default as the parameter file writes it: 3e-4, [a, b], {name: path}."""
+    if isinstance(value, float) and 0 < value < 1e-2:
+        mantissa, exponent = f"{value:e}".split("e")
+        return f"{float(mantissa):g}e{int(exponent)}"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(str, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+IMAGE_DEFAULTS_NOTE = "image data: {}"  # how a field's description, the parameter file and the docs say it
+IMAGE_DEMO_NOTE = "the image demo: {}"
+
+
+def image_notes() -> dict[tuple[str, str], str]:
+    """(group, field) -> what image data changes it to, in words: the note every place that shows the
+    defaults carries (the form's descriptions, deployments/transfer.params.yaml, docs/images.md)."""
+    notes = {
+        (group, name): IMAGE_DEFAULTS_NOTE.format(_shown(value))
+        for group, values in IMAGE_DEFAULTS.items()
+        for name, value in values.items()
+    }
+    for group, values in IMAGE_DEMO_DEFAULTS.items():
+        notes |= {(group, name): IMAGE_DEMO_NOTE.format(_shown(value)) for name, value in values.items()}
+    return notes
+
+
+def _show_image_defaults() -> None:
+    """Append to the description of every field image data changes what it becomes, so the Prefect form
+    shows both values (the replacement itself: flows.params.TransferParams.for_modality). Written from
+    IMAGE_DEFAULTS, so the note cannot disagree with what an image run trains."""
+    groups = {
+        "data": DataParams,
+        "select": SelectParams,
+        "finetune": FinetuneParams,
+        "distill": DistillParams,
+        "model": ModelParams,
+    }
+    for (group, name), note in image_notes().items():
+        field = groups[group].model_fields[name]  # each class holds its own copy, inherited fields included
+        field.description = f"{(field.description or '').rstrip('.')}; {note}."
+    for group in groups.values():
+        group.model_rebuild(force=True)  # the JSON schema (the form) is built from the fields
+
+
+_show_image_defaults()
+
+# -- the commands beyond the lifecycle ------------------------------------------------------------
+# Each command's options are these fields (flows/cli/options.py reads their defaults), and the flows
+# of the same names take these groups as their parameters (flows/params.py).
+
+
+class PromoteParams(Params):
+    """The `promote` flow and `graftline promote`: move a stage to a version behind the gates."""
+
+    model_name: str = Field(
+        DEMO_MODEL, min_length=1, description="Registered model to promote (students: `<name>-student`)."
+    )
+    to: Literal["staging", "production"] = Field("staging", description="The alias to move.")
+    version: str | None = Field(
+        None,
+        pattern=r"^[0-9]+$",
+        description="Version to promote; empty: the holder of the stage below (candidate -> staging -> production).",
+    )
+    gates: GateParams = Field(default_factory=GateParams, description="What the version must show.")
+    eval_sets: dict[str, str] = Field(
+        default_factory=dict,
+        description="Evaluation sets name -> path (needs a `test` entry); empty: the version's own, logged at ingest.",
+    )
+    text_column: str = Field("text", min_length=1, description="Text column of the eval_sets files.")
+    label_column: str = Field("label", min_length=1, description="Label column of the eval_sets files.")
+    experiment: str = Field(EXPERIMENT, min_length=1, description="MLflow experiment of the promotion runs.")
+
+
+class RollbackParams(Params):
+    """The `rollback` flow and `graftline rollback`: return a stage to its previous holder."""
+
+    model_name: str = Field(DEMO_MODEL, min_length=1, description="Registered model.")
+    alias: Literal["staging", "production"] = Field("production", description="The alias to return.")
+    experiment: str = Field(EXPERIMENT, min_length=1, description="MLflow experiment of the rollback run.")
+
+
+def version_field(purpose: str):
+    """The one form field naming a registered version (tasks/serve/predict.ModelReference reads it)."""
+    return Field(
+        DEMO_SERVED,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*(@[A-Za-z0-9_-]+|/[0-9]+)?$",
+        description=f"Registered version {purpose}: MODEL@ALIAS, MODEL/VERSION, or MODEL (its production version).",
+    )
+
+
+class PredictParams(Params):
+    """The `predict` flow and `graftline predict`: score a file with a registered version."""
+
+    model: str = version_field("to score with")
+    input_path: str = Field(
+        ..., min_length=1, description="Texts to score: CSV, JSONL or Parquet (path or fsspec URL)."
+    )
+    output_path: str = Field(
+        ..., min_length=1, description="Where the scored rows go (.csv, .jsonl or .parquet): every input column "
+        "plus predicted_label, score_<label> and model_version.",
+    )  # fmt: skip
+    text_column: str = Field("text", min_length=1, description="Text column of the input.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Texts scored per call.")
+    form: Literal["auto", "onnx-int8", "onnx", "torch"] = Field(
+        "auto", description="Which form of the version scores: auto is the fastest whose export passed parity."
+    )
+    explain: bool = Field(
+        False, description="Add `top_words`: the words that pushed each row to its label (IG; ~0.3 s a row on a CPU)."
+    )
+    experiment: str = Field(EXPERIMENT, min_length=1, description="MLflow experiment of the prediction runs.")
+
+
+class MonitorParams(Params):
+    """A drift check of a registered version on new texts, and what happens when it finds harmful drift
+    (tasks/serve/monitor.py takes this group as it is: the thresholds are these fields)."""
+
+    model: str = version_field("to check")
+    input_path: str | None = Field(
+        None,
+        min_length=1,
+        description="New texts (CSV, JSONL or Parquet; path or fsspec URL); empty: every row `predict` scored with "
+        "this model since its last check.",
+    )
+    text_column: str = Field("text", min_length=1, description="Text column of the input.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="False-alarm rate of the verdict, shared by the four detectors.")
+    max_accuracy_drop: float = Field(
+        0.05, ge=0, le=1, description="Drift whose estimated accuracy falls this far below the reference's is harmful."
+    )
+    accuracy_estimate: Literal["confidence", "atc"] = Field(
+        "confidence",  # on the Amazon domains ATC erred about four times more (BENCHMARKS "Drift detection")
+        description="Label-free accuracy estimate: mean calibrated confidence, or ATC (thresholded confidence).",
+    )
+    min_rows: int = Field(50, ge=10, description="Fewest new texts a check runs on (fewer: too little power).")
+    reference_rows: int = Field(1000, ge=50, description="Most held-out rows of the version used as the reference.")
+    permutations: int = Field(300, ge=50, le=10000, description="Permutations of the MMD test.")
+    seed: int = Field(
+        0, description="Seed of the reference sample, the MMD permutations and the domain classifier's folds."
+    )
+    retrain: bool = Field(
+        False,  # asked for: `graftline monitor --retrain`, and the scheduled `monitor` deployment (flows/deploy.py)
+        description="On harmful drift, start the retrain deployment with the new texts (needs the deployments: "
+        "`graftline up`).",
+    )
+    retrain_deployment: str = Field("transfer/retrain", min_length=3, description="FLOW/DEPLOYMENT to start.")
+    adapt_method: Literal["mlm", "self-training", "mlm+self-training"] = Field(
+        "self-training",
+        description="Adaptation the retraining uses on the new texts when its deployment has none.",
+    )
+    experiment: str = Field(EXPERIMENT, min_length=1, description="MLflow experiment of the monitor runs.")
+
+    def thresholds(self) -> dict:
+        """What the verdict depends on, as the monitor run logs it (parameters)."""
+        return self.model_dump(include={"alpha", "max_accuracy_drop", "accuracy_estimate", "permutations", "seed"})
+
+
+class ServeParams(Params):
+    """`graftline serve`: MLflow's scoring server on a registered version."""
+
+    model: str = version_field("to serve")
+    form: Literal["onnx", "torch"] = Field(
+        "onnx", description="onnx: the version's servable ONNX pyfunc | torch: the registered model."
+    )
+    host: str = Field("127.0.0.1", min_length=1, description="Address to listen on (this machine only by default).")
+    port: int = Field(5001, ge=1, le=65535, description="Port of the scoring server.")
+
+
+class PlatformParams(Params):
+    """`graftline up` and `down`: where the servers keep their state and where they listen."""
+
+    home: Path = Field(
+        Path("graftline-platform"), description="Folder of the servers' databases, artifacts, logs and state."
+    )
+    host: str = Field("127.0.0.1", description="Address the servers bind to (127.0.0.1: this machine only).")
+    prefect_port: int = Field(4200, ge=1, le=65535, description="Prefect server (API and UI) port.")
+    mlflow_port: int = Field(5000, ge=1, le=65535, description="MLflow tracking server (and UI) port.")
+    work_pool: str = Field(WORK_POOL, min_length=1, description="Process work pool the worker polls.")
+
+
+class DeployParams(Params):
+    """`graftline deploy`: where the deployments run and when `retrain` starts."""
+
+    pool: str = Field(WORK_POOL, min_length=1, description="Work pool the deployments run on.")
+    pool_type: Literal["process", "kubernetes"] = Field(
+        "process", description="process: an existing pool (graftline up makes one); kubernetes: create or update it."
+    )
+    cron: str = Field(RETRAIN_CRON, min_length=1, description="Schedule of the retrain deployment.")
+
+
+def default_of(group: type[BaseModel], name: str):
+    """The default of field `name` of `group` (a fresh one when it is made by a factory)."""
+    return group.model_fields[name].get_default(call_default_factory=True)

@@ -92,12 +92,15 @@ def test_dask_runner_logs_the_leaderboard_of_the_in_process_runner(
 @flow(name="search-on-dask")
 def search_on_dask(backbone: str, folder: Path):
     from graftline.flows.fanout import dask_launcher
+    from graftline.tasks.train.finetune import RECIPES
     from graftline.tasks.train.search import Study, search
     from tests.test_search import MODEL, searching, splits
 
     params = searching(backbone)
     params = params.model_copy(update={"search": params.search.model_copy(update={"trials": 4, "runner": "dask"})})
-    return search(splits(), params, MODEL, folder / "teacher", Study.beside(folder, "s"), launch=dask_launcher())
+    return search(
+        splits(), params, MODEL, folder / "teacher", Study.beside(folder, "s"), RECIPES, launch=dask_launcher()
+    )
 
 
 def test_search_trials_run_in_parallel_dask_workers_sharing_one_study(prefect_harness, tiny_backbone, tmp_path):

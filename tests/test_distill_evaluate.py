@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from graftline.tasks.engine import backbones
+from graftline.tasks.engine.backbones import layer_student as make_layer_student
+from graftline.tasks.engine.backbones import student_layers
 from graftline.tasks.errors import BackboneError
 from graftline.tasks.evaluate.scores import evaluate_model, plot_confusion, retention_gate
 from graftline.tasks.settings import DistillParams, FinetuneParams
@@ -17,9 +19,7 @@ from graftline.tasks.train.distill import (
     augment,
     distill,
     distillation_loss,
-    make_layer_student,
     mean_pool,
-    student_layers,
     uniform_layer_map,
 )
 from graftline.tasks.train.finetune import finetune

@@ -1,9 +1,13 @@
 """ONNX export, INT8 quantisation and the parity check, on the tiny BERT (no downloads)."""
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
+import pandas as pd
 import pytest
 
 from graftline.tasks.engine import backbones
@@ -125,3 +129,64 @@ def test_an_export_that_disagrees_fails_parity(trained, tmp_path):
     assert [r.name for r in report.rows] == ["teacher", "teacher-onnx", "teacher-onnx-int8"]
     assert not report.row("teacher-onnx").passed and report.row("teacher").passed
     assert report.failures()[0].startswith("teacher-onnx agrees with torch on 1.0000 of the test set")
+
+
+# Runs in a fresh Python in which any import of graftline fails: what a serving machine without
+# graftline does with a logged model.
+PREDICT_WITHOUT_GRAFTLINE = """
+import importlib.abc
+import sys
+
+import pandas as pd
+
+
+class NoGraftline(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "graftline":
+            raise ModuleNotFoundError(f"the logged model imported {name}")
+
+
+sys.meta_path.insert(0, NoGraftline())
+import mlflow.pyfunc
+
+model = mlflow.pyfunc.load_model(sys.argv[1])
+model.predict(pd.read_pickle(sys.argv[2]), params={"batch_size": 7}).to_pickle(sys.argv[3])
+assert not [m for m in sys.modules if m.partition(".")[0] == "graftline"]
+"""
+
+
+def predict_without_graftline(model_uri: str, frame: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    """The logged model's predictions for `frame`, computed in a fresh Python where graftline cannot be
+    imported (batches of 7 rows); fails if loading or predicting reaches for graftline."""
+    import mlflow
+
+    folder.mkdir(parents=True, exist_ok=True)
+    local = mlflow.artifacts.download_artifacts(model_uri, dst_path=str(folder))
+    frame.to_pickle(folder / "input.pkl")
+    command = [sys.executable, "-c", PREDICT_WITHOUT_GRAFTLINE, local, "input.pkl", "output.pkl"]
+    done = subprocess.run(command, cwd=folder, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return pd.read_pickle(folder / "output.pkl")
+
+
+def test_the_logged_servable_predicts_calibrated_scores_without_graftline(trained, mlflow_store, tmp_path):
+    import mlflow
+
+    from graftline.tasks.evaluate.calibration import softmax
+    from graftline.tasks.export.onnx import log_servable
+
+    _, student_dir, splits = trained
+    model, tokenizer = backbones.load_classifier(str(student_dir)).eval(), backbones.load_tokenizer(str(student_dir))
+    path = export_onnx(model, tokenizer, tmp_path / "model.onnx")
+    labels = backbones.labels_of(model)
+    mlflow.set_experiment("servable-without-graftline")
+    with mlflow.start_run():
+        logged = log_servable(path, student_dir, labels, 32, 1.5, tmp_path / "logged")
+    texts = splits.test.frame["text"].tolist()[:20]
+    served = predict_without_graftline(logged.model_uri, pd.DataFrame({"text": texts}), tmp_path / "served")
+    assert [p.name for p in (tmp_path / "served").rglob("code/*.py")] == ["onnx_pyfunc.py"]  # shipped beside it
+    expected = softmax(onnx_predictor(path, tokenizer, 32)(texts), 1.5)
+    assert list(served.columns) == ["label", "score", *(f"score_{label}" for label in labels)]
+    assert list(served["label"]) == [labels[i] for i in expected.argmax(-1)]
+    assert np.allclose(served[[f"score_{label}" for label in labels]], expected, atol=1e-5)
+    assert np.allclose(served["score"], expected.max(-1), atol=1e-5)

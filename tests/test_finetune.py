@@ -1,6 +1,8 @@
 """Fine-tuning on a tiny random BERT: it learns, strategies freeze what they should, files are safe."""
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +114,89 @@ def test_same_seed_gives_identical_weights_whatever_ran_before(tiny_backbone, to
         weights.append(load_file(result.model_dir / "model.safetensors"))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+# -- the dispatcher: which recipe trains which settings (tasks/train/finetune.py's table) -------------
+
+
+def chosen(backbone, adapt=None, **settings):
+    """The recipe the table picks for these settings (nothing is loaded or trained)."""
+    from graftline.tasks.settings import AdaptParams
+    from graftline.tasks.train.finetune import RECIPES
+    from graftline.tasks.train.recipes.base import Job
+
+    job = Job(toy(), FinetuneParams(backbone=str(backbone), **settings), short_texts(), Path("unused"))
+    return RECIPES.choose(replace(job, adapt=adapt or AdaptParams()))
+
+
+def toy():
+    from graftline.tasks.data.splits import Split, Splits
+    from tests.conftest import toy_frame
+
+    names = ("train", "validation", "test")
+    return Splits(*(Split(name, toy_frame(4, seed), "toy") for seed, name in enumerate(names)))
+
+
+def test_the_settings_choose_the_recipe(tiny_backbone):
+    from graftline.tasks.settings import AdaptParams
+    from graftline.tasks.train.recipes.adaptation import Adaptation
+    from graftline.tasks.train.recipes.distributed import Distributed
+    from graftline.tasks.train.recipes.lp_ft import ProbeThenTune
+    from graftline.tasks.train.recipes.private import Private
+    from graftline.tasks.train.recipes.search import Search
+    from graftline.tasks.train.recipes.supervised import Supervised
+
+    for strategy in ("full", "linear-probe", "lora"):
+        assert type(chosen(tiny_backbone, strategy=strategy)) is Supervised  # the strategy only wraps the model
+    assert type(chosen(tiny_backbone, strategy="lp-ft")) is ProbeThenTune
+    assert type(chosen(tiny_backbone, privacy={"enabled": True})) is Private
+    assert type(chosen(tiny_backbone, processes=2)) is Distributed
+    assert type(chosen(tiny_backbone, strategy="lp-ft", search={"enabled": True})) is Search
+    # adaptation trains its source model by the recipe that would train it without adaptation
+    adapted = chosen(tiny_backbone, AdaptParams(method="mlm"), strategy="lp-ft")
+    assert type(adapted) is Adaptation and type(adapted.source) is ProbeThenTune
+    assert type(chosen(tiny_backbone, AdaptParams(method="self-training"), strategy="lora").source) is Supervised
+
+
+@pytest.mark.parametrize(
+    ("settings", "method", "message"),
+    [
+        ({"processes": 2}, "mlm", "adapt.method 'mlm' trains in one process; set finetune.processes=1"),
+        (
+            {"privacy": {"enabled": True}},
+            "self-training",
+            "adapt.method 'self-training' is not available with finetune",
+        ),
+    ],
+)
+def test_a_combination_no_recipe_trains_is_refused_in_one_line_before_any_work(
+    tiny_backbone, tmp_path, settings, method, message
+):
+    from graftline.tasks.errors import GraftlineError
+    from graftline.tasks.settings import AdaptParams
+
+    params = FinetuneParams(backbone=str(tiny_backbone), **settings)
+    with pytest.raises(GraftlineError, match=message):
+        finetune(toy(), params, short_texts(), tmp_path / "m", adapt=AdaptParams(method=method))
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_new_method_is_one_recipe_and_one_table_entry(tiny_backbone, tmp_path):
+    from graftline.tasks.train.finetune import RECIPES
+    from graftline.tasks.train.recipes.base import Job, Recipe, Recipes
+    from graftline.tasks.train.recipes.supervised import Supervised
+
+    class Frozen(Recipe):
+        """A stand-in method: picked for linear probes only, it trains nothing and reports so."""
+
+        @classmethod
+        def applies(cls, job):
+            return job.params.strategy == "linear-probe"
+
+        def run(self):
+            return "frozen"
+
+    table = Recipes((Frozen, *RECIPES.table))
+    probe = Job(toy(), FinetuneParams(backbone=str(tiny_backbone), strategy="linear-probe"), short_texts(), tmp_path)
+    assert table(probe) == "frozen"
+    assert type(table.choose(replace(probe, params=FinetuneParams(backbone=str(tiny_backbone))))) is Supervised

@@ -11,11 +11,11 @@ from graftline.tasks.serve.monitor import (
     NO_DRIFT,
     Profile,
     Reference,
-    Thresholds,
     compare,
     plot_report,
     write_html,
 )
+from graftline.tasks.settings import MonitorParams
 
 LABELS = ["bad", "good"]
 
@@ -38,14 +38,14 @@ def reference() -> Reference:
 
 def test_a_window_like_the_reference_is_no_drift(reference):
     window, _ = _profile(200, 0.9, 0.0, seed=1)
-    report = compare(reference, window, LABELS, Thresholds(permutations=100))
+    report = compare(reference, window, LABELS, MonitorParams(permutations=100))
     assert report.verdict == NO_DRIFT
     assert abs(report.estimated_accuracy - reference.accuracy) < 0.05
 
 
 def test_a_shift_that_keeps_confidence_is_drift_but_not_harmful(reference):
     window, _ = _profile(200, 0.9, 1.0, seed=2)
-    report = compare(reference, window, LABELS, Thresholds(permutations=100))
+    report = compare(reference, window, LABELS, MonitorParams(permutations=100))
     assert report.verdict == DRIFT
     assert report.detections["mmd"].detected and report.detections["classifier"].detected
     assert all(d.alpha == pytest.approx(0.05 / 4) for d in report.detections.values())  # Bonferroni
@@ -54,9 +54,9 @@ def test_a_shift_that_keeps_confidence_is_drift_but_not_harmful(reference):
 def test_a_shift_that_costs_accuracy_is_harmful_and_the_estimate_follows_it(reference, tmp_path):
     window, truth = _profile(400, 0.7, 1.0, seed=3)
     true_accuracy = float((window.predicted == truth).mean())
-    atc = compare(reference, window, LABELS, Thresholds(permutations=100, accuracy_estimate="atc"))
+    atc = compare(reference, window, LABELS, MonitorParams(permutations=100, accuracy_estimate="atc"))
     assert atc.verdict == HARMFUL and atc.estimated_accuracy < reference.accuracy - 0.1
-    report = compare(reference, window, LABELS, Thresholds(permutations=100, accuracy_estimate="confidence"))
+    report = compare(reference, window, LABELS, MonitorParams(permutations=100, accuracy_estimate="confidence"))
     assert report.verdict == HARMFUL
     # calibrated probabilities: their mean is the accuracy (ATC's threshold, fitted where the model was
     # surer, does not carry over to a window this much less sure: it only says "lower")

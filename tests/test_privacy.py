@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 from graftline.flows.params import TransferParams
 from graftline.tasks.data.splits import Split, Splits
+from graftline.tasks.registry import contract
 from graftline.tasks.registry.promotion import privacy_check
 from graftline.tasks.settings import FinetuneParams, PrivacyParams
 from graftline.tasks.train.finetune import finetune
@@ -42,6 +43,13 @@ def test_one_private_step_on_64_rows_spends_within_the_budget_and_keeps_the_embe
     layer = next(k for k in after if k.endswith("layer.0.output.dense.weight"))
     assert not torch.equal(after[layer], before[layer.removeprefix("bert.")])  # trained, noise and all
     assert not [k for k in after if "_module" in k or "grad_sample" in k]  # a plain checkpoint, no Opacus wrapper
+    logged = result.logged()  # what the finetune step logs: the guarantee as registry tags, the spending as a line
+    assert (
+        logged.tags[contract.PRIVACY_EPSILON]
+        == f"{spent.epsilon:.4g}"
+        == result.privacy_tags()[contract.PRIVACY_EPSILON]
+    )
+    assert logged.lines[-1].startswith(f"differential privacy: epsilon {spent.epsilon:.3g} spent (budget 8)")
 
 
 def test_a_smaller_budget_means_more_noise(tiny_backbone, rows_64, tmp_path):

@@ -15,6 +15,7 @@ from graftline.tasks.data.splits import Split, Splits
 from graftline.tasks.engine import backbones
 from graftline.tasks.evaluate.scores import evaluate_model
 from graftline.tasks.settings import FinetuneParams, ModelParams, SearchParams
+from graftline.tasks.train.finetune import RECIPES
 from graftline.tasks.train.search import Study, records, search
 from tests.conftest import toy_frame
 
@@ -39,7 +40,7 @@ def searching(backbone) -> FinetuneParams:
 
 def test_a_poor_trial_is_pruned_and_the_best_trial_is_the_teacher(tiny_backbone, tmp_path):
     data = splits()
-    result = search(data, searching(tiny_backbone), MODEL, tmp_path / "teacher", Study.beside(tmp_path, "s"))
+    result = search(data, searching(tiny_backbone), MODEL, tmp_path / "teacher", Study.beside(tmp_path, "s"), RECIPES)
     heard = result.trials
     assert [t.number for t in heard] == [0, 1, 2]
     assert heard[0].settings == {"learning_rate": 3e-3, "epochs": 1}  # the given settings come first
@@ -58,6 +59,12 @@ def test_a_poor_trial_is_pruned_and_the_best_trial_is_the_teacher(tiny_backbone,
     assert evaluate_model(*saved, data.validation, MODEL.max_length).macro_f1 == pytest.approx(best.value)
     metrics = result.metrics()
     assert metrics["search_pruned"] == len(pruned) and 0 < metrics["search_pruned_share_of_seconds"] < 1
+    logged = result.logged()  # what the finetune step logs of the search
+    assert logged.params == {f"search.best.{k}": v for k, v in best.settings.items()}
+    assert set(logged.tables) == {"search/leaderboard.json"} and set(logged.texts) == {"search/leaderboard.csv"}
+    assert logged.lines[0].startswith(
+        f"search: trial {best.number} is the teacher (validation macro-F1 {best.value:.4f}"
+    )
 
 
 # Run in a fresh process that kills itself (SIGKILL: no clean-up of any kind) at trial 1's first report.
@@ -65,6 +72,7 @@ KILLED_SEARCH = """
 import os, signal, sys
 from pathlib import Path
 from graftline.tasks.train import search as searching
+from graftline.tasks.train.finetune import RECIPES
 from tests.test_search import MODEL, searching as params, splits
 
 def dying(self, value):
@@ -73,7 +81,7 @@ def dying(self, value):
 
 searching._Reporter.__call__ = dying
 folder = Path(sys.argv[2])
-searching.search(splits(), params(sys.argv[1]), MODEL, folder / "teacher", searching.Study.beside(folder, "s"))
+searching.search(splits(), params(sys.argv[1]), MODEL, folder / "teacher", searching.Study.beside(folder, "s"), RECIPES)
 """
 
 
@@ -90,7 +98,9 @@ def test_a_killed_search_resumes_with_its_finished_trial_kept(tiny_backbone, tmp
     interrupted = before.trials[1].params
 
     heard = []
-    result = search(splits(), searching(tiny_backbone), MODEL, tmp_path / "teacher", study, on_trial=heard.append)
+    result = search(
+        splits(), searching(tiny_backbone), MODEL, tmp_path / "teacher", study, RECIPES, on_trial=heard.append
+    )
     assert heard[0] == first  # told first, as it was: not trained again
     assert [t.number for t in result.trials] == [0, 2, 3]  # 3 trials in all; the killed one is not counted
     assert result.trials[1].settings == interrupted  # the killed trial's settings ran again

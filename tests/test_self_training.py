@@ -77,6 +77,14 @@ def test_rounds_train_on_pseudo_labels_and_record_what_they_did(tiny_backbone, t
     summary = result.self_training.summary()  # source-only against adapted, as the lifecycle's summary shows it
     assert summary["target_entropy_adapted"] < summary["target_entropy_source_only"] == rounds[0].target_entropy
     assert backbones.load_classifier(str(result.model_dir)).config.id2label == {0: "bad", 1: "good"}
+    logged = result.logged()  # what the finetune step logs: the rounds as a file and one line each
+    assert [r["round"] for r in logged.dicts["self_training/rounds.json"]] == [1, 2]
+    assert [line.split(":")[0] for line in logged.lines] == [
+        "teacher",
+        "self-training round 1",
+        "self-training round 2",
+    ]
+    assert result.adaptation_report() == summary
 
 
 def test_no_confident_prediction_leaves_exactly_the_source_model(tiny_backbone, target_splits, tmp_path):

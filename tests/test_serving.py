@@ -61,11 +61,11 @@ def test_predict_scores_every_format_with_the_fastest_passing_export(served, tmp
             model=student, input_path=str(_input(tmp_path, ".csv")), output_path=str(tmp_path / "s.csv"), batch_size=16
         )
     )
-    assert done["form"] == "onnx-int8" and done["rows"] == 40
-    run = MlflowClient().get_run(done["run_id"])
+    assert done.form == "onnx-int8" and done.predictions.rows == 40
+    run = MlflowClient().get_run(done.run_id)
     assert run.data.tags["graftline.form"] == "onnx-int8" and run.data.tags["graftline.model_version"] == "1"
     assert run.data.metrics["rows"] == 40 and sum(run.data.metrics[f"predicted_{label}"] for label in labels) == 40
-    assert "predict/confidence.png" in {f.path for f in MlflowClient().list_artifacts(done["run_id"], "predict")}
+    assert "predict/confidence.png" in {f.path for f in MlflowClient().list_artifacts(done.run_id, "predict")}
     scorer = load_scorer(MlflowClient(), ModelReference.parse(student))
     readers = {".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True), ".parquet": pd.read_parquet}
     for suffix, read in readers.items():
@@ -232,8 +232,8 @@ def test_a_harmful_drift_starts_retraining_and_same_domain_data_does_not(served,
     own = evaluation_sets.of_version(client, f"{served}-student", "1")["test"].frame
     same = tmp_path / "same.csv"
     pd.concat([own] * 3, ignore_index=True)[["text"]].to_csv(same, index=False)  # the reference's own rows
-    checked = monitor(MonitorParams(model=model, input_path=str(same), max_accuracy_drop=0.0))
-    assert checked["verdict"] == "no drift" and checked["retrain_flow_run_id"] is None
+    checked = monitor(MonitorParams(model=model, input_path=str(same), max_accuracy_drop=0.0, retrain=True))
+    assert checked.verdict == "no drift" and checked.retrain_flow_run_id is None
 
     # Another domain, and the part of it this random tiny model is least sure of: a shift that costs
     # accuracy by construction (a trained model on a real new domain does that by itself: BENCHMARKS).
@@ -242,23 +242,24 @@ def test_a_harmful_drift_starts_retraining_and_same_domain_data_does_not(served,
     confidence = home.filter(like="score_").max(axis=1)
     shifted = tmp_path / "shifted.csv"
     home.loc[confidence.nsmallest(150).index, ["text", "label"]].to_csv(shifted, index=False)
-    checked = monitor(MonitorParams(model=model, input_path=str(shifted), max_accuracy_drop=0.0))
-    assert checked["verdict"] == "harmful drift", checked
-    assert checked["mmd_p_value"] < 0.05 / 4 or checked["classifier_p_value"] < 0.05 / 4
+    checked = monitor(MonitorParams(model=model, input_path=str(shifted), max_accuracy_drop=0.0, retrain=True))
+    assert checked.verdict == "harmful drift", checked
+    detections = checked.report.detections
+    assert detections["mmd"].p_value < 0.05 / 4 or detections["classifier"].p_value < 0.05 / 4
     with get_client(sync_client=True) as prefect:
-        run = prefect.read_flow_run(checked["retrain_flow_run_id"])
+        run = prefect.read_flow_run(checked.retrain_flow_run_id)
     data = run.parameters["data"]
     [window] = [path for name, path in data["target_sets"].items() if name.startswith("drift_")]
     assert data["eval_sets"][next(n for n in data["target_sets"] if n.startswith("drift_"))] == window
     assert len(pd.read_parquet(window)) == 150 and run.parameters["adapt"]["method"] == "self-training"
     records = [r for r in history(client, f"{served}-student") if r["action"] == "monitor"]
     assert [r["verdict"] for r in records] == ["no drift", "harmful drift"]
-    assert records[-1]["retrain_flow_run_id"] == checked["retrain_flow_run_id"]
-    files = {f.path for f in client.list_artifacts(checked["run_id"], "drift")}
+    assert records[-1]["retrain_flow_run_id"] == checked.retrain_flow_run_id
+    files = {f.path for f in client.list_artifacts(checked.run_id, "drift")}
     assert files == {"drift/drift.png", "drift/drift.html"}
-    assert client.get_run(checked["run_id"]).data.tags["graftline.form"] == "onnx-int8"  # the fast forward pass
+    assert client.get_run(checked.run_id).data.tags["graftline.form"] == "onnx-int8"  # the fast forward pass
     shown = CliRunner().invoke(app, ["history", f"{served}-student"]).output
-    assert "monitor  v1: harmful drift" in shown and f"flow run {checked['retrain_flow_run_id']}" in shown
+    assert "monitor  v1: harmful drift" in shown and f"flow run {checked.retrain_flow_run_id}" in shown
 
 
 def test_graftline_monitor_prints_the_verdict_and_refuses_a_missing_file_first(served, tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from graftline.tasks.data import images
+from graftline.tasks import modality as modalities
 from graftline.tasks.engine import backbones, catalog, vision
 from graftline.tasks.engine.checkpoints import Checkpoints
 from graftline.tasks.engine.image_inputs import Augmentation
@@ -25,7 +25,7 @@ MODEL = ModelParams(image_size=32, seed=13)
 @pytest.fixture(scope="module")
 def splits(shape_images):
     data = DataParams(train_path=str(shape_images["train"]), eval_sets={"outlines": str(shape_images["outlines"])})
-    return images.load_any(data)
+    return modalities.of_data(data).read_splits(data)
 
 
 @pytest.fixture(scope="module")
@@ -240,8 +240,12 @@ def test_static_int8_export_agrees_and_the_logged_model_predicts_from_paths_and_
     assert np.allclose(from_paths.filter(like="score_").sum(axis=1), 1.0)
     agree = np.mean([labels.index(label) for label in from_paths["label"]] == expected)
     assert agree >= 0.8  # INT8 against the torch model, on five images
+    from tests.test_export import predict_without_graftline
 
-    from graftline.tasks.registry.versions import image_weights
+    isolated = predict_without_graftline(logged.model_uri, pd.DataFrame({"image": paths}), tmp_path / "isolated")
+    pd.testing.assert_frame_equal(isolated, from_paths)  # a serving machine without graftline: the same rows
+
+    from graftline.tasks.modality.image import image_weights
 
     assert backbones.labels_of(backbones.load_classifier(str(image_weights(logged.model_uri)))) == labels
 
@@ -256,7 +260,7 @@ def test_image_data_is_split_and_digested_by_its_bytes(splits, shape_images, tmp
     shutil.copytree(shape_images["train"], copy)
     for picture in copy.rglob("*.png"):
         picture.rename(picture.with_name("x-" + picture.name))
-    again = images.load_any(DataParams(train_path=str(copy), eval_sets={}))
+    again = modalities.by_name("image").read_splits(DataParams(train_path=str(copy), eval_sets={}))
     assert again.train.digest == splits.train.digest  # the same pictures under other names
     assert replace(splits.train, frame=splits.train.frame.iloc[1:]).digest != splits.train.digest
 
@@ -269,14 +273,14 @@ def test_auto_selection_scores_image_candidates_on_their_features(splits, tiny_i
     other = tmp_path / "other"
     vision.build(vision.tiny_config(["x"])).save_pretrained(other)
     params = SelectParams(candidates=[str(tiny_image_backbone), str(other)], sample_size=30)
-    selection = select_backbone(splits.train.frame, params, MODEL)
+    selection = select_backbone(splits.train, params, MODEL)
     assert selection.choice in params.candidates and len(selection.leaderboard) == 2
     report = selection.leaderboard[0]
     assert report.width == 32 and report.layers == 3 and np.isfinite(report.scores["knn"])
 
 
 def test_a_layer_student_keeps_every_stage_entry_and_computes_as_its_teacher_without_the_dropped_blocks():
-    from graftline.tasks.train.distill import image_student_blocks
+    from graftline.tasks.modality.image import student_blocks as image_student_blocks
 
     config = vision.tiny_config(["a", "b"])
     config.stages = [[1, 3, 1, 1, 8, 8], [3, 3, 2, 2, 8, 16]]  # blocks 0 | 1 2 3: 2 and 3 are residual

@@ -99,42 +99,23 @@ def check(
     overrides = data_overrides(train, validation, test, text_column, label_column) | {"data.modality": modality}
     params = build_params(config, overrides, eval_set, set_, target).for_modality()
     folder = out or Path(tempfile.mkdtemp(prefix="graftline-check-"))
-    from graftline.tasks.data.images import modality_of
+    from graftline.tasks import modality as modalities
+    from graftline.tasks.data.ingest import redact, redaction_line
 
-    if modality_of(params.data) == "image":
-        return _check_images(params, folder)
-    checked = preflight(params)
-    print(checked.line(), file=sys.stderr)
-    from graftline.tasks.data.validate import validate_splits
-
-    splits = checked.splits
-    with live_progress(), activity("validating the data"):
-        if params.validation.pii == "redact":  # as the run's ingest step does, before validation
-            from graftline.tasks.data import pii
-
-            splits, replaced = pii.redact_splits(splits, pii.Scanner(params.validation.pii_patterns))
-            found = ", ".join(f"{n} {kind}" for kind, n in replaced.most_common()) or "none found"
-            print(f"personal data redacted: {found}", file=sys.stderr)
-        report = validate_splits(splits, params.validation, folder)
+    modality = modalities.of_data(params.data)
+    splits, line = modality.read_to_check(params.data, lambda: preflight(params))
+    print(line, file=sys.stderr)
+    with live_progress(), activity(f"validating {modality.described_as}"):
+        splits, replaced = redact(
+            splits, params.validation, modality
+        )  # as the run's ingest step does, before validation
+        if replaced is not None:
+            print(redaction_line(replaced), file=sys.stderr)
+        report = modality.validate(splits, params.validation, folder)
     docs = str(report.docs_dir / "index.html") if report.docs_dir else None
     if not report.success:
         raise report.error(str(folder / "report.md"), docs)
     print(f"data validation passed\nreport: {folder / 'report.md'}" + (f"\nData Docs: {docs}" if docs else ""))
-
-
-def _check_images(params, folder: Path) -> None:
-    """`graftline check` on image data: the splits read (or carved), then the image validation suite."""
-    from graftline.tasks.data.image_validation import validate_images
-    from graftline.tasks.data.images import load_image_splits
-
-    splits = load_image_splits(params.data)
-    counts = ", ".join(f"{name} {len(frame)}" for name, frame in splits.items())
-    print(f"image data: {counts} images, {splits['train']['label'].nunique()} classes", file=sys.stderr)
-    with live_progress(), activity("validating the images"):
-        report = validate_images(splits, params.validation, folder)
-    if not report.success:
-        raise report.error(str(folder / "report.md"), None)
-    print(f"data validation passed\nreport: {folder / 'report.md'}")
 
 
 def preflight(params):

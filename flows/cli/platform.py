@@ -7,25 +7,24 @@ from pathlib import Path
 import typer
 
 from graftline.flows.cli.errors import command
-from graftline.flows.deploy import RETRAIN_CRON, WORK_POOL
+from graftline.flows.cli.options import setting
 from graftline.tasks.errors import GraftlineError
+from graftline.tasks.settings import RETRAIN_CRON, DeployParams, PlatformParams
 
 
 @command
 def up(
-    home: Path = typer.Option(
-        Path("graftline-platform"), help="Folder of the servers' databases, artifacts, logs and state."
-    ),
-    host: str = typer.Option("127.0.0.1", help="Address the servers bind to (127.0.0.1: this machine only)."),
-    prefect_port: int = typer.Option(4200, help="Prefect server (API and UI) port."),
-    mlflow_port: int = typer.Option(5000, help="MLflow tracking server (and UI) port."),
+    home: Path = setting(PlatformParams, "home"),
+    host: str = setting(PlatformParams, "host"),
+    prefect_port: int = setting(PlatformParams, "prefect_port"),
+    mlflow_port: int = setting(PlatformParams, "mlflow_port"),
     backend_store_uri: str | None = typer.Option(
         None, help="MLflow backend store; default sqlite in HOME (e.g. postgresql://user@db/mlflow)."
     ),
     artifacts_destination: str | None = typer.Option(
         None, help="MLflow artifact root; default HOME/artifacts (e.g. s3://bucket/mlflow)."
     ),
-    work_pool: str = typer.Option(WORK_POOL, help="Process work pool the worker polls."),
+    work_pool: str = setting(PlatformParams, "work_pool"),
     retrain_cron: str | None = typer.Option(
         None, help=f"Schedule of the retrain deployment (default: {RETRAIN_CRON})."
     ),
@@ -75,7 +74,7 @@ def up(
 
 
 @command
-def down(home: Path = typer.Option(Path("graftline-platform"), help="The folder given to `graftline up`.")) -> None:
+def down(home: Path = setting(PlatformParams, "home", help="The folder given to `graftline up`.")) -> None:
     """Stop exactly what `graftline up` started."""
     from graftline.flows import servers
 
@@ -89,11 +88,9 @@ def down(home: Path = typer.Option(Path("graftline-platform"), help="The folder 
 
 @command
 def deploy(
-    pool: str = typer.Option(WORK_POOL, help="Work pool the deployments run on."),
-    pool_type: str = typer.Option(
-        "process", help="process: an existing pool (graftline up makes one); kubernetes: create or update it."
-    ),
-    cron: str = typer.Option(RETRAIN_CRON, help="Schedule of the retrain deployment."),
+    pool: str = setting(DeployParams, "pool"),
+    pool_type: str = setting(DeployParams, "pool_type"),
+    cron: str = setting(DeployParams, "cron"),
     params: Path | None = typer.Option(None, help="YAML of the transfer/retrain deployments' default parameters."),
     job_template: Path | None = typer.Option(
         None, help="Kubernetes pools: base job template, e.g. deployments/kubernetes-gpu-job-template.json."

@@ -7,15 +7,19 @@ import sys
 import typer
 
 from graftline.flows.cli.errors import assign, command, pairs
+from graftline.flows.cli.options import setting
 from graftline.flows.identity import triggered_by
 from graftline.tasks.errors import GraftlineError
+from graftline.tasks.settings import EXPERIMENT, PromoteParams, RollbackParams
 
 
 @command
 def promote(
     model_name: str = typer.Argument(..., help="Registered model (students: <name>-student)."),
-    to: str = typer.Option("staging", help="staging | production."),
-    version: str | None = typer.Option(None, help="Version to promote; default: the holder of the stage below."),
+    to: str = setting(PromoteParams, "to", help="staging | production."),
+    version: str | None = setting(
+        PromoteParams, "version", help="Version to promote; default: the holder of the stage below."
+    ),
     eval_set: list[str] = typer.Option(
         [],
         "--eval",
@@ -29,7 +33,6 @@ def promote(
     import yaml
 
     from graftline.flows.operations import promote as promote_flow
-    from graftline.flows.params import PromoteParams
 
     values: dict = {"model_name": model_name, "to": to, "version": version}
     if eval_set:
@@ -44,8 +47,8 @@ def promote(
 @command
 def rollback(
     model_name: str = typer.Argument(..., help="Registered model."),
-    alias: str = typer.Option("production", help="staging | production."),
-    experiment: str = typer.Option("graftline", help="MLflow experiment of the rollback run."),
+    alias: str = setting(RollbackParams, "alias", help="staging | production."),
+    experiment: str = setting(RollbackParams, "experiment"),
 ) -> None:
     """Return an alias to the version that held it before its last promotion (the `rollback` flow)."""
     from graftline.tasks.registry.contract import PROMOTABLE
@@ -64,7 +67,7 @@ def history(model_name: str = typer.Argument(..., help="Registered model.")) -> 
 
     from graftline.tasks.registry import contract, promotion, tracking
 
-    tracking.configure("graftline")
+    tracking.configure(EXPERIMENT)
     client = MlflowClient()
     records = promotion.history(client, model_name)
     holders = {a: promotion.alias_holder(client, model_name, a) for a in contract.STAGES}

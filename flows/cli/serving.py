@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 
 from graftline.flows.cli.errors import command
+from graftline.flows.cli.options import setting
+from graftline.tasks.settings import EXPERIMENT, ExplainParams, MonitorParams, PredictParams, ServeParams
 
 
 @command
@@ -14,14 +16,17 @@ def predict(
     model: str = typer.Argument(..., help="MODEL@ALIAS, MODEL/VERSION, or MODEL (its production version)."),
     input_path: str = typer.Option(..., "--input", help="Texts to score: CSV, JSONL or Parquet (path or fsspec URL)."),
     output_path: Path = typer.Option(..., "--output", help="Scored rows: .csv, .jsonl or .parquet."),
-    text_column: str = typer.Option("text", help="Text column of the input."),
-    batch_size: int = typer.Option(32, help="Texts scored per call."),
-    form: str = typer.Option("auto", help="auto (fastest export that passed parity) | onnx-int8 | onnx | torch."),
-    explain: bool = typer.Option(False, "--explain", help="Add top_words per row (Integrated Gradients; slower)."),
-    experiment: str = typer.Option("graftline", help="MLflow experiment of the prediction run."),
+    text_column: str = setting(PredictParams, "text_column"),
+    batch_size: int = setting(PredictParams, "batch_size"),
+    form: str = setting(
+        PredictParams, "form", help="auto (fastest export that passed parity) | onnx-int8 | onnx | torch."
+    ),
+    explain: bool = setting(
+        PredictParams, "explain", "--explain", help="Add top_words per row (Integrated Gradients; slower)."
+    ),
+    experiment: str = setting(PredictParams, "experiment", help="MLflow experiment of the prediction run."),
 ) -> None:
     """Score every row of a file with a registered version; writes label, score per class and version."""
-    from graftline.flows.params import PredictParams
     from graftline.flows.serving import predict as predict_flow
     from graftline.tasks.data.splits import require_exists
     from graftline.tasks.serve.predict import ModelReference, output_format
@@ -40,30 +45,40 @@ def predict(
     require_exists(input_path)
     output_format(output_path.expanduser().resolve())
     done = predict_flow(params)
+    scored = done.predictions
     print(
-        f"{done['rows']:.0f} rows scored with v{done['version']} ({done['form']}) in {done['seconds']:.2f} s: "
-        f"{done['rows_per_second']:.0f} rows/s -> {output_path}"
+        f"{scored.rows:.0f} rows scored with v{done.version} ({done.form}) in {scored.seconds:.2f} s: "
+        f"{scored.rows_per_second:.0f} rows/s -> {output_path}"
     )
 
 
 @command
 def monitor(
     model: str = typer.Argument(..., help="MODEL@ALIAS, MODEL/VERSION, or MODEL (its production version)."),
-    input_path: str | None = typer.Option(
-        None, "--input", help="New texts (CSV, JSONL, Parquet); default: the rows predict scored since the last check."
+    input_path: str | None = setting(
+        MonitorParams,
+        "input_path",
+        "--input",
+        help="New texts (CSV, JSONL, Parquet); default: the rows predict scored since the last check.",
     ),
-    text_column: str = typer.Option("text", help="Text column of the input."),
-    alpha: float = typer.Option(0.05, help="False-alarm rate of the verdict, shared by the four detectors."),
-    max_accuracy_drop: float = typer.Option(0.05, help="Estimated accuracy drop that makes drift harmful."),
-    accuracy_estimate: str = typer.Option("confidence", help="confidence | atc: the label-free accuracy estimate."),
-    min_rows: int = typer.Option(50, help="Fewest new texts a check runs on."),
-    retrain: bool = typer.Option(
-        False, "--retrain/--no-retrain", help="On harmful drift, start the retrain deployment (needs `graftline up`)."
+    text_column: str = setting(MonitorParams, "text_column"),
+    alpha: float = setting(MonitorParams, "alpha"),
+    max_accuracy_drop: float = setting(
+        MonitorParams, "max_accuracy_drop", help="Estimated accuracy drop that makes drift harmful."
     ),
-    experiment: str = typer.Option("graftline", help="MLflow experiment of the monitor run."),
+    accuracy_estimate: str = setting(
+        MonitorParams, "accuracy_estimate", help="confidence | atc: the label-free accuracy estimate."
+    ),
+    min_rows: int = setting(MonitorParams, "min_rows", help="Fewest new texts a check runs on."),
+    retrain: bool = setting(
+        MonitorParams,
+        "retrain",
+        "--retrain/--no-retrain",
+        help="On harmful drift, start the retrain deployment (needs `graftline up`).",
+    ),
+    experiment: str = setting(MonitorParams, "experiment", help="MLflow experiment of the monitor run."),
 ) -> None:
     """Check new texts for drift against the version's own held-out data; prints the verdict and every statistic."""
-    from graftline.flows.params import MonitorParams
     from graftline.flows.serving import monitor as monitor_flow
     from graftline.tasks.data.splits import require_exists
     from graftline.tasks.serve.monitor import DETECTORS
@@ -82,28 +97,30 @@ def monitor(
     if input_path:
         require_exists(input_path)  # before Prefect's server starts
     done = monitor_flow(params)
-    if done["run_id"] is None:
-        print(f"{done['verdict']}: {done['window_rows']} rows scored since the last check, {min_rows} needed")
+    report = done.report
+    if report is None:
+        print(f"{done.verdict}: {done.window_rows} rows scored since the last check, {min_rows} needed")
         return
-    print(f"{done['verdict']} ({done['window_rows']:.0f} new rows, {done['reference_rows']:.0f} reference rows)")
+    print(f"{done.verdict} ({report.window_rows:.0f} new rows, {report.reference_rows:.0f} reference rows)")
     for name in DETECTORS:
-        print(f"  {name:12s} statistic {done[f'{name}_statistic']:.4f}  p-value {done[f'{name}_p_value']:.3g}")
+        found = report.detections[name]
+        print(f"  {name:12s} statistic {found.statistic:.4f}  p-value {found.p_value:.3g}")
     print(
-        f"  accuracy: {done['reference_accuracy']:.3f} on the reference, estimated {done['estimated_accuracy']:.3f} "
-        f"on the new rows; report in MLflow run {done['run_id']}"
+        f"  accuracy: {report.reference_accuracy:.3f} on the reference, estimated {report.estimated_accuracy:.3f} "
+        f"on the new rows; report in MLflow run {done.run_id}"
     )
-    if done["retrain_flow_run_id"]:
-        print(f"  retraining started: flow run {done['retrain_flow_run_id']}")
-    elif done["retrain_error"]:
-        print(f"  harmful drift, but {done['retrain_error']}")
+    if done.retrain_flow_run_id:
+        print(f"  retraining started: flow run {done.retrain_flow_run_id}")
+    elif done.retrain_error:
+        print(f"  harmful drift, but {done.retrain_error}")
 
 
 @command
 def serve(
     model: str = typer.Argument(..., help="MODEL@ALIAS, MODEL/VERSION, or MODEL (its production version)."),
-    form: str = typer.Option("onnx", help="onnx: the version's servable ONNX pyfunc | torch: the registered model."),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on (this machine only by default)."),
-    port: int = typer.Option(5001, help="Port of the scoring server."),
+    form: str = setting(ServeParams, "form"),
+    host: str = setting(ServeParams, "host"),
+    port: int = setting(ServeParams, "port"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the mlflow command instead of running it."),
 ) -> None:
     """Serve a registered version with MLflow's scoring server (POST /invocations)."""
@@ -119,7 +136,7 @@ def serve(
     if form not in ("onnx", "torch"):
         raise PredictionError(f"form {form!r}: expected onnx or torch")
     reference = ModelReference.parse(model)
-    tracking.configure("graftline")
+    tracking.configure(EXPERIMENT)
     client = MlflowClient()
     version = resolve_version(client, reference)
     uri = f"models:/{reference.name}/{version}"
@@ -146,7 +163,7 @@ def explain(
     model: str = typer.Argument(..., help="MODEL@ALIAS, MODEL/VERSION, or MODEL (its production version)."),
     text: str = typer.Argument(..., help="The text to explain."),
     html: Path | None = typer.Option(None, "--html", help="Also write the explanation as an HTML page."),
-    steps: int = typer.Option(50, help="Integrated Gradients: points on the path from the baseline."),
+    steps: int = setting(ExplainParams, "n_steps", "--steps"),
 ) -> None:
     """Predict one text and shade each word by how much it pushed towards the prediction."""
     from rich.console import Console
@@ -159,7 +176,7 @@ def explain(
     if not text.strip():
         raise ExplainError("nothing to explain: the text is empty")
     reference = ModelReference.parse(model)
-    tracking.configure("graftline")
+    tracking.configure(EXPERIMENT)
     from mlflow.tracking import MlflowClient
 
     version = fetch_version(MlflowClient(), reference)

@@ -64,7 +64,7 @@ def validate_images(splits: dict[str, pd.DataFrame], t: ValidationParams, out_di
             statistics[f"{name}_overlap_with_train"] = float(frame["seen_in_train"].mean())
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "gx_results.json").write_text(json.dumps(results, indent=1, default=str))
-    report = ValidationReport(not findings, findings, results, None, statistics)
+    report = ValidationReport(not findings, findings, results, None, statistics, folder=out_dir)
     (out_dir / "report.md").write_text(report.markdown())
     return report
 

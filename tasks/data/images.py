@@ -30,7 +30,6 @@ from graftline.tasks.data.splits import (
     Split,
     Splits,
     format_of,
-    load_splits,
     read_frame,
     require_known_labels,
     resolve_source,
@@ -164,19 +163,7 @@ def _as_bits(hashes: list[int]) -> tuple[np.ndarray, np.ndarray]:
 # -- image splits ---------------------------------------------------------------------------------
 
 
-def modality_of(data) -> str:
-    """`data.modality`, or for `auto`: image when the training data is a folder of class folders, or a
-    table with `data.image_column` and without `data.text_column`; else text."""
-    if data.modality != "auto":
-        return data.modality
-    source = resolve_source(data.train_path)
-    if Path(source).is_dir():
-        return "image"
-    columns = _columns(source, data.format)
-    return "image" if data.image_column in columns and data.text_column not in columns else "text"
-
-
-def _columns(source: str, fmt: str) -> set[str]:
+def column_names(source: str, fmt: str) -> set[str]:
     """The column names of a table, read from its head only (a missing or unreadable file: none)."""
     try:
         fmt = format_of(source) if fmt == "auto" else fmt
@@ -189,17 +176,6 @@ def _columns(source: str, fmt: str) -> set[str]:
         return set(pd.read_json(source, lines=True, nrows=1).columns)
     except Exception:  # the text reader reports the file's fault in its own words
         return set()
-
-
-def load_any(data, unlabeled: list[str] | tuple[str, ...] = ()) -> Splits:
-    """The splits of `data`, text or image (modality_of): the lifecycle's one call to read its data."""
-    if modality_of(data) == "image":
-        if unlabeled or data.target_sets:
-            raise DataError(
-                f"{data.train_path}: image data; unlabeled distillation files and target sets are read for text only"
-            )
-        return image_splits(data)
-    return load_splits(data, unlabeled)
 
 
 class ImageSplit(Split):
@@ -219,15 +195,17 @@ class ImageSplit(Split):
         return hashlib.sha256(digest(self.inputs).encode() + labels).hexdigest()[:16]
 
 
-def image_splits(data) -> Splits:
-    """The lifecycle's splits of an image dataset (load_image_splits), labels checked as for text."""
+def image_splits(data, check_labels: bool = True) -> Splits:
+    """The lifecycle's splits of an image dataset (load_image_splits), labels checked as for text
+    unless `check_labels` is off (`graftline check` leaves unknown labels to the validation suite)."""
     frames = load_image_splits(data)
     given = {"train": data.train_path, "validation": data.validation_path, "test": data.test_path, **data.eval_sets}
     sources = {name: resolve_source(path or data.train_path) for name, path in given.items()}
     named = {name: ImageSplit(name, frame, sources[name]) for name, frame in frames.items()}
     extra = {name: named[name] for name in data.eval_sets}
     splits = Splits(named["train"], named["validation"], named["test"], extra=extra)
-    require_known_labels(splits)
+    if check_labels:
+        require_known_labels(splits)
     return splits
 
 

@@ -31,6 +31,7 @@ import pandas as pd
 from graftline.tasks.data.pii import Scanner, counts_of
 from graftline.tasks.data.splits import Split, Splits
 from graftline.tasks.errors import ValidationFailed
+from graftline.tasks.registry.tracking import StepLog
 from graftline.tasks.settings import ValidationParams
 
 EXAMPLES = 3  # rows quoted per finding in the report file
@@ -62,6 +63,7 @@ class ValidationReport:
     docs_dir: Path | None = None
     statistics: dict[str, float] = field(default_factory=dict)
     notices: list[Finding] = field(default_factory=list)  # recorded, not failures (validation.pii=warn)
+    folder: Path | None = None  # where gx_results.json and report.md were written
 
     @property
     def failures(self) -> list[str]:
@@ -83,6 +85,19 @@ class ValidationReport:
         rows = [header] + [(f.split, f.check, f.failing, f.threshold, f.observed, f.relax) for f in self.findings]
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+    def logged(self) -> StepLog:
+        """The validate step's run: statistics, the results and report files, the failures, the Data Docs."""
+        files = [(self.folder / name, "validation") for name in ("gx_results.json", "report.md")] if self.folder else []
+        if self.docs_dir:
+            files.append((self.docs_dir, "validation/data_docs"))
+        return StepLog(
+            metrics={**self.statistics, "failed_expectations": len(self.findings)},
+            tags={"validation.success": str(self.success).lower()},
+            files=files,
+            texts={"validation/failures.txt": "\n".join(self.failures) or "all expectations met\n"},
+            warnings=[f"{notice.line()}; kept: validation.pii is 'warn'" for notice in self.notices],
+        )
 
     def error(self, report: str, docs: str | None) -> ValidationFailed:
         """The error a failed validation raises: the summary line, then the table, where the report
@@ -154,7 +169,7 @@ def validate_splits(splits: Splits, thresholds: ValidationParams, out_dir: Path)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "gx_results.json").write_text(json.dumps(results, indent=1, default=str))
     docs_dir = _build_docs(context, out_dir / "data_docs")
-    report = ValidationReport(not findings, findings, results, docs_dir, statistics, notices)
+    report = ValidationReport(not findings, findings, results, docs_dir, statistics, notices, folder=out_dir)
     (out_dir / "report.md").write_text(report.markdown())
     return report
 

@@ -5,7 +5,8 @@ A backbone is one of
 - a local folder holding a transformers checkpoint (config, safetensors weights, tokenizer),
 - a Hugging Face hub id (needs network; refused quickly when HF_HUB_OFFLINE=1 and not cached).
 
-A backbone is of one kind, text or image (`kind_of`). An image backbone (the catalog's EfficientNet-Lite,
+A backbone is of one kind, text or image (`kind_of`: what its catalog entry or folder states; the run's
+Modality, tasks/modality/, resolves from it). An image backbone (the catalog's EfficientNet-Lite,
 or a folder saved by one: engine/vision.py) loads as an image classifier, and its "tokenizer" is an
 `ImageProcessor` (engine/image_inputs.py): the same role, inputs to model inputs, so the steps that
 train and score a model take either kind. Image models from the hub (transformers or timm) are not
@@ -264,7 +265,7 @@ def reinitialise_top_layers(model, count: int) -> None:
     and fresh ones can fine-tune better). Seed the random generators first for a repeatable draw."""
     if count == 0:
         return
-    if hasattr(model, "layer_depth"):  # an image classifier (engine/vision.py)
+    if not getattr(model, "has_transformer_layers", True):  # an image classifier (engine/vision.py)
         raise BackboneError("reinit_layers re-initialises transformer layers; image backbones have none")
     _, layers = encoder_layers(model)
     if count > len(layers):
@@ -276,6 +277,22 @@ def reinitialise_top_layers(model, count: int) -> None:
                 tensor._is_hf_initialized = False
             module._is_hf_initialized = False
             model._init_weights(module)
+
+
+def layer_student(teacher, kept: list[int]):
+    """A copy of a transformers `teacher` with only the `kept` encoder layers (weights copied, head
+    included): a `teacher-layers:` distillation student."""
+    import copy
+
+    import torch
+
+    student = copy.deepcopy(teacher)
+    path, layers = encoder_layers(student)
+    parent_name, _, attribute = path.rpartition(".")
+    parent = student.get_submodule(parent_name) if parent_name else student
+    setattr(parent, attribute, torch.nn.ModuleList([layers[i] for i in kept]))
+    student.config.num_hidden_layers = len(kept)
+    return student
 
 
 def count_parameters(model, trainable_only: bool = False) -> int:

@@ -3,8 +3,9 @@
 The training loop (tasks.training) is the same code for one process and for many: it asks this
 module for its rank and the number of processes, and under torch.distributed it wraps the model in
 DistributedDataParallel and splits every global batch across the processes. `launch` starts the
-processes with torchrun (`torch.distributed.run`): a step calls `finetune(...)` with
-`processes=N` and gets back the same result object as a single-process run; rank 0 writes the model.
+processes with torchrun (`torch.distributed.run`): `finetune(...)` with `processes=N` (the
+distributed recipe, tasks/train/recipes/distributed.py) gets back the same result object as a
+single-process run; rank 0 writes the model.
 
 `launch` starts the processes on this machine (`--standalone`). The loop itself only asks
 torch.distributed for rank and world size, so it also runs under a multi-node torchrun launch; the
@@ -57,8 +58,9 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 def launch(function, args: tuple, processes: int, timeout: float | None = None):
     """Run `function(*args)` in `processes` torchrun processes; return rank 0's return value.
 
-    `function` must be importable (a module-level function): the job travels pickled through a
-    private temporary folder, and each process imports graftline afresh."""
+    `function` must pickle by reference (a module-level function, or an instance of a module-level
+    class such as the recipes' table): the job travels pickled through a private temporary folder,
+    and each process imports graftline afresh."""
     from graftline.tasks.errors import GraftlineError
 
     with tempfile.TemporaryDirectory(prefix="graftline-ddp-") as tmp:

@@ -34,13 +34,16 @@ import torch
 from torch.nn import functional as F
 
 from graftline.tasks.errors import DataError
+from graftline.tasks.modality.base import InputPreparer
 
 log = logging.getLogger(__name__)
 CENTRE_SHARE = 0.875  # the centre crop takes this share of the shorter side (the ImageNet convention)
 
 
 @dataclass(frozen=True)
-class ImageProcessor:
+class ImageProcessor(InputPreparer):
+    """An image classifier's input preparer (the image modality's tokenizer)."""
+
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -99,6 +102,11 @@ class ImageProcessor:
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
         return (x - mean) / std
+
+    def model_inputs(self, inputs: list, tensors: str = "pt") -> dict:
+        """Pixel values of `inputs` (paths, URLs or bytes): decoding is part of the work, as tokenising is."""
+        pixels = self.prepare(inputs)
+        return {"pixel_values": pixels if tensors == "pt" else pixels.numpy()}
 
     def prepare(self, images: list) -> torch.Tensor:
         """Pixel values of paths, bytes or Pillow images, framed as for evaluation (serving's path)."""

@@ -54,7 +54,8 @@ import torch
 from graftline.tasks import progress
 from graftline.tasks.engine import kernels
 from graftline.tasks.engine.checkpoints import Checkpoints, LoopState
-from graftline.tasks.engine.image_inputs import DecodedImages, ImageProcessor
+from graftline.tasks.engine.image_inputs import DecodedImages
+from graftline.tasks.modality.base import InputPreparer
 from graftline.tasks.progress import TrainingProgress
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def encode(
 
     The cache key is (digest of the texts, fingerprint of the tokenizer, max_length): a changed
     vocabulary, normaliser or truncation length never reuses stale ids."""
-    if isinstance(tokenizer, ImageProcessor):  # an image classifier's input preparer: `texts` are image paths
+    if isinstance(tokenizer, InputPreparer):  # a preparer that encodes its own rows (images: `texts` are paths)
         return tokenizer.encode(list(texts), labels, cache_dir)
     texts = list(texts)
     path = None
@@ -604,8 +605,9 @@ def _layer_depths(model) -> tuple[Callable[[str], int], int]:
     (pooler, classifier head)."""
     pattern = re.compile(r"\.layers?\.(\d+)\.")
     layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 0
-    if hasattr(model, "layer_depth"):  # a model that knows its own layers (vision.EfficientNetLite)
-        return model.layer_depth, layers
+    own = getattr(model, "layer_depth", None)  # a model may state its own layers' depths (vision.EfficientNetLite)
+    if own is not None:
+        return own, layers
 
     def depth_of(name: str) -> int:
         found = pattern.search(name)

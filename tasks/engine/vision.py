@@ -92,6 +92,7 @@ class EfficientNetLite(nn.Module):
 
     main_input_name = "pixel_values"
     head_prefix = "_fc."
+    has_transformer_layers = False  # blocks, not transformer layers: nothing for reinit_layers to draw anew
 
     def __init__(self, config: ImageConfig):
         super().__init__()

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from graftline.tasks import plots
+
+# The one softmax: it lives with the predict body that ships inside every logged ONNX model, so the
+# served probabilities and the evaluated ones come from the same lines.
+from graftline.tasks.export.onnx_pyfunc import softmax
+
 BINS = 15  # the usual choice (Guo et al.); a window of 200 rows still has ~13 rows per bin
 TEMPERATURE_RANGE = (0.05, 20.0)
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    scaled = np.asarray(logits, dtype=np.float64) / temperature
-    shifted = np.exp(scaled - scaled.max(-1, keepdims=True))
-    return shifted / shifted.sum(-1, keepdims=True)
 
 
 def negative_log_likelihood(logits: np.ndarray, truth: np.ndarray, temperature: float = 1.0) -> float:
@@ -106,30 +106,21 @@ def _reliability(probabilities: np.ndarray, truth: np.ndarray, bins: int = BINS)
 
 def plot_reliability(calibration: Calibration, path: Path, title: str = "") -> Path:
     """One panel per evaluation set: accuracy per confidence bin before and after temperature scaling."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(calibration.curves)
     centres = (np.arange(BINS) + 0.5) / BINS
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
-        curve = calibration.curves[name]
-        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-        ax.plot(centres, curve["before"], "o-", label=f"raw (ECE {calibration.ece_before[name]:.3f})")
-        ax.plot(
-            centres,
-            curve["after"],
-            "s-",
-            label=f"T={calibration.temperature:.2f} (ECE {calibration.ece_after[name]:.3f})",
-        )
-        ax.set(title=name, xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
-        ax.legend(fontsize=7, loc="upper left")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with plots.figure(path, dpi=110, ncols=len(names), figsize=(3.6 * len(names), 3.6), squeeze=False) as (fig, axes):
+        for ax, name in zip(axes[0], names, strict=True):
+            curve = calibration.curves[name]
+            ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+            ax.plot(centres, curve["before"], "o-", label=f"raw (ECE {calibration.ece_before[name]:.3f})")
+            ax.plot(
+                centres,
+                curve["after"],
+                "s-",
+                label=f"T={calibration.temperature:.2f} (ECE {calibration.ece_after[name]:.3f})",
+            )
+            ax.set(title=name, xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+            ax.legend(fontsize=7, loc="upper left")
+        if title:
+            fig.suptitle(title)
     return path

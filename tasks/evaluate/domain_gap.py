@@ -24,9 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from graftline.tasks import plots
 from graftline.tasks.engine.training import autocast, batches, encode, model_inputs, resolve_device
 from graftline.tasks.evaluate import drift
 from graftline.tasks.evaluate.calibration import softmax
+from graftline.tasks.registry.tracking import StepLog
 
 CONFIDENT = 0.9  # top softmax probability of a "confident" prediction
 SAMPLE = 1000  # texts per domain measured (all of them when fewer)
@@ -152,33 +154,51 @@ def measure(
 def plot(embedded: dict[str, dict[str, Embedded]], path: Path) -> Path:
     """Source and target embeddings projected on their first two principal components, one panel per
     model (e.g. the pretrained backbone, then the fine-tuned teacher)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.decomposition import PCA
 
-    fig, axes = plt.subplots(1, len(embedded), figsize=(5 * len(embedded), 4.5), squeeze=False)
-    for ax, (title, sets) in zip(axes[0], embedded.items(), strict=True):
-        points = PCA(n_components=2, random_state=0).fit_transform(np.concatenate([e.pooled for e in sets.values()]))
-        start = 0
-        for name, e in sets.items():
-            part = points[start : start + len(e.pooled)]
-            ax.scatter(part[:, 0], part[:, 1], s=6, alpha=0.5, label=name)
-            start += len(e.pooled)
-        ax.set_title(title)
-        ax.legend(markerscale=3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    columns = len(embedded)
+    with plots.figure(path, dpi=110, ncols=columns, figsize=(5 * columns, 4.5), squeeze=False) as (fig, axes):
+        for ax, (title, sets) in zip(axes[0], embedded.items(), strict=True):
+            pooled = np.concatenate([e.pooled for e in sets.values()])
+            points = PCA(n_components=2, random_state=0).fit_transform(pooled)
+            start = 0
+            for name, e in sets.items():
+                part = points[start : start + len(e.pooled)]
+                ax.scatter(part[:, 0], part[:, 1], s=6, alpha=0.5, label=name)
+                start += len(e.pooled)
+            ax.set_title(title)
+            ax.legend(markerscale=3)
     return path
 
 
-def report(model_dir: Path, backbone: str, splits, model_params, out: Path) -> tuple[dict[str, float], Path]:
-    """The gap of every target set, before adaptation (the pretrained backbone's embeddings: distances
-    only) and after (the trained classifier in `model_dir`: distances, confidence, label shift), as
-    flat metrics `gap_<target>_<measure>` and `gap_before_<target>_<measure>`, plus the picture."""
+@dataclass(frozen=True)
+class GapReport:
+    """The gap of every target set before adaptation (the pretrained backbone: distances only) and
+    after (the trained classifier: distances, confidence, label shift), and their picture."""
+
+    role: str  # the trained model measured (teacher)
+    before: dict[str, DomainGap]
+    after: dict[str, DomainGap]
+    picture: Path
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metrics `gap_<target>_<measure>` and `gap_before_<target>_<measure>`."""
+        metrics = {f"gap_before_{k}": v for g in self.before.values() for k, v in g.metrics().items()}
+        return metrics | {f"gap_{k}": v for g in self.after.values() for k, v in g.metrics().items()}
+
+    def logged(self) -> StepLog:
+        lines = [
+            f"domain gap {name}: proxy A-distance {self.before[name].proxy_a_distance:.3f} -> "
+            f"{after.proxy_a_distance:.3f} (backbone -> {self.role}), confident {100 * after.confident_share:.0f}%, "
+            f"label shift {after.label_shift:.3f}"
+            for name, after in self.after.items()
+        ]
+        return StepLog(metrics=self.metrics(), files=[(self.picture, "domain_gap")], lines=lines)
+
+
+def report(model_dir: Path, role: str, backbone: str, splits, model_params, out: Path) -> GapReport:
+    """The gap of every target set from the training data, for the pretrained `backbone` and for the
+    trained classifier in `model_dir`, with the picture written into `out`."""
     from graftline.tasks.engine.backbones import load_classifier, load_encoder, load_tokenizer
 
     source = splits.train.texts
@@ -187,7 +207,5 @@ def report(model_dir: Path, backbone: str, splits, model_params, out: Path) -> t
     trust = model_params.trust_remote_code
     before, before_embedded = measure(load_encoder(backbone, trust), load_tokenizer(backbone, trust), *args)
     after, after_embedded = measure(load_classifier(str(model_dir)), load_tokenizer(str(model_dir)), *args)
-    metrics = {f"gap_before_{k}": v for g in before.values() for k, v in g.metrics().items()}
-    metrics |= {f"gap_{k}": v for g in after.values() for k, v in g.metrics().items()}
     picture = plot({f"backbone {backbone}": before_embedded, "fine-tuned": after_embedded}, out / "domain_gap.png")
-    return metrics, picture
+    return GapReport(role, before, after, picture)

@@ -23,13 +23,17 @@ from __future__ import annotations
 
 import html
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from graftline.tasks.errors import GraftlineError
+from graftline.tasks.registry.tracking import StepLog
+from graftline.tasks.settings import ExplainParams, ModelParams
+
+DEFAULTS = ExplainParams()  # one Integrated Gradients default for the lifecycle, `predict --explain` and `explain`
 
 BINS = (0.01, 0.05, 0.10, 0.20, 0.50)  # shares of a text's tokens removed or kept (ERASER's AOPC bins)
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -81,9 +85,9 @@ def explain(
     model,
     tokenizer,
     texts: list[str],
-    max_length: int = 128,
-    n_steps: int = 50,
-    internal_batch_size: int = 64,
+    max_length: int = ModelParams().max_length,
+    n_steps: int = DEFAULTS.n_steps,
+    internal_batch_size: int = DEFAULTS.internal_batch_size,
     true_labels: list[str] | None = None,
 ) -> list[Explanation]:
     """Integrated Gradients towards each text's predicted class, one text at a time (no padding to
@@ -306,6 +310,8 @@ class ExplainReport:
     cues: dict[str, dict[str, list[tuple[str, int]]]]  # set -> predicted label -> (word, texts)
     seconds_per_example: float
     agreement: Agreement | None = None  # with the teacher, for a student
+    role: str = ""  # the model explained (teacher | student), once the step has written its page
+    page: Path | None = None  # the HTML report
 
     def metrics(self) -> dict[str, float]:
         out = {"explained_texts": float(sum(len(e) for e in self.sets.values()))}
@@ -317,6 +323,23 @@ class ExplainReport:
             out["teacher_agreement_kendall_tau"] = self.agreement.kendall_tau
             out["teacher_agreement_top20_overlap"] = self.agreement.top_overlap
         return out
+
+    def logged(self) -> StepLog:
+        """The metrics, the HTML page and the class cues, and a line on faithfulness (and agreement)."""
+        import json
+
+        texts = sum(len(e) for e in self.sets.values())
+        ig, random = self.faithfulness["ig"].comprehensiveness, self.faithfulness["random"].comprehensiveness
+        agreed = f"; agreement with the teacher: Kendall tau {self.agreement.kendall_tau:.3f}" if self.agreement else ""
+        return StepLog(
+            metrics=self.metrics(),
+            files=[(self.page, "explain")] if self.page else [],
+            dicts={"explain/class_cues.json": json.loads(json.dumps(self.cues))},
+            lines=[
+                f"{self.role} explanations: {texts} texts, {self.seconds_per_example:.2f} s each; "
+                f"comprehensiveness IG {ig:.3f} vs random {random:.3f}{agreed}"
+            ],
+        )
 
     def texts(self) -> dict[str, tuple[list[str], list[str | None]]]:
         """What was explained per set (texts, true labels): a student is explained on the same."""
@@ -383,3 +406,12 @@ def explain_sets(model_dir: Path, splits, params, model_params, teacher: Explain
             pass  # a student with another tokenizer: its tokens are not its teacher's
     cues = {name: class_cues(es) for name, es in sets.items()}
     return ExplainReport(sets, scored, cues, seconds / max(len(every), 1), paired)
+
+
+def explain_step(
+    model_dir: Path, role: str, splits, params, model_params, folder: Path, teacher: ExplainReport | None = None
+) -> ExplainReport:
+    """`explain_sets`, with its HTML page written into `folder`."""
+    report = explain_sets(model_dir, splits, params, model_params, teacher)
+    page = write_html(folder / "explanations.html", report.sets, f"{role}: explanations", report.cues)
+    return replace(report, role=role, page=page)

@@ -4,15 +4,16 @@ temperature that calibrates the model's confidence (calibration.py)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from graftline.tasks import plots
 from graftline.tasks.data.splits import Split
 from graftline.tasks.engine.training import encode, predict_logits, resolve_device
 from graftline.tasks.evaluate.calibration import Calibration, calibrate, softmax
-from graftline.tasks.registry.tracking import metric_safe
+from graftline.tasks.registry.tracking import StepLog, metric_safe
 from graftline.tasks.settings import ModelParams
 
 
@@ -114,58 +115,44 @@ def plot_misclassified(evaluation: Evaluation, images: list[str], path: Path, co
     captioned true -> predicted and the confidence; None when there is no error to show."""
     if not evaluation.misclassified:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from PIL import Image
 
     shown = evaluation.misclassified
     rows = -(-len(shown) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (row, truth, predicted, confidence) in zip(axes.flat, shown, strict=False):
-        try:
-            with Image.open(images[row]) as picture:
-                picture.thumbnail((160, 160))
-                ax.imshow(picture.convert("RGB"))
-        except OSError:
-            ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
-        ax.set_title(f"{truth} -> {predicted}\n{confidence:.2f}", fontsize=7)
-    fig.suptitle(f"{evaluation.name}: the {len(shown)} most confident errors of {evaluation.rows} images", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    size = (1.6 * columns, 1.9 * rows)
+    caption = f"{evaluation.name}: the {len(shown)} most confident errors of {evaluation.rows} images"
+    with plots.figure(path, dpi=100, nrows=rows, ncols=columns, figsize=size, squeeze=False) as (fig, axes):
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, (row, truth, predicted, confidence) in zip(axes.flat, shown, strict=False):
+            try:
+                with Image.open(images[row]) as picture:
+                    picture.thumbnail((160, 160))
+                    ax.imshow(picture.convert("RGB"))
+            except OSError:
+                ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
+            ax.set_title(f"{truth} -> {predicted}\n{confidence:.2f}", fontsize=7)
+        fig.suptitle(caption, fontsize=9)
     return path
 
 
 def plot_confusion(evaluation: Evaluation, path: Path, title: str | None = None) -> Path:
     """Confusion-matrix picture: counts in each cell, rows normalised for the colour."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     counts = np.asarray(evaluation.confusion)
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     size = 1.2 + 0.7 * len(evaluation.labels)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    ticks = range(len(evaluation.labels))
-    ax.set_xticks(ticks, evaluation.labels, rotation=45, ha="right")
-    ax.set_yticks(ticks, evaluation.labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for (i, j), count in np.ndenumerate(counts):
-        ax.text(j, i, str(count), ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black")
-    ax.set_title(title or f"{evaluation.name}: accuracy {evaluation.accuracy:.3f}, macro-F1 {evaluation.macro_f1:.3f}")
-    fig.colorbar(image, ax=ax, fraction=0.046, label="share of true label")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    title = title or f"{evaluation.name}: accuracy {evaluation.accuracy:.3f}, macro-F1 {evaluation.macro_f1:.3f}"
+    with plots.figure(path, dpi=120, figsize=(size + 1.5, size)) as (fig, ax):
+        image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        ticks = range(len(evaluation.labels))
+        ax.set_xticks(ticks, evaluation.labels, rotation=45, ha="right")
+        ax.set_yticks(ticks, evaluation.labels)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        for (i, j), count in np.ndenumerate(counts):
+            ax.text(j, i, str(count), ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black")
+        ax.set_title(title)
+        fig.colorbar(image, ax=ax, fraction=0.046, label="share of true label")
     return path
 
 
@@ -202,3 +189,53 @@ def retention_gate(report: dict[str, float], floor: float, sets: list[str] | tup
         if report[f"{name}_{metric}_retention"] < floor
     ]
     return f"{' and '.join(short)} below the floor {floor}" if short else None
+
+
+# -- what the evaluate step (and the distill step, for its student) logs ---------------------------
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """A model's scores on every evaluation set and its calibration, with the pictures drawn of them."""
+
+    role: str
+    evaluations: dict[str, Evaluation]
+    calibration: Calibration
+    pictures: tuple[Path, ...]  # reliability diagram, confusion matrices, (images) misclassified grids
+
+    def logged(self) -> StepLog:
+        """Calibration (temperature, ECE before/after per set), every set's metrics and report, the
+        cross-domain gaps, the pictures."""
+        c = self.calibration
+        metrics = dict(c.metrics())
+        for result in self.evaluations.values():
+            metrics |= result.metrics()
+        ece = ", ".join(f"{n} {c.ece_before[n]:.3f} -> {c.ece_after[n]:.3f}" for n in c.ece_before)
+        return StepLog(
+            metrics=metrics | cross_domain_gaps(self.evaluations),
+            files=[(picture, "evaluation") for picture in self.pictures],
+            dicts={f"evaluation/{name}_report.json": asdict(e) for name, e in self.evaluations.items()},
+            lines=[f"{self.role} calibration: temperature {c.temperature:.3f}; ECE {ece}"],
+        )
+
+
+def evaluated(
+    role: str, evaluations: dict[str, Evaluation], calibration: Calibration, splits, folder: Path, modality
+) -> Evaluated:
+    """`evaluations` and `calibration` of the `role` model with their pictures drawn into `folder`; the
+    data's `modality` (tasks/modality/) adds its example pictures (images: the most confident errors)."""
+    from graftline.tasks.evaluate.calibration import plot_reliability
+
+    title = f"{role}: temperature {calibration.temperature:.2f}"
+    pictures = [plot_reliability(calibration, folder / "reliability.png", title)]
+    sets = splits.evaluation_sets()
+    for name, result in evaluations.items():
+        title = f"{role} on {name}: accuracy {result.accuracy:.3f}"
+        pictures.append(plot_confusion(result, folder / f"{name}_confusion.png", title))
+        pictures += modality.example_plots(result, sets[name], folder, name)
+    return Evaluated(role, evaluations, calibration, tuple(pictures))
+
+
+def evaluate_with_pictures(model_dir: Path, role: str, splits, model: ModelParams, folder: Path, modality) -> Evaluated:
+    """The evaluate step: the model in `model_dir` scored on every evaluation set and calibrated."""
+    return evaluated(role, *evaluate_sets(model_dir, splits, model), splits, folder, modality)

@@ -13,10 +13,11 @@ from image paths or URLs, raw bytes, or Pillow images:
 
 Output: one row per image with `label`, `score` (its calibrated probability) and `score_<label>`.
 
-This file is the model's code (MLflow "models from code"): it imports nothing of graftline, so the
-image framing (shorter side to size / 0.875, centre square, bilinear, then normalised) is written
-again here; it must stay what engine/image_inputs.py does for evaluation. A serving machine needs
-only onnxruntime, Pillow, numpy and pandas.
+This file is the model's code (MLflow "models from code"), logged with onnx_pyfunc.py beside it (the
+predict body both ONNX pyfuncs share): it imports nothing of graftline, so the image framing
+(shorter side to size / 0.875, centre square, bilinear, then normalised) is written again here; it
+must stay what engine/image_inputs.py does for evaluation. A serving machine needs only onnxruntime,
+Pillow, numpy and pandas.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+try:  # a loaded model: MLflow put its code/ folder, which holds onnx_pyfunc.py, on sys.path
+    import onnx_pyfunc
+except ModuleNotFoundError:  # graftline logging the model (MLflow runs this file then as well)
+    from graftline.tasks.export import onnx_pyfunc
+
 SETTINGS = "image_servable.json"
 CENTRE_SHARE = 0.875
 
@@ -38,29 +44,15 @@ class OnnxImageClassifier(mlflow.pyfunc.PythonModel):
     """Decode and frame each image, run the ONNX graph, divide the logits by the temperature, softmax."""
 
     def load_context(self, context) -> None:
-        import onnxruntime as ort
-
         settings = json.loads(Path(context.artifacts["settings"]).read_text())
         self.labels, self.temperature = settings["labels"], settings["temperature"]
         self.size = int(settings["image_size"])
         self.mean = np.asarray(settings["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
         self.std = np.asarray(settings["std"], dtype=np.float32).reshape(1, 3, 1, 1)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(context.artifacts["onnx"], options, providers=["CPUExecutionProvider"])
+        self.session = onnx_pyfunc.session(context.artifacts["onnx"])
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        images = _images(model_input)
-        batch_size = int((params or {}).get("batch_size", 32))
-        logits = [self._logits(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-        scaled = (np.concatenate(logits) if logits else np.zeros((0, len(self.labels)))) / self.temperature
-        probabilities = np.exp(scaled - scaled.max(-1, keepdims=True))
-        probabilities /= probabilities.sum(-1, keepdims=True)
-        out = pd.DataFrame({"label": np.asarray(self.labels, dtype=object)[probabilities.argmax(-1)]})
-        out["score"] = probabilities.max(-1)
-        for i, label in enumerate(self.labels):
-            out[f"score_{label}"] = probabilities[:, i]
-        return out
+        return onnx_pyfunc.predict(_images(model_input), self._logits, self.labels, self.temperature, params)
 
     def _logits(self, images: list) -> np.ndarray:
         squares = np.stack([self._framed(image) for image in images]).astype(np.float32) / 255

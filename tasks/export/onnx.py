@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from graftline.tasks import progress
+from graftline.tasks import plots, progress
 from graftline.tasks.data.splits import Split, encode_labels
 from graftline.tasks.engine import backbones
-from graftline.tasks.engine.image_inputs import ImageProcessor
 from graftline.tasks.errors import GraftlineError
+from graftline.tasks.modality.base import InputPreparer
 from graftline.tasks.settings import ExportParams
 
 INPUTS = ("input_ids", "attention_mask")
@@ -42,10 +42,9 @@ Predict = Callable[[list[str]], np.ndarray]  # texts (or image paths) -> logits
 
 def model_inputs(tokenizer, inputs: list, max_length: int, tensors: str = "pt") -> dict:
     """What an exported or torch classifier reads for `inputs`: token ids and mask for texts, pixel values
-    for images (the tokenizer is then an ImageProcessor: decoding is part of the work, as tokenising is)."""
-    if isinstance(tokenizer, ImageProcessor):
-        pixels = tokenizer.prepare(inputs)
-        return {"pixel_values": pixels if tensors == "pt" else pixels.numpy()}
+    for images (the tokenizer is then an InputPreparer, image_inputs.ImageProcessor, which makes its own)."""
+    if isinstance(tokenizer, InputPreparer):
+        return tokenizer.model_inputs(inputs, tensors)
     batch = tokenizer(inputs, padding=True, truncation=True, max_length=max_length, return_tensors=tensors)
     return {k: batch[k] if tensors == "pt" else batch[k].astype(np.int64) for k in INPUTS}
 
@@ -190,7 +189,7 @@ def export_and_measure(
 def export_onnx(model, tokenizer, path: Path) -> Path:
     """The classifier as one ONNX file with dynamic batch and sequence axes; outputs `logits` and `pooled`."""
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    if isinstance(tokenizer, ImageProcessor):
+    if isinstance(tokenizer, InputPreparer):  # an image classifier's preparer
         wrapped = _ImageLogitsAndPooled(model).eval()
         size = tokenizer.image_size
         example = {"pixel_values": torch.randn(2, 3, size, size)}
@@ -251,7 +250,7 @@ CALIBRATION_IMAGES = 128
 
 def _calibration(tokenizer, inputs: list | None) -> list[dict] | None:
     """Batches of pixel values to calibrate an image model's activation ranges on; None for text."""
-    if not isinstance(tokenizer, ImageProcessor) or not inputs:
+    if not isinstance(tokenizer, InputPreparer) or not inputs:
         return None
     step = max(1, len(inputs) // CALIBRATION_IMAGES)
     chosen = list(inputs)[::step][:CALIBRATION_IMAGES]
@@ -338,26 +337,17 @@ def latency(predict: Predict, texts: list[str]) -> dict[int, float]:
 
 def plot_tradeoff(report: ExportReport, path: Path, title: str = "accuracy against CPU latency") -> Path:
     """Test accuracy against milliseconds per example at batch 32, one point per served model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in report.rows:
-        ms = 1000 / r.examples_per_second_batch_32
-        ax.scatter(ms, r.accuracy, s=40 + 4 * r.size_mb, alpha=0.7, marker="o" if r.passed else "x")
-        ax.annotate(
-            f"{r.name}\n{r.size_mb:.0f} MB", (ms, r.accuracy), textcoords="offset points", xytext=(6, 4), fontsize=8
-        )
-    ax.set_xlabel("CPU ms per example (batch 32, tokenisation included)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with plots.figure(path, dpi=110, figsize=(6, 4)) as (fig, ax):
+        for r in report.rows:
+            ms = 1000 / r.examples_per_second_batch_32
+            ax.scatter(ms, r.accuracy, s=40 + 4 * r.size_mb, alpha=0.7, marker="o" if r.passed else "x")
+            ax.annotate(
+                f"{r.name}\n{r.size_mb:.0f} MB", (ms, r.accuracy), textcoords="offset points", xytext=(6, 4), fontsize=8
+            )
+        ax.set_xlabel("CPU ms per example (batch 32, tokenisation included)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
     return path
 
 
@@ -405,6 +395,11 @@ def _quiet(*loggers: str):
             logging.getLogger(None if name == "root" else name).setLevel(level)
 
 
+# What the two ONNX pyfuncs share, shipped beside each logged model (MLflow puts a model's code_paths
+# on sys.path when it loads it): a logged model imports nothing of graftline.
+PYFUNC_BODY = Path(__file__).with_name("onnx_pyfunc.py")
+
+
 def log_image_model(
     onnx: Path, model_dir: Path | None, labels: list[str], processor, temperature: float, folder: Path, name: str
 ):
@@ -449,6 +444,7 @@ def log_image_model(
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=str(Path(__file__).with_name("image_servable.py")),
+        code_paths=[str(PYFUNC_BODY)],
         artifacts=artifacts,
         pip_requirements=[f"{p}=={version(p).split('+')[0]}" for p in packages],
         signature=signature,
@@ -478,6 +474,7 @@ def log_servable(onnx: Path, tokenizer_dir: Path, labels: list[str], max_length:
     return mlflow.pyfunc.log_model(
         name="servable",
         python_model=str(Path(__file__).with_name("servable.py")),
+        code_paths=[str(PYFUNC_BODY)],
         artifacts={"onnx": str(onnx), "tokenizer": str(tokenizer_dir), "settings": str(settings)},
         pip_requirements=[f"{p}=={version(p).split('+')[0]}" for p in packages],
         input_example=example,

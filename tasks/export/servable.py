@@ -12,9 +12,10 @@ The version's tag `servable_model_uri` points at it, so either form serves with 
 Input: a DataFrame with a `text` column (or one column of strings), or a list of strings. Output:
 one row per text with `label`, `score` (its calibrated probability) and `score_<label>` per class.
 
-This file is the model's code (MLflow "models from code"): the export step logs the file itself, so
-it imports nothing of graftline, and a serving machine needs only the model's pip requirements
-(onnxruntime, transformers, tokenizers, numpy, pandas). graftline never imports it.
+This file is the model's code (MLflow "models from code"): the export step logs the file itself and,
+beside it, onnx_pyfunc.py (the predict body both ONNX pyfuncs share), so the model imports nothing of
+graftline, and a serving machine needs only the model's pip requirements (onnxruntime, transformers,
+tokenizers, numpy, pandas). graftline never imports it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+try:  # a loaded model: MLflow put its code/ folder, which holds onnx_pyfunc.py, on sys.path
+    import onnx_pyfunc
+except ModuleNotFoundError:  # graftline logging the model (MLflow runs this file then as well)
+    from graftline.tasks.export import onnx_pyfunc
+
 SETTINGS = "servable.json"
 
 
@@ -34,30 +40,17 @@ class OnnxClassifier(mlflow.pyfunc.PythonModel):
     """Tokenise, run the ONNX graph, divide the logits by the temperature, softmax."""
 
     def load_context(self, context) -> None:
-        import onnxruntime as ort
         from transformers import AutoTokenizer
 
         settings = json.loads(Path(context.artifacts["settings"]).read_text())
         self.labels, self.max_length = settings["labels"], settings["max_length"]
         self.temperature = settings["temperature"]
         self.tokenizer = AutoTokenizer.from_pretrained(context.artifacts["tokenizer"])
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(context.artifacts["onnx"], options, providers=["CPUExecutionProvider"])
+        self.session = onnx_pyfunc.session(context.artifacts["onnx"])
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        texts = _texts(model_input)
-        batch_size = int((params or {}).get("batch_size", 32))
-        logits = [self._logits(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
-        scaled = (np.concatenate(logits) if logits else np.zeros((0, len(self.labels)))) / self.temperature
-        probabilities = np.exp(scaled - scaled.max(-1, keepdims=True))
-        probabilities /= probabilities.sum(-1, keepdims=True)
-        out = pd.DataFrame({"label": np.asarray(self.labels, dtype=object)[probabilities.argmax(-1)]})
-        out["score"] = probabilities.max(-1)
-        for i, label in enumerate(self.labels):
-            out[f"score_{label}"] = probabilities[:, i]
-        return out
+        return onnx_pyfunc.predict(_texts(model_input), self._logits, self.labels, self.temperature, params)
 
     def _logits(self, texts: list[str]) -> np.ndarray:
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")

@@ -17,9 +17,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from graftline.tasks.data import images, pii
+from graftline.tasks import modality as modalities
+from graftline.tasks.data import pii
 from graftline.tasks.data.splits import Split, Splits
 from graftline.tasks.errors import GraftlineError
+from graftline.tasks.modality.base import Modality
 from graftline.tasks.registry import contract
 from graftline.tasks.settings import DataParams, ValidationParams
 
@@ -46,29 +48,28 @@ def keep(splits: Splits, data: DataParams, validation: ValidationParams, copy: b
     (folder / REFERENCE).write_text(json.dumps(reference, indent=2))
 
 
-def load(folder: Path, run_id: str) -> dict[str, Split]:
+def load(folder: Path, run_id: str, modality: Modality | None = None) -> dict[str, Split]:
     """The evaluation sets kept in `folder` (the downloaded `evaluation_sets/` of ingest run `run_id`),
-    `test` first."""
+    `test` first. Copied sets are read back as `modality` says (default: text); referenced ones as
+    their `data` settings say."""
     reference = folder / REFERENCE
     if reference.exists():
         sets = _read_referenced(json.loads(reference.read_text()))
     else:
         import pandas as pd
 
-        from graftline.tasks.data.images import ImageSplit
-
+        modality = modality or modalities.default()
         sets = {}
         for p in folder.glob("*.parquet"):
-            frame = pd.read_parquet(p)
-            kind = ImageSplit if "image" in frame.columns and "text" not in frame.columns else Split
-            sets[p.stem] = kind(p.stem, frame, f"runs:/{run_id}/{contract.EVALUATION_SETS}/{p.name}")
+            source = f"runs:/{run_id}/{contract.EVALUATION_SETS}/{p.name}"
+            sets[p.stem] = modality.kept_split(p.stem, pd.read_parquet(p), source)
     return dict(sorted(sets.items(), key=lambda item: (item[0] != "test", item[0])))
 
 
 def _read_referenced(reference: dict) -> dict[str, Split]:
     data = DataParams.model_validate(reference["data"])
     try:
-        splits = images.load_any(data)
+        splits = modalities.of_data(data).read_splits(data)
     except GraftlineError as error:
         raise EvaluationSetsError(
             f"the version's evaluation sets are referenced, not copied, and cannot be read again: {error}; "
@@ -93,10 +94,11 @@ def of_version(client, name: str, version: str) -> dict[str, Split]:
     """The evaluation sets registered version `name` v`version` was scored on (its ingest run's), `test` first."""
     import mlflow
 
-    run_id = client.get_model_version(name, version).tags.get(contract.INGEST_RUN)
+    tags = client.get_model_version(name, version).tags
+    run_id = tags.get(contract.INGEST_RUN)
     if not run_id:
         raise EvaluationSetsError(
             f"{name} v{version} has no {contract.INGEST_RUN} tag: its evaluation sets are not known"
         )
     folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=contract.EVALUATION_SETS))
-    return load(folder, run_id)
+    return load(folder, run_id, modalities.of_version(tags))

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
 from graftline.tasks.errors import GraftlineError
-from graftline.tasks.records import Registration
+from graftline.tasks.records import Registered, Registration
 from graftline.tasks.registry.contract import (
     BELOW,
     HISTORY_PREFIX,
@@ -41,7 +41,7 @@ from graftline.tasks.registry.contract import (
     recorded_max_length,
     teacher_name,
 )
-from graftline.tasks.settings import GateParams
+from graftline.tasks.settings import EXPERIMENT, GateParams, RegistryParams
 
 
 class PromotionError(GraftlineError):
@@ -223,7 +223,7 @@ def promote(
     gates: GateParams,
     triggered_by: str,
     version: str | None = None,
-    experiment: str = "graftline",
+    experiment: str = EXPERIMENT,
     lock_wait: float = 60.0,
 ) -> Outcome:
     """Move `alias` to `version` (default: the holder of the stage below) if its gates pass."""
@@ -252,7 +252,7 @@ def promote(
 
 
 def rollback(
-    client, name: str, alias: str, triggered_by: str, experiment: str = "graftline", lock_wait: float = 60.0
+    client, name: str, alias: str, triggered_by: str, experiment: str = EXPERIMENT, lock_wait: float = 60.0
 ) -> Outcome:
     """Return `alias` to the version that held it before its last (not rolled back) promotion."""
     if alias not in PROMOTABLE:
@@ -281,6 +281,21 @@ def rollback(
     return outcome
 
 
+def register_models(
+    models: list, splits, params: RegistryParams, tags: dict[str, str], triggered_by: str, max_length: int
+) -> Registered:
+    """The register step: `models` (TrainedModel, teacher first) registered under `params.model_name`
+    with `tags`, then each promoted if its gates pass on the evaluation sets of `splits`."""
+    from mlflow.tracking import MlflowClient
+
+    from graftline.tasks.registry.versions import candidates
+
+    entries, sets = candidates(models, params.model_name, tags, max_length), splits.evaluation_sets()
+    settings = (params.promote_to, sets, params.gates, triggered_by, params.experiment)
+    done = register_and_promote(MlflowClient(), entries, *settings)
+    return Registered(tuple(m.role for m in models), tuple(done))
+
+
 def register_and_promote(
     client,
     candidates: list,
@@ -288,7 +303,7 @@ def register_and_promote(
     eval_sets: dict,
     gates: GateParams,
     triggered_by: str,
-    experiment: str = "graftline",
+    experiment: str = EXPERIMENT,
 ) -> list[Registration]:
     """Register `candidates` (all or nothing, alias `candidate`), then promote each new version to
     `promote_to` ("none": leave them candidates) if its gates pass."""

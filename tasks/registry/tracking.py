@@ -13,7 +13,7 @@ import os
 import subprocess
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from graftline.tasks import progress
@@ -41,6 +41,13 @@ def local_path(uri: str) -> str:
     from urllib.request import url2pathname
 
     return url2pathname(urlparse(uri).path) if uri.startswith("file:") else uri
+
+
+def artifact_location(path: str) -> str:
+    """Where artifact `path` of the active run is, as a person can open it."""
+    import mlflow
+
+    return local_path(mlflow.get_artifact_uri(path))
 
 
 def home() -> Path:
@@ -107,6 +114,76 @@ def step_run(name: str, parent_run_id: str):
         yield run
 
 
+@dataclass
+class StepLog:
+    """What a step's result says it logs, in the one shape the tracking shell writes (`record`).
+
+    A step's logic (in tasks/) returns a result whose `logged()` builds one of these; the Prefect
+    shell (flows/steps.py) opens the step's run, writes it with `record` and prints `lines` and
+    `warnings` to the run's log. Nothing here imports MLflow, so a result can say what it logs in a
+    unit test without a store. `a + b` merges two (a step that logs several results).
+    """
+
+    params: dict[str, object] = field(default_factory=dict)  # nested dicts become dotted names
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    files: list[tuple[Path, str | None]] = field(default_factory=list)  # (file or folder, artifact folder)
+    dicts: dict[str, object] = field(default_factory=dict)  # artifact file -> JSON-able value
+    texts: dict[str, str] = field(default_factory=dict)  # artifact file -> text
+    tables: dict[str, object] = field(default_factory=dict)  # artifact file -> DataFrame (MLflow's table view)
+    lines: list[str] = field(default_factory=list)  # what the run's log says about the step (info)
+    warnings: list[str] = field(default_factory=list)
+    datasets: object | None = None  # Splits: recorded as dataset inputs of the step's run and of its parent
+    epochs: list[object] = field(default_factory=list)  # EpochRecords no listener heard: curves stepped by epoch
+
+    def __add__(self, other: StepLog) -> StepLog:
+        return StepLog(
+            {**self.params, **other.params},
+            {**self.metrics, **other.metrics},
+            {**self.tags, **other.tags},
+            [*self.files, *other.files],
+            {**self.dicts, **other.dicts},
+            {**self.texts, **other.texts},
+            {**self.tables, **other.tables},
+            [*self.lines, *other.lines],
+            [*self.warnings, *other.warnings],
+            other.datasets if other.datasets is not None else self.datasets,
+            [*self.epochs, *other.epochs],
+        )
+
+
+def record(log: StepLog) -> None:
+    """Write `log` to the active run: parameters (secrets left out), metrics, tags, then artifacts."""
+    import mlflow
+
+    if log.params:
+        log_params(log.params)
+    if log.metrics:
+        mlflow.log_metrics(log.metrics)
+    if log.tags:
+        mlflow.set_tags(log.tags)
+    for epoch in log.epochs:
+        log_epoch(epoch)
+    for path, folder in log.files:
+        if Path(path).is_dir():
+            mlflow.log_artifacts(str(path), folder)
+        else:
+            mlflow.log_artifact(str(path), folder)
+    for name, value in log.dicts.items():
+        mlflow.log_dict(value, name)
+    for name, text in log.texts.items():
+        mlflow.log_text(text, name)
+    for name, table in log.tables.items():
+        mlflow.log_table(table, name)
+    if log.datasets is not None:
+        from mlflow.tracking import MlflowClient
+
+        run_id = mlflow.active_run().info.run_id
+        parent = MlflowClient().get_run(run_id).data.tags.get("mlflow.parentRunId")
+        for each in (run_id, parent) if parent else (run_id,):
+            log_datasets(each, log.datasets)
+
+
 def log_params(params: dict, prefix: str = "") -> None:
     """Log flat parameters; nested dicts become dotted names; secrets are never logged."""
     import mlflow
@@ -138,14 +215,16 @@ def log_epoch(record, prefix: str = "") -> None:
     mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in values.items()}, step=record.epoch)
 
 
-def log_trial(record, parent_run_id: str, experiment_id: str) -> str:
-    """A search trial (tasks.search.TrialRecord) as a finished nested run of `parent_run_id`: its
-    settings as parameters, its reports as the `val_macro_f1_report` curve, its state as tags
-    (FINISHED when complete, KILLED when pruned, FAILED). Thread-safe: it names its runs."""
+def log_trial(record, parent_run_id: str, experiment_id: str | None = None) -> str:
+    """A search trial (tasks/train/search.py's TrialRecord) as a finished nested run of `parent_run_id`
+    (in its experiment unless `experiment_id` says otherwise): its settings as parameters, its reports
+    as the `val_macro_f1_report` curve, its state as tags (FINISHED when complete, KILLED when pruned,
+    FAILED). Thread-safe: it names its runs."""
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
+    experiment_id = experiment_id or client.get_run(parent_run_id).info.experiment_id
     started, ended = int(record.started * 1000), int((record.started + record.seconds) * 1000)
     tags = {
         "mlflow.parentRunId": parent_run_id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from graftline.tasks import modality as modalities
 from graftline.tasks.records import Registration, TrainedModel
 from graftline.tasks.registry import contract
 from graftline.tasks.registry.contract import CANDIDATE
@@ -54,31 +55,12 @@ def candidates(models: list[TrainedModel], model_name: str, tags: dict[str, str]
 
 
 def load_version(name: str, version: str):
-    """(model, tokenizer) of a registered version, for re-evaluation: a transformers model, or an image
-    classifier (from the safetensors folder logged beside its ONNX graph) and its ImageProcessor."""
-    import mlflow.transformers
+    """(model, tokenizer) of a registered version, for re-evaluation, as its modality logged it (a
+    transformers model; an image classifier from the safetensors folder beside its ONNX graph)."""
     from mlflow.tracking import MlflowClient
 
-    if MlflowClient().get_model_version(name, version).tags.get(contract.MODALITY) == contract.IMAGE:
-        folder = image_weights(f"models:/{name}/{version}")
-        from graftline.tasks.engine import backbones
-
-        return backbones.load_classifier(str(folder)), backbones.load_tokenizer(str(folder))
-
-    components = mlflow.transformers.load_model(f"models:/{name}/{version}", return_type="components")
-    return components["model"], components["tokenizer"]
-
-
-def image_weights(model_uri: str) -> Path:
-    """The safetensors classifier folder inside a logged image model (downloaded)."""
-    import mlflow.artifacts
-    from mlflow.models import Model
-
-    root = Path(mlflow.artifacts.download_artifacts(model_uri))
-    artifacts = Model.load(str(root / "MLmodel")).flavors["python_function"].get("artifacts", {})
-    if contract.IMAGE_WEIGHTS not in artifacts:
-        raise FileNotFoundError(f"{model_uri}: no {contract.IMAGE_WEIGHTS} artifact (not an image classifier)")
-    return root / artifacts[contract.IMAGE_WEIGHTS]["path"]
+    tags = MlflowClient().get_model_version(name, version).tags
+    return modalities.of_version(tags).load_version(f"models:/{name}/{version}")
 
 
 def register_all(client, candidates: list[Candidate]) -> list[Registration]:
@@ -139,54 +121,8 @@ def _aliases(client, name: str) -> dict[str, str]:
     return {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}
 
 
-def pip_requirements() -> list[str]:
-    """Exact versions of what a served model needs (explicit: inference of them is slow and wrong)."""
-    from importlib.metadata import version
-
-    packages = ["torch", "transformers", "tokenizers", "safetensors", "numpy"]
-    return [f"{p}=={version(p).split('+')[0]}" for p in packages]
-
-
 def log_classifier(model_dir: Path, input_example: list[str]):
-    """Log a saved classifier folder with the transformers flavor (safetensors, signature, example); an
-    image classifier as the ONNX pyfunc of image_servable.py, its safetensors folder beside it."""
-    import logging
-    import tempfile
-
-    from graftline.tasks.engine import backbones
-
-    if backbones.kind_of(str(model_dir)) == contract.IMAGE:
-        from graftline.tasks.export.onnx import export_onnx, log_image_model
-
-        classifier, processor = backbones.load_classifier(str(model_dir)), backbones.load_tokenizer(str(model_dir))
-        with tempfile.TemporaryDirectory(prefix="graftline-image-model-") as tmp:
-            onnx = export_onnx(classifier.eval(), processor, Path(tmp) / "model.onnx")
-            labels = backbones.labels_of(classifier)
-            return log_image_model(onnx, model_dir, labels, processor, 1.0, Path(tmp), "model")
-
-    import mlflow.models
-    import mlflow.transformers
-    import pandas as pd
-    from transformers import pipeline
-
-    from graftline.tasks.engine.backbones import load_classifier, load_tokenizer
-
-    # A local folder has no hub model card or licence to fetch; MLflow warns about both.
-    logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
-
-    classifier = pipeline(
-        "text-classification", model=load_classifier(str(model_dir)), tokenizer=load_tokenizer(str(model_dir))
-    )
-    # The params schema lets a caller (and MLflow's scoring server) pass batch_size; without one MLflow
-    # drops it and the pipeline scores one text at a time.
-    signature = mlflow.models.infer_signature(
-        input_example, pd.DataFrame(classifier(input_example)), params={"batch_size": 1}
-    )
-    return mlflow.transformers.log_model(
-        classifier,
-        name="model",
-        task="text-classification",
-        pip_requirements=pip_requirements(),
-        input_example=input_example,
-        signature=signature,
-    )
+    """Log a saved classifier folder as its modality logs a model (tasks/modality/): a text model with
+    the transformers flavor (safetensors, signature, example), an image classifier as the ONNX pyfunc
+    of image_servable.py, its safetensors folder beside it."""
+    return modalities.of_backbone(str(model_dir)).log_model(model_dir, input_example)

@@ -30,23 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
+from graftline.tasks import plots
 from graftline.tasks.errors import GraftlineError
 from graftline.tasks.evaluate import drift
 from graftline.tasks.evaluate.calibration import softmax
 from graftline.tasks.registry import tracking
+from graftline.tasks.settings import MonitorParams
 
 NO_DRIFT, DRIFT, HARMFUL = "no drift", "drift", "harmful drift"
 VERDICTS = (NO_DRIFT, DRIFT, HARMFUL)
 DETECTORS = ("bbsd_ks", "mmd", "classifier", "label_shift")
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    alpha: float = 0.05  # false-alarm rate of the verdict, shared by the detectors
-    max_accuracy_drop: float = 0.05  # estimated accuracy this far below the reference's: harmful
-    accuracy_estimate: str = "confidence"  # confidence | atc (on the Amazon domains ATC erred ~4x more: BENCHMARKS)
-    permutations: int = 300  # of the MMD test
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -95,7 +88,7 @@ class DriftReport:
     labels: list[str]
     reference_shares: list[float]  # predicted-label distribution on each side
     window_shares: list[float]
-    thresholds: Thresholds = field(default_factory=Thresholds)
+    settings: MonitorParams = field(default_factory=MonitorParams)  # the thresholds it was judged by
     seconds: float = 0.0
 
     @property
@@ -149,21 +142,22 @@ def profile_with(forward, texts: list[str], temperature: float) -> Profile:
     return Profile(softmax(logits, temperature), pooled)
 
 
-def compare(reference: Reference, window: Profile, labels: list[str], thresholds: Thresholds) -> DriftReport:
-    """Every detector on `window` against `reference`, the accuracy estimate, and the verdict."""
+def compare(reference: Reference, window: Profile, labels: list[str], settings: MonitorParams) -> DriftReport:
+    """Every detector on `window` against `reference`, the accuracy estimate, and the verdict, by the
+    thresholds of `settings`."""
     started = time.perf_counter()
-    alpha = drift.combined_alpha(thresholds.alpha, len(DETECTORS))
+    alpha = drift.combined_alpha(settings.alpha, len(DETECTORS))
     ref = reference.profile
     detections = {
         "bbsd_ks": drift.bbsd_ks(ref.probabilities, window.probabilities, alpha),
-        "mmd": drift.mmd_test(ref.embeddings, window.embeddings, alpha, thresholds.permutations, thresholds.seed),
-        "classifier": drift.classifier_test(ref.embeddings, window.embeddings, alpha, seed=thresholds.seed),
+        "mmd": drift.mmd_test(ref.embeddings, window.embeddings, alpha, settings.permutations, settings.seed),
+        "classifier": drift.classifier_test(ref.embeddings, window.embeddings, alpha, seed=settings.seed),
         "label_shift": drift.label_shift(ref.predicted, window.predicted, len(labels), alpha),
     }
-    threshold = reference.atc_threshold if thresholds.accuracy_estimate == "atc" else None
+    threshold = reference.atc_threshold if settings.accuracy_estimate == "atc" else None
     estimated = drift.estimate_accuracy(window.confidence, threshold)
     drifted = any(d.detected for d in detections.values())
-    harmful = drifted and reference.accuracy - estimated > thresholds.max_accuracy_drop
+    harmful = drifted and reference.accuracy - estimated > settings.max_accuracy_drop
     return DriftReport(
         verdict=HARMFUL if harmful else DRIFT if drifted else NO_DRIFT,
         detections=detections,
@@ -174,7 +168,7 @@ def compare(reference: Reference, window: Profile, labels: list[str], thresholds
         labels=labels,
         reference_shares=_shares(ref.predicted, len(labels)),
         window_shares=_shares(window.predicted, len(labels)),
-        thresholds=thresholds,
+        settings=settings,
         seconds=time.perf_counter() - started,
     )
 
@@ -201,43 +195,34 @@ def load_profile(path: Path) -> Reference | None:
 def plot_report(report: DriftReport, reference: Reference, window: Profile, path: Path, title: str = "") -> Path:
     """Four panels: confidence on each side, predicted-label shares, each detector's p-value against
     its threshold, and the embeddings of both sides on their first two principal components."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
-    bins = np.linspace(0, 1, 21)
-    axes[0].hist(reference.profile.confidence, bins, alpha=0.6, density=True, label="reference")
-    axes[0].hist(window.confidence, bins, alpha=0.6, density=True, label="new data")
-    axes[0].set(title="confidence (calibrated)", xlabel="top-class probability")
-    axes[0].legend(fontsize=8)
-    x = np.arange(len(report.labels))
-    axes[1].bar(x - 0.2, report.reference_shares, 0.4, label="reference")
-    axes[1].bar(x + 0.2, report.window_shares, 0.4, label="new data")
-    axes[1].set_xticks(x, report.labels, rotation=30, ha="right")
-    axes[1].set(title="predicted labels", ylabel="share")
-    names = list(report.detections)
-    p_values = [max(report.detections[n].p_value, 1e-12) for n in names]
-    colours = ["tab:red" if report.detections[n].detected else "tab:green" for n in names]
-    axes[2].barh(names, p_values, color=colours)
-    axes[2].axvline(report.detections[names[0]].alpha, color="black", linestyle=":", label="threshold")
-    axes[2].set(xscale="log", title="p-values (red: drift)", xlim=(1e-12, 1))
-    axes[2].legend(fontsize=8)
-    both = np.concatenate([reference.profile.embeddings, window.embeddings])
-    centred = both - both.mean(0)
-    _, _, components = np.linalg.svd(centred[:: max(1, len(centred) // 2000)], full_matrices=False)
-    points = centred @ components[:2].T
-    n = len(reference.profile)
-    axes[3].scatter(*points[:n].T, s=4, alpha=0.4, label="reference")
-    axes[3].scatter(*points[n:].T, s=4, alpha=0.4, label="new data")
-    axes[3].set(title="embeddings (first two principal components)")
-    axes[3].legend(fontsize=8)
-    fig.suptitle(title or report.summary(), fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with plots.figure(path, dpi=100, ncols=4, figsize=(17, 3.8)) as (fig, axes):
+        bins = np.linspace(0, 1, 21)
+        axes[0].hist(reference.profile.confidence, bins, alpha=0.6, density=True, label="reference")
+        axes[0].hist(window.confidence, bins, alpha=0.6, density=True, label="new data")
+        axes[0].set(title="confidence (calibrated)", xlabel="top-class probability")
+        axes[0].legend(fontsize=8)
+        x = np.arange(len(report.labels))
+        axes[1].bar(x - 0.2, report.reference_shares, 0.4, label="reference")
+        axes[1].bar(x + 0.2, report.window_shares, 0.4, label="new data")
+        axes[1].set_xticks(x, report.labels, rotation=30, ha="right")
+        axes[1].set(title="predicted labels", ylabel="share")
+        names = list(report.detections)
+        p_values = [max(report.detections[n].p_value, 1e-12) for n in names]
+        colours = ["tab:red" if report.detections[n].detected else "tab:green" for n in names]
+        axes[2].barh(names, p_values, color=colours)
+        axes[2].axvline(report.detections[names[0]].alpha, color="black", linestyle=":", label="threshold")
+        axes[2].set(xscale="log", title="p-values (red: drift)", xlim=(1e-12, 1))
+        axes[2].legend(fontsize=8)
+        both = np.concatenate([reference.profile.embeddings, window.embeddings])
+        centred = both - both.mean(0)
+        _, _, components = np.linalg.svd(centred[:: max(1, len(centred) // 2000)], full_matrices=False)
+        points = centred @ components[:2].T
+        n = len(reference.profile)
+        axes[3].scatter(*points[:n].T, s=4, alpha=0.4, label="reference")
+        axes[3].scatter(*points[n:].T, s=4, alpha=0.4, label="new data")
+        axes[3].set(title="embeddings (first two principal components)")
+        axes[3].legend(fontsize=8)
+        fig.suptitle(title or report.summary(), fontsize=9)
     return path
 
 
@@ -252,7 +237,7 @@ def write_html(report: DriftReport, picture: Path, path: Path, title: str) -> Pa
         for n, d in report.detections.items()
     )
     image = base64.b64encode(picture.read_bytes()).decode()
-    t = report.thresholds
+    t = report.settings
     path.write_text(
         f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;text-align:left}}
@@ -284,21 +269,20 @@ class Monitored:
     form: str = "torch"  # what computed the profiles: torch, or the version's INT8 export
 
 
-def check(
-    client, model: str, texts: list[str], thresholds: Thresholds, reference_rows: int = 1000, cache: Path | None = None
-) -> Monitored:
-    """Compare `texts` with the held-out data of registered version `model` (MODEL@ALIAS | MODEL/VERSION)."""
+def check(client, texts: list[str], settings: MonitorParams, cache: Path | None = None) -> Monitored:
+    """Compare `texts` with the held-out data of registered version `settings.model` (MODEL@ALIAS |
+    MODEL/VERSION), on up to `settings.reference_rows` of it."""
     from graftline.tasks.serve.predict import ModelReference, fetch_version
 
     if not texts:
         raise MonitorError("no texts to monitor: the window is empty")
-    version = fetch_version(client, ModelReference.parse(model))
+    version = fetch_version(client, ModelReference.parse(settings.model))
     labels, tokenizer = version.labels(), version.tokenizer()
     form, forward = _fastest_forward(client, version, tokenizer)
-    reference = _reference(client, version, forward, form, labels, reference_rows, cache, thresholds.seed)
+    reference = _reference(client, version, forward, form, labels, settings.reference_rows, cache, settings.seed)
     started = time.perf_counter()
     window = profile_with(forward, texts, version.temperature)
-    report = compare(reference, window, labels, thresholds)
+    report = compare(reference, window, labels, settings)
     report = replace(report, seconds=time.perf_counter() - started)
     return Monitored(version, reference, window, report, form)
 
@@ -344,3 +328,16 @@ def _reference(client, version, forward, form: str, labels, rows: int, cache: Pa
     reference = Reference(profile_with(forward, texts, version.temperature), truth)
     save_profile(path, reference)
     return reference
+
+
+@dataclass(frozen=True)
+class MonitorOutcome:
+    """What one drift check did: its verdict and report (none while it waits for rows), its MLflow run,
+    and the retraining it started (or why none could start)."""
+
+    verdict: str
+    window_rows: int
+    report: DriftReport | None = None  # None: too few new rows yet, nothing was checked
+    run_id: str | None = None
+    retrain_flow_run_id: str | None = None
+    retrain_error: str | None = None

@@ -24,11 +24,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from graftline.tasks import modality as modalities
 from graftline.tasks import progress
 from graftline.tasks.data.splits import FORMATS, read_frame, resolve_source, table_of
 from graftline.tasks.errors import GraftlineError
 from graftline.tasks.evaluate.calibration import softmax
+from graftline.tasks.modality.base import TEXT_SCORING
 from graftline.tasks.registry import contract
+from graftline.tasks.settings import PredictParams, default_of
 
 FORMS = ("onnx-int8", "onnx", "torch")  # fastest first
 EXPORT_FILES = {"onnx-int8": "export/model.int8.onnx", "onnx": "export/model.onnx"}
@@ -161,16 +164,14 @@ def fetch_version(client, reference: ModelReference) -> Version:
 
     version = resolve_version(client, reference)
     tags = dict(client.get_model_version(reference.name, version).tags)
-    if tags.get(contract.MODALITY) == contract.IMAGE:
-        raise PredictionError(
-            f"{reference.name} v{version} classifies images; predict, monitor and explain read texts "
-            f"(score images with mlflow.pyfunc.load_model('models:/{reference.name}/{version}') or graftline serve)"
-        )
+    refused = modalities.of_version(tags).refusal(TEXT_SCORING, uri=f"models:/{reference.name}/{version}")
+    if refused:
+        raise PredictionError(f"{reference.name} v{version} {refused}")
     folder = Path(mlflow.artifacts.download_artifacts(f"models:/{reference.name}/{version}"))
     return Version(reference.name, version, tags, folder)
 
 
-def load_scorer(client, reference: ModelReference, form: str = "auto") -> Scorer:
+def load_scorer(client, reference: ModelReference, form: str = default_of(PredictParams, "form")) -> Scorer:
     """The version `reference` names, in `form` (auto: the fastest that passed parity)."""
     import mlflow
 
@@ -213,7 +214,12 @@ def output_format(output: Path) -> str:
 
 
 def predict_frame(
-    scorer: Scorer, frame: pd.DataFrame, text_column: str, output: Path, batch_size: int = 32, explainer=None
+    scorer: Scorer,
+    frame: pd.DataFrame,
+    text_column: str,
+    output: Path,
+    batch_size: int = default_of(PredictParams, "batch_size"),
+    explainer=None,
 ) -> Predictions:
     """Score every row of `frame` (from `read_input`) and write them, with the predictions, to `output`;
     with `explainer` (texts -> top words of each), also a `top_words` column."""
@@ -243,7 +249,7 @@ def predict_frame(
     )
 
 
-def read_input(source: str, text_column: str = "text") -> pd.DataFrame:
+def read_input(source: str, text_column: str = default_of(PredictParams, "text_column")) -> pd.DataFrame:
     """Every column of the input as written, its text column checked and read as for training."""
     path = resolve_source(source)
     frame = read_frame(path)
@@ -263,3 +269,13 @@ def _write(frame: pd.DataFrame, output: Path, fmt: str) -> None:
         partial.replace(output)
     finally:
         partial.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class PredictionRun:
+    """What one prediction run did: its numbers, the version and form that scored, and its MLflow run."""
+
+    predictions: Predictions
+    version: str
+    form: str  # onnx-int8 | onnx | torch
+    run_id: str

@@ -30,7 +30,6 @@ retention gate (evaluate.py) whether it keeps enough to be registered.
 
 from __future__ import annotations
 
-import copy
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from graftline.tasks import modality as modalities
 from graftline.tasks.data.splits import Splits, encode_labels
-from graftline.tasks.engine import backbones, vision
-from graftline.tasks.engine.backbones import LAYER_PREFIX, student_layers  # noqa: F401  (the student syntax)
+from graftline.tasks.engine import backbones
 from graftline.tasks.engine.checkpoints import Checkpoints
 from graftline.tasks.engine.training import (
     TrainingIO,
@@ -50,14 +49,24 @@ from graftline.tasks.engine.training import (
     batches,
     encode,
     model_inputs,
+    resolve_device,
     seed_everything,
     train,
 )
-from graftline.tasks.errors import BackboneError
 from graftline.tasks.evaluate.calibration import Calibration
-from graftline.tasks.evaluate.scores import Evaluation, evaluate_sets, headline_scores, retention, retention_gate
+from graftline.tasks.evaluate.scores import (
+    Evaluated,
+    Evaluation,
+    evaluate_sets,
+    headline_scores,
+    retention,
+    retention_gate,
+)
+from graftline.tasks.modality.base import TRANSFER_ROWS, Modality
+from graftline.tasks.registry import contract
+from graftline.tasks.registry.tracking import StepLog
 from graftline.tasks.settings import DistillParams, ModelParams
-from graftline.tasks.train.finetune import augmentation, encode_split, save_model
+from graftline.tasks.train.finetune import encode_split, save_model
 
 UNLABELED = -100  # label id of transfer rows: soft targets only, no cross-entropy
 TEACHER_BATCH = 64  # rows per forward pass when computing teacher targets
@@ -114,30 +123,25 @@ def distill(
     model: ModelParams,
     out_dir: Path,
     io: TrainingIO = TrainingIO(),
+    modality: Modality | None = None,
 ) -> DistillResult:
     """Distil the classifier in `teacher_dir` into `params.student`, trained on `splits.train` plus
-    the transfer rows (`splits.unlabeled`, augmented copies)."""
+    the transfer rows (`splits.unlabeled`, augmented copies) where the modality has them; `modality`
+    builds the student and prepares its training (default: the one the splits were read as)."""
     teacher = backbones.load_classifier(str(teacher_dir))
     teacher_tokenizer = backbones.load_tokenizer(str(teacher_dir))
     labels = backbones.labels_of(teacher)
+    modality = modality or modalities.of_splits(splits)
 
-    image = splits.modality == "image"
-    if image:
-        _require_image_student(params)
     seed_everything(model.seed)  # a catalog student's new head is initialised from this seed
-    if image and params.student.startswith(LAYER_PREFIX):
-        kept = image_student_blocks(params.student, teacher.config)
-        student, tokenizer = vision.layer_student(teacher, kept), teacher_tokenizer
-    elif (kept := student_layers(params.student, teacher.config.num_hidden_layers)) is not None:
-        student, tokenizer = make_layer_student(teacher, kept), teacher_tokenizer
-    else:
-        tokenizer = backbones.load_tokenizer(params.student, model.trust_remote_code, model.image_size)
-        student = backbones.load_classifier(params.student, labels, model.trust_remote_code, model.image_size)
+    student, tokenizer, kept = modality.build_student(teacher, teacher_tokenizer, params, model, labels)
 
     # Training rows: the labeled split, then transfer rows that only the teacher labels: the
     # unlabeled files, the target sets' texts (the student adapts too), augmented training texts.
-    transfer = [] if image else list(splits.unlabeled) + splits.target_texts()
-    transfer += [] if image else augment(splits.train.texts, params.augment_copies, model.seed)
+    transfer = []
+    if modality.supports(TRANSFER_ROWS):
+        transfer = list(splits.unlabeled) + splits.target_texts()
+        transfer += augment(splits.train.texts, params.augment_copies, model.seed)
     texts = splits.train.inputs + transfer
     ids = encode_labels(splits.train.frame["label"], labels, "train") + [UNLABELED] * len(transfer)
     layer_map = (
@@ -147,8 +151,7 @@ def distill(
     )
 
     # Teacher targets once, in eval mode (no dropout), on the teacher's own tokenisation.
-    device = "cuda" if model.device != "cpu" and torch.cuda.is_available() else "cpu"
-    teacher.to(device)
+    teacher.to(resolve_device(model.device))
     soft, pooled = teacher_targets(
         teacher,
         encode(teacher_tokenizer, texts, ids, model.max_length, io.cache_dir),
@@ -161,9 +164,7 @@ def distill(
     train_split = encode(tokenizer, texts, ids, model.max_length, io.cache_dir)
     train_split.extras["teacher_logits"] = soft
     val_split = encode_split(tokenizer, splits.validation, labels, model.max_length, io.cache_dir)
-    if image:
-        train_split = train_split.augmented(augmentation(params.images, model.seed))
-        student.freeze_batchnorm(params.images.freezes_batchnorm(params.batch_size))
+    train_split = modality.prepare_training(student, train_split, params, model.seed)
     trained = student
     if layer_map:
         train_split.extras["teacher_hidden"] = pooled
@@ -199,24 +200,6 @@ def distill(
         transfer_rows=len(transfer),
         layer_map=layer_map,
     )
-
-
-def image_student_blocks(spec: str, config) -> list[int]:
-    """The teacher blocks an image `teacher-layers:N` (or `teacher-layers:0,1,3,...`) student keeps."""
-    value = spec.removeprefix(LAYER_PREFIX)
-    try:
-        if "," in value:
-            return vision.kept_blocks(config, named=[int(v) for v in value.split(",")])
-        return vision.kept_blocks(config, count=int(value))
-    except ValueError as exc:
-        detail = str(exc) if not str(exc).startswith("invalid literal") else "expected a number or a list of blocks"
-        raise BackboneError(f"distill.student {spec!r}: {detail}") from None
-
-
-def _require_image_student(params: DistillParams) -> None:
-    backbones.require_student_kind(params.student, "image")
-    if params.hidden_weight > 0:
-        raise BackboneError("distill.hidden_weight matches transformer layers; set it to 0 for image models")
 
 
 @dataclass
@@ -300,17 +283,6 @@ def augment(texts: list[str], copies: int, seed: int) -> list[str]:
     return out
 
 
-def make_layer_student(teacher, kept: list[int]):
-    """A copy of `teacher` with only the `kept` encoder layers (weights copied, head included)."""
-    student = copy.deepcopy(teacher)
-    path, layers = backbones.encoder_layers(student)
-    parent_name, _, attribute = path.rpartition(".")
-    parent = student.get_submodule(parent_name) if parent_name else student
-    setattr(parent, attribute, torch.nn.ModuleList([layers[i] for i in kept]))
-    student.config.num_hidden_layers = len(kept)
-    return student
-
-
 @dataclass(frozen=True)
 class Judgement:
     """A distilled student's scores, its comparison with the teacher, and the retention gate's verdict."""
@@ -369,3 +341,70 @@ def distillation_report(
     report["student_cpu_examples_per_second"] = speeds["student"]
     report["cpu_speedup"] = speeds["student"] / speeds["teacher"]
     return report
+
+
+# -- what the distill step decides and logs -------------------------------------------------------
+
+# The student learns the private teacher's outputs on the training texts themselves: nothing bounds
+# what it reveals of them. Distilling on public transfer data only would carry the teacher's bound over.
+PRIVATE_TEACHER_NOTE = (
+    "no differential-privacy guarantee: distilled from a private teacher on its training data, so it inherits "
+    "none of the teacher's bound on those rows"
+)
+
+
+def student_privacy(teacher_privacy: dict[str, str]) -> dict[str, str]:
+    """The privacy tags of a student of a teacher with `teacher_privacy`: a private teacher's student
+    carries the note that it has no guarantee; any other carries none."""
+    return {contract.PRIVACY_NOTE: PRIVATE_TEACHER_NOTE} if contract.PRIVACY_EPSILON in teacher_privacy else {}
+
+
+@dataclass(frozen=True)
+class Distilled:
+    """A distilled student, judged: what the distill step hands on and logs."""
+
+    result: DistillResult
+    judged: Judgement
+    evaluated: Evaluated  # the student's scores, calibration and pictures
+    retention: tuple[float, list[str]]  # the gate's floor and the sets it holds on
+    privacy: dict[str, str]  # the student's privacy tags (student_privacy)
+
+    def logged(self) -> StepLog:
+        report = self.judged.report
+        log = StepLog(params=self.result.params(), metrics={"transfer_rows": self.result.transfer_rows})
+        log += self.evaluated.logged()
+        log.metrics |= {
+            **report,
+            "best_val_macro_f1": self.result.training.best_val_macro_f1,
+            "retention_gate_passed": float(self.judged.gate_failure is None),
+        }
+        log.tags["graftline.gate"] = self.judged.gate(*self.retention)
+        log.lines.append(
+            f"student: {self.result.student_parameters:,} parameters ({report['parameter_ratio']:.2f}x the teacher), "
+            f"test accuracy retention {report['test_accuracy_retention']:.3f}, CPU speedup {report['cpu_speedup']:.2f}x"
+        )
+        if self.judged.gate_failure:
+            log.warnings.append(f"student will not be registered: {self.judged.gate_failure}")
+        if contract.PRIVACY_NOTE in self.privacy:
+            log.warnings.append(f"student: {self.privacy[contract.PRIVACY_NOTE]}")
+        return log
+
+
+def judged_student(
+    result: DistillResult,
+    teacher_dir: Path,
+    teacher_scores: dict[str, Evaluation],
+    teacher_privacy: dict[str, str],
+    splits: Splits,
+    model: ModelParams,
+    retention: tuple[float, list[str]],
+    folder: Path,
+    modality: Modality,
+) -> Distilled:
+    """The student of `result` scored, compared with its teacher and judged by the retention gate
+    (`retention`: its floor and sets), its pictures drawn into `folder` (`modality`'s examples too)."""
+    from graftline.tasks.evaluate.scores import evaluated
+
+    judged = judge_student(result.model_dir, teacher_dir, teacher_scores, splits, model, *retention)
+    shown = evaluated(contract.STUDENT, judged.evaluations, judged.calibration, splits, folder, modality)
+    return Distilled(result, judged, shown, retention, student_privacy(teacher_privacy))

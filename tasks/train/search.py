@@ -3,23 +3,24 @@
 Fine-tuning results swing with the learning rate, the training length, warmup and even the seed
 (Dodge et al. 2020), and many runs are visibly going nowhere long before they end. `search` runs an
 Optuna study over the settings of `finetune.search.space`: the TPE sampler proposes each trial's
-settings from the trials before it; every trial is one ordinary `finetune` call that reports its
-validation macro-F1 `reports_per_epoch` times per epoch, and the pruner (asynchronous successive
-halving or Hyperband) stops a trial whose reports fall behind the others' at the same point. The
-first trial trains the settings as given (`start_from_settings`), so the search starts from a known
-baseline. The budget is a number of trials, wall-clock seconds, or both; when the seconds are spent,
-a running trial is stopped once some trial has finished.
+settings from the trials before it; every trial is one ordinary fine-tuning (`train`: the recipe its
+settings choose, tasks/train/finetune.py) that reports its validation macro-F1 `reports_per_epoch`
+times per epoch, and the pruner (asynchronous successive halving or Hyperband) stops a trial whose
+reports fall behind the others' at the same point. The first trial trains the settings as given
+(`start_from_settings`), so the search starts from a known baseline. The budget is a number of
+trials, wall-clock seconds, or both; when the seconds are spent, a running trial is stopped once
+some trial has finished.
 
 Every finished trial's model is saved in its own folder, and only the best one is kept, so the
 teacher *is* the best trial: nothing is trained twice. (When the best trial ran where its folder
 cannot be read, on another machine, its settings are trained again here.)
 
-The study lives in a database: by default a sqlite file beside the tracking store, named by the
-caller (the lifecycle names it by the finetune step's fingerprint). Running the same search again
-resumes it: finished trials are kept, a trial that was running when the process died is marked
-failed and queued again with the same settings, and the budget counts what was already spent. The
-same database lets several workers share one study (`run_trials`), which is how trials run in
-parallel on Dask.
+The study lives in a database, named by the caller: the search recipe (recipes/search.py) keeps it
+in a sqlite file beside the tracking store, named by the finetune step's fingerprint. Running the
+same search again resumes it: finished trials are kept, a trial that was running when the process
+died is marked failed and queued again with the same settings, and the budget counts what was
+already spent. The same database lets several workers share one study (`Worker`), which is how
+trials run in parallel on Dask.
 
 Why Optuna: a maintained, MIT-licensed library made for exactly this (samplers, pruners, storage
 that several processes share, parameter importances); the code here only maps graftline's settings
@@ -38,13 +39,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from graftline.tasks import plots
 from graftline.tasks.data.splits import Splits
 from graftline.tasks.engine.training import EpochRecord, TrainingIO, TrainResult
 from graftline.tasks.errors import GraftlineError
+from graftline.tasks.registry.tracking import StepLog
 from graftline.tasks.settings import AdaptParams, FinetuneParams, ModelParams, SearchParams, SearchRange
-from graftline.tasks.train.finetune import FinetuneResult, finetune
+from graftline.tasks.train.recipes.base import Job
+from graftline.tasks.train.recipes.result import FinetuneResult
 
 TRIAL_RESULT = "trial.json"  # beside a finished trial's model: its training, to become the teacher's record
+Train = Callable[[Job], FinetuneResult]  # one fine-tuning: what each trial runs (the recipes' table)
+Work = Callable[[int, int], None]  # what each of several workers runs: work(copy, copies)
+Launch = Callable[[Work, int], None]  # runs `copies` calls of the work somewhere (e.g. on Dask) and waits
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,16 @@ class TrialRecord:
     stopped_by: str | None = None  # pruner | budget, for a pruned trial
     worker: str | None = None  # host:pid of the process that ran it
 
+    def line(self) -> str:
+        """What the run's log says of the trial when it ends."""
+        state = self.state + (f" by the {self.stopped_by}" if self.stopped_by else "")
+        value = "-" if self.value is None else f"{self.value:.4f}"
+        settings = ", ".join(f"{k}={v:.3g}" for k, v in self.settings.items())
+        return (
+            f"search trial {self.number} {state}: validation macro-F1 {value} after {len(self.reports)} reports, "
+            f"{self.seconds:.0f} s ({settings})"
+        )
+
 
 @dataclass
 class SearchResult:
@@ -84,6 +101,7 @@ class SearchResult:
     trials: list[TrialRecord]
     importances: dict[str, float] = field(default_factory=dict)  # fANOVA, when two trials finished
     retrained: bool = False  # the best trial's folder was out of reach: its settings trained again here
+    picture: Path | None = None  # the optimisation history and importances (`plot_search`), once drawn
 
     @property
     def seconds(self) -> float:
@@ -122,6 +140,27 @@ class SearchResult:
             ]
         )
 
+    def logged(self) -> StepLog:
+        """The search in the finetune step's run: its metrics, the best settings, the leaderboard and the
+        picture, the choice as a tag, and the summary line. (Each trial is its own run, logged as it ends.)"""
+        best, metrics, table = self.best, self.metrics(), self.table()
+        chosen = ", ".join(f"{k}={v:.4g}" for k, v in best.settings.items())
+        retrained = "; its folder was out of reach, so its settings were trained again" if self.retrained else ""
+        return StepLog(
+            params={f"search.best.{k}": v for k, v in best.settings.items()},
+            metrics=metrics,
+            tags={"graftline.search": f"trial {best.number} of {len(self.trials)}: {chosen}"},
+            files=[(self.picture, "search")] if self.picture else [],
+            texts={"search/leaderboard.csv": table.to_csv(index=False)},
+            tables={"search/leaderboard.json": table},
+            lines=[
+                f"search: trial {best.number} is the teacher (validation macro-F1 {best.value:.4f}; {chosen}); "
+                f"{metrics['search_trials']} trials, {metrics['search_pruned']} pruned "
+                f"({100 * metrics['search_pruned_share_of_seconds']:.0f}% of {metrics['search_seconds']:.0f} s)"
+                f"{retrained}"
+            ],
+        )
+
 
 def search(
     splits: Splits,
@@ -129,23 +168,26 @@ def search(
     model: ModelParams,
     out_dir: Path,
     study: Study,
+    train: Train,
     cache_dir: Path | None = None,
     adapt: AdaptParams = AdaptParams(),
     on_trial: Callable[[TrialRecord], None] | None = None,
-    launch: Callable[[Callable[[int, int], None], int], None] | None = None,
+    launch: Launch | None = None,
     trials_dir: Path | None = None,
 ) -> SearchResult:
     """Search `params.search.space` for the settings whose fine-tuning scores best on validation, and
-    leave the best trial's model in `out_dir`. `on_trial` hears of every trial as it ends (and of the
-    trials an earlier, interrupted search finished). With `launch`, the trials run wherever it runs
-    `copies` calls `work(copy, copies)` of the work it is given (e.g. on Dask workers), sharing the
-    study; without, here. Finished trials' models wait in `trials_dir` (default: beside `out_dir`),
-    which a resumed search must find again."""
+    leave the best trial's model in `out_dir`. Each trial is `train` (the recipes' table) of its
+    settings, the search off. `on_trial` hears of every trial as it ends (and of the trials an earlier,
+    interrupted search finished). With `launch`, the trials run wherever it runs `copies` calls
+    `work(copy, copies)` of the work it is given (e.g. on Dask workers), sharing the study; without,
+    here. Finished trials' models wait in `trials_dir` (default: beside `out_dir`), which a resumed
+    search must find again."""
     import optuna
 
     settings = params.search
     trials_dir = trials_dir or out_dir.with_name(f"{out_dir.name}-trials")
-    runner = TrialRunner(splits, params, model, adapt, trials_dir, cache_dir)
+    once = params.model_copy(update={"search": settings.model_copy(update={"enabled": False})})
+    runner = TrialRunner(splits, once, model, adapt, trials_dir, cache_dir, train)
     space = runner.space()
     opened = open_study(study, settings, model.seed, max_reports=_most_reports(params, space))
     _requeue_interrupted(opened)
@@ -201,14 +243,17 @@ class TrialRunner:
     adapt: AdaptParams
     folder: Path  # one sub-folder per finished trial, the best one's kept
     cache_dir: Path | None
+    train: Train  # one fine-tuning (the recipes' table: picklable)
     deadline: float | None = None  # epoch seconds after which a running trial stops (once one has finished)
 
     def space(self) -> dict[str, SearchRange]:
-        """The search space this backbone can use: re-initialising layers is for transformer layers."""
-        from graftline.tasks.engine import backbones
+        """The search space this backbone can use: without re-initialising layers where its modality
+        refuses it (image backbones have no transformer layers)."""
+        from graftline.tasks import modality as modalities
+        from graftline.tasks.modality.base import REINIT
 
         space = dict(self.params.search.space)
-        if backbones.kind_of(self.params.backbone) == "image":
+        if not modalities.of_backbone(self.params.backbone).supports(REINIT):
             space.pop("reinit_layers", None)
         return space
 
@@ -221,7 +266,7 @@ class TrialRunner:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         started = time.time()
         try:
-            result = finetune(self.splits, trial_params, self.model, folder, io, self.adapt)
+            result = self.train(Job(self.splits, trial_params, self.model, folder, io, self.adapt))
         finally:  # pruned trials spend seconds too
             trial.set_user_attr("seconds", time.time() - started)
         (folder / TRIAL_RESULT).write_text(json.dumps(_describe(result)))
@@ -405,36 +450,28 @@ def importances(study) -> dict[str, float]:
 def plot_search(result: SearchResult, path: Path) -> Path:
     """Two panels: every trial's validation macro-F1 in order with the best so far, and the settings'
     importances."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, (history, importance) = plt.subplots(1, 2, figsize=(11, 4))
-    for state, marker, colour in (("complete", "o", "tab:blue"), ("pruned", "x", "tab:grey")):
-        shown = [t for t in result.trials if t.state == state and t.value is not None]
-        history.scatter([t.number for t in shown], [t.value for t in shown], marker=marker, c=colour, label=state)
-    best, line = -math.inf, []
-    for trial in sorted(result.trials, key=lambda t: t.number):
-        if trial.state == "complete" and trial.value is not None:
-            best = max(best, trial.value)
-        line.append((trial.number, best if best > -math.inf else math.nan))
-    history.step([n for n, _ in line], [v for _, v in line], where="post", c="tab:orange", label="best so far")
-    history.set(xlabel="trial", ylabel="validation macro-F1", title="optimisation history")
-    history.xaxis.set_major_locator(MaxNLocator(integer=True))
-    history.legend(loc="lower right")
-    if result.importances:
-        names = sorted(result.importances, key=result.importances.get)
-        importance.barh(names, [result.importances[n] for n in names], color="tab:blue")
-        importance.set(xlabel="importance (fANOVA)", title="setting importance")
-    else:
-        importance.text(0.5, 0.5, "needs two finished trials\nwith different settings", ha="center", va="center")
-        importance.set_axis_off()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with plots.figure(path, dpi=110, ncols=2, figsize=(11, 4)) as (fig, (history, importance)):
+        for state, marker, colour in (("complete", "o", "tab:blue"), ("pruned", "x", "tab:grey")):
+            shown = [t for t in result.trials if t.state == state and t.value is not None]
+            history.scatter([t.number for t in shown], [t.value for t in shown], marker=marker, c=colour, label=state)
+        best, line = -math.inf, []
+        for trial in sorted(result.trials, key=lambda t: t.number):
+            if trial.state == "complete" and trial.value is not None:
+                best = max(best, trial.value)
+            line.append((trial.number, best if best > -math.inf else math.nan))
+        history.step([n for n, _ in line], [v for _, v in line], where="post", c="tab:orange", label="best so far")
+        history.set(xlabel="trial", ylabel="validation macro-F1", title="optimisation history")
+        history.xaxis.set_major_locator(MaxNLocator(integer=True))
+        history.legend(loc="lower right")
+        if result.importances:
+            names = sorted(result.importances, key=result.importances.get)
+            importance.barh(names, [result.importances[n] for n in names], color="tab:blue")
+            importance.set(xlabel="importance (fANOVA)", title="setting importance")
+        else:
+            importance.text(0.5, 0.5, "needs two finished trials\nwith different settings", ha="center", va="center")
+            importance.set_axis_off()
     return path
 
 
@@ -503,7 +540,8 @@ def _teacher(best, runner: TrialRunner, out_dir: Path) -> tuple[FinetuneResult, 
         return _undescribe(described, out_dir), False
     settings = {name: best.params[name] for name in runner.space()}
     params = runner.params.model_copy(update=settings)
-    return finetune(runner.splits, params, runner.model, out_dir, TrainingIO(runner.cache_dir), runner.adapt), True
+    job = Job(runner.splits, params, runner.model, out_dir, TrainingIO(runner.cache_dir), runner.adapt)
+    return runner.train(job), True
 
 
 def _describe(result: FinetuneResult) -> dict:

@@ -35,11 +35,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from graftline.tasks import progress
+from graftline.tasks import plots, progress
+from graftline.tasks.data.splits import Split
 from graftline.tasks.engine import backbones
-from graftline.tasks.engine.image_inputs import ImageProcessor
+from graftline.tasks.engine.training import resolve_device
 from graftline.tasks.errors import GraftlineError
-from graftline.tasks.registry.tracking import metric_safe
+from graftline.tasks.modality.base import InputPreparer, Modality
+from graftline.tasks.registry.tracking import StepLog, metric_safe
 from graftline.tasks.settings import ModelParams, SelectParams
 
 Method = Literal["logme", "hscore", "knn"]
@@ -83,6 +85,18 @@ class Selection:
         rows = [{**{k: v for k, v in asdict(r).items() if k != "scores"}, **r.scores} for r in self.leaderboard]
         return pd.DataFrame(rows).sort_values(self.method, ascending=False, na_position="last").reset_index(drop=True)
 
+    def logged(self, picture: Path) -> StepLog:
+        """The scores, the leaderboard (table, CSV and `picture`, its plot) and why the choice won."""
+        table = self.table()
+        return StepLog(
+            metrics=self.metrics(),
+            tags={"graftline.selection": f"{self.choice}: {self.reason}"},
+            files=[(picture, "selection")],
+            texts={"selection/leaderboard.csv": table.to_csv(index=False)},
+            tables={"selection/leaderboard.json": table},
+            lines=[f"selected backbone {self.choice}: {self.reason} ({self.seconds:.1f} s)"],
+        )
+
 
 def stratified_sample(frame: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
     """At most `size` rows keeping each label's share (every label keeps at least one row)."""
@@ -98,9 +112,9 @@ def embed(
     encoder, tokenizer, texts: list[str], max_length: int, batch_size: int, pooling: Pooling, device: torch.device
 ) -> np.ndarray:
     """Mean-pooled token states (padding excluded) of the last layer or of all layers averaged; for an
-    image backbone (`tokenizer` an ImageProcessor, `texts` image paths) its pooled features."""
+    image backbone (`tokenizer` an InputPreparer, `texts` image paths) its pooled features."""
     encoder.to(device).eval()
-    if isinstance(tokenizer, ImageProcessor):
+    if isinstance(tokenizer, InputPreparer):
         chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
         return np.concatenate(
             [encoder.features(tokenizer.prepare(chunk).to(device)).float().cpu().numpy() for chunk in chunks]
@@ -146,7 +160,7 @@ def score_candidate(
 
     Self-contained (it loads its own backbone and returns plain data, logging nothing), so it can run
     in another process or on another machine: the Dask fan-out ships exactly this call."""
-    device = _device(model.device)
+    device = resolve_device(model.device)
     started = time.perf_counter()
     encoder = backbones.load_encoder(spec, model.trust_remote_code, model.image_size)
     tokenizer = backbones.load_tokenizer(spec, model.trust_remote_code, model.image_size)
@@ -210,52 +224,38 @@ def choose(reports: list[CandidateReport], config: SelectParams) -> Selection:
 
 
 def select_backbone(
-    frame: pd.DataFrame, params: SelectParams, model: ModelParams, score_all: ScoreAll = score_candidates
+    train: Split, params: SelectParams, model: ModelParams, score_all: ScoreAll = score_candidates
 ) -> Selection:
-    """Sample, embed, score and choose: the whole selection step for one training split.
-    `score_all` decides where the candidates are scored; the sample and the choice are the same."""
+    """Sample, embed, score and choose: the whole selection step for one training split (its
+    `input_column` is what a model reads). `score_all` decides where the candidates are scored; the
+    sample and the choice are the same."""
     if len(params.candidates) == 0:
         raise GraftlineError("backbone 'auto' needs at least one candidate in select.candidates")
     started = time.perf_counter()
-    sample = stratified_sample(frame, params.sample_size, model.seed)
+    sample = stratified_sample(train.frame, params.sample_size, model.seed)
     label_names = sorted(sample["label"].unique())
     labels = sample["label"].map({name: i for i, name in enumerate(label_names)}).to_numpy(np.int64)
-    column = "image" if "image" in sample.columns and "text" not in sample.columns else "text"  # what a model reads
-    selection = choose(score_all(sample[column].fillna("").tolist(), labels, params, model), params)
+    selection = choose(score_all(sample[train.input_column].fillna("").tolist(), labels, params, model), params)
     selection.seconds = time.perf_counter() - started
     return selection
 
 
 def plot_leaderboard(selection: Selection, path: Path) -> Path:
     """Bars of the deciding score per candidate (chosen one highlighted) beside CPU latency."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     table = selection.table()
     colours = [
         "tab:green" if c else ("tab:blue" if b else "tab:gray")
         for c, b in zip(table["chosen"], table["within_budget"], strict=True)
     ]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 1.2 + 0.5 * len(table)), sharey=True)
-    left.barh(table["backbone"], table[selection.method], color=colours)
-    left.set_xlabel(f"{selection.method} (higher transfers better)")
-    right.barh(table["backbone"], table["cpu_ms_per_example"], color=colours)
-    right.set_xlabel("CPU ms per example")
-    left.invert_yaxis()
-    fig.suptitle(f"backbone selection: {selection.choice} (green); grey = over budget")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    size = (10, 1.2 + 0.5 * len(table))
+    with plots.figure(path, dpi=120, ncols=2, figsize=size, sharey=True) as (fig, (left, right)):
+        left.barh(table["backbone"], table[selection.method], color=colours)
+        left.set_xlabel(f"{selection.method} (higher transfers better)")
+        right.barh(table["backbone"], table["cpu_ms_per_example"], color=colours)
+        right.set_xlabel("CPU ms per example")
+        left.invert_yaxis()
+        fig.suptitle(f"backbone selection: {selection.choice} (green); grey = over budget")
     return path
-
-
-def _device(requested: str) -> torch.device:
-    from graftline.tasks.engine.training import resolve_device
-
-    return resolve_device(requested)
 
 
 def _cpu_ms(encoder, tokenizer, texts: list[str], params: SelectParams, model: ModelParams) -> float:
@@ -270,3 +270,64 @@ def short_name(spec: str) -> str:
     """A candidate's name for metric keys: a folder's own name rather than its whole path."""
     path = Path(spec)
     return path.name if path.is_dir() else spec
+
+
+# -- the lifecycle's select step ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackboneChoice:
+    """The backbone to fine-tune, how it was chosen, and what it (and the student) are."""
+
+    backbone: str
+    described: dict[str, object]  # backbone.* (and student.*) of their configs
+    student: str | None
+    selection: Selection | None = None  # None: fixed by the finetune.backbone parameter
+    params: SelectParams | None = None  # the selection's settings, when it ran
+    picture: Path | None = None  # the leaderboard's plot, when it ran
+
+    def logged(self) -> StepLog:
+        if self.selection is None:
+            log = StepLog(tags={"graftline.selection": f"{self.backbone}: fixed by the finetune.backbone parameter"})
+        else:
+            settings = {"select": self.params.model_dump(exclude={"candidates"})}
+            log = StepLog(params={**settings, "select.candidates": ", ".join(self.params.candidates)})
+            log += self.selection.logged(self.picture)
+        log.params |= {"backbone": self.backbone, **self.described}
+        if self.student is not None:
+            log.params["student"] = self.student
+        return log
+
+
+def choose_backbone(
+    train: Split,
+    modality: Modality,
+    backbone: str,
+    student: str | None,
+    params: SelectParams,
+    model: ModelParams,
+    score_all: ScoreAll,
+    folder: Path,
+) -> BackboneChoice:
+    """`backbone` as given, or chosen by transferability when it is `auto`; checked to read data of
+    `modality`, with `student` (the distillation student, when there is one) checked against it
+    here, before training."""
+    selection = picture = None
+    if backbone == "auto":
+        selection = select_backbone(train, params, model, score_all)
+        backbone, picture = selection.choice, plot_leaderboard(selection, folder / "leaderboard.png")
+    trust = model.trust_remote_code
+    modality.require_backbone(backbone)
+    config = backbones.load_config(backbone, trust)
+    described = _describe(config, "backbone.")
+    if student is not None:
+        modality.require_student(student)
+        if backbones.student_layers(student, config.num_hidden_layers) is None:
+            described |= _describe(backbones.load_config(student, trust), "student.")
+    return BackboneChoice(backbone, described, student, selection, params if selection else None, picture)
+
+
+def _describe(config, prefix: str) -> dict[str, object]:
+    keys = ("model_type", "num_hidden_layers", "hidden_size", "vocab_size", "max_position_embeddings")
+    keys += ("architecture", "image_size")  # an image classifier's config
+    return {prefix + k: getattr(config, k) for k in keys if hasattr(config, k)}

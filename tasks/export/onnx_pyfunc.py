@@ -1,0 +1,65 @@
+"""What the two ONNX pyfuncs share: their predict body, their onnxruntime session, and the softmax.
+
+servable.py (texts) and image_servable.py (images) differ only in how they turn inputs into the
+graph's inputs. Everything after the graph is here: the inputs scored `batch_size` at a time, the
+logits divided by the temperature, the softmax, one output row per input.
+
+This module ships beside each logged model. The export step logs it with MLflow's `code_paths`,
+which copies it into the model's `code/` folder; MLflow puts that folder on `sys.path` before it runs
+the model's code, so a loaded model imports this copy as the top-level module `onnx_pyfunc` and
+nothing of graftline. For that it imports only numpy and pandas (onnxruntime where a session opens),
+never graftline.
+
+Its `softmax` is the project's only one for numpy logits (graftline's evaluation, calibration,
+`graftline predict` and the drift monitor take it through `graftline.tasks.evaluate.calibration`):
+a served model's probabilities are computed exactly as the evaluation computes them.
+
+Limit: Python keeps one module per name, so a process that loads several models (of different
+graftline versions, say) runs the `onnx_pyfunc` of the first one it loaded for all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+BATCH_SIZE = 32  # inputs per graph call unless the request's params say `batch_size`
+
+
+def softmax(logits, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities of (..., classes) `logits` divided by `temperature`, computed in float64;
+    the largest logit is subtracted first, so large logits cannot overflow."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    shifted = np.exp(scaled - scaled.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
+
+
+def session(path: str):
+    """An onnxruntime session on the CPU for the ONNX file at `path`, its warnings silenced."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def predict(
+    inputs: Sequence,
+    logits_of: Callable[[list], np.ndarray],
+    labels: list[str],
+    temperature: float,
+    params: dict | None = None,
+) -> pd.DataFrame:
+    """One row per input: `label`, `score` (its calibrated probability) and `score_<label>` per class.
+
+    `logits_of` runs the graph on a batch of inputs and returns its (batch, classes) logits."""
+    batch_size = int((params or {}).get("batch_size", BATCH_SIZE))
+    logits = [logits_of(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
+    probabilities = softmax(np.concatenate(logits) if logits else np.zeros((0, len(labels))), temperature)
+    out = pd.DataFrame({"label": np.asarray(labels, dtype=object)[probabilities.argmax(-1)]})
+    out["score"] = probabilities.max(-1)
+    for i, label in enumerate(labels):
+        out[f"score_{label}"] = probabilities[:, i]
+    return out
