@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from graftline.flows import reuse
 from graftline.flows.progress import TrainingMonitor
+from graftline.tasks import settings
 from graftline.tasks.data.splits import Splits
 from graftline.tasks.data.validate import ValidationReport
 from graftline.tasks.engine.training import TrainingIO
@@ -24,24 +25,11 @@ from graftline.tasks.evaluate.calibration import Calibration
 from graftline.tasks.evaluate.scores import Evaluation
 from graftline.tasks.records import Exported, Ingested, Registration, StepContext, TrainedModel
 from graftline.tasks.registry import contract, tracking
-from graftline.tasks.settings import (
-    AdaptParams,
-    DataParams,
-    DistillParams,
-    ExplainParams,
-    ExportParams,
-    FinetuneParams,
-    RegistryParams,
-    RunParams,
-    SelectParams,
-    TrackingParams,
-    ValidationParams,
-)
 
 STEP = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
-def reusable(step, run: RunParams):
+def reusable(step, run: settings.RunParams):
     """`step` with its result persisted under <home>/prefect-results and reused by any later run with
     the same fingerprint (flows.reuse); `run.reuse_steps` off recomputes and overwrites."""
     from prefect.cache_policies import CachePolicy
@@ -54,7 +42,7 @@ def reusable(step, run: RunParams):
     )
 
 
-def retrying(step, run: RunParams):
+def retrying(step, run: settings.RunParams):
     """`step` retried after a crash (a retry resumes from the step's last checkpoint); bad input
     (GraftlineError) fails at once, because it would fail again."""
     return step.with_options(retries=run.retries, retry_condition_fn=_worth_retrying)
@@ -99,11 +87,11 @@ def tracked(name: str, context: StepContext, fn, *args, parameters: dict | None 
 
 @task(name="ingest", **STEP)
 def ingest(
-    params: DataParams,
+    params: settings.DataParams,
     unlabeled_paths: list[str],
     unlabeled_text_column: str,
-    validation: ValidationParams,
-    kept: TrackingParams,
+    validation: settings.ValidationParams,
+    kept: settings.TrackingParams,
     context: StepContext,
 ) -> Ingested:
     """Read the splits and the unlabeled transfer texts, apply the personal-data policy and keep the
@@ -118,7 +106,7 @@ def ingest(
 
 
 @task(name="validate", **STEP)
-def validate(splits: Splits, params: ValidationParams, context: StepContext) -> ValidationReport:
+def validate(splits: Splits, params: settings.ValidationParams, context: StepContext) -> ValidationReport:
     """The data's validation suite; a failure stops the run under `validation.mode: fail`. The report
     also becomes a Prefect artifact (the run's page in the Prefect UI), without example rows: those
     may be personal data, and they stay in the run's own report."""
@@ -137,7 +125,9 @@ def validate(splits: Splits, params: ValidationParams, context: StepContext) -> 
 
 
 @task(name="select", **STEP)
-def select(splits: Splits, backbone: str, student: str | None, params: SelectParams, context: StepContext) -> str:
+def select(
+    splits: Splits, backbone: str, student: str | None, params: settings.SelectParams, context: StepContext
+) -> str:
     """The backbone to fine-tune: `backbone` as given, or chosen by transferability when it is `auto`."""
     from graftline.flows.fanout import scorer
     from graftline.tasks.train.selection import choose_backbone
@@ -157,7 +147,7 @@ def evaluate(model: TrainedModel, splits: Splits, context: StepContext) -> tuple
 
 
 @task(name="explain", **STEP)
-def explain(model: TrainedModel, splits: Splits, params: ExplainParams, teacher, context: StepContext):
+def explain(model: TrainedModel, splits: Splits, params: settings.ExplainParams, teacher, context: StepContext):
     """Token attributions of `model` on a sample of every evaluation set (a student: on its teacher's
     sample, `teacher` being the teacher's report), their faithfulness, and the HTML report."""
     from graftline.tasks.evaluate.explain import explain_step
@@ -180,7 +170,7 @@ def domain_gap(model: TrainedModel, splits: Splits, context: StepContext) -> dic
 def distill(
     teacher: TrainedModel,
     splits: Splits,
-    params: DistillParams,
+    params: settings.DistillParams,
     retention: tuple[float, list[str]],
     context: StepContext,
 ) -> TrainedModel:
@@ -203,7 +193,7 @@ def distill(
 
 @task(name="export", **STEP)
 def export(
-    served: TrainedModel, teacher: TrainedModel, splits: Splits, params: ExportParams, context: StepContext
+    served: TrainedModel, teacher: TrainedModel, splits: Splits, params: settings.ExportParams, context: StepContext
 ) -> Exported:
     """ONNX (and INT8) export of the served model, parity on the test set, CPU latency of all, and the
     form served (tasks/export/served.py)."""
@@ -221,7 +211,7 @@ def export(
 def register(
     models: list[TrainedModel],
     splits: Splits,
-    params: RegistryParams,
+    params: settings.RegistryParams,
     tags: dict[str, str],
     triggered_by: str,
     context: StepContext,
@@ -236,7 +226,9 @@ def register(
 
 
 @task(name="finetune", **STEP)
-def finetune(splits: Splits, params: FinetuneParams, adapt: AdaptParams, context: StepContext) -> TrainedModel:
+def finetune(
+    splits: Splits, params: settings.FinetuneParams, adapt: settings.AdaptParams, context: StepContext
+) -> TrainedModel:
     """The teacher, fine-tuned by the recipe the settings choose (tasks/train/finetune.py); a search's
     trials each a nested run of the step's run as they end, on Dask when `search.runner` says so."""
     from graftline.flows.fanout import dask_launcher

@@ -128,7 +128,7 @@ def test_only_graftline_moves_aliases_the_reader_only_reads(secured, tiny_backbo
     with temporary_settings(
         {PREFECT_API_URL: secured.prefect_api_url, PREFECT_API_AUTH_STRING: service["PREFECT_API_AUTH_STRING"]}
     ):
-        promoted = run_deployment("promote/promote", parameters={"params": params}, timeout=360)
+        promoted = run_deployment("promote/promote", parameters={"params": params}, timeout=360, poll_interval=1)
     assert promoted.state.is_completed(), promoted.state.message
     assert {a: str(v) for a, v in client.get_registered_model("secured-demo").aliases.items()} == {
         "candidate": "1",

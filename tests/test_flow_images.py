@@ -13,18 +13,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from graftline.flows.lifecycle import transfer
+from graftline.tasks import settings
 from graftline.tasks.errors import ValidationFailed
 from graftline.tasks.registry import contract
-from graftline.tasks.settings import (
-    DataParams,
-    DistillParams,
-    ExportParams,
-    FinetuneParams,
-    GateParams,
-    ModelParams,
-    RegistryParams,
-    RunParams,
-)
 
 
 @pytest.fixture
@@ -32,17 +23,17 @@ def run_images(prefect_harness, mlflow_store, tiny_image_backbone, shape_images,
     def run(train: Path, export: bool = False):
         backbone = str(tiny_image_backbone)
         return transfer(
-            data=DataParams(train_path=str(train), eval_sets={"outlines": str(shape_images["outlines"])}),
-            model=ModelParams(image_size=32, seed=13),
-            finetune=FinetuneParams(
+            data=settings.DataParams(train_path=str(train), eval_sets={"outlines": str(shape_images["outlines"])}),
+            model=settings.ModelParams(image_size=32, seed=13),
+            finetune=settings.FinetuneParams(
                 backbone=backbone, strategy="lp-ft", probe_epochs=1, epochs=1, batch_size=8, learning_rate=3e-3
             ),
-            distill=DistillParams(student=backbone, epochs=1, batch_size=8, learning_rate=3e-3),
-            export=ExportParams(enabled=export, min_agreement=0.5, max_accuracy_drop=0.5, latency_rows=8),
-            registry=RegistryParams(
-                model_name=unique_name, experiment=unique_name, gates=GateParams(retention_floor=0.0)
+            distill=settings.DistillParams(student=backbone, epochs=1, batch_size=8, learning_rate=3e-3),
+            export=settings.ExportParams(enabled=export, min_agreement=0.5, max_accuracy_drop=0.5, latency_rows=8),
+            registry=settings.RegistryParams(
+                model_name=unique_name, experiment=unique_name, gates=settings.GateParams(retention_floor=0.0)
             ),
-            run=RunParams(reuse_steps=False),
+            run=settings.RunParams(reuse_steps=False),
         )
 
     return run

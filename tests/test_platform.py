@@ -59,7 +59,7 @@ def platform(tmp_path_factory, tiny_backbone):
 def run(deployment: str, parameters: dict):
     from prefect.deployments import run_deployment
 
-    return run_deployment(deployment, parameters=parameters, timeout=TRAIN * 3)
+    return run_deployment(deployment, parameters=parameters, timeout=TRAIN * 3, poll_interval=1)
 
 
 def client(platform):
@@ -239,7 +239,7 @@ def test_a_run_started_from_the_prefect_ui_form_uses_the_changed_value(platform)
             if runs and runs[0].state.is_final():
                 break
             assert time.monotonic() < deadline, f"the run started from the UI did not finish: {runs and runs[0].state}"
-            time.sleep(2)
+            time.sleep(1)
     flow_run = runs[0]
     assert flow_run.state.is_completed(), flow_run.state.message
     assert flow_run.parameters["registry"]["model_name"] == model_name

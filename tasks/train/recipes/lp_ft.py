@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from graftline.tasks.engine.training import Auxiliary, TrainResult, train
+from graftline.tasks.engine.training import Auxiliary, TrainResult
 from graftline.tasks.train.recipes.base import Job
 from graftline.tasks.train.recipes.common import set_backbone_frozen
 from graftline.tasks.train.recipes.supervised import Supervised
@@ -46,32 +46,13 @@ class ProbeThenTune(Supervised):
             learning_rate=params.probe_learning_rate,
             patience=params.probe_epochs,
         )
-        folder = probe_folder(io.checkpoint_dir)
-        pad_id = self.tokenizer.pad_token_id
-        probe = train(
-            self.classifier, self.train_split, self.val_split, config, pad_id, checkpoint_dir=folder, **io.listeners()
-        )
+        probe = self._fit(config, probe_folder(io.checkpoint_dir))
         return probe, {k: v.detach().clone() for k, v in self.classifier.state_dict().items()}
 
     def _tune(self, shift: int) -> TrainResult:
         """Every weight, its epochs reported after the probe's."""
-        io = self.job.io
         set_backbone_frozen(self.classifier, False)
-        listeners = io.listeners() | {
-            "on_epoch": (lambda record: io.on_epoch(replace(record, epoch=record.epoch + shift)))
-            if io.on_epoch
-            else None
-        }
-        pad_id = self.tokenizer.pad_token_id
-        return train(
-            self.classifier,
-            self.train_split,
-            self.val_split,
-            self.config,
-            pad_id,
-            checkpoint_dir=io.checkpoint_dir,
-            **listeners,
-        )
+        return self._fit(self.config, self.job.io.checkpoint_dir, shift=shift)
 
     def _better(self, probe: TrainResult, probed: dict, tuned: TrainResult) -> TrainResult:
         """One training record of both stages, its best epoch the better stage's (whose weights stay)."""

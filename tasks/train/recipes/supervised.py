@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from graftline.tasks import modality as modalities
@@ -49,16 +50,25 @@ class Supervised(Recipe):
         self._setup_data()
 
     def train(self, auxiliary: Auxiliary | None = None) -> TrainResult:
+        return self._fit(self.config, self.job.io.checkpoint_dir, auxiliary=auxiliary)
+
+    def _fit(self, config, checkpoint_dir: Path | None, shift: int = 0, auxiliary: Auxiliary | None = None):
+        """One training of the classifier on the encoded splits with `config`, checkpointing in
+        `checkpoint_dir`; its epochs reported `shift` after an earlier stage's (lp_ft.py)."""
         io = self.job.io
+        listeners = io.listeners()
+        if shift and io.on_epoch:
+            listeners["on_epoch"] = lambda record: io.on_epoch(replace(record, epoch=record.epoch + shift))
+        pad_id = self.tokenizer.pad_token_id
         return train(
             self.classifier,
             self.train_split,
             self.val_split,
-            self.config,
-            self.tokenizer.pad_token_id,
-            checkpoint_dir=io.checkpoint_dir,
+            config,
+            pad_id,
+            checkpoint_dir=checkpoint_dir,
             auxiliary=auxiliary,
-            **io.listeners(),
+            **listeners,
         )
 
     def save(self, training: TrainResult, cleared: Iterable[Path | None] = (), **more) -> FinetuneResult:
