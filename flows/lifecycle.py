@@ -6,13 +6,15 @@
            -> register (alias `candidate`) and promote (to `registry.promote_to`, behind the gates)
 
 Where each step lives (its Prefect task in flows/steps.py only tracks, through one shell; the work
-is in tasks/, and every default is in tasks/settings.py under the group named here):
+is in tasks/, and every default is in tasks/settings.py under the group named here). What varies by
+the kind of data is asked of the run's Modality (tasks/modality/, resolved once from the data and
+carried in StepContext); what varies by training method is one recipe of tasks/train/recipes/:
 
     step        parameters              logic (tasks/)                                  below it
     ingest      data                    data/ingest.py, data/splits.py, data/pii.py     registry/evaluation_sets.py
-    validate    validation              data/ingest.py, data/validate.py                Great Expectations
+    validate    validation              modality/text.py, modality/image.py (suites)   Great Expectations
     select      select, model           train/selection.py                              engine/backbones.py, catalog.py
-    finetune    finetune, adapt, model  train/finetune.py                               engine/training.py, mlm.py
+    finetune    finetune, adapt, model  train/finetune.py, train/recipes/               engine/training.py, mlm.py
     evaluate    model                   evaluate/scores.py, evaluate/calibration.py     engine/training.py
     domain_gap  model (with targets)    evaluate/domain_gap.py                          scikit-learn
     explain     explain, model          evaluate/explain.py                             captum

@@ -9,6 +9,7 @@ This module imports nothing heavy, so it can run before those imports.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 QUIET = {
     "MLFLOW_DISABLE_TELEMETRY": "true",  # MLflow ignores "1": it must be the string "true"
@@ -20,6 +21,12 @@ QUIET = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one bar per download, in the middle of a command's output
     "TOKENIZERS_PARALLELISM": "false",  # the tokenizers' thread pool would fight torch's after a fork
 }
+
+
+def cache_dir() -> Path:
+    """Where installed backbones live (GRAFTLINE_CACHE, default ~/.cache/graftline/backbones); graftline's
+    other caches (the drawn demo images) sit beside it."""
+    return Path(os.environ.get("GRAFTLINE_CACHE", Path.home() / ".cache" / "graftline" / "backbones")).expanduser()
 
 
 def apply_defaults(environ: dict | None = None, **extra: str) -> dict:

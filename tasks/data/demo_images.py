@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from graftline.tasks import environment
 from graftline.tasks.data.image_files import difference_hash, hamming
 
 CLASSES = ("circle", "square", "triangle")
@@ -32,8 +33,7 @@ def folder(name: str) -> Path:
     """The demo set `name`'s folder (one subfolder per class), drawn on first use."""
     if name not in DOMAINS:
         raise KeyError(name)
-    root = Path(os.environ.get("GRAFTLINE_CACHE", Path.home() / ".cache" / "graftline" / "backbones")).expanduser()
-    target = root.parent / "demo-images" / VERSION / name
+    target = environment.cache_dir().parent / "demo-images" / VERSION / name
     if not target.is_dir():
         staging = target.with_name(f"{name}.partial-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)

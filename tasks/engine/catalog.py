@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from graftline.tasks import environment
 from graftline.tasks.errors import BackboneError
 
 WEIGHTS = "model.safetensors"
@@ -49,7 +49,7 @@ class Entry:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("GRAFTLINE_CACHE", Path.home() / ".cache" / "graftline" / "backbones")).expanduser()
+    return environment.cache_dir()
 
 
 def folder(name: str) -> Path:
