@@ -33,10 +33,19 @@ WAITING = "waiting for new rows"
 @flow(name="predict", log_prints=True, persist_result=False)
 def predict(params: PredictParams) -> PredictionRun:
     """Score `params.input_path` with `params.model`; returns what the prediction run did."""
+    import tempfile
+
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from graftline.tasks.serve.predict import ModelReference, load_scorer, output_format, predict_frame, read_input
+    from graftline.tasks.serve.predict import (
+        ModelReference,
+        load_scorer,
+        output_format,
+        plot_confidence,
+        predict_frame,
+        read_input,
+    )
 
     reference = ModelReference.parse(params.model)
     output = Path(params.output_path).expanduser().resolve()
@@ -65,7 +74,9 @@ def predict(params: PredictParams) -> PredictionRun:
         predictions = predict_frame(scorer, frame, params.text_column, output, params.batch_size, explainer)
         metrics = predictions.metrics()
         mlflow.log_metrics(metrics)
-        mlflow.log_figure(_confidence_histogram(predictions.confidences), "predict/confidence.png")
+        with tempfile.TemporaryDirectory() as folder:
+            picture = plot_confidence(predictions.confidences, Path(folder) / "confidence.png")
+            mlflow.log_artifact(str(picture), "predict")
     get_run_logger().info(
         "%s v%s (%s): %d rows in %.2f s, %.0f rows/s; predicted %s; written to %s",
         scorer.name,
@@ -94,21 +105,6 @@ def _explainer(version):
         return [explained.get(t, []) for t in texts]
 
     return top_words
-
-
-def _confidence_histogram(confidences):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(5, 3))
-    axes.hist(confidences, bins=20, range=(0, 1))
-    axes.set_xlabel("confidence (top class probability)")
-    axes.set_ylabel("rows")
-    figure.tight_layout()
-    plt.close(figure)
-    return figure
 
 
 @flow(name="monitor", log_prints=True, persist_result=False)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from graftline.tasks import modality as modalities
-from graftline.tasks import progress
+from graftline.tasks import plots, progress
 from graftline.tasks.data.splits import FORMATS, read_frame, resolve_source, table_of
 from graftline.tasks.errors import GraftlineError
 from graftline.tasks.evaluate.calibration import softmax
@@ -279,3 +279,12 @@ class PredictionRun:
     version: str
     form: str  # onnx-int8 | onnx | torch
     run_id: str
+
+
+def plot_confidence(confidences, path: Path) -> Path:
+    """A histogram of the rows' top-class probabilities: how sure the version was of this input."""
+    with plots.figure(path, dpi=100, figsize=(5, 3)) as (_, axes):
+        axes.hist(confidences, bins=20, range=(0, 1))
+        axes.set_xlabel("confidence (top class probability)")
+        axes.set_ylabel("rows")
+    return path
