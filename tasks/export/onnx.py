@@ -400,13 +400,29 @@ def _quiet(*loggers: str):
 PYFUNC_BODY = Path(__file__).with_name("onnx_pyfunc.py")
 
 
+def pinned(packages: list[str]) -> list[str]:
+    """Exact installed versions of `packages`, as a logged model's pip requirements (explicit: MLflow's
+    inference of them is slow and wrong); a local build suffix (`+cpu`) is dropped."""
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p).split('+')[0]}" for p in packages]
+
+
+def _output_example(labels: list[str]):
+    """What a pyfunc returns: the label, its score, and every label's score (for the signature)."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        {"label": labels[:2], "score": [0.5, 0.5], **{f"score_{label}": [0.5, 0.5] for label in labels}}
+    )
+
+
 def log_image_model(
     onnx: Path, model_dir: Path | None, labels: list[str], processor, temperature: float, folder: Path, name: str
 ):
     """Log an image classifier as the pyfunc of image_servable.py under `name` in the active run: the ONNX
     file, its settings and (for graftline to train or re-evaluate from) the safetensors folder."""
     import json
-    from importlib.metadata import version
 
     import mlflow.models
     import mlflow.pyfunc
@@ -431,9 +447,7 @@ def log_image_model(
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
-    output = pd.DataFrame(
-        {"label": labels[:2], "score": [0.5, 0.5], **{f"score_{label}": [0.5, 0.5] for label in labels}}
-    )
+    output = _output_example(labels)
     inferred = mlflow.models.infer_signature(pd.DataFrame({"image": ["a.jpg"]}), output, params={"batch_size": 32})
     # Images by path or URL (`image`) or as encoded bytes (`image_bytes`): one of the two columns per call.
     images = Schema([ColSpec("string", "image", required=False), ColSpec("binary", "image_bytes", required=False)])
@@ -446,7 +460,7 @@ def log_image_model(
         python_model=str(Path(__file__).with_name("image_servable.py")),
         code_paths=[str(PYFUNC_BODY)],
         artifacts=artifacts,
-        pip_requirements=[f"{p}=={version(p).split('+')[0]}" for p in packages],
+        pip_requirements=pinned(packages),
         signature=signature,
     )
 
@@ -454,7 +468,6 @@ def log_image_model(
 def log_servable(onnx: Path, tokenizer_dir: Path, labels: list[str], max_length: int, temperature: float, folder: Path):
     """Log the servable pyfunc (servable.py: ONNX and tokenizer) as `servable` in the active run."""
     import json
-    from importlib.metadata import version
 
     import mlflow.models
     import mlflow.pyfunc
@@ -467,16 +480,14 @@ def log_servable(onnx: Path, tokenizer_dir: Path, labels: list[str], max_length:
     settings.write_text(json.dumps({"labels": labels, "max_length": max_length, "temperature": temperature}))
     packages = ["onnxruntime", "transformers", "tokenizers", "numpy", "pandas"]
     example = pd.DataFrame({"text": contract.INPUT_EXAMPLE})
-    output = pd.DataFrame(
-        {"label": labels[:2], "score": [0.5, 0.5], **{f"score_{label}": [0.5, 0.5] for label in labels}}
-    )
+    output = _output_example(labels)
     signature = mlflow.models.infer_signature(example, output, params={"batch_size": 32})
     return mlflow.pyfunc.log_model(
         name="servable",
         python_model=str(Path(__file__).with_name("servable.py")),
         code_paths=[str(PYFUNC_BODY)],
         artifacts={"onnx": str(onnx), "tokenizer": str(tokenizer_dir), "settings": str(settings)},
-        pip_requirements=[f"{p}=={version(p).split('+')[0]}" for p in packages],
+        pip_requirements=pinned(packages),
         input_example=example,
         signature=signature,
     )

@@ -116,11 +116,10 @@ class Text(Modality):
 
 
 def pip_requirements() -> list[str]:
-    """Exact versions of what a logged text model needs (explicit: inference of them is slow and wrong)."""
-    from importlib.metadata import version
+    """What a logged text model needs, at the installed versions."""
+    from graftline.tasks.export.onnx import pinned
 
-    packages = ["torch", "transformers", "tokenizers", "safetensors", "numpy"]
-    return [f"{p}=={version(p).split('+')[0]}" for p in packages]
+    return pinned(["torch", "transformers", "tokenizers", "safetensors", "numpy"])
 
 
 TEXT = Text()
