@@ -4,6 +4,8 @@ at the top of flows/lifecycle.py are read here and checked against the tree.
 - Every path either names must exist (a renamed module fails the suite until its row is fixed).
 - Every module of flows/ and tasks/ must be on the README's map: named by its path, or by its file
   name in a row whose path is its folder (`tasks/engine/` ... `training.py`).
+- Every package folder of flows/ and tasks/ is in pyproject.toml's package list (an editable install
+  finds a missing one anyway; a built wheel would not ship it).
 - Every step the lifecycle runs (a Prefect task in flows/steps.py) has a row in the step table, and
   every row's parameter groups are fields of the flow's parameters.
 """
@@ -70,3 +72,15 @@ def test_the_lifecycle_step_table_names_real_modules_and_every_step():
     assert tasks, "flows/steps.py defines no step tasks any more: update this test"
     listed = {row[0] for row in rows}
     assert set(tasks) - listed == set(), f"steps without a row in the lifecycle's table: {set(tasks) - listed}"
+
+
+def test_every_package_folder_is_installed():
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {
+        "graftline." + init.parent.relative_to(ROOT).as_posix().replace("/", ".")
+        for top in ("flows", "tasks")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert folders - listed == set(), f"packages missing from pyproject.toml: {sorted(folders - listed)}"
