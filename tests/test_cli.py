@@ -235,3 +235,19 @@ def test_up_on_a_network_address_is_refused_before_anything_starts(tmp_path):
     for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
         require_loopback(host)  # this machine: allowed
     require_loopback("0.0.0.0", unauthenticated=True)  # the user said so
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["serve", "m@production", "--port", "99999"], "port: Input should be less than or equal to 65535"),
+        (["serve", "m@production", "--form", "tflite"], "form: Input should be 'onnx' or 'torch'"),
+        (["explain", "m@production", "hello", "--steps", "0"], "n_steps: Input should be greater than or equal to 2"),
+    ],
+)
+def test_serving_options_out_of_their_groups_bounds_stop_before_any_store(args, message, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAFTLINE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, stderr = run_cli(args)
+    assert code == 2 and stderr.strip() == f"graftline: error: invalid parameters: {message}"
+    assert not (tmp_path / "home").exists()  # no store was opened

@@ -124,6 +124,7 @@ def serve(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the mlflow command instead of running it."),
 ) -> None:
     """Serve a registered version with MLflow's scoring server (POST /invocations)."""
+    settings = ServeParams(model=model, form=form, host=host, port=port)  # the group's bounds, before any import
     import os
     import shutil
     import sys
@@ -133,20 +134,19 @@ def serve(
     from graftline.tasks.registry import contract, tracking
     from graftline.tasks.serve.predict import ModelReference, PredictionError, resolve_version
 
-    if form not in ("onnx", "torch"):
-        raise PredictionError(f"form {form!r}: expected onnx or torch")
-    reference = ModelReference.parse(model)
+    reference = ModelReference.parse(settings.model)
     tracking.configure(EXPERIMENT)
     client = MlflowClient()
     version = resolve_version(client, reference)
     uri = f"models:/{reference.name}/{version}"
-    if form == "onnx":
+    if settings.form == "onnx":
         uri = client.get_model_version(reference.name, version).tags.get(contract.SERVABLE)
         if not uri:
             raise PredictionError(f"{reference.name} v{version} has no servable ONNX export; use --form torch")
     beside = Path(sys.executable).with_name("mlflow")  # the mlflow of this installation
     executable = str(beside) if beside.is_file() else shutil.which("mlflow") or "mlflow"
-    argv = [executable, "models", "serve", "-m", uri, "--env-manager", "local", "-h", host, "-p", str(port)]
+    argv = [executable, "models", "serve", "-m", uri, "--env-manager", "local", "-h", settings.host]
+    argv += ["-p", str(settings.port)]
     print(" ".join(argv), flush=True)
     if not dry_run:
         import mlflow
@@ -166,6 +166,7 @@ def explain(
     steps: int = setting(ExplainParams, "n_steps", "--steps"),
 ) -> None:
     """Predict one text and shade each word by how much it pushed towards the prediction."""
+    steps = ExplainParams(n_steps=steps).n_steps  # the group's bounds, before any import
     from rich.console import Console
     from rich.text import Text
 
