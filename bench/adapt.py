@@ -82,14 +82,15 @@ def run_pair(splits: Splits, scored: Split, methods: list[str], args, seed: int,
             model_dir, seconds = trained[key]
             rows[method] = {**score(model_dir, scored, args), "seconds": seconds}
             continue
-        wanted = method == "self-training" and "none" in methods and key not in trained
+        adapt = AdaptParams(method=method, **args.adapt)
+        wanted = adapt.self_trains and "none" in methods and key not in trained
         source_dir = work / f"none-{len(trained)}" if wanted else None
         started = time.perf_counter()
-        result = finetune(splits, params, model, work / method, adapt=AdaptParams(method=method, **args.adapt),
-                          source_dir=source_dir)  # fmt: skip
+        result = finetune(splits, params, model, work / method, adapt=adapt, source_dir=source_dir)
         seconds = time.perf_counter() - started
         rounds = result.self_training.metrics() if result.self_training else {}
-        noted = {k: v for k, v in rounds.items() if k == "self_training_rounds_kept" or k.endswith("pseudo_labels")}
+        noted = {k: v for k, v in rounds.items()
+                 if k == "self_training_rounds_kept" or k.endswith(("pseudo_labels", "confident_flips", "val_macro_f1"))}  # fmt: skip
         rows[method] = {**score(result.model_dir, scored, args), "seconds": seconds, **noted}
         if method == "none":
             source_dir = result.model_dir.rename(work / f"none-{len(trained)}")

@@ -210,6 +210,7 @@ def _lifecycle(params: TransferParams) -> LifecycleSummary:
             registered=tuple(registrations),
             not_registered={m.role: m.gate_failure for m in models if m.gate_failure},
             reused_steps=tuple(reused),
+            adaptation=teacher.adaptation,
         )
         tracking.log_summary(summary)
     get_run_logger().info(

@@ -252,6 +252,7 @@ def finetune(
         report=result.adaptation_report(),
         privacy=result.privacy_tags(),
         modality=splits.modality,
+        adaptation=result.self_training.decision if result.self_training else "",
     )
 
 

@@ -62,6 +62,7 @@ class TrainedModel:
     privacy: dict[str, str] = field(default_factory=dict)  # version tags: the DP budget spent, or why none
     calibration: Calibration | None = None  # its temperature, fitted when it was evaluated
     modality: str = "text"  # text | image: what it classifies
+    adaptation: str = ""  # what adapting to the target texts decided and why; empty when not adapting
 
     def but(self, **changes) -> TrainedModel:
         """A copy with `changes`: the one way a later step adds to a model's record."""
@@ -144,6 +145,7 @@ class LifecycleSummary:
     registered: tuple[Registration, ...]
     not_registered: dict[str, str]  # role -> why it was kept out
     reused_steps: tuple[str, ...]
+    adaptation: str = ""  # the teacher's adaptation decision, when it adapted to target texts
 
     def headline_metrics(self) -> dict[str, float]:
         return {f"{role}_{key}": value for role, values in self.metrics.items() for key, value in values.items()}

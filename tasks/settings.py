@@ -207,16 +207,22 @@ class ModelParams(Params):
     trust_remote_code: bool = Field(False, description="Run model code shipped with a hub backbone. Off by default.")
 
 
+RECOMMENDED_ADAPTATION = "self-distillation"  # what adapt.method auto runs
+
+
 class AdaptParams(Params):
     """Domain adaptation: how fine-tuning uses the unlabeled texts of `data.target_sets`."""
 
-    method: Literal["none", "mlm", "self-training", "mlm+self-training"] = Field(
+    method: Literal["none", "auto", "mlm", "self-training", "mlm+self-training", "self-distillation"] = Field(
         "none",
-        description="none: source data only; mlm: one mixed loss, source cross-entropy + mlm_weight x "
-        "masked-language modelling on the target texts (UDALM-style); self-training: train on the source, "
-        "then rounds of confident, class-balanced pseudo-labels on the target texts, each round retrained "
-        "from the source model; mlm+self-training: mlm first, then the rounds. Epochs and rounds are "
-        "chosen on the source validation split; target labels are never read.",
+        description="none: source data only; auto: the recommended method (self-distillation); mlm: one mixed "
+        "loss, source cross-entropy + mlm_weight x masked-language modelling on the target texts (UDALM-style); "
+        "self-training: train on the source, then rounds of confident, class-balanced hard pseudo-labels on the "
+        "target texts, each round retrained from the source model; mlm+self-training: mlm first, then the rounds; "
+        "self-distillation: rounds on every target text with the model's class-aligned predicted distribution as a "
+        "soft label. After each round a label-free guard keeps the source-only model when the round fell on the "
+        "source validation split or flipped the source model's confident target predictions; target labels are "
+        "never read.",
     )
     mlm_weight: float = Field(1.0, gt=0, le=10, description="Weight of the target MLM loss in the mixed loss.")
     mask_probability: float = Field(0.15, gt=0, lt=1, description="Share of target tokens masked (BERT's 80/10/10).")
@@ -246,6 +252,14 @@ class AdaptParams(Params):
         "most confident of each class), so the easiest class cannot flood the round.",
     )
     max_per_class: int | None = Field(None, ge=1, description="Self-training: most pseudo-labels of any one class.")
+    max_confident_flips: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Rounds: the most share of the source model's confident target predictions (top probability "
+        ">= 0.9) a round may change and still be kept; past it the round has drifted on the target (the label-free "
+        "guard the source validation split cannot give).",
+    )
     round_epochs: int = Field(
         1, ge=1, le=100, description="Self-training: epochs of each round (early-stopped on source validation)."
     )
@@ -258,12 +272,18 @@ class AdaptParams(Params):
     )
 
     @property
+    def resolved(self) -> str:
+        """The method that runs: `auto` is the recommended one."""
+        return RECOMMENDED_ADAPTATION if self.method == "auto" else self.method
+
+    @property
     def uses_mlm(self) -> bool:
-        return self.method in ("mlm", "mlm+self-training")
+        return self.resolved in ("mlm", "mlm+self-training")
 
     @property
     def self_trains(self) -> bool:
-        return self.method in ("self-training", "mlm+self-training")
+        """Whether rounds on the target texts follow the source training (hard or soft labels)."""
+        return self.resolved in ("self-training", "mlm+self-training", "self-distillation")
 
     def self_training(self) -> SelfTrainingSettings:
         """The rounds' settings: the one translation into the self-training loop."""
@@ -277,6 +297,8 @@ class AdaptParams(Params):
             max_per_class=self.max_per_class,
             round_epochs=self.round_epochs,
             max_source_drop=self.max_source_drop,
+            soft=self.resolved == "self-distillation",
+            max_confident_flips=self.max_confident_flips,
         )
 
 

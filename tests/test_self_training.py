@@ -1,5 +1,7 @@
-"""Domain adaptation by self-training (tasks/train/self_training.py, adapt.method self-training): which
-pseudo-labels a round keeps, rounds that never read target labels, and resume inside a round."""
+"""Domain adaptation by rounds on the target texts (tasks/train/self_training.py, adapt.method
+self-training and self-distillation): which pseudo-labels a round keeps, the soft labels and their
+loss against a computation by hand, rounds that never read target labels, the label-free guard that
+keeps the source model when a round goes wrong, and resume inside a round."""
 
 from dataclasses import replace
 
@@ -14,7 +16,15 @@ from graftline.tasks.engine.checkpoints import Checkpoints
 from graftline.tasks.engine.training import TrainingIO
 from graftline.tasks.settings import AdaptParams, FinetuneParams
 from graftline.tasks.train.finetune import finetune
-from graftline.tasks.train.self_training import prediction_entropy, select_pseudo_labels
+from graftline.tasks.train import self_training
+from graftline.tasks.train.self_training import (
+    UNLABELED,
+    aligned,
+    confident_flips,
+    prediction_entropy,
+    select_pseudo_labels,
+    soft_target_loss,
+)
 from tests.conftest import short_texts, toy_frame
 
 
@@ -49,6 +59,35 @@ def test_prediction_entropy_is_lower_for_surer_predictions():
     assert prediction_entropy(np.array([[0.99, 0.01]])) < prediction_entropy(np.array([[0.7, 0.3]]))
 
 
+def test_soft_labels_take_the_source_class_mix():
+    p = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.3, 0.7]])  # mean prediction (0.65, 0.35)
+    soft = aligned(p, prior=np.array([50, 50]))
+    by_hand = p * np.array([0.5 / 0.65, 0.5 / 0.35])
+    assert soft == pytest.approx(by_hand / by_hand.sum(axis=1, keepdims=True))
+    assert soft[:, 1].mean() > p[:, 1].mean()  # the under-predicted class gains
+    assert soft.argmax(axis=1).tolist() == [0, 0, 1, 1]  # the 0.6/0.4 text now leans to the rarer class
+    assert aligned(p, prior=None) == pytest.approx(p)  # class_balance off: the model's own distributions
+
+
+def test_the_soft_round_loss_is_cross_entropy_on_source_rows_and_soft_cross_entropy_on_target_rows():
+    logits = torch.tensor([[2.0, 0.0], [0.5, 1.5], [1.0, -1.0]])
+    batch = {
+        "labels": torch.tensor([1, UNLABELED, UNLABELED]),
+        "soft_targets": torch.tensor([[0.0, 0.0], [0.25, 0.75], [1.0, 0.0]]),
+    }
+    log_p = torch.log_softmax(logits, dim=-1)
+    by_hand = (-log_p[0, 1] - (0.25 * log_p[1, 0] + 0.75 * log_p[1, 1]) - log_p[2, 0]) / 3
+    got = soft_target_loss(type("Out", (), {"logits": logits})(), batch)
+    assert float(got) == pytest.approx(float(by_hand))
+
+
+def test_confident_flips_count_only_the_source_models_sure_predictions():
+    before = np.array([[0.95, 0.05], [0.02, 0.98], [0.6, 0.4], [0.91, 0.09]])
+    after = np.array([[0.30, 0.70], [0.10, 0.90], [0.1, 0.9], [0.80, 0.20]])
+    assert confident_flips(before, after) == pytest.approx(1 / 3)  # row 0 of the sure rows 0, 1, 3; not row 2
+    assert confident_flips(np.array([[0.6, 0.4]]), np.array([[0.1, 0.9]])) == 0.0  # nothing sure: nothing flipped
+
+
 TARGET = [f"kettle review {i}: " + text for i, text in enumerate(toy_frame(12, seed=7)["text"])]
 
 
@@ -59,11 +98,11 @@ def target_splits(toy_splits):
 
 
 def train_params(backbone, **changes):
-    return FinetuneParams(backbone=str(backbone), epochs=2, batch_size=8, learning_rate=1e-2, **changes)
+    return FinetuneParams(**{"backbone": str(backbone), "epochs": 2, "batch_size": 8, "learning_rate": 1e-2, **changes})
 
 
 def test_rounds_train_on_pseudo_labels_and_record_what_they_did(tiny_backbone, target_splits, tmp_path):
-    adapt = AdaptParams(method="self-training", rounds=2, max_source_drop=1.0)
+    adapt = AdaptParams(method="self-training", rounds=2, max_source_drop=1.0, max_confident_flips=1.0)
     result = finetune(target_splits, train_params(tiny_backbone), short_texts(), tmp_path / "st", adapt=adapt)
     rounds = result.self_training.rounds
     assert [r.round for r in rounds] == [1, 2] and all(r.kept for r in rounds)
@@ -83,8 +122,48 @@ def test_rounds_train_on_pseudo_labels_and_record_what_they_did(tiny_backbone, t
         "teacher",
         "self-training round 1",
         "self-training round 2",
+        "adaptation",
     ]
+    assert logged.tags["adaptation_decision"] == result.self_training.decision == "adapted (2 of 2 rounds kept)"
     assert result.adaptation_report() == summary
+
+
+def test_self_distillation_trains_every_target_text_on_soft_labels(tiny_backbone, target_splits, tmp_path, monkeypatch):
+    seen, predicted = [], []
+    original, align = self_training._with_soft_labels, self_training.aligned
+    monkeypatch.setattr(self_training, "_with_soft_labels", lambda *a: seen.append(original(*a)) or seen[-1])
+    monkeypatch.setattr(self_training, "aligned", lambda p, prior: predicted.append((p, prior)) or align(p, prior))
+    adapt = AdaptParams(method="auto", max_source_drop=1.0, max_confident_flips=1.0)  # auto: self-distillation
+    result = finetune(target_splits, train_params(tiny_backbone), short_texts(), tmp_path / "sd", adapt=adapt)
+    (record,) = result.self_training.rounds
+    assert record.kept and record.pseudo_labels == len(TARGET)  # every text, whatever its confidence
+    (split,) = seen
+    target_rows = split.labels == UNLABELED
+    assert target_rows.sum() == len(TARGET) and (split.labels[~target_rows] >= 0).all()
+    soft = split.extras["soft_targets"][target_rows]
+    assert soft.sum(axis=1) == pytest.approx(np.ones(len(TARGET)))  # a distribution per target text
+    ((p, prior),) = predicted  # the source model's distributions, aligned towards the source's class mix
+    prior = prior / prior.sum()
+    assert np.abs(soft.mean(axis=0) - prior).sum() < np.abs(p.mean(axis=0) - prior).sum()
+    assert soft == pytest.approx(aligned(p, prior))
+    assert result.final_training is result.self_training.training
+
+
+def test_the_guard_keeps_the_source_model_when_a_round_turns_the_target_upside_down(
+    tiny_backbone, target_splits, tmp_path, monkeypatch
+):
+    # A labeller that teaches the opposite of what the model believes: no real method does this on
+    # purpose; it stands in for an adaptation gone wrong on the target alone.
+    monkeypatch.setattr(self_training, "aligned", lambda p, prior: np.ascontiguousarray(p[:, ::-1]).astype(np.float32))
+    params = train_params(tiny_backbone, epochs=4)
+    source = finetune(target_splits, params, short_texts(), tmp_path / "source")
+    adapt = AdaptParams(method="self-distillation", max_source_drop=1.0, round_epochs=3)  # the source check off
+    adapted = finetune(target_splits, params, short_texts(), tmp_path / "adapted", adapt=adapt)
+    (record,) = adapted.self_training.rounds
+    assert record.confident_flips > 0.05 and not record.kept
+    assert adapted.self_training.decision.startswith("source-only kept; round 1: flipped")
+    one, other = (backbones.load_classifier(str(r.model_dir)).state_dict() for r in (source, adapted))
+    assert all(torch.equal(one[k], other[k]) for k in one)  # exactly the source-only model
 
 
 def test_no_confident_prediction_leaves_exactly_the_source_model(tiny_backbone, target_splits, tmp_path):
@@ -98,7 +177,7 @@ def test_no_confident_prediction_leaves_exactly_the_source_model(tiny_backbone, 
 
 
 def test_rounds_stop_at_the_first_that_falls_below_the_source_validation(tiny_backbone, target_splits, tmp_path):
-    adapt = AdaptParams(method="self-training", max_source_drop=0.0, rounds=4)
+    adapt = AdaptParams(method="self-training", max_source_drop=0.0, rounds=4, max_confident_flips=1.0)
     adapted = finetune(target_splits, train_params(tiny_backbone), short_texts(), tmp_path / "st", adapt=adapt)
     rounds, source_f1 = adapted.self_training.rounds, adapted.training.best_val_macro_f1
     assert [r.kept for r in rounds] == [r.val_macro_f1 >= source_f1 for r in rounds]
@@ -110,9 +189,10 @@ def test_rounds_stop_at_the_first_that_falls_below_the_source_validation(tiny_ba
     )
 
 
-def test_resume_inside_a_round_matches_an_uninterrupted_run(still_backbone, target_splits, tmp_path):
+@pytest.mark.parametrize("method", ["self-training", "self-distillation"])
+def test_resume_inside_a_round_matches_an_uninterrupted_run(method, still_backbone, target_splits, tmp_path):
     params = train_params(still_backbone, checkpoint_every=2, checkpoint_seconds=0)
-    adapt = AdaptParams(method="self-training", rounds=2, max_source_drop=1.0)
+    adapt = AdaptParams(method=method, rounds=2, max_source_drop=1.0, max_confident_flips=1.0)
     straight = finetune(target_splits, params, short_texts(), tmp_path / "straight", adapt=adapt)
 
     def crash_in_round_two(record):  # round 2's epoch ends after its mid-epoch checkpoints, before the last

@@ -187,5 +187,7 @@ def print_summary(summary) -> None:
     if summary.reused_steps:
         print(f"\nreused from an identical earlier run: {', '.join(summary.reused_steps)}")
     print(f"\nbackbone: {summary.backbone}")
+    if summary.adaptation:
+        print(f"adaptation: {summary.adaptation}")
     print(f"MLflow run {summary.mlflow_run_id} in experiment {summary.experiment!r}")
     print(f"open the MLflow UI:  {summary.ui_command}")

@@ -1,12 +1,20 @@
-"""Self-training on target-domain texts: the second half of `adapt.method: self-training` and
-`mlm+self-training`.
+"""Self-training on target-domain texts: the second half of `adapt.method: self-training`,
+`mlm+self-training` and `self-distillation`.
 
 After the source model is trained (on the source labels alone, or with the target MLM loss), each
-round asks the current model for the target texts' labels, keeps the confident ones, balances them
-across classes, and trains again *from the source model's weights* on the source rows plus those
-pseudo-labelled target rows. Starting each round from the source weights, not from the previous
-round's, keeps one round's mistakes from being trained into the next twice; the next round's labels
-still come from the better model.
+round asks the current model for the target texts' labels and trains again *from the source model's
+weights* on the source rows plus the target rows with those labels. Starting each round from the
+source weights, not from the previous round's, keeps one round's mistakes from being trained into
+the next twice; the next round's labels still come from the better model. Two kinds of label:
+
+- **hard** (`self-training`): the confident predictions only, balanced across classes, each a class id;
+- **soft** (`self-distillation`): every target text, with the model's whole predicted distribution
+  as its target (a noisy student: the labelling model predicts without dropout, the student trains
+  with it), after *distribution alignment*: each distribution is multiplied by source prior / mean
+  target prediction and renormalised, so the labels' class mix is the source's and a model leaning
+  towards one class on the new domain does not teach that lean (Berthelot et al., ReMixMatch, ICLR
+  2020). A wrong soft label is an uncertain one and costs little; a wrong hard label is trained on as
+  if it were right, which is how hard self-training lost a point on some domain pairs.
 
 Which pseudo-labels a round keeps (`select_pseudo_labels`):
 - at most `pseudo_label_share` of the target texts, the most confident predictions first; a portion
@@ -18,11 +26,17 @@ Which pseudo-labels a round keeps (`select_pseudo_labels`):
 - every kept prediction must also reach `confidence_threshold` (0: no absolute floor), and
   `max_per_class` caps any class.
 
-Model selection never reads target labels: every round's training early-stops on the source
-validation split, and a round is kept only if its source validation macro-F1 stays within
-`max_source_drop` of the source model's; otherwise the rounds stop and the previous model stays.
-Each round also records label-free numbers on the target texts (the share of confident predictions
-and the mean prediction entropy), logged per round for the user to judge the adaptation by.
+Model selection never reads target labels. Every round's training early-stops on the source
+validation split, and the guard keeps a round only if both hold, otherwise the rounds stop and the
+previous model (at worst the source model) stays:
+- its source validation macro-F1 stays within `max_source_drop` of the source model's (it still
+  solves the task it was taught), and
+- it overturns at most `max_confident_flips` of the source model's *confident* target predictions
+  (top probability >= domain_gap.CONFIDENT). Those are the source model's most reliable labels on the
+  new domain; a round that flips many of them has drifted on the target, which the source
+  validation split cannot see.
+Each round also records label-free numbers on the target texts (the share of confident predictions,
+the mean prediction entropy, the flips), logged per round with the guard's decision and reason.
 
 Written here rather than taken from a library: the maintained self-training implementations
 (scikit-learn's `SelfTrainingClassifier`, skada) wrap estimators with `fit`/`predict_proba` and
@@ -46,11 +60,14 @@ from graftline.tasks.engine.training import (
     EpochRecord,
     TrainConfig,
     TrainResult,
+    cross_entropy,
     predict_logits,
     train,
 )
-from graftline.tasks.evaluate.domain_gap import confident_share
+from graftline.tasks.evaluate.domain_gap import CONFIDENT, confident_share
 from graftline.tasks.progress import TrainingProgress
+
+UNLABELED = -100  # label id of the target rows of a soft round: soft targets only, no cross-entropy
 
 
 @dataclass(frozen=True)
@@ -102,6 +119,36 @@ def select_pseudo_labels(
     return PseudoLabels(kept, predicted[kept])
 
 
+def aligned(probabilities: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
+    """Soft labels: each row of `probabilities` times prior / (mean predicted distribution), renormalised
+    (distribution alignment); unchanged without `prior`."""
+    if prior is None or not len(probabilities):
+        return probabilities.astype(np.float32)
+    prior = np.asarray(prior, dtype=np.float64) / np.sum(prior)
+    scaled = probabilities * (prior / np.clip(probabilities.mean(axis=0), 1e-12, None))
+    return (scaled / scaled.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def soft_target_loss(outputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per row, cross-entropy with the label on a source row and with the soft label on a target row
+    (label UNLABELED), averaged over the batch's rows: a target text weighs what a source text does."""
+    log_p = torch.log_softmax(outputs.logits.float(), dim=-1)
+    labels = batch["labels"]
+    unlabeled = labels == UNLABELED
+    hard = -log_p.gather(1, labels.clamp(min=0).unsqueeze(1)).squeeze(1)
+    soft = -(batch["soft_targets"].float() * log_p).sum(dim=-1)
+    return torch.where(unlabeled, soft, hard).mean()
+
+
+def confident_flips(before: np.ndarray, after: np.ndarray) -> float:
+    """Of the rows `before` (probabilities) predicts with confidence >= CONFIDENT, the share whose
+    predicted class `after` differs (0 when there are none)."""
+    sure = before.max(axis=1) >= CONFIDENT
+    if not sure.any():
+        return 0.0
+    return float((before[sure].argmax(axis=1) != after[sure].argmax(axis=1)).mean())
+
+
 def prediction_entropy(probabilities: np.ndarray) -> float:
     """Mean entropy of the predicted distributions, in nats: lower is a surer model."""
     clipped = np.clip(probabilities, 1e-12, 1.0)
@@ -117,19 +164,23 @@ class SelfTrainingSettings:
     max_per_class: int | None
     round_epochs: int
     max_source_drop: float
+    soft: bool = False  # every target text with its aligned predicted distribution, not hard labels
+    max_confident_flips: float = 1.0  # most share of the source model's confident target predictions a round may flip
 
 
 @dataclass(frozen=True)
 class RoundRecord:
-    """One round: what it trained on, how sure the labelling model was, and whether it was kept."""
+    """One round: what it trained on, how sure the labelling model was, and whether the guard kept it."""
 
     round: int
-    pseudo_labels: int
-    per_class: dict[str, int]
+    pseudo_labels: int  # target rows trained on (hard: the chosen ones; soft: every text)
+    per_class: dict[str, int]  # by the labelling model's top class
     confident_share: float  # of all target texts: top probability at least domain_gap.CONFIDENT
     target_entropy: float  # of the model that labelled this round
     val_macro_f1: float  # of the model this round trained
     kept: bool
+    confident_flips: float = 0.0  # of the source model's confident target predictions, the share this round flipped
+    reason: str = ""  # the guard's decision, in words
 
     def metrics(self) -> dict[str, float]:
         prefix = f"self_training_round_{self.round}_"
@@ -138,6 +189,7 @@ class RoundRecord:
             prefix + "confident_share": self.confident_share,
             prefix + "target_entropy": self.target_entropy,
             prefix + "val_macro_f1": self.val_macro_f1,
+            prefix + "confident_flips": self.confident_flips,
             prefix + "kept": float(self.kept),
         }
 
@@ -153,6 +205,14 @@ class SelfTrainingResult:
     @property
     def kept_rounds(self) -> int:
         return sum(r.kept for r in self.rounds)
+
+    @property
+    def decision(self) -> str:
+        """Which model the run keeps and why, in one line (the summary's and the run's tag)."""
+        kept = self.kept_rounds
+        verdict = f"adapted ({kept} of {len(self.rounds)} rounds kept)" if kept else "source-only kept"
+        stopped = next((r for r in self.rounds if not r.kept), None)
+        return verdict + (f"; round {stopped.round}: {stopped.reason}" if stopped else "")
 
     def metrics(self) -> dict[str, float]:
         out = {**self.summary(), "self_training_seconds": self.seconds}
@@ -200,36 +260,47 @@ def self_train(
     round_config = replace(config, epochs=settings.round_epochs, patience=settings.round_epochs)
     records: list[RoundRecord] = []
     training = None
-    probabilities = _probabilities(model, target, config, pad_id)
+    probabilities = source_probabilities = _probabilities(model, target, config, pad_id)
     for number in range(1, settings.rounds + 1):
-        chosen = select_pseudo_labels(probabilities, settings.share, settings.threshold, prior, settings.max_per_class)
-        confident = confident_share(probabilities)
-        entropy = prediction_entropy(probabilities)
-        if len(chosen) == 0:
-            records.append(RoundRecord(number, 0, chosen.per_class(labels), confident, entropy, 0.0, False))
+        confident, entropy = confident_share(probabilities), prediction_entropy(probabilities)
+        if settings.soft:
+            rows, per_class = len(target), _per_class(probabilities.argmax(axis=1), labels)
+            split, loss = _with_soft_labels(source, target, aligned(probabilities, prior)), soft_target_loss
+        else:
+            chosen = select_pseudo_labels(
+                probabilities, settings.share, settings.threshold, prior, settings.max_per_class
+            )
+            rows, per_class = len(chosen), chosen.per_class(labels)
+            split, loss = _with_pseudo_labels(source, target, chosen), cross_entropy
+        if rows == 0:
+            records.append(RoundRecord(number, 0, per_class, confident, entropy, 0.0, False, 0.0, "no pseudo-labels"))
             break
         model.load_state_dict(source_weights)
         result = train(
             model,
-            _with_pseudo_labels(source, target, chosen),
+            split,
             validation,
             round_config,
             pad_id,
+            loss_fn=loss,
             on_epoch=_numbered_from(on_epoch, epochs_before),
             checkpoint_dir=checkpoint_dir(number),
             on_progress=_numbered_from(on_progress, epochs_before, total=True),
         )
         epochs_before += len(result.history)
-        kept = result.best_val_macro_f1 >= source_val_macro_f1 - settings.max_source_drop
+        adapted = _probabilities(model, target, config, pad_id)
+        flips = confident_flips(source_probabilities, adapted)
+        kept, reason = _guard(result.best_val_macro_f1, source_val_macro_f1, flips, settings)
         records.append(
-            RoundRecord(
-                number, len(chosen), chosen.per_class(labels), confident, entropy, result.best_val_macro_f1, kept
-            )
+            RoundRecord(number, rows, per_class, confident, entropy, result.best_val_macro_f1, kept, flips, reason)
         )
         if not kept:
             break
-        kept_weights, training = {k: v.detach().clone() for k, v in model.state_dict().items()}, result
-        probabilities = _probabilities(model, target, config, pad_id)
+        kept_weights, training, probabilities = (
+            {k: v.detach().clone() for k, v in model.state_dict().items()},
+            result,
+            adapted,
+        )
     model.load_state_dict(kept_weights)  # `probabilities` are this model's: they change only when a round is kept
     return SelfTrainingResult(
         tuple(records),
@@ -237,6 +308,27 @@ def self_train(
         confident_share(probabilities),
         training,
         time.perf_counter() - started,
+    )
+
+
+def _guard(
+    val_macro_f1: float, source_val_macro_f1: float, flips: float, settings: SelfTrainingSettings
+) -> tuple[bool, str]:
+    """Whether a round's model replaces the one before it, and why, from label-free evidence only."""
+    drop = source_val_macro_f1 - val_macro_f1
+    if drop > settings.max_source_drop:
+        return (
+            False,
+            f"source validation macro-F1 fell {drop:.3f} (more than max_source_drop {settings.max_source_drop:g})",
+        )
+    if flips > settings.max_confident_flips:
+        return False, (
+            f"flipped {flips:.1%} of the source model's confident target predictions "
+            f"(more than max_confident_flips {settings.max_confident_flips:g})"
+        )
+    return (
+        True,
+        f"source validation macro-F1 within {settings.max_source_drop:g}; {flips:.1%} confident predictions flipped",
     )
 
 
@@ -252,6 +344,21 @@ def _numbered_from(listener, offset: int, total: bool = False):
 def _probabilities(model, target: EncodedSplit, config: TrainConfig, pad_id: int) -> np.ndarray:
     logits = predict_logits(model, target, config.eval_batch_size, pad_id, precision=config.precision)
     return torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+
+
+def _per_class(predicted: np.ndarray, names: list[str]) -> dict[str, int]:
+    counts = np.bincount(predicted, minlength=len(names))
+    return {name: int(count) for name, count in zip(names, counts, strict=True)}
+
+
+def _with_soft_labels(source: EncodedSplit, target: EncodedSplit, soft: np.ndarray) -> EncodedSplit:
+    """The source rows (their labels) followed by every target row (label UNLABELED, soft label `soft`)."""
+    classes = soft.shape[1]
+    return EncodedSplit(
+        source.ids + list(target.ids),
+        np.concatenate([source.labels, np.full(len(target), UNLABELED)]).astype(np.int64),
+        extras={"soft_targets": np.concatenate([np.zeros((len(source), classes), np.float32), soft])},
+    )
 
 
 def _with_pseudo_labels(source: EncodedSplit, target: EncodedSplit, chosen: PseudoLabels) -> EncodedSplit:

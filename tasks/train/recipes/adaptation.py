@@ -26,9 +26,13 @@ class Adaptation(Recipe):
     cross-entropy plus a weighted masked-language-modelling loss on the target texts (engine/mlm.py),
     after a short warm-up of the new MLM head; the head is dropped before saving. With
     `self-training` (or `mlm+self-training`) the source model is followed by rounds of confident,
-    class-balanced pseudo-labels on the target texts (tasks/train/self_training.py); with
-    `job.source_dir`, the source model (before the rounds) is saved there too, for comparison. Epochs
-    and rounds are chosen by the source validation split: target labels are never read.
+    class-balanced hard pseudo-labels on the target texts, with `self-distillation` (what `auto`
+    runs) by rounds on every target text with the model's class-aligned predicted distribution as
+    a soft label (tasks/train/self_training.py). A label-free guard keeps a round only while the
+    source validation split holds and the source model's confident target predictions stand; else
+    the source model is what is saved. With `job.source_dir`, the source model (before the rounds)
+    is saved there too, for comparison. Epochs and rounds are chosen by the source validation
+    split: target labels are never read.
 
     Supports: text backbones, strategies full, linear-probe, lora and lp-ft; resumable checkpoints
     (round r's in `<checkpoints>-round-r`; a resumed run skips the MLM head's warm-up, which the

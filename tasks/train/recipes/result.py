@@ -19,7 +19,7 @@ class FinetuneResult:
     training: TrainResult  # the source model's training (with the MLM loss when adapting by mlm)
     parameters: int
     trainable_parameters: int
-    self_training: SelfTrainingResult | None = None  # the pseudo-label rounds, when adapting by self-training
+    self_training: SelfTrainingResult | None = None  # the rounds on the target texts (self-training, self-distillation)
     privacy: PrivacySpent | None = None  # the DP budget spent, when trained privately
 
     @property
@@ -64,7 +64,9 @@ class FinetuneResult:
         )
         if self.self_training:
             log.dicts["self_training/rounds.json"] = [asdict(r) for r in self.self_training.rounds]
+            log.tags["adaptation_decision"] = self.self_training.decision
             log.lines += [_round_line(r) for r in self.self_training.rounds]
+            log.lines.append(f"adaptation: {self.self_training.decision}")
         if self.privacy:
             log.lines.append(_privacy_line(self.privacy))
         return log
@@ -74,7 +76,8 @@ def _round_line(r) -> str:
     return (
         f"self-training round {r.round}: {r.pseudo_labels} pseudo-labels {r.per_class} "
         f"({100 * r.confident_share:.0f}% of target texts confident, entropy {r.target_entropy:.3f}), "
-        f"validation macro-F1 {r.val_macro_f1:.4f}: {'kept' if r.kept else 'discarded, rounds stop'}"
+        f"validation macro-F1 {r.val_macro_f1:.4f}, {100 * r.confident_flips:.1f}% confident target predictions "
+        f"flipped: {'kept' if r.kept else 'discarded, rounds stop'}"
     )
 
 
