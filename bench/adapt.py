@@ -42,6 +42,7 @@ from graftline.tasks.settings import AdaptParams, FinetuneParams, ModelParams  #
 from graftline.tasks.train.finetune import finetune  # noqa: E402
 
 DOMAINS = ("books", "dvd", "electronics", "kitchen")
+NOTED = ("pseudo_labels", "confident_flips", "val_macro_f1")  # of each round, kept in the results
 HARD = ("electronics:books", "electronics:dvd", "kitchen:books", "kitchen:dvd")  # product -> media
 
 
@@ -89,8 +90,7 @@ def run_pair(splits: Splits, scored: Split, methods: list[str], args, seed: int,
         result = finetune(splits, params, model, work / method, adapt=adapt, source_dir=source_dir)
         seconds = time.perf_counter() - started
         rounds = result.self_training.metrics() if result.self_training else {}
-        noted = {k: v for k, v in rounds.items()
-                 if k == "self_training_rounds_kept" or k.endswith(("pseudo_labels", "confident_flips", "val_macro_f1"))}  # fmt: skip
+        noted = {k: v for k, v in rounds.items() if k == "self_training_rounds_kept" or k.endswith(NOTED)}
         rows[method] = {**score(result.model_dir, scored, args), "seconds": seconds, **noted}
         if method == "none":
             source_dir = result.model_dir.rename(work / f"none-{len(trained)}")

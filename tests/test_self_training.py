@@ -15,8 +15,8 @@ from graftline.tasks.engine import backbones
 from graftline.tasks.engine.checkpoints import Checkpoints
 from graftline.tasks.engine.training import TrainingIO
 from graftline.tasks.settings import AdaptParams, FinetuneParams
-from graftline.tasks.train.finetune import finetune
 from graftline.tasks.train import self_training
+from graftline.tasks.train.finetune import finetune
 from graftline.tasks.train.self_training import (
     UNLABELED,
     aligned,
