@@ -38,7 +38,8 @@ apply_defaults(HF_HUB_OFFLINE="1")
 from graftline.tasks.data.splits import Split, Splits, read_table  # noqa: E402
 from graftline.tasks.engine import backbones  # noqa: E402
 from graftline.tasks.evaluate.scores import evaluate_model  # noqa: E402
-from graftline.tasks.settings import AdaptParams, FinetuneParams, ModelParams  # noqa: E402
+from graftline.tasks.settings import AdaptParams, DistillParams, FinetuneParams, ModelParams  # noqa: E402
+from graftline.tasks.train.distill import distill  # noqa: E402
 from graftline.tasks.train.finetune import finetune  # noqa: E402
 
 DOMAINS = ("books", "dvd", "electronics", "kitchen")
@@ -92,6 +93,12 @@ def run_pair(splits: Splits, scored: Split, methods: list[str], args, seed: int,
         rounds = result.self_training.metrics() if result.self_training else {}
         noted = {k: v for k, v in rounds.items() if k == "self_training_rounds_kept" or k.endswith(NOTED)}
         rows[method] = {**score(result.model_dir, scored, args), "seconds": seconds, **noted}
+        if args.student and method != "none":  # the lifecycle's next step: distil on the source and target texts
+            started = time.perf_counter()
+            student = distill(result.model_dir, splits, DistillParams(epochs=args.epochs, **MEASURED_WITH), model,
+                              work / f"{method}-student")  # fmt: skip
+            rows[f"{method}+student"] = {**score(student.model_dir, scored, args),
+                                         "seconds": time.perf_counter() - started}  # fmt: skip
         if method == "none":
             source_dir = result.model_dir.rename(work / f"none-{len(trained)}")
         if source_dir is not None and key not in trained:
@@ -117,6 +124,12 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="model.precision")
     parser.add_argument("--inductive", action="store_true", help="adapt on half the target texts, score the other")
     parser.add_argument(
+        "--student",
+        action="store_true",
+        help="also distil every adapted teacher into the lifecycle's default 3-layer student, the target texts "
+        "among its distillation rows (row METHOD+student)",
+    )
+    parser.add_argument(
         "--set",
         dest="adapt",
         nargs="*",
@@ -138,8 +151,9 @@ def main() -> None:
         + (" inductive" if args.inductive else "")
         + "".join(f" {k}={v}" for k, v in sorted(args.adapt.items()))
     )
+    shown = args.methods + ([f"{m}+student" for m in args.methods if m != "none"] if args.student else [])
     if args.report:
-        print_table(results, setting, pairs, args.methods, args.seeds)
+        print_table(results, setting, pairs, shown, args.seeds)
         return
     trained: dict = {}  # source-only models by (source, seed): the target plays no part in training them
     with tempfile.TemporaryDirectory(prefix="graftline-adapt-") as tmp:
@@ -148,22 +162,28 @@ def main() -> None:
             halves = [0, 1] if args.inductive else [None]
             runs = [run_pair(*pair_splits(folder, source, target, half, seed), args.methods, args, seed, Path(tmp),
                              trained) for half in halves]  # fmt: skip
-            for method in args.methods:
+            for method in runs[0]:
                 row = {k: sum(r[method][k] for r in runs) / len(runs) for k in runs[0][method]}
                 results[f"{setting} | {pair} | {method} | {seed}"] = row
                 print(f"{pair} {method} seed {seed}: {json.dumps(row)}", file=sys.stderr, flush=True)
             args.results.parent.mkdir(parents=True, exist_ok=True)
             args.results.write_text(json.dumps(results, indent=1))
-    print_table(results, setting, pairs, args.methods, args.seeds)
+    print_table(results, setting, pairs, shown, args.seeds)
 
 
 def print_table(results: dict, setting: str, pairs: list[str], methods: list[str], seeds: list[int]) -> None:
-    def mean(pair: str, method: str, key: str) -> float | None:
-        values = [results.get(f"{setting} | {pair} | {method} | {s}", {}).get(key) for s in seeds]
-        values = [v for v in values if v is not None]
-        return sum(values) / len(values) if values else None
+    """Target accuracy per pair and method (mean over the seeds measured, with the spread between
+    them), each method's difference from source-only (the first method) and its lowest pair."""
 
-    print(f"{setting}, seeds {seeds}: target accuracy (x100) per pair; time relative to source-only (none)")
+    def values(pair: str, method: str, key: str) -> list[float]:
+        found = [results.get(f"{setting} | {pair} | {method} | {s}", {}).get(key) for s in seeds]
+        return [v for v in found if v is not None]
+
+    def mean(pair: str, method: str, key: str) -> float | None:
+        found = values(pair, method, key)
+        return sum(found) / len(found) if found else None
+
+    print(f"{setting}, seeds {seeds}: target accuracy (x100) per pair, mean (spread over seeds when several)")
     print("| pair | " + " | ".join(methods) + " |")
     print("|---" * (len(methods) + 1) + "|")
     for pair in pairs + ["average", "hard pairs"]:
@@ -174,13 +194,21 @@ def print_table(results: dict, setting: str, pairs: list[str], methods: list[str
             if not chosen or any(s is None for s in scores):
                 cells.append("-")
                 continue
-            cells.append(f"{100 * sum(scores) / len(scores):.2f}")
+            cell = f"{100 * sum(scores) / len(scores):.2f}"
+            found = values(pair, method, "accuracy") if len(chosen) == 1 else []
+            cells.append(cell + (f" ± {50 * (max(found) - min(found)):.2f}" if len(found) > 1 else ""))
         print(f"| {pair} | " + " | ".join(cells) + " |")
-    base = [mean(p, methods[0], "seconds") for p in pairs]
+    base = methods[0]
     for method in methods[1:]:
-        other = [mean(p, method, "seconds") for p in pairs]
-        if all(b and o for b, o in zip(base, other, strict=True)):
-            print(f"time {method} / {methods[0]}: {sum(other) / sum(base):.2f}x")
+        both = [(mean(p, base, "accuracy"), mean(p, method, "accuracy")) for p in pairs]
+        both = [(b, o) for b, o in both if b is not None and o is not None]
+        if both:
+            gaps = [100 * (o - b) for b, o in both]
+            average = sum(gaps) / len(gaps)
+            print(f"{method} - {base}: {average:+.2f} on average over {len(gaps)} pairs, lowest {min(gaps):+.2f}")
+        times = [(mean(p, base, "seconds"), mean(p, method, "seconds")) for p in pairs]
+        if times and all(b and o for b, o in times):
+            print(f"time {method} / {base}: {sum(o for _, o in times) / sum(b for b, _ in times):.2f}x")
 
 
 if __name__ == "__main__":

@@ -953,8 +953,8 @@ class MonitorParams(Params):
         "`graftline up`).",
     )
     retrain_deployment: str = Field("transfer/retrain", min_length=3, description="FLOW/DEPLOYMENT to start.")
-    adapt_method: Literal["mlm", "self-training", "mlm+self-training"] = Field(
-        "self-training",
+    adapt_method: Literal["auto", "mlm", "self-training", "mlm+self-training", "self-distillation"] = Field(
+        "auto",
         description="Adaptation the retraining uses on the new texts when its deployment has none.",
     )
     experiment: str = Field(EXPERIMENT, min_length=1, description="MLflow experiment of the monitor runs.")

@@ -251,7 +251,7 @@ def test_a_harmful_drift_starts_retraining_and_same_domain_data_does_not(served,
     data = run.parameters["data"]
     [window] = [path for name, path in data["target_sets"].items() if name.startswith("drift_")]
     assert data["eval_sets"][next(n for n in data["target_sets"] if n.startswith("drift_"))] == window
-    assert len(pd.read_parquet(window)) == 150 and run.parameters["adapt"]["method"] == "self-training"
+    assert len(pd.read_parquet(window)) == 150 and run.parameters["adapt"]["method"] == "auto"
     records = [r for r in history(client, f"{served}-student") if r["action"] == "monitor"]
     assert [r["verdict"] for r in records] == ["no drift", "harmful drift"]
     assert records[-1]["retrain_flow_run_id"] == checked.retrain_flow_run_id

@@ -132,6 +132,9 @@ class TrainingIO:
         return replace(self, on_epoch=None, on_progress=None, on_report=None)
 
 
+UNLABELED = -100  # the label id of a row trained on a soft label only (no cross-entropy)
+
+
 @dataclass
 class EncodedSplit:
     """Token ids per row, unpadded; batches are padded on the fly to their own longest row."""

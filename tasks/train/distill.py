@@ -43,6 +43,7 @@ from graftline.tasks.data.splits import Splits, encode_labels
 from graftline.tasks.engine import backbones
 from graftline.tasks.engine.checkpoints import Checkpoints
 from graftline.tasks.engine.training import (
+    UNLABELED,
     TrainingIO,
     TrainResult,
     autocast,
@@ -68,7 +69,6 @@ from graftline.tasks.registry.tracking import StepLog
 from graftline.tasks.settings import DistillParams, ModelParams
 from graftline.tasks.train.finetune import encode_split, save_model
 
-UNLABELED = -100  # label id of transfer rows: soft targets only, no cross-entropy
 TEACHER_BATCH = 64  # rows per forward pass when computing teacher targets
 
 

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from graftline.tasks.engine.training import (
+    UNLABELED,
     EncodedSplit,
     EpochRecord,
     TrainConfig,
@@ -66,8 +67,6 @@ from graftline.tasks.engine.training import (
 )
 from graftline.tasks.evaluate.domain_gap import CONFIDENT, confident_share
 from graftline.tasks.progress import TrainingProgress
-
-UNLABELED = -100  # label id of the target rows of a soft round: soft targets only, no cross-entropy
 
 
 @dataclass(frozen=True)
