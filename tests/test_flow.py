@@ -480,6 +480,9 @@ def test_a_target_set_gets_a_gap_report_and_mlm_then_self_training(run_flow, uni
     assert finetune.data.metrics["self_training_round_1_pseudo_labels"] == 40  # every text: share 1, no balance
     rounds = json.loads(Path(client.download_artifacts(finetune.info.run_id, "self_training/rounds.json")).read_text())
     assert [r["round"] for r in rounds] == [1] and rounds[0]["pseudo_labels"] == 40
+    kept = rounds[0]["kept"]  # the guard's decision: in the summary and on the finetune run, with its reason
+    assert summary.adaptation.startswith("adapted (1 of 1" if kept else "source-only kept; round 1: ")
+    assert finetune.data.tags["adaptation_decision"] == summary.adaptation
     assert [r.version for r in summary.registered] == ["1", "1"]
 
 
