@@ -122,9 +122,8 @@ def _read_template(path: Path) -> dict:
 
 
 def _transfer_defaults(params_file: Path | None) -> dict:
-    import yaml
-
     from graftline.flows.params import TransferParams
+    from graftline.tasks.settings import load_yaml
 
-    values = yaml.safe_load(params_file.read_text()) if params_file else {}
+    values = load_yaml(params_file.read_text(), str(params_file)) if params_file else {}
     return TransferParams.model_validate(values or {}).model_dump(mode="json")

@@ -1000,3 +1000,34 @@ class DeployParams(Params):
 def default_of(group: type[BaseModel], name: str):
     """The default of field `name` of `group` (a fresh one when it is made by a factory)."""
     return group.model_fields[name].get_default(call_default_factory=True)
+
+
+def load_yaml(text: str, source: str = "--set value"):
+    """`text` read as YAML with YAML 1.2's booleans: only true and false. YAML 1.1 (PyYAML's default)
+    also reads yes, no, on and off as booleans, so `--set validation.pii=off` reached a string
+    setting as False; a boolean setting still takes them (pydantic reads "off" as False). Unreadable
+    YAML is one line naming `source`."""
+    import yaml
+
+    from graftline.tasks.errors import GraftlineError
+
+    try:
+        return yaml.load(text, Loader=_yaml12_loader())
+    except yaml.YAMLError as exc:
+        raise GraftlineError(f"{source}: not readable as YAML: {str(exc).splitlines()[0]}") from None
+
+
+@cache
+def _yaml12_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    boolean = "tag:yaml.org,2002:bool"
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, pattern) for tag, pattern in resolvers if tag != boolean]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    Loader.add_implicit_resolver(boolean, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    return Loader

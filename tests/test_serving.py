@@ -139,6 +139,60 @@ def test_the_command_line_exits_2_on_an_unknown_output_format(served, tmp_path):
     )
 
 
+# fmt: off
+FRONT_DOOR = {
+    "predict without the text column": (["predict", "{name}@production", "--input", "{columns}", "--output", "{out}"],
+                                        r"columns\.csv: missing column\(s\) 'text'; found 'body'"),
+    "predict of an empty file": (["predict", "{name}@production", "--input", "{empty}", "--output", "{out}"],
+                                 r"empty\.csv: the dataset is empty"),
+    "predict of a .parquet that is not Parquet": (["predict", "{name}@production", "--input", "{fake}", "--output",
+                                                   "{out}"], r"cannot read .*fake\.parquet as parquet"),
+    "predict with an unknown model": (["predict", "nobody-{name}@production", "--input", "{good}", "--output", "{out}"],
+                                      r"registered model 'nobody-t-\w+' not found"),
+    "predict with an unknown alias": (["predict", "{name}@nightly", "--input", "{good}", "--output", "{out}"],
+                                      r"t-\w+@nightly: no such version"),
+    "monitor without the text column": (["monitor", "{name}@production", "--input", "{columns}"],
+                                        r"columns\.csv: missing column\(s\) 'text'"),
+    "promote of an unknown model": (["promote", "nobody-{name}", "--to", "production"],
+                                    r"no registered model named 'nobody-t-\w+'"),
+    "promote with an unreadable evaluation set": (["promote", "{name}", "--to", "production", "--eval", "test={fake}"],
+                                                  r"cannot read .*fake\.parquet as parquet"),
+    "rollback with nothing to roll back": (["rollback", "{name}", "--alias", "staging"],
+                                           r"t-\w+: no version holds staging; nothing to roll back"),
+}
+# fmt: on
+
+
+@pytest.mark.parametrize("case", FRONT_DOOR)
+def test_serving_commands_refuse_bad_input_in_one_line_before_any_flow_starts(served, tmp_path, monkeypatch, case):
+    from graftline.flows import operations, serving
+
+    def started(*args, **kwargs):
+        raise AssertionError("the flow started: its Prefect server would have started first")
+
+    for module, flow in ((serving, "predict"), (serving, "monitor"), (operations, "promote"), (operations, "rollback")):
+        monkeypatch.setattr(module, flow, started)
+    files = {"columns": tmp_path / "columns.csv", "empty": tmp_path / "empty.csv", "fake": tmp_path / "fake.parquet"}
+    pd.DataFrame({"body": ["a"]}).to_csv(files["columns"], index=False)
+    files["empty"].write_text("text\n")
+    files["fake"].write_text("text\nnot parquet\n")
+    files["good"] = _input(tmp_path, ".csv")
+    written = sorted(tmp_path.iterdir())
+    args, pattern = FRONT_DOOR[case]
+    result = CliRunner().invoke(app, [a.format(name=served, out=tmp_path / "out.csv", **files) for a in args])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("graftline: error: ") and pd.Series([line]).str.contains(pattern).all(), line
+    assert sorted(tmp_path.iterdir()) == written  # no output, no partial file
+
+
+def test_a_yaml_word_reaches_a_string_setting_as_written():
+    from graftline.flows.cli.lifecycle import build_params
+
+    params = build_params(None, {}, [], ["validation.pii=off", "export.quantize=off", "registry.model_name=no"])
+    assert params.validation.pii == "off" and params.export.quantize is False and params.registry.model_name == "no"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

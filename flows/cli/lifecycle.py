@@ -150,19 +150,18 @@ def build_params(
     config: Path | None, overrides: dict, eval_sets: list[str], assignments: list[str], targets: list[str] = ()
 ):
     """Merge a config file, the named options and `--set` assignments into TransferParams."""
-    import yaml
-
     from graftline.flows.params import TransferParams
+    from graftline.tasks.settings import load_yaml
 
     values: dict = {}
     if config is not None:
         if not config.is_file():
             raise GraftlineError(f"{config}: config file not found")
-        values = yaml.safe_load(config.read_text()) or {}
+        values = load_yaml(config.read_text(), str(config)) or {}
         if not isinstance(values, dict):
             raise GraftlineError(f"{config}: expected a mapping of parameter groups")
     given = [(k, v) for k, v in overrides.items() if v is not None]
-    given += [(k, yaml.safe_load(v)) for k, v in pairs(assignments, "--set expects dotted.path=value")]
+    given += [(k, load_yaml(v, f"--set {k}")) for k, v in pairs(assignments, "--set expects dotted.path=value")]
     for path, value in given:
         assign(values, path, value)
     if eval_sets:

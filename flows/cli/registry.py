@@ -10,7 +10,7 @@ from graftline.flows.cli.errors import assign, command, pairs
 from graftline.flows.cli.options import setting
 from graftline.flows.identity import triggered_by
 from graftline.tasks.errors import GraftlineError
-from graftline.tasks.settings import EXPERIMENT, PromoteParams, RollbackParams
+from graftline.tasks.settings import EXPERIMENT, PromoteParams, RollbackParams, load_yaml
 
 
 @command
@@ -30,16 +30,21 @@ def promote(
     ),
 ) -> None:
     """Move an alias to a version if its gates pass (the `promote` flow); exit 1 when refused."""
-    import yaml
-
-    from graftline.flows.operations import promote as promote_flow
+    from graftline.tasks.data.splits import peek_table
+    from graftline.tasks.registry import promotion, tracking
 
     values: dict = {"model_name": model_name, "to": to, "version": version}
     if eval_set:
         values["eval_sets"] = dict(pairs(eval_set, "--eval expects NAME=PATH"))
     for path, value in pairs(set_, "--set expects dotted.path=value"):
-        assign(values, path, yaml.safe_load(value))
-    outcome = promote_flow(PromoteParams.model_validate(values), triggered_by=triggered_by("graftline promote"))
+        assign(values, path, load_yaml(value, f"--set {path}"))
+    params = PromoteParams.model_validate(values)
+    for path in params.eval_sets.values():  # bad input before Prefect's server starts
+        peek_table(path, params.text_column, params.label_column)
+    promotion.promotion_target(tracking.registry_client(), params.model_name, params.to, params.version)
+    from graftline.flows.operations import promote as promote_flow
+
+    outcome = promote_flow(params, triggered_by=triggered_by("graftline promote"))
     print_outcome(outcome)
     raise SystemExit(0 if outcome.moved else 1)
 
@@ -55,6 +60,9 @@ def rollback(
 
     if alias not in PROMOTABLE:
         raise GraftlineError(f"cannot roll back {alias!r}: the stages are {', '.join(PROMOTABLE)}")
+    from graftline.tasks.registry import promotion, tracking
+
+    promotion.rollback_target(tracking.registry_client(), model_name, alias)  # before Prefect's server starts
     from graftline.flows.operations import rollback as rollback_flow
 
     print_outcome(rollback_flow(model_name, alias, experiment, triggered_by=triggered_by("graftline rollback")))

@@ -127,6 +127,40 @@ def read_frame(source: str, fmt: str = "auto") -> pd.DataFrame:
     return frame
 
 
+PEEK_ROWS = 1000  # rows `peek_table` reads
+
+
+def peek_table(source: str, text_column: str, label_column: str | None = None) -> None:
+    """The checks of `read_table` on the head of `source` (its first PEEK_ROWS rows; a JSON Lines
+    file whole): it exists, parses as its format, holds its columns and at least one row. What a
+    command checks before it starts a server; reading every row stays with the step that uses it."""
+    source = resolve_source(source)
+    fmt = format_of(source)
+    _require_exists(source)
+    if fmt == "jsonl":
+        head = read_frame(source, fmt)
+    else:
+        try:
+            if fmt == "csv":
+                head = pd.read_csv(source, dtype=str, keep_default_na=False, na_values=[""], nrows=PEEK_ROWS)
+                head.columns = _csv_header(source, head.columns)
+            else:
+                head = _parquet_head(source)
+        except Exception as exc:  # each reader raises its own family of errors
+            raise DataError(f"cannot read {source} as {fmt}: {_first_line(exc)}") from exc
+    table_of(head, source, text_column, label_column)
+
+
+def _parquet_head(source: str) -> pd.DataFrame:
+    import fsspec
+    import pyarrow.parquet as pq
+
+    with fsspec.open(source, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        first = next(parquet.iter_batches(batch_size=PEEK_ROWS), None)
+        return (first if first is not None else parquet.schema_arrow.empty_table()).to_pandas()
+
+
 def table_of(frame: pd.DataFrame, source: str, text_column: str, label_column: str | None) -> pd.DataFrame:
     """`frame`'s text (and label) column as `read_table` returns them, checked."""
     columns = [text_column] + ([label_column] if label_column else [])

@@ -227,14 +227,7 @@ def promote(
     lock_wait: float = 60.0,
 ) -> Outcome:
     """Move `alias` to `version` (default: the holder of the stage below) if its gates pass."""
-    if alias not in PROMOTABLE:
-        raise PromotionError(f"cannot promote to {alias!r}: the stages are {', '.join(PROMOTABLE)}")
-    _registered_model(client, name)
-    if version is None:
-        version = alias_holder(client, name, BELOW[alias])
-        if version is None:
-            raise PromotionError(f"{name}: no version holds {BELOW[alias]!r} to promote to {alias}")
-    _require_version(client, name, version)
+    version = promotion_target(client, name, alias, version)
     with registry_lock(client, name, triggered_by, lock_wait):
         previous = alias_holder(client, name, alias)
         outcome = Outcome(name, alias, version, previous, moved=False, action="promote")
@@ -255,17 +248,9 @@ def rollback(
     client, name: str, alias: str, triggered_by: str, experiment: str = EXPERIMENT, lock_wait: float = 60.0
 ) -> Outcome:
     """Return `alias` to the version that held it before its last (not rolled back) promotion."""
-    if alias not in PROMOTABLE:
-        raise PromotionError(f"cannot roll back {alias!r}: the stages are {', '.join(PROMOTABLE)}")
-    _registered_model(client, name)
+    rollback_target(client, name, alias)  # bad input before the lock is taken
     with registry_lock(client, name, triggered_by, lock_wait):
-        current = alias_holder(client, name, alias)
-        target = previous_holder(history(client, name), alias)
-        if current is None:
-            raise PromotionError(f"{name}: no version holds {alias}; nothing to roll back")
-        if target is None:
-            raise PromotionError(f"{name}: {alias} v{current} has no previous holder in the history to return to")
-        _require_version(client, name, target)
+        current, target = rollback_target(client, name, alias)  # again: another promotion may have run meanwhile
         client.set_registered_model_alias(name, alias, target)
         outcome = Outcome(
             name,
@@ -424,6 +409,35 @@ def _log_run(outcome: Outcome, triggered_by: str, experiment: str) -> str:
         mlflow.set_tag("graftline.decision", outcome.reason)
         mlflow.log_dict(outcome.as_dict(), "promotion.json")
         return run.info.run_id
+
+
+def promotion_target(client, name: str, alias: str, version: str | None = None) -> str:
+    """The version a promotion of `name` to `alias` would move (`version`, else the holder of the
+    stage below), or a one-line error: what `graftline promote` checks before it starts anything."""
+    if alias not in PROMOTABLE:
+        raise PromotionError(f"cannot promote to {alias!r}: the stages are {', '.join(PROMOTABLE)}")
+    _registered_model(client, name)
+    if version is None:
+        version = alias_holder(client, name, BELOW[alias])
+        if version is None:
+            raise PromotionError(f"{name}: no version holds {BELOW[alias]!r} to promote to {alias}")
+    _require_version(client, name, version)
+    return version
+
+
+def rollback_target(client, name: str, alias: str) -> tuple[str, str]:
+    """(the version holding `alias`, the one a rollback returns it to), or a one-line error."""
+    if alias not in PROMOTABLE:
+        raise PromotionError(f"cannot roll back {alias!r}: the stages are {', '.join(PROMOTABLE)}")
+    _registered_model(client, name)
+    current = alias_holder(client, name, alias)
+    if current is None:
+        raise PromotionError(f"{name}: no version holds {alias}; nothing to roll back")
+    target = previous_holder(history(client, name), alias)
+    if target is None:
+        raise PromotionError(f"{name}: {alias} v{current} has no previous holder in the history to return to")
+    _require_version(client, name, target)
+    return current, target
 
 
 def _registered_model(client, name: str):

@@ -77,6 +77,22 @@ def connect() -> tuple[str, str | None]:
     return uri, artifact_root
 
 
+def registry_client():
+    """A client of the store for the checks a command makes before it starts anything: nothing is
+    created, so a missing default store is an error rather than a new empty one."""
+    from mlflow.tracking import MlflowClient
+
+    from graftline.tasks.errors import GraftlineError
+
+    uri, _ = connect()
+    default = home() / "mlflow.db"
+    if uri == f"sqlite:///{default}" and not default.is_file():
+        raise GraftlineError(
+            f"no model store at {default} yet: `graftline run` creates it (or set MLFLOW_TRACKING_URI to the store)"
+        )
+    return MlflowClient()
+
+
 def configure(experiment_name: str) -> Tracking:
     """Point MLflow at the store (default: local sqlite + artifact folder) and the experiment."""
     import mlflow
