@@ -31,7 +31,7 @@ def promote(
 ) -> None:
     """Move an alias to a version if its gates pass (the `promote` flow); exit 1 when refused."""
     from graftline.tasks.data.splits import peek_table
-    from graftline.tasks.registry import promotion, tracking
+    from graftline.tasks.registry import stages, tracking
 
     values: dict = {"model_name": model_name, "to": to, "version": version}
     if eval_set:
@@ -41,7 +41,7 @@ def promote(
     params = PromoteParams.model_validate(values)
     for path in params.eval_sets.values():  # bad input before Prefect's server starts
         peek_table(path, params.text_column, params.label_column)
-    promotion.promotion_target(tracking.registry_client(), params.model_name, params.to, params.version)
+    stages.promotion_target(tracking.registry_client(), params.model_name, params.to, params.version)
     from graftline.flows.operations import promote as promote_flow
 
     outcome = promote_flow(params, triggered_by=triggered_by("graftline promote"))
@@ -60,9 +60,9 @@ def rollback(
 
     if alias not in PROMOTABLE:
         raise GraftlineError(f"cannot roll back {alias!r}: the stages are {', '.join(PROMOTABLE)}")
-    from graftline.tasks.registry import promotion, tracking
+    from graftline.tasks.registry import stages, tracking
 
-    promotion.rollback_target(tracking.registry_client(), model_name, alias)  # before Prefect's server starts
+    stages.rollback_target(tracking.registry_client(), model_name, alias)  # before Prefect's server starts
     from graftline.flows.operations import rollback as rollback_flow
 
     print_outcome(rollback_flow(model_name, alias, experiment, triggered_by=triggered_by("graftline rollback")))
@@ -73,12 +73,12 @@ def history(model_name: str = typer.Argument(..., help="Registered model.")) -> 
     """Every alias move and drift check of a model, oldest first, and what holds each stage now."""
     from mlflow.tracking import MlflowClient
 
-    from graftline.tasks.registry import contract, promotion, tracking
+    from graftline.tasks.registry import contract, stages, tracking
 
     tracking.configure(EXPERIMENT)
     client = MlflowClient()
-    records = promotion.history(client, model_name)
-    holders = {a: promotion.alias_holder(client, model_name, a) for a in contract.STAGES}
+    records = stages.history(client, model_name)
+    holders = {a: stages.alias_holder(client, model_name, a) for a in contract.STAGES}
     print(f"{model_name}: " + ", ".join(f"{a} v{v}" if v else f"{a} -" for a, v in holders.items()))
     for alias, version in holders.items():
         if version:
