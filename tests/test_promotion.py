@@ -12,14 +12,8 @@ from mlflow.tracking import MlflowClient
 from graftline.tasks.data.splits import Split
 from graftline.tasks.registry import tracking
 from graftline.tasks.registry.contract import CANDIDATE, PRODUCTION, STAGING
-from graftline.tasks.registry.promotion import (
-    PromotionError,
-    history,
-    previous_holder,
-    promote,
-    registry_lock,
-    rollback,
-)
+from graftline.tasks.registry.promotion import PromotionError, history, promote, registry_lock, rollback
+from graftline.tasks.registry.stages import previous_holder
 from graftline.tasks.registry.versions import Candidate, log_classifier, register_all
 from graftline.tasks.settings import FinetuneParams, GateParams
 from graftline.tasks.train.finetune import finetune
