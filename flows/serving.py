@@ -50,7 +50,7 @@ def predict(params: PredictParams) -> PredictionRun:
     reference = ModelReference.parse(params.model)
     output = Path(params.output_path).expanduser().resolve()
     output_format(output)  # bad input fails before the model is loaded
-    frame = read_input(params.input_path, params.text_column)
+    frame = read_input(params.input_path, params.text_column, params.encoding)
     tracking.configure(params.experiment)
     scorer = load_scorer(MlflowClient(), reference, params.form)
     with mlflow.start_run(run_name="predict", tags={"graftline.flow": "predict"}) as run:

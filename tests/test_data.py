@@ -188,7 +188,7 @@ FILE_FAULTS = {
                              r"d\.csv: column name\(s\) 'label' appear more than once"),
     "nested value": ("d.jsonl", '{"text": "a", "label": "x"}\n{"text": {"body": "b"}, "label": "y"}\n',
                      r"d\.jsonl: row 2: column 'text' holds a dict, expected text"),
-    "not UTF-8": ("d.csv", b"text,label\n\xff\xfe,x\n", r"cannot read .*d\.csv as csv: 'utf-8' codec can't decode"),
+    "not UTF-8": ("d.csv", b"text,label\n\xff\xfe,x\n", r"d\.csv is not utf-8 text \(byte 0xff on line 2\)"),
     "ragged CSV": ("d.csv", "text,label\na,x\nb,y,z\n", r"cannot read .*d\.csv as csv: .*line 3"),
 }
 # fmt: on
@@ -234,3 +234,21 @@ def test_referenced_evaluation_sets_hold_no_rows_and_read_back_as_scored(tmp_pat
     (tmp_path / "train.csv").unlink()
     with pytest.raises(evaluation_sets.EvaluationSetsError, match="cannot be read again: .*train.csv"):
         evaluation_sets.load(kept, "run")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_file_in_another_encoding_names_the_setting_and_reads_with_it(tmp_path, suffix):
+    frame = toy_frame(20).assign(text=lambda f: f["text"] + " — café crème")  # a spreadsheet export's accents
+    path = tmp_path / f"export{suffix}"
+    text = (
+        frame.to_csv(index=False)
+        if suffix == ".csv"
+        else frame.to_json(orient="records", lines=True, force_ascii=False)
+    )
+    path.write_bytes(text.replace("—", "-").encode("cp1252"))
+    with pytest.raises(DataError, match=r"is not utf-8 text \(byte 0xe9 on line [12]\): give its encoding \(data"):
+        read_table(str(path), "text", "label")
+    splits = load_splits(DataParams(train_path=str(path), eval_sets={}, encoding="cp1252"))
+    assert splits.train.frame["text"].str.endswith("café crème").all()
+    with pytest.raises(ValueError, match="unknown text encoding 'klingon'"):
+        DataParams(train_path=str(path), encoding="klingon")

@@ -123,7 +123,7 @@ def test_the_serving_options_mirror_their_groups():
     from graftline.flows.cli.options import MIRRORS
 
     expected = {
-        "predict": (PredictParams, {"text_column", "batch_size", "form", "explain", "experiment"}),
+        "predict": (PredictParams, {"text_column", "encoding", "batch_size", "form", "explain", "experiment"}),
         "monitor": (
             MonitorParams,
             {"input_path", "text_column", "alpha", "max_accuracy_drop", "accuracy_estimate", "min_rows", "retrain"}
@@ -266,6 +266,8 @@ def test_predict_and_monitor_hand_the_flows_their_groups_defaults(monkeypatch, t
 
     monkeypatch.setattr(serving, "predict", predicted)
     monkeypatch.setattr(serving, "monitor", monitored)
+    # no store here: the registry lookups before the flows (tests/test_serving.py covers them) pass
+    monkeypatch.setattr("graftline.flows.cli.serving.check_before_starting", lambda *args: None)
     output = str((tmp_path / "out.csv").resolve())
     _invoke("predict", "m@production", "--input", str(texts), "--output", output)
     _invoke("monitor", "m@production", "--input", str(texts))
@@ -289,6 +291,12 @@ def test_promote_and_rollback_hand_the_flows_their_groups_defaults(monkeypatch):
 
     monkeypatch.setattr(operations, "promote", promoted)
     monkeypatch.setattr(operations, "rollback", rolled_back)
+    # no store here: the registry lookups before the flows (tests/test_serving.py covers them) pass
+    from graftline.tasks.registry import stages, tracking
+
+    monkeypatch.setattr(tracking, "registry_client", lambda: None)
+    monkeypatch.setattr(stages, "promotion_target", lambda client, name, alias, version: "1")
+    monkeypatch.setattr(stages, "rollback_target", lambda client, name, alias: ("2", "1"))
     _invoke("promote", "m")
     _invoke("rollback", "m")
     assert received == {"promote": PromoteParams(model_name="m"), "rollback": RollbackParams(model_name="m")}
@@ -340,4 +348,5 @@ def test_the_predict_task_functions_default_to_the_group():
         for name, p in inspect.signature(function).parameters.items()
         if p.default is not inspect.Parameter.empty and name in PredictParams.model_fields
     }
-    assert defaults == {name: default_of(PredictParams, name) for name in ("form", "batch_size", "text_column")}
+    shared = ("form", "batch_size", "text_column", "encoding")
+    assert defaults == {name: default_of(PredictParams, name) for name in shared}

@@ -11,7 +11,7 @@ from graftline.flows.cli.options import setting
 from graftline.tasks.settings import EXPERIMENT, ExplainParams, MonitorParams, PredictParams, ServeParams
 
 
-def check_before_starting(model: str, input_path: str | None, text_column: str) -> None:
+def check_before_starting(model: str, input_path: str | None, text_column: str, encoding: str = "utf-8") -> None:
     """Bad input as one line before Prefect's server starts (about a second, against 13-17 s and a
     traceback from inside the flow): the model reference names a registered version, the input file
     opens, parses and holds the text column and at least one row."""
@@ -21,7 +21,7 @@ def check_before_starting(model: str, input_path: str | None, text_column: str) 
 
     reference = ModelReference.parse(model)
     if input_path:
-        peek_table(input_path, text_column)
+        peek_table(input_path, text_column, encoding=encoding)
     resolve_version(tracking.registry_client(), reference)
 
 
@@ -31,6 +31,7 @@ def predict(
     input_path: str = typer.Option(..., "--input", help="Texts to score: CSV, JSONL or Parquet (path or fsspec URL)."),
     output_path: Path = typer.Option(..., "--output", help="Scored rows: .csv, .jsonl or .parquet."),
     text_column: str = setting(PredictParams, "text_column"),
+    encoding: str = setting(PredictParams, "encoding"),
     batch_size: int = setting(PredictParams, "batch_size"),
     form: str = setting(
         PredictParams, "form", help="auto (fastest export that passed parity) | onnx-int8 | onnx | torch."
@@ -48,13 +49,14 @@ def predict(
         input_path=input_path,
         output_path=str(output_path),
         text_column=text_column,
+        encoding=encoding,
         batch_size=batch_size,
         form=form,
         explain=explain,
         experiment=experiment,
     )
     output_format(output_path.expanduser().resolve())
-    check_before_starting(model, input_path, text_column)
+    check_before_starting(model, input_path, text_column, encoding)
     from graftline.flows.serving import predict as predict_flow
 
     done = predict_flow(params)

@@ -98,29 +98,32 @@ class Splits:
         return {f"{s.name}_rows": len(s.frame) for s in [self.train, self.validation, *self.evaluation_sets().values()]}
 
 
-def read_table(source: str, text_column: str, label_column: str | None, fmt: str = "auto") -> pd.DataFrame:
+def read_table(
+    source: str, text_column: str, label_column: str | None, fmt: str = "auto", encoding: str = "utf-8"
+) -> pd.DataFrame:
     """Read one file into a frame with string columns `text` and `label` (`text` only when
     `label_column` is None: unlabeled data), plus `row`: the 1-based data row in the file, so a
     report can point at it. Every fault names the file and, where it can, the row or line."""
-    return table_of(read_frame(source, fmt), source, text_column, label_column)
+    return table_of(read_frame(source, fmt, encoding), source, text_column, label_column)
 
 
-def read_frame(source: str, fmt: str = "auto") -> pd.DataFrame:
-    """Every column of one file, as written (CSV cells as strings); a fault names the file."""
+def read_frame(source: str, fmt: str = "auto", encoding: str = "utf-8") -> pd.DataFrame:
+    """Every column of one file, as written (CSV cells as strings; text files in `encoding`); a
+    fault names the file."""
     fmt = format_of(source) if fmt == "auto" else fmt
     _require_exists(source)
     try:
         if fmt == "csv":
-            frame = pd.read_csv(source, dtype=str, keep_default_na=False, na_values=[""])
-            frame.columns = _csv_header(source, frame.columns)
+            frame = pd.read_csv(source, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding)
+            frame.columns = _csv_header(source, frame.columns, encoding)
         elif fmt == "jsonl":
-            frame = _read_jsonl(source)
+            frame = _read_jsonl(source, encoding)
         else:
             frame = pd.read_parquet(source)
     except DataError:
         raise
     except Exception as exc:  # each reader raises its own family of errors
-        raise DataError(f"cannot read {source} as {fmt}: {_first_line(exc)}") from exc
+        raise _read_error(source, fmt, encoding, exc) from exc
     repeated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
     if repeated:
         raise DataError(f"{source}: column name(s) {', '.join(map(repr, repeated))} appear more than once")
@@ -130,7 +133,7 @@ def read_frame(source: str, fmt: str = "auto") -> pd.DataFrame:
 PEEK_ROWS = 1000  # rows `peek_table` reads
 
 
-def peek_table(source: str, text_column: str, label_column: str | None = None) -> None:
+def peek_table(source: str, text_column: str, label_column: str | None = None, encoding: str = "utf-8") -> None:
     """The checks of `read_table` on the head of `source` (its first PEEK_ROWS rows; a JSON Lines
     file whole): it exists, parses as its format, holds its columns and at least one row. What a
     command checks before it starts a server; reading every row stays with the step that uses it."""
@@ -138,17 +141,43 @@ def peek_table(source: str, text_column: str, label_column: str | None = None) -
     fmt = format_of(source)
     _require_exists(source)
     if fmt == "jsonl":
-        head = read_frame(source, fmt)
+        head = read_frame(source, fmt, encoding)
     else:
         try:
             if fmt == "csv":
-                head = pd.read_csv(source, dtype=str, keep_default_na=False, na_values=[""], nrows=PEEK_ROWS)
-                head.columns = _csv_header(source, head.columns)
+                head = pd.read_csv(
+                    source, dtype=str, keep_default_na=False, na_values=[""], nrows=PEEK_ROWS, encoding=encoding
+                )
+                head.columns = _csv_header(source, head.columns, encoding)
             else:
                 head = _parquet_head(source)
         except Exception as exc:  # each reader raises its own family of errors
-            raise DataError(f"cannot read {source} as {fmt}: {_first_line(exc)}") from exc
+            raise _read_error(source, fmt, encoding, exc) from exc
     table_of(head, source, text_column, label_column)
+
+
+def _read_error(source: str, fmt: str, encoding: str, exc: Exception) -> DataError:
+    """One line for a file its reader refused; a text file in another encoding says which setting reads it."""
+    if isinstance(exc, UnicodeDecodeError):
+        return DataError(
+            f"{source} is not {encoding} text ({_undecodable(source, encoding, exc)}): give its encoding "
+            "(data.encoding, or --encoding; e.g. cp1252 or latin-1 for a spreadsheet's export) or save it as UTF-8"
+        )
+    return DataError(f"cannot read {source} as {fmt}: {_first_line(exc)}")
+
+
+def _undecodable(source: str, encoding: str, exc: UnicodeDecodeError) -> str:
+    """Where the first byte `encoding` cannot decode is: the reader's error counts from its buffer."""
+    import fsspec
+
+    with fsspec.open(source, "rb", compression="infer") as handle:
+        raw = handle.read()
+    try:
+        raw.decode(encoding)
+    except UnicodeDecodeError as found:
+        line = raw[: found.start].count(b"\n") + 1
+        return f"byte 0x{raw[found.start : found.start + 1].hex()} on line {line}"
+    return f"byte 0x{exc.object[exc.start : exc.start + 1].hex()}"
 
 
 def _parquet_head(source: str) -> pd.DataFrame:
@@ -192,13 +221,13 @@ def _label_name(value) -> str | None:
     return str(value).strip() or None
 
 
-def _csv_header(source: str, parsed: pd.Index) -> pd.Index:
+def _csv_header(source: str, parsed: pd.Index, encoding: str = "utf-8") -> pd.Index:
     """The header as written: pandas renames a repeated name (`label`, `label.1`), which would hide it."""
-    written = pd.read_csv(source, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0]
+    written = pd.read_csv(source, header=None, nrows=1, dtype=str, keep_default_na=False, encoding=encoding).iloc[0]
     return pd.Index(written) if len(written) == len(parsed) else parsed
 
 
-def _read_jsonl(source: str) -> pd.DataFrame:
+def _read_jsonl(source: str, encoding: str = "utf-8") -> pd.DataFrame:
     """JSON Lines (one object per line; a file holding one JSON array of objects is read too).
 
     Read here rather than by pandas so a broken line is reported by its line number (pandas reports
@@ -214,7 +243,7 @@ def _read_jsonl(source: str) -> pd.DataFrame:
             raise ValueError(f"key(s) {', '.join(map(repr, repeated))} appear more than once")
         return dict(pairs)
 
-    with fsspec.open(source, "rt", encoding="utf-8", compression="infer") as handle:
+    with fsspec.open(source, "rt", encoding=encoding, compression="infer") as handle:
         text = handle.read()
     if text.lstrip().startswith("["):  # a JSON array of objects
         try:
@@ -272,7 +301,7 @@ def load_splits(params: DataParams, unlabeled: list[str] | tuple[str, ...] = ())
 
     Missing validation/test files are carved out of the training file with a seeded stratified split.
     """
-    read = lambda path: read_table(path, params.text_column, params.label_column, params.format)  # noqa: E731
+    read = lambda path: read_table(path, params.text_column, params.label_column, params.format, params.encoding)  # noqa: E731
     train, validation, test = (
         resolve_source(p) if p else None for p in (params.train_path, params.validation_path, params.test_path)
     )
@@ -297,7 +326,7 @@ def load_splits(params: DataParams, unlabeled: list[str] | tuple[str, ...] = ())
         # Texts only: a target file's label column, if it has one, is never read (adaptation must not
         # see target labels; a target set that is also an evaluation set is scored as that set).
         targets={
-            name: Split(name, read_table(path, params.text_column, None, params.format), path)
+            name: Split(name, read_table(path, params.text_column, None, params.format, params.encoding), path)
             for name, path in targets.items()
         },  # fmt: skip
     )

@@ -249,10 +249,14 @@ def predict_frame(
     )
 
 
-def read_input(source: str, text_column: str = default_of(PredictParams, "text_column")) -> pd.DataFrame:
+def read_input(
+    source: str,
+    text_column: str = default_of(PredictParams, "text_column"),
+    encoding: str = default_of(PredictParams, "encoding"),
+) -> pd.DataFrame:
     """Every column of the input as written, its text column checked and read as for training."""
     path = resolve_source(source)
-    frame = read_frame(path)
+    frame = read_frame(path, encoding=encoding)
     frame[text_column] = table_of(frame, source, text_column, None)["text"].to_numpy()
     return frame
 
