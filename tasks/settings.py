@@ -78,6 +78,20 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silent default
 
 
+def known_encoding(name: str) -> str:
+    """`name` if Python can decode text in it, else a one-line error."""
+    import codecs
+
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        raise ValueError(f"unknown text encoding {name!r} (e.g. utf-8, cp1252, latin-1)") from None
+    return name
+
+
+Encoding = Annotated[str, AfterValidator(known_encoding)]  # a text encoding Python can decode
+
+
 class DataParams(Params):
     train_path: str = Field(
         DEMO_TRAIN,
@@ -94,7 +108,7 @@ class DataParams(Params):
     text_column: str = Field("text", min_length=1, description="Column holding the text.")
     image_column: str = Field("image", min_length=1, description="Images in a table: the column of paths or URLs.")
     label_column: str = Field("label", min_length=1, description="Column holding the class name.")
-    encoding: str = Field(
+    encoding: Encoding = Field(
         "utf-8",
         description="Text encoding of the CSV and JSON Lines files (e.g. cp1252 or latin-1 for a spreadsheet's "
         "export); Parquet carries its own.",
@@ -118,11 +132,6 @@ class DataParams(Params):
         "report measures. A name that is also an evaluation set is scored with that set's labels.",
     )
 
-    @field_validator("encoding")
-    @classmethod
-    def _known_encoding(cls, value: str) -> str:
-        return known_encoding(value)
-
     @field_validator("eval_sets", "target_sets")
     @classmethod
     def _names_are_free(cls, value: dict[str, str]) -> dict[str, str]:
@@ -134,17 +143,6 @@ class DataParams(Params):
 
 PII_KINDS = ("email", "card", "iban", "ip", "phone", "url")  # found by tasks/data/pii.py
 PII_CUSTOM_KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # a name for validation.pii_patterns
-
-
-def known_encoding(name: str) -> str:
-    """`name` if Python can decode text in it, else a one-line error."""
-    import codecs
-
-    try:
-        codecs.lookup(name)
-    except LookupError:
-        raise ValueError(f"unknown text encoding {name!r} (e.g. utf-8, cp1252, latin-1)") from None
-    return name
 
 
 def check_pii_patterns(patterns: dict[str, str]) -> None:
@@ -941,7 +939,7 @@ class PredictParams(Params):
         "plus predicted_label, score_<label> and model_version.",
     )  # fmt: skip
     text_column: str = Field("text", min_length=1, description="Text column of the input.")
-    encoding: Annotated[str, AfterValidator(known_encoding)] = Field(
+    encoding: Encoding = Field(
         "utf-8", description="Text encoding of a CSV or JSON Lines input (e.g. cp1252, latin-1)."
     )
     batch_size: int = Field(32, ge=1, le=4096, description="Texts scored per call.")

@@ -107,17 +107,20 @@ def read_table(
     return table_of(read_frame(source, fmt, encoding), source, text_column, label_column)
 
 
-def read_frame(source: str, fmt: str = "auto", encoding: str = "utf-8") -> pd.DataFrame:
+def read_frame(source: str, fmt: str = "auto", encoding: str = "utf-8", rows: int | None = None) -> pd.DataFrame:
     """Every column of one file, as written (CSV cells as strings; text files in `encoding`); a
-    fault names the file."""
+    fault names the file. With `rows`, only the first rows of a CSV or Parquet file are read (a JSON
+    Lines file is read whole)."""
     fmt = format_of(source) if fmt == "auto" else fmt
     _require_exists(source)
     try:
         if fmt == "csv":
-            frame = pd.read_csv(source, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding)
+            frame = pd.read_csv(source, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding, nrows=rows)
             frame.columns = _csv_header(source, frame.columns, encoding)
         elif fmt == "jsonl":
             frame = _read_jsonl(source, encoding)
+        elif rows is not None:
+            frame = _parquet_head(source, rows)
         else:
             frame = pd.read_parquet(source)
     except DataError:
@@ -138,22 +141,7 @@ def peek_table(source: str, text_column: str, label_column: str | None = None, e
     file whole): it exists, parses as its format, holds its columns and at least one row. What a
     command checks before it starts a server; reading every row stays with the step that uses it."""
     source = resolve_source(source)
-    fmt = format_of(source)
-    _require_exists(source)
-    if fmt == "jsonl":
-        head = read_frame(source, fmt, encoding)
-    else:
-        try:
-            if fmt == "csv":
-                head = pd.read_csv(
-                    source, dtype=str, keep_default_na=False, na_values=[""], nrows=PEEK_ROWS, encoding=encoding
-                )
-                head.columns = _csv_header(source, head.columns, encoding)
-            else:
-                head = _parquet_head(source)
-        except Exception as exc:  # each reader raises its own family of errors
-            raise _read_error(source, fmt, encoding, exc) from exc
-    table_of(head, source, text_column, label_column)
+    table_of(read_frame(source, encoding=encoding, rows=PEEK_ROWS), source, text_column, label_column)
 
 
 def _read_error(source: str, fmt: str, encoding: str, exc: Exception) -> DataError:
@@ -180,13 +168,13 @@ def _undecodable(source: str, encoding: str, exc: UnicodeDecodeError) -> str:
     return f"byte 0x{exc.object[exc.start : exc.start + 1].hex()}"
 
 
-def _parquet_head(source: str) -> pd.DataFrame:
+def _parquet_head(source: str, rows: int) -> pd.DataFrame:
     import fsspec
     import pyarrow.parquet as pq
 
     with fsspec.open(source, "rb") as handle:
         parquet = pq.ParquetFile(handle)
-        first = next(parquet.iter_batches(batch_size=PEEK_ROWS), None)
+        first = next(parquet.iter_batches(batch_size=rows), None)
         return (first if first is not None else parquet.schema_arrow.empty_table()).to_pandas()
 
 

@@ -13,8 +13,9 @@ the next twice; the next round's labels still come from the better model. Two ki
   with it), after *distribution alignment*: each distribution is multiplied by source prior / mean
   target prediction and renormalised, so the labels' class mix is the source's and a model leaning
   towards one class on the new domain does not teach that lean (Berthelot et al., ReMixMatch, ICLR
-  2020). A wrong soft label is an uncertain one and costs little; a wrong hard label is trained on as
-  if it were right, which is how hard self-training lost a point on some domain pairs.
+  2020). An uncertain text keeps an uncertain label instead of being trained on as if the model's
+  guess were right; the soft round changes far fewer of the source model's confident predictions
+  than a hard one. Neither kind has yet lifted the Amazon review pairs on average (BENCHMARKS.md).
 
 Which pseudo-labels a round keeps (`select_pseudo_labels`):
 - at most `pseudo_label_share` of the target texts, the most confident predictions first; a portion
@@ -80,8 +81,7 @@ class PseudoLabels:
         return len(self.rows)
 
     def per_class(self, names: list[str]) -> dict[str, int]:
-        counts = np.bincount(self.labels, minlength=len(names))
-        return {name: int(count) for name, count in zip(names, counts, strict=True)}
+        return _per_class(self.labels, names)
 
 
 def select_pseudo_labels(
