@@ -96,10 +96,16 @@ class DataParams(Params):
     train_path: str = Field(
         DEMO_TRAIN,
         description="Training data: a local path or fsspec URL to CSV, JSONL or Parquet "
-        "(`demo:electronics` and `demo:home` are the embedded demo files).",
+        "(`demo:electronics` and `demo:home` are the embedded demo files), or a Hugging Face dataset: "
+        "hf://datasets/OWNER/NAME[@REVISION], a save_to_disk folder or a Hub-layout folder "
+        "(`?split=` and `?config=` choose; a dataset's validation and test splits are used when present).",
     )
-    validation_path: str | None = Field(None, description="Validation file; carved from the training data when empty.")
-    test_path: str | None = Field(None, description="Test file; carved from the training data when empty.")
+    validation_path: str | None = Field(
+        None, description="Validation file; when empty, the training dataset's validation split, else carved from it."
+    )
+    test_path: str | None = Field(
+        None, description="Test file; when empty, the training dataset's test split, else carved from it."
+    )
     modality: Literal["auto", "text", "image"] = Field(
         "auto",
         description="text or image data; auto: image when train_path is a folder (one subfolder per class) or "
@@ -112,6 +118,9 @@ class DataParams(Params):
         "utf-8",
         description="Text encoding of the CSV and JSON Lines files (e.g. cp1252 or latin-1 for a spreadsheet's "
         "export); Parquet carries its own.",
+    )
+    hf_config: str | None = Field(
+        None, min_length=1, description="Config (subset) of every Hugging Face dataset source that names none."
     )
     format: Literal["auto", "csv", "jsonl", "parquet"] = Field(
         "auto", description="File format; auto reads the suffix."

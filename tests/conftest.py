@@ -6,6 +6,8 @@ import os
 from graftline.tasks import environment
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may reach a model hub from a test
+# What `datasets` converts a Hub-layout folder into stays out of the user's cache.
+os.environ["HF_DATASETS_CACHE"] = __import__("tempfile").mkdtemp(prefix="graftline-tests-hf-datasets-")
 # The workers the platform tests start (`graftline up`, inheriting this environment) look for new runs
 # every second instead of Prefect's 10 s: each deployment run would otherwise wait 5 s on average.
 os.environ.setdefault("PREFECT_WORKER_QUERY_SECONDS", "1")

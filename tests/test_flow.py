@@ -17,6 +17,7 @@ from graftline.tasks.data.splits import resolve_source
 from graftline.tasks.errors import ValidationFailed
 from graftline.tasks.registry import contract
 from graftline.tasks.registry.promotion import history
+from graftline.tasks.registry.tracking import DATASET_FINGERPRINT
 from graftline.tasks.settings import (
     AdaptParams,
     DataParams,
@@ -379,16 +380,33 @@ def _detail(outcome, check: str) -> str:
     return next(c.detail for c in outcome.checks if c.name == check)
 
 
-def test_an_identical_second_run_reuses_the_training_steps_and_says_so(run_flow, unique_name):
+def demo_as_datasets(folder: Path) -> DataParams:
+    """The demo's data as Hugging Face datasets: its training file written by `save_to_disk`, its
+    evaluation set in a folder laid out as a Hub dataset repository."""
+    from datasets import Dataset
+
+    Dataset.from_pandas(pd.read_csv(resolve_source("demo:electronics"))).save_to_disk(str(folder / "saved"))
+    (folder / "hub" / "data").mkdir(parents=True)
+    pd.read_csv(resolve_source("demo:home")).to_csv(folder / "hub" / "data" / "train.csv", index=False)
+    return DataParams(train_path=str(folder / "saved"), eval_sets={"home": str(folder / "hub")})
+
+
+def test_an_identical_second_run_reuses_the_training_steps_and_says_so(run_flow, unique_name, tmp_path):
+    """The data come as Hugging Face datasets here: the same rows as the demo's files, the same runs."""
     seed = int(unique_name[2:], 16) % 10_000  # no earlier test trained with these parameters
-    first = run_flow(reuse=True, seed=seed)
-    second = run_flow(reuse=True, seed=seed)
+    data = demo_as_datasets(tmp_path)
+    first = run_flow(reuse=True, seed=seed, data=data)
+    second = run_flow(reuse=True, seed=seed, data=data)
     assert first.reused_steps == ()
     assert second.reused_steps == ("finetune", "evaluate", "distill")
     assert second.metrics == first.metrics
 
     client = MlflowClient()
     runs = runs_by_name(client, unique_name)
+    ingest = next(r for r in runs if r.info.run_name == "ingest")
+    recorded = {i.dataset.name: {t.key: t.value for t in i.tags} for i in ingest.inputs.dataset_inputs}
+    assert set(recorded) == {"train", "validation", "test", "home"}
+    assert all(tags.get(DATASET_FINGERPRINT) for tags in recorded.values())  # which version was read
     steps_of = {
         parent: {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent}
         for parent in (first.mlflow_run_id, second.mlflow_run_id)
@@ -402,9 +420,9 @@ def test_an_identical_second_run_reuses_the_training_steps_and_says_so(run_flow,
 
     # without distillation from here on: whether fine-tuning is reused is the question
     alone = DistillParams(enabled=False)
-    assert run_flow(reuse=False, seed=seed, distill=alone).reused_steps == ()  # asked not to reuse
+    assert run_flow(reuse=False, seed=seed, distill=alone, data=data).reused_steps == ()  # asked not to reuse
     assert (
-        run_flow(reuse=True, seed=seed, epochs=3, distill=alone).reused_steps == ()
+        run_flow(reuse=True, seed=seed, epochs=3, distill=alone, data=data).reused_steps == ()
     )  # another parameter: trains again
 
 

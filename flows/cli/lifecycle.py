@@ -13,9 +13,13 @@ from graftline.tasks.errors import GraftlineError
 from graftline.tasks.progress import activity
 
 # The data options `run` and `check` share (typer reads each default's OptionInfo; one object serves both).
-TRAIN = typer.Option(None, help="Training data (CSV, JSONL, Parquet; path or fsspec URL).")
-VALIDATION = typer.Option(None, help="Validation data; carved from --train when absent.")
-TEST = typer.Option(None, help="Test data; carved from --train when absent.")
+TRAIN = typer.Option(
+    None,
+    help="Training data: CSV, JSONL, Parquet (path or fsspec URL), or a Hugging Face dataset "
+    "(hf://datasets/OWNER/NAME[@REV], a save_to_disk or Hub-layout folder; ?config=, ?split= choose).",
+)
+VALIDATION = typer.Option(None, help="Validation data; else --train's validation split, else carved from --train.")
+TEST = typer.Option(None, help="Test data; else --train's test split, else carved from --train.")
 EVAL = typer.Option([], "--eval", help="Extra evaluation set NAME=PATH (repeatable).")
 TARGET = typer.Option([], "--target", help="Unlabeled texts of a domain the model will serve, NAME=PATH (repeatable).")
 TEXT_COLUMN = typer.Option(None, help="Text column name.")

@@ -1,6 +1,7 @@
 """Reading labeled text datasets: the one place that opens data files.
 
-Supports CSV, JSONL and Parquet from local paths or fsspec URLs (s3://, gs://, https://, ...).
+Supports CSV, JSONL and Parquet from local paths or fsspec URLs (s3://, gs://, https://, ...), and
+Hugging Face datasets (a Hub id, a save_to_disk folder, a Hub-layout folder: hf.py).
 Splits are either given (train / validation / test files) or carved from one file by a seeded,
 stratified split. Labels are strings; ids follow the sorted label set of the training split.
 """
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from graftline.tasks.data import demo_images
+from graftline.tasks.data import demo_images, hf
 from graftline.tasks.errors import DataError
 
 if TYPE_CHECKING:
@@ -54,6 +55,16 @@ class Split:
         """Content hash of the rows, stable across file formats and row order is kept significant."""
         hashed = pd.util.hash_pandas_object(self.frame[["text", "label"]], index=False)
         return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()[:16]
+
+    @property
+    def recorded_source(self):
+        """Where MLflow says the rows came from: the source as given, or a Hub dataset's own record."""
+        return hf.recorded_source(self.source) or self.source
+
+    @property
+    def fingerprint(self) -> str | None:
+        """A Hugging Face dataset's fingerprint (which version of it was read); None for a file."""
+        return hf.fingerprint(self.source) if hf.parse(self.source) is not None else None
 
     @cached_property
     def digest_of_texts(self) -> str:
@@ -110,7 +121,9 @@ def read_table(
 def read_frame(source: str, fmt: str = "auto", encoding: str = "utf-8", rows: int | None = None) -> pd.DataFrame:
     """Every column of one file, as written (CSV cells as strings; text files in `encoding`); a
     fault names the file. With `rows`, only the first rows of a CSV or Parquet file are read (a JSON
-    Lines file is read whole)."""
+    Lines file is read whole). A Hugging Face dataset source (hf.py) reads its split."""
+    if hf.parse(source) is not None:
+        return hf.read(source, rows)
     fmt = format_of(source) if fmt == "auto" else fmt
     _require_exists(source)
     try:
@@ -295,6 +308,14 @@ def load_splits(params: DataParams, unlabeled: list[str] | tuple[str, ...] = ())
     )
     extra = {name: resolve_source(path) for name, path in params.eval_sets.items()}
     targets = {name: resolve_source(path) for name, path in params.target_sets.items()}
+    if params.hf_config:
+        train, validation, test = (
+            hf.with_config(p, params.hf_config) if p else None for p in (train, validation, test)
+        )
+        extra = {name: hf.with_config(path, params.hf_config) for name, path in extra.items()}
+        targets = {name: hf.with_config(path, params.hf_config) for name, path in targets.items()}
+    given = hf.named_splits(train)  # a dataset's own validation and test splits, where it has them
+    validation, test = validation or given.get("validation"), test or given.get("test")
     frame = read(train)
     _require_two_classes(frame, train)
     test_frame = read(test) if test else None
@@ -390,6 +411,8 @@ def require_exists(source: str) -> None:
 def _require_exists(source: str) -> None:
     import fsspec
 
+    if hf.parse(source) is not None:
+        return  # a dataset that cannot load says so when it is read
     try:
         fs, path = fsspec.core.url_to_fs(source)
         exists = fs.exists(path)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from graftline.tasks import settings
-from graftline.tasks.data import images
+from graftline.tasks.data import hf, images
 from graftline.tasks.data.images import ImageSplit, image_splits
 from graftline.tasks.data.splits import Splits, resolve_source
 from graftline.tasks.engine import backbones
@@ -54,7 +54,7 @@ class Image(Modality):
         """A training folder of class folders, or a table with `data.image_column` and without
         `data.text_column`."""
         source = resolve_source(data.train_path)
-        if Path(source).is_dir():
+        if Path(source).is_dir() and hf.parse(source) is None:  # a dataset's folder holds tables: text
             return True
         columns = images.column_names(source, data.format)
         return data.image_column in columns and data.text_column not in columns

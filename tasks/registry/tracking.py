@@ -207,6 +207,7 @@ def log_params(params: dict, prefix: str = "") -> None:
     mlflow.log_params({k: v for k, v in _flatten(params, prefix).items() if not _is_secret(k)})
 
 
+DATASET_FINGERPRINT = "graftline.dataset_fingerprint"  # dataset input tag: a Hugging Face dataset's fingerprint
 PARAMETERS_FILE = "parameters.json"  # a lifecycle's whole parameters, for `graftline resume`
 
 
@@ -347,6 +348,11 @@ def log_datasets(run_id: str, splits) -> None:
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
             warnings.filterwarnings("ignore", message="Starting with pandas version 4.0")  # MLflow's digest code
             target = "label" if "label" in columns else None
-            dataset = mlflow.data.from_pandas(split.frame[columns], source=split.source, name=name, targets=target)
-        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", name)]))
+            dataset = mlflow.data.from_pandas(
+                split.frame[columns], source=split.recorded_source, name=name, targets=target
+            )
+        tags = [InputTag("mlflow.data.context", name)]
+        if split.fingerprint:  # a Hugging Face dataset: which version of it was read
+            tags.append(InputTag(DATASET_FINGERPRINT, split.fingerprint))
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=tags))
     MlflowClient().log_inputs(run_id, datasets=inputs)
