@@ -59,6 +59,42 @@ def test_user_patterns_overlaps_and_the_dotted_quad_choice(scanner):
         ValidationParams(pii_patterns={"email": "x"})
 
 
+def tricky_texts(n: int, seed: int = 5) -> list[str]:
+    """Personal data and look-alikes at random places in long prose: numbers far from their
+    neighbours and near the phone windows' edges, extensions, IPv6 forms, numbers in brackets."""
+    import random
+
+    rng = random.Random(seed)
+    pieces = [text for text, _ in FOUND.values()] + list(NOT_FOUND.values()) + [
+        "(030) 1234 5678 ext. 12", "call 555-0199 x 4567", "+44 (0)20 7946 0958", "fe80::1ff:fe23:4567:890a",
+        "2001:0db8:0000:0000:0000:ff00:0042:8329", "::1", "id 12-34-56-78-90-12-34", "tel:+33 1 42 68 53 00",
+        "IBAN gb82 west 1234 5698 7654 32", "1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6", "www.example.org", "4111-1111-1111-1111",
+        "ticket ORD-12345678",
+    ]  # fmt: skip
+    words = "the order arrived late and the screen was cracked so I want a refund".split()
+    texts = []
+    for _ in range(n):
+        parts = [" ".join(rng.choices(words, k=rng.randint(0, 30)))]
+        for _ in range(rng.randint(0, 3)):
+            parts += [rng.choice(pieces), " ".join(rng.choices(words, k=rng.randint(0, 12)))]
+        if rng.random() < 0.3:  # digits scattered through the text
+            parts.append(" ".join(str(rng.randint(0, 9999)) for _ in range(rng.randint(2, 8))))
+        texts.append(rng.choice([" ", ", ", ".", "; "]).join(parts))
+    return texts
+
+
+def test_the_gates_change_the_speed_never_the_findings(scanner):
+    """Every recognizer on every whole text against the scanner's gates and phone windows."""
+    ungated = pii.Scanner({"order_id": r"ORD-\d{8}"})
+    ungated.gates = [None] * len(ungated.gates)
+    texts = tricky_texts(300)
+    found = [scanner.find(t) for t in texts]
+    assert found == [ungated.find(t) for t in texts]
+    kinds = {f.kind for row in found for f in row}
+    assert kinds == set(pii.KINDS) | {"order_id"}  # the corpus exercises every kind
+    assert sum(not row for row in found) > 30  # and texts holding none
+
+
 def test_no_network_call_from_building_to_scanning(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError(f"network call: {args[1:] if len(args) > 1 else args}")
