@@ -170,8 +170,8 @@ def _lifecycle(params: TransferParams) -> LifecycleSummary:
         finetune = params.finetune.model_copy(update={"backbone": backbone})
         teacher = call(steps.finetune, splits, finetune, params.adapt, context, retried=True)
         teacher = reuse.materialize(teacher, context.work_dir / "teacher")
-        evaluations, calibration = call(steps.evaluate, teacher, splits, context)
-        teacher = teacher.but(evaluations=evaluations, calibration=calibration)
+        evaluations, calibration, evaluated = call(steps.evaluate, teacher, splits, context)
+        teacher = teacher.but(evaluations=evaluations, calibration=calibration, evaluated_digest=evaluated)
         if splits.targets:
             teacher = teacher.but(report={**teacher.report, **call(steps.domain_gap, teacher, splits, context)})
         models: list[TrainedModel] = [teacher]

@@ -23,7 +23,7 @@ from graftline.tasks.engine.training import TrainingIO
 from graftline.tasks.errors import GraftlineError
 from graftline.tasks.evaluate.calibration import Calibration
 from graftline.tasks.evaluate.scores import Evaluation
-from graftline.tasks.records import Exported, Ingested, Registration, StepContext, TrainedModel
+from graftline.tasks.records import Exported, Ingested, Registration, StepContext, TrainedModel, weights_digest
 from graftline.tasks.registry import contract, tracking
 
 STEP = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -137,13 +137,16 @@ def select(
 
 
 @task(name="evaluate", **STEP)
-def evaluate(model: TrainedModel, splits: Splits, context: StepContext) -> tuple[dict[str, Evaluation], Calibration]:
-    """`model` scored on every evaluation set, and its temperature fitted on the validation split."""
+def evaluate(
+    model: TrainedModel, splits: Splits, context: StepContext
+) -> tuple[dict[str, Evaluation], Calibration, str]:
+    """`model` scored on every evaluation set, its temperature fitted on the validation split, and
+    the digest of the weights scored."""
     from graftline.tasks.evaluate.scores import evaluate_with_pictures
 
     args = (model.model_dir, model.role, splits, context.model, context.folder("evaluate"), context.modality)
     evaluated = tracked("evaluate", context, evaluate_with_pictures, *args)
-    return evaluated.evaluations, evaluated.calibration
+    return evaluated.evaluations, evaluated.calibration, weights_digest(model.model_dir)
 
 
 @task(name="explain", **STEP)
@@ -186,9 +189,11 @@ def distill(
         teacher_side = (teacher.model_dir, teacher.evaluations, teacher.privacy)
         folder = context.folder("distill")
         judged = judged_student(result, *teacher_side, splits, context.model, retention, folder, context.modality)
+        evaluated = weights_digest(result.model_dir)
         step.record(judged)
         uri = context.modality.log_model(result.model_dir, contract.INPUT_EXAMPLE).model_uri
-    return TrainedModel.student(judged, uri, step.run_id, teacher.backbone, splits.modality)
+    digests = (weights_digest(result.model_dir), evaluated)
+    return TrainedModel.student(judged, uri, step.run_id, teacher.backbone, splits.modality, digests)
 
 
 @task(name="export", **STEP)
@@ -253,6 +258,7 @@ def finetune(
         privacy=result.privacy_tags(),
         modality=splits.modality,
         adaptation=result.self_training.decision if result.self_training else "",
+        weights_digest=weights_digest(result.model_dir),
     )
 
 

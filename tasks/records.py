@@ -8,6 +8,7 @@ the MLflow boundary (`metrics()`, `as_dict()`).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -63,6 +64,15 @@ class TrainedModel:
     calibration: Calibration | None = None  # its temperature, fitted when it was evaluated
     modality: str = "text"  # text | image: what it classifies
     adaptation: str = ""  # what adapting to the target texts decided and why; empty when not adapting
+    weights_digest: str = ""  # of the weights logged as `model_uri` (weights_digest below)
+    evaluated_digest: str = ""  # of the weights `evaluations` scored: equal, the registry may reuse them
+
+    def scores_of_logged_weights(self) -> dict[str, float] | None:
+        """The headline scores, when the weights they were measured on are the ones logged (and so the
+        ones registered); None when that is not known."""
+        if self.evaluations and self.weights_digest and self.weights_digest == self.evaluated_digest:
+            return headline_scores(self.evaluations)
+        return None
 
     def but(self, **changes) -> TrainedModel:
         """A copy with `changes`: the one way a later step adds to a model's record."""
@@ -73,8 +83,11 @@ class TrainedModel:
         return {**headline_scores(self.evaluations), **self.report}
 
     @classmethod
-    def student(cls, distilled, model_uri: str, run_id: str, backbone: str, modality: str) -> TrainedModel:
-        """The record of a student (`distilled`: train/distill.py's Distilled) logged as `model_uri`."""
+    def student(
+        cls, distilled, model_uri: str, run_id: str, backbone: str, modality: str, digests: tuple[str, str] = ("", "")
+    ) -> TrainedModel:
+        """The record of a student (`distilled`: train/distill.py's Distilled) logged as `model_uri`;
+        `digests`: of the weights logged and of the weights evaluated."""
         judged = distilled.judged
         return cls(
             STUDENT,
@@ -89,7 +102,20 @@ class TrainedModel:
             gate_failure=judged.gate_failure,
             privacy=distilled.privacy,
             modality=modality,
+            weights_digest=digests[0],
+            evaluated_digest=digests[1],
         )
+
+
+def weights_digest(folder: Path) -> str:
+    """sha256 over the weight files (safetensors) in `folder` and below, in name order: which weights
+    these are, wherever a store put the files (a logged model keeps them one folder down)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*.safetensors"), key=lambda p: (p.name, p.as_posix())):
+        with path.open("rb") as handle:
+            while block := handle.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

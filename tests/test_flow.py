@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -15,6 +16,7 @@ from prefect.artifacts import Artifact
 from graftline.flows.lifecycle import transfer
 from graftline.tasks.data.splits import resolve_source
 from graftline.tasks.errors import ValidationFailed
+from graftline.tasks.records import weights_digest
 from graftline.tasks.registry import contract
 from graftline.tasks.registry.promotion import history
 from graftline.tasks.registry.tracking import DATASET_FINGERPRINT
@@ -86,7 +88,7 @@ def runs_by_name(client, experiment_name):
     return runs
 
 
-def test_the_lifecycle_tracks_every_step_and_promotes_first_versions(exported_run):
+def test_the_lifecycle_tracks_every_step_and_promotes_first_versions(exported_run, tmp_path):
     unique_name, summary = exported_run
     client = MlflowClient()
     runs = runs_by_name(client, unique_name)
@@ -142,6 +144,12 @@ def test_the_lifecycle_tracks_every_step_and_promotes_first_versions(exported_ru
         assert version.tags["prefect_flow_run_id"] and version.tags["git_commit"]
         assert version.tags["validation_success"] == "true"
         assert float(version.tags["temperature"]) > 0
+        # the registry's copy holds the weights the evaluate step scored, so the gates read those scores
+        copy = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/1", dst_path=str(tmp_path / name)))
+        assert version.tags["weights_sha256"] == weights_digest(copy)
+        promoted = client.get_run(next(r for r in history(client, name) if r["action"] == "promote")["run_id"])
+        thresholds = next(c for c in promoted.data.tags["graftline.decision"].split("; ") if "test accuracy" in c)
+        assert "(the evaluate step's scores of these weights)" in thresholds, promoted.data.tags
         ingest = client.get_run(version.tags["ingest_run_id"])
         assert {f.path for f in client.list_artifacts(ingest.info.run_id, "evaluation_sets")} == {
             "evaluation_sets/test.parquet",

@@ -70,3 +70,27 @@ def test_a_logged_model_serves_through_mlflow_pyfunc(logged_model):
     """What a registered version is for: MLflow loads it as a generic model and it predicts our labels."""
     predictions = mlflow.pyfunc.load_model(logged_model).predict(["hello there", "the screen cracked"])
     assert list(predictions["label"]) and set(predictions["label"]) <= {"bad", "good"}
+
+
+def test_the_gates_reuse_evaluated_scores_only_for_the_weights_that_were_logged(tmp_path):
+    from graftline.tasks.evaluate.scores import Evaluation
+    from graftline.tasks.records import TrainedModel, weights_digest
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "model.safetensors").write_bytes(b"weights one")
+    (tmp_path / "b" / "model").mkdir(parents=True)  # a store's layout: the same file one folder down
+    (tmp_path / "b" / "model" / "model.safetensors").write_bytes(b"weights one")
+    assert weights_digest(tmp_path / "a") == weights_digest(tmp_path / "b")
+    (tmp_path / "b" / "model" / "model.safetensors").write_bytes(b"weights two")
+    assert weights_digest(tmp_path / "a") != weights_digest(tmp_path / "b")
+
+    test = Evaluation("test", 10, 0.8, 0.75, {}, [], ["a", "b"], 100.0)
+    model = TrainedModel("teacher", tmp_path / "a", "runs:/x/model", "x", 1, "b", evaluations={"test": test})
+    logged = weights_digest(tmp_path / "a")
+    assert model.but(weights_digest=logged, evaluated_digest=logged).scores_of_logged_weights() == {
+        "test_accuracy": 0.8,
+        "test_macro_f1": 0.75,
+    }
+    changed = model.but(weights_digest=logged, evaluated_digest=weights_digest(tmp_path / "b"))
+    assert changed.scores_of_logged_weights() is None  # scored other weights: the registry's copy is scored
+    assert model.scores_of_logged_weights() is None  # digests unknown

@@ -58,6 +58,7 @@ PRIVACY_DELTA = "privacy_delta"
 PRIVACY_NOTE = "privacy_note"
 EXPORT_RUN = "export_run_id"
 TEMPERATURE = "temperature"
+WEIGHTS_DIGEST = "weights_sha256"  # of the version's safetensors weights (records.weights_digest)
 SERVABLE = "servable_model_uri"
 FLOW_RUN = "prefect_flow_run_id"
 GIT_COMMIT = "git_commit"

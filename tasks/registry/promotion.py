@@ -82,9 +82,17 @@ class Outcome:
 
 
 def check_gates(
-    client, name: str, version: str, alias: str, eval_sets: dict, gates: GateParams
+    client,
+    name: str,
+    version: str,
+    alias: str,
+    eval_sets: dict,
+    gates: GateParams,
+    measured: dict[str, float] | None = None,
 ) -> tuple[list[Check], dict[str, dict[str, float]]]:
-    """The gates of a promotion of `name` v`version` to `alias`, with every score they used."""
+    """The gates of a promotion of `name` v`version` to `alias`, with every score they used.
+    `measured`: the version's scores on `eval_sets` as its run's evaluate step measured them on the
+    same weights (registration); None: score the registry's copy (every later promotion)."""
     from graftline.tasks.errors import DataError
     from graftline.tasks.evaluate.scores import retention, retention_gate
 
@@ -103,7 +111,8 @@ def check_gates(
         )
     if gates.max_epsilon is not None:
         checks.append(privacy_check(tags, gates.max_epsilon))
-    scores[f"v{version}"] = mine = _scores(client, name, version, eval_sets)
+    scores[f"v{version}"] = mine = measured if measured is not None else _scores(client, name, version, eval_sets)
+    source = " (the evaluate step's scores of these weights)" if measured is not None else ""
     low = [
         f"test {m} {mine[f'test_{m}']:.4f} < {floor}"
         for m, floor in (("accuracy", gates.min_accuracy), ("macro_f1", gates.min_macro_f1))
@@ -113,9 +122,12 @@ def check_gates(
         Check(
             "thresholds",
             not low,
-            "; ".join(low)
-            or f"test accuracy {mine['test_accuracy']:.4f} >= {gates.min_accuracy}, "
-            f"macro-F1 {mine['test_macro_f1']:.4f} >= {gates.min_macro_f1}",
+            (
+                "; ".join(low)
+                or f"test accuracy {mine['test_accuracy']:.4f} >= {gates.min_accuracy}, "
+                f"macro-F1 {mine['test_macro_f1']:.4f} >= {gates.min_macro_f1}"
+            )
+            + source,
         )
     )
 
@@ -193,8 +205,10 @@ def promote(
     version: str | None = None,
     experiment: str = EXPERIMENT,
     lock_wait: float = 60.0,
+    measured: dict[str, float] | None = None,
 ) -> Outcome:
-    """Move `alias` to `version` (default: the holder of the stage below) if its gates pass."""
+    """Move `alias` to `version` (default: the holder of the stage below) if its gates pass
+    (`measured`: check_gates)."""
     version = promotion_target(client, name, alias, version)
     with registry_lock(client, name, triggered_by, lock_wait):
         previous = alias_holder(client, name, alias)
@@ -202,7 +216,7 @@ def promote(
         if previous == version:
             outcome.checks = [Check("already", False, f"v{version} already holds {alias}")]
         else:
-            outcome.checks, outcome.scores = check_gates(client, name, version, alias, eval_sets, gates)
+            outcome.checks, outcome.scores = check_gates(client, name, version, alias, eval_sets, gates, measured)
             if all(c.passed for c in outcome.checks):
                 client.set_registered_model_alias(name, alias, version)
                 outcome.moved = True
@@ -245,7 +259,9 @@ def register_models(
 
     entries, sets = candidates(models, params.model_name, tags, max_length), splits.evaluation_sets()
     settings = (params.promote_to, sets, params.gates, triggered_by, params.experiment)
-    done = register_and_promote(MlflowClient(), entries, *settings)
+    # the evaluate step scored these very weights on these sets: the gates read its scores
+    measured = {entry.name: m.scores_of_logged_weights() for m, entry in zip(models, entries, strict=True)}
+    done = register_and_promote(MlflowClient(), entries, *settings, measured=measured)
     return Registered(tuple(m.role for m in models), tuple(done))
 
 
@@ -257,9 +273,11 @@ def register_and_promote(
     gates: GateParams,
     triggered_by: str,
     experiment: str = EXPERIMENT,
+    measured: dict[str, dict[str, float] | None] | None = None,
 ) -> list[Registration]:
     """Register `candidates` (all or nothing, alias `candidate`), then promote each new version to
-    `promote_to` ("none": leave them candidates) if its gates pass."""
+    `promote_to` ("none": leave them candidates) if its gates pass; `measured`: registered name ->
+    its scores already measured on these weights (check_gates)."""
     from graftline.tasks.registry.versions import register_all
 
     registrations = register_all(client, candidates)
@@ -277,6 +295,7 @@ def register_and_promote(
                 triggered_by,
                 version=registration.version,
                 experiment=experiment,
+                measured=(measured or {}).get(registration.name),
             )
         except PromotionError as exc:
             decided.append(replace(registration, reason=f"not promoted: {exc}"))

@@ -46,6 +46,7 @@ def candidates(models: list[TrainedModel], model_name: str, tags: dict[str, str]
                 **({contract.SERVABLE: m.servable_uri} if m.servable_uri else {}),
                 **m.privacy,
                 **({contract.TEMPERATURE: f"{m.calibration.temperature:.6g}"} if m.calibration else {}),
+                **({contract.WEIGHTS_DIGEST: m.weights_digest} if m.weights_digest else {}),
                 contract.TEST_ACCURACY: f"{m.evaluations['test'].accuracy:.4f}",
                 contract.TEST_MACRO_F1: f"{m.evaluations['test'].macro_f1:.4f}",
             },
