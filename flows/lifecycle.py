@@ -46,7 +46,7 @@ from graftline.tasks import modality as modalities
 from graftline.tasks.errors import GraftlineError
 from graftline.tasks.modality.base import EXPLAIN
 from graftline.tasks.records import LifecycleSummary, StepContext, TrainedModel
-from graftline.tasks.registry import contract, tracking
+from graftline.tasks.registry import contract, stages, tracking
 from graftline.tasks.settings import (
     AdaptParams,
     DataParams,
@@ -114,6 +114,7 @@ def transfer(
 
 
 def _lifecycle(params: TransferParams) -> LifecycleSummary:
+    from mlflow.tracking import MlflowClient
     from prefect.runtime import flow_run
 
     store = tracking.configure(params.registry.experiment)
@@ -156,6 +157,8 @@ def _lifecycle(params: TransferParams) -> LifecycleSummary:
             params.data, unlabeled, distill.unlabeled_text_column, params.validation, params.tracking, context
         )
         splits = ingested.splits
+        # one kind of model per registered name: refused before anything trains (the command line checked too)
+        stages.require_one_kind(MlflowClient(), params.registry.model_name, splits.modality, splits.labels)
         report = steps.validate(splits, params.validation, context)
         student_spec = distill.student if distill.enabled else None
         backbone = call(
@@ -194,6 +197,7 @@ def _lifecycle(params: TransferParams) -> LifecycleSummary:
         version_tags = {
             **run_tags,
             contract.DATA_DIGEST: splits.digest,
+            contract.LABELS: contract.labels_tag(splits.labels),
             contract.INGEST_RUN: ingested.run_id,
             contract.VALIDATION: str(report.success).lower(),
         }

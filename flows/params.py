@@ -66,21 +66,25 @@ class TransferParams(settings.Params):
         """These parameters as the data needs them: for image data (`data.modality`, or what `auto` finds),
         every parameter of settings.IMAGE_DEFAULTS that was not given takes its image default, so
         `--modality image` alone runs the image demo and an image folder alone trains an image model. A
-        parameter given explicitly is kept, even at its text default (a text backbone is then refused)."""
+        parameter given explicitly is kept, even at its text default (a text backbone is then refused).
+        Without a `registry.model_name`, the model is named after its data (settings.default_model_name)."""
         from graftline.tasks import modality as modalities
 
         modality = modalities.of_data(self.data)
         changed = modality.default_settings(self.data, given_train_path="train_path" in self.data.model_fields_set)
-        if not changed:
-            return self
         groups = {}
         for name, values in changed.items():
             group = getattr(self, name)
             unset = {key: value for key, value in values.items() if key not in group.model_fields_set}
             groups[name] = group.model_copy(update=unset)
-        data = groups.get("data", self.data)
-        groups["data"] = data.model_copy(update={"modality": modality.name})
-        return self.model_copy(update=groups)
+        if changed:
+            data = groups.get("data", self.data)
+            groups["data"] = data.model_copy(update={"modality": modality.name})
+        registry = groups.get("registry", self.registry)
+        if registry.model_name is None:
+            named = settings.default_model_name(groups.get("data", self.data))
+            groups["registry"] = registry.model_copy(update={"model_name": named})
+        return self.model_copy(update=groups) if groups else self
 
     def groups(self) -> dict:
         """The groups by name: the keyword arguments of the `transfer` flow."""

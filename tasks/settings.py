@@ -70,8 +70,32 @@ IMAGE_DEFAULTS = {
     "distill": {"student": "efficientnet-lite0", "epochs": 8, "learning_rate": 3e-4},
 }
 # The drawn demo pictures are 64 x 64: read at that size, the demo trains in a few minutes on a CPU.
+IMAGE_DEMO_MODEL = "graftline-demo-images"  # a registered name holds one kind of model: the demos' apart
 IMAGE_DEMO_DEFAULTS = {"model": {"image_size": 64}}
 RESERVED_SPLITS = {"train", "validation", "test"}
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+GENERIC_STEMS = {"train", "training", "data", "dataset", "all", "full", "reviews", "text", "texts"}
+
+
+def default_model_name(data) -> str:
+    """The registered name of a run that names none: the demos' own, else the training data's."""
+    demos = {DEMO_TRAIN: DEMO_MODEL, IMAGE_DEMO_TRAIN: IMAGE_DEMO_MODEL}
+    return demos.get(data.train_path) or model_name_of(data.train_path)
+
+
+def model_name_of(train_path: str) -> str:
+    """The registered name a run on `train_path` gets when none is given: the file's or dataset's
+    name ("tickets.csv" -> "tickets"; "hf://datasets/org/imdb" -> "imdb"), or its folder's where the
+    file's name says nothing ("books/train.csv" -> "books-train")."""
+    base = train_path.split("?")[0].rstrip("/")
+    if base.startswith("hf://datasets/"):
+        base = base.split("@")[0]
+    parts = [p for p in re.split(r"[/\\]", base) if p and not p.endswith(":")]
+    stem = re.sub(r"(\.(csv|jsonl|json|parquet|pq|gz|bz2|zip|xz|zst))+$", "", parts[-1] if parts else "", flags=re.I)
+    if stem.lower() in GENERIC_STEMS and len(parts) > 1:
+        stem = f"{parts[-2]}-{stem}"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-._")
+    return name or "graftline-model"
 
 
 class Params(BaseModel):
@@ -803,10 +827,11 @@ class GateParams(Params):
 
 
 class RegistryParams(Params):
-    model_name: str = Field(
-        DEMO_MODEL,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-        description="Registered model name; the student registers as `<name>-student`.",
+    model_name: str | None = Field(
+        None,
+        pattern=MODEL_NAME,
+        description="Registered model name; the student registers as `<name>-student`. Empty: named after the "
+        f"training data (its file, folder or dataset; the demos: {DEMO_MODEL}, {IMAGE_DEMO_MODEL}).",
     )
     experiment: str = Field(EXPERIMENT, min_length=1, description="MLflow experiment of the runs.")
     promote_to: Literal["none", "staging", "production"] = Field(

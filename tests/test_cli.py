@@ -251,3 +251,20 @@ def test_serving_options_out_of_their_groups_bounds_stop_before_any_store(args, 
     code, stderr = run_cli(args)
     assert code == 2 and stderr.strip() == f"graftline: error: invalid parameters: {message}"
     assert not (tmp_path / "home").exists()  # no store was opened
+
+
+def test_a_registered_name_holds_one_kind_of_model(exported_run, files, tmp_path):
+    """The shared run registered the text demo (its ticket queues) under its name: another label set
+    or an image model under that name is refused in one line, in the store, before anything starts."""
+    from mlflow.tracking import MlflowClient
+
+    name, _ = exported_run
+    client = MlflowClient()
+    before = len(client.search_model_versions(f"name = '{name}'"))
+    code, stderr = run_cli(["run", "--train", files["train"], "--model-name", name])
+    first, *_ = stderr.strip().splitlines()[1:]  # after the pre-flight line
+    assert code == 2 and first.startswith(f"graftline: error: {name} v1 predicts [")
+    assert 'this run\'s labels are ["bad", "good"]' in first and "give this model a name of its own" in first
+    code, stderr = run_cli(["run", "--modality", "image", "--model-name", name])
+    assert code == 2 and f"{name} holds text models (v1), not image ones" in stderr
+    assert len(client.search_model_versions(f"name = '{name}'")) == before

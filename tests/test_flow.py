@@ -214,6 +214,25 @@ def test_failed_validation_stops_before_training_and_registers_nothing(run_flow,
     assert not client.search_registered_models(f"name='{unique_name}'")
 
 
+def test_a_name_holding_another_kind_of_model_stops_the_run_before_training(run_flow, unique_name, tmp_path):
+    """As a deployment run from the UI meets it (the command line refuses earlier): a version of other
+    labels already holds the name."""
+    from graftline.tasks.registry.stages import PromotionError
+
+    client = MlflowClient()
+    client.create_registered_model(unique_name)
+    with mlflow.start_run(experiment_id=mlflow.create_experiment(f"{unique_name}-seed")) as seed:
+        mlflow.log_text("weights", "model/file.txt")
+    tags = {contract.MODALITY: "text", contract.LABELS: contract.labels_tag(["cat", "dog"])}
+    client.create_model_version(unique_name, f"runs:/{seed.info.run_id}/model", seed.info.run_id, tags=tags)
+    toy_frame(20).to_csv(tmp_path / "toy.csv", index=False)
+    with pytest.raises(PromotionError, match=rf'^{unique_name} v1 predicts \["cat", "dog"\]; this run'):
+        run_flow(data=DataParams(train_path=str(tmp_path / "toy.csv"), eval_sets={}))
+    runs = runs_by_name(client, unique_name)
+    assert {r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags} == {"ingest"}
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{unique_name}'")] == ["1"]
+
+
 def test_warn_mode_records_the_failure_and_continues(run_flow, unique_name, duplicated_data):
     summary = run_flow(
         data=DataParams(train_path=duplicated_data, eval_sets={}),

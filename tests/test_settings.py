@@ -11,6 +11,7 @@ import pytest
 
 from graftline.flows.cli.app import app
 from graftline.flows.params import TransferParams
+from graftline.tasks import settings
 from graftline.tasks.engine.training import TrainConfig
 from graftline.tasks.settings import (
     DEMO_MODEL,
@@ -153,7 +154,8 @@ def test_names_are_defined_once():
     from graftline.tasks.registry.contract import PRODUCTION, STUDENT_SUFFIX
 
     assert RegistryParams().experiment == PromoteParams().experiment == MonitorParams().experiment == EXPERIMENT
-    assert RegistryParams().model_name == PromoteParams().model_name == RollbackParams().model_name == DEMO_MODEL
+    assert PromoteParams().model_name == RollbackParams().model_name == DEMO_MODEL
+    assert TransferParams().for_modality().registry.model_name == DEMO_MODEL  # the text demo's default
     assert MonitorParams().model == ServeParams().model == f"{DEMO_MODEL}{STUDENT_SUFFIX}@{PRODUCTION}"
     literal = re.compile(r"""(["'])(graftline|graftline-demo[^"']*)\1""")
     quoted = {
@@ -350,3 +352,32 @@ def test_the_predict_task_functions_default_to_the_group():
     }
     shared = ("form", "batch_size", "text_column", "encoding")
     assert defaults == {name: default_of(PredictParams, name) for name in shared}
+
+
+@pytest.mark.parametrize(
+    "train_path, name",
+    [
+        ("tickets.csv", "tickets"),
+        ("s3://bucket/exports/Support Tickets 2026.parquet", "Support-Tickets-2026"),
+        ("reviews/books/train.csv.gz", "books-train"),
+        ("hf://datasets/stanfordnlp/imdb@main?split=test", "imdb"),
+        ("./saved_dataset/", "saved_dataset"),
+        ("C:\\data\\emails.jsonl", "emails"),
+    ],
+)
+def test_a_run_without_a_model_name_is_named_after_its_data(train_path, name):
+    from graftline.tasks.settings import DataParams, model_name_of
+
+    assert model_name_of(train_path) == name
+    assert re.match(settings.MODEL_NAME, name)
+    given = TransferParams(data=DataParams(train_path=train_path, modality="text"))
+    assert given.for_modality().registry.model_name == name
+    named = TransferParams(data=DataParams(train_path=train_path, modality="text"), registry={"model_name": "mine"})
+    assert named.for_modality().registry.model_name == "mine"  # a name given is kept
+
+
+def test_the_image_demo_is_named_apart_from_the_text_demo():
+    from graftline.tasks.settings import DataParams
+
+    image = TransferParams(data=DataParams(modality="image")).for_modality()
+    assert image.registry.model_name == settings.IMAGE_DEMO_MODEL != DEMO_MODEL

@@ -74,7 +74,9 @@ def run(
         "validation.mode": validation_mode,
     }
     params = build_params(config, overrides, eval_set, set_, target).for_modality()
-    print(preflight(params).line(), file=sys.stderr)  # bad input stops here, before any server starts
+    checked = preflight(params)  # bad input stops here, before any server starts
+    print(checked.line(), file=sys.stderr)
+    require_one_kind(params, checked.splits)
     from graftline.flows.lifecycle import transfer
 
     with live_progress():
@@ -120,6 +122,19 @@ def check(
     if not report.success:
         raise report.error(str(folder / "report.md"), docs)
     print(f"data validation passed\nreport: {folder / 'report.md'}" + (f"\nData Docs: {docs}" if docs else ""))
+
+
+def require_one_kind(params, splits) -> None:
+    """The registered name takes this run's kind of model (modality, labels), checked in the store
+    before any server starts; a store not made yet holds no name."""
+    from graftline.tasks.errors import GraftlineError
+    from graftline.tasks.registry import stages, tracking
+
+    try:
+        client = tracking.registry_client()
+    except GraftlineError:
+        return
+    stages.require_one_kind(client, params.registry.model_name, splits.modality, splits.labels)
 
 
 def preflight(params):

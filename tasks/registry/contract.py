@@ -49,6 +49,7 @@ MODALITY = "modality"
 TRAINING_RUN = "training_run_id"
 INGEST_RUN = "ingest_run_id"
 DATA_DIGEST = "data_digest"
+LABELS = "labels"  # the classes it predicts (labels_tag): one registered name holds one label set
 VALIDATION = "validation_success"
 TEST_ACCURACY = "test_accuracy"
 TEST_MACRO_F1 = "test_macro_f1"
@@ -92,3 +93,12 @@ def recorded_temperature(tags: dict[str, str]) -> float:
 def recorded_max_length(tags: dict[str, str]) -> int:
     """The tokens per text a version was trained and evaluated at: what it must be scored at again."""
     return int(tags.get(MAX_LENGTH, UNRECORDED_MAX_LENGTH))
+
+
+def labels_tag(labels: list[str]) -> str:
+    """The `labels` tag's value: the class names as JSON, or their digest where a tag cannot hold them."""
+    import hashlib
+    import json
+
+    written = json.dumps(sorted(labels), ensure_ascii=False)
+    return written if len(written) <= 4000 else "sha256:" + hashlib.sha256(written.encode()).hexdigest()

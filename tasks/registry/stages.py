@@ -8,7 +8,16 @@ from __future__ import annotations
 import json
 
 from graftline.tasks.errors import GraftlineError
-from graftline.tasks.registry.contract import BELOW, HISTORY_PREFIX, PROMOTABLE
+from graftline.tasks.registry.contract import (
+    BELOW,
+    HISTORY_PREFIX,
+    LABELS,
+    MODALITY,
+    PROMOTABLE,
+    STUDENT_SUFFIX,
+    TEXT,
+    labels_tag,
+)
 
 
 class PromotionError(GraftlineError):
@@ -89,3 +98,30 @@ def _require_version(client, name: str, version: str) -> None:
         client.get_model_version(name, version)
     except MlflowException:
         raise PromotionError(f"{name} has no version {version}") from None
+
+
+def require_one_kind(client, name: str, modality: str, labels: list[str]) -> None:
+    """A registered name holds one kind of model: a one-line error when `name` (or its student) has
+    versions of another modality or another label set than a new version would have. Checked before
+    training, so a run that could not be registered does not start."""
+    for registered in (name, name + STUDENT_SUFFIX):
+        versions = client.search_model_versions(
+            f"name = '{registered}'", max_results=1, order_by=["version_number DESC"]
+        )
+        if not versions:
+            continue
+        latest = versions[0]
+        theirs = latest.tags.get(MODALITY, TEXT)
+        if theirs != modality:
+            raise PromotionError(
+                f"{registered} holds {theirs} models (v{latest.version}), not {modality} ones: "
+                "give this model a name of its own (--model-name, registry.model_name)"
+            )
+        recorded = latest.tags.get(LABELS)
+        if recorded is not None and recorded != labels_tag(labels):
+            shown = recorded if not recorded.startswith("sha256:") else "another label set"
+            raise PromotionError(
+                f"{registered} v{latest.version} predicts {shown}; this run's labels are {labels_tag(labels)}: "
+                "a registered name holds one label set, so give this model a name of its own "
+                "(--model-name, registry.model_name)"
+            )
