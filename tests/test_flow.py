@@ -145,7 +145,8 @@ def test_the_lifecycle_tracks_every_step_and_promotes_first_versions(exported_ru
         assert version.tags["validation_success"] == "true"
         assert float(version.tags["temperature"]) > 0
         # the registry's copy holds the weights the evaluate step scored, so the gates read those scores
-        copy = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/1", dst_path=str(tmp_path / name)))
+        classifier = version.tags["classifier_uri"]  # what the registered pyfunc runs, stored once
+        copy = Path(mlflow.artifacts.download_artifacts(classifier, dst_path=str(tmp_path / name)))
         assert version.tags["weights_sha256"] == weights_digest(copy)
         promoted = client.get_run(next(r for r in history(client, name) if r["action"] == "promote")["run_id"])
         thresholds = next(c for c in promoted.data.tags["graftline.decision"].split("; ") if "test accuracy" in c)

@@ -91,12 +91,23 @@ def test_predict_scores_every_format_with_the_fastest_passing_export(served, tmp
 
 
 def test_the_calibrated_temperature_travels_with_the_version(served):
+    """Loaded from the registry by MLflow alone, a version gives the scores `graftline predict` gives:
+    its temperature is in the registered model, not only in graftline's own scorer."""
+    import mlflow.pyfunc
+    import numpy as np
+
     from graftline.tasks.serve.predict import ModelReference, load_scorer
 
     client = MlflowClient()
+    texts = pd.read_csv(DEMO / "home.csv")["text"].head(9).tolist()
     for name in (served, f"{served}-student"):
         tagged = float(client.get_model_version(name, "1").tags["temperature"])
-        assert load_scorer(client, ModelReference.parse(f"{name}/1"), "torch").temperature == tagged
+        scorer = load_scorer(client, ModelReference.parse(f"{name}/1"), "torch")
+        assert scorer.temperature == tagged != 1.0
+        ours = scorer.probabilities(texts)
+        loaded = mlflow.pyfunc.load_model(f"models:/{name}@production").predict(pd.DataFrame({"text": texts}))
+        assert loaded["label"].tolist() == [scorer.labels[i] for i in ours.argmax(-1)]
+        np.testing.assert_allclose(loaded[[f"score_{label}" for label in scorer.labels]], ours, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -256,7 +267,13 @@ def test_mlflow_models_serve_serves_the_registered_version_and_its_onnx_servable
             process.wait(30)
     assert [row["label"] for row in onnx] == expected  # the same INT8 file predict used, the same answers
     assert all(abs(sum(v for k, v in row.items() if k.startswith("score_")) - 1) < 1e-5 for row in onnx)
-    assert len(torch) == len(texts) and {row["label"] for row in torch} <= {"billing", "defect", "delivery", "praise"}
+    # the registered version itself: the torch classifier with the version's temperature, as predict scores it
+    from graftline.tasks.serve.predict import ModelReference, load_scorer
+
+    scorer = load_scorer(client, ModelReference.parse(f"{served}-student/{student.version}"), "torch")
+    ours = scorer.probabilities(texts)
+    assert [row["label"] for row in torch] == [scorer.labels[i] for i in ours.argmax(-1)]
+    assert max(abs(row["score"] - p) for row, p in zip(torch, ours.max(-1), strict=True)) < 1e-5
 
 
 def _predicted(served: str, texts: list[str], folder: Path) -> Path:

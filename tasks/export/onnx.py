@@ -398,6 +398,7 @@ def _quiet(*loggers: str):
 # What the two ONNX pyfuncs share, shipped beside each logged model (MLflow puts a model's code_paths
 # on sys.path when it loads it): a logged model imports nothing of graftline.
 PYFUNC_BODY = Path(__file__).with_name("onnx_pyfunc.py")
+CALIBRATED_MODEL = Path(__file__).with_name("calibrated.py")  # a registered text version's code (never imported)
 
 
 def pinned(packages: list[str]) -> list[str]:
@@ -408,7 +409,7 @@ def pinned(packages: list[str]) -> list[str]:
     return [f"{p}=={version(p).split('+')[0]}" for p in packages]
 
 
-def _output_example(labels: list[str]):
+def output_example(labels: list[str]):
     """What a pyfunc returns: the label, its score, and every label's score (for the signature)."""
     import pandas as pd
 
@@ -447,7 +448,7 @@ def log_image_model(
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
-    output = _output_example(labels)
+    output = output_example(labels)
     inferred = mlflow.models.infer_signature(pd.DataFrame({"image": ["a.jpg"]}), output, params={"batch_size": 32})
     # Images by path or URL (`image`) or as encoded bytes (`image_bytes`): one of the two columns per call.
     images = Schema([ColSpec("string", "image", required=False), ColSpec("binary", "image_bytes", required=False)])
@@ -480,7 +481,7 @@ def log_servable(onnx: Path, tokenizer_dir: Path, labels: list[str], max_length:
     settings.write_text(json.dumps({"labels": labels, "max_length": max_length, "temperature": temperature}))
     packages = ["onnxruntime", "transformers", "tokenizers", "numpy", "pandas"]
     example = pd.DataFrame({"text": contract.INPUT_EXAMPLE})
-    output = _output_example(labels)
+    output = output_example(labels)
     signature = mlflow.models.infer_signature(example, output, params={"batch_size": 32})
     return mlflow.pyfunc.log_model(
         name="servable",

@@ -1,7 +1,8 @@
-"""What the two ONNX pyfuncs share: their predict body, their onnxruntime session, and the softmax.
+"""What the logged pyfuncs share: their predict body, their onnxruntime session, and the softmax.
 
 servable.py (texts) and image_servable.py (images) differ only in how they turn inputs into the
-graph's inputs. Everything after the graph is here: the inputs scored `batch_size` at a time, the
+graph's inputs; calibrated.py (a registered text version) runs its torch classifier instead of a
+graph. Everything after the logits is here: the inputs scored `batch_size` at a time, the
 logits divided by the temperature, the softmax, one output row per input.
 
 This module ships beside each logged model. The export step logs it with MLflow's `code_paths`,
@@ -34,6 +35,19 @@ def softmax(logits, temperature: float = 1.0) -> np.ndarray:
     scaled = np.asarray(logits, dtype=np.float64) / temperature
     shifted = np.exp(scaled - scaled.max(-1, keepdims=True))
     return shifted / shifted.sum(-1, keepdims=True)
+
+
+def texts(model_input) -> list[str]:
+    """The texts of a text pyfunc's input: a DataFrame's `text` column (or its only column), a list of
+    strings, or one string."""
+    if isinstance(model_input, pd.DataFrame):
+        column = "text" if "text" in model_input.columns else model_input.columns[0]
+        return model_input[column].fillna("").astype(str).tolist()
+    if isinstance(model_input, pd.Series | np.ndarray | list | tuple):
+        return [str(t) for t in model_input]
+    if isinstance(model_input, str):
+        return [model_input]
+    raise TypeError(f"expected a DataFrame with a text column or a list of texts, got {type(model_input).__name__}")
 
 
 def session(path: str):

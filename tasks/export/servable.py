@@ -50,22 +50,11 @@ class OnnxClassifier(mlflow.pyfunc.PythonModel):
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        return onnx_pyfunc.predict(_texts(model_input), self._logits, self.labels, self.temperature, params)
+        return onnx_pyfunc.predict(onnx_pyfunc.texts(model_input), self._logits, self.labels, self.temperature, params)
 
     def _logits(self, texts: list[str]) -> np.ndarray:
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
         return self.session.run(["logits"], {k: batch[k].astype(np.int64) for k in self.inputs})[0]
-
-
-def _texts(model_input) -> list[str]:
-    if isinstance(model_input, pd.DataFrame):
-        column = "text" if "text" in model_input.columns else model_input.columns[0]
-        return model_input[column].fillna("").astype(str).tolist()
-    if isinstance(model_input, pd.Series | np.ndarray | list | tuple):
-        return [str(t) for t in model_input]
-    if isinstance(model_input, str):
-        return [model_input]
-    raise TypeError(f"expected a DataFrame with a text column or a list of texts, got {type(model_input).__name__}")
 
 
 mlflow.models.set_model(OnnxClassifier())  # this file is the logged model's code (MLflow "models from code")

@@ -168,6 +168,12 @@ class Modality(ABC):
     def load_version(self, model_uri: str):
         """(classifier, input preparer) of a logged model, for re-evaluation."""
 
+    def log_registered(self, model_uri: str, model_dir: Path, temperature: float, max_length: int) -> str:
+        """Log what the registry registers for the model logged as `model_uri` (its folder: `model_dir`)
+        in the active run, and return its URI: by default that model itself (its own pyfunc applies
+        the temperature it was logged with)."""
+        return model_uri
+
 
 def article(word: str) -> str:
     return f"an {word}" if word[0] in "aeiou" else f"a {word}"

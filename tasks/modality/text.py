@@ -108,6 +108,35 @@ class Text(Modality):
             signature=signature,
         )
 
+    def log_registered(self, model_uri: str, model_dir: Path, temperature: float, max_length: int) -> str:
+        """export/calibrated.py's pyfunc over the transformers model at `model_uri` (referenced, not
+        copied) with the version's temperature: every route to the version gives the same scores."""
+        import json
+
+        import mlflow.models
+        import mlflow.pyfunc
+        import pandas as pd
+
+        from graftline.tasks.export.onnx import CALIBRATED_MODEL, PYFUNC_BODY, output_example
+
+        config = json.loads((model_dir / "config.json").read_text())
+        labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+        folder = model_dir.parent / f"{model_dir.name}-registered"
+        folder.mkdir(parents=True, exist_ok=True)
+        settings = folder / "calibrated.json"
+        written = {"classifier": model_uri, "labels": labels, "max_length": max_length, "temperature": temperature}
+        settings.write_text(json.dumps(written))
+        example = pd.DataFrame({"text": contract.INPUT_EXAMPLE})
+        signature = mlflow.models.infer_signature(example, output_example(labels), params={"batch_size": 32})
+        return mlflow.pyfunc.log_model(
+            name="registered",
+            python_model=str(CALIBRATED_MODEL),
+            code_paths=[str(PYFUNC_BODY)],
+            artifacts={"settings": str(settings)},
+            pip_requirements=pip_requirements(),
+            signature=signature,
+        ).model_uri
+
     def load_version(self, model_uri: str):
         import mlflow.transformers
 

@@ -59,6 +59,7 @@ PRIVACY_DELTA = "privacy_delta"
 PRIVACY_NOTE = "privacy_note"
 EXPORT_RUN = "export_run_id"
 TEMPERATURE = "temperature"
+CLASSIFIER = "classifier_uri"  # the trained model a version's pyfunc runs (text: export/calibrated.py)
 WEIGHTS_DIGEST = "weights_sha256"  # of the version's safetensors weights (records.weights_digest)
 SERVABLE = "servable_model_uri"
 FLOW_RUN = "prefect_flow_run_id"
@@ -102,3 +103,10 @@ def labels_tag(labels: list[str]) -> str:
 
     written = json.dumps(sorted(labels), ensure_ascii=False)
     return written if len(written) <= 4000 else "sha256:" + hashlib.sha256(written.encode()).hexdigest()
+
+
+def trained_model_uri(name: str, version: str, tags: dict[str, str]) -> str:
+    """The trained model of a registered version, which graftline re-scores, serves with its own
+    predictors and trains from: the model its pyfunc runs (`classifier_uri`), else the version's own
+    (versions registered before the pyfunc, image versions)."""
+    return tags.get(CLASSIFIER) or f"models:/{name}/{version}"

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 
 from graftline.tasks.records import Registered, Registration
 from graftline.tasks.registry.contract import (
+    CLASSIFIER,
     HISTORY_PREFIX,
     LOCK_SUFFIX,
     PRIVACY_EPSILON,
@@ -258,11 +259,24 @@ def register_models(
     from graftline.tasks.registry.versions import candidates
 
     entries, sets = candidates(models, params.model_name, tags, max_length), splits.evaluation_sets()
+    entries = [registered_form(entry, m, max_length) for entry, m in zip(entries, models, strict=True)]
     settings = (params.promote_to, sets, params.gates, triggered_by, params.experiment)
     # the evaluate step scored these very weights on these sets: the gates read its scores
     measured = {entry.name: m.scores_of_logged_weights() for m, entry in zip(models, entries, strict=True)}
     done = register_and_promote(MlflowClient(), entries, *settings, measured=measured)
     return Registered(tuple(m.role for m in models), tuple(done))
+
+
+def registered_form(entry, model, max_length: int):
+    """`entry` registering what its modality registers for `model`: for text, a pyfunc applying the
+    version's temperature to the trained model, which the `classifier_uri` tag names."""
+    from graftline.tasks import modality as modalities
+
+    temperature = model.calibration.temperature if model.calibration else 1.0
+    uri = modalities.by_name(model.modality).log_registered(model.model_uri, model.model_dir, temperature, max_length)
+    if uri == model.model_uri:
+        return entry
+    return replace(entry, model_uri=uri, tags={**entry.tags, CLASSIFIER: model.model_uri})
 
 
 def register_and_promote(

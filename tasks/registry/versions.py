@@ -61,7 +61,7 @@ def load_version(name: str, version: str):
     from mlflow.tracking import MlflowClient
 
     tags = MlflowClient().get_model_version(name, version).tags
-    return modalities.of_version(tags).load_version(f"models:/{name}/{version}")
+    return modalities.of_version(tags).load_version(contract.trained_model_uri(name, version, tags))
 
 
 def register_all(client, candidates: list[Candidate]) -> list[Registration]:

@@ -167,7 +167,7 @@ def fetch_version(client, reference: ModelReference) -> Version:
     refused = modalities.of_version(tags).refusal(TEXT_SCORING, uri=f"models:/{reference.name}/{version}")
     if refused:
         raise PredictionError(f"{reference.name} v{version} {refused}")
-    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{reference.name}/{version}"))
+    folder = Path(mlflow.artifacts.download_artifacts(contract.trained_model_uri(reference.name, version, tags)))
     return Version(reference.name, version, tags, folder)
 
 
