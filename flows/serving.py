@@ -118,7 +118,7 @@ def monitor(params: MonitorParams) -> MonitorOutcome:
     from graftline.tasks.serve.predict import ModelReference, read_input
 
     reference = ModelReference.parse(params.model)
-    window = read_input(params.input_path, params.text_column) if params.input_path else None  # fails early
+    window = read_input(params.input_path, params.text_column, params.encoding) if params.input_path else None
     tracking.configure(params.experiment)
     client = MlflowClient()
     if window is None:

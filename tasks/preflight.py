@@ -55,7 +55,8 @@ def check(data: DataParams, finetune: FinetuneParams, select: SelectParams, dist
     unlabeled = []
     if distill.enabled:
         _check_student(distill.student, configs, modality)
-        unlabeled = [t for path in distill.unlabeled_paths for t in read_texts(path, distill.unlabeled_text_column)]
+        column, encoding = distill.unlabeled_text_column, data.encoding  # one encoding for every file of the run
+        unlabeled = [t for path in distill.unlabeled_paths for t in read_texts(path, column, encoding=encoding)]
     splits = modality.read_splits(data, unlabeled)
     return Checked(splits, tuple(specs), time.perf_counter() - started)
 

@@ -140,8 +140,8 @@ class DataParams(Params):
     label_column: str = Field("label", min_length=1, description="Column holding the class name.")
     encoding: Encoding = Field(
         "utf-8",
-        description="Text encoding of the CSV and JSON Lines files (e.g. cp1252 or latin-1 for a spreadsheet's "
-        "export); Parquet carries its own.",
+        description="Text encoding of the run's CSV and JSON Lines files, labeled, target and unlabeled (e.g. "
+        "cp1252 or latin-1 for a spreadsheet's export); Parquet carries its own.",
     )
     hf_config: str | None = Field(
         None, min_length=1, description="Config (subset) of every Hugging Face dataset source that names none."
@@ -998,6 +998,9 @@ class MonitorParams(Params):
         "this model since its last check.",
     )
     text_column: str = Field("text", min_length=1, description="Text column of the input.")
+    encoding: Encoding = Field(
+        "utf-8", description="Text encoding of a CSV or JSON Lines input (e.g. cp1252, latin-1)."
+    )
     alpha: float = Field(0.05, gt=0, lt=1, description="False-alarm rate of the verdict, shared by the four detectors.")
     max_accuracy_drop: float = Field(
         0.05, ge=0, le=1, description="Drift whose estimated accuracy falls this far below the reference's is harmful."

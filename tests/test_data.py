@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from graftline.tasks.data.splits import encode_labels, load_splits, read_table, resolve_source
+from graftline.tasks.data.splits import encode_labels, load_splits, read_table, read_texts, resolve_source
 from graftline.tasks.errors import DataError
 from graftline.tasks.settings import DataParams
 from tests.conftest import toy_frame
@@ -250,5 +250,6 @@ def test_a_file_in_another_encoding_names_the_setting_and_reads_with_it(tmp_path
         read_table(str(path), "text", "label")
     splits = load_splits(DataParams(train_path=str(path), eval_sets={}, encoding="cp1252"))
     assert splits.train.frame["text"].str.endswith("café crème").all()
+    assert read_texts(str(path), encoding="cp1252")[0].endswith("café crème")  # unlabeled files read alike
     with pytest.raises(ValueError, match="unknown text encoding 'klingon'"):
         DataParams(train_path=str(path), encoding="klingon")

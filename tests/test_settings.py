@@ -127,7 +127,8 @@ def test_the_serving_options_mirror_their_groups():
         "predict": (PredictParams, {"text_column", "encoding", "batch_size", "form", "explain", "experiment"}),
         "monitor": (
             MonitorParams,
-            {"input_path", "text_column", "alpha", "max_accuracy_drop", "accuracy_estimate", "min_rows", "retrain"}
+            {"input_path", "text_column", "encoding", "alpha", "max_accuracy_drop", "accuracy_estimate", "min_rows"}
+            | {"retrain"}
             | {"experiment"},
         ),
         "serve": (ServeParams, {"form", "host", "port"}),

@@ -77,6 +77,7 @@ def monitor(
         help="New texts (CSV, JSONL, Parquet); default: the rows predict scored since the last check.",
     ),
     text_column: str = setting(MonitorParams, "text_column"),
+    encoding: str = setting(MonitorParams, "encoding"),
     alpha: float = setting(MonitorParams, "alpha"),
     max_accuracy_drop: float = setting(
         MonitorParams, "max_accuracy_drop", help="Estimated accuracy drop that makes drift harmful."
@@ -98,6 +99,7 @@ def monitor(
         model=model,
         input_path=input_path,
         text_column=text_column,
+        encoding=encoding,
         alpha=alpha,
         max_accuracy_drop=max_accuracy_drop,
         accuracy_estimate=accuracy_estimate,
@@ -105,7 +107,7 @@ def monitor(
         retrain=retrain,
         experiment=experiment,
     )
-    check_before_starting(model, input_path, text_column)
+    check_before_starting(model, input_path, text_column, encoding)
     from graftline.flows.serving import monitor as monitor_flow
     from graftline.tasks.serve.monitor import DETECTORS
 

@@ -73,7 +73,9 @@ def ingest(
     them under `validation.pii: redact`, and keep the evaluation sets in `folder` (copied, or
     referenced by URI and digest: `copy_data`) unless they hold personal data under `fail`. `modality`
     (tasks/modality/) reads the splits."""
-    unlabeled = [text for path in unlabeled_paths for text in read_texts(path, unlabeled_text_column)]
+    unlabeled = [
+        text for path in unlabeled_paths for text in read_texts(path, unlabeled_text_column, encoding=data.encoding)
+    ]
     splits, redacted = redact(modality.read_splits(data, unlabeled), validation, modality)
     kept = None
     if not withholds_evaluation_sets(splits, validation, modality):

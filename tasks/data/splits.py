@@ -287,9 +287,9 @@ def _require_labels(labels: pd.Series, source: str, column: str) -> None:
         )
 
 
-def read_texts(source: str, text_column: str = "text", fmt: str = "auto") -> list[str]:
+def read_texts(source: str, text_column: str = "text", fmt: str = "auto", encoding: str = "utf-8") -> list[str]:
     """The non-blank texts of an unlabeled file (any label column is ignored)."""
-    frame = read_table(resolve_source(source), text_column, None, fmt)
+    frame = read_table(resolve_source(source), text_column, None, fmt, encoding)
     texts = [t for t in frame["text"].dropna() if t.strip()]
     if not texts:
         raise DataError(f"{source}: no non-blank texts in column {text_column!r}")
