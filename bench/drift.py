@@ -97,7 +97,8 @@ def decision_seconds(model, tokenizer, texts, reference, labels, thresholds, arg
 
 def int8_forward(model, tokenizer, max_length: int, folder: Path):
     """The monitor's forward pass through an INT8 export of `model`, as the export step writes it."""
-    from graftline.tasks.export.onnx import export_onnx, onnx_profiler, quantize_int8
+    from graftline.tasks.export.onnx import export_onnx, quantize_int8
+    from graftline.tasks.export.predictors import onnx_profiler
 
     folder.mkdir(parents=True, exist_ok=True)
     int8 = quantize_int8(export_onnx(model, tokenizer, folder / "model.onnx"), folder / "model.int8.onnx")

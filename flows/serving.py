@@ -39,6 +39,7 @@ def predict(params: PredictParams) -> PredictionRun:
     from mlflow.tracking import MlflowClient
 
     from graftline.tasks.serve.predict import (
+        HISTOGRAM_MIN_ROWS,
         ModelReference,
         load_scorer,
         output_format,
@@ -74,9 +75,10 @@ def predict(params: PredictParams) -> PredictionRun:
         predictions = predict_frame(scorer, frame, params.text_column, output, params.batch_size, explainer)
         metrics = predictions.metrics()
         mlflow.log_metrics(metrics)
-        with tempfile.TemporaryDirectory() as folder:
-            picture = plot_confidence(predictions.confidences, Path(folder) / "confidence.png")
-            mlflow.log_artifact(str(picture), "predict")
+        if predictions.rows >= HISTOGRAM_MIN_ROWS:
+            with tempfile.TemporaryDirectory() as folder:
+                picture = plot_confidence(predictions.confidences, Path(folder) / "confidence.png")
+                mlflow.log_artifact(str(picture), "predict")
     get_run_logger().info(
         "%s v%s (%s): %d rows in %.2f s, %.0f rows/s; predicted %s; written to %s",
         scorer.name,

@@ -190,3 +190,18 @@ def test_the_logged_servable_predicts_calibrated_scores_without_graftline(traine
     assert list(served["label"]) == [labels[i] for i in expected.argmax(-1)]
     assert np.allclose(served[[f"score_{label}" for label in labels]], expected, atol=1e-5)
     assert np.allclose(served["score"], expected.max(-1), atol=1e-5)
+
+
+def test_the_torch_free_tokenizer_gives_transformers_inputs(tiny_backbone):
+    """What ONNX scoring tokenizes with (no transformers, so no torch import) against transformers."""
+    from graftline.tasks.export.predictors import fast_tokenizer, model_inputs
+
+    reference = backbones.load_tokenizer(str(tiny_backbone))
+    ours = fast_tokenizer(Path(tiny_backbone))
+    texts = ["I was charged twice", "", "Ünïcödé CAFÉ — 東京 emoji 🎉", "word " * 300, "a\tb\nc  d", "don't!!"]
+    for max_length in (8, 32, 512):
+        expected = model_inputs(reference, texts, max_length, "np")
+        got = model_inputs(ours, texts, max_length, "np")
+        for key in ("input_ids", "attention_mask"):
+            np.testing.assert_array_equal(got[key], expected[key])
+    assert ours.pad_token_id == reference.pad_token_id

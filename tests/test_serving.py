@@ -66,6 +66,11 @@ def test_predict_scores_every_format_with_the_fastest_passing_export(served, tmp
     assert run.data.tags["graftline.form"] == "onnx-int8" and run.data.tags["graftline.model_version"] == "1"
     assert run.data.metrics["rows"] == 40 and sum(run.data.metrics[f"predicted_{label}"] for label in labels) == 40
     assert "predict/confidence.png" in {f.path for f in MlflowClient().list_artifacts(done.run_id, "predict")}
+    pd.DataFrame({"text": ["a parcel", "a refund", "a crack"]}).to_csv(tmp_path / "three.csv", index=False)
+    few = predict(
+        PredictParams(model=student, input_path=str(tmp_path / "three.csv"), output_path=str(tmp_path / "t.csv"))
+    )
+    assert few.predictions.rows == 3 and not MlflowClient().list_artifacts(few.run_id, "predict")  # no histogram
     scorer = load_scorer(MlflowClient(), ModelReference.parse(student))
     readers = {".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True), ".parquet": pd.read_parquet}
     for suffix, read in readers.items():

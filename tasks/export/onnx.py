@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,21 +31,9 @@ from graftline.tasks import plots, progress
 from graftline.tasks.data.splits import Split, encode_labels
 from graftline.tasks.engine import backbones
 from graftline.tasks.errors import GraftlineError
+from graftline.tasks.export.predictors import INPUTS, Predict, model_inputs, onnx_predictor, torch_predictor
 from graftline.tasks.modality.base import InputPreparer
 from graftline.tasks.settings import ExportParams
-
-INPUTS = ("input_ids", "attention_mask")
-
-Predict = Callable[[list[str]], np.ndarray]  # texts (or image paths) -> logits
-
-
-def model_inputs(tokenizer, inputs: list, max_length: int, tensors: str = "pt") -> dict:
-    """What an exported or torch classifier reads for `inputs`: token ids and mask for texts, pixel values
-    for images (the tokenizer is then an InputPreparer, image_inputs.ImageProcessor, which makes its own)."""
-    if isinstance(tokenizer, InputPreparer):
-        return tokenizer.model_inputs(inputs, tensors)
-    batch = tokenizer(inputs, padding=True, truncation=True, max_length=max_length, return_tensors=tensors)
-    return {k: batch[k] if tensors == "pt" else batch[k].astype(np.int64) for k in INPUTS}
 
 
 @dataclass
@@ -265,55 +252,6 @@ class _Batches:
 
     def get_next(self) -> dict | None:
         return next(self.batches, None)
-
-
-def torch_predictor(model, tokenizer, max_length: int) -> Predict:
-    threads = torch.get_num_threads()
-
-    @torch.inference_mode()
-    def predict(texts: list[str]) -> np.ndarray:
-        torch.set_num_threads(threads)
-        return model(**model_inputs(tokenizer, texts, max_length)).logits.float().numpy()
-
-    return predict
-
-
-def onnx_profiler(path: Path, tokenizer, max_length: int, batch_size: int = 64):
-    """texts -> (logits, pooled states) from an exported file with a `pooled` output, else None
-    (files exported before it had one): the drift monitor's forward pass at the export's speed."""
-    session = _session(path)
-    if "pooled" not in {o.name for o in session.get_outputs()}:
-        return None
-
-    def profile(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths together: little padding
-        logits, pooled = [None] * len(texts), [None] * len(texts)
-        for start in range(0, len(texts), batch_size):
-            rows = order[start : start + batch_size]
-            out = session.run(["logits", "pooled"], model_inputs(tokenizer, [texts[i] for i in rows], max_length, "np"))
-            for j, i in enumerate(rows):
-                logits[i], pooled[i] = out[0][j], out[1][j]
-        return np.stack(logits), np.stack(pooled).astype(np.float32)
-
-    return profile
-
-
-def _session(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()  # the same CPU threads as torch gets
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def onnx_predictor(path: Path, tokenizer, max_length: int) -> Predict:
-    session = _session(path)
-
-    def predict(texts: list[str]) -> np.ndarray:
-        return session.run(["logits"], model_inputs(tokenizer, texts, max_length, "np"))[0]
-
-    return predict
 
 
 def predict_in_batches(predict: Predict, texts: list[str], batch_size: int = 64) -> np.ndarray:

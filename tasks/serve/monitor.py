@@ -292,7 +292,7 @@ def _fastest_forward(client, version, tokenizer):
     has a `pooled` output, else the torch model. Reference and window always use the same one."""
     import mlflow
 
-    from graftline.tasks.export.onnx import onnx_profiler
+    from graftline.tasks.export.predictors import onnx_profiler
     from graftline.tasks.registry import contract
     from graftline.tasks.serve.predict import EXPORT_FILES, passed_exports
 

@@ -145,6 +145,13 @@ class Version:
 
         return backbones.load_saved_tokenizer(self.folder / "components" / "tokenizer")
 
+    def tokenizer_without_torch(self):
+        """The tokenizer for an ONNX file: its tokenizer.json run by `tokenizers` (transformers would
+        import torch, seconds of a small file's scoring), else transformers' own."""
+        from graftline.tasks.export.predictors import fast_tokenizer
+
+        return fast_tokenizer(self.folder / "components" / "tokenizer") or self.tokenizer()
+
     def classifier(self):
         from graftline.tasks.engine import backbones
 
@@ -175,13 +182,12 @@ def load_scorer(client, reference: ModelReference, form: str = default_of(Predic
     """The version `reference` names, in `form` (auto: the fastest that passed parity)."""
     import mlflow
 
-    from graftline.tasks.export.onnx import onnx_predictor, torch_predictor
+    from graftline.tasks.export.predictors import onnx_predictor, torch_predictor
 
     if form not in ("auto", *FORMS):
         raise PredictionError(f"form {form!r}: expected auto or one of {', '.join(FORMS)}")
     fetched = fetch_version(client, reference)
     version, max_length, temperature = fetched.version, fetched.max_length, fetched.temperature
-    tokenizer = fetched.tokenizer()
     exports = passed_exports(client, fetched.tags.get(contract.EXPORT_RUN))
     wanted = [f for f in FORMS if f in exports or f == "torch"] if form == "auto" else [form]
     chosen = wanted[0]
@@ -189,9 +195,9 @@ def load_scorer(client, reference: ModelReference, form: str = default_of(Predic
         if chosen not in exports:
             raise PredictionError(f"{reference.name} v{version} has no {chosen} export that passed its parity check")
         onnx = mlflow.artifacts.download_artifacts(run_id=exports[chosen], artifact_path=EXPORT_FILES[chosen])
-        predict = onnx_predictor(Path(onnx), tokenizer, max_length)
+        predict = onnx_predictor(Path(onnx), fetched.tokenizer_without_torch(), max_length)
         return Scorer(reference.name, version, chosen, fetched.labels(), max_length, predict, temperature, fetched)
-    predict = torch_predictor(fetched.classifier(), tokenizer, max_length)
+    predict = torch_predictor(fetched.classifier(), fetched.tokenizer(), max_length)
     return Scorer(reference.name, version, "torch", fetched.labels(), max_length, predict, temperature, fetched)
 
 
@@ -283,6 +289,11 @@ class PredictionRun:
     version: str
     form: str  # onnx-int8 | onnx | torch
     run_id: str
+
+
+# Fewer rows get no confidence histogram: it would say nothing, and drawing it (matplotlib's import
+# included) takes a tenth of a small file's scoring time.
+HISTOGRAM_MIN_ROWS = 20
 
 
 def plot_confidence(confidences, path: Path) -> Path:

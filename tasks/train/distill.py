@@ -322,7 +322,8 @@ def distillation_report(
     max_length: int,
 ) -> dict[str, float]:
     """Size, retention on every evaluation set, and CPU throughput of the student against its teacher."""
-    from graftline.tasks.export.onnx import latency, torch_predictor
+    from graftline.tasks.export.onnx import latency
+    from graftline.tasks.export.predictors import torch_predictor
 
     classifiers = {
         role: backbones.load_classifier(str(folder)).eval()

@@ -1,0 +1,126 @@
+"""Texts (or image inputs) in, logits out: the predictors `graftline predict`, the drift monitor and
+the export step's measurements run, for torch models and ONNX files alike.
+
+Kept apart from onnx.py (the export, which needs torch) so that scoring with an ONNX file loads
+onnxruntime and the tokenizer but never torch: torch's import alone takes seconds on 2 cores, more
+than scoring a small file. For the same reason `fast_tokenizer` runs a saved tokenizer's
+tokenizer.json with the `tokenizers` library itself: transformers' AutoTokenizer imports torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from graftline.tasks.modality.base import InputPreparer
+
+Predict = Callable[[list[str]], np.ndarray]  # texts (or image paths) -> logits
+INPUTS = ("input_ids", "attention_mask")
+
+
+class FastTokenizer:
+    """A saved fast tokenizer (its tokenizer.json) called as transformers calls one, for the two inputs
+    a classifier reads: padded to the longest text, cut at `max_length` tokens, numpy arrays.
+    Equal to transformers' output (tests/test_export.py), without importing transformers or torch."""
+
+    def __init__(self, folder: Path) -> None:
+        import json
+
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        pad = config.get("pad_token")
+        pad = pad.get("content") if isinstance(pad, dict) else pad
+        self.pad_token_id = self._tokenizer.token_to_id(pad) if pad else None
+        if self.pad_token_id is None:
+            raise ValueError(f"{folder}: no pad token to pad a batch with")
+        self._pad = pad
+        self._sides = config.get("padding_side", "right"), config.get("truncation_side", "right")
+
+    def __call__(self, texts: list[str], padding=True, truncation=True, max_length=None, return_tensors="np") -> dict:
+        if return_tensors != "np" or not padding or not truncation or max_length is None:
+            raise ValueError("FastTokenizer pads, truncates at max_length and returns numpy arrays only")
+        padding_side, truncation_side = self._sides
+        self._tokenizer.enable_truncation(max_length, direction=truncation_side)
+        self._tokenizer.enable_padding(direction=padding_side, pad_id=self.pad_token_id, pad_token=self._pad)
+        encoded = self._tokenizer.encode_batch(list(texts))
+        return {
+            "input_ids": np.asarray([e.ids for e in encoded], dtype=np.int64),
+            "attention_mask": np.asarray([e.attention_mask for e in encoded], dtype=np.int64),
+        }
+
+
+def fast_tokenizer(folder: Path):
+    """`folder`'s tokenizer without transformers when it is a fast one (tokenizer.json), else None."""
+    if not (folder / "tokenizer.json").is_file() or not (folder / "tokenizer_config.json").is_file():
+        return None
+    try:
+        return FastTokenizer(folder)
+    except Exception:  # a file `tokenizers` cannot read: transformers' way instead
+        return None
+
+
+def model_inputs(tokenizer, inputs: list, max_length: int, tensors: str = "pt") -> dict:
+    """What an exported or torch classifier reads for `inputs`: token ids and mask for texts, pixel values
+    for images (the tokenizer is then an InputPreparer, image_inputs.ImageProcessor, which makes its own)."""
+    if isinstance(tokenizer, InputPreparer):
+        return tokenizer.model_inputs(inputs, tensors)
+    batch = tokenizer(inputs, padding=True, truncation=True, max_length=max_length, return_tensors=tensors)
+    return {k: batch[k] if tensors == "pt" else batch[k].astype(np.int64) for k in INPUTS}
+
+
+def torch_predictor(model, tokenizer, max_length: int) -> Predict:
+    import torch
+
+    threads = torch.get_num_threads()
+
+    @torch.inference_mode()
+    def predict(texts: list[str]) -> np.ndarray:
+        torch.set_num_threads(threads)
+        return model(**model_inputs(tokenizer, texts, max_length)).logits.float().numpy()
+
+    return predict
+
+
+def onnx_profiler(path: Path, tokenizer, max_length: int, batch_size: int = 64):
+    """texts -> (logits, pooled states) from an exported file with a `pooled` output, else None
+    (files exported before it had one): the drift monitor's forward pass at the export's speed."""
+    session = _session(path)
+    if "pooled" not in {o.name for o in session.get_outputs()}:
+        return None
+
+    def profile(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths together: little padding
+        logits, pooled = [None] * len(texts), [None] * len(texts)
+        for start in range(0, len(texts), batch_size):
+            rows = order[start : start + batch_size]
+            out = session.run(["logits", "pooled"], model_inputs(tokenizer, [texts[i] for i in rows], max_length, "np"))
+            for j, i in enumerate(rows):
+                logits[i], pooled[i] = out[0][j], out[1][j]
+        return np.stack(logits), np.stack(pooled).astype(np.float32)
+
+    return profile
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    torch = sys.modules.get("torch")  # loaded already: the same CPU threads as torch gets (else ORT's default,
+    if torch is not None:  # the physical cores, as torch's is); never imported here just to ask
+        options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_predictor(path: Path, tokenizer, max_length: int) -> Predict:
+    session = _session(path)
+
+    def predict(texts: list[str]) -> np.ndarray:
+        return session.run(["logits"], model_inputs(tokenizer, texts, max_length, "np"))[0]
+
+    return predict
