@@ -54,6 +54,19 @@ def test_tokenisation_is_cached_by_texts_tokenizer_and_length(tiny_backbone, tmp
     assert len(list(tmp_path.glob("*.npz"))) == 3
 
 
+def test_tokenisation_in_chunks_gives_the_ids_of_one_call(tiny_backbone, monkeypatch):
+    """Large sets are tokenised a chunk at a time (bounded memory): the ids are those of one call."""
+    from graftline.tasks.engine import training
+
+    tokenizer = backbones.load_tokenizer(str(tiny_backbone))
+    texts = [f"review {i}: " + "good " * (i % 7) for i in range(10)] + [""]
+    whole = tokenizer(texts, truncation=True, max_length=8)["input_ids"]
+    monkeypatch.setattr(training, "TOKENIZE_CHUNK", 3)
+    chunked = encode(tokenizer, texts, list(range(11)), 8)
+    assert [row.tolist() for row in chunked.ids] == whole and chunked.labels.tolist() == list(range(11))
+    assert len(encode(tokenizer, [], [], 8)) == 0
+
+
 def test_gradient_accumulation_matches_one_large_batch(still_backbone, toy_splits):
     """Two micro-batches of 4 rows per step against one batch of 8: without length grouping both
     plans cut the same permutation, so every step sees the same rows and must reach the same weights."""

@@ -198,17 +198,37 @@ def encode(
             with np.load(path) as saved:
                 flat, offsets = saved["flat"], saved["offsets"]
             log.info("tokenisation: %d rows from the cache (%s)", len(texts), path.name)
-            return EncodedSplit(np.split(flat, offsets[1:-1]), np.asarray(labels, dtype=np.int64))
-    ids = [
-        np.asarray(row, dtype=np.int32) for row in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    ]
+            return EncodedSplit(_rows(flat, offsets), np.asarray(labels, dtype=np.int64))
+    flat, offsets = _tokenize(tokenizer, texts, max_length)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        offsets = np.concatenate([[0], np.cumsum([len(row) for row in ids])])
         partial = path.with_suffix(".partial.npz")
-        np.savez(partial, flat=np.concatenate(ids) if ids else np.zeros(0, np.int32), offsets=offsets)
+        np.savez(partial, flat=flat, offsets=offsets)
         partial.replace(path)
-    return EncodedSplit(ids, np.asarray(labels, dtype=np.int64))
+    return EncodedSplit(_rows(flat, offsets), np.asarray(labels, dtype=np.int64))
+
+
+TOKENIZE_CHUNK = 8192  # texts per tokenizer call: it returns Python lists (~36 bytes a token), so a whole
+# large set in one call would hold gigabytes (1.9 GB at 100,000 reviews) where its int32 ids take megabytes
+
+
+def _tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every text's ids, end to end in one int32 array, and where each row starts (plus the end)."""
+    import itertools
+
+    pieces, lengths = [], []
+    for start in range(0, len(texts), TOKENIZE_CHUNK):
+        rows = tokenizer(texts[start : start + TOKENIZE_CHUNK], truncation=True, max_length=max_length)["input_ids"]
+        lengths.append(np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)))
+        pieces.append(np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32))
+    flat = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+    offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]) if lengths else np.zeros(1, np.int64)
+    return flat, offsets
+
+
+def _rows(flat: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    """Each row's ids: views into `flat`, no copies."""
+    return [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
