@@ -204,13 +204,20 @@ def table_of(frame: pd.DataFrame, source: str, text_column: str, label_column: s
         raise DataError(f"{source}: the dataset is empty")
     out = frame[columns].rename(columns={text_column: "text", label_column: "label"}).reset_index(drop=True)
     for column, given in zip(out.columns, columns, strict=True):
-        _require_scalars(out[column], source, given)
-    out["text"] = out["text"].map(lambda v: v if pd.isna(v) else str(v))
+        if not _is_text(out[column]):  # a text column (CSV's) holds nothing nested and nothing but text
+            _require_scalars(out[column], source, given)
+    if not _is_text(out["text"]):
+        out["text"] = out["text"].map(lambda v: v if pd.isna(v) else str(v))
     if label_column:
-        out["label"] = out["label"].map(_label_name)
+        names = {value: _label_name(value) for value in out["label"].dropna().unique()}  # few classes, many rows
+        out["label"] = out["label"].map(names)
         _require_labels(out["label"], source, label_column)
     out["row"] = range(1, len(out) + 1)
     return out
+
+
+def _is_text(values: pd.Series) -> bool:
+    return pd.api.types.is_string_dtype(values) and values.dtype != object
 
 
 def _label_name(value) -> str | None:
