@@ -137,3 +137,15 @@ def test_a_hub_dataset_is_recorded_with_its_id_split_revision_and_fingerprint(sa
     assert json.loads(inputs["train"].dataset.source)["split"] == "train"
     tags = {t.key: t.value for t in inputs["train"].tags}
     assert tags[DATASET_FINGERPRINT] == splits.train.fingerprint
+
+
+def test_predict_reads_a_dataset_split_as_its_input(saved):
+    """The serving commands' front door and reader take a dataset where they take a file."""
+    from graftline.tasks.data.splits import peek_table
+    from graftline.tasks.serve.predict import read_input
+
+    peek_table(f"{saved}?split=test", "review")
+    frame = read_input(f"{saved}?split=test", "review")
+    assert len(frame) == 12 and set(frame["label"]) == {"bad", "good"}
+    with pytest.raises(DataError, match="missing column"):
+        peek_table(f"{saved}?split=test", "text")
