@@ -112,6 +112,7 @@ class Text(Modality):
         """export/calibrated.py's pyfunc over the transformers model at `model_uri` (referenced, not
         copied) with the version's temperature: every route to the version gives the same scores."""
         import json
+        import tempfile
 
         import mlflow.models
         import mlflow.pyfunc
@@ -121,21 +122,20 @@ class Text(Modality):
 
         config = json.loads((model_dir / "config.json").read_text())
         labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
-        folder = model_dir.parent / f"{model_dir.name}-registered"
-        folder.mkdir(parents=True, exist_ok=True)
-        settings = folder / "calibrated.json"
         written = {"classifier": model_uri, "labels": labels, "max_length": max_length, "temperature": temperature}
-        settings.write_text(json.dumps(written))
         example = pd.DataFrame({"text": contract.INPUT_EXAMPLE})
         signature = mlflow.models.infer_signature(example, output_example(labels), params={"batch_size": 32})
-        return mlflow.pyfunc.log_model(
-            name="registered",
-            python_model=str(CALIBRATED_MODEL),
-            code_paths=[str(PYFUNC_BODY)],
-            artifacts={"settings": str(settings)},
-            pip_requirements=pip_requirements(),
-            signature=signature,
-        ).model_uri
+        with tempfile.TemporaryDirectory() as folder:  # MLflow copies the settings file into the model
+            settings = Path(folder) / "calibrated.json"
+            settings.write_text(json.dumps(written))
+            return mlflow.pyfunc.log_model(
+                name="registered",
+                python_model=str(CALIBRATED_MODEL),
+                code_paths=[str(PYFUNC_BODY)],
+                artifacts={"settings": str(settings)},
+                pip_requirements=pip_requirements(),
+                signature=signature,
+            ).model_uri
 
     def load_version(self, model_uri: str):
         import mlflow.transformers
