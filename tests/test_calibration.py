@@ -48,3 +48,24 @@ def test_a_perfectly_calibrated_model_has_a_small_error():
 def test_bad_logits_are_refused():
     with pytest.raises(ValueError, match="temperature needs"):
         fit_temperature(np.zeros(5), np.zeros(5, dtype=int))
+
+
+def test_a_temperature_replaces_one_only_where_it_lowers_held_out_likelihood():
+    from graftline.tasks.evaluate.calibration import MIN_ERRORS, guarded_temperature
+
+    # over-confident, 600 rows: the fit earns its place in cross-validation
+    temperature, why = guarded_temperature(*_sample(3.0, rows=600, seed=5))
+    assert temperature > 2 and why.startswith(f"T = {temperature:.3g}: lowers held-out NLL")
+    # near-perfect on a small split (the demo's case): every row right but a few, so the raw fit would
+    # sharpen everything towards certainty; T = 1 stays
+    logits = np.tile([[2.0, 0.0]], (170, 1))
+    truth = np.zeros(170, dtype=int)
+    truth[: MIN_ERRORS - 1] = 1
+    assert fit_temperature(logits, truth) < 0.8  # what an unguarded fit would ship
+    assert guarded_temperature(logits, truth) == (1.0, f"T = 1 kept: {MIN_ERRORS - 1} validation errors, fewer "
+                                                  f"than {MIN_ERRORS} to fit a temperature on")  # fmt: skip
+    # already calibrated, small split: a fitted T does not generalise across folds
+    kept, why = guarded_temperature(*_sample(1.0, rows=120, seed=6))
+    assert kept == 1.0 and why.startswith("T = 1 kept: a fitted temperature raised held-out NLL")
+    # the calibration report carries the decision
+    assert calibrate(_sample(1.0, rows=120, seed=6), {"test": _sample(1.0, seed=7)}).reason == why

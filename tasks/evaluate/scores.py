@@ -215,7 +215,8 @@ class Evaluated:
             metrics=metrics | cross_domain_gaps(self.evaluations),
             files=[(picture, "evaluation") for picture in self.pictures],
             dicts={f"evaluation/{name}_report.json": asdict(e) for name, e in self.evaluations.items()},
-            lines=[f"{self.role} calibration: temperature {c.temperature:.3f}; ECE {ece}"],
+            lines=[f"{self.role} calibration: temperature {c.temperature:.3f}; ECE {ece}"]
+            + ([f"{self.role} calibration: {c.reason}"] if c.reason else []),
         )
 
 
