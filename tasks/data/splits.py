@@ -357,7 +357,9 @@ def stratified_split(frame: pd.DataFrame, fraction: float, seed: int, source: st
     row), so repeated rows in a file cannot leak from the training half into the held-out half."""
     from sklearn.model_selection import train_test_split
 
-    key = frame["text"].fillna("\0")  # a missing text is one distinct value, as pandas counts it
+    # One 64-bit hash per text (a missing text is one distinct value): repeats are found without
+    # turning a million texts into Python strings; two different texts share a hash with odds ~2^-64.
+    key = pd.util.hash_pandas_object(frame["text"], index=False).set_axis(frame.index)
     first = frame[~key.duplicated()]
     labels = first["label"].fillna("<null>")
     counts = labels.value_counts()
