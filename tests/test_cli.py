@@ -268,3 +268,42 @@ def test_a_registered_name_holds_one_kind_of_model(exported_run, files, tmp_path
     code, stderr = run_cli(["run", "--modality", "image", "--model-name", name])
     assert code == 2 and f"{name} holds text models (v1), not image ones" in stderr
     assert len(client.search_model_versions(f"name = '{name}'")) == before
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_leaves_no_process(files, tmp_path, tiny_backbone):
+    """What a scheduler, systemd or Kubernetes sends: the command and Prefect's temporary server it
+    started both end, and the command says how to resume."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    env |= {"GRAFTLINE_HOME": str(tmp_path / "home"), "GRAFTLINE_ARTIFACT_ROOT": (tmp_path / "artifacts").as_uri()}
+    command = [sys.executable, "-m", "graftline.flows.cli.app", "run", "--train", files["train"], "--backbone",
+               str(tiny_backbone), "--epochs", "50", "--no-distill", "--model-name", "sigterm"]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started, descendants = time.monotonic(), []
+    while time.monotonic() - started < 120 and process.poll() is None:
+        descendants = psutil.Process(process.pid).children(recursive=True)
+        if descendants:  # Prefect's temporary server is up; let the flow begin
+            time.sleep(8)
+            descendants = psutil.Process(process.pid).children(recursive=True)
+            break
+        time.sleep(0.5)
+    try:
+        early = process.stdout.read()[-2000:] if process.poll() is not None else ""
+        assert descendants, f"the run started no server process: {early}"
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=90)
+    finally:  # a failed test leaves nothing running either
+        for leftover in [process, *descendants]:
+            with contextlib.suppress(Exception):
+                leftover.kill()
+    assert process.returncode == 130, output[-2000:]
+    assert "graftline: interrupted; `graftline resume` continues it from its last checkpoint" in output
+    time.sleep(2)
+    alive = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, [p.cmdline() for p in alive]
