@@ -94,3 +94,21 @@ def test_the_gates_reuse_evaluated_scores_only_for_the_weights_that_were_logged(
     changed = model.but(weights_digest=logged, evaluated_digest=weights_digest(tmp_path / "b"))
     assert changed.scores_of_logged_weights() is None  # scored other weights: the registry's copy is scored
     assert model.scores_of_logged_weights() is None  # digests unknown
+
+
+def test_the_default_store_keeps_its_artifact_folder_after_mlflow_exports_its_uri(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: a second connect() must still see the
+    default store (and put new experiments' artifacts in graftline's home, not in ./mlruns)."""
+    import os
+
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    monkeypatch.setenv("GRAFTLINE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("GRAFTLINE_ARTIFACT_ROOT", raising=False)
+    try:
+        first = tracking.connect()
+        assert os.environ["MLFLOW_TRACKING_URI"] == first[0] == f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}"
+        assert tracking.connect() == first == (first[0], (tmp_path / "home" / "artifacts").as_uri())
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])

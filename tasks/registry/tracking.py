@@ -52,9 +52,18 @@ def artifact_location(path: str) -> str:
 
 def home() -> Path:
     """graftline's own folder: the default MLflow store, reusable step results, checkpoints, caches."""
-    folder = Path(os.environ.get("GRAFTLINE_HOME", "graftline-runs")).expanduser().resolve()
+    folder = _home_path()
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def _home_path() -> Path:
+    return Path(os.environ.get("GRAFTLINE_HOME", "graftline-runs")).expanduser().resolve()
+
+
+def default_store_uri() -> str:
+    """The store graftline uses unless MLFLOW_TRACKING_URI names another: sqlite in its home."""
+    return f"sqlite:///{_home_path() / 'mlflow.db'}"
 
 
 def now_ms() -> int:
@@ -67,10 +76,11 @@ def connect() -> tuple[str, str | None]:
     """Point MLflow at the store; returns its URI and the artifact root graftline gives new experiments."""
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    # Recognised by value: mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, so after a first
+    # connect() the default store is also "named" by the environment.
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or default_store_uri()
     artifact_root = os.environ.get("GRAFTLINE_ARTIFACT_ROOT")
-    if not uri:
-        uri = f"sqlite:///{home() / 'mlflow.db'}"
+    if uri == default_store_uri():
         artifact_root = artifact_root or (home() / "artifacts").as_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -84,12 +94,12 @@ def registry_client():
 
     from graftline.tasks.errors import GraftlineError
 
-    uri, _ = connect()
-    default = home() / "mlflow.db"
-    if uri == f"sqlite:///{default}" and not default.is_file():
+    uri, default = os.environ.get("MLFLOW_TRACKING_URI") or default_store_uri(), _home_path() / "mlflow.db"
+    if uri == default_store_uri() and not default.is_file():  # checked before connect(), which makes the folder
         raise GraftlineError(
             f"no model store at {default} yet: `graftline run` creates it (or set MLFLOW_TRACKING_URI to the store)"
         )
+    connect()
     return MlflowClient()
 
 
