@@ -14,6 +14,7 @@ peak RSS is its own:
 
     .venv/bin/python bench/data.py --rows 100000 1000000          # every stage, both sizes
     .venv/bin/python bench/data.py --rows 20000 --stages read scan  # a rehearsal
+    .venv/bin/python bench/data.py --rows 1000000 --stages tokenize --sides graftline
 Results go to bench/results/data.json as each measurement ends.
 """
 
@@ -185,6 +186,10 @@ def main() -> None:
     add_data_option(parser, "holding imdb/, sst2/, yelp_polarity_1k/ and amazon_multidomain/")
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000])
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument(
+        "--sides", nargs="+", choices=("graftline", "peer"), default=["graftline", "peer"],
+        help="whose stages to run (the tokenizer peer holds every row's Python lists: ~19 GB at 1,000,000 rows)",
+    )  # fmt: skip
     parser.add_argument("--work", type=Path, default=Path("/tmp/graftline-data-bench"), help="where the corpora go")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "data.json")
     parser.add_argument("--report", action="store_true", help="print the saved results; measure nothing")
@@ -202,7 +207,7 @@ def main() -> None:
     for rows in args.rows:
         path = write_corpus(args.data, rows, args.work)
         for name in args.stages:
-            sides = ["graftline"] if name == "check" else ["graftline", "peer"]
+            sides = ["graftline"] if name == "check" else args.sides
             for side in sides:
                 if name == "check":
                     command = [str(graftline), "check", "--train", str(path), "--set", "data.eval_sets={}",
