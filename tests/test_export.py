@@ -68,7 +68,7 @@ def test_onnx_export_computes_what_torch_computes(trained, tmp_path):
         theirs = predict_in_batches(onnx_predictor(path, tokenizer, 32), texts, batch)
         assert np.abs(ours - theirs).max() < 1e-4
     # the second output is the drift monitor's embedding: the torch model's mean-pooled last states
-    from graftline.tasks.export.onnx import onnx_profiler
+    from graftline.tasks.export.predictors import onnx_profiler
     from graftline.tasks.serve.monitor import torch_forward
 
     logits, pooled = onnx_profiler(path, tokenizer, 32, batch_size=7)(texts)

@@ -22,9 +22,9 @@ RESOLVERS = {"kind_of", "modality_of"}  # name -> modality guesses that only tas
 # The engine's backbones module states a backbone's kind (kind_of) and checks it against a modality
 # the caller names (require_kind): the facts the modality's resolution reads.
 RESOLVERS_DEFINED_IN = {"tasks/engine/backbones.py"}
-# Literals that state a fact rather than choose by it: a served text model (export/servable.py) reads
-# the `text` column when a caller sends one (its input schema); the catalog states each backbone's kind.
-STATED = {("tasks/export/servable.py", "text"), ("tasks/engine/catalog.py", "text")}
+# Literals that state a fact rather than choose by it: a served text model reads the `text` column when
+# a caller sends one (its input schema, in the pyfuncs' shared body); the catalog states each backbone's kind.
+STATED = {("tasks/export/onnx_pyfunc.py", "text"), ("tasks/engine/catalog.py", "text")}
 
 
 def _is_name_literal(node: ast.AST) -> bool:
