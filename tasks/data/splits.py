@@ -357,11 +357,11 @@ def stratified_split(frame: pd.DataFrame, fraction: float, seed: int, source: st
     row), so repeated rows in a file cannot leak from the training half into the held-out half."""
     from sklearn.model_selection import train_test_split
 
-    # One 64-bit hash per text (a missing text is one distinct value): repeats are found without
-    # turning a million texts into Python strings; two different texts share a hash with odds ~2^-64.
-    key = pd.util.hash_pandas_object(frame["text"], index=False).set_axis(frame.index)
-    first = frame[~key.duplicated()]
-    labels = first["label"].fillna("<null>")
+    # One id per distinct text, in order of first appearance (a missing text is one distinct value);
+    # positions throughout, so a million texts never become Python strings or a copied frame.
+    codes = np.asarray(pd.factorize(frame["text"], use_na_sentinel=False)[0])
+    first = np.unique(codes, return_index=True)[1]  # each distinct text's first row, in file order
+    labels = frame["label"].iloc[first].fillna("<null>")
     counts = labels.value_counts()
     if (counts < 2).any():
         rare = ", ".join(map(repr, counts[counts < 2].index))
@@ -369,13 +369,15 @@ def stratified_split(frame: pd.DataFrame, fraction: float, seed: int, source: st
     n_holdout = max(round(len(first) * fraction), len(counts))
     if len(first) - n_holdout < len(counts):
         raise DataError(f"{source}: {len(first)} distinct texts are too few to split {len(counts)} classes")
-    kept, held = train_test_split(first, test_size=n_holdout, random_state=seed, stratify=labels)
+    classes = pd.factorize(labels, sort=True)[0]  # sorted as the names sort: the split the names would give
+    kept, held = train_test_split(np.arange(len(first)), test_size=n_holdout, random_state=seed, stratify=classes)
     # Every row follows its text's first row, in the order the split drew (shuffled, as without repeats).
-    order = pd.Series(range(len(first)), index=kept.index.append(held.index))
-    rank = key.map(pd.Series(first.index, index=key[first.index])).map(order)
-    ranked = frame.iloc[rank.to_numpy().argsort(kind="stable")]
-    is_held = rank[ranked.index] >= len(kept)
-    return ranked[~is_held.to_numpy()], ranked[is_held.to_numpy()]
+    order = np.empty(len(first), dtype=np.int64)
+    order[np.concatenate([kept, held])] = np.arange(len(first))
+    rank = order[codes]
+    sorting = np.argsort(rank, kind="stable")
+    ranked, is_held = frame.iloc[sorting], rank[sorting] >= len(kept)
+    return ranked[~is_held], ranked[is_held]
 
 
 def resolve_source(source: str) -> str:
