@@ -2,13 +2,15 @@
 
 servable.py (texts) and image_servable.py (images) differ only in how they turn inputs into the
 graph's inputs; calibrated.py (a registered text version) runs its torch classifier instead of a
-graph. Everything after the logits is here: the inputs scored `batch_size` at a time, the
-logits divided by the temperature, the softmax, one output row per input.
+graph. Here too: the torch-free tokenizer (`fast_tokenizer`: transformers' AutoTokenizer imports
+torch, which an ONNX model does not need). Everything after the logits is here: the inputs scored
+`batch_size` at a time, the logits divided by the temperature, the softmax, one output row per input.
 
 This module ships beside each logged model. The export step logs it with MLflow's `code_paths`,
 which copies it into the model's `code/` folder; MLflow puts that folder on `sys.path` before it runs
 the model's code, so a loaded model imports this copy as the top-level module `onnx_pyfunc` and
-nothing of graftline. For that it imports only numpy and pandas (onnxruntime where a session opens),
+nothing of graftline. For that it imports only numpy and pandas (onnxruntime where a session opens,
+`tokenizers` where a tokenizer is read),
 never graftline.
 
 Its `softmax` is the project's only one for numpy logits (graftline's evaluation, calibration,
@@ -22,6 +24,7 @@ graftline versions, say) runs the `onnx_pyfunc` of the first one it loaded for a
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -48,6 +51,50 @@ def texts(model_input) -> list[str]:
     if isinstance(model_input, str):
         return [model_input]
     raise TypeError(f"expected a DataFrame with a text column or a list of texts, got {type(model_input).__name__}")
+
+
+class FastTokenizer:
+    """A saved fast tokenizer (its tokenizer.json) called as transformers calls one, for the two inputs
+    a classifier reads: padded to the longest text, cut at `max_length` tokens, numpy arrays.
+    Equal to transformers' output (tests/test_export.py), without importing transformers or torch."""
+
+    def __init__(self, folder: Path) -> None:
+        import json
+
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        pad = config.get("pad_token")
+        pad = pad.get("content") if isinstance(pad, dict) else pad
+        self.pad_token_id = self._tokenizer.token_to_id(pad) if pad else None
+        if self.pad_token_id is None:
+            raise ValueError(f"{folder}: no pad token to pad a batch with")
+        self._pad = pad
+        self._sides = config.get("padding_side", "right"), config.get("truncation_side", "right")
+
+    def __call__(self, texts: list[str], padding=True, truncation=True, max_length=None, return_tensors="np") -> dict:
+        if return_tensors != "np" or not padding or not truncation or max_length is None:
+            raise ValueError("FastTokenizer pads, truncates at max_length and returns numpy arrays only")
+        padding_side, truncation_side = self._sides
+        self._tokenizer.enable_truncation(max_length, direction=truncation_side)
+        self._tokenizer.enable_padding(direction=padding_side, pad_id=self.pad_token_id, pad_token=self._pad)
+        encoded = self._tokenizer.encode_batch(list(texts))
+        return {
+            "input_ids": np.asarray([e.ids for e in encoded], dtype=np.int64),
+            "attention_mask": np.asarray([e.attention_mask for e in encoded], dtype=np.int64),
+        }
+
+
+def fast_tokenizer(folder: Path):
+    """`folder`'s tokenizer without transformers when it is a fast one (tokenizer.json), else None."""
+    folder = Path(folder)
+    if not (folder / "tokenizer.json").is_file() or not (folder / "tokenizer_config.json").is_file():
+        return None
+    try:
+        return FastTokenizer(folder)
+    except Exception:  # a file `tokenizers` cannot read: transformers' way instead
+        return None
 
 
 def session(path: str):

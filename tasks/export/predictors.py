@@ -3,8 +3,9 @@ the export step's measurements run, for torch models and ONNX files alike.
 
 Kept apart from onnx.py (the export, which needs torch) so that scoring with an ONNX file loads
 onnxruntime and the tokenizer but never torch: torch's import alone takes seconds on 2 cores, more
-than scoring a small file. For the same reason `fast_tokenizer` runs a saved tokenizer's
-tokenizer.json with the `tokenizers` library itself: transformers' AutoTokenizer imports torch.
+than scoring a small file. For the same reason a saved tokenizer's tokenizer.json runs on the
+`tokenizers` library itself (`fast_tokenizer`, in onnx_pyfunc.py so the logged ONNX models use it
+too): transformers' AutoTokenizer imports torch.
 """
 
 from __future__ import annotations
@@ -15,53 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from graftline.tasks.export.onnx_pyfunc import FastTokenizer, fast_tokenizer  # noqa: F401  (shipped with the models)
 from graftline.tasks.modality.base import InputPreparer
 
 Predict = Callable[[list[str]], np.ndarray]  # texts (or image paths) -> logits
 INPUTS = ("input_ids", "attention_mask")
-
-
-class FastTokenizer:
-    """A saved fast tokenizer (its tokenizer.json) called as transformers calls one, for the two inputs
-    a classifier reads: padded to the longest text, cut at `max_length` tokens, numpy arrays.
-    Equal to transformers' output (tests/test_export.py), without importing transformers or torch."""
-
-    def __init__(self, folder: Path) -> None:
-        import json
-
-        from tokenizers import Tokenizer
-
-        self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        config = json.loads((folder / "tokenizer_config.json").read_text())
-        pad = config.get("pad_token")
-        pad = pad.get("content") if isinstance(pad, dict) else pad
-        self.pad_token_id = self._tokenizer.token_to_id(pad) if pad else None
-        if self.pad_token_id is None:
-            raise ValueError(f"{folder}: no pad token to pad a batch with")
-        self._pad = pad
-        self._sides = config.get("padding_side", "right"), config.get("truncation_side", "right")
-
-    def __call__(self, texts: list[str], padding=True, truncation=True, max_length=None, return_tensors="np") -> dict:
-        if return_tensors != "np" or not padding or not truncation or max_length is None:
-            raise ValueError("FastTokenizer pads, truncates at max_length and returns numpy arrays only")
-        padding_side, truncation_side = self._sides
-        self._tokenizer.enable_truncation(max_length, direction=truncation_side)
-        self._tokenizer.enable_padding(direction=padding_side, pad_id=self.pad_token_id, pad_token=self._pad)
-        encoded = self._tokenizer.encode_batch(list(texts))
-        return {
-            "input_ids": np.asarray([e.ids for e in encoded], dtype=np.int64),
-            "attention_mask": np.asarray([e.attention_mask for e in encoded], dtype=np.int64),
-        }
-
-
-def fast_tokenizer(folder: Path):
-    """`folder`'s tokenizer without transformers when it is a fast one (tokenizer.json), else None."""
-    if not (folder / "tokenizer.json").is_file() or not (folder / "tokenizer_config.json").is_file():
-        return None
-    try:
-        return FastTokenizer(folder)
-    except Exception:  # a file `tokenizers` cannot read: transformers' way instead
-        return None
 
 
 def model_inputs(tokenizer, inputs: list, max_length: int, tensors: str = "pt") -> dict:

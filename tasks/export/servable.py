@@ -40,12 +40,16 @@ class OnnxClassifier(mlflow.pyfunc.PythonModel):
     """Tokenise, run the ONNX graph, divide the logits by the temperature, softmax."""
 
     def load_context(self, context) -> None:
-        from transformers import AutoTokenizer
-
         settings = json.loads(Path(context.artifacts["settings"]).read_text())
         self.labels, self.max_length = settings["labels"], settings["max_length"]
         self.temperature = settings["temperature"]
-        self.tokenizer = AutoTokenizer.from_pretrained(context.artifacts["tokenizer"])
+        # transformers' tokenizer imports torch, which this model does not need (nor declare)
+        folder = context.artifacts["tokenizer"]
+        self.tokenizer = onnx_pyfunc.fast_tokenizer(Path(folder))
+        if self.tokenizer is None:  # a slow tokenizer (no tokenizer.json)
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.session = onnx_pyfunc.session(context.artifacts["onnx"])
         self.inputs = [i.name for i in self.session.get_inputs()]
 
