@@ -189,11 +189,10 @@ def distill(
         teacher_side = (teacher.model_dir, teacher.evaluations, teacher.privacy)
         folder = context.folder("distill")
         judged = judged_student(result, *teacher_side, splits, context.model, retention, folder, context.modality)
-        evaluated = weights_digest(result.model_dir)
         step.record(judged)
         uri = context.modality.log_model(result.model_dir, contract.INPUT_EXAMPLE).model_uri
-    digests = (weights_digest(result.model_dir), evaluated)
-    return TrainedModel.student(judged, uri, step.run_id, teacher.backbone, splits.modality, digests)
+    digest = weights_digest(result.model_dir)
+    return TrainedModel.student(judged, uri, step.run_id, teacher.backbone, splits.modality, digest)
 
 
 @task(name="export", **STEP)

@@ -84,10 +84,10 @@ class TrainedModel:
 
     @classmethod
     def student(
-        cls, distilled, model_uri: str, run_id: str, backbone: str, modality: str, digests: tuple[str, str] = ("", "")
+        cls, distilled, model_uri: str, run_id: str, backbone: str, modality: str, digest: str = ""
     ) -> TrainedModel:
         """The record of a student (`distilled`: train/distill.py's Distilled) logged as `model_uri`;
-        `digests`: of the weights logged and of the weights evaluated."""
+        `digest`: of its weights, both scored and logged from the one folder the distill step wrote."""
         judged = distilled.judged
         return cls(
             STUDENT,
@@ -102,8 +102,8 @@ class TrainedModel:
             gate_failure=judged.gate_failure,
             privacy=distilled.privacy,
             modality=modality,
-            weights_digest=digests[0],
-            evaluated_digest=digests[1],
+            weights_digest=digest,
+            evaluated_digest=digest,
         )
 
 

@@ -202,7 +202,8 @@ def test_the_logged_servable_predicts_calibrated_scores_without_graftline(traine
 
 def test_the_torch_free_tokenizer_gives_transformers_inputs(tiny_backbone):
     """What ONNX scoring tokenizes with (no transformers, so no torch import) against transformers."""
-    from graftline.tasks.export.predictors import fast_tokenizer, model_inputs
+    from graftline.tasks.export.onnx_pyfunc import fast_tokenizer
+    from graftline.tasks.export.predictors import model_inputs
 
     reference = backbones.load_tokenizer(str(tiny_backbone))
     ours = fast_tokenizer(Path(tiny_backbone))

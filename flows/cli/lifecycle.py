@@ -127,7 +127,6 @@ def check(
 def require_one_kind(params, splits) -> None:
     """The registered name takes this run's kind of model (modality, labels), checked in the store
     before any server starts; a store not made yet holds no name."""
-    from graftline.tasks.errors import GraftlineError
     from graftline.tasks.registry import stages, tracking
 
     try:

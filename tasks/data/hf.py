@@ -144,17 +144,21 @@ def read(source: str, rows: int | None = None) -> pd.DataFrame:
     dataset = load_split(source)
     if rows is not None:
         dataset = dataset.select(range(min(rows, len(dataset))))
+    import datasets
+    import numpy as np
+
     frame = dataset.to_pandas()
     for column, feature in dataset.features.items():
-        names = getattr(feature, "names", None)
-        if names is not None and type(feature).__name__ == "ClassLabel":
-            frame[column] = [names[i] if i is not None and 0 <= i < len(names) else None for i in frame[column]]
+        if isinstance(feature, datasets.ClassLabel):  # ids -> names; -1 (or anything else unnamed): missing
+            names, ids = np.asarray([*feature.names, None], dtype=object), frame[column].to_numpy()
+            frame[column] = names[np.where((ids >= 0) & (ids < len(feature.names)), ids, len(feature.names))]
     return frame
 
 
 def fingerprint(source: str) -> str | None:
-    """The `datasets` fingerprint of the split `source` names: which version of the data was read."""
-    return getattr(load_split(source), "_fingerprint", None)
+    """The `datasets` fingerprint of the split `source` names (which version of the data was read);
+    None for a source that is not a dataset."""
+    return getattr(load_split(source), "_fingerprint", None) if parse(source) is not None else None
 
 
 def recorded_source(source: str):

@@ -64,7 +64,7 @@ class Split:
     @property
     def fingerprint(self) -> str | None:
         """A Hugging Face dataset's fingerprint (which version of it was read); None for a file."""
-        return hf.fingerprint(self.source) if hf.parse(self.source) is not None else None
+        return hf.fingerprint(self.source)
 
     @cached_property
     def digest_of_texts(self) -> str:

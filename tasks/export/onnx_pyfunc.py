@@ -97,11 +97,14 @@ def fast_tokenizer(folder: Path):
         return None
 
 
-def session(path: str):
-    """An onnxruntime session on the CPU for the ONNX file at `path`, its warnings silenced."""
+def session(path: str, threads: int | None = None):
+    """An onnxruntime session on the CPU for the ONNX file at `path`, its warnings silenced; `threads`
+    intra-op threads (None: onnxruntime's default, the physical cores)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
     options.log_severity_level = 3
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graftline.tasks.export.onnx_pyfunc import FastTokenizer, fast_tokenizer  # noqa: F401  (shipped with the models)
+from graftline.tasks.export import onnx_pyfunc
 from graftline.tasks.modality.base import InputPreparer
 
 Predict = Callable[[list[str]], np.ndarray]  # texts (or image paths) -> logits
@@ -66,14 +66,10 @@ def onnx_profiler(path: Path, tokenizer, max_length: int, batch_size: int = 64):
 
 
 def _session(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    torch = sys.modules.get("torch")  # loaded already: the same CPU threads as torch gets (else ORT's default,
-    if torch is not None:  # the physical cores, as torch's is); never imported here just to ask
-        options.intra_op_num_threads = torch.get_num_threads()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # torch loaded already: the same CPU threads as torch gets (else ORT's default, the physical cores,
+    # as torch's is); torch is never imported here just to ask
+    torch = sys.modules.get("torch")
+    return onnx_pyfunc.session(str(path), torch.get_num_threads() if torch is not None else None)
 
 
 def onnx_predictor(path: Path, tokenizer, max_length: int) -> Predict:

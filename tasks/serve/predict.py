@@ -148,7 +148,7 @@ class Version:
     def tokenizer_without_torch(self):
         """The tokenizer for an ONNX file: its tokenizer.json run by `tokenizers` (transformers would
         import torch, seconds of a small file's scoring), else transformers' own."""
-        from graftline.tasks.export.predictors import fast_tokenizer
+        from graftline.tasks.export.onnx_pyfunc import fast_tokenizer
 
         return fast_tokenizer(self.folder / "components" / "tokenizer") or self.tokenizer()
 
