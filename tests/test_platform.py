@@ -136,6 +136,28 @@ def test_promote_with_a_failing_gate_then_roll_back(platform):
     assert "of deployment rollback" in records[-1]["triggered_by"]
 
 
+def test_with_a_prefect_server_the_registry_lock_is_its_concurrency_limit(platform):
+    """The worker's promotions above locked through the server (the limit exists, no lock model was
+    registered); a second holder waits, then gets a one-line refusal; after release the lock is free."""
+    from mlflow.tracking import MlflowClient
+    from prefect.client.orchestration import get_client
+
+    from graftline.tasks.registry import locks
+    from graftline.tasks.registry.promotion import PromotionError, registry_lock
+
+    with get_client(sync_client=True) as prefect:
+        limit = prefect.read_global_concurrency_limit_by_name(locks.limit_name("platform-demo"))
+    assert limit.limit == 1 and limit.active_slots == 0
+    registry = MlflowClient(tracking_uri=platform.mlflow_url, registry_uri=platform.mlflow_url)
+    assert not any(m.name.endswith(".graftline-lock") for m in registry.search_registered_models())
+    with registry_lock(registry, "platform-demo", "first"):
+        with pytest.raises(PromotionError, match="Prefect concurrency limit 'graftline-registry:platform-demo'"):
+            with registry_lock(registry, "platform-demo", "second", wait=2.0):
+                pass
+    with registry_lock(registry, "platform-demo", "third", wait=5.0):
+        pass
+
+
 def test_the_command_line_talks_to_the_same_servers(platform):
     env = {**os.environ, **platform.env()}
     graftline = str(Path(sys.executable).parent / "graftline")

@@ -199,19 +199,53 @@ def test_a_held_lock_makes_others_wait_then_fail(register, unique_name):
     client = MlflowClient()
     register("good")
     with registry_lock(client, unique_name, "first"):
-        with pytest.raises(PromotionError, match=r"another promotion holds the registry lock \(first\)"):
+        with pytest.raises(PromotionError, match=r"registry lock is held by another process .*second waited 1 s"):
             with registry_lock(client, unique_name, "second", wait=1.0):
                 pass
     with registry_lock(client, unique_name, "third", wait=1.0):  # released: free again
         pass
+    names = {m.name for m in client.search_registered_models()}
+    assert not any(name.endswith(".graftline-lock") for name in names)  # nothing in the registry but models
 
 
-def test_a_stale_lock_is_broken(register, unique_name):
+def test_a_killed_holder_frees_the_lock_at_once(register, unique_name, tmp_path):
+    """The lock of a process killed outright (SIGKILL: no cleanup of its own runs) is free the moment
+    it dies, and the registered model an earlier graftline kept as a lock is deleted."""
+    import signal
+    import subprocess
+    import sys
+
+    from graftline.tasks.registry import locks
+
     client = MlflowClient()
     register("good")
     client.create_registered_model(f"{unique_name}.graftline-lock", tags={"owner": "crashed", "since": "0"})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]);"
+         "lock.acquire(); print('held', flush=True); time.sleep(60)", str(locks.lock_file(unique_name))],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(PromotionError, match="held by another process"):
+            with registry_lock(client, unique_name, "waiting", wait=0.5):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
     with registry_lock(client, unique_name, "next", wait=1.0):
         pass
+    assert not client.search_registered_models(f"name='{unique_name}.graftline-lock'")
+
+
+def test_lock_names_keep_distinct_models_apart():
+    from graftline.tasks.registry import locks
+
+    names = ["a/b", "a_2fb", "a_b", "a__b", "a%b", "a&b", "a>b", "a<b", "team/model.v2"]
+    limits = [locks.limit_name(n) for n in names]
+    assert len(set(limits)) == len(names)
+    assert not any(c in limit for limit in limits for c in "/%&><")
+    assert len({locks.lock_file(n) for n in names}) == len(names)
 
 
 def test_promotion_errors_are_clear(register, unique_name, eval_sets):

@@ -22,8 +22,9 @@ them, "what does production run?" is one lookup of the production version's tags
     temperature          divides its logits before the softmax: calibrated confidence (fitted on validation)
     prefect_flow_run_id, git_commit   what ran it
 
-History records are registered-model tags `graftline.history.NNNNN`; the promotion lock is a
-registered model `<name>.graftline-lock`.
+History records are registered-model tags `graftline.history.NNNNN`. The promotion lock lives
+outside the registry (registry/locks.py); `<name>.graftline-lock` is the registered model an earlier
+graftline used as one, deleted when the model is next locked.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ PROMOTABLE = (STAGING, PRODUCTION)
 BELOW = {STAGING: CANDIDATE, PRODUCTION: STAGING}  # where a promotion takes its version by default
 
 HISTORY_PREFIX = "graftline.history."
-LOCK_SUFFIX = ".graftline-lock"
+LEGACY_LOCK_SUFFIX = ".graftline-lock"
 EVALUATION_SETS = "evaluation_sets"  # artifact folder of the ingest run: <name>.parquet per evaluation set
 
 # Version tag keys

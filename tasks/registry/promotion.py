@@ -21,7 +21,6 @@ that has not been rolled back.
 from __future__ import annotations
 
 import json
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -30,7 +29,6 @@ from graftline.tasks.records import Registered, Registration
 from graftline.tasks.registry.contract import (
     CLASSIFIER,
     HISTORY_PREFIX,
-    LOCK_SUFFIX,
     PRIVACY_EPSILON,
     ROLE,
     STUDENT,
@@ -327,39 +325,16 @@ def register_and_promote(
 
 
 @contextmanager
-def registry_lock(client, name: str, owner: str, wait: float = 60.0, stale_after: float = 900.0):
-    """One writer per registered model. Creating a registered model is atomic in MLflow's store (its
-    name is unique), so the lock is a registered model named `<name>.graftline-lock`; a lock older
-    than `stale_after` seconds (a crashed holder) is broken."""
-    from mlflow.exceptions import MlflowException
+def registry_lock(client, name: str, owner: str, wait: float = 60.0):
+    """One writer moving `name`'s aliases at a time (registry/locks.py: a Prefect concurrency limit
+    with a Prefect server, a file lock without one); `PromotionError` after `wait` seconds."""
+    from graftline.tasks.registry import locks
 
-    lock = name + LOCK_SUFFIX
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            client.create_registered_model(
-                lock,
-                tags={"owner": owner, "since": str(time.time())},
-                description=f"held while graftline moves an alias of {name}",
-            )
-            break
-        except MlflowException as exc:
-            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
-                raise
-            holder = _lock_tags(client, lock)
-            if holder and time.time() - float(holder.get("since", "0")) > stale_after:
-                _delete_quietly(client, lock)
-                continue
-            if time.monotonic() > deadline:
-                raise PromotionError(
-                    f"{name}: another promotion holds the registry lock "
-                    f"({holder.get('owner', '?') if holder else '?'}); try again"
-                ) from None
-            time.sleep(0.5)
     try:
-        yield
-    finally:
-        _delete_quietly(client, lock)
+        with locks.hold(client, name, wait):
+            yield
+    except locks.LockBusy as exc:
+        raise PromotionError(f"{name}: the registry lock is {exc}; {owner} waited {wait:g} s, try again") from None
 
 
 def append_record(client, name: str, record: dict) -> None:
@@ -410,21 +385,3 @@ def _log_run(outcome: Outcome, triggered_by: str, experiment: str) -> str:
         mlflow.set_tag("graftline.decision", outcome.reason)
         mlflow.log_dict(outcome.as_dict(), "promotion.json")
         return run.info.run_id
-
-
-def _lock_tags(client, lock: str) -> dict | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return dict(client.get_registered_model(lock).tags)
-    except MlflowException:
-        return None
-
-
-def _delete_quietly(client, lock: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.delete_registered_model(lock)
-    except MlflowException:
-        pass
