@@ -1,10 +1,14 @@
 """`graftline up` / `graftline down`: the local platform on 127.0.0.1.
 
 `up` starts a Prefect server, an MLflow tracking server (sqlite backend and a local artifact folder
-by default; any backend store URI and artifact destination MLflow accepts, e.g. PostgreSQL and S3),
-and a worker on a process work pool; registers the deployments; prints the two UI addresses. What
-it started is written to `<home>/platform.json`; running `up` again finds it healthy and only
-re-registers the deployments. `down` stops exactly the processes that file names, and removes it.
+by default; any backend store URI and artifact destination MLflow accepts, e.g. S3), and a worker
+on a process work pool; registers the deployments; prints the two UI addresses. What it started
+is written to `<home>/platform.json`; running `up` again finds it healthy and only re-registers
+the deployments. `down` stops exactly the processes that file names, and removes it.
+
+`up --database postgresql://USER@HOST/NAME` puts both servers' state in PostgreSQL instead of
+SQLite (flows/database.py: a database each, checked and created before anything starts), which is
+what a team with several writers at once runs; SQLite stays the default for one person.
 
 `up --auth` puts both servers behind authentication (flows/access.py): MLflow's basic-auth app
 with generated users, Prefect's auth string; the worker and the deployments run as graftline's
@@ -25,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from graftline.flows import access
+from graftline.flows import database as dbs
 from graftline.tasks import environment
 from graftline.tasks.errors import GraftlineError
 from graftline.tasks.settings import PlatformParams
@@ -45,6 +50,7 @@ class Platform:
     retrain_cron: str | None = None  # what the deployments were registered with, reused by a later `up`
     params_file: str | None = None
     auth: bool = False  # servers behind authentication (flows/access.py)
+    database: str | None = None  # the PostgreSQL server both keep their state in (no password); None: SQLite
 
     @property
     def prefect_url(self) -> str:
@@ -98,16 +104,24 @@ def up(
     timeout: float = 120.0,
     unauthenticated: bool = False,
     auth: bool = False,
+    database: str | None = None,
 ) -> Platform:
     """Start what is not running yet, wait until healthy, register the deployments. With `auth`
     the servers ask for passwords (flows/access.py). Without it, a host other than this machine's
     loopback is refused unless `unauthenticated` says the user means it: anyone who reaches the
     ports could move aliases past every gate or delete versions."""
     require_loopback(host, unauthenticated or auth)
+    if database and backend_store_uri:
+        raise GraftlineError("--database and --backend-store-uri both name MLflow's store: give one")
     home = home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     platform = load(home)
     if platform is not None and not all(_alive(pid) for pid in platform.pids.values()):
+        if platform.database and not database:  # never restart a team's platform on fresh SQLite files
+            raise GraftlineError(
+                f"the platform in {home} kept its state in {platform.database} and is not running; start it "
+                f"again with --database {platform.database} (and its password, if it has one)"
+            )
         stop(platform)  # half-dead from an earlier run: start clean
         platform = None
     if platform is not None and auth and not platform.auth:
@@ -115,13 +129,20 @@ def up(
             f"the platform in {home} runs without authentication; stop it (graftline down --home {home}) "
             "and start it again with --auth"
         )
+    if platform is not None and database and platform.database != dbs.parse(database).shown:
+        raise GraftlineError(
+            f"the platform in {home} keeps its state in {platform.database or 'SQLite'}; stop it "
+            f"(graftline down --home {home}) before starting it on {dbs.parse(database).shown}"
+        )
     if platform is None:
         platform = Platform(str(home), host, prefect_port, mlflow_port, work_pool, auth=auth)
         for port in (prefect_port, mlflow_port):
             if _healthy(f"http://{host}:{port}/"):
                 raise GraftlineError(f"port {port} on {host} is already in use by another program; choose another")
+        prepared = dbs.prepare(database) if database else None
+        platform.database = prepared.shown if prepared else None
         try:
-            _start_all(platform, backend_store_uri, artifacts_destination, timeout)
+            _start_all(platform, backend_store_uri, artifacts_destination, timeout, prepared)
         except BaseException:
             stop(platform)
             raise
@@ -181,7 +202,11 @@ def _wait_gone(pids, timeout: float) -> None:
 
 
 def _start_all(
-    platform: Platform, backend_store_uri: str | None, artifacts_destination: str | None, timeout: float
+    platform: Platform,
+    backend_store_uri: str | None,
+    artifacts_destination: str | None,
+    timeout: float,
+    database: dbs.Database | None = None,
 ) -> None:
     home = Path(platform.home)
     logs = home / "logs"
@@ -195,12 +220,13 @@ def _start_all(
         {
             **base_env,
             "PREFECT_UI_API_URL": platform.prefect_api_url,  # the UI's browser side calls this
+            **({"PREFECT_SERVER_DATABASE_CONNECTION_URL": database.prefect_uri} if database else {}),
             **(access.prefect_server_env(made) if made else {}),
         },
         logs / "prefect.log",
         home,
     )
-    store = backend_store_uri or f"sqlite:///{home / 'mlflow.db'}"
+    store = database.mlflow_uri if database else backend_store_uri or f"sqlite:///{home / 'mlflow.db'}"
     artifacts = artifacts_destination or (home / "artifacts").as_uri()
     platform.pids["mlflow"] = _spawn(
         [
@@ -222,8 +248,9 @@ def _start_all(
         logs / "mlflow.log",
         home,
     )
-    _wait(f"{platform.prefect_api_url}/health", timeout, "Prefect server", logs / "prefect.log")
-    _wait(f"{platform.mlflow_url}/health", timeout, "MLflow server", logs / "mlflow.log")
+    pids = platform.pids
+    _wait(f"{platform.prefect_api_url}/health", timeout, "Prefect server", logs / "prefect.log", pids["prefect"])
+    _wait(f"{platform.mlflow_url}/health", timeout, "MLflow server", logs / "mlflow.log", pids["mlflow"])
     if made:
         access.provision(platform.mlflow_url, made)
         access.write_service_env(home, made, platform.env())
@@ -280,11 +307,15 @@ def _spawn(args: list[str], env: dict, log: Path, cwd: Path) -> int:
     return process.pid
 
 
-def _wait(url: str, timeout: float, what: str, log: Path) -> None:
+def _wait(url: str, timeout: float, what: str, log: Path, pid: int) -> None:
+    """Until `url` answers; an error with the log's last line when `pid` exits or `timeout` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _healthy(url):
             return
+        if not _alive(pid):
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
+            raise GraftlineError(f"{what} exited while starting; the last line of {log}: {tail}")
         time.sleep(0.5)
     tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
     raise GraftlineError(f"{what} did not become healthy at {url} within {timeout:.0f} s; last log line: {tail}")

@@ -1,7 +1,11 @@
 """End to end against real servers: `graftline up` starts a Prefect server, an MLflow server and a
 process worker on free localhost ports and registers the deployments; runs go through the Prefect
 API and the worker; what they register is read back from the MLflow server. The fixture stops
-everything it started, also when a test fails."""
+everything it started, also when a test fails.
+
+Where PostgreSQL's server programs are installed (`.ci/run` installs them) both servers keep their
+state in a throw-away PostgreSQL server (`up --database`), as a team runs them; elsewhere in SQLite
+files, the one-person default, which tests/test_access.py's servers also use."""
 
 import os
 import socket
@@ -25,8 +29,10 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory, tiny_backbone):
+def platform(tmp_path_factory, tiny_backbone, postgres_if_installed):
     from graftline.flows import servers
+
+    database = postgres_if_installed
 
     home = tmp_path_factory.mktemp("platform")
     params = home / "params.yaml"  # the deployments' defaults: a tiny backbone, so runs take seconds
@@ -47,7 +53,7 @@ def platform(tmp_path_factory, tiny_backbone):
     )
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    started = servers.up(home, prefect_port=free_port(), mlflow_port=free_port(), params_file=params)
+    started = servers.up(home, prefect_port=free_port(), mlflow_port=free_port(), params_file=params, database=database)
     try:
         # Prefect reads its settings once per process: point this one at the new server explicitly.
         with temporary_settings({PREFECT_API_URL: started.prefect_api_url}):
@@ -134,6 +140,29 @@ def test_promote_with_a_failing_gate_then_roll_back(platform):
         ("rollback", "production", "2", "1"),
     ]
     assert "of deployment rollback" in records[-1]["triggered_by"]
+
+
+def test_the_servers_keep_their_state_where_they_were_told(platform):
+    home = Path(platform.home)
+    if platform.database is None:
+        assert (home / "mlflow.db").is_file() and (home / "prefect" / "prefect.db").is_file()
+        return
+    import psycopg2
+
+    assert "pg-secret" not in (home / "platform.json").read_text()  # the password is never written down
+    assert not (home / "mlflow.db").exists() and not (home / "prefect" / "prefect.db").exists()
+    server = urlparse(platform.database)
+
+    def rows(database: str, query: str) -> list:
+        with psycopg2.connect(dbname=database, user="pg", password="pg-secret", host=server.hostname,
+                              port=server.port) as connection, connection.cursor() as cursor:  # fmt: skip
+            cursor.execute(query)
+            return cursor.fetchall()
+
+    assert ("platform-demo",) in rows("graftline_mlflow", "SELECT name FROM registered_models")
+    deployments = {name for (name,) in rows("graftline_prefect", "SELECT name FROM deployment")}
+    assert {"transfer", "promote", "rollback"} <= deployments
+    assert rows("graftline_prefect", "SELECT count(*) FROM flow_run WHERE state_type = 'COMPLETED'")[0][0] >= 2
 
 
 def test_with_a_prefect_server_the_registry_lock_is_its_concurrency_limit(platform):

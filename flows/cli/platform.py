@@ -18,8 +18,13 @@ def up(
     host: str = setting(PlatformParams, "host"),
     prefect_port: int = setting(PlatformParams, "prefect_port"),
     mlflow_port: int = setting(PlatformParams, "mlflow_port"),
+    database: str | None = typer.Option(
+        None,
+        help="PostgreSQL for both servers' state instead of SQLite files in HOME: postgresql://USER[:PASSWORD]@HOST"
+        "[:PORT]/NAME (databases NAME_mlflow and NAME_prefect, created if missing).",
+    ),
     backend_store_uri: str | None = typer.Option(
-        None, help="MLflow backend store; default sqlite in HOME (e.g. postgresql://user@db/mlflow)."
+        None, help="MLflow backend store alone; default sqlite in HOME (--database moves both servers)."
     ),
     artifacts_destination: str | None = typer.Option(
         None, help="MLflow artifact root; default HOME/artifacts (e.g. s3://bucket/mlflow)."
@@ -57,8 +62,10 @@ def up(
         params,
         unauthenticated=unauthenticated,
         auth=auth,
+        database=database,
     )
     print(f"Prefect UI:  {platform.prefect_url}")
+    print(f"state in:    {platform.database or f'SQLite files in {platform.home}'}")
     print(f"MLflow UI:   {platform.mlflow_url}")
     print(f"deployments: transfer, retrain, promote, rollback on work pool {platform.work_pool!r}")
     if platform.auth:
