@@ -17,12 +17,19 @@ without a backup is not graftline's call.
 
 Passwords travel in the servers' environment only: `Database.shown` (what platform.json keeps and
 the messages print) leaves them out.
+
+`scratch_server` starts a throw-away PostgreSQL from the installed server programs (Debian's
+`postgresql` package): what the tests and bench/platform_load.py run against, and a way to try
+`--database` on one machine.
 """
 
 from __future__ import annotations
 
-from contextlib import closing
+import os
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 from graftline.tasks.errors import GraftlineError
@@ -183,3 +190,63 @@ def _hide(url: str) -> str:
     if parts.password is None:
         return url
     return url.replace(f":{parts.password}@", ":***@", 1)
+
+
+def server_programs() -> Path | None:
+    """The folder of PostgreSQL's server programs (initdb, pg_ctl), or None when not installed."""
+    import shutil
+
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return versions[-1].parent if versions else None
+
+
+@contextmanager
+def scratch_server(password: str = "pg-secret", name: str = "graftline") -> Iterator[str]:
+    """A throw-away PostgreSQL server on a free loopback port, for as long as the block runs: user
+    `pg` with `password` over TCP, one database `name`; yields its URL. Its files live in a fresh
+    temporary folder, removed with it. As root (initdb refuses root) it runs as the `postgres` user.
+    Durability is off (fsync=off): nothing in it is meant to survive a crash."""
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    import psycopg2
+
+    programs = server_programs()
+    if programs is None:
+        raise GraftlineError("PostgreSQL's server programs are not installed (apt-get install postgresql)")
+    as_user: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="graftline-postgres-"))
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(folder, "postgres")
+    (folder / "password").write_text(password + "\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = str(folder / "data")
+
+    def run(*args: str) -> None:
+        done = subprocess.run([*as_user, *args], capture_output=True, text=True)
+        if done.returncode:
+            raise GraftlineError(f"{Path(args[0]).name}: {(done.stderr or done.stdout).strip()}")
+
+    try:
+        run(str(programs / "initdb"), "-D", data, "-U", "pg", "--pwfile", str(folder / "password"),
+            "--auth-local=trust", "--auth-host=scram-sha-256")  # fmt: skip
+        run(str(programs / "pg_ctl"), "-D", data, "-l", str(folder / "log"), "-w", "start",
+            "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off")  # fmt: skip
+        connection = psycopg2.connect(dbname="postgres", user="pg", password=password, host="127.0.0.1", port=port)
+        connection.autocommit = True  # CREATE DATABASE runs outside a transaction
+        with connection.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        connection.close()
+        yield f"postgresql://pg:{password}@127.0.0.1:{port}/{name}"
+    finally:
+        subprocess.run([*as_user, str(programs / "pg_ctl"), "-D", data, "-m", "fast", "-w", "stop"],
+                       capture_output=True)  # fmt: skip
+        shutil.rmtree(folder, ignore_errors=True)

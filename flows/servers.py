@@ -51,6 +51,8 @@ class Platform:
     params_file: str | None = None
     auth: bool = False  # servers behind authentication (flows/access.py)
     database: str | None = None  # the PostgreSQL server both keep their state in (no password); None: SQLite
+    store: str | None = None  # --backend-store-uri when it holds no password (a restart reuses it)
+    artifacts: str | None = None  # --artifacts-destination
 
     @property
     def prefect_url(self) -> str:
@@ -116,14 +118,6 @@ def up(
     home = home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     platform = load(home)
-    if platform is not None and not all(_alive(pid) for pid in platform.pids.values()):
-        if platform.database and not database:  # never restart a team's platform on fresh SQLite files
-            raise GraftlineError(
-                f"the platform in {home} kept its state in {platform.database} and is not running; start it "
-                f"again with --database {platform.database} (and its password, if it has one)"
-            )
-        stop(platform)  # half-dead from an earlier run: start clean
-        platform = None
     if platform is not None and auth and not platform.auth:
         raise GraftlineError(
             f"the platform in {home} runs without authentication; stop it (graftline down --home {home}) "
@@ -134,15 +128,21 @@ def up(
             f"the platform in {home} keeps its state in {platform.database or 'SQLite'}; stop it "
             f"(graftline down --home {home}) before starting it on {dbs.parse(database).shown}"
         )
-    if platform is None:
+    if platform is not None:
+        dead = {name for name, pid in platform.pids.items() if not _alive(pid)}
+        if dead:  # a server or the worker died (killed, crashed, machine restarted): start those again
+            _restart(platform, dead, backend_store_uri, artifacts_destination, timeout, database)
+    else:
         platform = Platform(str(home), host, prefect_port, mlflow_port, work_pool, auth=auth)
         for port in (prefect_port, mlflow_port):
             if _healthy(f"http://{host}:{port}/"):
                 raise GraftlineError(f"port {port} on {host} is already in use by another program; choose another")
         prepared = dbs.prepare(database) if database else None
         platform.database = prepared.shown if prepared else None
+        platform.store = None if prepared else _keepable(backend_store_uri)
+        platform.artifacts = artifacts_destination
         try:
-            _start_all(platform, backend_store_uri, artifacts_destination, timeout, prepared)
+            _start(platform, PROCESSES, backend_store_uri, artifacts_destination, timeout, prepared)
         except BaseException:
             stop(platform)
             raise
@@ -201,20 +201,72 @@ def _wait_gone(pids, timeout: float) -> None:
         time.sleep(0.2)
 
 
-def _start_all(
+PROCESSES = ("prefect", "mlflow", "worker")
+
+
+def _restart(
     platform: Platform,
+    dead: set[str],
+    backend_store_uri: str | None,
+    artifacts_destination: str | None,
+    timeout: float,
+    database: str | None,
+) -> None:
+    """Start the `dead` processes of a running platform again, with what they were started with;
+    the live ones (and the flow runs the worker runs) are left alone."""
+    if platform.database and not database:  # never restart a team's platform on fresh SQLite files
+        raise GraftlineError(
+            f"the {' and '.join(sorted(dead))} of the platform in {platform.home} stopped; its state is in "
+            f"{platform.database}: run up again with --database {platform.database} (and its password, if any)"
+        )
+    prepared = dbs.prepare(database) if database and dead & {"prefect", "mlflow"} else None
+    try:
+        _start(platform, dead, backend_store_uri or platform.store, artifacts_destination or platform.artifacts,
+               timeout, prepared)  # fmt: skip
+    except BaseException:
+        stop(platform)
+        raise
+
+
+def _keepable(uri: str | None) -> str | None:
+    """`uri` when it may be written to platform.json: not when it carries a password."""
+    from urllib.parse import urlsplit
+
+    return None if uri is None or urlsplit(uri).password else uri
+
+
+def _start(
+    platform: Platform,
+    which,
     backend_store_uri: str | None,
     artifacts_destination: str | None,
     timeout: float,
     database: dbs.Database | None = None,
 ) -> None:
+    """Start the processes named in `which` (prefect, mlflow, worker), each waited for until healthy."""
     home = Path(platform.home)
     logs = home / "logs"
     logs.mkdir(exist_ok=True)
-    bin_dir = Path(sys.executable).parent
     base_env = environment.apply_defaults({**os.environ, "PREFECT_HOME": str(home / "prefect")})
     base_env.pop("PREFECT_API_URL", None)
     made = access.credentials(home) if platform.auth else None
+    if "prefect" in which:
+        _spawn_prefect(platform, base_env, made, database, logs)
+    if "mlflow" in which:
+        _spawn_mlflow(platform, base_env, made, database, backend_store_uri, artifacts_destination, logs)
+    for name, url in (("prefect", f"{platform.prefect_api_url}/health"), ("mlflow", f"{platform.mlflow_url}/health")):
+        if name in which:  # both start at once; then each is waited for
+            what = "Prefect server" if name == "prefect" else "MLflow server"
+            _wait(url, timeout, what, logs / f"{name}.log", platform.pids[name])
+    if made and {"prefect", "mlflow"} <= set(which):
+        access.provision(platform.mlflow_url, made)
+        access.write_service_env(home, made, platform.env())
+    if "worker" in which:
+        _start_worker(platform, base_env, timeout)
+
+
+def _spawn_prefect(platform: Platform, base_env: dict, made, database, logs: Path) -> None:
+    bin_dir = Path(sys.executable).parent
     platform.pids["prefect"] = _spawn(
         [str(bin_dir / "prefect"), "server", "start", "--host", platform.host, "--port", str(platform.prefect_port)],
         {
@@ -224,8 +276,14 @@ def _start_all(
             **(access.prefect_server_env(made) if made else {}),
         },
         logs / "prefect.log",
-        home,
+        Path(platform.home),
     )
+
+
+def _spawn_mlflow(
+    platform: Platform, base_env: dict, made, database, backend_store_uri, artifacts_destination, logs
+) -> None:
+    bin_dir, home = Path(sys.executable).parent, Path(platform.home)
     store = database.mlflow_uri if database else backend_store_uri or f"sqlite:///{home / 'mlflow.db'}"
     artifacts = artifacts_destination or (home / "artifacts").as_uri()
     platform.pids["mlflow"] = _spawn(
@@ -248,13 +306,10 @@ def _start_all(
         logs / "mlflow.log",
         home,
     )
-    pids = platform.pids
-    _wait(f"{platform.prefect_api_url}/health", timeout, "Prefect server", logs / "prefect.log", pids["prefect"])
-    _wait(f"{platform.mlflow_url}/health", timeout, "MLflow server", logs / "mlflow.log", pids["mlflow"])
-    if made:
-        access.provision(platform.mlflow_url, made)
-        access.write_service_env(home, made, platform.env())
 
+
+def _start_worker(platform: Platform, base_env: dict, timeout: float) -> None:
+    bin_dir, home = Path(sys.executable).parent, Path(platform.home)
     client_env = {**base_env, **platform.client_env()}
     subprocess.run(
         [str(bin_dir / "prefect"), "work-pool", "create", platform.work_pool, "--type", "process", "--overwrite"],
@@ -280,7 +335,7 @@ def _start_all(
             "never",
         ],
         client_env,
-        logs / "worker.log",
+        home / "logs" / "worker.log",
         flows_dir,
     )
 

@@ -215,68 +215,21 @@ def exported_run(prefect_harness, mlflow_store, tiny_backbone):
     return name, summary
 
 
-def postgres_binaries() -> Path | None:
-    """The folder of PostgreSQL's server programs (Debian's `postgresql` package), or None."""
-    import shutil
-
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).parent
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return versions[-1].parent if versions else None
-
-
-POSTGRES_MISSING = "needs PostgreSQL's server programs (apt-get install postgresql; .ci/run installs it)"
-
-
 @pytest.fixture(scope="session")
 def postgres():
-    """A throw-away PostgreSQL server on a free loopback port for the session: user `pg`, password
-    `pg-secret` over TCP, one database `graftline`. Its URL is yielded; the server and its files are
-    removed at the end. As root (initdb refuses root) it runs as the `postgres` system user."""
-    import shutil
-    import socket
-    import subprocess
-    import tempfile
+    """A throw-away PostgreSQL server for the session (flows/database.py `scratch_server`): its URL,
+    with a password, one database `graftline`; stopped and removed at the end."""
+    from graftline.flows import database
 
-    binaries = postgres_binaries()
-    if binaries is None:
-        pytest.skip(POSTGRES_MISSING)
-    as_user: list[str] = []
-    folder = Path(tempfile.mkdtemp(prefix="graftline-tests-postgres-"))
-    if os.geteuid() == 0:
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(folder, "postgres")
-    (folder / "password").write_text("pg-secret\n")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = str(folder / "data")
-
-    def run(*args: str) -> None:
-        done = subprocess.run([*as_user, *args], capture_output=True, text=True)
-        assert done.returncode == 0, f"{args[0]}: {done.stderr or done.stdout}"
-
-    run(str(binaries / "initdb"), "-D", data, "-U", "pg", "--pwfile", str(folder / "password"),
-        "--auth-local=trust", "--auth-host=scram-sha-256")  # fmt: skip
-    run(str(binaries / "pg_ctl"), "-D", data, "-l", str(folder / "log"), "-w", "start",
-        "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off")  # fmt: skip
-    try:
-        import psycopg2
-
-        connection = psycopg2.connect(dbname="postgres", user="pg", password="pg-secret", host="127.0.0.1", port=port)
-        connection.autocommit = True  # CREATE DATABASE runs outside a transaction
-        with connection.cursor() as cursor:
-            cursor.execute("CREATE DATABASE graftline")
-        connection.close()
-        yield f"postgresql://pg:pg-secret@127.0.0.1:{port}/graftline"
-    finally:
-        stop = [*as_user, str(binaries / "pg_ctl"), "-D", data, "-m", "fast", "-w", "stop"]
-        subprocess.run(stop, capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
+    if database.server_programs() is None:
+        pytest.skip("needs PostgreSQL's server programs (apt-get install postgresql; .ci/run installs it)")
+    with database.scratch_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def postgres_if_installed(request) -> str | None:
     """`postgres`'s URL where PostgreSQL is installed, else None (the caller falls back to SQLite)."""
-    return request.getfixturevalue("postgres") if postgres_binaries() else None
+    from graftline.flows import database
+
+    return request.getfixturevalue("postgres") if database.server_programs() else None

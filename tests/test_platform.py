@@ -68,6 +68,11 @@ def run(deployment: str, parameters: dict):
     return run_deployment(deployment, parameters=parameters, timeout=TRAIN * 3, poll_interval=1)
 
 
+def postgres_url(platform) -> str | None:
+    """The database URL the fixture started the platform with (platform.json keeps it without its password)."""
+    return platform.database and platform.database.replace("pg@", "pg:pg-secret@", 1)
+
+
 def client(platform):
     from mlflow.tracking import MlflowClient
 
@@ -185,6 +190,23 @@ def test_with_a_prefect_server_the_registry_lock_is_its_concurrency_limit(platfo
                 pass
     with registry_lock(registry, "platform-demo", "third", wait=5.0):
         pass
+
+
+def test_a_killed_server_is_started_again_alone_with_the_registry_intact(platform):
+    """SIGKILL the MLflow server (no cleanup of its own runs); `up` again starts only it, on the same
+    store, and leaves the Prefect server and the worker (and any runs they hold) alone."""
+    import signal
+
+    from graftline.flows import servers
+
+    before = aliases(platform, "platform-demo")
+    os.kill(platform.pids["mlflow"], signal.SIGKILL)
+    servers._wait_gone([platform.pids["mlflow"]], 10.0)  # the kernel tears a killed process down in its own time
+    again = servers.up(Path(platform.home), database=postgres_url(platform))
+    assert again.pids["mlflow"] != platform.pids["mlflow"]
+    assert {k: again.pids[k] for k in ("prefect", "worker")} == {k: platform.pids[k] for k in ("prefect", "worker")}
+    platform.pids.update(again.pids)  # what the module's last test and the fixture stop
+    assert aliases(platform, "platform-demo") == before
 
 
 def test_the_command_line_talks_to_the_same_servers(platform):
