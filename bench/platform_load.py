@@ -16,6 +16,13 @@ PostgreSQL: the URL given, or a throw-away server from the installed PostgreSQL 
 4. the servers' own logs are searched for errors: database locks, server errors (HTTP 5xx),
    tracebacks.
 
+`--fault mlflow|prefect|worker` kills that process (SIGKILL, its whole process group for a server)
+once the first version is registered, waits `--outage` seconds and runs `graftline up` again, which
+starts it alone. Each run must then complete, or end failed or crashed and be finished by
+`graftline resume`; nothing half-registered (every version's model files are there, no stage alias
+without the history record of a promotion that passed its gates). The servers' logs then hold the
+errors of the outage itself; the row counts them all.
+
 Bounded: loopback only, a fixed number of runs, `--timeout` seconds per store. One row per store:
 runs/hour from the first submission to the last run's end, and the server-side error counts.
 
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import itertools
 import json
 import os
@@ -146,7 +154,45 @@ def predictions(platform, count: int, folder: Path, results: list) -> None:
         t.join()
 
 
-def check_registry(platform, transfer_runs: list) -> dict:
+def inject(fault: str, platform, outage: float, database: str | None) -> dict:
+    """Kill `fault` (mlflow | prefect | worker), wait `outage` s, and start it again with `up`."""
+    import signal
+
+    from graftline.flows import servers
+
+    pid = platform.pids[fault]
+    if fault == "worker":
+        os.kill(pid, signal.SIGKILL)  # the worker alone: the runs it started are its children
+    else:
+        os.killpg(pid, signal.SIGKILL)  # a server and its own workers
+    servers._wait_gone([pid], 10.0)
+    time.sleep(outage)
+    started = time.monotonic()
+    again = servers.up(Path(platform.home), database=database)
+    restarted = sorted(name for name in again.pids if again.pids[name] != platform.pids[name])
+    platform.pids.update(again.pids)
+    return {"fault": fault, "outage_seconds": outage, "restarted": restarted,
+            "restart_seconds": round(time.monotonic() - started, 1)}  # fmt: skip
+
+
+def resume_unfinished(platform, runs: list) -> list:
+    """`graftline resume <flow run>` for each run that did not complete: its exit status."""
+    env = {**os.environ, **platform.env()}
+    graftline = str(Path(sys.executable).parent / "graftline")
+    done = []
+    for run in runs:
+        if run.state.is_completed():
+            continue
+        finished = subprocess.run([graftline, "resume", str(run.id)], env=env, capture_output=True, text=True,
+                                  timeout=1800, cwd=Path(platform.home) / "flow-runs")  # fmt: skip
+        done.append({"run": str(run.id), "state": run.state.type.value, "resume_exit": finished.returncode,
+                     "last_line": (finished.stderr.strip().splitlines() or [""])[-1][:200]})  # fmt: skip
+    return done
+
+
+def check_registry(platform, transfer_runs: list, resumed: int) -> dict:
+    """Every completed run registered one version, and each resumed run one more (under the flow
+    run of its `graftline resume`); no flow run registered twice."""
     from mlflow.tracking import MlflowClient
 
     from graftline.tasks.registry.promotion import history
@@ -155,6 +201,7 @@ def check_registry(platform, transfer_runs: list) -> dict:
     versions = registry.search_model_versions(f"name='{MODEL}'")
     by_run = [v.tags.get("prefect_flow_run_id") for v in versions]
     completed = {str(r.id) for r in transfer_runs if r.state.is_completed()}
+    once = completed <= set(by_run) and len(set(by_run)) == len(by_run) == len(completed) + resumed
     records = history(registry, MODEL)
     chains_ok = True
     for alias in {r["alias"] for r in records}:
@@ -163,13 +210,36 @@ def check_registry(platform, transfer_runs: list) -> dict:
         holder = registry.get_registered_model(MODEL).aliases.get(alias)
         chains_ok &= str(holder) == str(moves[-1]["to_version"])
     others = [m.name for m in registry.search_registered_models() if m.name != MODEL]
+    without_files = []
+    for version in versions:  # a version whose model files did not all arrive is half-registered
+        with contextlib.suppress(Exception):
+            if _has_model(platform.mlflow_url, version):
+                continue
+        without_files.append(version.version)
+    moved_to = {(r["alias"], str(r["to_version"])) for r in records}
+    unexplained = [f"{a}->v{v}" for a, v in registry.get_registered_model(MODEL).aliases.items()
+                   if a != "candidate" and (a, str(v)) not in moved_to]  # fmt: skip
     return {
+        "versions_without_model_files": without_files,
+        "aliases_without_a_passed_promotion": unexplained,
         "versions": len(versions),
-        "registered_exactly_once": sorted(by_run) == sorted(completed) and len(set(by_run)) == len(by_run),
+        "registered_exactly_once": once,
         "alias_history_consistent": chains_ok,
         "alias_moves": len(records),
         "other_registered_models": others,
     }
+
+
+def _has_model(uri: str, version) -> bool:
+    """The registered version's model files arrived: its MLmodel and its weights or pyfunc code."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = mlflow.artifacts.download_artifacts(
+            f"models:/{version.name}/{version.version}", dst_path=folder, tracking_uri=uri
+        )
+        files = {p.name for p in Path(path).rglob("*") if p.is_file()}
+    return "MLmodel" in files and len(files) > 2
 
 
 def server_errors(home: Path) -> dict:
@@ -207,11 +277,16 @@ def one_store(store: str, args, database: str | None) -> dict:
             t0 = time.monotonic()
             transfer = [submit("transfer/transfer", {}) for _ in range(args.runs)]
             wait_for_a_version(platform)  # then promotions and predictions join the runs still going
+            fault = inject(args.fault, platform, args.outage, database) if args.fault else None
             predicted: list = []
             promote: list = []
             sides = [
                 threading.Thread(target=predictions, args=(platform, args.predictions, folder, predicted)),
-                threading.Thread(target=promotions, args=(args.promotions, args.promotion_every, promote)),
+                # Prefect's settings live in a context variable, which a new thread does not inherit
+                threading.Thread(
+                    target=contextvars.copy_context().run,
+                    args=(promotions, args.promotions, args.promotion_every, promote),
+                ),
             ]
             for side in sides:
                 side.start()
@@ -220,7 +295,9 @@ def one_store(store: str, args, database: str | None) -> dict:
             for side in sides:
                 side.join(timeout=args.timeout)
             promoted = wait_final([r.id for r in promote], 300)
-            registry = check_registry(platform, runs)
+            resumed = resume_unfinished(platform, runs)
+            ok = sum(r["resume_exit"] == 0 for r in resumed)
+            registry = check_registry(platform, runs, ok)
     finally:
         servers.down(home)
     errors = server_errors(home)
@@ -238,6 +315,8 @@ def one_store(store: str, args, database: str | None) -> dict:
         "wall_seconds": round(wall, 1),
         "up_seconds": round(up_seconds, 1),
         "runs_per_hour": round(completed / wall * 3600, 1),
+        "fault": fault,
+        "resumed": resumed,
         **registry,
         "server_errors": errors["counts"],
         "server_error_examples": errors["examples"],
@@ -256,6 +335,8 @@ def main() -> None:
     parser.add_argument("--stores", nargs="*", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
     parser.add_argument("--database", default=None, help="postgresql://... (default: a throw-away local server)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per store before giving up")
+    parser.add_argument("--fault", choices=["mlflow", "prefect", "worker"], default=None)
+    parser.add_argument("--outage", type=float, default=10.0, help="seconds the killed process stays down")
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "platform_load.json")
     args = parser.parse_args()
     if not 1 <= args.runs <= 32:

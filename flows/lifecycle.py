@@ -122,7 +122,7 @@ def _lifecycle(params: TransferParams) -> LifecycleSummary:
         contract.FLOW_RUN: str(flow_run.id or ""),
         contract.GIT_COMMIT: tracking.git_commit(),
         "graftline.flow": "transfer",
-        **({"graftline.resumed_from": params.run.resumed_from} if params.run.resumed_from else {}),
+        **({contract.RESUMED_FROM: params.run.resumed_from} if params.run.resumed_from else {}),
     }
     reused: list[str] = []
 
@@ -196,6 +196,7 @@ def _lifecycle(params: TransferParams) -> LifecycleSummary:
             admitted[-1] = admitted[-1].but(export_run_id=exported.run_id, servable_uri=exported.servable_uri)
         version_tags = {
             **run_tags,
+            contract.LIFECYCLE_RUN: parent.info.run_id,
             contract.DATA_DIGEST: splits.digest,
             contract.LABELS: contract.labels_tag(splits.labels),
             contract.INGEST_RUN: ingested.run_id,

@@ -317,3 +317,17 @@ def test_command_line_errors_are_one_line(prefect_harness, register, unique_name
     assert code == 2 and "invalid parameters: to:" in err
     code, _, err = cli("history", "no-such-model")
     assert code == 2 and "no registered model named 'no-such-model'" in err
+
+
+def test_a_resumed_run_adopts_the_version_its_failed_run_registered(register, unique_name):
+    """A lifecycle that failed after registering (e.g. its promotion could not reach the lock) is
+    finished by `graftline resume`: the same weights are not registered a second time."""
+    client = MlflowClient()
+    first = register("good", lifecycle_run_id="run-a", weights_sha256="w1")
+    other = register("good", lifecycle_run_id="run-b", weights_sha256="w1")  # another run, same weights
+    adopted = register("good", lifecycle_run_id="run-c", weights_sha256="w1", **{"graftline.resumed_from": "run-a"})
+    assert adopted == first and other != first
+    fresh = register("good", lifecycle_run_id="run-d", weights_sha256="w2", **{"graftline.resumed_from": "run-a"})
+    assert fresh not in (first, other)  # different weights: a new version
+    assert len(client.search_model_versions(f"name='{unique_name}'")) == 3
+    assert holder(client, unique_name, "candidate") == fresh

@@ -21,6 +21,7 @@ them, "what does production run?" is one lookup of the production version's tags
     servable_model_uri   its ONNX pyfunc (export servable.py): `mlflow models serve -m <uri>` serves the fast form
     temperature          divides its logits before the softmax: calibrated confidence (fitted on validation)
     prefect_flow_run_id, git_commit   what ran it
+    lifecycle_run_id     the lifecycle's MLflow run (a resumed one adopts what the run it finishes registered)
 
 History records are registered-model tags `graftline.history.NNNNN`. The promotion lock lives
 outside the registry (registry/locks.py); `<name>.graftline-lock` is the registered model an earlier
@@ -64,6 +65,8 @@ CLASSIFIER = "classifier_uri"  # the trained model a version's pyfunc runs (text
 WEIGHTS_DIGEST = "weights_sha256"  # of the version's safetensors weights (records.weights_digest)
 SERVABLE = "servable_model_uri"
 FLOW_RUN = "prefect_flow_run_id"
+LIFECYCLE_RUN = "lifecycle_run_id"  # the MLflow run of the lifecycle that registered the version
+RESUMED_FROM = "graftline.resumed_from"  # a resumed lifecycle: the run it finishes
 GIT_COMMIT = "git_commit"
 
 TEXT = "text"

@@ -23,6 +23,7 @@ model is next locked.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,7 @@ from pathlib import Path
 from graftline.tasks.registry.contract import LEGACY_LOCK_SUFFIX
 
 LEASE_SECONDS = 60  # Prefect's lease bounds: 60 s to a day
+RETRY_SECONDS = 2.0  # between asks of a Prefect server that did not answer
 PREFIX = "graftline-registry:"
 
 
@@ -94,24 +96,41 @@ def _file_lock(path: Path, wait: float) -> Iterator[None]:
 
 @contextmanager
 def _concurrency_slot(name: str, wait: float) -> Iterator[None]:
+    """The slot of limit `name`, waited for up to `wait` seconds. A Prefect server that does not
+    answer (restarting) is asked again until then, so a short outage delays a promotion instead
+    of failing the run that promotes."""
     from prefect.concurrency.sync import concurrency
 
-    _ensure_limit(name)
-    try:
-        with concurrency(
-            name,
-            occupy=1,
-            timeout_seconds=wait,
-            lease_duration=LEASE_SECONDS,
-            strict=True,  # a missing limit is an error, never a block run unlocked
-            raise_on_lease_renewal_failure=False,  # never cancel an alias move halfway
-        ):
-            yield
-    except TimeoutError:
-        raise LockBusy(
-            f"held by another process (Prefect concurrency limit {name!r}; a holder that was killed "
-            f"frees it within about {LEASE_SECONDS + 15} s)"
-        ) from None
+    deadline = time.monotonic() + wait
+    while True:
+        entered = False
+        try:
+            _ensure_limit(name)
+            with concurrency(
+                name,
+                occupy=1,
+                timeout_seconds=max(1.0, deadline - time.monotonic()),
+                lease_duration=LEASE_SECONDS,
+                strict=True,  # a missing limit is an error, never a block run unlocked
+                raise_on_lease_renewal_failure=False,  # never cancel an alias move halfway
+            ):
+                entered = True
+                yield
+            return
+        except TimeoutError:
+            if entered:
+                raise
+            raise LockBusy(
+                f"held by another process (Prefect concurrency limit {name!r}; a holder that was killed "
+                f"frees it within about {LEASE_SECONDS + 15} s)"
+            ) from None
+        except Exception as exc:  # the server unreachable or erring while the slot is asked for
+            if entered:
+                raise
+            if time.monotonic() > deadline:
+                reason = f"{type(exc).__name__}: {exc}"
+                raise LockBusy(f"unreachable: the Prefect server did not answer ({reason})") from None
+            time.sleep(RETRY_SECONDS)
 
 
 def _ensure_limit(name: str) -> None:

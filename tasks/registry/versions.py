@@ -3,6 +3,10 @@
 Every version registers with alias `candidate`; moving `staging` and `production` is the job of
 `promotion` (gates, lock, history). Registration is all-or-nothing: on any error the versions
 created so far are deleted and the aliases restored.
+
+A resumed lifecycle registers nothing twice: when the run it finishes had already registered a
+model (it failed after registering, e.g. while promoting), the version with the same weights that
+run registered is adopted, not registered again, and the promotion goes on from there.
 """
 
 from __future__ import annotations
@@ -75,6 +79,10 @@ def register_all(client, candidates: list[Candidate]) -> list[Registration]:
     try:
         versions = {}
         for candidate in candidates:
+            adopted = _registered_before(client, candidate) if candidate.name in existing else None
+            if adopted is not None:
+                versions[candidate.name] = adopted
+                continue
             versions[candidate.name] = str(
                 mlflow.register_model(candidate.model_uri, candidate.name, tags=candidate.tags).version
             )
@@ -90,6 +98,18 @@ def register_all(client, candidates: list[Candidate]) -> list[Registration]:
         new_models = {c.name for c in candidates} - existing  # register_model may create the model, then fail
         _undo(client, created, new_models, previous, MlflowException)
         raise
+
+
+def _registered_before(client, candidate: Candidate) -> str | None:
+    """The version of `candidate` the run this one resumes registered (same weights), if any."""
+    resumed = candidate.tags.get(contract.RESUMED_FROM)
+    weights = candidate.tags.get(contract.WEIGHTS_DIGEST)
+    if not resumed or not weights:
+        return None
+    for version in client.search_model_versions(f"name='{candidate.name}'"):
+        if version.tags.get(contract.LIFECYCLE_RUN) == resumed and version.tags.get(contract.WEIGHTS_DIGEST) == weights:
+            return str(version.version)
+    return None
 
 
 def _undo(client, created, new_models, previous, error_type) -> None:
