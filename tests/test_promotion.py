@@ -331,3 +331,28 @@ def test_a_resumed_run_adopts_the_version_its_failed_run_registered(register, un
     assert fresh not in (first, other)  # different weights: a new version
     assert len(client.search_model_versions(f"name='{unique_name}'")) == 3
     assert holder(client, unique_name, "candidate") == fresh
+
+
+def test_the_gates_are_scored_outside_the_lock_and_checked_again_if_the_alias_moved(
+    register, unique_name, eval_sets, monkeypatch
+):
+    """The lock is held for the move alone: while a promotion scores its gates, another promotion may
+    move the alias; the first then checks its gates again, against the new holder."""
+    from graftline.tasks.registry import promotion
+
+    client = MlflowClient()
+    first, second, third = register("good"), register("good"), register("good")
+    promote(client, unique_name, STAGING, eval_sets, GateParams(), "t", version=first)
+    real, compared = promotion.check_gates, []
+
+    def racing(*args, holder, **kwargs):
+        compared.append(holder)
+        if len(compared) == 1:  # another promotion lands while this one scores
+            client.set_registered_model_alias(unique_name, STAGING, second)
+        return real(*args, holder=holder, **kwargs)
+
+    monkeypatch.setattr(promotion, "check_gates", racing)
+    outcome = promote(client, unique_name, STAGING, eval_sets, GateParams(), "t", version=third)
+    assert compared == [first, second]
+    assert outcome.moved and outcome.previous == second and holder(client, unique_name, STAGING) == third
+    assert history(client, unique_name)[-1]["from_version"] == second

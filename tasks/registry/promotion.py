@@ -12,9 +12,12 @@ moves `staging` or `production` to a version when its gates pass:
                 macro-F1 on each of `retention_sets` (test by default), the teacher re-evaluated too.
 
 Every move (promotion or rollback) runs under a registry lock, so two racing promotions of one
-model leave one consistent state; it appends a history record (who or what triggered it, from
-which version to which, the gate numbers) to the registered model as a tag, and every attempt is
-an MLflow run. `rollback` returns an alias to the version that held it before the last promotion
+model leave one consistent state. The lock is held for the move alone: a promotion scores its gates
+first, then under the lock moves the alias only if the holder it was compared with still holds it
+(else it checks again against the new holder), so a queue of promotions waits milliseconds for each
+other, not the minutes their scoring takes. Each move appends a history record (who or what
+triggered it, from which version to which, the gate numbers) to the registered model as a tag, and
+every attempt is an MLflow run. `rollback` returns an alias to the version that held it before the last promotion
 that has not been rolled back.
 """
 
@@ -80,6 +83,9 @@ class Outcome:
 # -- gates --------------------------------------------------------------------------------------
 
 
+CURRENT = object()  # check_gates compares with whichever version holds the alias when it looks
+
+
 def check_gates(
     client,
     name: str,
@@ -88,10 +94,12 @@ def check_gates(
     eval_sets: dict,
     gates: GateParams,
     measured: dict[str, float] | None = None,
+    holder: str | None | object = CURRENT,
 ) -> tuple[list[Check], dict[str, dict[str, float]]]:
     """The gates of a promotion of `name` v`version` to `alias`, with every score they used.
     `measured`: the version's scores on `eval_sets` as its run's evaluate step measured them on the
-    same weights (registration); None: score the registry's copy (every later promotion)."""
+    same weights (registration); None: score the registry's copy (every later promotion).
+    `holder`: the version the regression gate compares with (default: the alias's holder now)."""
     from graftline.tasks.errors import DataError
     from graftline.tasks.evaluate.scores import retention, retention_gate
 
@@ -130,7 +138,7 @@ def check_gates(
         )
     )
 
-    holder = alias_holder(client, name, alias)
+    holder = alias_holder(client, name, alias) if holder is CURRENT else holder
     if holder is None:
         checks.append(Check("regression", True, f"no version holds {alias} yet"))
     else:
@@ -209,20 +217,29 @@ def promote(
     """Move `alias` to `version` (default: the holder of the stage below) if its gates pass
     (`measured`: check_gates)."""
     version = promotion_target(client, name, alias, version)
-    with registry_lock(client, name, triggered_by, lock_wait):
+    while True:
+        # The gates score models (seconds to minutes): outside the lock, against the holder read
+        # now. Under the lock the alias moves only if that holder still holds it; otherwise the
+        # gates run again against the new one (this version's own scores are kept).
         previous = alias_holder(client, name, alias)
         outcome = Outcome(name, alias, version, previous, moved=False, action="promote")
         if previous == version:
             outcome.checks = [Check("already", False, f"v{version} already holds {alias}")]
         else:
-            outcome.checks, outcome.scores = check_gates(client, name, version, alias, eval_sets, gates, measured)
-            if all(c.passed for c in outcome.checks):
+            outcome.checks, outcome.scores = check_gates(
+                client, name, version, alias, eval_sets, gates, measured, holder=previous
+            )
+            measured = outcome.scores[f"v{version}"]
+        with registry_lock(client, name, triggered_by, lock_wait):
+            if alias_holder(client, name, alias) != previous:
+                continue  # moved meanwhile by another promotion or rollback
+            if previous != version and all(c.passed for c in outcome.checks):
                 client.set_registered_model_alias(name, alias, version)
                 outcome.moved = True
-        outcome.run_id = _log_run(outcome, triggered_by, experiment)
-        if outcome.moved:
-            _append_history(client, outcome, triggered_by)
-    return outcome
+            outcome.run_id = _log_run(outcome, triggered_by, experiment)
+            if outcome.moved:
+                _append_history(client, outcome, triggered_by)
+        return outcome
 
 
 def rollback(
