@@ -234,10 +234,10 @@ def _has_model(uri: str, version) -> bool:
     """The registered version's model files arrived: its MLmodel and its weights or pyfunc code."""
     import mlflow
 
+    mlflow.set_tracking_uri(uri)  # models:/ URIs resolve through the registry, not the call's tracking_uri
+    mlflow.set_registry_uri(uri)
     with tempfile.TemporaryDirectory() as folder:
-        path = mlflow.artifacts.download_artifacts(
-            f"models:/{version.name}/{version.version}", dst_path=folder, tracking_uri=uri
-        )
+        path = mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}", dst_path=folder)
         files = {p.name for p in Path(path).rglob("*") if p.is_file()}
     return "MLmodel" in files and len(files) > 2
 

@@ -181,12 +181,11 @@ def stop(platform: Platform, timeout: float = 30.0) -> None:
     order = [platform.pids[name] for name in ("worker", "mlflow", "prefect") if name in platform.pids]
     for wait in (GRACE_SECONDS, timeout):
         for pid in order:
-            if _alive(pid):
+            if _alive(pid) or _group_alive(pid):  # a leader killed alone leaves its children in its group
                 _signal_group(pid, signal.SIGTERM)
         _wait_gone(order, wait)
     for pid in platform.pids.values():
-        if _alive(pid):
-            _signal_group(pid, signal.SIGKILL)
+        _signal_group(pid, signal.SIGKILL)
     # A killed process is gone only once the kernel has torn it down: on a loaded machine that
     # takes a moment, and `down` must not return while any of them still runs.
     _wait_gone(platform.pids.values(), 10.0)  # `_alive` reaps our own exited children as it checks
@@ -196,8 +195,9 @@ GRACE_SECONDS = 3.0  # before the second SIGTERM
 
 
 def _wait_gone(pids, timeout: float) -> None:
+    """Until neither the processes `pids` nor anything left in their process groups runs."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(_alive(p) or _group_alive(p) for p in pids):
         time.sleep(0.2)
 
 
@@ -220,6 +220,9 @@ def _restart(
             f"{platform.database}: run up again with --database {platform.database} (and its password, if any)"
         )
     prepared = dbs.prepare(database) if database and dead & {"prefect", "mlflow"} else None
+    for name in dead:  # what is left of a process killed alone (its children, holding its port) goes first
+        _signal_group(platform.pids[name], signal.SIGKILL)
+    _wait_gone([platform.pids[name] for name in dead], 10.0)
     try:
         _start(platform, dead, backend_store_uri or platform.store, artifacts_destination or platform.artifacts,
                timeout, prepared)  # fmt: skip
@@ -396,6 +399,16 @@ def _alive(pid: int) -> bool:
         return waited == 0
     except ChildProcessError:
         return True
+
+
+def _group_alive(pid: int) -> bool:
+    """Whether any process is left in the process group `pid` led (the MLflow server's uvicorn and
+    job workers outlive a server process that was killed alone)."""
+    try:
+        os.killpg(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def _signal_group(pid: int, sig: int) -> None:
