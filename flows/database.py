@@ -204,7 +204,7 @@ def server_programs() -> Path | None:
 
 
 @contextmanager
-def scratch_server(password: str = "pg-secret", name: str = "graftline") -> Iterator[str]:
+def scratch_server(password: str = "pg-secret", name: str = "platform") -> Iterator[str]:
     """A throw-away PostgreSQL server on a free loopback port, for as long as the block runs: user
     `pg` with `password` over TCP, one database `name`; yields its URL. Its files live in a fresh
     temporary folder, removed with it. As root (initdb refuses root) it runs as the `postgres` user.

@@ -218,7 +218,7 @@ def exported_run(prefect_harness, mlflow_store, tiny_backbone):
 @pytest.fixture(scope="session")
 def postgres():
     """A throw-away PostgreSQL server for the session (flows/database.py `scratch_server`): its URL,
-    with a password, one database `graftline`; stopped and removed at the end."""
+    with a password, one database `platform`; stopped and removed at the end."""
     from graftline.flows import database
 
     if database.server_programs() is None:

@@ -164,10 +164,11 @@ def test_the_servers_keep_their_state_where_they_were_told(platform):
             cursor.execute(query)
             return cursor.fetchall()
 
-    assert ("platform-demo",) in rows("graftline_mlflow", "SELECT name FROM registered_models")
-    deployments = {name for (name,) in rows("graftline_prefect", "SELECT name FROM deployment")}
+    name = server.path.lstrip("/")
+    assert ("platform-demo",) in rows(f"{name}_mlflow", "SELECT name FROM registered_models")
+    deployments = {name for (name,) in rows(f"{name}_prefect", "SELECT name FROM deployment")}
     assert {"transfer", "promote", "rollback"} <= deployments
-    assert rows("graftline_prefect", "SELECT count(*) FROM flow_run WHERE state_type = 'COMPLETED'")[0][0] >= 2
+    assert rows(f"{name}_prefect", "SELECT count(*) FROM flow_run WHERE state_type = 'COMPLETED'")[0][0] >= 2
 
 
 def test_with_a_prefect_server_the_registry_lock_is_its_concurrency_limit(platform):

@@ -53,14 +53,17 @@ def test_wrong_credentials_and_an_older_mlflow_schema_are_refused(postgres, tmp_
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert 'password authentication failed for user "pg"' in done.stderr and "not-it" not in done.stderr
 
-    database = dbs.prepare(postgres)  # creates both databases
-    assert database.shown.endswith("/graftline") and "pg-secret" not in database.shown
+    # a database of its own on the session's server (the platform tests keep theirs in use)
+    admin = psycopg2.connect(postgres)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute("CREATE DATABASE schema_check")
+    admin.close()
+    url = postgres.rsplit("/", 1)[0] + "/schema_check"
+    database = dbs.prepare(url)  # creates both of its databases
+    assert database.shown.endswith("/schema_check") and "pg-secret" not in database.shown
     with psycopg2.connect(database.url(database.mlflow_name)) as connection, connection.cursor() as cursor:
         cursor.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
         cursor.execute("INSERT INTO alembic_version VALUES ('451aebb31d03')")  # an MLflow 1.x revision
-    try:
-        with pytest.raises(GraftlineError, match=r"holds MLflow schema 451aebb31d03, not this MLflow's .* db upgrade"):
-            dbs.prepare(postgres)
-    finally:
-        with psycopg2.connect(database.url(database.mlflow_name)) as connection, connection.cursor() as cursor:
-            cursor.execute("DROP TABLE alembic_version")
+    with pytest.raises(GraftlineError, match=r"holds MLflow schema 451aebb31d03, not this MLflow's .* db upgrade"):
+        dbs.prepare(url)
