@@ -78,17 +78,17 @@ def parse(url: str) -> Database:
     parts = urlsplit(url)
     if parts.scheme not in SCHEMES:
         raise GraftlineError(
-            f"--database {_hide(url)!r}: not a PostgreSQL URL (postgresql://USER[:PASSWORD]@HOST[:PORT]/NAME); "
+            f"--database {hide_password(url)!r}: not a PostgreSQL URL (postgresql://USER[:PASSWORD]@HOST[:PORT]/NAME); "
             "without --database the servers keep their state in SQLite files in the platform's home"
         )
     try:
         port = parts.port or 5432
     except ValueError:
-        raise GraftlineError(f"--database {_hide(url)!r}: the port is not a number from 1 to 65535") from None
+        raise GraftlineError(f"--database {hide_password(url)!r}: the port is not a number from 1 to 65535") from None
     name = parts.path.lstrip("/")
     if not parts.hostname or not parts.username or not name or "/" in name:
         raise GraftlineError(
-            f"--database {_hide(url)!r}: needs a user, a host and a database name: postgresql://USER@HOST/NAME"
+            f"--database {hide_password(url)!r}: needs a user, a host and a database name: postgresql://USER@HOST/NAME"
         )
     if not name.replace("_", "").isalnum():
         raise GraftlineError(f"--database: database name {name!r} must be letters, digits and underscores")
@@ -118,9 +118,9 @@ def prepare(url: str) -> Database:
                 for name in (database.mlflow_name, database.prefect_name):
                     if name not in present:
                         _create(cursor, psycopg2, database, name)
+        _require_current_mlflow_schema(psycopg2, database)
     except psycopg2.OperationalError as exc:
         raise GraftlineError(f"--database {database.shown}: {_reason(exc)}") from None
-    _require_current_mlflow_schema(psycopg2, database)
     return database
 
 
@@ -170,11 +170,11 @@ def _require_current_mlflow_schema(psycopg2, database: Database) -> None:
 def mlflow_schema_head() -> str:
     """The newest schema revision of the installed MLflow's tracking store."""
     import importlib.util
-    from pathlib import Path
 
     from alembic.script import ScriptDirectory
 
-    mlflow = Path(importlib.util.find_spec("mlflow").origin).parent  # found, not imported (seconds)
+    # alembic imports the revision scripts to read them (and they import MLflow): ~2 s, once per `up`
+    mlflow = Path(importlib.util.find_spec("mlflow").origin).parent
     return ScriptDirectory(str(mlflow / "store" / "db_migrations")).get_current_head()
 
 
@@ -185,7 +185,8 @@ def _reason(exc: Exception) -> str:
     return first.removeprefix("connection to server at ").strip()
 
 
-def _hide(url: str) -> str:
+def hide_password(url: str) -> str:
+    """`url` with its password, if any, shown as ***."""
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -51,7 +51,7 @@ class Platform:
     params_file: str | None = None
     auth: bool = False  # servers behind authentication (flows/access.py)
     database: str | None = None  # the PostgreSQL server both keep their state in (no password); None: SQLite
-    store: str | None = None  # --backend-store-uri when it holds no password (a restart reuses it)
+    store: str | None = None  # --backend-store-uri, its password shown as *** (a restart asks for it again)
     artifacts: str | None = None  # --artifacts-destination
 
     @property
@@ -123,10 +123,11 @@ def up(
             f"the platform in {home} runs without authentication; stop it (graftline down --home {home}) "
             "and start it again with --auth"
         )
-    if platform is not None and database and platform.database != dbs.parse(database).shown:
+    wanted = dbs.parse(database).shown if database else None
+    if platform is not None and wanted and platform.database != wanted:
         raise GraftlineError(
             f"the platform in {home} keeps its state in {platform.database or 'SQLite'}; stop it "
-            f"(graftline down --home {home}) before starting it on {dbs.parse(database).shown}"
+            f"(graftline down --home {home}) before starting it on {wanted}"
         )
     if platform is not None:
         dead = {name for name, pid in platform.pids.items() if not _alive(pid)}
@@ -139,7 +140,7 @@ def up(
                 raise GraftlineError(f"port {port} on {host} is already in use by another program; choose another")
         prepared = dbs.prepare(database) if database else None
         platform.database = prepared.shown if prepared else None
-        platform.store = None if prepared else _keepable(backend_store_uri)
+        platform.store = dbs.hide_password(backend_store_uri) if backend_store_uri else None
         platform.artifacts = artifacts_destination
         try:
             _start(platform, PROCESSES, backend_store_uri, artifacts_destination, timeout, prepared)
@@ -219,23 +220,21 @@ def _restart(
             f"the {' and '.join(sorted(dead))} of the platform in {platform.home} stopped; its state is in "
             f"{platform.database}: run up again with --database {platform.database} (and its password, if any)"
         )
+    store = backend_store_uri or platform.store
+    if "mlflow" in dead and store and "***" in store:  # never restart MLflow on a store it cannot log in to
+        raise GraftlineError(
+            f"the MLflow server of the platform in {platform.home} stopped; its store is {platform.store}: "
+            "run up again with --backend-store-uri and its password"
+        )
     prepared = dbs.prepare(database) if database and dead & {"prefect", "mlflow"} else None
     for name in dead:  # what is left of a process killed alone (its children, holding its port) goes first
         _signal_group(platform.pids[name], signal.SIGKILL)
     _wait_gone([platform.pids[name] for name in dead], 10.0)
     try:
-        _start(platform, dead, backend_store_uri or platform.store, artifacts_destination or platform.artifacts,
-               timeout, prepared)  # fmt: skip
+        _start(platform, dead, store, artifacts_destination or platform.artifacts, timeout, prepared)
     except BaseException:
         stop(platform)
         raise
-
-
-def _keepable(uri: str | None) -> str | None:
-    """`uri` when it may be written to platform.json: not when it carries a password."""
-    from urllib.parse import urlsplit
-
-    return None if uri is None or urlsplit(uri).password else uri
 
 
 def _start(
@@ -372,11 +371,15 @@ def _wait(url: str, timeout: float, what: str, log: Path, pid: int) -> None:
         if _healthy(url):
             return
         if not _alive(pid):
-            tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
-            raise GraftlineError(f"{what} exited while starting; the last line of {log}: {tail}")
+            raise GraftlineError(f"{what} exited while starting; the last line of {log}: {_last_line(log)}")
         time.sleep(0.5)
-    tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
-    raise GraftlineError(f"{what} did not become healthy at {url} within {timeout:.0f} s; last log line: {tail}")
+    raise GraftlineError(
+        f"{what} did not become healthy at {url} within {timeout:.0f} s; last log line: {_last_line(log)}"
+    )
+
+
+def _last_line(log: Path) -> list[str]:
+    return log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
 
 
 def _healthy(url: str) -> bool:

@@ -1,6 +1,7 @@
 """`graftline up --database`: what is refused before any server starts, each a one-line error.
 The platform itself on PostgreSQL is tests/test_platform.py."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,23 @@ def test_wrong_credentials_and_an_older_mlflow_schema_are_refused(postgres, tmp_
         cursor.execute("INSERT INTO alembic_version VALUES ('451aebb31d03')")  # an MLflow 1.x revision
     with pytest.raises(GraftlineError, match=r"holds MLflow schema 451aebb31d03, not this MLflow's .* db upgrade"):
         dbs.prepare(url)
+
+
+def test_a_stopped_server_is_not_restarted_on_a_store_it_cannot_log_in_to(tmp_path):
+    """A platform whose store needs a password (never written down) restarts only when given it again:
+    not on fresh SQLite files in its home."""
+    from graftline.flows import servers
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(gone.stdout)  # a process that has ended
+    for kept, again in (
+        ({"database": "postgresql://pg@127.0.0.1:5432/team"}, "--database postgresql://pg@127.0.0.1:5432/team"),
+        ({"store": dbs.hide_password("postgresql://pg:hush@db/mlflow")}, "--backend-store-uri and its password"),
+    ):
+        home = tmp_path / next(iter(kept))
+        platform = servers.Platform(str(home), "127.0.0.1", 1, 2, "pool", {"mlflow": pid}, **kept)
+        home.mkdir()
+        servers.save(platform)
+        with pytest.raises(GraftlineError, match=f"run up again with {re.escape(again)}"):
+            servers.up(home)
+        assert not (home / "mlflow.db").exists() and "hush" not in (home / "platform.json").read_text()

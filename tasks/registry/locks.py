@@ -48,8 +48,8 @@ def prefect_server() -> str | None:
 
 
 def limit_name(model: str) -> str:
-    """The concurrency limit's name: Prefect refuses / % & > < in names, so those are escaped
-    (as %XX after the % itself is, so two model names never share a limit)."""
+    """The concurrency limit's name: Prefect refuses / % & > < in names, so those become _XX (hex)
+    after every _ of the name is doubled, so two model names never share a limit."""
     return PREFIX + re.sub(r"[/%&><]", lambda m: f"_{ord(m.group()):02x}", model.replace("_", "__"))
 
 

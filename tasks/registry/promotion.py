@@ -17,8 +17,8 @@ first, then under the lock moves the alias only if the holder it was compared wi
 (else it checks again against the new holder), so a queue of promotions waits milliseconds for each
 other, not the minutes their scoring takes. Each move appends a history record (who or what
 triggered it, from which version to which, the gate numbers) to the registered model as a tag, and
-every attempt is an MLflow run. `rollback` returns an alias to the version that held it before the last promotion
-that has not been rolled back.
+every attempt is an MLflow run. `rollback` returns an alias to the version that held it before the
+last promotion that has not been rolled back.
 """
 
 from __future__ import annotations
