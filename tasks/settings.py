@@ -268,7 +268,8 @@ class ModelParams(Params):
     trust_remote_code: bool = Field(False, description="Run model code shipped with a hub backbone. Off by default.")
 
 
-RECOMMENDED_ADAPTATION = "self-distillation"  # what adapt.method auto runs
+RECOMMENDED_ADAPTATION = "self-distillation"  # what adapt.method auto runs,
+RECOMMENDED_TEACHERS = 2  # with this many source models labelling its round
 
 
 class AdaptParams(Params):
@@ -276,13 +277,14 @@ class AdaptParams(Params):
 
     method: Literal["none", "auto", "mlm", "self-training", "mlm+self-training", "self-distillation"] = Field(
         "none",
-        description="none: source data only; auto: the recommended method (self-distillation); mlm: one mixed "
-        "loss, source cross-entropy + mlm_weight x masked-language modelling on the target texts (UDALM-style); "
+        description="none: source data only; auto: the recommended method (self-distillation from two source "
+        "models); mlm: one mixed loss, source cross-entropy + mlm_weight x masked-language modelling on the "
+        "target texts (UDALM-style); "
         "self-training: train on the source, then rounds of confident, class-balanced hard pseudo-labels on the "
         "target texts, each round retrained from the source model; mlm+self-training: mlm first, then the rounds; "
         "self-distillation: rounds on every target text with the model's class-aligned predicted distribution as a "
         "soft label. After each round a label-free guard keeps the source-only model when the round fell on the "
-        "source validation split or flipped the source model's confident target predictions; target labels are "
+        "source validation split or flipped the teacher's confident target predictions; target labels are "
         "never read.",
     )
     mlm_weight: float = Field(1.0, gt=0, le=10, description="Weight of the target MLM loss in the mixed loss.")
@@ -321,6 +323,15 @@ class AdaptParams(Params):
         ">= 0.9) a round may change and still be kept; past it the round has drifted on the target (the label-free "
         "guard the source validation split cannot give).",
     )
+    teachers: int | None = Field(
+        None,
+        ge=1,
+        le=5,
+        description="Self-training and self-distillation: how many source models label the first round together "
+        "(the mean of their predicted distributions): the one adapted and teachers - 1 more trained the same way "
+        "with the seeds after model.seed. Each costs one more source training; the adapted model stays one model. "
+        "Default: 2 with auto, else 1.",
+    )
     round_epochs: int = Field(
         1, ge=1, le=100, description="Self-training: epochs of each round (early-stopped on source validation)."
     )
@@ -336,6 +347,13 @@ class AdaptParams(Params):
     def resolved(self) -> str:
         """The method that runs: `auto` is the recommended one."""
         return RECOMMENDED_ADAPTATION if self.method == "auto" else self.method
+
+    @property
+    def teacher_count(self) -> int:
+        """How many source models label the first round: `teachers`, else 2 with auto and 1 otherwise."""
+        if self.teachers is not None:
+            return self.teachers
+        return RECOMMENDED_TEACHERS if self.method == "auto" else 1
 
     @property
     def uses_mlm(self) -> bool:

@@ -128,13 +128,16 @@ def test_rounds_train_on_pseudo_labels_and_record_what_they_did(tiny_backbone, t
     assert result.adaptation_report() == summary
 
 
-def test_self_distillation_trains_every_target_text_on_soft_labels(tiny_backbone, target_splits, tmp_path, monkeypatch):
+def test_self_distillation_trains_every_target_text_on_the_two_source_models_soft_labels(
+    tiny_backbone, target_splits, tmp_path, monkeypatch
+):
     seen, predicted = [], []
     original, align = self_training._with_soft_labels, self_training.aligned
     monkeypatch.setattr(self_training, "_with_soft_labels", lambda *a: seen.append(original(*a)) or seen[-1])
     monkeypatch.setattr(self_training, "aligned", lambda p, prior: predicted.append((p, prior)) or align(p, prior))
-    adapt = AdaptParams(method="auto", max_source_drop=1.0, max_confident_flips=1.0)  # auto: self-distillation
-    result = finetune(target_splits, train_params(tiny_backbone), short_texts(), tmp_path / "sd", adapt=adapt)
+    adapt = AdaptParams(method="auto", max_source_drop=1.0, max_confident_flips=1.0)  # self-distillation, 2 teachers
+    params, first = train_params(tiny_backbone), tmp_path / "source"
+    result = finetune(target_splits, params, short_texts(), tmp_path / "sd", adapt=adapt, source_dir=first)
     (record,) = result.self_training.rounds
     assert record.kept and record.pseudo_labels == len(TARGET)  # every text, whatever its confidence
     (split,) = seen
@@ -142,11 +145,27 @@ def test_self_distillation_trains_every_target_text_on_soft_labels(tiny_backbone
     assert target_rows.sum() == len(TARGET) and (split.labels[~target_rows] >= 0).all()
     soft = split.extras["soft_targets"][target_rows]
     assert soft.sum(axis=1) == pytest.approx(np.ones(len(TARGET)))  # a distribution per target text
-    ((p, prior),) = predicted  # the source model's distributions, aligned towards the source's class mix
-    prior = prior / prior.sum()
+    # the teacher by hand: the source model and one trained the same way with the next seed, averaged
+    second = finetune(target_splits, params, short_texts().model_copy(update={"seed": 14}), tmp_path / "second")
+    one, other = (target_probabilities(folder) for folder in (first, second.model_dir))
+    assert not np.allclose(one, other)  # two different models
+    ((p, prior),) = predicted
+    assert p == pytest.approx((one + other) / 2, abs=1e-5)
+    assert result.self_training.teacher_agreement == (float((one.argmax(1) == other.argmax(1)).mean()),)
+    prior = prior / prior.sum()  # aligned towards the source's class mix
     assert np.abs(soft.mean(axis=0) - prior).sum() < np.abs(p.mean(axis=0) - prior).sum()
     assert soft == pytest.approx(aligned(p, prior))
     assert result.final_training is result.self_training.training
+    summary = result.self_training.summary()  # the source model's own numbers, not the pair's
+    assert summary["target_entropy_source_only"] == pytest.approx(prediction_entropy(one), abs=1e-5)
+
+
+def target_probabilities(folder) -> np.ndarray:
+    """A saved model's class probabilities on the target texts, computed here."""
+    model, tokenizer = backbones.load_classifier(str(folder)).eval(), backbones.load_tokenizer(str(folder))
+    with torch.no_grad():
+        encoded = tokenizer(TARGET, truncation=True, max_length=32, padding=True, return_tensors="pt")
+        return torch.softmax(model(**encoded).logits, dim=-1).numpy()
 
 
 def test_the_guard_keeps_the_source_model_when_a_round_turns_the_target_upside_down(
@@ -189,10 +208,10 @@ def test_rounds_stop_at_the_first_that_falls_below_the_source_validation(tiny_ba
     )
 
 
-@pytest.mark.parametrize("method", ["self-training", "self-distillation"])
-def test_resume_inside_a_round_matches_an_uninterrupted_run(method, still_backbone, target_splits, tmp_path):
+@pytest.mark.parametrize(("method", "teachers"), [("self-training", 1), ("self-distillation", 2)])
+def test_resume_inside_a_round_matches_an_uninterrupted_run(method, teachers, still_backbone, target_splits, tmp_path):
     params = train_params(still_backbone, checkpoint_every=2, checkpoint_seconds=0)
-    adapt = AdaptParams(method=method, rounds=2, max_source_drop=1.0, max_confident_flips=1.0)
+    adapt = AdaptParams(method=method, rounds=2, max_source_drop=1.0, max_confident_flips=1.0, teachers=teachers)
     straight = finetune(target_splits, params, short_texts(), tmp_path / "straight", adapt=adapt)
 
     def crash_in_round_two(record):  # round 2's epoch ends after its mid-epoch checkpoints, before the last
@@ -204,10 +223,13 @@ def test_resume_inside_a_round_matches_an_uninterrupted_run(method, still_backbo
     with pytest.raises(KeyboardInterrupt):
         finetune(target_splits, params, short_texts(), tmp_path / "killed", killed, adapt)
     assert Checkpoints(folder.with_name("checkpoints-round-2")).latest() is not None
+    if teachers == 2:  # the second source model finished: the resumed run replays it without training
+        assert Checkpoints(folder.with_name("checkpoints-teacher-1")).latest() is not None
     resumed = finetune(target_splits, params, short_texts(), tmp_path / "resumed", TrainingIO(None, folder), adapt)
     assert resumed.self_training.training.resumed_from_step is not None
     assert resumed.self_training.rounds == straight.self_training.rounds
     assert resumed.self_training.training.step_losses == straight.self_training.training.step_losses
     one, other = (backbones.load_classifier(str(r.model_dir)).state_dict() for r in (straight, resumed))
     assert all(torch.equal(one[k], other[k]) for k in one)
-    assert not folder.exists() and not folder.with_name("checkpoints-round-1").exists()  # cleared once saved
+    cleared = [folder, folder.with_name("checkpoints-round-1"), folder.with_name("checkpoints-teacher-1")]
+    assert not any(f.exists() for f in cleared)  # cleared once saved

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from graftline.tasks.engine import distributed, mlm
 from graftline.tasks.engine.checkpoints import Checkpoints
-from graftline.tasks.engine.training import EncodedSplit, TrainResult, encode, resolve_device, seed_everything
+from graftline.tasks.engine.training import (
+    EncodedSplit,
+    TrainResult,
+    encode,
+    predict_logits,
+    resolve_device,
+    seed_everything,
+)
 from graftline.tasks.errors import GraftlineError
 from graftline.tasks.settings import AdaptParams
 from graftline.tasks.train.recipes.base import Job, Recipe, Recipes
@@ -28,15 +39,17 @@ class Adaptation(Recipe):
     `self-training` (or `mlm+self-training`) the source model is followed by rounds of confident,
     class-balanced hard pseudo-labels on the target texts, with `self-distillation` (what `auto`
     runs) by rounds on every target text with the model's class-aligned predicted distribution as
-    a soft label (tasks/train/self_training.py). A label-free guard keeps a round only while the
-    source validation split holds and the source model's confident target predictions stand; else
-    the source model is what is saved. With `job.source_dir`, the source model (before the rounds)
-    is saved there too, for comparison. Epochs and rounds are chosen by the source validation
-    split: target labels are never read.
+    a soft label (tasks/train/self_training.py). With `adapt.teachers` above 1 (auto: 2) more source
+    models, trained the same way with the next seeds, label the first round together with the source
+    model (the mean of their distributions); the model adapted and saved is still the first one. A
+    label-free guard keeps a round only while the source validation split holds and the teacher's
+    confident target predictions stand; else the source model is what is saved. With
+    `job.source_dir`, the source model (before the rounds) is saved there too, for comparison.
+    Epochs and rounds are chosen by the source validation split: target labels are never read.
 
     Supports: text backbones, strategies full, linear-probe, lora and lp-ft; resumable checkpoints
-    (round r's in `<checkpoints>-round-r`; a resumed run skips the MLM head's warm-up, which the
-    checkpoint holds).
+    (round r's in `<checkpoints>-round-r`, the other teachers' in `<checkpoints>-teacher-n`; a
+    resumed run skips the MLM head's warm-up, which the checkpoint holds).
     Refuses: an image backbone; a backbone whose tokenizer has no mask token (mlm); data without target
     texts; and (the private and distributed recipes refuse it) privacy and several processes.
     """
@@ -55,10 +68,15 @@ class Adaptation(Recipe):
         source = self.source
         source.setup()
         target = self._encode_target()
-        training = source.train(auxiliary=self._target_mlm(target))
-        mlm.detach(source.classifier)  # the saved model is a plain classifier
+        training = self._train_source(target)
         rounds = self._self_train(target, training) if self.job.adapt.self_trains else None
         return source.save(training, cleared=self._round_folders(), self_training=rounds)
+
+    def _train_source(self, target: EncodedSplit) -> TrainResult:
+        """The source model, trained (with the target MLM loss under mlm) into `source.classifier`."""
+        training = self.source.train(auxiliary=self._target_mlm(target))
+        mlm.detach(self.source.classifier)  # the saved model is a plain classifier
+        return training
 
     def _encode_target(self) -> EncodedSplit:
         """The target texts, tokenised (labels unknown: zeros)."""
@@ -96,7 +114,10 @@ class Adaptation(Recipe):
         if job.source_dir is not None and distributed.rank_and_size()[0] == 0:
             # saving moves a model to the CPU; the rounds go on where they are
             save_model(plain_model(copy.deepcopy(source.classifier), job.params), source.tokenizer, job.source_dir)
-        return self_train(
+        started = time.perf_counter()
+        teachers = self._other_teachers(target)
+        teaching = time.perf_counter() - started
+        rounds = self_train(
             source.classifier,
             source.train_split,
             source.val_split,
@@ -110,14 +131,54 @@ class Adaptation(Recipe):
             on_epoch=job.io.on_epoch,
             epochs_before=len(training.history),
             on_progress=job.io.on_progress,
+            teachers=teachers,
         )
+        return replace(rounds, seconds=rounds.seconds + teaching)  # the other teachers are adaptation's cost too
+
+    def _other_teachers(self, target: EncodedSplit) -> list[np.ndarray]:
+        """The target probabilities of `adapt.teachers - 1` more source models (one in memory at a time;
+        only their predictions on the target texts are used, the models are not saved)."""
+        probabilities = []
+        for number in range(1, self.job.adapt.teacher_count):
+            teacher = self._train_teacher(number)
+            config, pad_id = teacher.config, teacher.tokenizer.pad_token_id
+            logits = predict_logits(
+                teacher.classifier, target, config.eval_batch_size, pad_id, precision=config.precision
+            )
+            probabilities.append(torch.softmax(torch.from_numpy(logits), dim=-1).numpy())
+        return probabilities
+
+    def _train_teacher(self, number: int) -> Supervised:
+        """The `number`th other source model: trained as the source model was, with the seed `number`
+        after its seed, in its own checkpoint folder (a killed run resumes inside it; a finished one
+        replays without training). Its epochs are not reported: they would interleave with the
+        adapted model's curves."""
+        job = self.job
+        io = replace(job.io.unheard(), checkpoint_dir=teacher_folder(job.io.checkpoint_dir, number))
+        other = replace(
+            job, model=job.model.model_copy(update={"seed": job.model.seed + number}), io=io, source_dir=None
+        )
+        teacher = self.recipes.choose(replace(other, adapt=AdaptParams()))
+        assert isinstance(teacher, Supervised), f"{type(teacher).__name__} cannot train a teacher"
+        teacher.setup()
+        teacher.train()
+        return teacher
 
     def _round_folders(self) -> list[Path | None]:
-        """The rounds' checkpoint folders, last round first."""
-        rounds = self.job.adapt.rounds if self.job.adapt.self_trains else 0
-        return [round_folder(self.job.io.checkpoint_dir, number) for number in range(rounds, 0, -1)]
+        """The rounds' and the other teachers' checkpoint folders, cleared once the model is saved."""
+        adapt, folder = self.job.adapt, self.job.io.checkpoint_dir
+        rounds = adapt.rounds if adapt.self_trains else 0
+        teachers = adapt.teacher_count if adapt.self_trains else 1
+        return [round_folder(folder, number) for number in range(rounds, 0, -1)] + [
+            teacher_folder(folder, number) for number in range(1, teachers)
+        ]
 
 
 def round_folder(checkpoint_dir: Path | None, number: int) -> Path | None:
     """Self-training round `number`'s checkpoints, beside the source training's."""
     return None if checkpoint_dir is None else checkpoint_dir.with_name(f"{checkpoint_dir.name}-round-{number}")
+
+
+def teacher_folder(checkpoint_dir: Path | None, number: int) -> Path | None:
+    """The checkpoints of the `number`th other source model that labels the first round."""
+    return None if checkpoint_dir is None else checkpoint_dir.with_name(f"{checkpoint_dir.name}-teacher-{number}")
