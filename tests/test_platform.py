@@ -93,27 +93,69 @@ def test_servers_bind_to_localhost_and_up_is_idempotent(platform):
 
 def test_transfer_through_the_api_keeps_the_deployments_nested_defaults(platform):
     # Only finetune.epochs is sent: Prefect alone would replace the deployment's whole `finetune`
-    # (backbone included) with model defaults; graftline merges the deployment's values back.
-    flow_run = run("transfer/transfer", {"finetune": {"epochs": 1}})
+    # (backbone included) with model defaults; graftline merges the deployment's values back. Three
+    # epochs (the deployment says two) also lift the tiny model above chance, for the drift check below.
+    flow_run = run("transfer/transfer", {"finetune": {"epochs": 3}})
     assert flow_run.state.is_completed(), flow_run.state.message
     mlflow = client(platform)
     version = mlflow.get_model_version_by_alias("platform-demo", "production")
     training = mlflow.get_run(version.tags["training_run_id"])
-    assert training.data.params["finetune.epochs"] == "1"  # the run's value
+    assert training.data.params["finetune.epochs"] == "3"  # the run's value
     assert training.data.params["finetune.backbone"].endswith("tiny-bert0")  # the deployment's value, kept
     assert version.tags["prefect_flow_run_id"] == str(flow_run.id)
     assert aliases(platform, "platform-demo") == {"candidate": "1", "production": "1"}
     assert aliases(platform, "platform-demo-student") == {"candidate": "1", "production": "1"}
 
 
-def test_promote_with_a_failing_gate_then_roll_back(platform):
-    from graftline.tasks.registry.promotion import history
+def test_a_harmful_drift_retrains_on_the_team_servers_and_proposes_a_candidate(platform, tmp_path, monkeypatch):
+    """The monitor -> retrain loop on the platform's own servers (on PostgreSQL where installed): a window
+    of another domain that the production version is least sure of is found harmful; the check starts
+    the `retrain` deployment that `up` registered; the worker runs it with the window as its target and
+    evaluation set, and it registers a new version as the candidate without moving production."""
+    import time
 
-    # the first test's settings again, without a student (this test is about the teacher's aliases):
-    # an equal model, so production moves to v2
-    second = run("transfer/transfer", {"finetune": {"epochs": 1}, "distill": {"enabled": False}})
-    assert second.state.is_completed(), second.state.message
-    assert aliases(platform, "platform-demo") == {"candidate": "2", "production": "2"}
+    import mlflow
+    import pandas as pd
+    from prefect.client.orchestration import get_client
+
+    from graftline.flows.params import MonitorParams, PredictParams
+    from graftline.flows.serving import monitor, predict
+    from graftline.tasks.data.splits import resolve_source
+
+    before = mlflow.get_tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", platform.mlflow_url)  # this process's flows, on the platform's store
+    mlflow.set_tracking_uri(platform.mlflow_url)
+    try:
+        home = pd.read_csv(resolve_source("demo:home"))
+        texts = tmp_path / "home.csv"
+        home[["text"]].to_csv(texts, index=False)
+        model = "platform-demo@production"
+        predict(PredictParams(model=model, input_path=str(texts), output_path=str(tmp_path / "scored.csv")))
+        confidence = pd.read_csv(tmp_path / "scored.csv").filter(like="score_").max(axis=1)
+        window = tmp_path / "window.csv"  # a shift that costs this tiny model accuracy by construction
+        home.loc[confidence.nsmallest(150).index, ["text", "label"]].to_csv(window, index=False)
+        checked = monitor(MonitorParams(model=model, input_path=str(window), max_accuracy_drop=0.0, retrain=True))
+    finally:
+        mlflow.set_tracking_uri(before)
+    assert checked.verdict == "harmful drift", checked
+    with get_client(sync_client=True) as prefect:
+        deadline = time.monotonic() + TRAIN * 2
+        while not (retrain := prefect.read_flow_run(checked.retrain_flow_run_id)).state.is_final():
+            assert time.monotonic() < deadline, f"the retrain run did not finish: {retrain.state}"
+            time.sleep(1)
+        deployment = prefect.read_deployment(retrain.deployment_id)
+    assert deployment.name == "retrain" and retrain.state.is_completed(), retrain.state.message
+    assert retrain.parameters["adapt"]["method"] == "auto"
+    assert any(name.startswith("drift_") for name in retrain.parameters["data"]["target_sets"])
+    mlflow_client = client(platform)
+    candidate = mlflow_client.get_model_version_by_alias("platform-demo", "candidate")
+    assert candidate.tags["prefect_flow_run_id"] == str(retrain.id)
+    assert candidate.version == "2" and aliases(platform, "platform-demo")["production"] == "1"  # proposed only
+
+
+def test_promote_with_a_failing_gate_then_roll_back(platform):
+    """The retrained candidate (v2, the test above) through the promote and rollback deployments."""
+    from graftline.tasks.registry.promotion import history
 
     refused = run(
         "promote/promote",
@@ -133,15 +175,27 @@ def test_promote_with_a_failing_gate_then_roll_back(platform):
         "promote/promote", {"params": {"model_name": "platform-demo", "to": "staging", "experiment": "platform"}}
     )
     assert promoted.state.is_completed() and aliases(platform, "platform-demo")["staging"] == "2"
+    # production next, accepting any score (min_improvement -1): the gates' arithmetic is test_promotion's;
+    # this is about the aliases the deployments move and the history they leave
+    anyway = {
+        "model_name": "platform-demo",
+        "to": "production",
+        "experiment": "platform",
+        "gates": {"min_improvement": -1},
+    }
+    promoted = run("promote/promote", {"params": anyway})
+    assert promoted.state.is_completed() and aliases(platform, "platform-demo")["production"] == "2"
 
     rolled = run("rollback/rollback", {"model_name": "platform-demo", "alias": "production", "experiment": "platform"})
     assert rolled.state.is_completed(), rolled.state.message
     assert aliases(platform, "platform-demo")["production"] == "1"
     records = history(client(platform), "platform-demo")
+    assert [(r["action"], r["verdict"]) for r in records if r["action"] == "monitor"] == [("monitor", "harmful drift")]
+    records = [r for r in records if r["action"] != "monitor"]
     assert [(r["action"], r["alias"], r["from_version"], r["to_version"]) for r in records] == [
         ("promote", "production", None, "1"),
-        ("promote", "production", "1", "2"),
         ("promote", "staging", None, "2"),
+        ("promote", "production", "1", "2"),
         ("rollback", "production", "2", "1"),
     ]
     assert "of deployment rollback" in records[-1]["triggered_by"]

@@ -152,6 +152,7 @@ def test_self_distillation_trains_every_target_text_on_the_two_source_models_sof
     ((p, prior),) = predicted
     assert p == pytest.approx((one + other) / 2, abs=1e-5)
     assert result.self_training.teacher_agreement == (float((one.argmax(1) == other.argmax(1)).mean()),)
+    assert result.self_training.decision == "adapted (1 of 1 rounds kept; round 1 labelled by 2 source models)"
     prior = prior / prior.sum()  # aligned towards the source's class mix
     assert np.abs(soft.mean(axis=0) - prior).sum() < np.abs(p.mean(axis=0) - prior).sum()
     assert soft == pytest.approx(aligned(p, prior))

@@ -220,7 +220,9 @@ class SelfTrainingResult:
     def decision(self) -> str:
         """Which model the run keeps and why, in one line (the summary's and the run's tag)."""
         kept = self.kept_rounds
-        verdict = f"adapted ({kept} of {len(self.rounds)} rounds kept)" if kept else "source-only kept"
+        teachers = len(self.teacher_agreement) + 1
+        labelled = f"; round 1 labelled by {teachers} source models" if teachers > 1 else ""
+        verdict = f"adapted ({kept} of {len(self.rounds)} rounds kept{labelled})" if kept else "source-only kept"
         stopped = next((r for r in self.rounds if not r.kept), None)
         return verdict + (f"; round {stopped.round}: {stopped.reason}" if stopped else "")
 

@@ -149,10 +149,10 @@ class Adaptation(Recipe):
         return probabilities
 
     def _train_teacher(self, number: int) -> Supervised:
-        """The `number`th other source model: trained as the source model was, with the seed `number`
-        after its seed, in its own checkpoint folder (a killed run resumes inside it; a finished one
-        replays without training). Its epochs are not reported: they would interleave with the
-        adapted model's curves."""
+        """The `number`th other source model: trained as the source model was (without the target
+        MLM loss: a teacher labels, it is not adapted), with the seed `number` after its seed, in its
+        own checkpoint folder (a killed run resumes inside it; a finished one replays without
+        training). Its epochs are not reported: they would interleave with the adapted model's curves."""
         job = self.job
         io = replace(job.io.unheard(), checkpoint_dir=teacher_folder(job.io.checkpoint_dir, number))
         other = replace(
