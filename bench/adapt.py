@@ -79,6 +79,7 @@ class SourceModels:
     def __init__(self) -> None:
         self.models: dict = {}
         self.reused_seconds = 0.0  # of the run in progress
+        self.teachers: list = []  # the run in progress's other teachers (trained recipes), to score them too
 
     def install(self) -> None:
         train_source, train_teacher = Adaptation._train_source, Adaptation._train_teacher
@@ -89,7 +90,9 @@ class SourceModels:
             return self._once(recipe, 0, lambda: train_source(recipe, target), recipe.source)
 
         def teacher(recipe: Adaptation, number: int):
-            return self._once(recipe, number, lambda: train_teacher(recipe, number), None)
+            trained = self._once(recipe, number, lambda: train_teacher(recipe, number), None)
+            self.teachers.append(trained)
+            return trained
 
         Adaptation._train_source, Adaptation._train_teacher = source, teacher
 
@@ -128,11 +131,16 @@ def run_pair(splits: Splits, scored: Split, methods: list[str], args, seed: int,
         adapt = AdaptParams(method=method, **args.adapt)
         wanted = adapt.self_trains and "none" in methods and key not in trained
         source_dir = work / f"none-{len(trained)}" if wanted else None
-        started, SOURCES.reused_seconds = time.perf_counter(), 0.0
+        noted: dict = {}
+        started, SOURCES.reused_seconds, SOURCES.teachers = time.perf_counter(), 0.0, []
         result = finetune(splits, params, model, work / method, adapt=adapt, source_dir=source_dir)
         seconds = time.perf_counter() - started + SOURCES.reused_seconds
+        for number, teacher in enumerate(SOURCES.teachers, start=2):  # the other teachers alone, for comparison
+            noted[f"teacher_{number}_accuracy"] = evaluate_model(
+                teacher.classifier, teacher.tokenizer, scored, args.max_length
+            ).accuracy
         rounds = result.self_training.metrics() if result.self_training else {}
-        noted = {k: v for k, v in rounds.items() if k == "self_training_rounds_kept" or k.endswith(NOTED)}
+        noted |= {k: v for k, v in rounds.items() if k == "self_training_rounds_kept" or k.endswith(NOTED)}
         rows[method] = {**score(result.model_dir, scored, args), "seconds": seconds, **noted}
         if args.student and method != "none":  # the lifecycle's next step: distil on the source and target texts
             started = time.perf_counter()

@@ -41,7 +41,7 @@ def platform(tmp_path_factory, tiny_backbone, postgres_if_installed):
             {
                 "model": {"max_length": 32},
                 "finetune": {"backbone": str(tiny_backbone), "epochs": 2, "learning_rate": 3e-3},
-                "distill": {"student": "teacher-layers:1", "epochs": 1},
+                "distill": {"enabled": False, "student": "teacher-layers:1", "epochs": 1},  # the first run turns it on
                 "export": {"enabled": False},
                 "registry": {
                     "model_name": "platform-demo",
@@ -92,10 +92,11 @@ def test_servers_bind_to_localhost_and_up_is_idempotent(platform):
 
 
 def test_transfer_through_the_api_keeps_the_deployments_nested_defaults(platform):
-    # Only finetune.epochs is sent: Prefect alone would replace the deployment's whole `finetune`
-    # (backbone included) with model defaults; graftline merges the deployment's values back. Three
-    # epochs (the deployment says two) also lift the tiny model above chance, for the drift check below.
-    flow_run = run("transfer/transfer", {"finetune": {"epochs": 3}})
+    # Only finetune.epochs and distill.enabled are sent: Prefect alone would replace the deployment's
+    # whole `finetune` (backbone included) and `distill` (the student's shape) with model defaults;
+    # graftline merges the deployment's values back. Three epochs (the deployment says two) also lift
+    # the tiny model above chance, for the drift check below. The other runs here train no student.
+    flow_run = run("transfer/transfer", {"finetune": {"epochs": 3}, "distill": {"enabled": True}})
     assert flow_run.state.is_completed(), flow_run.state.message
     mlflow = client(platform)
     version = mlflow.get_model_version_by_alias("platform-demo", "production")
