@@ -136,7 +136,7 @@ def up(
     else:
         platform = Platform(str(home), host, prefect_port, mlflow_port, work_pool, auth=auth)
         for port in (prefect_port, mlflow_port):
-            if _healthy(f"http://{host}:{port}/"):
+            if _healthy(f"http://{host}:{port}/") or _taken(host, port):
                 raise GraftlineError(f"port {port} on {host} is already in use by another program; choose another")
         prepared = dbs.prepare(database) if database else None
         platform.database = prepared.shown if prepared else None
@@ -388,6 +388,20 @@ def _healthy(url: str) -> bool:
             return response.status < 500
     except OSError:
         return False
+
+
+def _taken(host: str, port: int) -> bool:
+    """Whether a program listens on `port` of `host`, HTTP or not: binding it fails. (SO_REUSEADDR, so
+    the closing connections of servers just stopped do not count.)"""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def _alive(pid: int) -> bool:

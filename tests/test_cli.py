@@ -223,6 +223,22 @@ def test_errors_keep_their_details_across_processes():
     assert (str(error), error.details, repr(error)) == ("one line", "a table", "ValidationFailed('one line')")
 
 
+def test_up_on_a_port_another_program_holds_is_refused_before_anything_starts(tmp_path):
+    import socket
+
+    with socket.socket() as other:  # listening, but no HTTP server
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        code, stderr = run_cli(["up", "--prefect-port", str(port), "--home", str(tmp_path / "platform")])
+    assert (
+        code == 2
+        and stderr
+        == f"graftline: error: port {port} on 127.0.0.1 is already in use by another program; choose another\n"
+    )
+    assert not (tmp_path / "platform" / "platform.json").exists()  # nothing started, nothing recorded
+
+
 def test_up_on_a_network_address_is_refused_before_anything_starts(tmp_path):
     from graftline.flows.servers import require_loopback
 
