@@ -268,8 +268,8 @@ class ModelParams(Params):
     trust_remote_code: bool = Field(False, description="Run model code shipped with a hub backbone. Off by default.")
 
 
-RECOMMENDED_ADAPTATION = "self-distillation"  # what adapt.method auto runs,
-RECOMMENDED_TEACHERS = 2  # with this many source models labelling its round
+RECOMMENDED_ADAPTATION = "self-distillation"  # what adapt.method auto runs
+RECOMMENDED_TEACHERS = 2  # and how many source models labelling its round
 
 
 class AdaptParams(Params):

@@ -276,7 +276,7 @@ def self_train(
     round_config = replace(config, epochs=settings.round_epochs, patience=settings.round_epochs)
     records: list[RoundRecord] = []
     training = None
-    own = _probabilities(model, target, config, pad_id)
+    own = target_probabilities(model, target, config, pad_id)
     # the first round's teacher: the source model, or the mean of its and the other source models' distributions
     teacher = np.mean([own, *teachers], axis=0) if len(teachers) else own
     agreement = [float((other.argmax(axis=1) == own.argmax(axis=1)).mean()) for other in teachers]
@@ -308,7 +308,7 @@ def self_train(
             on_progress=_numbered_from(on_progress, epochs_before, total=True),
         )
         epochs_before += len(result.history)
-        adapted = _probabilities(model, target, config, pad_id)
+        adapted = target_probabilities(model, target, config, pad_id)
         flips = confident_flips(teacher, adapted)
         kept, reason = _guard(result.best_val_macro_f1, source_val_macro_f1, flips, settings)
         records.append(
@@ -366,7 +366,8 @@ def _numbered_from(listener, offset: int, total: bool = False):
     return lambda news: listener(replace(news, epoch=offset + news.epoch))
 
 
-def _probabilities(model, target: EncodedSplit, config: TrainConfig, pad_id: int) -> np.ndarray:
+def target_probabilities(model, target: EncodedSplit, config: TrainConfig, pad_id: int) -> np.ndarray:
+    """`model`'s class probabilities for every row of `target`."""
     logits = predict_logits(model, target, config.eval_batch_size, pad_id, precision=config.precision)
     return torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
 

@@ -8,25 +8,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from graftline.tasks.engine import distributed, mlm
 from graftline.tasks.engine.checkpoints import Checkpoints
-from graftline.tasks.engine.training import (
-    EncodedSplit,
-    TrainResult,
-    encode,
-    predict_logits,
-    resolve_device,
-    seed_everything,
-)
+from graftline.tasks.engine.training import EncodedSplit, TrainResult, encode, resolve_device, seed_everything
 from graftline.tasks.errors import GraftlineError
 from graftline.tasks.settings import AdaptParams
 from graftline.tasks.train.recipes.base import Job, Recipe, Recipes
 from graftline.tasks.train.recipes.common import plain_model, save_model
 from graftline.tasks.train.recipes.result import FinetuneResult
 from graftline.tasks.train.recipes.supervised import Supervised
-from graftline.tasks.train.self_training import SelfTrainingResult, self_train
+from graftline.tasks.train.self_training import SelfTrainingResult, self_train, target_probabilities
 
 
 class Adaptation(Recipe):
@@ -141,11 +133,9 @@ class Adaptation(Recipe):
         probabilities = []
         for number in range(1, self.job.adapt.teacher_count):
             teacher = self._train_teacher(number)
-            config, pad_id = teacher.config, teacher.tokenizer.pad_token_id
-            logits = predict_logits(
-                teacher.classifier, target, config.eval_batch_size, pad_id, precision=config.precision
+            probabilities.append(
+                target_probabilities(teacher.classifier, target, teacher.config, teacher.tokenizer.pad_token_id)
             )
-            probabilities.append(torch.softmax(torch.from_numpy(logits), dim=-1).numpy())
         return probabilities
 
     def _train_teacher(self, number: int) -> Supervised:
