@@ -269,7 +269,7 @@ class ModelParams(Params):
 
 
 RECOMMENDED_ADAPTATION = "self-distillation"  # what adapt.method auto runs
-RECOMMENDED_TEACHERS = 2  # and how many source models labelling its round
+RECOMMENDED_TEACHERS = 2  # and how many source models label its round
 
 
 class AdaptParams(Params):
