@@ -383,7 +383,7 @@ def test_a_private_teacher_carries_its_budget_to_the_registry_and_the_gate_reads
     from graftline.flows.operations import promote
     from graftline.flows.params import PromoteParams
 
-    privacy = PrivacyParams(enabled=True, epsilon=4.0, logical_batch_size=32)
+    privacy = PrivacyParams(enabled=True, epsilon=4.0, logical_batch_size=32, epochs=1)
     summary = run_flow(privacy=privacy, epochs=1)
     client = MlflowClient()
     teacher = client.get_model_version(unique_name, "1")

@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 from graftline.flows.params import TransferParams
 from graftline.tasks.data.splits import Split, Splits
+from graftline.tasks.engine import private as private_engine
 from graftline.tasks.registry import contract
 from graftline.tasks.registry.promotion import privacy_check
 from graftline.tasks.settings import FinetuneParams, PrivacyParams
@@ -23,9 +24,27 @@ def rows_64():
     )
 
 
-def private(tiny_backbone, **privacy) -> FinetuneParams:
-    settings = {"enabled": True, "epsilon": 8.0, "logical_batch_size": 64, **privacy}
-    return FinetuneParams(backbone=str(tiny_backbone), epochs=1, batch_size=16, learning_rate=1e-2, privacy=settings)
+def private(tiny_backbone, strategy: str = "full", **privacy) -> FinetuneParams:
+    settings = {"enabled": True, "epsilon": 8.0, "logical_batch_size": 64, "epochs": 1, "learning_rate": 1e-2, **privacy}
+    return FinetuneParams(backbone=str(tiny_backbone), strategy=strategy, batch_size=16, privacy=settings)
+
+
+def test_the_default_private_settings_are_the_large_batch_recipe_and_one_step_spends_within_the_budget(
+    tiny_backbone, rows_64, tmp_path
+):
+    defaults = PrivacyParams()
+    assert (defaults.logical_batch_size, defaults.learning_rate, defaults.max_grad_norm, defaults.epochs) == (
+        1024,
+        5e-4,
+        0.1,
+        3,
+    )
+    params = FinetuneParams(backbone=str(tiny_backbone), epochs=4, privacy={"enabled": True, "epochs": 1})
+    result = finetune(rows_64, params, short_texts(), tmp_path / "dp")
+    spent = result.privacy
+    # 1 024 rows a step on average from 64: every row, once; privacy.epochs replaced finetune.epochs
+    assert spent.steps == 1 and len(result.training.history) == 1
+    assert spent.max_grad_norm == 0.1 and 0 < spent.epsilon <= 8.0 * 1.001
 
 
 def test_one_private_step_on_64_rows_spends_within_the_budget_and_keeps_the_embeddings(
@@ -67,6 +86,34 @@ def test_empty_poisson_samples_are_noise_only_steps(tiny_backbone, rows_64, tmp_
     assert result.privacy.epsilon <= 8.0 * 1.001
 
 
+def test_a_private_linear_probe_on_kept_features_trains_what_the_probe_through_the_model_trains(
+    still_backbone, rows_64, tmp_path, monkeypatch
+):
+    """The fast probe reads the backbone once and steps on the kept first-token states; without
+    dropout (still_backbone) every step is the one the probe through the whole model takes."""
+    passes = []
+    first_token_states = private_engine.first_token_states
+    monkeypatch.setattr(
+        private_engine,
+        "first_token_states",
+        lambda base, split, *a: passes.append(len(split)) or first_token_states(base, split, *a),
+    )
+    settings = {"logical_batch_size": 16, "epochs": 3}
+    fast = finetune(rows_64, private(still_backbone, "linear-probe", **settings), short_texts(), tmp_path / "fast")
+    assert passes == [64, 16]  # the training and validation rows, read once for three epochs of twelve steps
+    assert fast.privacy.steps == 12 and fast.privacy.epsilon <= 8.0 * 1.001
+    monkeypatch.setattr(private_engine.FrozenFeatures, "of", classmethod(lambda cls, *a: None))
+    whole = finetune(rows_64, private(still_backbone, "linear-probe", **settings), short_texts(), tmp_path / "whole")
+    assert passes == [64, 16]
+    before, a, b = (load_file(folder / "model.safetensors") for folder in (still_backbone, tmp_path / "fast",
+                                                                             tmp_path / "whole"))  # fmt: skip
+    moved = [k for k in a if k.removeprefix("bert.") in before and not torch.equal(a[k], before[k.removeprefix("bert.")])]
+    assert moved and all(".pooler." in k for k in moved)  # the pooler learned; the backbone below it did not move
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+    assert fast.training.history[-1].val_accuracy == whole.training.history[-1].val_accuracy
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -74,6 +121,9 @@ def test_empty_poisson_samples_are_noise_only_steps(tiny_backbone, rows_64, tmp_
         ({"finetune": {"processes": 2, "privacy": {"enabled": True}}}, "not with processes > 1"),
         ({"finetune": {"privacy": {"enabled": True, "epsilon": 0}}}, "greater than 0"),
         ({"finetune": {"privacy": {"enabled": True, "delta": 1.5}}}, "less than 1"),
+        ({"finetune": {"privacy": {"enabled": True, "learning_rate": 0}}}, "greater than 0"),
+        ({"finetune": {"privacy": {"enabled": True, "epochs": 0}}}, "greater than or equal to 1"),
+        ({"finetune": {"privacy": {"enabled": True, "max_grad_norm": -1}}}, "greater than 0"),
         (
             {
                 "finetune": {"privacy": {"enabled": True}},

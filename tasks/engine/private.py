@@ -13,6 +13,13 @@ The word, position and token-type embeddings are frozen: per-row gradient norms 
 vocabulary-sized embedding cost the most memory and time, and full private fine-tuning of
 BERT-family embeddings does not work in Opacus; pretrained embeddings also transfer well.
 
+A linear probe (only the pooler and classifier train) is private on frozen features: the backbone
+reads every training and validation row once, its first-token states are kept, and the private
+steps run the head alone on them. Each step then costs microseconds instead of a forward pass
+through the backbone, so the probe is the fast private option. It is used where the head's logits
+on the kept states equal the model's own on the first rows (BERT-family classifiers, every packaged
+text backbone among them); elsewhere the probe trains through the whole model, as full training does.
+
 What the guarantee covers: the training split. The validation split chooses the best epoch and is
 not protected; evaluation sets are not trained on. The noise comes from torch's seeded generator,
 not a cryptographic one (Opacus's `secure_mode` needs `torchcsprng`, which is not installed): fine
@@ -109,7 +116,14 @@ def train_private(
     device = resolve_device(config.device)
     model.to(device)
     frozen_embeddings(model)
-    loop = _PrivateLoop(model, train_split, config, pad_id, epsilon, delta, max_grad_norm, logical_batch_size, device)
+    head = FrozenFeatures.of(model, train_split, val_split, config.eval_batch_size, pad_id, device)
+    if head is not None:
+        train_split, score = head.train, lambda: head.score(config.eval_batch_size)
+    else:
+        score = lambda: _score(model, val_split, config.eval_batch_size, pad_id, device, "fp32")  # noqa: E731
+    loop = _PrivateLoop(
+        model, train_split, config, pad_id, epsilon, delta, max_grad_norm, logical_batch_size, device, head
+    )
     history, best, best_state = [], (-1.0, 0), None
     # On CPUs, SDPA attention with dropout falls back to a slow unfused path; the engine's dropout avoids it.
     fast_dropout = device.type == "cpu" and config.fast_cpu_dropout
@@ -117,7 +131,7 @@ def train_private(
         with kernels.cpu_dropout(model) if fast_dropout else nullcontext():
             for epoch in range(1, config.epochs + 1):
                 loss, seen, seconds = loop.epoch()
-                accuracy, f1, val_loss = _score(model, val_split, config.eval_batch_size, pad_id, device, "fp32")
+                accuracy, f1, val_loss = score()
                 record = EpochRecord(
                     epoch=epoch,
                     train_loss=loss,
@@ -144,21 +158,113 @@ def train_private(
     return result, loop.spent()
 
 
+class FrozenFeatures:
+    """A linear probe's frozen part computed once: the first-token states of every training and
+    validation row, and the head (pooler, dropout, classifier) that turns them into logits."""
+
+    CHECKED_ROWS = 8  # rows on which the head's logits must equal the whole model's
+
+    def __init__(self, model, train: EncodedSplit, val: EncodedSplit, train_states, val_states):
+        self.model = model
+        self.train = _Features(train_states, train.labels)
+        self.val = _Features(val_states, val.labels)
+
+    @classmethod
+    def of(cls, model, train: EncodedSplit, val: EncodedSplit, batch_size: int, pad_id: int, device):
+        """The kept features, or None where the model trains more than its head or its head is not
+        the pooler-dropout-classifier of a BERT-family classifier (then the probe trains through
+        the whole model)."""
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        base = getattr(model, model.base_model_prefix, None)
+        if (
+            base is None
+            or getattr(base, "pooler", None) is None
+            or not isinstance(getattr(model, "classifier", None), torch.nn.Linear)
+            or not isinstance(getattr(model, "dropout", None), torch.nn.Dropout)
+            or any(".pooler." not in name and not name.startswith("classifier.") for name in trainable)
+        ):
+            return None
+        model.eval()
+        checked = np.arange(min(cls.CHECKED_ROWS, len(train)))
+        with torch.no_grad():
+            batch = {k: v.to(device) for k, v in collate(train, checked, pad_id).items()}
+            whole = model(**model_inputs(batch)).logits
+            states = base(**model_inputs(batch)).last_hidden_state[:, 0]
+            if not torch.allclose(head_logits(model, states), whole, atol=1e-4, rtol=1e-4):
+                return None
+        return cls(model, train, val, *(first_token_states(base, s, batch_size, pad_id, device) for s in (train, val)))
+
+    def score(self, batch_size: int) -> tuple[float, float, float]:
+        """Accuracy, macro-F1 and mean cross-entropy of the head on the validation states."""
+        from sklearn.metrics import accuracy_score, f1_score
+
+        self.model.eval()
+        with torch.no_grad():
+            logits = torch.cat(
+                [head_logits(self.model, self.val.states[i : i + batch_size]) for i in range(0, len(self.val), batch_size)]
+            ).float()
+        labels = torch.from_numpy(np.asarray(self.val.labels))
+        predictions = logits.argmax(-1).numpy()
+        return (
+            float(accuracy_score(labels, predictions)),
+            float(f1_score(labels, predictions, average="macro")),
+            float(torch.nn.functional.cross_entropy(logits, labels)),
+        )
+
+
+@dataclass(frozen=True)
+class _Features:
+    states: torch.Tensor  # [rows, hidden]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def collate(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        return {"states": self.states[rows], "labels": torch.from_numpy(self.labels[rows])}
+
+
+def head_logits(model, states: torch.Tensor) -> torch.Tensor:
+    """A BERT-family classifier's logits from its first-token states: pooler, dropout, classifier."""
+    pooler = getattr(model, model.base_model_prefix).pooler
+    return model.classifier(model.dropout(pooler(states[:, None])))
+
+
+def first_token_states(base, split: EncodedSplit, batch_size: int, pad_id: int, device) -> torch.Tensor:
+    """The backbone's last-layer state of every row's first token, in the split's order (one pass,
+    longest rows first to pad little)."""
+    order = np.argsort(-split.lengths, kind="stable")
+    states = torch.empty(len(split), base.config.hidden_size)
+    base.eval()
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in collate(split, rows, 0 if pad_id is None else pad_id).items()}
+            states[torch.from_numpy(rows)] = base(**model_inputs(batch)).last_hidden_state[:, 0].float().cpu()
+    return states.to(device)
+
+
 class _PrivateLoop:
     """Opacus's pieces around one model: the Poisson-sampling loader, the clipping hooks and loss, the
-    noising optimizer (AdamW inside), the accountant; `epoch` runs one epoch of private steps."""
+    noising optimizer (AdamW inside), the accountant; `epoch` runs one epoch of private steps (on
+    the kept features of `head` when it is given)."""
 
-    def __init__(self, model, split, config, pad_id, epsilon, delta, max_grad_norm, logical_batch_size, device):
+    def __init__(self, model, split, config, pad_id, epsilon, delta, max_grad_norm, logical_batch_size, device, head):
         from opacus import PrivacyEngine
         from opacus.accountants.utils import get_noise_multiplier
         from transformers import get_linear_schedule_with_warmup
 
-        self.model, self.config, self.device = model, config, device
+        self.model, self.config, self.device, self.head = model, config, device, head
         self.epsilon, self.delta, self.max_grad_norm = epsilon, delta, max_grad_norm
+        rows_of = lambda items: np.array([i for (i,) in items], dtype=np.int64)  # noqa: E731
         loader = torch.utils.data.DataLoader(
             _Rows(len(split)),
             batch_size=min(logical_batch_size, len(split)),
-            collate_fn=lambda items: collate(split, np.array([i for (i,) in items], dtype=np.int64), pad_id),
+            collate_fn=(
+                (lambda items: split.collate(rows_of(items)))
+                if head is not None
+                else (lambda items: collate(split, rows_of(items), pad_id))
+            ),
         )
         self.sample_rate = 1 / len(loader)
         with _quiet():
@@ -196,7 +302,8 @@ class _PrivateLoop:
 
         started, losses, seen = time.perf_counter(), [], 0
         self.model.train()
-        physical_size = self.config.batch_size
+        # kept features are small: a whole sample (never more than every row) at once
+        physical_size = len(self.head.train) if self.head is not None else self.config.batch_size
         with (
             BatchMemoryManager(data_loader=self.loader, max_physical_batch_size=physical_size, optimizer=self.optimizer)
             as physical,
@@ -205,7 +312,11 @@ class _PrivateLoop:
             for batch in physical:
                 if isinstance(batch, dict) and len(batch["labels"]):
                     batch = {k: v.to(self.device) for k, v in batch.items()}
-                    loss = self.criterion(self.model(**model_inputs(batch)).logits.float(), batch["labels"])
+                    if self.head is not None:
+                        logits = head_logits(self.model, batch["states"])
+                    else:
+                        logits = self.model(**model_inputs(batch)).logits
+                    loss = self.criterion(logits.float(), batch["labels"])
                     loss.backward()  # ghost clipping's two passes
                     losses.append(float(loss.item()))
                     seen += len(batch["labels"])

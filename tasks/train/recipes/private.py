@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from graftline.tasks.engine import private
@@ -17,7 +18,11 @@ class Private(Supervised):
     (`FinetuneResult.privacy`). The guarantee covers the training split (engine/private.py says what
     it does not cover).
 
-    Supports: text backbones, strategies full and linear-probe (lp-ft trains every weight at once).
+    Trains with the private settings (`privacy.learning_rate`, `privacy.epochs`: the large-batch
+    recipe) in place of the ordinary ones, which suit non-private steps.
+
+    Supports: text backbones, strategies full and linear-probe (lp-ft trains every weight at once);
+    the linear probe trains on frozen features computed once (engine/private.py), the fast option.
     Refuses: adaptation to target texts (here); an image backbone; and, in the settings already,
     LoRA, several processes, `torch.compile` and a search. It keeps no checkpoints: a crashed private
     training starts again (the accountant's history would have to be in them).
@@ -36,11 +41,12 @@ class Private(Supervised):
     def run(self) -> FinetuneResult:
         self.setup()
         dp = self.job.params.privacy
+        config = replace(self.config, learning_rate=dp.learning_rate, epochs=dp.epochs)
         training, spent = private.train_private(
             self.classifier,
             self.train_split,
             self.val_split,
-            self.config,
+            config,
             self.tokenizer.pad_token_id,
             dp.epsilon,
             dp.delta or 1 / len(self.train_split),
