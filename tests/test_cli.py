@@ -3,6 +3,7 @@
 import contextlib
 import io
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -292,34 +293,43 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_leaves_no_process(files, tmp_pat
     import signal
     import subprocess
     import sys
+    import threading
     import time
 
     import psutil
 
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
     env |= {"GRAFTLINE_HOME": str(tmp_path / "home"), "GRAFTLINE_ARTIFACT_ROOT": (tmp_path / "artifacts").as_uri()}
+    env["PYTHONUNBUFFERED"] = "1"  # its log lines as they happen, not when a pipe's buffer fills
     command = [sys.executable, "-m", "graftline.flows.cli.app", "run", "--train", files["train"], "--backbone",
                str(tiny_backbone), "--epochs", "50", "--no-distill", "--model-name", "sigterm"]  # fmt: skip
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []  # what the command printed so far, read as it comes
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
     started, descendants = time.monotonic(), []
     while time.monotonic() - started < 120 and process.poll() is None:
-        descendants = psutil.Process(process.pid).children(recursive=True)
-        if descendants:  # Prefect's temporary server is up; let the flow begin
-            time.sleep(8)
-            descendants = psutil.Process(process.pid).children(recursive=True)
+        plain = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in lines]  # without the log's colours
+        if any("'validate-" in line and "Finished in state" in line for line in plain):  # fine-tuning next
+            descendants = psutil.Process(process.pid).children(recursive=True)  # Prefect's temporary server
             break
-        time.sleep(0.5)
+        time.sleep(0.25)
     try:
-        early = process.stdout.read()[-2000:] if process.poll() is not None else ""
-        assert descendants, f"the run started no server process: {early}"
+        assert descendants, f"the run started no server process: {''.join(lines)[-2000:]}"
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=90)
+        process.wait(timeout=90)
+        reader.join(timeout=10)
+        output = "".join(lines)
+        deadline = time.monotonic() + 10
+        while (alive := [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.2)
+        left = [p.cmdline() for p in alive]  # read before anything below kills them
     finally:  # a failed test leaves nothing running either
         for leftover in [process, *descendants]:
             with contextlib.suppress(Exception):
                 leftover.kill()
     assert process.returncode == 130, output[-2000:]
     assert "graftline: interrupted; `graftline resume` continues it from its last checkpoint" in output
-    time.sleep(2)
-    alive = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert not alive, [p.cmdline() for p in alive]
+    assert not left, left

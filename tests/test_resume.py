@@ -24,7 +24,7 @@ GRAFTLINE = str(Path(sys.executable).parent / "graftline")
 
 def test_a_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_result(tiny_backbone, tmp_path):
     train = tmp_path / "train.csv"
-    toy_frame(150, 3).to_csv(train, index=False)
+    toy_frame(90, 3).to_csv(train, index=False)
     config = tmp_path / "params.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -65,7 +65,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_result(ti
     killed, fresh = _lifecycle(killed_home, resumed=True), _lifecycle(tmp_path / "reference", resumed=False)
     assert killed["old_status"] == "KILLED"
     assert int(killed["finetune"].data.tags["graftline.resumed_from_step"]) >= step
-    assert killed["losses"] == fresh["losses"] and len(fresh["losses"]) > 100  # every step of all 3 epochs
+    assert killed["losses"] == fresh["losses"] and len(fresh["losses"]) > 80  # every step of all 3 epochs
     assert killed["finetune"].data.metrics["best_val_macro_f1"] == fresh["finetune"].data.metrics["best_val_macro_f1"]
     assert (
         killed["parent"].data.metrics["teacher_test_accuracy"] == fresh["parent"].data.metrics["teacher_test_accuracy"]
