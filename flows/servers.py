@@ -3,8 +3,10 @@
 `up` starts a Prefect server, an MLflow tracking server (sqlite backend and a local artifact folder
 by default; any backend store URI and artifact destination MLflow accepts, e.g. S3), and a worker
 on a process work pool; registers the deployments; prints the two UI addresses. What it started
-is written to `<home>/platform.json`; running `up` again finds it healthy and only re-registers
-the deployments. `down` stops exactly the processes that file names, and removes it.
+is written to `<home>/platform.json`; running `up` again finds it healthy and registers the
+deployments again only when what they were registered with changed (graftline's version, the
+parameter file's contents, the schedule, the pool) or one of them is missing from Prefect. `down`
+stops exactly the processes that file names, and removes it.
 
 `up --database postgresql://USER@HOST/NAME` puts both servers' state in PostgreSQL instead of
 SQLite (flows/database.py: a database each, checked and created before anything starts), which is
@@ -53,6 +55,7 @@ class Platform:
     database: str | None = None  # the PostgreSQL server both keep their state in (no password); None: SQLite
     store: str | None = None  # --backend-store-uri, its password shown as *** (a restart asks for it again)
     artifacts: str | None = None  # --artifacts-destination
+    deployed: str | None = None  # digest of what the deployments were last registered with (`_deploy`)
 
     @property
     def prefect_url(self) -> str:
@@ -342,8 +345,15 @@ def _start_worker(platform: Platform, base_env: dict, timeout: float) -> None:
     )
 
 
+DEPLOYMENTS = ("transfer", "retrain", "promote", "rollback", "predict", "monitor")  # flows/deploy.py's
+
+
 def _deploy(platform: Platform) -> None:
-    """Register the deployments in a child process pointed at this platform's API."""
+    """Register the deployments in a child process pointed at this platform's API, unless the ones
+    registered last were made from the same settings and are all still there."""
+    wanted = _deployment_digest(platform)
+    if platform.deployed == wanted and set(DEPLOYMENTS) <= _registered(platform):
+        return
     args = [sys.executable, "-m", "graftline.flows.cli.app", "deploy", "--pool", platform.work_pool]
     if platform.retrain_cron:
         args += ["--cron", platform.retrain_cron]
@@ -354,6 +364,43 @@ def _deploy(platform: Platform) -> None:
     )
     if done.returncode != 0:
         raise GraftlineError(f"registering the deployments failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    platform.deployed = wanted
+    save(platform)
+
+
+def _deployment_digest(platform: Platform) -> str:
+    """What the deployments are made from: graftline's version (their flows' parameters), the
+    parameter file's contents, the retrain schedule and the pool."""
+    import hashlib
+    from importlib.metadata import version
+
+    import contextlib
+
+    params = None
+    if platform.params_file:
+        params = "unreadable"  # the deployment step then says why
+        with contextlib.suppress(OSError):
+            params = hashlib.sha256(Path(platform.params_file).read_bytes()).hexdigest()
+    made_from = [version("graftline"), params, platform.retrain_cron, platform.work_pool]
+    return hashlib.sha256(json.dumps(made_from).encode()).hexdigest()
+
+
+def _registered(platform: Platform) -> set[str]:
+    """The names of the deployments on the platform's pool, as its Prefect API lists them (none
+    when it cannot be asked)."""
+    import base64
+
+    body = json.dumps({"work_pools": {"name": {"any_": [platform.work_pool]}}}).encode()
+    request = urllib.request.Request(f"{platform.prefect_api_url}/deployments/filter", data=body, method="POST")
+    request.add_header("Content-Type", "application/json")
+    auth = platform.client_env().get("PREFECT_API_AUTH_STRING")
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return {deployment["name"] for deployment in json.loads(response.read())}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
 
 
 def _spawn(args: list[str], env: dict, log: Path, cwd: Path) -> int:

@@ -84,11 +84,21 @@ def aliases(platform, name):
 
 
 def test_servers_bind_to_localhost_and_up_is_idempotent(platform):
+    from prefect.client.orchestration import get_client
+
     from graftline.flows import servers
 
+    def deployments() -> dict[str, object]:
+        with get_client(sync_client=True) as prefect:
+            return {d.name: d.updated for d in prefect.read_deployments()}
+
     assert platform.host == "127.0.0.1" and set(platform.pids) == {"prefect", "mlflow", "worker"}
+    registered = deployments()
+    assert set(servers.DEPLOYMENTS) <= set(registered)
     again = servers.up(Path(platform.home), prefect_port=platform.prefect_port, mlflow_port=platform.mlflow_port)
     assert again.pids == platform.pids  # nothing new started
+    assert deployments() == registered  # nor registered again: made from the same settings, all still there
+    assert servers._registered(again) >= set(servers.DEPLOYMENTS)
 
 
 def test_transfer_through_the_api_keeps_the_deployments_nested_defaults(platform):
@@ -155,8 +165,7 @@ def test_a_harmful_drift_retrains_on_the_team_servers_and_proposes_a_candidate(p
 
 
 def test_promote_with_a_failing_gate_then_roll_back(platform):
-    """The retrained candidate (v2, the test above) through the promote and rollback deployments: refused
-    by a gate, promoted past production's v1, rolled back."""
+    """The retrained candidate (v2, the test above) through the promote and rollback deployments."""
     from graftline.tasks.registry.promotion import history
 
     refused = run(
@@ -173,8 +182,12 @@ def test_promote_with_a_failing_gate_then_roll_back(platform):
     assert refused.state.is_completed()
     assert "staging" not in aliases(platform, "platform-demo")  # the gate held
 
-    # then to production, accepting any score (min_improvement -1): the gates' arithmetic is test_promotion's
-    # and staging's hop test_flow's; this is about the aliases the deployments move and the history they leave
+    promoted = run(
+        "promote/promote", {"params": {"model_name": "platform-demo", "to": "staging", "experiment": "platform"}}
+    )
+    assert promoted.state.is_completed() and aliases(platform, "platform-demo")["staging"] == "2"
+    # production next, accepting any score (min_improvement -1): the gates' arithmetic is test_promotion's;
+    # this is about the aliases the deployments move and the history they leave
     anyway = {
         "model_name": "platform-demo",
         "to": "production",
@@ -192,6 +205,7 @@ def test_promote_with_a_failing_gate_then_roll_back(platform):
     records = [r for r in records if r["action"] != "monitor"]
     assert [(r["action"], r["alias"], r["from_version"], r["to_version"]) for r in records] == [
         ("promote", "production", None, "1"),
+        ("promote", "staging", None, "2"),
         ("promote", "production", "1", "2"),
         ("rollback", "production", "2", "1"),
     ]
@@ -270,7 +284,7 @@ def test_the_command_line_talks_to_the_same_servers(platform):
     graftline = str(Path(sys.executable).parent / "graftline")
     done = subprocess.run([graftline, "history", "platform-demo"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "candidate v2, production v1" in done.stdout
+    assert "candidate v2, staging v2, production v1" in done.stdout
 
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package: never a downloaded browser

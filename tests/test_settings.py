@@ -172,7 +172,11 @@ def test_names_are_defined_once():
 def test_the_monitor_deployment_retrains_and_the_command_does_only_when_asked():
     from graftline.flows.deploy import build
 
-    [monitor] = [d for d in build() if d.name == "monitor"]
+    from graftline.flows.servers import DEPLOYMENTS
+
+    deployments = build()
+    assert tuple(d.name for d in deployments) == DEPLOYMENTS  # what `up` checks are still registered
+    [monitor] = [d for d in deployments if d.name == "monitor"]
     assert monitor.parameters["params"]["retrain"] is True
     assert MonitorParams().retrain is False and _options(COMMANDS["monitor"])["retrain"].default is False
 
