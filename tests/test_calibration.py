@@ -56,14 +56,22 @@ def test_a_temperature_replaces_one_only_where_it_lowers_held_out_likelihood():
     # over-confident, 600 rows: the fit earns its place in cross-validation
     temperature, why = guarded_temperature(*_sample(3.0, rows=600, seed=5))
     assert temperature > 2 and why.startswith(f"T = {temperature:.3g}: lowers held-out NLL")
-    # near-perfect on a small split (the demo's case): every row right but a few, so the raw fit would
-    # sharpen everything towards certainty; T = 1 stays
+    # near-perfect on a small split (the demo's case): too few errors for the likelihood fit, but the mean
+    # confidence (0.881) lies below the accuracy's 95% interval (161 of 170 right: 0.902-0.972), so T
+    # makes it the smoothed accuracy 162 / 172: sharper, and never certain
     logits = np.tile([[2.0, 0.0]], (170, 1))
     truth = np.zeros(170, dtype=int)
     truth[: MIN_ERRORS - 1] = 1
-    assert fit_temperature(logits, truth) < 0.8  # what an unguarded fit would ship
-    assert guarded_temperature(logits, truth) == (1.0, f"T = 1 kept: {MIN_ERRORS - 1} validation errors, fewer "
-                                                  f"than {MIN_ERRORS} to fit a temperature on")  # fmt: skip
+    temperature, why = guarded_temperature(logits, truth)
+    assert temperature < 1 and softmax(logits, temperature).max(-1).mean() == pytest.approx(162 / 172, abs=1e-4)
+    assert why.startswith(f"T = {temperature:.3g}: {MIN_ERRORS - 1} validation errors, fewer than {MIN_ERRORS}")
+    assert "outside the 95% interval of the accuracy (0.902-0.972, 161 of 170 right)" in why
+    # every row right: the target stays below certainty
+    perfect, _ = guarded_temperature(logits, np.zeros(170, dtype=int))
+    assert softmax(logits, perfect).max(-1).mean() == pytest.approx(171 / 172, abs=1e-4)
+    # as sure as it is right (0.953 inside the interval): T = 1 stays
+    kept, why = guarded_temperature(np.tile([[3.0, 0.0]], (170, 1)), truth)
+    assert kept == 1.0 and "within the 95% interval of the accuracy" in why
     # already calibrated, small split: a fitted T does not generalise across folds
     kept, why = guarded_temperature(*_sample(1.0, rows=120, seed=6))
     assert kept == 1.0 and why.startswith("T = 1 kept: a fitted temperature raised held-out NLL")

@@ -10,9 +10,19 @@ calibrated probabilities.
 A temperature fitted on a small or near-perfect validation split can make confidence worse: with
 few errors the likelihood is maximised by sharpening every prediction (T far below 1), and 170 rows
 can suggest a T that does not hold on the test set. So a temperature replaces T = 1 only when it
-earns it (`guarded_temperature`): the validation split holds at least MIN_ERRORS wrong predictions,
-and a temperature fitted on part of it lowers the negative log-likelihood of the rest, in
-FOLDS-fold cross-validation. Otherwise T = 1 is kept, and the reason is reported.
+earns it (`guarded_temperature`):
+
+- with at least MIN_ERRORS wrong validation predictions, the likelihood fit is used when a
+  temperature fitted on part of the split lowers the negative log-likelihood of the rest, in
+  FOLDS-fold cross-validation;
+- with fewer, the errors cannot show how confidence and correctness go together row by row, but the
+  split still shows the model's accuracy: when the mean confidence lies outside the 95% (Wilson)
+  interval of the validation accuracy, the temperature is the one whose mean confidence equals the
+  smoothed accuracy (k + 1) / (n + 2), which is never 1. A model trained briefly on few rows is often
+  far less sure than it is right (mean confidence 0.6 at 98% accuracy); this fixes that without
+  sharpening towards certainty.
+
+Otherwise T = 1 is kept; the reason is reported either way.
 
 Written here rather than taken from a library: the fit is a one-dimensional minimisation
 (scipy), the error a 15-bin histogram; the calibration libraries (netcal, torchcal) would add a
@@ -69,7 +79,8 @@ def guarded_temperature(logits: np.ndarray, truth: np.ndarray, seed: int = 0) ->
     logits, truth = np.asarray(logits), np.asarray(truth)
     errors = int((logits.argmax(-1) != truth).sum()) if logits.ndim == 2 else 0
     if errors < MIN_ERRORS:
-        return 1.0, f"T = 1 kept: {errors} validation errors, fewer than {MIN_ERRORS} to fit a temperature on"
+        few = f"{errors} validation errors, fewer than {MIN_ERRORS} to fit a temperature on"
+        return _matched_to_accuracy(logits, truth, few) if logits.ndim == 2 and len(truth) else (1.0, f"T = 1 kept: {few}")
     folds = np.array_split(np.random.default_rng(seed).permutation(len(truth)), FOLDS)
     gains = []
     for held in folds:
@@ -82,6 +93,30 @@ def guarded_temperature(logits: np.ndarray, truth: np.ndarray, seed: int = 0) ->
         return 1.0, f"T = 1 kept: a fitted temperature raised held-out NLL by {-gain:.4f} ({FOLDS}-fold)"
     temperature = fit_temperature(logits, truth)
     return temperature, f"T = {temperature:.3g}: lowers held-out NLL by {gain:.4f} ({FOLDS}-fold)"
+
+
+def _matched_to_accuracy(logits: np.ndarray, truth: np.ndarray, few: str) -> tuple[float, str]:
+    """Few errors: T = 1 unless the mean confidence lies outside the 95% interval of the accuracy;
+    then the temperature whose mean confidence is the smoothed accuracy (module docstring)."""
+    from scipy.optimize import brentq
+    from scipy.stats import binomtest
+
+    n, right = len(truth), int((logits.argmax(-1) == truth).sum())
+    confidence = float(softmax(logits).max(-1).mean())
+    low, high = binomtest(right, n).proportion_ci(confidence_level=0.95, method="wilson")
+    if low <= confidence <= high:
+        return 1.0, f"T = 1 kept: {few}; mean confidence {confidence:.3f} is within the 95% interval of the accuracy"
+    target = (right + 1) / (n + 2)
+    mean_confidence = lambda log_t: float(softmax(logits, float(np.exp(log_t))).max(-1).mean()) - target  # noqa: E731
+    bounds = np.log(TEMPERATURE_RANGE)
+    if mean_confidence(bounds[0]) <= 0 or mean_confidence(bounds[1]) >= 0:  # out of reach: the nearer end
+        temperature = float(TEMPERATURE_RANGE[0] if mean_confidence(bounds[0]) <= 0 else TEMPERATURE_RANGE[1])
+    else:
+        temperature = float(np.exp(brentq(mean_confidence, *bounds, xtol=1e-6)))
+    return temperature, (
+        f"T = {temperature:.3g}: {few}, but the mean confidence {confidence:.3f} lies outside the 95% interval of "
+        f"the accuracy ({low:.3f}-{high:.3f}, {right} of {n} right); matched to the smoothed accuracy {target:.3f}"
+    )
 
 
 def expected_calibration_error(probabilities: np.ndarray, truth: np.ndarray, bins: int = BINS) -> float:
