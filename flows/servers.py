@@ -371,17 +371,16 @@ def _deploy(platform: Platform) -> None:
 def _deployment_digest(platform: Platform) -> str:
     """What the deployments are made from: graftline's version (their flows' parameters), the
     parameter file's contents, the retrain schedule and the pool."""
+    import contextlib
     import hashlib
     from importlib.metadata import version
-
-    import contextlib
 
     params = None
     if platform.params_file:
         params = "unreadable"  # the deployment step then says why
         with contextlib.suppress(OSError):
             params = hashlib.sha256(Path(platform.params_file).read_bytes()).hexdigest()
-    made_from = [version("graftline"), params, platform.retrain_cron, platform.work_pool]
+    made_from = [version(__name__.split(".")[0]), params, platform.retrain_cron, platform.work_pool]
     return hashlib.sha256(json.dumps(made_from).encode()).hexdigest()
 
 

@@ -25,7 +25,14 @@ def rows_64():
 
 
 def private(tiny_backbone, strategy: str = "full", **privacy) -> FinetuneParams:
-    settings = {"enabled": True, "epsilon": 8.0, "logical_batch_size": 64, "epochs": 1, "learning_rate": 1e-2, **privacy}
+    settings = {
+        "enabled": True,
+        "epsilon": 8.0,
+        "logical_batch_size": 64,
+        "epochs": 1,
+        "learning_rate": 1e-2,
+        **privacy,
+    }
     return FinetuneParams(backbone=str(tiny_backbone), strategy=strategy, batch_size=16, privacy=settings)
 
 
@@ -107,7 +114,9 @@ def test_a_private_linear_probe_on_kept_features_trains_what_the_probe_through_t
     assert passes == [64, 16]
     before, a, b = (load_file(folder / "model.safetensors") for folder in (still_backbone, tmp_path / "fast",
                                                                              tmp_path / "whole"))  # fmt: skip
-    moved = [k for k in a if k.removeprefix("bert.") in before and not torch.equal(a[k], before[k.removeprefix("bert.")])]
+    moved = [
+        k for k in a if k.removeprefix("bert.") in before and not torch.equal(a[k], before[k.removeprefix("bert.")])
+    ]
     assert moved and all(".pooler." in k for k in moved)  # the pooler learned; the backbone below it did not move
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)

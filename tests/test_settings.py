@@ -171,7 +171,6 @@ def test_names_are_defined_once():
 
 def test_the_monitor_deployment_retrains_and_the_command_does_only_when_asked():
     from graftline.flows.deploy import build
-
     from graftline.flows.servers import DEPLOYMENTS
 
     deployments = build()

@@ -201,7 +201,10 @@ class FrozenFeatures:
         self.model.eval()
         with torch.no_grad():
             logits = torch.cat(
-                [head_logits(self.model, self.val.states[i : i + batch_size]) for i in range(0, len(self.val), batch_size)]
+                [
+                    head_logits(self.model, self.val.states[i : i + batch_size])
+                    for i in range(0, len(self.val), batch_size)
+                ]
             ).float()
         labels = torch.from_numpy(np.asarray(self.val.labels))
         predictions = logits.argmax(-1).numpy()

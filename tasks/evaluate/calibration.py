@@ -80,7 +80,9 @@ def guarded_temperature(logits: np.ndarray, truth: np.ndarray, seed: int = 0) ->
     errors = int((logits.argmax(-1) != truth).sum()) if logits.ndim == 2 else 0
     if errors < MIN_ERRORS:
         few = f"{errors} validation errors, fewer than {MIN_ERRORS} to fit a temperature on"
-        return _matched_to_accuracy(logits, truth, few) if logits.ndim == 2 and len(truth) else (1.0, f"T = 1 kept: {few}")
+        return (
+            _matched_to_accuracy(logits, truth, few) if logits.ndim == 2 and len(truth) else (1.0, f"T = 1 kept: {few}")
+        )
     folds = np.array_split(np.random.default_rng(seed).permutation(len(truth)), FOLDS)
     gains = []
     for held in folds:
