@@ -462,6 +462,9 @@ class TrainingParams(Params):
         return TrainConfig(**own, seed=model.seed, device=model.device, precision=model.precision)
 
 
+PRIVATE_RECIPES = {"full": (5e-4, 3), "linear-probe": (5e-3, 10)}  # learning rate, epochs (PrivacyParams.recipe)
+
+
 class PrivacyParams(Params):
     """Differentially private fine-tuning (DP-SGD through Opacus; docs: privacy)."""
 
@@ -484,15 +487,27 @@ class PrivacyParams(Params):
         le=65536,
         description="Rows per private step on average (Poisson sampling); batch_size rows at a time are computed.",
     )
-    learning_rate: float = Field(
-        5e-4,
+    learning_rate: float | None = Field(
+        None,
         gt=0,
         le=1,
-        description="Peak AdamW learning rate of private training (in place of finetune.learning_rate).",
+        description="Peak AdamW learning rate of private training, in place of finetune.learning_rate; "
+        "empty: 5e-4 (full fine-tuning) or 5e-3 (linear-probe).",
     )
-    epochs: int = Field(
-        3, ge=1, le=100, description="Epochs of private training (in place of finetune.epochs); the budget covers all."
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        le=100,
+        description="Epochs of private training, in place of finetune.epochs (the budget covers all); "
+        "empty: 3 (full fine-tuning) or 10 (linear-probe).",
     )
+
+    def recipe(self, strategy: str) -> tuple[float, int]:
+        """(learning rate, epochs) of private training with `strategy`: the settings, else the recipe's.
+        A linear probe trains a new head alone on kept features: it needs larger steps than
+        fine-tuning a pretrained network, and its epochs cost milliseconds."""
+        rate, epochs = PRIVATE_RECIPES["linear-probe" if strategy == "linear-probe" else "full"]
+        return self.learning_rate or rate, self.epochs or epochs
 
 
 class SearchRange(Params):

@@ -40,12 +40,9 @@ def test_the_default_private_settings_are_the_large_batch_recipe_and_one_step_sp
     tiny_backbone, rows_64, tmp_path
 ):
     defaults = PrivacyParams()
-    assert (defaults.logical_batch_size, defaults.learning_rate, defaults.max_grad_norm, defaults.epochs) == (
-        1024,
-        5e-4,
-        0.1,
-        3,
-    )
+    assert (defaults.logical_batch_size, defaults.max_grad_norm) == (1024, 0.1)
+    assert defaults.recipe("full") == (5e-4, 3) and defaults.recipe("linear-probe") == (5e-3, 10)
+    assert PrivacyParams(learning_rate=1e-3, epochs=2).recipe("linear-probe") == (1e-3, 2)  # a user's own
     params = FinetuneParams(backbone=str(tiny_backbone), epochs=4, privacy={"enabled": True, "epochs": 1})
     result = finetune(rows_64, params, short_texts(), tmp_path / "dp")
     spent = result.privacy

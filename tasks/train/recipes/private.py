@@ -41,7 +41,8 @@ class Private(Supervised):
     def run(self) -> FinetuneResult:
         self.setup()
         dp = self.job.params.privacy
-        config = replace(self.config, learning_rate=dp.learning_rate, epochs=dp.epochs)
+        rate, epochs = dp.recipe(self.job.params.strategy)
+        config = replace(self.config, learning_rate=rate, epochs=epochs)
         training, spent = private.train_private(
             self.classifier,
             self.train_split,
