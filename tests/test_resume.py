@@ -49,13 +49,13 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_result(ti
 
     killed_home = tmp_path / "killed"
     run = _start(["run", "--config", str(config)], killed_home)
-    reference = _start(["run", "--config", str(config)], tmp_path / "reference")  # alongside, in its own home
     checkpoint = _wait_for_checkpoint(killed_home, run, min_step=20)
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
     step = int(checkpoint.read_text().split("-")[1])
 
     resumed = _start(["resume"], killed_home)
+    reference = _start(["run", "--config", str(config)], tmp_path / "reference")  # alongside, in its own home
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
     assert "resuming lifecycle run" in err
