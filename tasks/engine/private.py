@@ -56,6 +56,7 @@ from graftline.tasks.engine.training import (
     collate,
     model_inputs,
     resolve_device,
+    scores_of,
     seed_everything,
 )
 
@@ -196,23 +197,13 @@ class FrozenFeatures:
 
     def score(self, batch_size: int) -> tuple[float, float, float]:
         """Accuracy, macro-F1 and mean cross-entropy of the head on the validation states."""
-        from sklearn.metrics import accuracy_score, f1_score
-
         self.model.eval()
         with torch.no_grad():
-            logits = torch.cat(
-                [
-                    head_logits(self.model, self.val.states[i : i + batch_size])
-                    for i in range(0, len(self.val), batch_size)
-                ]
-            ).float()
-        labels = torch.from_numpy(np.asarray(self.val.labels))
-        predictions = logits.argmax(-1).numpy()
-        return (
-            float(accuracy_score(labels, predictions)),
-            float(f1_score(labels, predictions, average="macro")),
-            float(torch.nn.functional.cross_entropy(logits, labels)),
-        )
+            logits = [
+                head_logits(self.model, self.val.states[i : i + batch_size])
+                for i in range(0, len(self.val), batch_size)
+            ]
+        return scores_of(torch.cat(logits).float().cpu().numpy(), self.val.labels)
 
 
 @dataclass(frozen=True)
@@ -242,7 +233,7 @@ def first_token_states(base, split: EncodedSplit, batch_size: int, pad_id: int, 
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            batch = {k: v.to(device) for k, v in collate(split, rows, 0 if pad_id is None else pad_id).items()}
+            batch = {k: v.to(device) for k, v in collate(split, rows, pad_id).items()}
             states[torch.from_numpy(rows)] = base(**model_inputs(batch)).last_hidden_state[:, 0].float().cpu()
     return states.to(device)
 

@@ -735,14 +735,18 @@ def seed_everything(seed: int) -> None:
 
 def _score(model, split, batch_size, pad_id, device, precision) -> tuple[float, float, float]:
     """Accuracy, macro-F1 and mean cross-entropy on a labeled split."""
+    return scores_of(predict_logits(model, split, batch_size, pad_id, device, precision), split.labels)
+
+
+def scores_of(logits: np.ndarray, labels) -> tuple[float, float, float]:
+    """Accuracy, macro-F1 and mean cross-entropy of `logits` against class ids `labels`."""
     from sklearn.metrics import accuracy_score, f1_score
 
-    logits = predict_logits(model, split, batch_size, pad_id, device, precision)
     predictions = logits.argmax(-1)
-    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(np.asarray(split.labels)))
+    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(np.asarray(labels)))
     return (
-        float(accuracy_score(split.labels, predictions)),
-        float(f1_score(split.labels, predictions, average="macro")),
+        float(accuracy_score(labels, predictions)),
+        float(f1_score(labels, predictions, average="macro")),
         float(loss),
     )
 
