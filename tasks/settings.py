@@ -541,17 +541,16 @@ class SearchRange(Params):
         return list(self.choices) if self.choices is not None else [self.low, self.high]
 
 
-# What the search tries when the space is not given: the settings that decide most how fine-tuning
-# ends (Mosbach et al. 2021, Zhang et al. 2021: learning rate, training length, warmup, re-initialising
-# the top layers), in ranges that train BERT-style backbones.
+# What the search tries when the space is not given: the two settings that decide most how fine-tuning
+# ends (Mosbach et al. 2021, Dodge et al. 2020: the learning rate and the training length) and the batch
+# size that sets the number of steps, in ranges that train BERT-style backbones. A budget of a few
+# trainings cannot also learn warmup, weight decay, layer decay and re-initialised layers: with all
+# seven settings, the sampler's proposals stayed random draws around the defaults; each can be added
+# to `space` when the budget is larger.
 DEFAULT_SEARCH_SPACE = {
     "learning_rate": {"low": 1e-5, "high": 3e-4, "log": True},
     "epochs": {"low": 1, "high": 5},
-    "warmup_ratio": {"low": 0.0, "high": 0.2},
-    "weight_decay": {"low": 0.0, "high": 0.1},
     "batch_size": {"choices": [16, 32]},
-    "layer_decay": {"low": 0.7, "high": 1.0},
-    "reinit_layers": {"low": 0, "high": 2},
 }
 SEARCHABLE = (
     "learning_rate",
@@ -564,7 +563,13 @@ SEARCHABLE = (
     "backbone_rate",
     "probe_learning_rate",
     "probe_epochs",
+    "seed",  # model.seed: where validation is small, which seed trains best is worth a trial or two
 )
+
+
+def searched_field(name: str):
+    """The settings field a searched name stands for: `seed` is model.seed, the others finetune's."""
+    return ModelParams.model_fields["seed"] if name == "seed" else FinetuneParams.model_fields[name]
 
 
 class SearchParams(Params):
@@ -594,6 +599,21 @@ class SearchParams(Params):
         description="The first trial trains the finetune settings as given (brought inside the space), so the "
         "search can only beat them on validation.",
     )
+    confidence: float | None = Field(
+        0.9,
+        ge=0.5,
+        lt=1,
+        description="Before the best trial replaces the given settings' trial as the teacher, it must score a "
+        "higher validation macro-F1 in at least this share of bootstrap resamples of the validation rows; "
+        "else the given settings stay, and the run says so. Empty: the best validation score wins.",
+    )
+    startup_trials: int | None = Field(
+        None,
+        ge=1,
+        le=1_000,
+        description="Trials drawn at random before the sampler (TPE) models the others, the given settings' "
+        "trial among them; empty: a third of `trials` (2 to 10), or 3 when only seconds bound the search.",
+    )
     pruner: Literal["successive-halving", "hyperband", "none"] = Field(
         "successive-halving",
         description="How unpromising trials are stopped early: asynchronous successive halving, Hyperband, or never.",
@@ -604,7 +624,21 @@ class SearchParams(Params):
     reports_per_epoch: int = Field(
         4, ge=1, le=100, description="Validation macro-F1 reports a trial makes per epoch, for the pruner."
     )
-    min_reports: int = Field(2, ge=1, le=10_000, description="Pruning: reports a trial makes before it can be stopped.")
+    min_reports: int = Field(
+        2,
+        ge=1,
+        le=10_000,
+        description="Pruning: the first checkpoint, in reports; the next ones are this times reduction_factor, "
+        "its square, and so on. At each, a trial's score is compared with the other trials' scores after as "
+        "many reports (as much training).",
+    )
+    prune_after: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Pruning: a trial is never stopped before this share of its own reports, so that a long "
+        "schedule (whose learning rate is still high half-way) is judged once it could show itself.",
+    )
     runner: Literal["local", "dask"] = Field(
         "local",
         description="Where trials run: local, one after the other in the flow's process; dask, one trial per "
@@ -641,6 +675,13 @@ class SearchParams(Params):
         if self.trials is None and self.seconds is None:
             raise ValueError("the search needs a budget: trials, seconds or both")
         return self
+
+    def startup(self) -> int:
+        """Random trials before TPE models the others: scaled to the budget, so that a budget of a few
+        trials is not a random search (TPE's own default, 10, is more than most budgets here)."""
+        if self.startup_trials is not None:
+            return self.startup_trials
+        return 3 if self.trials is None else min(10, max(2, self.trials // 3))
 
 
 class FinetuneParams(TrainingParams):
@@ -730,7 +771,7 @@ def _setting_problem(name: str, value: float) -> str | None:
 
 @cache
 def _setting_adapter(name: str) -> TypeAdapter:
-    field = FinetuneParams.model_fields[name]
+    field = searched_field(name)
     return TypeAdapter(Annotated[field.annotation, field])
 
 

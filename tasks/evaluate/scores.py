@@ -107,6 +107,55 @@ def evaluate_sets(model_dir: Path, splits, model: ModelParams) -> tuple[dict[str
     return {name: evaluation for name, (evaluation, _, _) in scored.items()}, calibration
 
 
+def predictions_on(model_dir: Path, split: Split, model: ModelParams) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted class ids, true class ids) of the classifier in `model_dir` on one labeled split."""
+    from graftline.tasks.engine.backbones import load_classifier, load_tokenizer
+
+    classifier, tokenizer = load_classifier(str(model_dir)), load_tokenizer(str(model_dir))
+    _, logits, truth = _score(classifier, tokenizer, split, model.max_length, 64, model.device)
+    return logits.argmax(-1), np.asarray(truth)
+
+
+def paired_bootstrap(
+    first: np.ndarray,
+    second: np.ndarray,
+    truth: np.ndarray,
+    metric: str = "macro_f1",
+    resamples: int = 2_000,
+    seed: int = 0,
+) -> np.ndarray:
+    """`metric` of the predictions `first` minus that of `second`, on `resamples` bootstrap resamples of
+    the rows (the same rows for both: a paired comparison). Macro-F1 averages the classes present in a
+    resample's truth or predictions, as scikit-learn does.
+
+    Each resample is a row of multinomial counts, so a chunk of resamples is a few matrix products
+    instead of thousands of metric calls."""
+    rng = np.random.default_rng(seed)
+    rows, classes = len(truth), int(max(first.max(), second.max(), truth.max())) + 1
+    differences = []
+    for start in range(0, resamples, 250):
+        counts = rng.multinomial(rows, np.full(rows, 1 / rows), size=min(250, resamples - start)).astype(np.float32)
+        differences.append(
+            _weighted(metric, counts, first, truth, classes) - _weighted(metric, counts, second, truth, classes)
+        )
+    return np.concatenate(differences)
+
+
+def _weighted(metric: str, counts: np.ndarray, predictions: np.ndarray, truth: np.ndarray, classes: int) -> np.ndarray:
+    """`metric` of `predictions` on each resample (a row of `counts`, how often each row was drawn)."""
+    if metric == "accuracy":
+        return counts @ (predictions == truth).astype(np.float32) / counts.sum(1)
+    if metric != "macro_f1":
+        raise ValueError(f"unknown metric {metric!r}: accuracy or macro_f1")
+    scores = []
+    for c in range(classes):
+        hit, said, was = (predictions == c) & (truth == c), predictions == c, truth == c
+        tp, said_n, was_n = (counts @ m.astype(np.float32) for m in (hit, said, was))
+        present = (said_n + was_n) > 0
+        scores.append(np.where(present, 2 * tp / np.maximum(said_n + was_n, 1), np.nan))
+    return np.nanmean(np.stack(scores), axis=0)
+
+
 MISCLASSIFIED_KEPT = 32
 
 

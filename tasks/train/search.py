@@ -3,16 +3,24 @@
 Fine-tuning results swing with the learning rate, the training length, warmup and even the seed
 (Dodge et al. 2020), and many runs are visibly going nowhere long before they end. `search` runs an
 Optuna study over the settings of `finetune.search.space`: the TPE sampler proposes each trial's
-settings from the trials before it; every trial is one ordinary fine-tuning (`train`: the recipe its
-settings choose, tasks/train/finetune.py) that reports its validation macro-F1 `reports_per_epoch`
-times per epoch, and the pruner (asynchronous successive halving or Hyperband) stops a trial whose
-reports fall behind the others' at the same point. The first trial trains the settings as given
-(`start_from_settings`), so the search starts from a known baseline. The budget is a number of
-trials, wall-clock seconds, or both; when the seconds are spent, a running trial is stopped once
-some trial has finished.
+settings from the trials before it, after a few random ones scaled to the budget; every trial is one
+ordinary fine-tuning (`train`: the recipe its settings choose, tasks/train/finetune.py) that reports
+its validation macro-F1 `reports_per_epoch` times per epoch. The pruner stops a trial whose reports
+fall behind the others' after as much training (successive halving compares the scores at equal
+reports, `EqualResourceHalving`; or Hyperband), never before the trial has run `prune_after` of its
+own schedule: half-way through a long schedule the learning rate is still high, and a slow starter
+pruned at its first checkpoint is a good setting never seen. The budget is a number of trials,
+wall-clock seconds, or both; when the seconds are spent, a running trial is stopped once some trial
+has finished.
 
-Every finished trial's model is saved in its own folder, and only the best one is kept, so the
-teacher *is* the best trial: nothing is trained twice. (When the best trial ran where its folder
+The first trial trains the settings as given (`start_from_settings`), and they stay the teacher unless
+another trial beats them on validation by more than the validation split's noise: the best trial must
+score higher in `confidence` of the bootstrap resamples of the validation rows (`confirm`). The best
+of many trials on a small validation split is partly the luckiest one; the check is what keeps a
+search from replacing good defaults with a draw that only looked better.
+
+Every finished trial's model is saved in its own folder, and only the best one and the given
+settings' one are kept, so the teacher *is* a trial: nothing is trained twice. (When the best trial ran where its folder
 cannot be read, on another machine, its settings are trained again here.)
 
 The study lives in a database, named by the caller: the search recipe (recipes/search.py) keeps it
@@ -43,11 +51,20 @@ from graftline.tasks import plots
 from graftline.tasks.data.splits import Splits
 from graftline.tasks.engine.training import EpochRecord, TrainingIO, TrainResult
 from graftline.tasks.errors import GraftlineError
+from graftline.tasks.evaluate.scores import paired_bootstrap, predictions_on
 from graftline.tasks.registry.tracking import StepLog
-from graftline.tasks.settings import AdaptParams, FinetuneParams, ModelParams, SearchParams, SearchRange
+from graftline.tasks.settings import (
+    AdaptParams,
+    FinetuneParams,
+    ModelParams,
+    SearchParams,
+    SearchRange,
+    searched_field,
+)
 from graftline.tasks.train.recipes.base import Job
 from graftline.tasks.train.recipes.result import FinetuneResult
 
+GIVEN = "given"  # the user attribute of the trial that trains the settings as given
 TRIAL_RESULT = "trial.json"  # beside a finished trial's model: its training, to become the teacher's record
 Train = Callable[[Job], FinetuneResult]  # one fine-tuning: what each trial runs (the recipes' table)
 Work = Callable[[int, int], None]  # what each of several workers runs: work(copy, copies)
@@ -94,14 +111,39 @@ class TrialRecord:
         )
 
 
+@dataclass(frozen=True)
+class Confirmation:
+    """The check before the best trial replaces the given settings: in what share of bootstrap resamples
+    of the validation rows its macro-F1 was higher than theirs, against the share required."""
+
+    given: int  # the trial of the given settings
+    leader: int  # the trial with the best validation macro-F1
+    share: float
+    required: float
+    gain: float  # the leader's validation macro-F1 minus the given settings'
+
+    @property
+    def replaced(self) -> bool:
+        return self.share >= self.required
+
+    def line(self) -> str:
+        verdict = "replace them" if self.replaced else "the given settings stay"
+        return (
+            f"search check: trial {self.leader} beat the given settings (trial {self.given}) by "
+            f"{100 * self.gain:+.2f} points of validation macro-F1, higher in {100 * self.share:.0f}% of "
+            f"bootstrap resamples of the validation rows (required: {100 * self.required:.0f}%): {verdict}"
+        )
+
+
 @dataclass
 class SearchResult:
-    finetune: FinetuneResult  # the teacher: the best trial's model
-    best: TrialRecord
+    finetune: FinetuneResult  # the teacher: the chosen trial's model
+    best: TrialRecord  # the chosen trial: the best one, unless the check kept the given settings
     trials: list[TrialRecord]
     importances: dict[str, float] = field(default_factory=dict)  # fANOVA, when two trials finished
-    retrained: bool = False  # the best trial's folder was out of reach: its settings trained again here
+    retrained: bool = False  # the chosen trial's folder was out of reach: its settings trained again here
     picture: Path | None = None  # the optimisation history and importances (`plot_search`), once drawn
+    confirmation: Confirmation | None = None  # when a trial other than the given settings' scored best
 
     @property
     def seconds(self) -> float:
@@ -118,6 +160,14 @@ class SearchResult:
             "search_pruned_share_of_seconds": pruned_seconds / self.seconds if self.seconds else 0.0,
             "search_best_trial": self.best.number,
             "search_best_val_macro_f1": self.best.value,
+            **(
+                {
+                    "search_check_share": self.confirmation.share,
+                    "search_check_replaced": float(self.confirmation.replaced),
+                }
+                if self.confirmation
+                else {}
+            ),
         }
 
     def table(self):
@@ -157,7 +207,8 @@ class SearchResult:
                 f"search: trial {best.number} is the teacher (validation macro-F1 {best.value:.4f}; {chosen}); "
                 f"{metrics['search_trials']} trials, {metrics['search_pruned']} pruned "
                 f"({100 * metrics['search_pruned_share_of_seconds']:.0f}% of {metrics['search_seconds']:.0f} s)"
-                f"{retrained}"
+                f"{retrained}",
+                *([self.confirmation.line()] if self.confirmation else []),
             ],
         )
 
@@ -192,7 +243,7 @@ def search(
     opened = open_study(study, settings, model.seed, max_reports=_most_reports(params, space))
     _requeue_interrupted(opened)
     if settings.start_from_settings and not opened.trials:
-        opened.enqueue_trial(starting_point(params, space))
+        opened.enqueue_trial(starting_point(params, space, model), user_attrs={GIVEN: True})
     spent = sum(record.seconds for record in records(opened))
     left = _left(settings, opened, spent)
 
@@ -220,16 +271,38 @@ def search(
     complete = opened.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         raise GraftlineError("the search finished no trial: raise finetune.search.seconds or trials")
-    best = _best(complete)
-    result, retrained = _teacher(best, runner, out_dir)
+    best, given = _best(complete), _given(complete)
+    checked = confirm(given, best, runner, settings.confidence) if given and given is not best else None
+    chosen = given if checked and not checked.replaced else best
+    result, retrained = _teacher(chosen, runner, out_dir)
     shutil.rmtree(trials_dir, ignore_errors=True)
     every = records(opened)
     return SearchResult(
         finetune=result,
-        best=next(r for r in every if r.number == best.number),
+        best=next(r for r in every if r.number == chosen.number),
         trials=every,
         importances=importances(opened),
         retrained=retrained,
+        confirmation=checked,
+    )
+
+
+def confirm(given, leader, runner: TrialRunner, required: float | None) -> Confirmation | None:
+    """Whether `leader` (the best trial) beats `given` (the given settings' trial) on validation beyond
+    its noise: both saved models predict the validation rows, and the share of paired bootstrap
+    resamples in which the leader's macro-F1 is higher is weighed against `required`. None when the
+    check is off, or when either model is out of reach (it ran on another machine)."""
+    folders = [runner.folder / f"trial-{trial.number}" for trial in (leader, given)]
+    if required is None or not all((folder / TRIAL_RESULT).is_file() for folder in folders):
+        return None
+    (ours, truth), (theirs, _) = (predictions_on(folder, runner.splits.validation, runner.model) for folder in folders)
+    differences = paired_bootstrap(ours, theirs, truth, "macro_f1", seed=runner.model.seed)
+    return Confirmation(
+        given=given.number,
+        leader=leader.number,
+        share=float((differences > 0).mean()),
+        required=required,
+        gain=leader.value - given.value,
     )
 
 
@@ -258,15 +331,14 @@ class TrialRunner:
         return space
 
     def __call__(self, trial) -> float:
-        settings = suggest(trial, self.space())
-        trial_params = self.params.model_copy(update=settings)
-        reporter = _Reporter(trial, self.deadline, _most_reports(trial_params, {}))
+        trial_params, trial_model = with_settings(self.params, self.model, suggest(trial, self.space()))
+        reporter = _Reporter(trial, self.deadline, _most_reports(trial_params, {}), self.params.search.prune_after)
         io = TrainingIO(self.cache_dir, on_report=reporter, reports_per_epoch=self.params.search.reports_per_epoch)
         folder = self.folder / f"trial-{trial.number}"
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         started = time.time()
         try:
-            result = self.train(Job(self.splits, trial_params, self.model, folder, io, self.adapt))
+            result = self.train(Job(self.splits, trial_params, trial_model, folder, io, self.adapt))
         finally:  # pruned trials spend seconds too
             trial.set_user_attr("seconds", time.time() - started)
         (folder / TRIAL_RESULT).write_text(json.dumps(_describe(result)))
@@ -277,10 +349,12 @@ class TrialRunner:
 
 class _Reporter:
     """A trial's `on_report`: each validation macro-F1 goes to the study, and the pruner (or the spent
-    budget) may stop the trial there; not at its last report, when stopping would save nothing."""
+    budget) may stop the trial there; the pruner not before `prune_after` of the trial's own reports,
+    and nothing at its last report, when stopping would save nothing."""
 
-    def __init__(self, trial, deadline: float | None, reports: int) -> None:
+    def __init__(self, trial, deadline: float | None, reports: int, prune_after: float = 0.0) -> None:
         self.trial, self.deadline, self.reports, self.step = trial, deadline, reports, 0
+        self.judged_from = max(1, math.ceil(prune_after * reports))
 
     def __call__(self, macro_f1: float) -> None:
         import optuna
@@ -289,7 +363,7 @@ class _Reporter:
         self.trial.report(macro_f1, self.step)
         if self.step >= self.reports:
             return
-        if self.trial.should_prune():
+        if self.step >= self.judged_from and self.trial.should_prune():
             self.trial.set_user_attr("stopped_by", "pruner")
             raise optuna.TrialPruned(f"validation macro-F1 {macro_f1:.4f} behind other trials at report {self.step}")
         if self.deadline is not None and time.time() > self.deadline and _any_complete(self.trial.study):
@@ -333,7 +407,9 @@ def open_study(study: Study, settings: SearchParams, seed: int, max_reports: int
         direction="maximize",
         load_if_exists=True,
     )
-    opened.sampler = optuna.samplers.TPESampler(seed=seed + 1_000 * stream + len(opened.trials))
+    opened.sampler = optuna.samplers.TPESampler(
+        seed=seed + 1_000 * stream + len(opened.trials), n_startup_trials=settings.startup()
+    )
     return opened
 
 
@@ -356,9 +432,56 @@ def _pruner(settings: SearchParams, max_reports: int):
             max_resource=max(max_reports, settings.min_reports),
             reduction_factor=settings.reduction_factor,
         )
-    return optuna.pruners.SuccessiveHalvingPruner(
-        min_resource=settings.min_reports, reduction_factor=settings.reduction_factor
-    )
+    return EqualResourceHalving(settings.min_reports, settings.reduction_factor)
+
+
+class EqualResourceHalving:
+    """Asynchronous successive halving in which every comparison is at equal training: at each
+    checkpoint (`min_reports` reports, then that times `reduction_factor`, its square, ...) a trial goes
+    on only if its score after that many reports is among the top 1/`reduction_factor` of the scores all
+    trials made after as many reports. (Optuna's own pruner records a trial's latest score at the
+    checkpoints it has passed, so a trial asked late, after `prune_after`, would be weighed by a later
+    score against the others' earlier ones.) Of fewer than `reduction_factor` scores, only the lowest
+    is stopped. Each checkpoint is judged once per trial, when the trial is first asked past it.
+
+    Optuna asks a study's pruner only `prune(study, trial)`; this class answers that without deriving
+    from `optuna.pruners.BasePruner`, so that importing this module does not import Optuna."""
+
+    def __init__(self, min_reports: int, reduction_factor: int) -> None:
+        self.min_reports, self.reduction_factor = min_reports, reduction_factor
+        self.judged: dict[int, int] = {}  # trial id -> the last checkpoint judged
+
+    def checkpoints(self, up_to: int) -> list[int]:
+        steps, step = [], self.min_reports
+        while step <= up_to:
+            steps.append(step)
+            step *= self.reduction_factor
+        return steps
+
+    def prune(self, study, trial) -> bool:
+        step = trial.last_step
+        if step is None:
+            return False
+        judged = self.judged.get(trial._trial_id, 0)
+        others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
+        for checkpoint in self.checkpoints(step):
+            if checkpoint <= judged or checkpoint not in trial.intermediate_values:
+                continue
+            self.judged[trial._trial_id] = checkpoint
+            scores = [t.intermediate_values[checkpoint] for t in others if checkpoint in t.intermediate_values]
+            if scores and not _goes_on(trial.intermediate_values[checkpoint], scores, self.reduction_factor):
+                return True
+        return False
+
+
+def _goes_on(score: float, others: list[float], reduction_factor: int) -> bool:
+    """Whether `score` is among the top 1/`reduction_factor` of itself and `others` (with fewer than
+    `reduction_factor` scores in all, whether it is not the lowest)."""
+    ranked = sorted([*others, score], reverse=True)
+    kept = max(1, len(ranked) // reduction_factor)
+    if len(ranked) < reduction_factor:
+        return score > ranked[-1] or len(set(ranked)) == 1
+    return score >= ranked[kept - 1]
 
 
 def _most_reports(params: FinetuneParams, space: dict[str, SearchRange]) -> int:
@@ -373,7 +496,7 @@ def suggest(trial, space: dict[str, SearchRange]) -> dict[str, float]:
     """The trial's value of every searched setting (whole numbers for whole-number settings)."""
     settings = {}
     for name, values in space.items():
-        whole = FinetuneParams.model_fields[name].annotation in (int, "int")
+        whole = searched_field(name).annotation in (int, "int")
         if values.choices is not None:
             choices = [int(v) if whole else float(v) for v in values.choices]
             settings[name] = trial.suggest_categorical(name, choices)
@@ -384,16 +507,23 @@ def suggest(trial, space: dict[str, SearchRange]) -> dict[str, float]:
     return settings
 
 
-def starting_point(params: FinetuneParams, space: dict[str, SearchRange]) -> dict[str, float]:
-    """The finetune settings as given, each brought inside its range (or to its nearest choice)."""
+def with_settings(params: FinetuneParams, model: ModelParams, settings: dict[str, float]):
+    """(finetune, model) settings of a trial: the given ones with the searched ones replaced."""
+    finetune = {name: value for name, value in settings.items() if name != "seed"}
+    model = model.model_copy(update={"seed": settings["seed"]}) if "seed" in settings else model
+    return params.model_copy(update=finetune), model
+
+
+def starting_point(params: FinetuneParams, space: dict[str, SearchRange], model: ModelParams) -> dict[str, float]:
+    """The settings as given, each brought inside its range (or to its nearest choice)."""
     point = {}
     for name, values in space.items():
-        given = getattr(params, name)
+        given = model.seed if name == "seed" else getattr(params, name)
         if values.choices is not None:
             point[name] = min(values.choices, key=lambda choice: abs(choice - given))
         else:
             point[name] = min(max(given, values.low), values.high)
-        if FinetuneParams.model_fields[name].annotation in (int, "int"):
+        if searched_field(name).annotation in (int, "int"):
             point[name] = int(point[name])
     return point
 
@@ -512,20 +642,28 @@ def _any_complete(study) -> bool:
 
 def _keep_best(trial, value: float, folder: Path) -> None:
     """Of the finished trials' folders, keep only the best one's (this trial's, unless an earlier trial
-    scored at least as well). Folders of trials still running elsewhere are not touched."""
+    scored at least as well) and the given settings' one (the check weighs the two). Folders of trials
+    still running elsewhere are not touched."""
     import optuna
 
     complete = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    keep = trial.number
+    keep = {trial.number}
     if complete and value <= _best(complete).value:  # a tie keeps the earlier trial
-        keep = _best(complete).number
-    for number in {trial.number, *(t.number for t in complete)} - {keep}:
+        keep = {_best(complete).number}
+    given = _given([*complete, trial])
+    keep |= {given.number} if given else set()
+    for number in {trial.number, *(t.number for t in complete)} - keep:
         shutil.rmtree(folder / f"trial-{number}", ignore_errors=True)
 
 
 def _best(complete):
     """The best finished trial; of equal scores, the first."""
     return max(complete, key=lambda t: (t.value, -t.number))
+
+
+def _given(trials):
+    """The trial of the given settings among `trials`, if any."""
+    return next((t for t in trials if t.user_attrs.get(GIVEN)), None)
 
 
 def _teacher(best, runner: TrialRunner, out_dir: Path) -> tuple[FinetuneResult, bool]:
@@ -538,9 +676,8 @@ def _teacher(best, runner: TrialRunner, out_dir: Path) -> tuple[FinetuneResult, 
         shutil.rmtree(out_dir, ignore_errors=True)
         shutil.move(str(folder), str(out_dir))
         return _undescribe(described, out_dir), False
-    settings = {name: best.params[name] for name in runner.space()}
-    params = runner.params.model_copy(update=settings)
-    job = Job(runner.splits, params, runner.model, out_dir, TrainingIO(runner.cache_dir), runner.adapt)
+    params, model = with_settings(runner.params, runner.model, {name: best.params[name] for name in runner.space()})
+    job = Job(runner.splits, params, model, out_dir, TrainingIO(runner.cache_dir), runner.adapt)
     return runner.train(job), True
 
 
