@@ -20,8 +20,8 @@ of many trials on a small validation split is partly the luckiest one; the check
 search from replacing good defaults with a draw that only looked better.
 
 Every finished trial's model is saved in its own folder, and only the best one and the given
-settings' one are kept, so the teacher *is* a trial: nothing is trained twice. (When the best trial ran where its folder
-cannot be read, on another machine, its settings are trained again here.)
+settings' one are kept, so the teacher *is* a trial: nothing is trained twice. (When the chosen
+trial ran where its folder cannot be read, on another machine, its settings are trained again here.)
 
 The study lives in a database, named by the caller: the search recipe (recipes/search.py) keeps it
 in a sqlite file beside the tracking store, named by the finetune step's fingerprint. Running the
@@ -272,7 +272,7 @@ def search(
     if not complete:
         raise GraftlineError("the search finished no trial: raise finetune.search.seconds or trials")
     best, given = _best(complete), _given(complete)
-    checked = confirm(given, best, runner, settings.confidence) if given and given is not best else None
+    checked = confirm(given, best, runner, settings.confidence) if given and given.number != best.number else None
     chosen = given if checked and not checked.replaced else best
     result, retrained = _teacher(chosen, runner, out_dir)
     shutil.rmtree(trials_dir, ignore_errors=True)
@@ -631,7 +631,7 @@ def _requeue_interrupted(study) -> None:
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(trial._trial_id, "requeued", True)
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(trial.params, skip_if_exists=False)
+        study.enqueue_trial(trial.params, user_attrs={GIVEN: True} if trial.user_attrs.get(GIVEN) else None)
 
 
 def _any_complete(study) -> bool:
