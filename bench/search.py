@@ -119,7 +119,7 @@ def run(name: str, args, work: Path) -> dict:
     settings = SearchParams(enabled=True, trials=None, seconds=budget, pruner=args.pruner)
     searching = defaults.model_copy(update={"search": settings})
     study = Study(f"sqlite:///{work / 'studies.db'}", f"{name}-{args.seed}")
-    heard = lambda r: print(f"  trial {r.number} {r.state} {r.value} {r.seconds:.0f} s {r.settings}", file=sys.stderr)  # noqa: E731
+    heard = lambda r: print(f"  {r.line()}", file=sys.stderr, flush=True)  # noqa: E731
     started = time.perf_counter()
     found = search(splits, searching, model, work / f"{name}-search", study, RECIPES, on_trial=heard)
     search_seconds = time.perf_counter() - started
@@ -155,6 +155,7 @@ def run(name: str, args, work: Path) -> dict:
         "best_trial": found.best.number,
         "best_settings": found.best.settings,
         "importances": found.importances,
+        "trial_lines": [t.line() for t in found.trials],
     }
 
 
