@@ -417,8 +417,31 @@ def _storage(study: Study):
     import optuna
 
     if study.storage.startswith("sqlite"):  # several writers wait for each other instead of failing
-        return optuna.storages.RDBStorage(study.storage, engine_kwargs={"connect_args": {"timeout": 60}})
+        storage = optuna.storages.RDBStorage(study.storage, engine_kwargs={"connect_args": {"timeout": 60}})
+        _begin_immediate(storage.engine)
+        return storage
     return study.storage
+
+
+def _begin_immediate(engine) -> None:
+    """Make every transaction on a SQLite study take the write lock as it begins.
+
+    A worker claims a queued trial by reading that it is waiting and writing that it runs, in one
+    transaction whose row lock (`SELECT ... FOR UPDATE`) PostgreSQL and MySQL honour and SQLite
+    ignores: its transactions begin deferred, so two workers can both read the trial as waiting and
+    both run it (the second then fails to report it finished). Begun IMMEDIATE, one claim at a
+    time reads and writes (SQLAlchemy's recipe for serializable SQLite transactions)."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _sqlalchemy_begins(connection, _record) -> None:
+        connection.isolation_level = None  # the driver's own BEGIN off: the listener below begins
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners are closed; new ones get them
 
 
 def _pruner(settings: SearchParams, max_reports: int):
