@@ -486,10 +486,11 @@ class EqualResourceHalving:
         if step is None:
             return False
         judged = self.judged.get(trial._trial_id, 0)
+        due = [c for c in self.checkpoints(step) if c > judged and c in trial.intermediate_values]
+        if not due:  # most reports pass no checkpoint: the study's trials are not read for them
+            return False
         others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
-        for checkpoint in self.checkpoints(step):
-            if checkpoint <= judged or checkpoint not in trial.intermediate_values:
-                continue
+        for checkpoint in due:
             self.judged[trial._trial_id] = checkpoint
             scores = [t.intermediate_values[checkpoint] for t in others if checkpoint in t.intermediate_values]
             if scores and not _goes_on(trial.intermediate_values[checkpoint], scores, self.reduction_factor):
