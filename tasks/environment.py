@@ -1,4 +1,5 @@
-"""The environment graftline runs in by default: no telemetry, no hub chatter, quiet libraries.
+"""The environment graftline runs in by default: no telemetry, no hub chatter, quiet libraries,
+Arrow memory given back.
 
 The one list of these switches. MLflow and Prefect read theirs when they are imported, so every
 entry point applies them first: the command line, the test suite's conftest, the bench scripts;
@@ -9,6 +10,7 @@ This module imports nothing heavy, so it can run before those imports.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 QUIET = {
@@ -21,6 +23,11 @@ QUIET = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one bar per download, in the middle of a command's output
     "TOKENIZERS_PARALLELISM": "false",  # the tokenizers' thread pool would fight torch's after a fork
 }
+if sys.platform != "win32":  # Arrow's wheels for Windows have no jemalloc
+    # Arrow's memory for tables (read when pyarrow is first imported): mimalloc, its default here, keeps
+    # freed buffers; jemalloc returns them, so a million-row table read, carved and validated peaks
+    # about 0.4 GB lower.
+    QUIET["ARROW_DEFAULT_MEMORY_POOL"] = "jemalloc"
 
 
 def cache_dir() -> Path:

@@ -57,6 +57,26 @@ def test_repeated_texts_stay_on_one_side_of_a_carved_split(tmp_path):
     assert sum(len(s.frame) for s in (splits.train, splits.validation, splits.test)) == len(repeated)
 
 
+def test_carving_reads_as_two_stratified_splits_of_a_file_read_in_chunks(tmp_path, monkeypatch):
+    """The file is parsed a few rows at a time and both held-out splits are drawn as row positions
+    of the one frame: the same rows, in the same order, as splitting twice the frame read whole."""
+    from graftline.tasks.data import splits as module
+
+    frame = toy_frame(40)
+    frame = pd.concat([frame, frame.head(8)], ignore_index=True)  # repeated texts
+    frame.loc[3, "text"] = None  # and a missing one
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    whole = read_table(str(tmp_path / "d.csv"), "text", "label")
+    rest, test = module.stratified_split(whole, 0.2, 42, "d.csv")
+    train, validation = module.stratified_split(rest, 0.1 / 0.8, 43, "d.csv")
+
+    monkeypatch.setattr(module, "CSV_CHUNK_ROWS", 7)
+    splits = load(str(tmp_path / "d.csv"), split_seed=42, test_fraction=0.2, validation_fraction=0.1)
+    for expected, split in ((train, splits.train), (validation, splits.validation), (test, splits.test)):
+        pd.testing.assert_frame_equal(split.frame, expected.reset_index(drop=True))
+    assert splits.train.frame["row"].is_unique and len(splits.train.frame) > 30
+
+
 def test_seeded_stratified_split_is_reproducible_and_keeps_class_shares(tmp_path, frame):
     path = tmp_path / "d.csv"
     frame.to_csv(path, index=False)

@@ -52,6 +52,16 @@ def test_blank_and_null_text_and_duplicates_are_reported_with_counts(tmp_path):
     assert repeated.examples[0] == "row 3: same text"
 
 
+def test_a_missing_text_is_never_leakage_and_an_empty_train_leaks_nothing():
+    """Leakage is read from text fingerprints: equal texts match, a missing text on both sides does not."""
+    from graftline.tasks.data.validate import _present_hashes, _seen
+
+    train = pd.Series(["a", None, "b", "b"], dtype="str")
+    test = pd.Series([None, "b", "c", "a", "A"], dtype="str")
+    assert _seen(test, _present_hashes(train)).tolist() == [False, True, False, True, False]
+    assert _seen(test, _present_hashes(pd.Series([None], dtype="str"))).tolist() == [False] * 5
+
+
 def test_leakage_and_length_bounds_say_what_passes(tmp_path):
     train = toy_frame(20)
     train.loc[4, "text"] = "long " * 40

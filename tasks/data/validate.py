@@ -26,10 +26,11 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from graftline.tasks.data.pii import Scanner, counts_of
-from graftline.tasks.data.splits import Split, Splits
+from graftline.tasks.data.splits import Split, Splits, text_hashes
 from graftline.tasks.errors import ValidationFailed
 from graftline.tasks.registry.tracking import StepLog
 from graftline.tasks.settings import ValidationParams
@@ -128,7 +129,9 @@ def validate_splits(splits: Splits, thresholds: ValidationParams, out_dir: Path)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False}
     source = context.data_sources.add_pandas("graftline")
-    train_texts = set(splits.train.frame["text"].dropna())
+    # Leakage is read from 8-byte text fingerprints: a set of a million training texts as Python
+    # strings, looked up per row, costs more memory than the texts themselves (+1.2 GB at a million).
+    train_ids = _present_hashes(splits.train.frame["text"])
     labels = splits.labels
 
     scanner = Scanner(thresholds.pii_patterns) if thresholds.pii in ("fail", "warn") else None
@@ -138,10 +141,12 @@ def validate_splits(splits: Splits, thresholds: ValidationParams, out_dir: Path)
     target_names = {t.name for t in targets}
     for split in labeled + targets:
         is_target = split.name in target_names
-        frame = split.frame.assign(seen_in_train=split.frame["text"].isin(train_texts))
+        texts = split.frame["text"]
+        seen = texts.notna() if split is splits.train else pd.Series(_seen(texts, train_ids), index=texts.index)
+        frame = split.frame.assign(seen_in_train=seen)
         rules = _target_expectations(thresholds) if is_target else _expectations(split, labels, thresholds)
         if scanner is not None:
-            frame["personal_data"] = scanner.kinds_per_text(frame["text"].fillna("").tolist())
+            frame["personal_data"] = scanner.kinds_per_row(texts)
             rules.append(_custom_expectations()[2](column="personal_data"))
             for kind, rows in counts_of(frame["personal_data"]).items():
                 statistics[f"{split.name}_pii_{kind}_rows"] = float(rows)
@@ -157,7 +162,7 @@ def validate_splits(splits: Splits, thresholds: ValidationParams, out_dir: Path)
                 finding = _finding(split.name, frame, r, thresholds, scanner)
                 is_notice = finding.check == PERSONAL_DATA and thresholds.pii == "warn"
                 (notices if is_notice else findings).append(finding)
-        lengths = frame["text"].dropna().str.len()
+        lengths = frame["text"].str.len().dropna()
         statistics[f"{split.name}_rows"] = len(frame)
         statistics[f"{split.name}_text_chars_p95"] = float(lengths.quantile(0.95)) if len(lengths) else 0.0
         if split.name != "train" and not is_target:
@@ -172,6 +177,18 @@ def validate_splits(splits: Splits, thresholds: ValidationParams, out_dir: Path)
     report = ValidationReport(not findings, findings, results, docs_dir, statistics, notices, folder=out_dir)
     (out_dir / "report.md").write_text(report.markdown())
     return report
+
+
+def _present_hashes(texts: pd.Series) -> np.ndarray:
+    """The fingerprints (`text_hashes`) of the texts that are there, sorted."""
+    return np.sort(text_hashes(texts)[texts.notna().to_numpy()])
+
+
+def _seen(texts: pd.Series, ids: np.ndarray) -> np.ndarray:
+    """Per row: the text is there and its fingerprint is among `ids` (sorted)."""
+    hashes = text_hashes(texts)
+    at = np.minimum(np.searchsorted(ids, hashes), max(len(ids) - 1, 0))
+    return texts.notna().to_numpy() & (ids[at] == hashes if len(ids) else False)
 
 
 def _expectations(split: Split, labels: list[str], t: ValidationParams) -> list:
