@@ -60,7 +60,15 @@ def write_corpus(data: Path, rows: int, folder: Path) -> Path:
 
 
 def stage(name: str, side: str, path: Path) -> dict:
-    """One stage, in this process: what it did and how long it took."""
+    """One stage, in this process: what it did, how long it took and this process's peak RSS (polling
+    from outside misses the peak of a stage shorter than a few polls)."""
+    import resource
+
+    result = _stage(name, side, path)
+    return {**result, "self_peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}
+
+
+def _stage(name: str, side: str, path: Path) -> dict:
     import pandas as pd
 
     from graftline.tasks.data.splits import load_splits
@@ -230,6 +238,7 @@ def main() -> None:
                     command = [sys.executable, __file__, "--stage", name, side, str(path)]
                 # real reviews hold URLs and e-mail addresses: `check` finds them and exits 2, every check run
                 result, seconds, peak, pss = measured(command, env, ok=(0, 2) if name == "check" else (0,))
+                peak, pss = max(peak, result.get("self_peak_gb", 0)), max(pss, result.get("self_peak_gb", 0))
                 inner = result.get("seconds", seconds)
                 done = result.get("rows", rows)
                 value = {**result, "seconds": inner, "wall_seconds": seconds, "peak_gb": peak,
