@@ -3,7 +3,9 @@
 
 Real processes: `graftline run` in its own process group, killed once a checkpoint exists; then
 `graftline resume` in a new process; an uninterrupted run in a separate graftline home (its own
-MLflow store, so nothing is reused) is the reference."""
+MLflow store, so nothing is reused) is the reference. All three talk to the suite's Prefect server,
+as commands do where a team's server is configured (PREFECT_API_URL): a temporary server of their
+own would cost each of them its start-up, which the command-line tests measure elsewhere."""
 
 import os
 import signal
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.slow
 GRAFTLINE = str(Path(sys.executable).parent / "graftline")
 
 
-def test_a_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_result(tiny_backbone, tmp_path):
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_result(tiny_backbone, prefect_harness, tmp_path):
     train = tmp_path / "train.csv"
     toy_frame(90, 3).to_csv(train, index=False)
     config = tmp_path / "params.yaml"
@@ -74,8 +76,11 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_result(ti
 
 
 def _start(args: list[str], home: Path) -> subprocess.Popen:
+    from prefect.settings import PREFECT_API_URL
+
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "GRAFTLINE_ARTIFACT_ROOT")}
     env["GRAFTLINE_HOME"] = str(home)
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()  # the suite's server (prefect_harness)
     return subprocess.Popen(
         [GRAFTLINE, *args],
         env=env,
