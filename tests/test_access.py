@@ -1,9 +1,10 @@
 """`graftline up --auth` against real servers: MLflow's basic-auth app and Prefect's auth string,
 the generated credentials, and who may do what. The fixture stops everything it started.
 
-Nothing here changes this process's MLflow settings (tracking URI, active experiment): the service
-user's registration runs in its own process and the checks use clients bound to the secured server,
-so the tests after these still reach the suite's own store."""
+Nothing here leaves this process's MLflow settings changed: the service user's registration points
+the tracking URI at the secured server and back (it names its experiment rather than setting an
+active one), and the checks use clients bound to the secured server, so the tests after these still
+reach the suite's own store."""
 
 import base64
 import json
@@ -72,53 +73,40 @@ def test_without_the_password_both_servers_answer_401(secured):
     assert status_of(f"{secured.prefect_api_url}/health") == 200  # probes stay open
 
 
-REGISTER_AS_SERVICE = """
-import sys
-from pathlib import Path
+def register_as_service(secured, service: dict, backbone, work: Path, monkeypatch) -> None:
+    """What graftline's service user does in a run: train, log and register a model (`secured-demo`)."""
+    import mlflow
 
-import mlflow
-from mlflow.tracking import MlflowClient
+    from graftline.tasks.data.splits import Split, Splits
+    from graftline.tasks.registry.versions import Candidate, log_classifier, register_all
+    from graftline.tasks.settings import FinetuneParams
+    from graftline.tasks.train.finetune import finetune
+    from tests.conftest import short_texts
 
-from graftline.tasks.data.splits import Split, Splits
-from graftline.tasks.train.finetune import finetune
-from graftline.tasks.registry.versions import Candidate, log_classifier, register_all
-from graftline.tasks.settings import FinetuneParams
-from tests.conftest import short_texts, toy_frame
-
-backbone, work = sys.argv[1], Path(sys.argv[2])
-mlflow.set_experiment("secured")
-splits = Splits(*(Split(n, toy_frame(20, i), "toy") for i, n in enumerate(["train", "validation", "test"])))
-trained = finetune(splits, FinetuneParams(backbone=backbone, epochs=1), short_texts(), work / "m")
-with mlflow.start_run():
-    uri = log_classifier(trained.model_dir, ["hello"]).model_uri
-register_all(MlflowClient(), [Candidate("secured-demo", uri, {"validation_success": "true", "max_length": "32"})])
-"""
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(key, service[key])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", secured.mlflow_url)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)  # the registry follows the tracking URI
+    splits = Splits(*(Split(n, toy_frame(20, i), "toy") for i, n in enumerate(["train", "validation", "test"])))
+    trained = finetune(splits, FinetuneParams(backbone=str(backbone), epochs=1), short_texts(), work / "m")
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(secured.mlflow_url)
+    try:
+        experiment = MlflowClient(secured.mlflow_url).create_experiment("secured")
+        with mlflow.start_run(experiment_id=experiment):
+            uri = log_classifier(trained.model_dir, ["hello"]).model_uri
+        candidate = Candidate("secured-demo", uri, {"validation_success": "true", "max_length": "32"})
+        register_all(MlflowClient(secured.mlflow_url, secured.mlflow_url), [candidate])
+    finally:
+        mlflow.set_tracking_uri(before)
 
 
 def test_only_graftline_moves_aliases_the_reader_only_reads(secured, tiny_backbone, monkeypatch, tmp_path):
-    import subprocess
-    import sys
-
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     service = dict(line.removeprefix("export ").split("=", 1) for line in _lines(secured, "service.env"))
-    # The service user registers a model in its own process: MLflow's tracking URI and active
-    # experiment are process-wide, and this process's belong to the rest of the suite.
-    env = {**os.environ, **service, "MLFLOW_TRACKING_URI": secured.mlflow_url}
-    env.pop("MLFLOW_REGISTRY_URI", None)
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run(
-        [sys.executable, "-c", REGISTER_AS_SERVICE, str(tiny_backbone), str(tmp_path)],
-        env=env,
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-        monkeypatch.setenv(key, service[key])
+    register_as_service(secured, service, tiny_backbone, tmp_path, monkeypatch)
     client = MlflowClient(tracking_uri=secured.mlflow_url, registry_uri=secured.mlflow_url)
 
     # the promote deployment, run by the worker as graftline's service user
