@@ -3,6 +3,7 @@ validation, and all of it without a network call."""
 
 import json
 import socket
+from collections import Counter
 
 import pandas as pd
 import pytest
@@ -95,13 +96,13 @@ def test_the_gates_change_the_speed_never_the_findings(scanner):
     assert sum(not row for row in found) > 30  # and texts holding none
 
 
-def test_a_column_scanned_on_every_core_reads_as_one_scan(scanner, monkeypatch):
+def test_a_column_scanned_or_redacted_on_every_core_reads_as_one_pass(scanner, monkeypatch):
     """Chunks of a column go to forked processes (here from 40 texts, 16 a chunk, so two cores get
     several each): the same kinds, in row order, as one process scanning the texts one by one."""
     texts = pd.Series(tricky_texts(120) + [None, ""] + ["ORD-12345678 shipped"], dtype="str")
     handed_out = []
-    spread = pii._scan_in_processes
-    monkeypatch.setattr(pii, "_scan_in_processes", lambda *a: handed_out.append(a[2]) or spread(*a))
+    spread = pii._in_processes
+    monkeypatch.setattr(pii, "_in_processes", lambda *a: handed_out.append(a[3]) or spread(*a))
     monkeypatch.setattr(pii, "PARALLEL_TEXTS", 40)
     monkeypatch.setattr(pii, "SCAN_CHUNK", 16)
     monkeypatch.setattr(pii, "_cores", lambda: 2)
@@ -109,6 +110,11 @@ def test_a_column_scanned_on_every_core_reads_as_one_scan(scanner, monkeypatch):
     assert len(handed_out) == 1 and len(handed_out[0]) == 8  # 123 texts in 8 chunks, scanned elsewhere
     assert kinds == scanner.kinds_per_text([t if isinstance(t, str) else "" for t in texts.tolist()])
     assert kinds[-3:] == ["", "", "order_id"] and sum(bool(k) for k in kinds) > 60
+    cleaned, counts = scanner.redact_per_row(texts)  # redaction (`validation.pii: redact`) the same way
+    assert len(handed_out) == 2
+    one_by_one = [scanner.redact(t) if isinstance(t, str) else (None, Counter()) for t in texts.tolist()]
+    assert cleaned == [clean for clean, _ in one_by_one] and cleaned[-3:] == [None, "", "<ORDER_ID> shipped"]
+    assert counts == sum((c for _, c in one_by_one), Counter()) and counts["order_id"] >= 1
 
 
 def test_no_network_call_from_building_to_scanning(monkeypatch):

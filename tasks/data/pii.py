@@ -180,16 +180,32 @@ class Scanner:
         """For each text, the kinds found in it, comma-separated ("" when none)."""
         return [",".join(sorted({f.kind for f in self.find(t)})) for t in texts]
 
+    def redact_texts(self, texts: list[str]) -> list[tuple[str, Counter]]:
+        return [self.redact(t) for t in texts]
+
     def kinds_per_row(self, texts: pd.Series) -> list[str]:
         """`kinds_per_text` of a column ("" for a missing text), a chunk of texts at a time: the
         column is never a list of Python strings all at once. From PARALLEL_TEXTS texts on (on
         Linux), the chunks are scanned by one forked process per core: the matchers hold the
         interpreter's lock, so threads would take turns."""
+        return self._per_row(texts, "kinds_per_text")
+
+    def redact_per_row(self, texts: pd.Series) -> tuple[list[str | None], Counter]:
+        """Each text of a column redacted (a missing one stays None) and the replacements counted per
+        kind; chunked and spread over the cores as `kinds_per_row`."""
+        total: Counter = Counter()
+        cleaned = []
+        for present, (clean, counts) in zip(texts.notna().tolist(), self._per_row(texts, "redact_texts"), strict=True):
+            cleaned.append(clean if present else None)
+            total.update(counts)
+        return cleaned, total
+
+    def _per_row(self, texts: pd.Series, method: str) -> list:
         spans = [(i, min(i + SCAN_CHUNK, len(texts))) for i in range(0, len(texts), SCAN_CHUNK)]
         workers = min(_cores(), len(spans))
         if len(texts) < PARALLEL_TEXTS or workers < 2 or sys.platform != "linux":
-            return [kinds for a, b in spans for kinds in self.kinds_per_text(_filled(texts.iloc[a:b]))]
-        return _scan_in_processes(self, texts, spans, workers)
+            return [out for a, b in spans for out in getattr(self, method)(_filled(texts.iloc[a:b]))]
+        return _in_processes(self, method, texts, spans, workers)
 
 
 SCAN_CHUNK = 16_384  # texts per chunk of a column scan
@@ -207,30 +223,31 @@ def _filled(chunk: pd.Series) -> list[str]:
     return [t if isinstance(t, str) else "" for t in chunk.tolist()]
 
 
-_FORKED: tuple[Scanner, pd.Series] | None = None  # what forked scanning processes inherit
+_FORKED: tuple[Scanner, str, pd.Series] | None = None  # what forked scanning processes inherit
 
 
-def _scan_span(span: tuple[int, int]) -> list[str]:
-    scanner, texts = _FORKED
-    return scanner.kinds_per_text(_filled(texts.iloc[span[0] : span[1]]))
+def _run_span(span: tuple[int, int]) -> list:
+    scanner, method, texts = _FORKED
+    return getattr(scanner, method)(_filled(texts.iloc[span[0] : span[1]]))
 
 
-def _scan_in_processes(scanner: Scanner, texts: pd.Series, spans: list[tuple[int, int]], workers: int) -> list[str]:
-    """The spans of `texts` scanned by `workers` forked processes, in order. The processes inherit
-    the scanner and the column (Arrow buffers, shared, never copied or sent); only row ranges go to
-    them and kinds come back. What they run is this module's matchers alone: pure Python and
-    Presidio's recognizers, nothing that a thread of the parent (a flow's, torch's) could hold a lock in."""
+def _in_processes(scanner: Scanner, method: str, texts: pd.Series, spans: list[tuple[int, int]], workers: int) -> list:
+    """`scanner.<method>` over the spans of `texts` in `workers` forked processes, in order. The
+    processes inherit the scanner and the column (Arrow buffers, shared, never copied or sent); only
+    row ranges go to them and their results come back. What they run is this module's matchers
+    alone: pure Python and Presidio's recognizers, nothing that a thread of the parent (a flow's,
+    torch's) could hold a lock in."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     global _FORKED
-    _FORKED = (scanner, texts)
+    _FORKED = (scanner, method, texts)
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            found = list(pool.map(_scan_span, spans))
+            found = list(pool.map(_run_span, spans))
     finally:
         _FORKED = None
-    return [kinds for chunk in found for kinds in chunk]
+    return [out for chunk in found for out in chunk]
 
 
 def redact_splits(splits: Splits, scanner: Scanner) -> tuple[Splits, Counter]:
@@ -238,18 +255,16 @@ def redact_splits(splits: Splits, scanner: Scanner) -> tuple[Splits, Counter]:
     and the replacements counted per kind."""
     total: Counter = Counter()
 
-    def texts(values: list[str]) -> list[str]:
-        out = []
-        for text in values:
-            clean, counts = scanner.redact(text)
-            total.update(counts)
-            out.append(clean)
-        return out
+    def texts(values: pd.Series) -> list[str | None]:
+        cleaned, counts = scanner.redact_per_row(values)
+        total.update(counts)
+        return cleaned
 
     def split(s: Split) -> Split:
         frame = s.frame.copy()
-        present = frame["text"].notna()
-        frame.loc[present, "text"] = texts(frame.loc[present, "text"].tolist())
+        present = frame["text"].notna().to_numpy()
+        cleaned = texts(frame["text"])
+        frame.loc[present, "text"] = [clean for clean, there in zip(cleaned, present, strict=True) if there]
         return replace(s, frame=frame)
 
     redacted = Splits(
@@ -257,7 +272,7 @@ def redact_splits(splits: Splits, scanner: Scanner) -> tuple[Splits, Counter]:
         validation=split(splits.validation),
         test=split(splits.test),
         extra={name: split(s) for name, s in splits.extra.items()},
-        unlabeled=tuple(texts(list(splits.unlabeled))),
+        unlabeled=tuple(texts(pd.Series(list(splits.unlabeled), dtype=object))),
         targets={name: split(s) for name, s in splits.targets.items()},
     )
     return redacted, total
