@@ -113,7 +113,6 @@ class Scanner:
     def __init__(self, patterns: dict[str, str] | None = None) -> None:
         Pattern, PatternRecognizer = _presidio().Pattern, _presidio().PatternRecognizer
 
-        self.patterns = dict(patterns or {})  # what a scanner in another process is built from
         self.recognizers = [(kind, entity, _builtin(kind)) for kind, entity in KINDS.items()]
         self.gates = [GATES[kind] for kind in KINDS]
         try:
@@ -262,9 +261,8 @@ def redact_splits(splits: Splits, scanner: Scanner) -> tuple[Splits, Counter]:
 
     def split(s: Split) -> Split:
         frame = s.frame.copy()
-        present = frame["text"].notna().to_numpy()
-        cleaned = texts(frame["text"])
-        frame.loc[present, "text"] = [clean for clean, there in zip(cleaned, present, strict=True) if there]
+        cleaned = texts(frame["text"])  # None where a text is missing: those rows stay as they are
+        frame.loc[frame["text"].notna(), "text"] = [clean for clean in cleaned if clean is not None]
         return replace(s, frame=frame)
 
     redacted = Splits(
